@@ -1,0 +1,398 @@
+"""The participant's side of one round, as a state machine with no I/O.
+
+    client = Client(config, rng, input_vector)
+    outgoing = client.start()                 # AdvertiseKeys
+    outgoing = client.receive(server_message) # the reply, or None when there is none
+
+The transition table ``TRANSITIONS`` is data: (state, message type) -> (handler, next state).
+A message that does not fit the table, fails validation, or shows the server lying, aborts
+the round for this client: ``receive`` returns an ``Abort`` carrying the phase and the reason,
+and the client never reveals anything after that.
+
+The rules that keep an honest client's input private even from a lying server:
+- it reveals, for each neighbour v, the share of b_v if v survived or of s_v^SK if v dropped,
+  never both, and nothing at all if the survivor list is smaller than the threshold, is not a
+  subset of the participants that shared keys, or lists someone as both alive and dropped;
+- in the malicious-server mode it checks the signature of every advertised key pair against
+  the enrolled identity keys, and reveals only after t signatures on the same survivor list.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import keys, prg, shamir
+from .errors import CryptoError, Phase, ProtocolAbort, ShamirError
+from .messages import (
+    Abort,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShare,
+    KeyRoster,
+    MaskedInput,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .params import ProtocolParams, SecurityMode
+from .rand import RandomSource
+from .session import Session, check_advertisement, check_roster_keys_distinct
+
+_SHARE_PLAINTEXT = struct.Struct(">II33s33s")  # sender, recipient, share of b, share of s^SK
+
+
+class ClientState(enum.Enum):
+    READY = (Phase.ADVERTISE_KEYS, "ready to advertise keys")
+    AWAITING_ROSTER = (Phase.ADVERTISE_KEYS, "waiting for the key roster")
+    AWAITING_SHARES = (Phase.SHARE_KEYS, "waiting for the shares addressed to it")
+    AWAITING_CONSISTENCY_REQUEST = (Phase.CONSISTENCY_CHECK, "waiting for the survivor list to sign")
+    AWAITING_UNMASK_REQUEST = (Phase.UNMASK, "waiting for the unmask request")
+    COMPLETED = (Phase.COMPLETED, "done")
+    ABORTED = (Phase.ABORTED, "aborted")
+
+    @property
+    def phase(self) -> Phase:
+        return self.value[0]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """``identity_key`` and ``identity_keys`` (the enrolled Ed25519 public keys of the whole
+    federation, by participant id) are required in the malicious-server mode."""
+
+    participant_id: int
+    round_id: bytes
+    params: ProtocolParams
+    identity_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    identity_keys: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.params.mode is SecurityMode.MALICIOUS:
+            if self.identity_key is None:
+                raise ValueError("malicious-server mode needs the participant's identity key")
+            if not self.identity_keys:
+                raise ValueError("malicious-server mode needs the enrolled identity keys")
+
+
+class Client:
+    def __init__(self, config: ClientConfig, rng: RandomSource, input_vector: np.ndarray | None = None) -> None:
+        self.config = config
+        self.me = config.participant_id
+        self.params = config.params
+        self._rng = rng
+        self._dtype = prg.dtype_for_bits(self.params.modulus_bits)
+        self.state = ClientState.READY
+        self.abort_reason: str | None = None
+        self._input: np.ndarray | None = None
+        if input_vector is not None:
+            self.set_input(input_vector)
+        self._encryption = keys.AgreementKeyPair.generate(rng)
+        self._masking = keys.AgreementKeyPair.generate(rng)
+        self._session: Session | None = None
+        self._self_mask_secret: bytes | None = None
+        # owner -> (share of b_owner, share of s_owner^SK) that this client holds
+        self._held_shares: dict[int, tuple[int, int]] = {}
+        self._signed_survivors: tuple[int, ...] | None = None
+
+    # --- public interface -------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self._session.session_id if self._session else None
+
+    def set_input(self, vector: np.ndarray) -> None:
+        """The encoded input (integers mod 2^b); needed before the shares arrive."""
+        vector = np.asarray(vector)
+        if vector.shape != (self.params.dimension,):
+            raise ValueError(f"input must have shape ({self.params.dimension},), got {vector.shape}")
+        if vector.dtype != self._dtype:
+            raise ValueError(f"input must be {self._dtype} for {self.params.modulus_bits}-bit arithmetic")
+        if self.params.modulus_bits < self._dtype.itemsize * 8 and int(vector.max(initial=0)) >> self.params.modulus_bits:
+            raise ValueError(f"input values must be below 2^{self.params.modulus_bits}")
+        if self.state not in (ClientState.READY, ClientState.AWAITING_ROSTER, ClientState.AWAITING_SHARES):
+            raise ValueError("the input can only be set before the masked input is sent")
+        self._input = vector
+
+    def start(self) -> AdvertiseKeys:
+        if self.state is not ClientState.READY:
+            raise RuntimeError(f"start() called in state {self.state.name}")
+        signature = b""
+        if self.params.mode is SecurityMode.MALICIOUS:
+            payload = keys.advertisement_payload(
+                self.config.round_id, self.me, self._encryption.public_bytes, self._masking.public_bytes
+            )
+            signature = keys.sign(self.config.identity_key, payload)
+        self.state = ClientState.AWAITING_ROSTER
+        return AdvertiseKeys(
+            self.me, self.config.round_id, self._encryption.public_bytes, self._masking.public_bytes, signature
+        )
+
+    def receive(self, message: object) -> object | None:
+        """Feed one server message; returns the reply (or an Abort), or None."""
+        if self.state in (ClientState.COMPLETED, ClientState.ABORTED):
+            return None
+        if isinstance(message, Abort):
+            self._enter_abort(f"the server aborted the round: {message.reason}")
+            return None
+        transition = TRANSITIONS.get((self.state, type(message)))
+        if transition is None:
+            return self._abort(f"unexpected {type(message).__name__} while {self.state.value[1]}")
+        handler, next_state = transition
+        try:
+            reply = handler(self, message)
+        except ProtocolAbort as exc:
+            return self._abort(exc.reason)
+        self.state = next_state(self) if callable(next_state) else next_state
+        return reply
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def _on_roster(self, roster: KeyRoster) -> ShareKeys:
+        params = self.params
+        if roster.round_id != self.config.round_id:
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster is for another round")
+        ids = [ad.sender for ad in roster.advertisements]
+        if len(set(ids)) != len(ids):
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster lists a participant twice")
+        mine = [ad for ad in roster.advertisements if ad.sender == self.me]
+        if not mine or (mine[0].encryption_key, mine[0].masking_key) != (
+            self._encryption.public_bytes,
+            self._masking.public_bytes,
+        ):
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster does not carry this participant's own keys")
+        for ad in roster.advertisements:
+            problem = check_advertisement(
+                ad, round_id=self.config.round_id, params=params, identity_keys=self.config.identity_keys
+            )
+            if problem:
+                raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+        problem = check_roster_keys_distinct(roster.advertisements)
+        if problem:
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+        if len(ids) < params.threshold:
+            raise ProtocolAbort(
+                Phase.ADVERTISE_KEYS, f"only {len(ids)} participants advertised keys, threshold is {params.threshold}"
+            )
+        session = Session.from_roster(self.config.round_id, params, roster.advertisements)
+        self._session = session
+        holders = sorted(session.holders(self.me))
+        if len(holders) < params.threshold:
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{len(holders)} share holders < threshold {params.threshold}")
+
+        self._self_mask_secret = self._rng.random_bytes(shamir.SECRET_BYTES)
+        shares = shamir.split(
+            [self._self_mask_secret, self._masking.private_bytes],
+            threshold=params.threshold,
+            holders=holders,
+            rng=self._rng,
+        )
+        self._held_shares[self.me] = shares[self.me]
+        encrypted = []
+        for holder in holders:
+            if holder == self.me:
+                continue
+            b_share, s_share = shares[holder]
+            plaintext = _SHARE_PLAINTEXT.pack(
+                self.me, holder, shamir.encode_share(b_share), shamir.encode_share(s_share)
+            )
+            key = keys.share_encryption_key(
+                self._encryption.private_key,
+                session.advertisements[holder].encryption_key,
+                session_id=session.session_id,
+                sender=self.me,
+                receiver=holder,
+            )
+            ciphertext = keys.encrypt_share(
+                key, plaintext, session_id=session.session_id, sender=self.me, receiver=holder, rng=self._rng
+            )
+            encrypted.append(EncryptedShare(self.me, holder, ciphertext))
+        return ShareKeys(self.me, session.session_id, tuple(encrypted))
+
+    def _on_shares(self, bundle: ShareBundle) -> MaskedInput:
+        session = self._require_session(bundle.session_id, Phase.SHARE_KEYS)
+        if bundle.recipient != self.me:
+            raise ProtocolAbort(Phase.SHARE_KEYS, f"received the shares of participant {bundle.recipient}")
+        neighbours = session.neighbours(self.me)
+        for share in bundle.shares:
+            if share.recipient != self.me:
+                raise ProtocolAbort(Phase.SHARE_KEYS, f"a share addressed to {share.recipient} was delivered here")
+            if share.sender not in neighbours:
+                raise ProtocolAbort(Phase.SHARE_KEYS, f"a share from {share.sender}, who is not a neighbour")
+            if share.sender in self._held_shares:
+                raise ProtocolAbort(Phase.SHARE_KEYS, f"two shares from participant {share.sender}")
+            self._held_shares[share.sender] = self._open_share(session, share)
+        survivors = set(self._held_shares)  # this client's view of U2 (itself included)
+        if len(survivors) < self.params.threshold:
+            raise ProtocolAbort(
+                Phase.SHARE_KEYS,
+                f"only {len(survivors)} of this participant's share holders are left, threshold is "
+                f"{self.params.threshold}",
+            )
+        if self._input is None:
+            raise ProtocolAbort(Phase.MASKED_INPUT, "no input was set before the masked-input phase")
+
+        masked = self._input.copy()
+        add, subtract = [keys.self_mask_seed(self._self_mask_secret, session.session_id)], []
+        for v in sorted(survivors - {self.me}):
+            seed = keys.pairwise_mask_seed(
+                self._masking.private_key, session.advertisements[v].masking_key, session.session_id
+            )
+            # u adds PRG(s_uv) for v > u and subtracts it for v < u: the pair cancels in the sum.
+            (add if v > self.me else subtract).append(seed)
+        prg.add_masks(masked, add, subtract)
+        prg.reduce_modulus(masked, self.params.modulus_bits)
+        self._input = None  # the plaintext input is not needed any more
+        return MaskedInput(self.me, session.session_id, masked)
+
+    def _on_consistency_request(self, request: ConsistencyRequest) -> ConsistencySignature:
+        session = self._require_session(request.session_id, Phase.CONSISTENCY_CHECK)
+        survivors = self._check_survivors(request.survivors, (), Phase.CONSISTENCY_CHECK)
+        self._signed_survivors = survivors
+        payload = keys.consistency_payload(session.session_id, survivors)
+        return ConsistencySignature(self.me, session.session_id, keys.sign(self.config.identity_key, payload))
+
+    def _on_unmask_request(self, request: UnmaskRequest) -> UnmaskResponse:
+        session = self._require_session(request.session_id, Phase.UNMASK)
+        survivors = self._check_survivors(request.survivors, request.dropped, Phase.UNMASK)
+        dropped = tuple(sorted(request.dropped))
+        if self.params.mode is SecurityMode.MALICIOUS:
+            if survivors != self._signed_survivors:
+                raise ProtocolAbort(Phase.UNMASK, "the survivor list differs from the one this participant signed")
+            self._check_consistency_signatures(session, survivors, request.signatures)
+
+        alive, gone = set(survivors), set(dropped)
+        self_mask_shares, key_shares = [], []
+        for owner, (b_share, s_share) in sorted(self._held_shares.items()):
+            # Exactly one of the two, decided by the server's (checked) lists.
+            if owner in alive:
+                self_mask_shares.append((owner, shamir.encode_share(b_share)))
+            elif owner in gone:
+                key_shares.append((owner, shamir.encode_share(s_share)))
+        return UnmaskResponse(self.me, session.session_id, tuple(self_mask_shares), tuple(key_shares))
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _require_session(self, session_id: bytes, phase: Phase) -> Session:
+        if self._session is None or session_id != self._session.session_id:
+            raise ProtocolAbort(phase, "message from another session (session id mismatch)")
+        return self._session
+
+    def _open_share(self, session: Session, share: EncryptedShare) -> tuple[int, int]:
+        key = keys.share_encryption_key(
+            self._encryption.private_key,
+            session.advertisements[share.sender].encryption_key,
+            session_id=session.session_id,
+            sender=share.sender,
+            receiver=self.me,
+        )
+        try:
+            plaintext = keys.decrypt_share(
+                key, share.ciphertext, session_id=session.session_id, sender=share.sender, receiver=self.me
+            )
+            sender, recipient, b_bytes, s_bytes = _SHARE_PLAINTEXT.unpack(plaintext)
+            if (sender, recipient) != (share.sender, self.me):
+                raise ShamirError("share header does not match its envelope")
+            return shamir.decode_share(b_bytes), shamir.decode_share(s_bytes)
+        except (CryptoError, ShamirError, struct.error) as exc:
+            raise ProtocolAbort(Phase.SHARE_KEYS, f"bad share from participant {share.sender}: {exc}") from exc
+
+    def _check_survivors(self, survivors: tuple[int, ...], dropped: tuple[int, ...], phase: Phase) -> tuple[int, ...]:
+        """The survivor list must be a plausible U3: no duplicates, disjoint from the dropped
+        list, a subset of U2 as far as this client can see, at least t long (overall and among
+        this client's share holders), and consistent with every neighbour it got shares from."""
+        session = self._session
+        t = self.params.threshold
+        if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
+            raise ProtocolAbort(phase, "the survivor or dropped list repeats a participant")
+        both = set(survivors) & set(dropped)
+        if both:
+            raise ProtocolAbort(phase, f"participant {min(both)} is listed as both alive and dropped")
+        unknown = (set(survivors) | set(dropped)) - set(session.participants)
+        if unknown:
+            raise ProtocolAbort(phase, f"participant {min(unknown)} never advertised keys")
+        if self.me not in survivors:
+            raise ProtocolAbort(phase, "this participant sent its masked input but is not listed as a survivor")
+        if len(survivors) < t:
+            raise ProtocolAbort(phase, f"only {len(survivors)} survivors, threshold is {t}: revealing nothing")
+        shared = set(self._held_shares)  # neighbours in U2, and this client
+        neighbours = session.neighbours(self.me)
+        for v in neighbours:
+            if v in survivors and v not in shared:
+                raise ProtocolAbort(phase, f"participant {v} is listed as a survivor but never shared keys")
+            if v in dropped and v not in shared:
+                raise ProtocolAbort(phase, f"participant {v} is listed as dropped but never shared keys")
+            if phase is Phase.UNMASK and v in shared and v not in survivors and v not in dropped:
+                raise ProtocolAbort(phase, f"participant {v} shared keys but is neither alive nor dropped")
+        local_survivors = len(set(survivors) & session.holders(self.me))
+        if local_survivors < t:
+            raise ProtocolAbort(
+                phase, f"only {local_survivors} of this participant's share holders survived, threshold is {t}"
+            )
+        return tuple(sorted(survivors))
+
+    def _check_consistency_signatures(
+        self, session: Session, survivors: tuple[int, ...], signatures: tuple[tuple[int, bytes], ...]
+    ) -> None:
+        payload = keys.consistency_payload(session.session_id, survivors)
+        valid: set[int] = set()
+        for signer, signature in signatures:
+            if signer in valid or signer not in survivors:
+                continue
+            identity = self.config.identity_keys.get(signer)
+            if identity is None:
+                continue
+            try:
+                keys.verify(identity, signature, payload)
+            except CryptoError:
+                continue
+            valid.add(signer)
+        if len(valid) < self.params.threshold:
+            raise ProtocolAbort(
+                Phase.UNMASK,
+                f"only {len(valid)} valid signatures on the survivor list, threshold is {self.params.threshold}",
+            )
+
+    def _abort(self, reason: str) -> Abort:
+        phase = self.state.phase
+        self._enter_abort(reason)
+        return Abort(phase, reason, sender=self.me)
+
+    def _enter_abort(self, reason: str) -> None:
+        self.abort_reason = reason
+        self.state = ClientState.ABORTED
+        # Drop every secret so nothing can be revealed after an abort.
+        self._held_shares.clear()
+        self._self_mask_secret = None
+        self._input = None
+
+
+def _after_masked_input(client: Client) -> ClientState:
+    if client.params.mode is SecurityMode.MALICIOUS:
+        return ClientState.AWAITING_CONSISTENCY_REQUEST
+    return ClientState.AWAITING_UNMASK_REQUEST
+
+
+Handler = Callable[[Client, object], object]
+
+# (state, message type) -> (handler, next state or a function of the client giving it)
+TRANSITIONS: dict[tuple[ClientState, type], tuple[Handler, ClientState | Callable[[Client], ClientState]]] = {
+    (ClientState.AWAITING_ROSTER, KeyRoster): (Client._on_roster, ClientState.AWAITING_SHARES),
+    (ClientState.AWAITING_SHARES, ShareBundle): (Client._on_shares, _after_masked_input),
+    (ClientState.AWAITING_CONSISTENCY_REQUEST, ConsistencyRequest): (
+        Client._on_consistency_request,
+        ClientState.AWAITING_UNMASK_REQUEST,
+    ),
+    (ClientState.AWAITING_UNMASK_REQUEST, UnmaskRequest): (Client._on_unmask_request, ClientState.COMPLETED),
+}

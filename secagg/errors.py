@@ -1,0 +1,58 @@
+"""Errors and the phase vocabulary shared by every secagg module.
+
+Two kinds of failure are kept apart:
+- ``InvalidMessage``: one message is rejected. The state machine is unchanged; the I/O shell
+  answers the sender with the reason and, on the server, treats the sender as dropped.
+- ``ProtocolAbort``: the round cannot continue (too few participants, a lying server, ...).
+  Every abort names the phase it happened in and a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Phase(enum.Enum):
+    ADVERTISE_KEYS = "advertise-keys"
+    SHARE_KEYS = "share-keys"
+    MASKED_INPUT = "masked-input"
+    CONSISTENCY_CHECK = "consistency-check"
+    UNMASK = "unmask"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class SecAggError(Exception):
+    """Base class of every error raised by secagg."""
+
+
+class ParameterError(SecAggError, ValueError):
+    """Parameters that are inconsistent or unsafe (e.g. a sum that could wrap around 2^b)."""
+
+
+class ShamirError(SecAggError, ValueError):
+    """Malformed shares, or too few of them to reconstruct."""
+
+
+class CryptoError(SecAggError):
+    """A cryptographic check failed: bad key, failed decryption, bad signature."""
+
+
+class InvalidMessage(SecAggError):
+    """One message was rejected before use; nothing in the state machine changed."""
+
+    def __init__(self, phase: Phase, reason: str, *, sender: int | None = None) -> None:
+        self.phase = phase
+        self.reason = reason
+        self.sender = sender
+        who = f" from participant {sender}" if sender is not None else ""
+        super().__init__(f"[{phase.value}] rejected message{who}: {reason}")
+
+
+class ProtocolAbort(SecAggError):
+    """The round was aborted; ``phase`` and ``reason`` say where and why."""
+
+    def __init__(self, phase: Phase, reason: str) -> None:
+        self.phase = phase
+        self.reason = reason
+        super().__init__(f"[{phase.value}] round aborted: {reason}")

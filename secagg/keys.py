@@ -1,0 +1,170 @@
+"""Key agreement, key derivation, share encryption and signatures, all over ``cryptography``.
+
+- X25519 for both key pairs of a participant: ``c`` (encrypts Shamir shares) and ``s`` (pairwise
+  mask seeds). Low-order peer points are refused (the shared secret would be all zero).
+- HKDF-SHA256 binds every derived key to the session id and to its purpose, so a key never
+  serves two purposes and masks never repeat across rounds.
+- AES-256-GCM carries shares; the session id, sender and receiver are associated data, and the
+  key is specific to the direction sender -> receiver.
+- Ed25519 signs key advertisements and the consistency check in the malicious-server mode.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import CryptoError
+from .rand import RandomSource
+
+PUBLIC_KEY_BYTES = 32
+PRIVATE_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+GCM_NONCE_BYTES = 12
+GCM_TAG_BYTES = 16
+
+_LABEL = b"fedmask/secagg/v1/"
+LABEL_PAIRWISE_MASK = _LABEL + b"pairwise-mask"
+LABEL_SELF_MASK = _LABEL + b"self-mask"
+LABEL_SHARE_KEY = _LABEL + b"share-encryption"
+LABEL_ADVERTISE = _LABEL + b"advertise-keys"
+LABEL_CONSISTENCY = _LABEL + b"consistency-check"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+@dataclass(frozen=True)
+class AgreementKeyPair:
+    """An X25519 key pair. ``private_bytes`` is secret: never log it."""
+
+    private_key: X25519PrivateKey
+    public_bytes: bytes
+
+    @classmethod
+    def generate(cls, rng: RandomSource) -> AgreementKeyPair:
+        return cls.from_private_bytes(rng.random_bytes(PRIVATE_KEY_BYTES))
+
+    @classmethod
+    def from_private_bytes(cls, private_bytes: bytes) -> AgreementKeyPair:
+        if len(private_bytes) != PRIVATE_KEY_BYTES:
+            raise CryptoError(f"X25519 private keys are {PRIVATE_KEY_BYTES} bytes")
+        private_key = X25519PrivateKey.from_private_bytes(private_bytes)
+        public_bytes = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return cls(private_key, public_bytes)
+
+    @property
+    def private_bytes(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    def __repr__(self) -> str:  # keep the private key out of logs and tracebacks
+        return f"AgreementKeyPair(public={self.public_bytes.hex()[:16]}...)"
+
+
+def check_public_key(public_bytes: bytes) -> X25519PublicKey:
+    """Parse a peer's X25519 public key; raises CryptoError if malformed."""
+    if not isinstance(public_bytes, bytes) or len(public_bytes) != PUBLIC_KEY_BYTES:
+        raise CryptoError(f"X25519 public keys are {PUBLIC_KEY_BYTES} bytes")
+    return X25519PublicKey.from_public_bytes(public_bytes)
+
+
+def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def agree(
+    private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, *, session_id: bytes, info: bytes
+) -> bytes:
+    """X25519 then HKDF-SHA256(salt=session id, info=purpose). Refuses low-order points."""
+    peer = check_public_key(peer_public) if isinstance(peer_public, bytes) else peer_public
+    try:
+        shared = private_key.exchange(peer)
+    except ValueError as exc:  # OpenSSL refuses an all-zero shared secret (low-order point)
+        raise CryptoError("key agreement failed: peer public key is a low-order point") from exc
+    return hkdf(shared, salt=session_id, info=info)
+
+
+def pairwise_mask_seed(
+    private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, session_id: bytes
+) -> bytes:
+    """s_uv: the seed both u and v derive for their pairwise mask (symmetric in u, v)."""
+    return agree(private_key, peer_public, session_id=session_id, info=LABEL_PAIRWISE_MASK)
+
+
+def self_mask_seed(self_mask_secret: bytes, session_id: bytes) -> bytes:
+    """The PRG seed of b_u, bound to the session so a seed never repeats across rounds."""
+    return hkdf(self_mask_secret, salt=session_id, info=LABEL_SELF_MASK)
+
+
+def share_encryption_key(
+    private_key: X25519PrivateKey,
+    peer_public: bytes | X25519PublicKey,
+    *,
+    session_id: bytes,
+    sender: int,
+    receiver: int,
+) -> bytes:
+    """A key for the direction sender -> receiver only (each direction gets its own key)."""
+    info = LABEL_SHARE_KEY + _u32(sender) + _u32(receiver)
+    return agree(private_key, peer_public, session_id=session_id, info=info)
+
+
+def _share_aad(session_id: bytes, sender: int, receiver: int) -> bytes:
+    return session_id + _u32(sender) + _u32(receiver)
+
+
+def encrypt_share(
+    key: bytes, plaintext: bytes, *, session_id: bytes, sender: int, receiver: int, rng: RandomSource
+) -> bytes:
+    """nonce || AES-256-GCM(plaintext) with (session, sender, receiver) as associated data."""
+    nonce = rng.random_bytes(GCM_NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, _share_aad(session_id, sender, receiver))
+
+
+def decrypt_share(key: bytes, ciphertext: bytes, *, session_id: bytes, sender: int, receiver: int) -> bytes:
+    if len(ciphertext) < GCM_NONCE_BYTES + GCM_TAG_BYTES:
+        raise CryptoError("share ciphertext is too short")
+    nonce, body = ciphertext[:GCM_NONCE_BYTES], ciphertext[GCM_NONCE_BYTES:]
+    try:
+        return AESGCM(key).decrypt(nonce, body, _share_aad(session_id, sender, receiver))
+    except InvalidTag as exc:
+        raise CryptoError(
+            f"share from {sender} to {receiver} failed authentication (tampered, or another session)"
+        ) from exc
+
+
+# --- signatures (malicious-server mode) -------------------------------------------------------
+
+
+def advertisement_payload(round_id: bytes, sender: int, encryption_key: bytes, masking_key: bytes) -> bytes:
+    return LABEL_ADVERTISE + _u32(len(round_id)) + round_id + _u32(sender) + encryption_key + masking_key
+
+
+def consistency_payload(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
+    return LABEL_CONSISTENCY + session_id + _u32(len(survivors)) + b"".join(_u32(u) for u in survivors)
+
+
+def sign(identity_key: Ed25519PrivateKey, payload: bytes) -> bytes:
+    return identity_key.sign(payload)
+
+
+def verify(identity_public: bytes, signature: bytes, payload: bytes) -> None:
+    """Raises CryptoError unless ``signature`` is a valid Ed25519 signature of ``payload``."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise CryptoError(f"Ed25519 signatures are {SIGNATURE_BYTES} bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, payload)
+    except (InvalidSignature, ValueError) as exc:
+        raise CryptoError("signature does not verify") from exc

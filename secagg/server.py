@@ -1,0 +1,358 @@
+"""The coordinator's side of one round, as a state machine with no I/O.
+
+The I/O shell feeds every client message to ``receive`` (which validates it before use and
+raises ``InvalidMessage`` without changing any state), reports participants that disconnect or
+miss a deadline with ``drop``, and calls ``close_phase`` when the phase's deadline passes or
+``awaiting`` is empty. ``close_phase`` returns the messages to send, by recipient, or raises
+``ProtocolAbort`` with the phase and the reason.
+
+Masked inputs are added into one accumulator as they arrive: memory is O(d), not O(n d).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import keys, prg, shamir
+from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, ShamirError
+from .messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyRoster,
+    MaskedInput,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .params import ProtocolParams, SecurityMode
+from .session import Session, check_advertisement, compute_session_id
+
+SHARE_CIPHERTEXT_BYTES = keys.GCM_NONCE_BYTES + 4 + 4 + 2 * shamir.SHARE_BYTES + keys.GCM_TAG_BYTES
+
+
+class ServerState(enum.Enum):
+    COLLECTING_KEYS = Phase.ADVERTISE_KEYS
+    COLLECTING_SHARES = Phase.SHARE_KEYS
+    COLLECTING_MASKED_INPUTS = Phase.MASKED_INPUT
+    COLLECTING_SIGNATURES = Phase.CONSISTENCY_CHECK
+    COLLECTING_UNMASK_RESPONSES = Phase.UNMASK
+    COMPLETED = Phase.COMPLETED
+    ABORTED = Phase.ABORTED
+
+    @property
+    def phase(self) -> Phase:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``participants``: the ids selected for the round. ``identity_keys`` (enrolled Ed25519
+    public keys) let the server drop badly signed messages early in the malicious-server mode;
+    clients check signatures themselves either way."""
+
+    round_id: bytes
+    params: ProtocolParams
+    participants: tuple[int, ...]
+    identity_keys: Mapping[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participant ids must be distinct")
+        self.params.validate(len(self.participants))
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.params = config.params
+        self.state = ServerState.COLLECTING_KEYS
+        self.abort_reason: str | None = None
+        self.dropped_reasons: dict[int, str] = {}
+        self._expected: set[int] = set(config.participants)
+        self._received: dict[int, object] = {}
+        self._advertisements: dict[int, AdvertiseKeys] = {}
+        self._session: Session | None = None
+        self._share_keys: dict[int, ShareKeys] = {}
+        self._accumulator: np.ndarray | None = None
+        self.u1: tuple[int, ...] = ()
+        self.u2: tuple[int, ...] = ()
+        self.u3: tuple[int, ...] = ()
+        self._signers: dict[int, bytes] = {}
+        self._result: np.ndarray | None = None
+        self._dtype = prg.dtype_for_bits(self.params.modulus_bits)
+
+    # --- public interface -------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self._session.session_id if self._session else None
+
+    @property
+    def awaiting(self) -> frozenset[int]:
+        """Participants whose message for the current phase has not arrived yet."""
+        return frozenset(self._expected - set(self._received))
+
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        """Participants that shared keys but did not send a masked input (U2 \\ U3)."""
+        return tuple(sorted(set(self.u2) - set(self.u3)))
+
+    @property
+    def result(self) -> np.ndarray:
+        """The sum of the survivors' inputs mod 2^b, once COMPLETED."""
+        if self._result is None:
+            raise RuntimeError(f"no result in state {self.state.name}")
+        return self._result
+
+    def receive(self, message: object) -> None:
+        """Validate and record one client message. Raises InvalidMessage (state unchanged)."""
+        phase = self.state.phase
+        spec = PHASES.get(self.state)
+        if spec is None:
+            raise InvalidMessage(phase, f"the round is {self.state.name.lower()}")
+        sender = getattr(message, "sender", None)
+        if not isinstance(message, spec.accepts):
+            raise InvalidMessage(
+                phase, f"expected {spec.accepts.__name__}, got {type(message).__name__}", sender=sender
+            )
+        if sender not in self._expected:
+            why = self.dropped_reasons.get(sender, "not a participant of this phase")
+            raise InvalidMessage(phase, f"sender {sender!r} is not expected: {why}", sender=sender)
+        if sender in self._received:
+            raise InvalidMessage(phase, "duplicate message", sender=sender)
+        if spec.accepts is not AdvertiseKeys and message.session_id != self.session_id:
+            raise InvalidMessage(phase, "wrong session id (another round or session)", sender=sender)
+        problem = spec.validate(self, message)
+        if problem:
+            raise InvalidMessage(phase, problem, sender=sender)
+        self._received[sender] = message
+        if isinstance(message, MaskedInput):
+            np.add(self._accumulator, message.masked, out=self._accumulator)
+            self._received[sender] = True  # the vector is in the sum; do not keep it
+
+    def drop(self, participant: int, reason: str) -> None:
+        """A participant disconnected or missed the deadline. A message already accepted in this
+        phase stays (a masked input already in the sum cannot be taken out)."""
+        if participant in self._expected and participant not in self._received:
+            self._expected.discard(participant)
+            self.dropped_reasons[participant] = f"[{self.state.phase.value}] {reason}"
+
+    def close_phase(self) -> dict[int, object]:
+        """End the current phase: returns {recipient: message}, or raises ProtocolAbort."""
+        spec = PHASES.get(self.state)
+        if spec is None:
+            raise RuntimeError(f"close_phase() in state {self.state.name}")
+        responders = tuple(sorted(self._received))
+        for silent in self._expected - set(responders):
+            self.dropped_reasons.setdefault(silent, f"[{self.state.phase.value}] sent nothing before the deadline")
+        if len(responders) < self.params.threshold:
+            self._abort(f"only {len(responders)} participants responded, threshold is {self.params.threshold}")
+        try:
+            outgoing = spec.close(self, responders)
+        except ProtocolAbort as exc:
+            self._abort(exc.reason)
+        next_state = spec.next_state(self) if callable(spec.next_state) else spec.next_state
+        self.state = next_state
+        self._expected = set(outgoing) if next_state is not ServerState.COMPLETED else set()
+        self._received = {}
+        return outgoing
+
+    # --- validation, per phase ----------------------------------------------------------------
+
+    def _validate_advertisement(self, ad: AdvertiseKeys) -> str | None:
+        problem = check_advertisement(
+            ad, round_id=self.config.round_id, params=self.params, identity_keys=self.config.identity_keys
+        )
+        if problem is None:
+            keys_in_use = {k for other in self._advertisements.values() for k in (other.encryption_key, other.masking_key)}
+            if ad.encryption_key in keys_in_use or ad.masking_key in keys_in_use:
+                problem = "public key already advertised by another participant"
+        if problem is None:
+            self._advertisements[ad.sender] = ad
+        return problem
+
+    def _validate_share_keys(self, message: ShareKeys) -> str | None:
+        expected = self._session.neighbours(message.sender)
+        recipients = [s.recipient for s in message.shares]
+        if len(set(recipients)) != len(recipients) or set(recipients) != expected:
+            return f"expected exactly one share for each of its {len(expected)} neighbours"
+        for share in message.shares:
+            if share.sender != message.sender:
+                return "a share claims another sender"
+            if len(share.ciphertext) != SHARE_CIPHERTEXT_BYTES:
+                return f"share ciphertexts are {SHARE_CIPHERTEXT_BYTES} bytes, got {len(share.ciphertext)}"
+        return None
+
+    def _validate_masked_input(self, message: MaskedInput) -> str | None:
+        vector = message.masked
+        if not isinstance(vector, np.ndarray) or vector.dtype != self._dtype or vector.ndim != 1:
+            return f"masked input must be a 1-D {self._dtype} vector"
+        if vector.shape[0] != self.params.dimension:
+            return f"masked input has {vector.shape[0]} values, the round has dimension {self.params.dimension}"
+        if self.params.modulus_bits < self._dtype.itemsize * 8 and int(vector.max()) >> self.params.modulus_bits:
+            return f"masked input has values >= 2^{self.params.modulus_bits}"
+        return None
+
+    def _validate_signature(self, message: ConsistencySignature) -> str | None:
+        identity = self.config.identity_keys.get(message.sender)
+        if identity is not None:
+            try:
+                keys.verify(identity, message.signature, keys.consistency_payload(self.session_id, self.u3))
+            except CryptoError:
+                return "signature on the survivor list does not verify"
+        elif len(message.signature) != keys.SIGNATURE_BYTES:
+            return "malformed signature"
+        return None
+
+    def _validate_unmask_response(self, message: UnmaskResponse) -> str | None:
+        session = self._session
+        held_owners = session.holders(message.sender)  # whose secrets the sender holds
+        alive = set(self.u3)
+        want_b = held_owners & alive
+        want_s = held_owners & set(self.dropped)
+        b_owners = [owner for owner, _ in message.self_mask_shares]
+        s_owners = [owner for owner, _ in message.key_shares]
+        if set(b_owners) & set(s_owners):
+            return "revealed both shares of one participant"
+        if len(set(b_owners)) != len(b_owners) or set(b_owners) != want_b:
+            return "self-mask shares must cover exactly the surviving participants it holds shares of"
+        if len(set(s_owners)) != len(s_owners) or set(s_owners) != want_s:
+            return "key shares must cover exactly the dropped participants it holds shares of"
+        try:
+            for _, share in message.self_mask_shares + message.key_shares:
+                shamir.decode_share(share)
+        except ShamirError as exc:
+            return f"malformed share: {exc}"
+        return None
+
+    # --- phase endings ------------------------------------------------------------------------
+
+    def _close_keys(self, responders: tuple[int, ...]) -> dict[int, object]:
+        roster = tuple(self._advertisements[u] for u in responders)
+        self._session = Session.from_roster(self.config.round_id, self.params, roster)
+        assert self._session.session_id == compute_session_id(self.config.round_id, self.params, roster)
+        holders = self.params.holders_per_secret(len(responders))
+        if holders < self.params.threshold:
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{holders} share holders per secret < threshold")
+        self.u1 = responders
+        message = KeyRoster(self.config.round_id, roster)
+        return {u: message for u in responders}
+
+    def _close_shares(self, responders: tuple[int, ...]) -> dict[int, object]:
+        self.u2 = responders
+        inbox: dict[int, list] = {u: [] for u in responders}
+        for sender in responders:
+            for share in self._received[sender].shares:
+                if share.recipient in inbox:
+                    inbox[share.recipient].append(share)
+        self._accumulator = np.zeros(self.params.dimension, dtype=self._dtype)
+        sid = self.session_id
+        return {u: ShareBundle(u, sid, tuple(shares)) for u, shares in inbox.items()}
+
+    def _close_masked_inputs(self, responders: tuple[int, ...]) -> dict[int, object]:
+        self.u3 = responders
+        if self.params.mode is SecurityMode.MALICIOUS:
+            request = ConsistencyRequest(self.session_id, self.u3)
+        else:
+            request = UnmaskRequest(self.session_id, self.u3, self.dropped)
+        return {u: request for u in responders}
+
+    def _close_signatures(self, responders: tuple[int, ...]) -> dict[int, object]:
+        signatures = tuple((u, self._received[u].signature) for u in responders)
+        request = UnmaskRequest(self.session_id, self.u3, self.dropped, signatures)
+        return {u: request for u in responders}
+
+    def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, object]:
+        session = self._session
+        t = self.params.threshold
+        b_shares: dict[int, dict[int, int]] = {u: {} for u in self.u3}
+        s_shares: dict[int, dict[int, int]] = {v: {} for v in self.dropped}
+        for holder in responders:
+            response: UnmaskResponse = self._received[holder]
+            for owner, share in response.self_mask_shares:
+                b_shares[owner][holder] = shamir.decode_share(share)
+            for owner, share in response.key_shares:
+                s_shares[owner][holder] = shamir.decode_share(share)
+
+        cache = shamir.LagrangeCache()
+        sid = session.session_id
+        add_back, take_away = [], []
+        for u, shares in b_shares.items():
+            secret = _rebuild(shares, t, cache, f"the self mask of participant {u}")
+            take_away.append(keys.self_mask_seed(secret, sid))
+        for v, shares in s_shares.items():
+            secret = _rebuild(shares, t, cache, f"the masking key of dropped participant {v}")
+            pair = keys.AgreementKeyPair.from_private_bytes(secret)
+            if pair.public_bytes != session.advertisements[v].masking_key:
+                raise ProtocolAbort(
+                    Phase.UNMASK, f"the shares of participant {v}'s masking key do not match its public key"
+                )
+            for u in sorted(session.neighbours(v) & set(self.u3)):
+                seed = keys.pairwise_mask_seed(pair.private_key, session.advertisements[u].masking_key, sid)
+                # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
+                (take_away if v > u else add_back).append(seed)
+        total = self._accumulator
+        prg.add_masks(total, add_back, take_away)
+        self._result = prg.reduce_modulus(total, self.params.modulus_bits)
+        self._accumulator = None
+        return {}
+
+    def _abort(self, reason: str) -> None:
+        phase = self.state.phase
+        self.abort_reason = f"[{phase.value}] {reason}"
+        self.state = ServerState.ABORTED
+        self._accumulator = None
+        raise ProtocolAbort(phase, reason)
+
+
+def _rebuild(shares: dict[int, int], threshold: int, cache: shamir.LagrangeCache, what: str) -> bytes:
+    if len(shares) < threshold:
+        raise ProtocolAbort(Phase.UNMASK, f"{what} has {len(shares)} shares, threshold is {threshold}")
+    return shamir.reconstruct(shares, threshold=threshold, cache=cache)
+
+
+def _after_masked_inputs(server: Server) -> ServerState:
+    if server.params.mode is SecurityMode.MALICIOUS:
+        return ServerState.COLLECTING_SIGNATURES
+    return ServerState.COLLECTING_UNMASK_RESPONSES
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    accepts: type
+    validate: Callable[[Server, object], str | None]
+    close: Callable[[Server, tuple[int, ...]], dict[int, object]]
+    next_state: ServerState | Callable[[Server], ServerState]
+
+
+# The transition table: what each state accepts, how it validates, how it ends, what follows.
+PHASES: dict[ServerState, PhaseSpec] = {
+    ServerState.COLLECTING_KEYS: PhaseSpec(
+        AdvertiseKeys, Server._validate_advertisement, Server._close_keys, ServerState.COLLECTING_SHARES
+    ),
+    ServerState.COLLECTING_SHARES: PhaseSpec(
+        ShareKeys, Server._validate_share_keys, Server._close_shares, ServerState.COLLECTING_MASKED_INPUTS
+    ),
+    ServerState.COLLECTING_MASKED_INPUTS: PhaseSpec(
+        MaskedInput, Server._validate_masked_input, Server._close_masked_inputs, _after_masked_inputs
+    ),
+    ServerState.COLLECTING_SIGNATURES: PhaseSpec(
+        ConsistencySignature,
+        Server._validate_signature,
+        Server._close_signatures,
+        ServerState.COLLECTING_UNMASK_RESPONSES,
+    ),
+    ServerState.COLLECTING_UNMASK_RESPONSES: PhaseSpec(
+        UnmaskResponse, Server._validate_unmask_response, Server._close_unmask, ServerState.COMPLETED
+    ),
+}

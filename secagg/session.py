@@ -1,0 +1,108 @@
+"""What client and server derive alike from the key roster (U1): the session id, the
+neighbour graph, and who holds whose shares.
+
+session id = SHA-256(label || round id || parameter digest || every (id, c_pk, s_pk) in U1, by id).
+Folding in all advertised keys means a message of another round, or of this round with other
+keys, cannot be replayed: its session id differs, and so do all keys derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from . import graph as graphs
+from . import keys
+from .errors import CryptoError
+from .messages import AdvertiseKeys
+from .params import MAX_PARTICIPANT_ID, ProtocolParams, SecurityMode
+
+_SESSION_LABEL = b"fedmask/secagg/v1/session"
+# A fixed scalar used only to test that a public key is not a low-order point.
+_PROBE_KEY = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"fedmask/secagg/v1/probe").digest())
+
+
+def compute_session_id(round_id: bytes, params: ProtocolParams, roster: tuple[AdvertiseKeys, ...]) -> bytes:
+    h = hashlib.sha256(_SESSION_LABEL)
+    h.update(struct.pack(">I", len(round_id)) + round_id)
+    h.update(params.digest())
+    for ad in sorted(roster, key=lambda a: a.sender):
+        h.update(struct.pack(">I", ad.sender) + ad.encryption_key + ad.masking_key)
+    return h.digest()
+
+
+def check_advertisement(
+    ad: AdvertiseKeys, *, round_id: bytes, params: ProtocolParams, identity_keys: Mapping[int, bytes]
+) -> str | None:
+    """Why ``ad`` is unacceptable, or None. Shared by server (on receipt) and client (on roster)."""
+    if not isinstance(ad, AdvertiseKeys):
+        return f"expected AdvertiseKeys, got {type(ad).__name__}"
+    if not isinstance(ad.sender, int) or not 1 <= ad.sender <= MAX_PARTICIPANT_ID:
+        return f"participant id {ad.sender!r} out of range"
+    if ad.round_id != round_id:
+        return f"advertisement of participant {ad.sender} is for another round"
+    if ad.encryption_key == ad.masking_key:
+        return f"participant {ad.sender} advertised the same key twice"
+    for label, key in (("encryption", ad.encryption_key), ("masking", ad.masking_key)):
+        try:
+            keys.agree(_PROBE_KEY, key, session_id=b"", info=b"probe")
+        except CryptoError as exc:
+            return f"participant {ad.sender} advertised an invalid {label} key: {exc}"
+    if params.mode is SecurityMode.MALICIOUS:
+        identity = identity_keys.get(ad.sender)
+        if identity is None:
+            return f"participant {ad.sender} has no enrolled identity key"
+        payload = keys.advertisement_payload(round_id, ad.sender, ad.encryption_key, ad.masking_key)
+        try:
+            keys.verify(identity, ad.signature, payload)
+        except CryptoError:
+            return f"the keys of participant {ad.sender} are not signed by its enrolled identity"
+    return None
+
+
+@dataclass(frozen=True)
+class Session:
+    """The agreed state after phase 0."""
+
+    round_id: bytes
+    params: ProtocolParams
+    session_id: bytes
+    advertisements: Mapping[int, AdvertiseKeys]
+    graph: graphs.NeighbourGraph
+
+    @classmethod
+    def from_roster(cls, round_id: bytes, params: ProtocolParams, roster: tuple[AdvertiseKeys, ...]) -> Session:
+        session_id = compute_session_id(round_id, params, roster)
+        ids = tuple(sorted(ad.sender for ad in roster))
+        if params.neighbours is None or params.neighbours >= len(ids) - 1:
+            graph = graphs.complete_graph(ids)
+        else:
+            # The cycle order comes from the session id, which nobody controls alone.
+            graph = graphs.harary_graph(ids, params.neighbours, session_id)
+        return cls(round_id, params, session_id, {ad.sender: ad for ad in roster}, graph)
+
+    @property
+    def participants(self) -> tuple[int, ...]:
+        return tuple(sorted(self.advertisements))
+
+    def neighbours(self, participant: int) -> frozenset[int]:
+        return self.graph.neighbours(participant)
+
+    def holders(self, participant: int) -> frozenset[int]:
+        """Who holds shares of ``participant``'s secrets: its neighbours and itself."""
+        return self.graph.neighbours(participant) | {participant}
+
+
+def check_roster_keys_distinct(roster: tuple[AdvertiseKeys, ...]) -> str | None:
+    """Two participants with one key would let one mirror the other's masks (copy attack)."""
+    seen: dict[bytes, int] = {}
+    for ad in roster:
+        for key in (ad.encryption_key, ad.masking_key):
+            if key in seen and seen[key] != ad.sender:
+                return f"participants {seen[key]} and {ad.sender} advertised the same public key"
+            seen[key] = ad.sender
+    return None

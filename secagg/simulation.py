@@ -1,0 +1,223 @@
+"""An in-memory round: n clients and one server exchanging messages directly, with scripted
+dropouts. The protocol harness for tests and for ``fedmask simulate``.
+
+Pure like the rest of secagg: randomness is a seeded CSPRNG (so a run can be replayed) and the
+clock is injected (``clock=time.perf_counter`` from the caller; without one, timings are 0).
+Inputs are drawn one client at a time and folded into the expected sum as the server accepts
+them, so the harness itself stays O(d) in memory like the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import prg
+from .client import Client, ClientConfig
+from .errors import InvalidMessage, Phase, ProtocolAbort
+from .messages import (
+    Abort,
+    AdvertiseKeys,
+    ConsistencySignature,
+    MaskedInput,
+    ShareKeys,
+    UnmaskResponse,
+)
+from .params import ProtocolParams, SecurityMode
+from .rand import SeededRandom
+from .server import Server, ServerConfig
+
+# The phase in which a participant sends each kind of message: "drops at phase P" means it
+# sends nothing from P on.
+DROPPABLE_PHASES = (
+    Phase.ADVERTISE_KEYS,
+    Phase.SHARE_KEYS,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY_CHECK,
+    Phase.UNMASK,
+)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    params: ProtocolParams
+    participants: int
+    drop_at: Mapping[int, Phase] = field(default_factory=dict)  # participant id -> phase it drops in
+    seed: int = 0
+    round_id: bytes = b"simulated-round"
+
+
+@dataclass
+class SimulationResult:
+    participants: int
+    dimension: int
+    threshold: int
+    survivors: list[int]
+    dropped: dict[int, str]
+    exact: bool
+    aborted: bool
+    abort_reason: str | None
+    client_share_s: float
+    client_mask_s: float
+    server_unmask_s: float
+    round_s: float
+    upload_bytes_per_participant: float
+    client_aborts: dict[int, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "participants": self.participants,
+            "dim": self.dimension,
+            "threshold": self.threshold,
+            "survivors": len(self.survivors),
+            "dropped": len(self.dropped),
+            "exact": self.exact,
+            "aborted": self.aborted,
+            "abort_reason": self.abort_reason,
+            "client_share_s": self.client_share_s,
+            "client_mask_s": self.client_mask_s,
+            "server_unmask_s": self.server_unmask_s,
+            "round_s": self.round_s,
+            "upload_bytes_per_participant": self.upload_bytes_per_participant,
+            "upload_bytes_per_value": self.upload_bytes_per_participant / self.dimension,
+        }
+
+
+def payload_bytes(message: object) -> int:
+    """Bytes a message carries on the wire, counting its fields at their natural widths
+    (ids as 4 bytes, vectors at b <= 32 as 4 bytes a value): the yardstick the gRPC encoding is
+    compared against."""
+    if isinstance(message, AdvertiseKeys):
+        return 4 + len(message.round_id) + 64 + len(message.signature)
+    if isinstance(message, ShareKeys):
+        return 4 + len(message.session_id) + sum(8 + len(s.ciphertext) for s in message.shares)
+    if isinstance(message, MaskedInput):
+        return 4 + len(message.session_id) + message.masked.nbytes
+    if isinstance(message, ConsistencySignature):
+        return 4 + len(message.session_id) + len(message.signature)
+    if isinstance(message, UnmaskResponse):
+        shares = message.self_mask_shares + message.key_shares
+        return 4 + len(message.session_id) + sum(4 + len(s) for _, s in shares)
+    if isinstance(message, Abort):
+        return 4 + len(message.reason.encode())
+    raise TypeError(f"not a client message: {type(message).__name__}")
+
+
+def random_input(rng: SeededRandom, dimension: int, modulus_bits: int) -> np.ndarray:
+    """A uniformly random vector mod 2^b (the worst case for exactness: every bit matters)."""
+    return prg.expand(rng.random_bytes(prg.SEED_BYTES), dimension, modulus_bits)
+
+
+def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = None) -> SimulationResult:
+    params = config.params
+    n = config.participants
+    now = clock or (lambda: 0.0)
+    root = SeededRandom.from_int(config.seed)
+    ids = tuple(range(1, n + 1))
+    identity_keys: dict[int, bytes] = {}
+    identity_private: dict[int, Ed25519PrivateKey] = {}
+    if params.mode is SecurityMode.MALICIOUS:
+        for u in ids:
+            private = Ed25519PrivateKey.from_private_bytes(root.random_bytes(32))
+            identity_private[u] = private
+            identity_keys[u] = private.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+    server = Server(ServerConfig(config.round_id, params, ids, identity_keys))
+    clients = {
+        u: Client(
+            ClientConfig(u, config.round_id, params, identity_private.get(u), identity_keys),
+            rng=root.spawn(),
+        )
+        for u in ids
+    }
+    input_rng = root.spawn()
+    expected = np.zeros(params.dimension, dtype=prg.dtype_for_bits(params.modulus_bits))
+    timings: dict[Phase, list[float]] = {Phase.SHARE_KEYS: [], Phase.MASKED_INPUT: []}
+    uploaded = dict.fromkeys(ids, 0)
+    client_aborts: dict[int, str] = {}
+    server_unmask_s = 0.0
+    started = now()
+
+    def deliver(u: int, message: object, phase: Phase) -> None:
+        """Hand a server message to client u and its reply (if any) to the server."""
+        if config.drop_at.get(u) is not None and _order(config.drop_at[u]) <= _order(phase):
+            server.drop(u, "dropped out (scripted)")
+            return
+        client = clients[u]
+        pending_input = None
+        if phase is Phase.MASKED_INPUT:
+            pending_input = random_input(input_rng, params.dimension, params.modulus_bits)
+            client.set_input(pending_input)
+        t0 = now()
+        reply = message if phase is Phase.ADVERTISE_KEYS else client.receive(message)
+        elapsed = now() - t0
+        if phase in timings:
+            timings[phase].append(elapsed)
+        if reply is None:
+            server.drop(u, "sent nothing")
+            return
+        if isinstance(reply, Abort):
+            client_aborts[u] = reply.reason
+            server.drop(u, f"client aborted: {reply.reason}")
+            return
+        uploaded[u] += payload_bytes(reply)
+        try:
+            server.receive(reply)
+        except InvalidMessage as exc:
+            server.drop(u, exc.reason)
+            return
+        if pending_input is not None:
+            np.add(expected, pending_input, out=expected)
+
+    aborted_reason = None
+    try:
+        for u in ids:
+            deliver(u, clients[u].start(), Phase.ADVERTISE_KEYS)
+        while server.phase not in (Phase.COMPLETED, Phase.ABORTED):
+            closing = server.phase
+            t0 = now()
+            outgoing = server.close_phase()
+            if closing is Phase.UNMASK:
+                server_unmask_s = now() - t0
+            # A client's reply to these messages belongs to the server's new phase.
+            for u, message in sorted(outgoing.items()):
+                deliver(u, message, server.phase)
+    except ProtocolAbort as exc:
+        aborted_reason = str(exc)
+    round_s = now() - started
+
+    completed = server.phase is Phase.COMPLETED
+    prg.reduce_modulus(expected, params.modulus_bits)
+    exact = completed and np.array_equal(server.result, expected)
+    # Average over the participants that went through the whole upload (their masked input
+    # is in the sum); those that dropped early uploaded less.
+    full_uploads = list(server.u3) or [u for u in ids if uploaded[u]]
+    return SimulationResult(
+        participants=n,
+        dimension=params.dimension,
+        threshold=params.threshold,
+        survivors=list(server.u3) if completed else [],
+        dropped=dict(server.dropped_reasons),
+        exact=bool(exact),
+        aborted=not completed,
+        abort_reason=aborted_reason,
+        client_share_s=_mean(timings[Phase.SHARE_KEYS]),
+        client_mask_s=_mean(timings[Phase.MASKED_INPUT]),
+        server_unmask_s=server_unmask_s,
+        round_s=round_s,
+        upload_bytes_per_participant=sum(uploaded[u] for u in full_uploads) / max(1, len(full_uploads)),
+        client_aborts=client_aborts,
+    )
+
+
+def _order(phase: Phase) -> int:
+    return DROPPABLE_PHASES.index(phase)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
