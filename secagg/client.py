@@ -100,6 +100,9 @@ class Client:
         self._self_mask_secret: bytes | None = None
         # owner -> (share of b_owner, share of s_owner^SK) that this client holds
         self._held_shares: dict[int, tuple[int, int]] = {}
+        # neighbour -> X25519(c_u, c_v) and -> pairwise mask seed s_uv, computed once at roster time
+        self._share_secrets: dict[int, bytes] = {}
+        self._pairwise_seeds: dict[int, bytes] = {}
         self._signed_survivors: tuple[int, ...] | None = None
 
     # --- public interface -------------------------------------------------------------------
@@ -174,7 +177,11 @@ class Client:
             raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster does not carry this participant's own keys")
         for ad in roster.advertisements:
             problem = check_advertisement(
-                ad, round_id=self.config.round_id, params=params, identity_keys=self.config.identity_keys
+                ad,
+                round_id=self.config.round_id,
+                params=params,
+                identity_keys=self.config.identity_keys,
+                probe_points=False,
             )
             if problem:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
@@ -190,6 +197,15 @@ class Client:
         holders = sorted(session.holders(self.me))
         if len(holders) < params.threshold:
             raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{len(holders)} share holders < threshold {params.threshold}")
+        for v in session.neighbours(self.me):
+            ad = session.advertisements[v]
+            try:
+                self._share_secrets[v] = keys.exchange(self._encryption.private_key, ad.encryption_key)
+                self._pairwise_seeds[v] = keys.pairwise_mask_seed(
+                    self._masking.private_key, ad.masking_key, session.session_id
+                )
+            except CryptoError as exc:
+                raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"participant {v} advertised an unusable key: {exc}") from exc
 
         self._self_mask_secret = self._rng.random_bytes(shamir.SECRET_BYTES)
         shares = shamir.split(
@@ -208,11 +224,7 @@ class Client:
                 self.me, holder, shamir.encode_share(b_share), shamir.encode_share(s_share)
             )
             key = keys.share_encryption_key(
-                self._encryption.private_key,
-                session.advertisements[holder].encryption_key,
-                session_id=session.session_id,
-                sender=self.me,
-                receiver=holder,
+                self._share_secrets[holder], session_id=session.session_id, sender=self.me, receiver=holder
             )
             ciphertext = keys.encrypt_share(
                 key, plaintext, session_id=session.session_id, sender=self.me, receiver=holder, rng=self._rng
@@ -246,14 +258,13 @@ class Client:
         masked = self._input.copy()
         add, subtract = [keys.self_mask_seed(self._self_mask_secret, session.session_id)], []
         for v in sorted(survivors - {self.me}):
-            seed = keys.pairwise_mask_seed(
-                self._masking.private_key, session.advertisements[v].masking_key, session.session_id
-            )
             # u adds PRG(s_uv) for v > u and subtracts it for v < u: the pair cancels in the sum.
-            (add if v > self.me else subtract).append(seed)
+            (add if v > self.me else subtract).append(self._pairwise_seeds[v])
         prg.add_masks(masked, add, subtract)
         prg.reduce_modulus(masked, self.params.modulus_bits)
-        self._input = None  # the plaintext input is not needed any more
+        self._input = None  # neither the plaintext input nor the agreements are needed any more
+        self._share_secrets.clear()
+        self._pairwise_seeds.clear()
         return MaskedInput(self.me, session.session_id, masked)
 
     def _on_consistency_request(self, request: ConsistencyRequest) -> ConsistencySignature:
@@ -291,11 +302,7 @@ class Client:
 
     def _open_share(self, session: Session, share: EncryptedShare) -> tuple[int, int]:
         key = keys.share_encryption_key(
-            self._encryption.private_key,
-            session.advertisements[share.sender].encryption_key,
-            session_id=session.session_id,
-            sender=share.sender,
-            receiver=self.me,
+            self._share_secrets[share.sender], session_id=session.session_id, sender=share.sender, receiver=self.me
         )
         try:
             plaintext = keys.decrypt_share(
@@ -374,6 +381,8 @@ class Client:
         self.state = ClientState.ABORTED
         # Drop every secret so nothing can be revealed after an abort.
         self._held_shares.clear()
+        self._share_secrets.clear()
+        self._pairwise_seeds.clear()
         self._self_mask_secret = None
         self._input = None
 

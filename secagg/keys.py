@@ -84,16 +84,20 @@ def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
 
+def exchange(private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey) -> bytes:
+    """Raw X25519. Refuses malformed keys and low-order points. Feed the output to HKDF only."""
+    peer = check_public_key(peer_public) if isinstance(peer_public, bytes) else peer_public
+    try:
+        return private_key.exchange(peer)
+    except ValueError as exc:  # OpenSSL refuses an all-zero shared secret (low-order point)
+        raise CryptoError("key agreement failed: peer public key is a low-order point") from exc
+
+
 def agree(
     private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, *, session_id: bytes, info: bytes
 ) -> bytes:
-    """X25519 then HKDF-SHA256(salt=session id, info=purpose). Refuses low-order points."""
-    peer = check_public_key(peer_public) if isinstance(peer_public, bytes) else peer_public
-    try:
-        shared = private_key.exchange(peer)
-    except ValueError as exc:  # OpenSSL refuses an all-zero shared secret (low-order point)
-        raise CryptoError("key agreement failed: peer public key is a low-order point") from exc
-    return hkdf(shared, salt=session_id, info=info)
+    """X25519 then HKDF-SHA256(salt=session id, info=purpose)."""
+    return hkdf(exchange(private_key, peer_public), salt=session_id, info=info)
 
 
 def pairwise_mask_seed(
@@ -108,17 +112,11 @@ def self_mask_seed(self_mask_secret: bytes, session_id: bytes) -> bytes:
     return hkdf(self_mask_secret, salt=session_id, info=LABEL_SELF_MASK)
 
 
-def share_encryption_key(
-    private_key: X25519PrivateKey,
-    peer_public: bytes | X25519PublicKey,
-    *,
-    session_id: bytes,
-    sender: int,
-    receiver: int,
-) -> bytes:
-    """A key for the direction sender -> receiver only (each direction gets its own key)."""
+def share_encryption_key(shared_secret: bytes, *, session_id: bytes, sender: int, receiver: int) -> bytes:
+    """From X25519(c_u, c_v): a key for the direction sender -> receiver only (each direction
+    gets its own key, so one key never encrypts two messages)."""
     info = LABEL_SHARE_KEY + _u32(sender) + _u32(receiver)
-    return agree(private_key, peer_public, session_id=session_id, info=info)
+    return hkdf(shared_secret, salt=session_id, info=info)
 
 
 def _share_aad(session_id: bytes, sender: int, receiver: int) -> bytes:

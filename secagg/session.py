@@ -36,9 +36,18 @@ def compute_session_id(round_id: bytes, params: ProtocolParams, roster: tuple[Ad
 
 
 def check_advertisement(
-    ad: AdvertiseKeys, *, round_id: bytes, params: ProtocolParams, identity_keys: Mapping[int, bytes]
+    ad: AdvertiseKeys,
+    *,
+    round_id: bytes,
+    params: ProtocolParams,
+    identity_keys: Mapping[int, bytes],
+    probe_points: bool = True,
 ) -> str | None:
-    """Why ``ad`` is unacceptable, or None. Shared by server (on receipt) and client (on roster)."""
+    """Why ``ad`` is unacceptable, or None. Shared by server (on receipt) and client (on roster).
+
+    ``probe_points``: test both keys against low-order points with a throw-away agreement. The
+    server does; a client skips it because its real agreements with its neighbours check the
+    same thing, and the keys of non-neighbours are never used by it."""
     if not isinstance(ad, AdvertiseKeys):
         return f"expected AdvertiseKeys, got {type(ad).__name__}"
     if not isinstance(ad.sender, int) or not 1 <= ad.sender <= MAX_PARTICIPANT_ID:
@@ -49,7 +58,9 @@ def check_advertisement(
         return f"participant {ad.sender} advertised the same key twice"
     for label, key in (("encryption", ad.encryption_key), ("masking", ad.masking_key)):
         try:
-            keys.agree(_PROBE_KEY, key, session_id=b"", info=b"probe")
+            keys.check_public_key(key)
+            if probe_points:
+                keys.exchange(_PROBE_KEY, key)
         except CryptoError as exc:
             return f"participant {ad.sender} advertised an invalid {label} key: {exc}"
     if params.mode is SecurityMode.MALICIOUS:

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from secagg import encoding
+from secagg.params import EncodingParams
+from secagg.rand import SeededRandom
+
+
+def test_clip_scales_down_only_above_the_norm():
+    v = np.array([3.0, 4.0])
+    clipped, norm = encoding.clip_l2(v, 1.0)
+    assert norm == 5.0 and np.allclose(clipped, [0.6, 0.8])
+    same, _ = encoding.clip_l2(v, 10.0)
+    assert same is v
+
+
+def test_nan_updates_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        encoding.clip_l2(np.array([1.0, np.nan]), 1.0)
+
+
+def test_randomized_rounding_is_unbiased_and_stays_on_neighbours():
+    rng = SeededRandom.from_int(1)
+    values = np.full(200_000, 2.3)
+    rounded = encoding.randomized_round(values, rng)
+    assert set(np.unique(rounded)) == {2, 3}
+    # mean 2.3, standard error sqrt(0.21 / 2e5) ~ 0.001
+    assert abs(rounded.mean() - 2.3) < 0.005
+
+
+def test_randomized_rounding_keeps_integers():
+    rng = SeededRandom.from_int(2)
+    values = np.array([-3.0, 0.0, 7.0])
+    assert np.array_equal(encoding.randomized_round(values, rng), [-3, 0, 7])
+
+
+@pytest.mark.parametrize("bits", [16, 32, 48, 64])
+def test_modular_round_trip_of_signed_integers(bits):
+    ints = np.array([-(2 ** (bits - 1)), -1, 0, 1, 2 ** (bits - 1) - 1], dtype=np.int64)
+    assert np.array_equal(encoding.centered_lift(encoding.to_modular(ints, bits), bits), ints)
+
+
+def test_sum_of_encodings_decodes_to_sum_of_clipped_updates():
+    params = EncodingParams(clip_norm=1.0, scale=2.0**16, modulus_bits=32)
+    params.validate(10)
+    rng = SeededRandom.from_int(3)
+    updates = [np.linspace(-0.1, 0.1, 1000) * (i + 1) for i in range(10)]
+    total = np.zeros(1000, dtype=np.uint32)
+    for u in updates:
+        total += encoding.encode(u, params, rng)
+    expected = sum(encoding.clip_l2(u, 1.0)[0] for u in updates)
+    decoded = encoding.decode_sum(total, params)
+    # each participant's rounding error is below 1/scale per coordinate
+    assert np.max(np.abs(decoded - expected)) < 10 / params.scale
+
+
+def test_encode_refuses_matrices():
+    with pytest.raises(ValueError, match="1-D"):
+        encoding.encode(np.zeros((2, 2)), EncodingParams(1.0, 1.0, 32), SeededRandom.from_int(0))

@@ -1,0 +1,119 @@
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives import serialization
+
+from secagg import keys
+from secagg.errors import CryptoError
+from secagg.rand import SeededRandom
+
+RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+
+
+def test_x25519_rfc7748_section_6_1():
+    alice = keys.AgreementKeyPair.from_private_bytes(
+        bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    )
+    bob = keys.AgreementKeyPair.from_private_bytes(
+        bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    )
+    assert alice.public_bytes.hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert bob.public_bytes.hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    shared = alice.private_key.exchange(keys.check_public_key(bob.public_bytes))
+    assert shared.hex() == "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+
+
+def test_x25519_rfc7748_section_5_2_scalar_multiplication():
+    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+    out = X25519PrivateKey.from_private_bytes(scalar).exchange(keys.check_public_key(u))
+    assert out.hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+
+
+def test_hkdf_rfc5869_test_case_1():
+    okm = keys.hkdf(
+        bytes.fromhex("0b" * 22),
+        salt=bytes.fromhex("000102030405060708090a0b0c"),
+        info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
+        length=42,
+    )
+    assert okm.hex() == (
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    )
+
+
+def test_ed25519_rfc8032_test_1():
+    secret = Ed25519PrivateKey.from_private_bytes(
+        bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    )
+    public = secret.public_key().public_bytes(*RAW)
+    assert public.hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    signature = keys.sign(secret, b"")
+    assert signature.hex() == (
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065"
+        "224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    )
+    keys.verify(public, signature, b"")
+    with pytest.raises(CryptoError):
+        keys.verify(public, signature, b"x")
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        bytes(32),  # the identity
+        (1).to_bytes(32, "little"),  # order 4
+        bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),  # order 8
+        bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  # p - 1
+    ],
+)
+def test_low_order_points_are_refused(point):
+    pair = keys.AgreementKeyPair.generate(SeededRandom.from_int(1))
+    with pytest.raises(CryptoError, match="low-order"):
+        keys.pairwise_mask_seed(pair.private_key, point, b"session")
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(31), bytes(33)])
+def test_malformed_public_keys_are_refused(bad):
+    with pytest.raises(CryptoError):
+        keys.check_public_key(bad)
+
+
+def test_pairwise_seed_is_symmetric_and_session_bound():
+    rng = SeededRandom.from_int(2)
+    u, v = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
+    s_uv = keys.pairwise_mask_seed(u.private_key, v.public_bytes, b"session-1")
+    assert s_uv == keys.pairwise_mask_seed(v.private_key, u.public_bytes, b"session-1")
+    assert s_uv != keys.pairwise_mask_seed(u.private_key, v.public_bytes, b"session-2")
+    assert keys.self_mask_seed(b"b" * 32, b"session-1") != keys.self_mask_seed(b"b" * 32, b"session-2")
+
+
+def _share_key(rng):
+    u, v = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
+    shared = keys.exchange(u.private_key, v.public_bytes)
+    assert shared == keys.exchange(v.private_key, u.public_bytes)
+    k = keys.share_encryption_key(shared, session_id=b"s", sender=1, receiver=2)
+    # each direction and each session gets its own key
+    assert k != keys.share_encryption_key(shared, session_id=b"s", sender=2, receiver=1)
+    assert k != keys.share_encryption_key(shared, session_id=b"t", sender=1, receiver=2)
+    return k
+
+
+def test_share_encryption_binds_session_sender_and_receiver():
+    rng = SeededRandom.from_int(3)
+    key = _share_key(rng)
+    box = keys.encrypt_share(key, b"share", session_id=b"s", sender=1, receiver=2, rng=rng)
+    assert keys.decrypt_share(key, box, session_id=b"s", sender=1, receiver=2) == b"share"
+    for session, sender, receiver in [(b"t", 1, 2), (b"s", 3, 2), (b"s", 1, 3)]:
+        with pytest.raises(CryptoError, match="failed authentication"):
+            keys.decrypt_share(key, box, session_id=session, sender=sender, receiver=receiver)
+    tampered = box[:-1] + bytes([box[-1] ^ 1])
+    with pytest.raises(CryptoError):
+        keys.decrypt_share(key, tampered, session_id=b"s", sender=1, receiver=2)
+    with pytest.raises(CryptoError, match="too short"):
+        keys.decrypt_share(key, box[:20], session_id=b"s", sender=1, receiver=2)
+
+
+def test_key_pair_repr_hides_the_private_key():
+    pair = keys.AgreementKeyPair.generate(SeededRandom.from_int(4))
+    assert pair.private_bytes.hex() not in repr(pair)
