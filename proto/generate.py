@@ -2,8 +2,8 @@
 
 The generated modules are committed (so installing fedmask needs no protoc), and
 ``tests/coordinator/test_proto_generated.py`` regenerates them into a temporary directory and
-fails if they differ from the committed ones. Needs ``grpcio-tools`` (in the ``test`` and
-``dev`` extras).
+fails if they differ from the committed ones. Needs ``grpcio-tools`` (in the ``test`` extra,
+so ``make test`` runs the check).
 """
 
 from __future__ import annotations
