@@ -1,0 +1,714 @@
+"""The coordinator's gRPC server: drives ``secagg.server.Server`` through rounds over
+``fedmask.secagg.v1.SecureAggregation/Aggregate`` streams (grpc.aio, one event loop).
+
+Two pieces, so that one process can run many rounds (the federated-learning layer picks each
+round's parameters and participants, then calls ``run_round``):
+
+- ``CoordinatorServer``: the listening gRPC server -- credentials, message-size limits,
+  keepalive, stream limits, health service. ``await server.run_round(config)`` runs one round
+  and returns its ``RoundOutcome``; call it again for the next round.
+- ``RoundRunner``: one round. ``RoundConfig`` (round id, ``ProtocolParams``, the selected names
+  and their enrolled identity keys, deadlines) in, ``RoundOutcome`` (the sum over the survivors,
+  or the phase and reason of the abort) out.
+
+One round::
+
+    join        participants open their stream and send Hello; the round starts when every
+                selected participant has joined or the join deadline passes (>= t needed)
+    RoundStart  to each joined participant: round id, parameters, its id, the names
+    phases      for each secagg phase: wait until every expected participant has answered or
+                the phase deadline passes, then ``Server.close_phase`` and send its messages
+    result      RoundResult to the survivors; the sum stays with the coordinator
+
+Dropouts are participants that miss a deadline, disconnect, abort, or send a message that is
+refused; a refused participant's call ends with a status saying why, and the round goes on
+without it as long as the threshold allows. A refused message never reaches the state machine
+half-checked: the wire decoder checks the format, this module the phase, duplicates and
+session, and ``Server.receive`` the content, raising before it changes anything.
+
+Status codes: INVALID_ARGUMENT (malformed or invalid content), FAILED_PRECONDITION (wrong
+phase, duplicate, wrong round or session, round already started), PERMISSION_DENIED (not
+selected for the round), UNAUTHENTICATED (no valid identity), ALREADY_EXISTS (a second stream
+for the same participant), DEADLINE_EXCEEDED (missed the join or a phase deadline),
+UNAVAILABLE (no round open for joining), RESOURCE_EXHAUSTED (message over the size limit,
+refused by gRPC itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from coordinator.transport import AuthError, ServerSecurity
+from proto import transport, wire
+from proto.fedmask.secagg.v1 import secagg_pb2 as pb
+from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
+from secagg.errors import InvalidMessage, Phase, ProtocolAbort
+from secagg.messages import Abort, AdvertiseKeys
+from secagg.params import ProtocolParams, SecurityMode
+from secagg.server import Server, ServerConfig, ServerState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOIN_TIMEOUT_S = 300.0
+DEFAULT_PHASE_TIMEOUT_S = 60.0
+# gRPC frames every message with a 5-byte prefix (compressed flag + length).
+GRPC_MESSAGE_PREFIX_BYTES = 5
+
+Progress = Callable[[str], None]
+
+# The envelope field each server state waits for.
+EXPECTED_FIELD: dict[ServerState, str] = {
+    ServerState.COLLECTING_KEYS: "advertise_keys",
+    ServerState.COLLECTING_SHARES: "share_keys",
+    ServerState.COLLECTING_MASKED_INPUTS: "masked_input",
+    ServerState.COLLECTING_SIGNATURES: "consistency_signature",
+    ServerState.COLLECTING_UNMASK_RESPONSES: "unmask_response",
+}
+
+
+class Refusal(Exception):
+    """A call or message is refused with ``code``; the participant is dropped."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """One round. ``participants`` are the names selected for it; ids are their sorted positions
+    (1..n). ``identity_keys`` (name -> Ed25519 public key, from the CA-signed roster) are needed
+    in the malicious-server mode."""
+
+    round_id: bytes
+    params: ProtocolParams
+    participants: tuple[str, ...]
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
+    phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S
+    identity_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(sorted(set(self.participants)))
+        if len(names) != len(self.participants):
+            raise ValueError("participant names must be distinct")
+        for name in names:
+            if wire.PARTICIPANT_NAME.fullmatch(name) is None:
+                raise ValueError(f"malformed participant name {name!r}")
+        if not 1 <= len(self.round_id) <= wire.MAX_ROUND_ID_BYTES:
+            raise ValueError(f"round ids are 1 to {wire.MAX_ROUND_ID_BYTES} bytes")
+        object.__setattr__(self, "participants", names)
+        self.params.validate(len(names))
+        if self.params.mode is SecurityMode.MALICIOUS:
+            missing = [n for n in names if n not in self.identity_keys]
+            if missing:
+                raise ValueError(f"malicious-server mode: no enrolled identity key for {', '.join(missing)}")
+        if self.join_timeout_s <= 0 or self.phase_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def ids(self) -> dict[str, int]:
+        return {name: i + 1 for i, name in enumerate(self.participants)}
+
+
+@dataclass
+class RoundOutcome:
+    """What the coordinator learnt from a round: the sum over the survivors, or why it aborted."""
+
+    round_id: bytes
+    participants: tuple[str, ...]
+    joined: tuple[str, ...] = ()
+    completed: bool = False
+    abort_phase: Phase | None = None
+    abort_reason: str | None = None
+    survivors: tuple[str, ...] = ()
+    dropped: dict[str, str] = field(default_factory=dict)
+    result: np.ndarray | None = field(default=None, repr=False)
+    session_id: bytes | None = None
+    join_s: float = 0.0  # round opened -> RoundStart sent
+    round_s: float = 0.0  # RoundStart sent -> sum computed (or abort)
+    coordinator_cpu_s: float = 0.0  # this process's CPU time over round_s
+    phase_s: dict[str, float] = field(default_factory=dict)
+    # gRPC message bytes (protobuf + 5-byte frame prefix) received from each participant
+    bytes_received: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """A JSON-friendly summary; the sum itself only as a digest and a preview."""
+        summary: dict = {
+            "round_id": self.round_id.decode("utf-8", "replace"),
+            "completed": self.completed,
+            "participants": len(self.participants),
+            "joined": len(self.joined),
+            "survivors": list(self.survivors),
+            "dropped": dict(self.dropped),
+            "join_s": round(self.join_s, 6),
+            "round_s": round(self.round_s, 6),
+            "coordinator_cpu_s": round(self.coordinator_cpu_s, 6),
+            "phase_s": {k: round(v, 6) for k, v in self.phase_s.items()},
+            "bytes_received": dict(self.bytes_received),
+        }
+        if not self.completed:
+            summary["abort_phase"] = self.abort_phase.value if self.abort_phase else None
+            summary["abort_reason"] = self.abort_reason
+        if self.result is not None:
+            summary["sum_sha256"] = hashlib.sha256(self.result.tobytes()).hexdigest()
+            summary["sum_preview"] = [int(v) for v in self.result[:8]]
+        return summary
+
+
+class _Connection:
+    """One participant's stream in one round. The call handler writes what the round queues."""
+
+    def __init__(self, name: str, participant_id: int) -> None:
+        self.name = name
+        self.participant_id = participant_id
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.joined = False  # Hello received
+        self.closed = False  # no more messages will be read or written
+        self.lost_reason: str | None = None
+        self.submitted_in: ServerState | None = None
+        self.bytes_received = 0
+
+    def send(self, envelope: pb.ServerEnvelope) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(("send", envelope))
+
+    def finish(self) -> None:
+        """End the call with OK once everything queued is written."""
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(("end", None))
+
+    def refuse(self, code: grpc.StatusCode, details: str) -> None:
+        """End the call with ``code`` once everything queued is written."""
+        if not self.closed:
+            self.closed = True
+            self.lost_reason = self.lost_reason or f"refused ({code.name}): {details}"
+            self.outbox.put_nowait(("error", (code, details)))
+
+
+class RoundRunner:
+    """Runs one round: admits streams, feeds the state machine, enforces the deadlines."""
+
+    def __init__(self, config: RoundConfig, *, progress: Progress | None = None) -> None:
+        self.config = config
+        self._ids = config.ids
+        self._names = {pid: name for name, pid in self._ids.items()}
+        identity_keys = {}
+        if config.params.mode is SecurityMode.MALICIOUS:
+            identity_keys = {self._ids[n]: config.identity_keys[n] for n in config.participants}
+        self.server = Server(ServerConfig(config.round_id, config.params, tuple(self._ids.values()), identity_keys))
+        self._connections: dict[int, _Connection] = {}
+        self._changed = asyncio.Event()
+        # Held around every use of self.server: a phase may be closing in a worker thread.
+        self._lock = asyncio.Lock()
+        self._progress = progress or (lambda line: None)
+        self.started = False  # RoundStart sent
+        self.finished = False
+        self.outcome = RoundOutcome(config.round_id, config.participants)
+
+    # --- streams ----------------------------------------------------------------------------
+
+    def admit(self, name: str) -> _Connection:
+        """Register a new stream of ``name``, or raise Refusal."""
+        if self.finished:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the round is over")
+        pid = self._ids.get(name)
+        if pid is None:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"participant {name!r} is not selected for this round")
+        current = self._connections.get(pid)
+        if current is not None and not current.closed:
+            raise Refusal(
+                grpc.StatusCode.ALREADY_EXISTS, f"participant {name!r} already has a stream open in this round"
+            )
+        if self.started:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the round has started without {name!r} (it joined late or reconnected); join the next one",
+            )
+        # Before the round starts a participant may reconnect (its earlier stream is gone).
+        connection = _Connection(name, pid)
+        self._connections[pid] = connection
+        return connection
+
+    async def serve_stream(self, connection: _Connection, requests) -> None:
+        """Read the participant's messages until its stream ends (runs beside the writer)."""
+        try:
+            async for envelope in requests:
+                if connection.closed:
+                    break
+                connection.bytes_received += envelope.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+                try:
+                    await self._on_envelope(connection, envelope)
+                except Refusal as exc:
+                    await self._refuse(connection, exc.code, exc.details)
+                    break
+            else:
+                self._lost(connection, "closed its stream")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the transport failed under us: a disconnect
+            self._lost(connection, f"disconnected ({type(exc).__name__})")
+
+    def stream_ended(self, connection: _Connection, why: str) -> None:
+        """Called by the call handler when the call is over, for whatever reason."""
+        self._lost(connection, why)
+
+    def _lost(self, connection: _Connection, reason: str) -> None:
+        if connection.lost_reason is None:
+            connection.lost_reason = reason
+        connection.closed = True
+        self._changed.set()  # the round drops it at its next look (see _apply_disconnects)
+
+    async def _refuse(self, connection: _Connection, code: grpc.StatusCode, details: str) -> None:
+        phase = self.server.phase.value if self.started else "join"
+        message = f"[{phase}] {details}"
+        if self.started:
+            async with self._lock:
+                self.server.drop(connection.participant_id, f"refused ({code.name}): {details}")
+        log.info("refused participant %s: %s: %s", connection.name, code.name, message)
+        self._progress(f"refused {connection.name}: {code.name}: {message}")
+        connection.refuse(code, message)
+        self._changed.set()
+
+    async def _on_envelope(self, connection: _Connection, envelope: pb.ClientEnvelope) -> None:
+        kind = envelope.WhichOneof("body")
+        pid = connection.participant_id
+        params = self.config.params
+        if kind is None:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "empty envelope (no message in it)")
+        if kind == "abort":
+            try:
+                abort = wire.client_from_proto(envelope, sender=pid, params=params)
+            except wire.WireError as exc:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"malformed abort: {exc}") from exc
+            self._progress(f"{connection.name} aborted: {abort.reason}")
+            if self.started:
+                async with self._lock:
+                    self.server.drop(pid, f"aborted: {abort.reason}")
+            connection.lost_reason = f"aborted: {abort.reason}"
+            connection.finish()
+            self._changed.set()
+            return
+        if not connection.joined:
+            if kind != "hello":
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the first message must be hello, got {kind}")
+            hello = wire.client_from_proto(envelope, sender=pid, params=params)
+            if hello.protocol_version != wire.PROTOCOL_VERSION:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"protocol version {hello.protocol_version} is not supported (this coordinator "
+                    f"speaks {wire.PROTOCOL_VERSION})",
+                )
+            connection.joined = True
+            joined = sum(1 for c in self._connections.values() if c.joined and not c.closed)
+            self._progress(f"{connection.name} joined ({joined}/{len(self._ids)})")
+            self._changed.set()
+            return
+        if not self.started:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"{kind} before the round started")
+
+        async with self._lock:
+            state = self.server.state
+            phase = state.phase.value
+            expected = EXPECTED_FIELD.get(state)
+            if expected is None:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the round is {phase}: no more messages")
+            if kind != expected:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"expected {expected} in phase {phase}, got {kind}"
+                )
+            if connection.submitted_in is state:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"duplicate {kind} in phase {phase}")
+            if pid not in self.server.awaiting:
+                why = self.server.dropped_reasons.get(pid, "not a participant of this phase")
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"not expected in phase {phase}: {why}")
+            try:
+                message = wire.client_from_proto(envelope, sender=pid, params=params)
+            except wire.WireError as exc:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind}: {exc}") from exc
+            if isinstance(message, AdvertiseKeys):
+                if message.round_id != self.config.round_id:
+                    raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "advertisement for another round (round id)")
+            elif message.session_id != self.server.session_id:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "wrong session id (another round or session)")
+            try:
+                self.server.receive(message)
+            except InvalidMessage as exc:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, exc.reason) from exc
+            connection.submitted_in = state
+            if not self.server.awaiting:
+                self._changed.set()
+
+    # --- the round ----------------------------------------------------------------------------
+
+    def _live(self, pid: int) -> _Connection | None:
+        connection = self._connections.get(pid)
+        return connection if connection is not None and not connection.closed else None
+
+    def _apply_disconnects(self) -> None:
+        for pid in sorted(self.server.awaiting):
+            if self._live(pid) is None:
+                connection = self._connections.get(pid)
+                reason = connection.lost_reason if connection and connection.lost_reason else "not connected"
+                self.server.drop(pid, reason)
+
+    async def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``done()`` or the timeout; True if done in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self.started:
+                self._apply_disconnects()
+            if done():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _all_joined(self) -> bool:
+        return all((c := self._live(pid)) is not None and c.joined for pid in self._ids.values())
+
+    async def run(self) -> RoundOutcome:
+        """Run the round to its end; never raises for anything a participant does."""
+        try:
+            return await self._run()
+        finally:
+            if not self.finished:  # cancelled (coordinator shutting down): tell everyone
+                self._finish_aborted(self.server.phase, "the coordinator is shutting down")
+
+    async def _run(self) -> RoundOutcome:
+        config, outcome = self.config, self.outcome
+        n, t = len(config.participants), config.params.threshold
+        self._progress(
+            f"waiting for {n} participants to join (threshold {t}, join timeout {config.join_timeout_s:g} s)"
+        )
+        opened = time.perf_counter()
+        await self._wait(self._all_joined, config.join_timeout_s)
+        joined = [pid for pid in self._ids.values() if (c := self._live(pid)) is not None and c.joined]
+        outcome.joined = tuple(self._names[pid] for pid in joined)
+        for pid in self._ids.values():
+            if pid not in joined:
+                self.server.drop(pid, "did not join before the join deadline")
+                if (connection := self._live(pid)) is not None:
+                    connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "[join] no hello before the join deadline")
+        outcome.join_s = time.perf_counter() - opened
+        if len(joined) < t:
+            reason = f"only {len(joined)} of {n} participants joined, threshold is {t}"
+            return self._finish_aborted(Phase.ADVERTISE_KEYS, reason)
+
+        self.started = True
+        self._progress(f"starting with {len(joined)}/{n}: {_names(outcome.joined)}")
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        for pid in joined:
+            start = wire.RoundStart(config.round_id, config.params, pid, config.participants, config.phase_timeout_s)
+            self._connections[pid].send(wire.server_to_proto(start))
+
+        while self.server.state not in (ServerState.COMPLETED, ServerState.ABORTED):
+            state = self.server.state
+            phase_start = time.perf_counter()
+            await self._wait(lambda: not self.server.awaiting, config.phase_timeout_s)
+            async with self._lock:
+                self._apply_disconnects()
+                for pid in sorted(self.server.awaiting):
+                    reason = f"missed the {state.phase.value} deadline ({config.phase_timeout_s:g} s)"
+                    self.server.drop(pid, reason)
+                    if (connection := self._live(pid)) is not None:
+                        connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"[{state.phase.value}] {reason}")
+                responders = sorted(c.name for c in self._connections.values() if c.submitted_in is state)
+                try:
+                    # The unmask regenerates masks: CPU-bound, kept off the event loop so that
+                    # keepalives and health checks are still answered.
+                    outgoing = await asyncio.to_thread(self.server.close_phase)
+                except ProtocolAbort as exc:
+                    outcome.round_s = time.perf_counter() - wall_start
+                    outcome.coordinator_cpu_s = time.process_time() - cpu_start
+                    return self._finish_aborted(exc.phase, exc.reason)
+            outcome.phase_s[state.phase.value] = time.perf_counter() - phase_start
+            self._progress(f"{state.phase.value} closed: {len(responders)}/{n} in: {_names(responders)}")
+            for pid, message in outgoing.items():
+                if (connection := self._live(pid)) is not None:
+                    connection.send(wire.server_to_proto(message))
+
+        outcome.round_s = time.perf_counter() - wall_start
+        outcome.coordinator_cpu_s = time.process_time() - cpu_start
+        return self._finish_completed()
+
+    def _collect(self) -> None:
+        outcome = self.outcome
+        for pid, reason in self.server.dropped_reasons.items():
+            outcome.dropped.setdefault(self._names[pid], reason)
+        outcome.bytes_received = {c.name: c.bytes_received for c in self._connections.values()}
+        outcome.session_id = self.server.session_id
+        self.finished = True
+
+    def _finish_completed(self) -> RoundOutcome:
+        outcome = self.outcome
+        outcome.completed = True
+        outcome.result = self.server.result
+        outcome.survivors = tuple(self._names[pid] for pid in self.server.u3)
+        self._collect()
+        result = wire.server_to_proto(wire.RoundResult(self.server.session_id, tuple(self.server.u3)))
+        for connection in self._connections.values():
+            connection.send(result)
+            connection.finish()
+        self._progress(f"completed: {len(outcome.survivors)} survivors: {_names(outcome.survivors)}")
+        return outcome
+
+    def _finish_aborted(self, phase: Phase, reason: str) -> RoundOutcome:
+        outcome = self.outcome
+        outcome.abort_phase, outcome.abort_reason = phase, reason
+        self._collect()
+        abort = wire.server_to_proto(Abort(phase, reason))
+        for connection in self._connections.values():
+            connection.send(abort)
+            connection.finish()
+        self._progress(f"aborted in {phase.value}: {reason}")
+        return outcome
+
+
+class SecureAggregationService(pb_grpc.SecureAggregationServicer):
+    """The gRPC face: authenticates each stream and hands it to the round that is open."""
+
+    def __init__(self, authenticator, *, join_wait_s: float, progress: Progress | None = None) -> None:
+        self._authenticator = authenticator
+        self._join_wait_s = join_wait_s
+        self._round: RoundRunner | None = None
+        self._round_changed = asyncio.Condition()
+        self._progress = progress or (lambda line: None)
+
+    async def set_round(self, runner: RoundRunner | None) -> None:
+        async with self._round_changed:
+            self._round = runner
+            self._round_changed.notify_all()
+
+    async def _current_round(self, wait_s: float) -> RoundRunner:
+        """The round in progress (``admit`` decides whether this stream may join it); a stream
+        arriving between two rounds waits a little for the next one."""
+
+        def open_round() -> bool:
+            return self._round is not None and not self._round.finished
+
+        async with self._round_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round_changed.wait_for(open_round), wait_s)
+            current = self._round
+        if current is None or current.finished:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "no round is open for joining; retry later")
+        return current
+
+    async def Aggregate(self, request_iterator, context):  # noqa: N802 - the gRPC method name
+        try:
+            name = self._authenticator.identify(context)
+        except AuthError as exc:
+            self._progress(f"refused a stream: {exc.code.name}: {exc.details}")
+            await context.abort(exc.code, exc.details)
+            return
+        try:
+            runner = await self._current_round(self._join_wait_s)
+            connection = runner.admit(name)
+        except Refusal as exc:
+            self._progress(f"refused {name}: {exc.code.name}: {exc.details}")
+            await context.abort(exc.code, exc.details)
+            return
+        reader = asyncio.create_task(runner.serve_stream(connection, request_iterator))
+        why = "stream ended"
+        try:
+            while True:
+                action, payload = await connection.outbox.get()
+                if action == "send":
+                    await context.write(payload)
+                elif action == "end":
+                    why = connection.lost_reason or "round over"
+                    return
+                else:
+                    code, details = payload
+                    why = connection.lost_reason or details
+                    await context.abort(code, details)
+        except asyncio.CancelledError:
+            why = "disconnected (call cancelled)"
+            raise
+        finally:
+            reader.cancel()
+            runner.stream_ended(connection, why)
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """The largest message the coordinator accepts from a participant and the largest it sends.
+
+    Fixed when the server starts (gRPC options cannot change later), so size them for the
+    largest round the server will run: ``for_round(params, n)``."""
+
+    receive_bytes: int
+    send_bytes: int
+
+    @classmethod
+    def for_round(cls, params: ProtocolParams, num_participants: int) -> MessageLimits:
+        return cls(
+            transport.max_participant_message_bytes(params, num_participants),
+            transport.max_coordinator_message_bytes(num_participants),
+        )
+
+    def fits(self, config: RoundConfig) -> bool:
+        needed = MessageLimits.for_round(config.params, len(config.participants))
+        return needed.receive_bytes <= self.receive_bytes and needed.send_bytes <= self.send_bytes
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    # Plaintext health-only listener for probes that hold no client certificate (container
+    # healthchecks); None: none. The health service is also on the main port.
+    health_port: int | None = None
+    grace_s: float = 2.0  # on stop, how long calls in flight get to finish
+    # How long a stream that arrives while no round is open (between two rounds) waits for the
+    # next one before it is told UNAVAILABLE (and retries later).
+    join_wait_s: float = 5.0
+
+
+class CoordinatorServer:
+    """The listening gRPC server. ``start()``, then ``run_round(config)`` once per round, then
+    ``stop()``. One round at a time."""
+
+    def __init__(
+        self,
+        security: ServerSecurity,
+        limits: MessageLimits,
+        *,
+        settings: ServerSettings | None = None,
+        max_participants: int = 1000,
+        progress: Progress | None = None,
+    ) -> None:
+        self.security = security
+        self.limits = limits
+        self.settings = settings or ServerSettings()
+        self.max_participants = max_participants
+        self._progress = progress or (lambda line: None)
+        self.port: int | None = None
+        self.health_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._service: SecureAggregationService | None = None
+        self._health: health_aio.HealthServicer | None = None
+
+    async def start(self) -> int:
+        """Listen; returns the port."""
+        self._server = grpc.aio.server(
+            options=transport.server_options(self.limits.receive_bytes, self.limits.send_bytes),
+            # Every participant holds one stream; leave room for health checks and stragglers.
+            maximum_concurrent_rpcs=2 * self.max_participants + 16,
+        )
+        self._service = SecureAggregationService(
+            self.security.authenticator, join_wait_s=self.settings.join_wait_s, progress=self._progress
+        )
+        pb_grpc.add_SecureAggregationServicer_to_server(self._service, self._server)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.security.credentials is None:
+            port = self._server.add_insecure_port(address)
+        else:
+            port = self._server.add_secure_port(address, self.security.credentials)
+        if port == 0:
+            raise OSError(f"could not listen on {address}")
+        if self.settings.health_port is not None:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=16)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            health_address = f"{self.settings.host}:{self.settings.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise OSError(f"could not listen on {health_address}")
+            await self._health_server.start()
+        await self._server.start()
+        for service in ("", transport.SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.port = port
+        return port
+
+    async def run_round(self, config: RoundConfig) -> RoundOutcome:
+        """Run one round to its end. Never raises for anything a participant does: every abort
+        is in the outcome."""
+        if self._service is None:
+            raise RuntimeError("start() the server first")
+        if not self.limits.fits(config) or len(config.participants) > self.max_participants:
+            raise ValueError("the round needs larger message limits than this server was started with")
+        runner = RoundRunner(config, progress=self._progress)
+        await self._service.set_round(runner)
+        try:
+            return await runner.run()
+        finally:
+            await self._service.set_round(None)
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        for server in (self._server, self._health_server):
+            if server is not None:
+                await server.stop(self.settings.grace_s)
+
+
+def new_round_id() -> bytes:
+    """A round id that never repeats across coordinator runs."""
+    return f"fedmask/round/{secrets.token_hex(12)}".encode()
+
+
+def _names(names: Sequence[str]) -> str:
+    """The names, listed for small rounds only."""
+    return ", ".join(names) if len(names) <= 20 else f"{len(names)} participants"
+
+
+class BackgroundCoordinator:
+    """A ``CoordinatorServer`` on its own event loop in a daemon thread, for callers that are
+    not asyncio code (tests, notebooks)::
+
+        with BackgroundCoordinator(server) as coordinator:
+            outcome = coordinator.run_round(config)
+    """
+
+    def __init__(self, server: CoordinatorServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fedmask-coordinator", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout_s)
+
+    def submit_round(self, config: RoundConfig):
+        """Start a round; returns a concurrent.futures.Future of its outcome."""
+        return asyncio.run_coroutine_threadsafe(self.server.run_round(config), self._loop)
+
+    def run_round(self, config: RoundConfig, timeout_s: float = 120.0) -> RoundOutcome:
+        return self.submit_round(config).result(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout_s)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout_s)
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundCoordinator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,471 @@
+"""The coordinator's gRPC server over loopback mTLS, in process: honest rounds, hostile messages,
+identities, deadlines, health and limits. Every round checks its sum bit for bit against the
+plaintext sum of the survivors' inputs, computed here out of band."""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from conftest import (
+    DIM,
+    HONEST,
+    MALLORY,
+    OUTSIDER,
+    PARAMS,
+    Mallory,
+    assert_exact,
+    input_of,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator import loopback, pki
+from coordinator.round_server import (
+    BackgroundCoordinator,
+    CoordinatorServer,
+    MessageLimits,
+    RoundConfig,
+    ServerSettings,
+    new_round_id,
+)
+from coordinator.transport import insecure_security, mtls_security, token_security
+from participant.grpc_client import Connection, Identity, one_way_tls_credentials, take_part
+from proto import transport, wire
+from proto.fedmask.secagg.v1 import secagg_pb2 as pb
+from secagg.errors import Phase
+from secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
+from secagg.params import ProtocolParams, SecurityMode
+
+pytestmark = pytest.mark.timeout(120)
+ALL = (*HONEST, MALLORY)
+
+
+def test_honest_round_is_exact_and_reports_bytes(round_harness):
+    harness = round_harness()
+    harness.start_honest(ALL)
+    outcome = harness.outcome()
+    assert_exact(outcome, ALL)
+    assert outcome.dropped == {}
+    outcomes = harness.honest_outcomes()
+    assert all(o.completed for o in outcomes.values())
+    assert {o.survivors for o in outcomes.values()} == {(1, 2, 3, 4)}
+    # What each participant counted sending is what the coordinator counted receiving.
+    for name, o in outcomes.items():
+        assert outcome.bytes_received[name] == o.bytes_sent
+        assert o.bytes_sent > 4 * DIM
+
+
+def test_rounds_run_one_after_another_on_one_server(round_harness):
+    first = round_harness(selected=("alice", "bob", "carol"))
+    first.start_honest(("alice", "bob", "carol"))
+    one = first.outcome()
+    second = round_harness(selected=("bob", "carol", "mallory"))
+    second.start_honest(("bob", "carol", "mallory"))
+    two = second.outcome()
+    assert_exact(one, ("alice", "bob", "carol"))
+    assert_exact(two, ("bob", "carol", "mallory"))
+    assert one.round_id != two.round_id and one.session_id != two.session_id
+
+
+def _flip_session(message):
+    wrong = bytes([message.session_id[0] ^ 1]) + message.session_id[1:]
+    return [dataclasses.replace(message, session_id=wrong)]
+
+
+def _masked_bytes(message: MaskedInput, data: bytes) -> list:
+    return [pb.ClientEnvelope(masked_input=pb.MaskedInput(session_id=message.session_id, masked=data))]
+
+
+def _both_shares(message: UnmaskResponse) -> list:
+    owner, share = message.self_mask_shares[0]
+    return [dataclasses.replace(message, key_shares=((owner, share),))]
+
+
+def _packed(message: MaskedInput) -> bytes:
+    return wire.pack_vector(message.masked)
+
+
+# (test id, phase mallory cheats in, what it sends instead, status, words in the details,
+#  whether mallory's input is in the sum)
+HOSTILE = [
+    ("wrong-session-id", Phase.SHARE_KEYS, _flip_session, grpc.StatusCode.FAILED_PRECONDITION, "session id", False),
+    (
+        "wrong-phase",
+        Phase.ADVERTISE_KEYS,
+        lambda m: [MaskedInput(0, bytes(32), np.zeros(DIM, np.uint32))],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "expected advertise_keys in phase advertise-keys, got masked_input",
+        False,
+    ),
+    (
+        "truncated-vector",
+        Phase.MASKED_INPUT,
+        lambda m: _masked_bytes(m, _packed(m)[:-4]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"vector has {4 * DIM - 4} bytes, expected {4 * DIM}",
+        False,
+    ),
+    (
+        "oversized-vector",
+        Phase.MASKED_INPUT,
+        lambda m: _masked_bytes(m, _packed(m) + bytes(4)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"vector has {4 * DIM + 4} bytes",
+        False,
+    ),
+    (
+        "vector-over-the-size-limit",
+        Phase.MASKED_INPUT,
+        lambda m: _masked_bytes(m, _packed(m) + bytes(MessageLimits.for_round(PARAMS, 4).receive_bytes)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "larger than max",
+        False,
+    ),
+    (
+        "low-order-curve-point",
+        Phase.ADVERTISE_KEYS,
+        lambda m: [dataclasses.replace(m, encryption_key=bytes(32))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid encryption key",
+        False,
+    ),
+    (
+        "short-public-key",
+        Phase.ADVERTISE_KEYS,
+        lambda m: [dataclasses.replace(m, masking_key=m.masking_key[:31])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "masking key must be 32 bytes, got 31",
+        False,
+    ),
+    (
+        "another-round-id",
+        Phase.ADVERTISE_KEYS,
+        lambda m: [dataclasses.replace(m, round_id=b"another round")],
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "another round",
+        False,
+    ),
+    ("duplicate-message", Phase.SHARE_KEYS, lambda m: [m, m], grpc.StatusCode.FAILED_PRECONDITION, "duplicate", False),
+    (
+        "share-for-a-non-neighbour",
+        Phase.SHARE_KEYS,
+        lambda m: [dataclasses.replace(m, shares=m.shares[:-1])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "one share for each of its 3 neighbours",
+        False,
+    ),
+    (
+        "both-shares-of-one-participant",
+        Phase.UNMASK,
+        _both_shares,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "revealed both shares",
+        True,  # its masked input was already in: it counts as a survivor
+    ),
+    (
+        "empty-envelope",
+        Phase.MASKED_INPUT,
+        lambda m: [pb.ClientEnvelope()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty envelope",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("phase", "tamper", "code", "words", "mallory_counts"),
+    [case[1:] for case in HOSTILE],
+    ids=[case[0] for case in HOSTILE],
+)
+def test_hostile_message_is_refused_and_the_sum_stays_exact(
+    round_harness, phase, tamper, code, words, mallory_counts
+):
+    harness = round_harness()
+    harness.start_honest(HONEST)
+    stream = harness.raw(MALLORY)
+    try:
+        Mallory(stream).play(until=phase, tamper=tamper)
+        got_code, details = stream.status()
+    finally:
+        stream.close()
+    assert got_code is code, details
+    assert words in details
+    outcome = harness.outcome()
+    survivors = (*HONEST, MALLORY) if mallory_counts else HONEST
+    assert_exact(outcome, survivors)
+    if not mallory_counts:
+        assert MALLORY in outcome.dropped
+    assert all(o.completed for o in harness.honest_outcomes().values())
+
+
+def test_duplicate_stream_is_refused_and_cannot_claim_another_name(round_harness):
+    """A second stream with mallory's certificate -- claiming to be alice in the metadata, which
+    mTLS ignores -- is refused as a duplicate of mallory; the first stream goes on."""
+    harness = round_harness()
+    harness.start_honest(HONEST)
+    first = harness.raw(MALLORY)
+    mallory = Mallory(first)  # joined: the round has started
+    second = harness.raw(MALLORY, metadata=((transport.METADATA_PARTICIPANT, "alice"),))
+    try:
+        code, details = second.status()
+        assert code is grpc.StatusCode.ALREADY_EXISTS
+        assert "'mallory' already has a stream open" in details
+        assert isinstance(mallory.play(), wire.RoundResult)
+    finally:
+        first.close()
+        second.close()
+    assert_exact(harness.outcome(), ALL)
+
+
+def test_participant_not_selected_is_refused(round_harness, federation):
+    harness = round_harness(selected=HONEST)
+    stream = harness.raw(OUTSIDER)
+    try:
+        stream.send(wire.Hello())
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert "'olivia' is not selected" in details
+    harness.start_honest(HONEST)
+    assert_exact(harness.outcome(), HONEST)
+
+
+def test_superseded_certificate_is_refused(round_harness, federation):
+    """The certificate of eve before it was re-issued still chains to the CA, but the roster
+    names the new one."""
+    harness = round_harness(selected=HONEST)
+    credentials = grpc.ssl_channel_credentials(
+        federation.ca_cert, federation.superseded_key, federation.superseded_cert
+    )
+    stream = harness.raw(credentials=credentials)
+    try:
+        stream.send(wire.Hello())
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    assert "not the one in the roster" in details
+    harness.start_honest(HONEST)
+    assert_exact(harness.outcome(), HONEST)
+
+
+@pytest.mark.parametrize("who", ["no-client-certificate", "another-ca", "coordinator-certificate", "stolen-certificate"])
+def test_handshake_refuses_peers_without_a_participant_certificate(round_harness, federation, who):
+    """These never get past the TLS handshake: the client sees UNAVAILABLE and the coordinator
+    never hears of them; the round is unaffected."""
+    harness = round_harness(selected=HONEST)
+    ca = federation.ca_cert
+    if who == "no-client-certificate":
+        credentials = grpc.ssl_channel_credentials(ca)
+    elif who == "another-ca":
+        foreign = pki.load_tls_material(federation.foreign_directory, "participant", "alice")
+        credentials = grpc.ssl_channel_credentials(ca, foreign.private_key, foreign.cert_chain)
+    elif who == "coordinator-certificate":  # serverAuth only: not a client certificate
+        main = pki.load_tls_material(federation.directory, "coordinator", loopback.COORDINATOR_NAME)
+        credentials = grpc.ssl_channel_credentials(ca, main.private_key, main.cert_chain)
+    else:  # alice's certificate without alice's key
+        alice = pki.load_tls_material(federation.directory, "participant", "alice")
+        own = pki.load_tls_material(federation.directory, "participant", MALLORY)
+        credentials = grpc.ssl_channel_credentials(ca, own.private_key, alice.cert_chain)
+    stream = harness.raw(credentials=credentials)
+    try:
+        stream.send(wire.Hello())
+        code, _ = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.UNAVAILABLE
+    harness.start_honest(HONEST)
+    assert_exact(harness.outcome(), HONEST)
+
+
+def test_silent_participant_misses_the_phase_deadline(round_harness):
+    harness = round_harness(phase_timeout_s=1.5)
+    harness.start_honest(HONEST)
+    stream = harness.raw(MALLORY)
+    try:
+        Mallory(stream).play(until=Phase.SHARE_KEYS, tamper=lambda m: [])  # then says nothing
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "missed the share-keys deadline" in details
+    outcome = harness.outcome()
+    assert_exact(outcome, HONEST)
+    assert "missed the share-keys deadline" in outcome.dropped[MALLORY]
+
+
+def test_round_starts_without_a_participant_that_never_joins(round_harness):
+    harness = round_harness(join_timeout_s=1.0)
+    harness.start_honest(HONEST)
+    outcome = harness.outcome()
+    assert outcome.joined == HONEST
+    assert_exact(outcome, HONEST)
+    assert "did not join" in outcome.dropped[MALLORY]
+
+
+def test_abort_below_threshold_reaches_participants_with_the_reason(round_harness):
+    harness = round_harness(join_timeout_s=1.0)
+    harness.start_honest(("alice", "bob"))
+    outcome = harness.outcome()
+    assert not outcome.completed and outcome.result is None
+    assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
+    for o in harness.honest_outcomes().values():
+        assert not o.completed
+        assert "only 2 of 4 participants joined, threshold is 3" in o.reason
+
+
+def test_message_before_hello_is_refused_and_the_participant_may_rejoin(round_harness):
+    harness = round_harness()
+    stream = harness.raw(MALLORY)
+    try:
+        stream.send(AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "the first message must be hello" in details
+    harness.start_honest(ALL)  # mallory, refused before the round started, joins again
+    assert_exact(harness.outcome(), ALL)
+
+
+def test_share_keys_from_a_dropped_participant_are_not_routed(round_harness):
+    """Mallory is refused in share-keys after its (valid) advertisement: it is in U1 but not in U2,
+    so nobody receives shares from it and nobody waits for them."""
+    harness = round_harness()
+    harness.start_honest(HONEST)
+    stream = harness.raw(MALLORY)
+    try:
+        Mallory(stream).play(until=Phase.SHARE_KEYS, tamper=lambda m: [ShareKeys(0, m.session_id, ())])
+        code, _ = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert_exact(harness.outcome(), HONEST)
+
+
+def test_health_service_reports_serving(coordinator, federation):
+    channel = grpc.secure_channel(f"127.0.0.1:{coordinator.server.port}", federation.credentials("alice"))
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", transport.SERVICE):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert error.value.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+
+
+def test_message_limits_follow_the_dimension():
+    small = MessageLimits.for_round(PARAMS, 4)
+    big = MessageLimits.for_round(dataclasses.replace(PARAMS, dimension=1_000_000), 4)
+    wide = MessageLimits.for_round(dataclasses.replace(PARAMS, modulus_bits=64), 4)
+    assert big.receive_bytes - small.receive_bytes == 4 * (1_000_000 - DIM)
+    assert wide.receive_bytes - small.receive_bytes == 4 * DIM  # 8 bytes a value above b = 32
+    # An honest masked input with its envelope fits with room to spare.
+    envelope = pb.ClientEnvelope(masked_input=pb.MaskedInput(session_id=bytes(32), masked=bytes(4 * DIM)))
+    assert envelope.ByteSize() + 5 < small.receive_bytes
+    config = RoundConfig(new_round_id(), dataclasses.replace(PARAMS, dimension=2 * DIM), ALL)
+    assert not small.fits(config) and big.fits(config)
+
+
+def _other_server_round(security, names, params, connection_for, **settings):
+    """A round on a server of its own (another security setting)."""
+    server = CoordinatorServer(
+        security, MessageLimits.for_round(params, len(names)), settings=ServerSettings(**settings)
+    )
+    with BackgroundCoordinator(server) as background:
+        future = background.submit_round(RoundConfig(new_round_id(), params, names, join_timeout_s=20))
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = [
+                pool.submit(
+                    take_part,
+                    connection_for(name, background.server.port),
+                    Identity(name),
+                    lambda s, n=name: input_of(n, params.dimension),
+                )
+                for name in names
+            ]
+            outcomes = [f.result(60) for f in futures]
+        return future.result(60), outcomes, background.server
+
+
+def test_one_way_tls_with_enrolment_tokens(federation):
+    tokens = {name: pki.issue_token(federation.directory, name) for name in HONEST}
+    ca = federation.ca_cert
+
+    def connection_for(name, port):
+        metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, tokens[name]))
+        return Connection(f"127.0.0.1:{port}", one_way_tls_credentials(ca), metadata, connect_attempts=1)
+
+    security = token_security(federation.directory, loopback.COORDINATOR_NAME)
+    outcome, outcomes, _ = _other_server_round(security, HONEST, PARAMS, connection_for)
+    assert_exact(outcome, HONEST)
+    assert all(o.completed for o in outcomes)
+
+    # A wrong token, and a token presented under another name, are refused.
+    server = CoordinatorServer(security, MessageLimits.for_round(PARAMS, 3))
+    with BackgroundCoordinator(server) as background:
+        for name, token in (("alice", "not-the-token"), ("bob", tokens["alice"])):
+            metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, token))
+            connection = Connection(f"127.0.0.1:{background.server.port}", one_way_tls_credentials(ca), metadata)
+            refused = take_part(connection, Identity(name), lambda s: input_of(name))
+            assert refused.status == "UNAUTHENTICATED"
+            assert f"enrolment token of '{name}' is wrong or expired" in refused.reason
+            assert refused.attempts == 1  # not worth retrying
+
+
+def test_insecure_round_trusts_the_claimed_name(federation):
+    def connection_for(name, port):
+        return Connection(f"127.0.0.1:{port}", None, ((transport.METADATA_PARTICIPANT, name),))
+
+    outcome, outcomes, _ = _other_server_round(insecure_security(), HONEST, PARAMS, connection_for)
+    assert_exact(outcome, HONEST)
+
+
+def test_plaintext_health_port_for_probes(federation):
+    security = insecure_security()
+    server = CoordinatorServer(security, MessageLimits.for_round(PARAMS, 3), settings=ServerSettings(health_port=0))
+    with BackgroundCoordinator(server) as background:
+        health_port = background.server.health_port
+        assert health_port and health_port != background.server.port
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_malicious_mode_round_with_enrolled_identity_keys(federation):
+    roster = pki.load_roster(federation.directory, federation.ca_cert)
+    params = ProtocolParams(DIM, 32, 3, SecurityMode.MALICIOUS)  # t = 3 > 4/2 holders
+    names = (*HONEST, MALLORY)
+    server = CoordinatorServer(
+        mtls_security(federation.directory, loopback.COORDINATOR_NAME), MessageLimits.for_round(params, len(names))
+    )
+    with BackgroundCoordinator(server) as background:
+        future = background.submit_round(
+            RoundConfig(new_round_id(), params, names, join_timeout_s=20, identity_keys=dict(roster.identity_keys))
+        )
+        def identity(name):
+            return Identity(name, pki.load_identity_key(federation.directory, name), dict(roster.identity_keys))
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = [
+                pool.submit(
+                    take_part,
+                    Connection(f"127.0.0.1:{background.server.port}", federation.credentials(name)),
+                    identity(name),
+                    lambda s, n=name: input_of(n),
+                )
+                for name in names
+            ]
+            outcomes = [f.result(60) for f in futures]
+        outcome = future.result(60)
+    assert all(o.completed for o in outcomes), [o.reason for o in outcomes]
+    assert_exact(outcome, names)
+    assert "consistency-check" in outcome.phase_s

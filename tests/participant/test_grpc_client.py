@@ -1,0 +1,244 @@
+"""The participant's gRPC client: connection backoff with jitter, retry until a round opens,
+aborts that carry the coordinator's reason, refusal of a lying round start, and the join CLI."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from coordinator import loopback, pki
+from coordinator.round_server import (
+    BackgroundCoordinator,
+    CoordinatorServer,
+    MessageLimits,
+    RoundConfig,
+    ServerSettings,
+    new_round_id,
+)
+from coordinator.transport import mtls_security
+from participant.grpc_client import Connection, Identity, mtls_credentials, take_part
+from participant.join_cli import join, load_input
+from proto import wire
+from proto.fedmask.secagg.v1 import secagg_pb2 as pb
+from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
+from secagg.errors import Phase
+from secagg.params import ProtocolParams, SecurityMode
+from secagg.rand import SeededRandom
+from secagg.simulation import random_input
+
+pytestmark = pytest.mark.timeout(120)
+NAMES = ("alice", "bob", "carol")
+PARAMS = ProtocolParams(500, 32, 3, SecurityMode.SEMI_HONEST)
+
+
+def input_of(name: str) -> np.ndarray:
+    return random_input(SeededRandom.from_int(len(name) * 7919 + ord(name[0])), PARAMS.dimension, 32)
+
+
+def provider(name: str):
+    """The ``input_for_round`` callback of participant ``name``."""
+    return lambda start: input_of(name)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    return loopback.make_federation(tmp_path_factory.mktemp("fed") / "federation", [*NAMES, "olivia"])
+
+
+@pytest.fixture
+def coordinator(federation):
+    server = CoordinatorServer(
+        mtls_security(federation, loopback.COORDINATOR_NAME),
+        MessageLimits.for_round(PARAMS, len(NAMES)),
+        settings=ServerSettings(join_wait_s=0.2),
+    )
+    with BackgroundCoordinator(server) as background:
+        yield background
+
+
+def connection(federation: Path, name: str, port: int, **overrides) -> Connection:
+    credentials = mtls_credentials(pki.load_tls_material(federation, "participant", name))
+    return Connection(f"127.0.0.1:{port}", credentials, **overrides)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter():
+    c = Connection("x:1", None, initial_backoff_s=0.5, max_backoff_s=4.0)
+    rng = random.Random(7)
+    caps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    delays = [c.backoff_s(attempt, rng) for attempt in range(1, 7)]
+    for delay, cap in zip(delays, caps, strict=True):
+        assert cap / 2 <= delay <= cap
+    # Jitter: two participants restarted together do not retry in lockstep.
+    other = [c.backoff_s(attempt, random.Random(8)) for attempt in range(1, 7)]
+    assert other != delays
+
+
+def test_unreachable_coordinator_is_retried_then_given_up_with_a_reason(federation):
+    slept: list[float] = []
+    target = connection(federation, "alice", free_port(), connect_attempts=4, initial_backoff_s=0.1)
+    outcome = take_part(target, Identity("alice"), provider("alice"), sleep=slept.append, jitter=random.Random(1))
+    assert not outcome.completed
+    assert outcome.attempts == 4 and len(slept) == 3
+    assert [0.05 <= slept[0] <= 0.1, 0.1 <= slept[1] <= 0.2, 0.2 <= slept[2] <= 0.4] == [True] * 3
+    assert outcome.status == "UNAVAILABLE"
+    assert outcome.reason.startswith(f"could not join a round at {target.target}: UNAVAILABLE")
+    assert "refused this participant's TLS certificate" in outcome.reason  # the hint for TLS
+
+
+def test_participant_retries_until_a_round_opens(federation, coordinator):
+    """The coordinator is up but opens its round only after the participants' first attempts
+    were told UNAVAILABLE ("no round is open")."""
+    config = RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=30)
+    lock = threading.Lock()
+    round_future: list = []
+
+    def sleep(seconds: float) -> None:
+        with lock:  # the first retry of whoever gets here first opens the round
+            if not round_future:
+                round_future.append(coordinator.submit_round(config))
+        time.sleep(seconds)
+
+    port = coordinator.server.port
+    with futures.ThreadPoolExecutor(len(NAMES)) as pool:
+        jobs = {
+            name: pool.submit(
+                take_part, connection(federation, name, port, initial_backoff_s=0.05), Identity(name), provider(name),
+                sleep=sleep,
+            )  # fmt: skip
+            for name in NAMES
+        }
+        outcomes = {name: job.result(60) for name, job in jobs.items()}
+    outcome = round_future[0].result(60)
+    assert outcome.completed
+    expected = sum((input_of(n) for n in NAMES), np.zeros(PARAMS.dimension, np.uint32))
+    np.testing.assert_array_equal(outcome.result, expected)
+    assert all(o.completed for o in outcomes.values())
+    assert max(o.attempts for o in outcomes.values()) >= 2
+
+
+def test_refusal_that_retrying_cannot_fix_is_not_retried(federation, coordinator):
+    future = coordinator.submit_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=1.0))
+    slept: list[float] = []
+    outcome = take_part(
+        connection(federation, "olivia", coordinator.server.port), Identity("olivia"), provider("olivia"), sleep=slept.append
+    )
+    assert (outcome.status, outcome.attempts, slept) == ("PERMISSION_DENIED", 1, [])
+    assert "participant 'olivia' is not selected for this round" in outcome.reason
+    assert not future.result(30).completed  # nobody selected joined
+
+
+class _DroppedOut(Exception):
+    pass
+
+
+def test_coordinator_abort_reaches_the_participants_with_its_reason(federation, coordinator):
+    """carol disconnects just before sending her shares; with t = 3 the coordinator aborts the
+    share-keys phase and alice and bob end with its reason."""
+    future = coordinator.submit_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=30))
+    port = coordinator.server.port
+
+    def carol_drops(phase: Phase) -> None:
+        if phase is Phase.SHARE_KEYS:
+            raise _DroppedOut
+
+    with futures.ThreadPoolExecutor(len(NAMES)) as pool:
+        jobs = {
+            name: pool.submit(
+                take_part, connection(federation, name, port), Identity(name), provider(name),
+                before_send=carol_drops if name == "carol" else None,
+            )  # fmt: skip
+            for name in NAMES
+        }
+        with pytest.raises(_DroppedOut):
+            jobs["carol"].result(60)
+        outcomes = {name: jobs[name].result(60) for name in ("alice", "bob")}
+    outcome = future.result(30)
+    reason = "only 2 participants responded, threshold is 3"
+    assert not outcome.completed and outcome.abort_phase is Phase.SHARE_KEYS and outcome.abort_reason == reason
+    for o in outcomes.values():
+        assert not o.completed
+        assert o.abort_phase is Phase.SHARE_KEYS
+        assert o.reason == f"the coordinator aborted the round: {reason}"
+
+
+class _LyingCoordinator(pb_grpc.SecureAggregationServicer):
+    """Sends a round start that gives the caller another participant's id, and records what
+    the participant answers."""
+
+    def __init__(self) -> None:
+        self.received: list[pb.ClientEnvelope] = []
+
+    def Aggregate(self, request_iterator, context):  # noqa: N802
+        self.received.append(next(request_iterator))  # hello
+        start = wire.RoundStart(b"round", PARAMS, 2, NAMES, 10.0)  # id 2 is bob's
+        yield wire.server_to_proto(start)
+        for envelope in request_iterator:
+            self.received.append(envelope)
+
+
+def test_participant_refuses_a_round_start_with_another_participants_id():
+    servicer = _LyingCoordinator()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_SecureAggregationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        outcome = take_part(Connection(f"127.0.0.1:{port}", None, connect_attempts=1), Identity("alice"), provider("alice"))
+    finally:
+        server.stop(None)
+    assert not outcome.completed
+    assert outcome.reason == "the coordinator gave this participant (alice) the id of 'bob'"
+    kinds = [e.WhichOneof("body") for e in servicer.received]
+    assert kinds == ["hello", "abort"]  # no key advertisement went out; the abort says why
+    assert servicer.received[1].abort.reason == outcome.reason
+
+
+def test_load_input_checks_shape_type_and_range(tmp_path):
+    start = wire.RoundStart(b"r", PARAMS, 1, NAMES, 1.0)
+    good = tmp_path / "good.npy"
+    np.save(good, np.arange(PARAMS.dimension, dtype=np.int64))
+    assert load_input(good, start).dtype == np.uint32
+    for name, values, words in [
+        ("short", np.zeros(PARAMS.dimension - 1, np.uint32), "shape"),
+        ("float", np.zeros(PARAMS.dimension, np.float32), "float32"),
+        ("negative", np.full(PARAMS.dimension, -1, np.int64), "outside [0, 2^32)"),
+        ("wide", np.full(PARAMS.dimension, 1 << 32, np.int64), "outside [0, 2^32)"),
+    ]:
+        path = tmp_path / f"{name}.npy"
+        np.save(path, values)
+        with pytest.raises(ValueError, match=re.escape(words)):
+            load_input(path, start)
+
+
+def test_join_cli_insecure_warns_and_exits_3_when_nobody_answers(tmp_path):
+    result = CliRunner().invoke(
+        join,
+        ["--federation", str(tmp_path), "--name", "alice", "--coordinator", f"127.0.0.1:{free_port()}",
+         "--synthetic-seed", "1", "--insecure", "--connect-attempts", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert pki.insecure_warning("participant") in result.stderr
+    assert "could not join a round" in result.output
+
+
+def test_join_cli_needs_exactly_one_input(tmp_path):
+    result = CliRunner().invoke(join, ["--federation", str(tmp_path), "--name", "alice", "--coordinator", "x:1"])
+    assert result.exit_code == 2
+    assert "exactly one of --input FILE.npy and --synthetic-seed N" in result.output
