@@ -182,3 +182,6 @@ def train(
     )
     click.echo(json.dumps({"adapter": str(out_dir / "adapter"),
                            "report": str(out_dir / "report.json")}))
+
+from participant.join_cli import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client
+participant.add_command(join)
