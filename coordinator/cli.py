@@ -23,7 +23,7 @@ _COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use from ``commands``."""
+    """A click group whose subcommands are imported on first use from ``commands_by_name``."""
 
     commands_by_name: dict[str, str] = {}
 

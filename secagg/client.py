@@ -182,6 +182,7 @@ class Client:
                 params=params,
                 identity_keys=self.config.identity_keys,
                 probe_points=False,
+                verify_keys=False,
             )
             if problem:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
@@ -199,6 +200,15 @@ class Client:
             raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{len(holders)} share holders < threshold {params.threshold}")
         for v in session.neighbours(self.me):
             ad = session.advertisements[v]
+            problem = check_advertisement(
+                ad,
+                round_id=self.config.round_id,
+                params=params,
+                identity_keys=self.config.identity_keys,
+                probe_points=False,
+            )
+            if problem:
+                raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
             try:
                 self._share_secrets[v] = keys.exchange(self._encryption.private_key, ad.encryption_key)
                 self._pairwise_seeds[v] = keys.pairwise_mask_seed(

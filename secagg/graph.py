@@ -15,12 +15,14 @@ Participant ids are ints >= 1: they double as Shamir x-coordinates.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from types import MappingProxyType
 
+import numpy as np
+
+from . import prg
 from .errors import SecAggError
 from .params import MAX_PARTICIPANT_ID
 
@@ -36,6 +38,7 @@ __all__ = [
 # Rates given as floats are read as the nearest fraction with a denominator up to this, so that
 # 1/3 means one third and 0.1 * 10 is 1, not 0.999...
 _RATE_DENOMINATOR_LIMIT = 10**6
+_CYCLE_LABEL = b"fedmask/secagg/v1/cycle-order"
 
 
 class GraphError(SecAggError, ValueError):
@@ -49,10 +52,11 @@ class NeighbourGraph:
     ``adjacency`` maps every id to its neighbours; None means the complete graph, which is kept
     implicit so that classic SecAgg over many participants does not store n^2 entries. The
     constructor checks that the graph is symmetric, loop-free and regular, so any instance can be
-    trusted by the protocol code.
+    trusted by the protocol code. Harary graphs (``harary_graph``) are kept as their cycle and
+    answer ``neighbours`` on demand: a participant needs its own k neighbours, not all n*k links.
     """
 
-    __slots__ = ("_ids", "_members", "_adjacency", "_degree")
+    __slots__ = ("_ids", "_members", "_adjacency", "_degree", "_ring", "_position")
 
     def __init__(self, ids: Iterable[int], adjacency: Mapping[int, Iterable[int]] | None = None) -> None:
         members = _validated_ids(ids)
@@ -63,10 +67,24 @@ class NeighbourGraph:
         else:
             frozen_adjacency = _validated_adjacency(members, member_set, adjacency)
             degree = len(next(iter(frozen_adjacency.values())))
+        self._init(members, member_set, frozen_adjacency, degree, None)
+
+    @classmethod
+    def _from_ring(cls, members: tuple[int, ...], ring: tuple[int, ...], degree: int) -> NeighbourGraph:
+        # H_{k,n} is symmetric, loop-free and k-regular by construction (k < n - 1, and n even
+        # when k is odd): nothing to check beyond what harary_graph validated.
+        graph = cls.__new__(cls)
+        graph._init(members, frozenset(members), None, degree, ring)
+        return graph
+
+    def _init(self, members, member_set, adjacency, degree, ring) -> None:
         object.__setattr__(self, "_ids", members)
         object.__setattr__(self, "_members", member_set)
-        object.__setattr__(self, "_adjacency", frozen_adjacency)
+        object.__setattr__(self, "_adjacency", adjacency)
         object.__setattr__(self, "_degree", degree)
+        object.__setattr__(self, "_ring", ring)
+        position = None if ring is None else {u: i for i, u in enumerate(ring)}
+        object.__setattr__(self, "_position", position)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NeighbourGraph is immutable")
@@ -89,9 +107,20 @@ class NeighbourGraph:
         """The participants linked to ``participant``; never contains ``participant`` itself."""
         if participant not in self:
             raise GraphError(f"participant {participant!r} is not in this graph")
+        if self._ring is not None:
+            return self._ring_neighbours(participant)
         if self._adjacency is None:
             return self._members - {participant}
         return self._adjacency[participant]
+
+    def _ring_neighbours(self, participant: int) -> frozenset[int]:
+        ring, count = self._ring, len(self._ring)
+        position = self._position[participant]
+        half = self._degree // 2
+        linked = {ring[(position + step) % count] for step in range(-half, half + 1) if step}
+        if self._degree % 2 == 1:
+            linked.add(ring[(position + count // 2) % count])
+        return frozenset(linked)
 
     def __contains__(self, participant: object) -> bool:
         # bool is an int subclass: True would otherwise pass for participant 1.
@@ -124,13 +153,21 @@ def complete_graph(ids: Iterable[int]) -> NeighbourGraph:
 def cycle_order(ids: Iterable[int], seed: bytes) -> tuple[int, ...]:
     """The ids in the order they take on the Harary cycle.
 
-    Sorted by HMAC-SHA256(key=seed, message=id as 8 bytes big-endian); the id breaks ties so the
-    order is total. Anyone holding the seed gets the same order, and without it the order looks
-    uniformly random.
+    The i-th smallest id gets the i-th 64-bit word of AES-256-CTR keyed with
+    SHA-256(label || seed) (the mask PRG of ``prg``); ids are sorted by their words, ties (chance
+    about n^2 / 2^65) broken by id so the order is total. Anyone holding the seed gets the same
+    order, and without it the order looks uniformly random. One keystream and a numpy sort keep
+    this at well under a millisecond for thousands of participants, which matters because every
+    participant computes it.
     """
-    members = _validated_ids(ids)
-    key = _validated_seed(seed)
-    return tuple(sorted(members, key=lambda u: (hmac.new(key, u.to_bytes(8, "big"), hashlib.sha256).digest(), u)))
+    return _cycle_order(_validated_ids(ids), _validated_seed(seed))
+
+
+def _cycle_order(members: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
+    key = hashlib.sha256(_CYCLE_LABEL + seed).digest()
+    words = prg.expand(key, len(members), 64)
+    ordered_ids = np.array(members, dtype=np.uint64)
+    return tuple(int(u) for u in ordered_ids[np.lexsort((ordered_ids, words))])
 
 
 def harary_graph(ids: Iterable[int], degree: int, seed: bytes) -> NeighbourGraph:
@@ -152,16 +189,7 @@ def harary_graph(ids: Iterable[int], degree: int, seed: bytes) -> NeighbourGraph
         return NeighbourGraph(members)
     if degree % 2 == 1 and count % 2 == 1:
         raise GraphError(f"no {degree}-regular graph on {count} participants: an odd degree needs an even count")
-    ring = cycle_order(members, key)
-    half = degree // 2
-    adjacency: dict[int, set[int]] = {}
-    for position, participant in enumerate(ring):
-        linked = {ring[(position + step) % count] for step in range(1, half + 1)}
-        linked |= {ring[(position - step) % count] for step in range(1, half + 1)}
-        if degree % 2 == 1:
-            linked.add(ring[(position + count // 2) % count])
-        adjacency[participant] = linked
-    return NeighbourGraph(members, adjacency)
+    return NeighbourGraph._from_ring(members, _cycle_order(members, key), degree)
 
 
 def find_secagg_plus_parameters(

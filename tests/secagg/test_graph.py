@@ -100,15 +100,27 @@ class TestHararyGraph:
         assert harary_graph(ids, 6, SEED) != harary_graph(ids, 6, b"another session id")
 
     def test_cycle_order_known_answer(self):
-        # HMAC-SHA256(key=seed, id as 8 bytes) sorted: recomputed by hand here so that a change of
-        # derivation (which would split a federation into incompatible graphs) fails loudly.
+        # Recomputed here from the definition (AES-256-CTR keyed with SHA-256(label || seed), zero
+        # counter, one 64-bit little-endian word per id in ascending id order) so that a change of
+        # derivation, which would split a federation into incompatible graphs, fails loudly.
         import hashlib
-        import hmac
+
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
         ids = list(range(1, 9))
-        expected = sorted(ids, key=lambda u: hmac.new(SEED, u.to_bytes(8, "big"), hashlib.sha256).digest())
+        key = hashlib.sha256(b"fedmask/secagg/v1/cycle-order" + SEED).digest()
+        stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(8 * len(ids)))
+        words = [int.from_bytes(stream[8 * i : 8 * i + 8], "little") for i in range(len(ids))]
+        expected = [u for _, u in sorted(zip(words, ids))]
         assert cycle_order(ids, SEED) == tuple(expected)
         assert cycle_order(ids, SEED) != tuple(ids)
+        assert sorted(cycle_order(range(1, 1001), SEED)) == list(range(1, 1001))
+
+    def test_lazy_ring_equals_explicit_adjacency(self):
+        ids = range(1, 31)
+        graph = harary_graph(ids, 7 - 1, SEED)
+        explicit = NeighbourGraph(ids, {u: graph.neighbours(u) for u in ids})
+        assert graph == explicit
 
     @pytest.mark.parametrize(
         "ids, k, seed, message",
