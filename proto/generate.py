@@ -15,7 +15,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Paths relative to the repository root, which is protoc's include root: the generated modules
 # then import each other as ``proto.fedmask...``, inside the ``proto`` package.
-PROTO_FILES = ("proto/fedmask/secagg/v1/secagg.proto",)
+PROTO_FILES = ("proto/fedmask/secagg/v1/secagg.proto", "proto/fedmask/fl/v1/fl.proto")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 # Lines that only record which protoc/grpcio-tools release ran. They differ between tool
