@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
@@ -247,11 +248,13 @@ class RoundRunner:
     async def serve_stream(self, connection: _Connection, requests) -> None:
         """Read the participant's messages until its stream ends (runs beside the writer)."""
         try:
-            async for envelope in requests:
+            async for size, envelope in requests:
                 if connection.closed:
                     break
-                connection.bytes_received += envelope.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+                connection.bytes_received += size
                 try:
+                    if envelope is None:
+                        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "not a ClientEnvelope (protobuf decoding failed)")
                     await self._on_envelope(connection, envelope)
                 except Refusal as exc:
                     await self._refuse(connection, exc.code, exc.details)
@@ -483,6 +486,30 @@ class RoundRunner:
         return outcome
 
 
+def _sized_envelope(data: bytes) -> tuple[int, pb.ClientEnvelope | None]:
+    """The request deserializer: the message's size on the wire (counted here, where it is
+    known for free) and the envelope, or None when the bytes are not a ClientEnvelope (refused
+    with INVALID_ARGUMENT by the round rather than gRPC's bare INTERNAL)."""
+    try:
+        envelope = pb.ClientEnvelope.FromString(data)
+    except DecodeError:
+        envelope = None
+    return len(data) + GRPC_MESSAGE_PREFIX_BYTES, envelope
+
+
+def _service_handler(service: SecureAggregationService) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        transport.SERVICE,
+        {
+            "Aggregate": grpc.stream_stream_rpc_method_handler(
+                service.Aggregate,
+                request_deserializer=_sized_envelope,
+                response_serializer=pb.ServerEnvelope.SerializeToString,
+            )
+        },
+    )
+
+
 class SecureAggregationService(pb_grpc.SecureAggregationServicer):
     """The gRPC face: authenticates each stream and hands it to the round that is open."""
 
@@ -596,8 +623,12 @@ class CoordinatorServer:
         settings: ServerSettings | None = None,
         max_participants: int = 1000,
         progress: Progress | None = None,
+        extra_services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> None:
+        """``extra_services``: callbacks that add further servicers (the federated-learning
+        layer's) to the same server, behind the same credentials and limits."""
         self.security = security
+        self._extra_services = tuple(extra_services)
         self.limits = limits
         self.settings = settings or ServerSettings()
         self.max_participants = max_participants
@@ -619,7 +650,9 @@ class CoordinatorServer:
         self._service = SecureAggregationService(
             self.security.authenticator, join_wait_s=self.settings.join_wait_s, progress=self._progress
         )
-        pb_grpc.add_SecureAggregationServicer_to_server(self._service, self._server)
+        self._server.add_generic_rpc_handlers((_service_handler(self._service),))
+        for add_service in self._extra_services:
+            add_service(self._server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.settings.host}:{self.settings.port}"

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto import transport, wire
 from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from secagg.client import Client, ClientConfig, ClientState
 from secagg.errors import Phase
 from secagg.messages import (
@@ -55,6 +54,7 @@ REPLY_PHASE: dict[type, Phase] = {
 # Status codes worth another connection attempt before the round has started.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 GRPC_MESSAGE_PREFIX_BYTES = 5  # gRPC frames every message with a flag byte and a 4-byte length
+AGGREGATE_METHOD = f"/{transport.SERVICE}/Aggregate"
 
 
 @dataclass(frozen=True)
@@ -212,10 +212,14 @@ class _RoundSession:
             yield envelope
 
     def _send(self, message: object) -> None:
-        envelope = wire.client_to_proto(message)
-        self.outcome.bytes_sent += envelope.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
         self.outcome.messages_sent += 1
-        self._outgoing.put(envelope)
+        self._outgoing.put(wire.client_to_proto(message))
+
+    def _serialize(self, envelope: pb.ClientEnvelope) -> bytes:
+        """The request serializer (runs in gRPC's sending thread): counts the bytes sent."""
+        data = envelope.SerializeToString()
+        self.outcome.bytes_sent += len(data) + GRPC_MESSAGE_PREFIX_BYTES
+        return data
 
     def _close(self) -> None:
         self._outgoing.put(None)
@@ -224,9 +228,13 @@ class _RoundSession:
         connection, outcome = self.connection, self.outcome
         channel = _open_channel(connection)
         try:
-            stub = pb_grpc.SecureAggregationStub(channel)
+            aggregate = channel.stream_stream(
+                AGGREGATE_METHOD,
+                request_serializer=self._serialize,
+                response_deserializer=pb.ServerEnvelope.FromString,
+            )
             self._send(wire.Hello())
-            call = stub.Aggregate(
+            call = aggregate(
                 self._requests(), metadata=connection.metadata or None, timeout=connection.round_timeout_s
             )
             try:

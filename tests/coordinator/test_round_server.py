@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import (
+from grpc_harness import (
     DIM,
     HONEST,
     MALLORY,
@@ -469,3 +469,25 @@ def test_malicious_mode_round_with_enrolled_identity_keys(federation):
     assert all(o.completed for o in outcomes), [o.reason for o in outcomes]
     assert_exact(outcome, names)
     assert "consistency-check" in outcome.phase_s
+
+
+def test_bytes_that_are_not_an_envelope_are_refused_clearly(round_harness, federation):
+    harness = round_harness()
+    channel = federation.channel(federation.credentials(MALLORY), harness.port)
+    try:
+        aggregate = channel.stream_stream(f"/{transport.SERVICE}/Aggregate")  # raw bytes both ways
+        call = aggregate(iter([b"\xff\xff\xff not a protobuf"]), timeout=30)
+        with pytest.raises(grpc.RpcError) as error:
+            list(call)
+    finally:
+        channel.close()
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "protobuf decoding failed" in error.value.details()
+    harness.start_honest(ALL)  # refused before the round started: mallory may join again
+    assert_exact(harness.outcome(), ALL)
+
+
+def test_service_name_matches_the_schema():
+    service = pb.DESCRIPTOR.services_by_name["SecureAggregation"]
+    assert service.full_name == transport.SERVICE
+    assert [m.name for m in service.methods] == ["Aggregate"]
