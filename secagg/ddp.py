@@ -41,7 +41,7 @@ from .ddp_accounting import (
 )
 from .encoding import centered_lift, clip_l2, randomized_round, to_modular
 from .errors import ParameterError, SecAggError
-from .rand import RandomSource
+from .rand import RandomSource, SeededRandom
 from .rotation import padded_dimension, rotate, unrotate
 
 # Integers on the encoding path stay far inside float64's exact range.
@@ -488,15 +488,19 @@ def encode_with_noise(
     update = np.asarray(update, dtype=np.float64)
     if update.shape != (plan.config.dimension,):
         raise ValueError(f"the update must have shape ({plan.config.dimension},), got {update.shape}")
+    # Rounding and noise consume ~50 bytes of randomness per value. They are drawn from an
+    # AES-256-CTR stream keyed by 32 bytes of the participant's CSPRNG (the construction the
+    # masks use): the OS generator is several times slower at this volume.
+    stream = SeededRandom(rng.random_bytes(32))
     clipped, _ = clip_l2(update, plan.config.clip_norm)
     scaled = rotate(clipped, rotation_seed)
     scaled *= plan.scale
-    encoded = conditional_round(scaled, plan.l2_sensitivity_sq, rng)
+    encoded = conditional_round(scaled, plan.l2_sensitivity_sq, stream)
     mechanism = plan.config.mechanism
     if mechanism is AggregateNoise.SKELLAM:
-        encoded += dpnoise.skellam(plan.local_variance, plan.padded_dimension, rng)
+        encoded += dpnoise.skellam(plan.local_variance, plan.padded_dimension, stream)
     elif mechanism is AggregateNoise.DISCRETE_GAUSSIAN:
-        encoded += dpnoise.discrete_gaussian(plan.local_variance, plan.padded_dimension, rng)
+        encoded += dpnoise.discrete_gaussian(plan.local_variance, plan.padded_dimension, stream)
     return to_modular(encoded, plan.config.modulus_bits)
 
 

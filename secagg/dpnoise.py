@@ -77,7 +77,7 @@ class SamplerStats:
 
 
 def _uniform_u64(rng: RandomSource, count: int) -> np.ndarray:
-    return np.frombuffer(rng.random_bytes(8 * count), dtype="<u8").copy()
+    return np.frombuffer(rng.random_bytes(8 * count), dtype="<u8")
 
 
 def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,10 +88,15 @@ def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     uf = u.astype(np.float64)
     with np.errstate(divide="ignore"):
-        e = -np.log(uf * 2.0**-64)
-        slack = e * _REL + 2.0**-50
-        lo = e - slack - 1.01 / uf
+        e = uf * 2.0**-64
+        np.log(e, out=e)
+        np.negative(e, out=e)
+        slack = e * _REL
+        slack += 2.0**-50
         hi = e + slack
+        lo = np.divide(1.01, uf, out=uf)  # the width of E's interval, at most 1/u
+        lo += slack
+        np.subtract(e, lo, out=lo)
     zero = u == 0
     lo[zero] = 44.0  # U < 2^-64: E > 64 ln 2 = 44.36...
     hi[zero] = np.inf
