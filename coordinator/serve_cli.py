@@ -226,3 +226,6 @@ def _report(index: int, outcome: RoundOutcome, summary: dict) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - `python -m coordinator.serve_cli serve ...`
     coordinator()
+
+from coordinator.federate_cli import run  # noqa: E402 - `fedmask coordinator run` lives with the federation loop
+coordinator.add_command(run)

@@ -185,3 +185,6 @@ def train(
 
 from participant.join_cli import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client
 participant.add_command(join)
+
+from participant.node_cli import node  # noqa: E402 - `fedmask participant node` lives with the node loop
+participant.add_command(node)

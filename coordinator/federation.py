@@ -1,0 +1,491 @@
+"""Federated rounds around secure aggregation: the coordinator's side.
+
+One ``Federation`` owns the global adapter and runs rounds until the configured number is
+committed::
+
+    for round r (resuming after the last committed one):
+        publish a TRAIN task: round r, a fresh secure-aggregation round id, the global adapter
+        participants download the adapter, train with DP-SGD, report their record-level epsilon,
+            and upload (local - global), clipped and encoded, through secure aggregation
+        sum -> decode -> average over the survivors -> server optimiser -> new global adapter
+        save the checkpoint durably, then commit round + ledger entry in one transaction
+    publish FINISHED with the final adapter; wait a little for the participants' last reports
+
+The coordinator never sees an individual update: only the sum the secure-aggregation round
+yields. A round that aborts (fewer than t survivors) is recorded as failed and run again with a
+new round id; a coordinator killed mid-round finds the interrupted round on restart and runs it
+again (``coordinator/store.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from proto.fedmask.fl.v1 import fl_pb2 as fl
+from proto.fedmask.fl.v1 import fl_pb2_grpc as fl_grpc
+from secagg.encoding import decode_sum
+from secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+
+from . import adapter_payload
+from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
+from .transport import AuthError, ServerSecurity
+
+Progress = Callable[[str], None]
+
+CHUNK_BYTES = 1 << 20
+SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+
+
+class FederationError(ValueError):
+    """A federation setting is invalid, or the federation cannot go on (with the reason)."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything a federation run is: validated at start-up and stored with the run.
+
+    ``training`` holds ``participant.training.TrainingConfig`` fields (model, mode, target
+    epsilon and delta, local epochs or steps, learning rate, batch size, sequence length); the
+    participants validate it again on their side. ``clip_norm`` bounds the L2 norm of each
+    participant's update (local - global) before encoding; ``scale`` ``None`` picks the largest
+    power of two that cannot wrap mod 2^modulus_bits for this many participants.
+    """
+
+    participants: tuple[str, ...]
+    rounds: int = 3
+    training: Mapping[str, Any] = field(default_factory=dict)
+    clip_norm: float = 5.0
+    scale: float | None = None
+    modulus_bits: int = 32
+    threshold: int | None = None
+    security_mode: str = SecurityMode.SEMI_HONEST.value
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    join_timeout_s: float = 900.0  # from a TRAIN task to the round start: local training fits in it
+    phase_timeout_s: float = 60.0
+    attempts_per_round: int = 3
+    # Rounds of local training the participants' DP budget is planned for beyond ``rounds``: a
+    # round re-run after an abort or a coordinator restart makes them train again.
+    spare_rounds: int = 1
+    final_report_wait_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        names = tuple(self.participants)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise FederationError("a federation needs at least 2 distinct participants")
+        object.__setattr__(self, "participants", tuple(sorted(names)))
+        object.__setattr__(self, "training", dict(self.training))
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise FederationError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise FederationError(f"clip_norm must be positive and finite, got {self.clip_norm}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise FederationError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}")
+        if not (self.server_learning_rate > 0 and math.isfinite(self.server_learning_rate)):
+            raise FederationError("server_learning_rate must be positive")
+        for name in ("join_timeout_s", "phase_timeout_s", "final_report_wait_s"):
+            if not getattr(self, name) > 0:
+                raise FederationError(f"{name} must be positive")
+        if self.attempts_per_round < 1:
+            raise FederationError("attempts_per_round must be at least 1")
+        try:
+            SecurityMode(self.security_mode)
+        except ValueError:
+            raise FederationError(f"unknown security mode {self.security_mode!r}") from None
+        if not isinstance(self.spare_rounds, int) or self.spare_rounds < 0:
+            raise FederationError("spare_rounds must be a non-negative integer")
+        if "planned_rounds" in self.training:
+            raise FederationError("training.planned_rounds is set from rounds + spare_rounds; leave it out")
+        self.protocol_params(dimension=1).validate(len(self.participants))
+        self.encoding().validate(len(self.participants))
+
+    # --- derived settings ---------------------------------------------------------------------
+
+    def training_config(self) -> dict[str, Any]:
+        """The participants' training settings, with the budget planned over every round."""
+        return {**self.training, "planned_rounds": self.rounds + self.spare_rounds}
+
+    def encoding(self) -> EncodingParams:
+        n = len(self.participants)
+        scale = self.scale
+        if scale is None:
+            # Largest power of two with n * ceil(C * scale) <= 2^(b-1) - 1: the sum cannot wrap.
+            limit = (2 ** (self.modulus_bits - 1) - 1) / n
+            scale = 2.0 ** math.floor(math.log2((limit - 1) / self.clip_norm))
+        params = EncodingParams(clip_norm=self.clip_norm, scale=scale, modulus_bits=self.modulus_bits)
+        try:
+            params.validate(n)
+        except ValueError as exc:
+            raise FederationError(f"encoding: {exc}") from None
+        return params
+
+    def protocol_params(self, dimension: int) -> ProtocolParams:
+        mode = SecurityMode(self.security_mode)
+        n = len(self.participants)
+        threshold = self.threshold if self.threshold is not None else default_threshold(n, mode)
+        return ProtocolParams(dimension=dimension, modulus_bits=self.modulus_bits, threshold=threshold, mode=mode)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as given, plus (under ``derived``) what follows from them: the
+        participants' training settings and the encoding with its headroom."""
+        data = asdict(self)
+        data["participants"] = list(self.participants)
+        data["training"] = dict(self.training)
+        encoding = self.encoding()
+        data["derived"] = {
+            "training": self.training_config(),
+            "encoding": {
+                "clip_norm": encoding.clip_norm,
+                "scale": encoding.scale,
+                "modulus_bits": encoding.modulus_bits,
+                "headroom_bits": encoding.validate(len(self.participants)).bits,
+            },
+        }
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FederationConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known - {"derived"})
+        if unknown:
+            raise FederationError(f"unknown federation settings: {', '.join(unknown)}")
+        values = {k: v for k, v in data.items() if k in known}
+        values["participants"] = tuple(values.get("participants", ()))
+        return cls(**values)
+
+
+# --- the task board and the Federation gRPC service -----------------------------------------
+
+
+@dataclass
+class TaskState:
+    action: int = fl.Task.WAIT
+    round: int = 0
+    round_id: bytes = b""
+    adapter: adapter_payload.AdapterPayload | None = None
+    published_at: float = 0.0
+
+
+@dataclass
+class ParticipantReport:
+    name: str
+    round: int
+    adapter_round: int
+    epsilon: float
+    delta: float
+    heldout_count: int
+    heldout_correct: int
+    metrics: dict[str, Any]
+
+
+class FederationService(fl_grpc.FederationServicer):
+    """Tasks, adapter downloads and reports; callers are identified like SecAgg streams."""
+
+    def __init__(self, config: FederationConfig, authenticator, *, clock: Callable[[], float] = time.monotonic,
+                 progress: Progress | None = None) -> None:
+        self._config = config
+        self._authenticator = authenticator
+        self._clock = clock
+        self._progress = progress or (lambda line: None)
+        self.task = TaskState()
+        self._adapters: dict[str, adapter_payload.AdapterPayload] = {}
+        self.reports: dict[tuple[int, str], ParticipantReport] = {}
+        self.final_reports: dict[str, ParticipantReport] = {}
+        self.report_arrived = asyncio.Event()
+        # Each chunk must fit the server's send limit (sized for the protocol's own messages).
+        self.chunk_bytes = CHUNK_BYTES
+
+    def publish(self, action: int, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload) -> None:
+        self._adapters[adapter.sha256] = adapter
+        self.task = TaskState(action, round_number, round_id, adapter, self._clock())
+
+    async def _identify(self, context) -> str:
+        try:
+            name = self._authenticator.identify(context)
+        except AuthError as exc:
+            await context.abort(exc.code, exc.details)
+        if name not in self._config.participants:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
+        return name
+
+    async def GetTask(self, request, context):  # noqa: N802 - the gRPC method name
+        await self._identify(context)
+        task = self.task
+        answer = fl.Task(action=task.action, round=task.round, total_rounds=self._config.rounds, retry_after_s=2.0)
+        if task.adapter is None:
+            answer.action = fl.Task.WAIT
+            return answer
+        answer.adapter_sha256 = task.adapter.sha256
+        answer.adapter_bytes = len(task.adapter.data)
+        answer.adapter_round = task.adapter.round
+        answer.training_json = json.dumps(self._config.training_config(), sort_keys=True)
+        encoding = self._config.encoding()
+        answer.encoding_json = json.dumps(
+            {"clip_norm": encoding.clip_norm, "scale": encoding.scale, "modulus_bits": encoding.modulus_bits},
+            sort_keys=True,
+        )
+        if task.action == fl.Task.TRAIN:
+            answer.round_id = task.round_id
+            remaining = self._config.join_timeout_s - (self._clock() - task.published_at)
+            answer.join_deadline_s = max(0.0, remaining)
+        return answer
+
+    async def DownloadAdapter(self, request, context):  # noqa: N802
+        await self._identify(context)
+        adapter = self._adapters.get(request.sha256)
+        if adapter is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no adapter with that digest is offered")
+        data = adapter.data
+        step = self.chunk_bytes
+        for offset in range(0, len(data), step):
+            yield fl.AdapterChunk(offset=offset, data=data[offset : offset + step],
+                                  total_bytes=len(data) if offset == 0 else 0)
+
+    async def Report(self, request, context):  # noqa: N802
+        name = await self._identify(context)
+        problem = _report_problem(request, self._config.rounds)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            metrics = json.loads(request.metrics_json) if request.metrics_json else {}
+        except json.JSONDecodeError:
+            metrics = None
+        if not isinstance(metrics, dict):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metrics_json must be a JSON object")
+        report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta,
+                                   request.heldout_count, request.heldout_correct, metrics)
+        if self.task.action == fl.Task.FINISHED and request.adapter_round == self.task.adapter.round:
+            self.final_reports[name] = report
+        else:
+            self.reports[(request.round, name)] = report
+        self.report_arrived.set()
+        return fl.ReportAck()
+
+
+def _report_problem(request, rounds: int) -> str | None:
+    if request.round > rounds or request.adapter_round > rounds:
+        return f"round numbers run from 0 to {rounds}"
+    if not (math.isfinite(request.epsilon) and request.epsilon >= 0):
+        return "epsilon must be finite and non-negative"
+    if not 0 <= request.delta < 1:
+        return "delta must be in [0, 1)"
+    if request.heldout_correct > request.heldout_count:
+        return "heldout_correct exceeds heldout_count"
+    if len(request.metrics_json) > 64 * 1024:
+        return "metrics_json is over 64 KiB"
+    return None
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundRecord:
+    """What the ledger and the demo's report keep of a committed round."""
+
+    round: int
+    round_id: str
+    survivors: list[str]
+    dropped: dict[str, str]
+    attempts: int
+    update_l2_norm: float
+    upload_bytes: dict[str, int]
+    wall_s: float
+    epsilon: dict[str, float]  # record-level, reported by each participant (cumulative)
+    accuracy_before: dict[str, float]  # the adapter this round started from, on each held-out split
+
+
+def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, list]:
+    """The adapter every participant starts from (LoRA-B at zero): built with the participants'
+    own code so that the layouts match."""
+    from participant.training import LocalTrainer, TrainingConfig
+
+    trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
+    return trainer.adapter_vector().astype(np.float32), trainer.spec.to_json()
+
+
+class Federation:
+    """Runs a federation to completion on a started ``CoordinatorServer``; resumable."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        state_dir: str | Path,
+        security: ServerSecurity,
+        *,
+        settings: ServerSettings | None = None,
+        progress: Progress | None = None,
+        identity_keys: Mapping[str, bytes] | None = None,
+        initial: tuple[np.ndarray, list] | None = None,
+    ) -> None:
+        from .store import FederationStore
+
+        self.config = config
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.security = security
+        self.settings = settings or ServerSettings()
+        self.progress = progress or (lambda line: None)
+        self.identity_keys = dict(identity_keys or {})
+        self.store = FederationStore(self.state_dir / "federation.db")
+        self.store.initialise(config.to_json())
+        self._initial = initial
+        self.service = FederationService(config, security.authenticator, progress=self.progress)
+        self.server: CoordinatorServer | None = None
+        self.records: list[RoundRecord] = []
+
+    async def run(self) -> list[dict]:
+        """Run every remaining round; returns the ledger."""
+        config = self.config
+        vector, layout, done, optimizer = self._resume()
+        params = config.protocol_params(dimension=vector.size)
+        limits = MessageLimits.for_round(params, len(config.participants))
+        self.service.chunk_bytes = max(1024, min(CHUNK_BYTES, limits.send_bytes - 1024))
+        self.server = CoordinatorServer(
+            self.security, limits, settings=self.settings, max_participants=len(config.participants),
+            progress=self.progress, extra_services=[lambda s: fl_grpc.add_FederationServicer_to_server(self.service, s)],
+        )
+        port = await self.server.start()
+        self.progress(f"coordinator listening on {self.settings.host}:{port}")
+        try:
+            for round_number in range(done + 1, config.rounds + 1):
+                vector = await self._run_round(round_number, vector, layout, params, optimizer)
+            final = adapter_payload.pack(vector, layout, config.rounds)
+            self.service.publish(fl.Task.FINISHED, config.rounds, b"", final)
+            self.progress(f"federation finished after {config.rounds} rounds; waiting for final reports")
+            await self._wait_final_reports()
+        finally:
+            await self.server.stop()
+        return self.store.ledger()
+
+    def _resume(self):
+        """The global adapter to go on from, the last committed round, and the optimizer."""
+        from .aggregation import server_optimizer_from_config
+
+        store = self.store
+        removed = store.collect_garbage()
+        interrupted = store.interrupted_round()
+        if interrupted is not None:
+            self.progress(f"round {interrupted.round_number} was interrupted by a restart; running it again"
+                          + (f" (removed {len(removed)} uncommitted checkpoint files)" if removed else ""))
+        last = store.last_committed()
+        if last is None:
+            vector, layout = self._initial or initial_adapter(self.config.training_config())
+            last = store.save_checkpoint(0, np.asarray(vector, dtype=np.float32), layout)
+            store.commit_initial(last)
+        elif last.round_number:
+            self.progress(f"resuming after committed round {last.round_number}")
+        vector, layout = store.load_checkpoint(last)
+        optimizer = server_optimizer_from_config(self._optimizer_config())
+        state = store.load_optimizer_state(last)
+        if state:
+            optimizer.load_state_dict(state)
+        return np.asarray(vector, dtype=np.float32), layout, last.round_number, optimizer
+
+    def _optimizer_config(self) -> dict[str, Any]:
+        if self.config.server_optimizer == "fedavg":
+            return {"name": "fedavg", "server_lr": self.config.server_learning_rate}
+        return {"name": "fedadam", "lr": self.config.server_learning_rate}
+
+    async def _run_round(self, round_number, vector, layout, params, optimizer) -> np.ndarray:
+        config = self.config
+        encoding = config.encoding()
+        adapter = adapter_payload.pack(vector, layout, round_number - 1)
+        started = time.monotonic()
+        for attempt in range(1, config.attempts_per_round + 1):
+            round_id = new_round_id()
+            self.store.begin_round(round_number, round_id, list(config.participants))
+            self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
+            self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
+            outcome = await self.server.run_round(
+                RoundConfig(round_id, params, config.participants, join_timeout_s=config.join_timeout_s,
+                            phase_timeout_s=config.phase_timeout_s, identity_keys=self.identity_keys)
+            )
+            if outcome.completed:
+                break
+            # The round stays open: the next attempt re-runs it with a new round id.
+            reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
+            self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
+        else:
+            self.store.fail_round(round_number, reason)
+            raise FederationError(f"round {round_number} failed {config.attempts_per_round} times; last: {reason}")
+        self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
+
+        survivors = list(outcome.survivors)
+        mean_update = decode_sum(outcome.result, encoding) / len(survivors)
+        new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
+        record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started)
+        ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
+        self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
+        self.records.append(record)
+        self.progress(
+            f"round {round_number}/{config.rounds} committed: survivors {', '.join(survivors)}"
+            + (f"; dropped {', '.join(outcome.dropped)}" if outcome.dropped else "")
+            + f"; epsilon {_fmt(record.epsilon)}"
+        )
+        return new_vector
+
+    def _record(self, round_number: int, outcome: RoundOutcome, attempts: int, mean_update: np.ndarray,
+                wall_s: float) -> RoundRecord:
+        reports = {name: r for (rnd, name), r in self.service.reports.items() if rnd == round_number}
+        return RoundRecord(
+            round=round_number,
+            round_id=outcome.round_id.decode("ascii", "replace"),
+            survivors=list(outcome.survivors),
+            # Everyone selected is accounted for: a participant that never joined dropped too.
+            dropped={name: outcome.dropped.get(name, "did not take part")
+                     for name in outcome.participants if name not in outcome.survivors},
+            attempts=attempts,
+            update_l2_norm=float(np.linalg.norm(mean_update)),
+            upload_bytes=dict(outcome.bytes_received),
+            wall_s=round(wall_s, 3),
+            epsilon={name: r.epsilon for name, r in sorted(reports.items())},
+            accuracy_before={name: r.heldout_correct / r.heldout_count
+                             for name, r in sorted(reports.items()) if r.heldout_count},
+        )
+
+    def _ledger_entry(self, record: RoundRecord, encoding: EncodingParams) -> dict:
+        reports = [r for (rnd, _), r in self.service.reports.items() if rnd == record.round]
+        return {
+            "survivors": record.survivors,
+            "dropped": record.dropped,
+            "encoding": {"clip_norm": encoding.clip_norm, "scale": encoding.scale,
+                         "modulus_bits": encoding.modulus_bits},
+            "epsilon": record.epsilon,
+            "delta": max((r.delta for r in reports), default=None) or None,
+            "metrics": {"accuracy_before": record.accuracy_before, "upload_bytes": record.upload_bytes,
+                        "wall_s": record.wall_s, "attempts": record.attempts,
+                        "update_l2_norm": record.update_l2_norm},
+        }
+
+    async def _wait_final_reports(self) -> None:
+        deadline = time.monotonic() + self.config.final_report_wait_s
+        while len(self.service.final_reports) < len(self.config.participants):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(self.config.participants) - set(self.service.final_reports))
+                self.progress(f"no final report from {', '.join(missing)}")
+                return
+            self.service.report_arrived.clear()
+            try:
+                await asyncio.wait_for(self.service.report_arrived.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def final_accuracy(self) -> dict[str, float]:
+        return {name: r.heldout_correct / r.heldout_count
+                for name, r in sorted(self.service.final_reports.items()) if r.heldout_count}
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in values.items()) or "not reported"

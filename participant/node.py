@@ -1,0 +1,249 @@
+"""A participant's node: follows the coordinator's federation from task to task.
+
+    loop:
+        GetTask                       (retried with backoff while the coordinator is away)
+        WAIT      -> ask again later
+        TRAIN r   -> download the global adapter (SHA-256 checked), evaluate it on the held-out
+                     split, train with DP-SGD (the privacy ledger is charged first and persisted),
+                     report, then upload local - global through secure aggregation
+        FINISHED  -> download the final adapter, evaluate and report it, stop
+
+The records never leave this process; what leaves is the record-level epsilon spent, held-out
+counts, and the masked update. The node's state (privacy ledger, last round uploaded) lives in
+``state_dir`` so a restarted node neither forgets its spent budget nor uploads twice for the
+same secure-aggregation round.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from coordinator import adapter_payload
+from proto.fedmask.fl.v1 import fl_pb2 as fl
+from proto.fedmask.fl.v1 import fl_pb2_grpc as fl_grpc
+from secagg.encoding import encode
+from secagg.params import EncodingParams
+from secagg.rand import SystemRandom
+
+from .data import LocalData
+from .grpc_client import Connection, Identity, _open_channel, take_part
+
+Progress = Callable[[str], None]
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class NodeError(RuntimeError):
+    """The node cannot go on (the reason says why)."""
+
+
+@dataclass
+class NodeState:
+    """What a node remembers across restarts (``state_dir/node.json``)."""
+
+    uploaded_round_ids: list[str]
+    last_round: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> NodeState:
+        if not path.exists():
+            return cls([])
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(list(data["uploaded_round_ids"]), int(data["last_round"]))
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"uploaded_round_ids": self.uploaded_round_ids,
+                                         "last_round": self.last_round}), encoding="utf-8")
+        temporary.replace(path)
+
+
+def parse_encoding(text: str) -> EncodingParams:
+    try:
+        data = json.loads(text)
+        params = EncodingParams(clip_norm=float(data["clip_norm"]), scale=float(data["scale"]),
+                                modulus_bits=int(data["modulus_bits"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NodeError(f"the coordinator sent an unusable encoding: {exc}") from None
+    params.validate(1)
+    return params
+
+
+class Node:
+    def __init__(
+        self,
+        connection: Connection,
+        identity: Identity,
+        data: LocalData,
+        state_dir: str | Path,
+        *,
+        progress: Progress | None = None,
+        overrides: dict[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.connection = connection
+        self.identity = identity
+        self.data = data
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress or (lambda line: None)
+        self.overrides = dict(overrides or {})  # local settings the coordinator may not change
+        self.sleep = sleep
+        self.state = NodeState.load(self.state_dir / "node.json")
+        self._trainer = None
+        self._ledger = None
+        self._jitter = random.Random()
+
+    # --- RPC helpers ------------------------------------------------------------------------
+
+    def _call(self, what: str, function):
+        """Call with backoff while the coordinator is unreachable (restarting, partitioned)."""
+        attempt = 0
+        while True:
+            channel = _open_channel(self.connection)
+            try:
+                return function(fl_grpc.FederationStub(channel))
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRYABLE:
+                    raise NodeError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
+                attempt += 1
+                if attempt > max(self.connection.connect_attempts, 1) * 4:
+                    raise NodeError(f"coordinator unreachable for {what}: {exc.details()}") from None
+                delay = self.connection.backoff_s(min(attempt, 6), self._jitter)
+                self.progress(f"coordinator unreachable ({exc.code().name}); retrying in {delay:.1f} s")
+                self.sleep(delay)
+            finally:
+                channel.close()
+
+    def _metadata(self):
+        return self.connection.metadata or None
+
+    def get_task(self) -> fl.Task:
+        request = fl.TaskRequest(last_round=self.state.last_round)
+        return self._call("GetTask", lambda stub: stub.GetTask(request, metadata=self._metadata(), timeout=30))
+
+    def download(self, task: fl.Task) -> adapter_payload.AdapterPayload:
+        def fetch(stub):
+            chunks, expected = [], 0
+            for chunk in stub.DownloadAdapter(fl.AdapterRequest(sha256=task.adapter_sha256),
+                                              metadata=self._metadata(), timeout=300):
+                if chunk.offset != expected:
+                    raise NodeError("adapter chunks arrived out of order")
+                chunks.append(chunk.data)
+                expected += len(chunk.data)
+                if expected > task.adapter_bytes:
+                    raise NodeError("the adapter is larger than announced")
+            return b"".join(chunks)
+
+        data = self._call("DownloadAdapter", fetch)
+        try:
+            payload = adapter_payload.unpack(data, task.adapter_sha256)
+        except adapter_payload.AdapterPayloadError as exc:
+            raise NodeError(str(exc)) from None
+        if payload.round != task.adapter_round:
+            raise NodeError(f"the adapter is of round {payload.round}, the task announced {task.adapter_round}")
+        return payload
+
+    def report(self, round_number: int, adapter_round: int, evaluation, metrics: dict[str, Any]) -> None:
+        ledger = self._ledger
+        request = fl.ParticipantReport(
+            round=round_number, adapter_round=adapter_round,
+            epsilon=float(ledger.epsilon_spent) if ledger is not None else 0.0,
+            delta=float(ledger.delta) if ledger is not None else 0.0,
+            heldout_count=evaluation.count if evaluation else 0,
+            heldout_correct=round(evaluation.accuracy * evaluation.count) if evaluation else 0,
+            metrics_json=json.dumps(metrics),
+        )
+        self._call("Report", lambda stub: stub.Report(request, metadata=self._metadata(), timeout=30))
+
+    # --- training ---------------------------------------------------------------------------
+
+    def _training(self, task: fl.Task):
+        from .ledger import PrivacyLedger
+        from .training import LocalTrainer, TrainingConfig
+
+        try:
+            settings = json.loads(task.training_json)
+            if not isinstance(settings, dict):
+                raise ValueError("not a JSON object")
+            config = TrainingConfig.create(**{**settings, **self.overrides,
+                                              "lora_targets": tuple(settings["lora_targets"])
+                                              if settings.get("lora_targets") else None})
+        except (TypeError, ValueError) as exc:
+            raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
+        if self._trainer is None or self._trainer.config != config:
+            self._ledger = PrivacyLedger.open(self.state_dir / "privacy_ledger.json", accountant=config.accountant,
+                                              epsilon_budget=config.target_epsilon, delta=config.target_delta)
+            self._trainer = LocalTrainer(config, ledger=self._ledger)
+        return config, self._trainer
+
+    def _evaluate(self, trainer, vector: np.ndarray):
+        trainer.set_adapter_vector(vector)
+        return trainer.evaluate(self.data.heldout) if self.data.heldout else None
+
+    def run(self) -> dict[str, Any]:
+        """Follow the federation until it finishes; returns the final evaluation."""
+        from .training import train_adapter
+
+        while True:
+            task = self.get_task()
+            if task.action == fl.Task.WAIT or (
+                task.action == fl.Task.TRAIN and task.round_id.hex() in self.state.uploaded_round_ids
+            ):
+                self.sleep(max(0.2, min(task.retry_after_s or 2.0, 10.0)))
+                continue
+            if task.action == fl.Task.FINISHED:
+                payload = self.download(task)
+                _, trainer = self._training(task)
+                evaluation = self._evaluate(trainer, payload.vector)
+                self.report(task.round, payload.round, evaluation, {"final": True})
+                accuracy = evaluation.accuracy if evaluation else None
+                self.progress(f"federation finished; final adapter accuracy on my held-out split: {accuracy}")
+                return {"accuracy": accuracy, "epsilon": self._ledger.epsilon_spent if self._ledger else 0.0}
+            if task.action != fl.Task.TRAIN:
+                raise NodeError(f"unknown task action {task.action}")
+            self._train_and_upload(task, train_adapter)
+
+    def _train_and_upload(self, task: fl.Task, train_adapter) -> None:
+        payload = self.download(task)
+        config, trainer = self._training(task)
+        if trainer.spec.to_json() != payload.layout:
+            raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
+        encoding = parse_encoding(task.encoding_json)
+        before = self._evaluate(trainer, payload.vector)
+        self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
+        result = train_adapter(config, self.data, global_adapter_state=payload.vector, ledger=self._ledger,
+                               trainer=trainer)
+        update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
+        encoded = encode(update, encoding, SystemRandom())
+        self.report(task.round, payload.round, before, {
+            "train_loss": result.report["mean_train_loss"], "steps": result.report["steps"],
+            "update_l2_norm": float(np.linalg.norm(update)), "noise_multiplier": result.report["noise_multiplier"],
+        })
+        self.progress(f"round {task.round}: epsilon spent {self._ledger.epsilon_spent:.2f}; uploading")
+
+        def input_for_round(start):
+            if start.round_id != task.round_id:
+                raise ValueError("the coordinator opened another round than the task announced")
+            if start.params.dimension != encoded.size or start.params.modulus_bits != encoding.modulus_bits:
+                raise ValueError("the round's dimension or modulus does not match the encoded update")
+            return encoded
+
+        # Recorded before joining: if this node dies mid-round and restarts, it must not train
+        # again (charging the budget twice) for a round that has already started without it.
+        self.state.uploaded_round_ids.append(task.round_id.hex())
+        self.state.last_round = task.round
+        self.state.save(self.state_dir / "node.json")
+        outcome = take_part(self.connection, self.identity, input_for_round, progress=self.progress)
+        if outcome.completed:
+            self.progress(f"round {task.round}: secure aggregation completed")
+        else:
+            self.progress(f"round {task.round}: left the round: {outcome.reason}")

@@ -1,0 +1,113 @@
+"""Federation settings and the global adapter's wire format (the end-to-end run with real
+processes is tests/integration/test_federation_e2e.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coordinator import adapter_payload
+from coordinator.federation import FederationConfig, FederationError, _report_problem
+from proto.fedmask.fl.v1 import fl_pb2 as fl
+
+PARTIES = ("hospital-a", "hospital-b", "bank")
+
+
+class TestFederationConfig:
+    def test_defaults_validate_and_sort(self):
+        config = FederationConfig(participants=("hospital-b", "bank", "hospital-a"))
+        assert config.participants == ("bank", "hospital-a", "hospital-b")
+        assert config.training_config()["planned_rounds"] == config.rounds + config.spare_rounds
+
+    def test_automatic_scale_cannot_wrap_and_is_largest(self):
+        config = FederationConfig(participants=PARTIES, clip_norm=5.0, modulus_bits=32)
+        encoding = config.encoding()
+        n = len(PARTIES)
+        bound = n * math.ceil(encoding.clip_norm * encoding.scale)
+        assert 2 * bound + 1 <= 2**32  # the sum of n clipped, scaled updates fits mod 2^32
+        doubled = n * math.ceil(encoding.clip_norm * encoding.scale * 2)
+        assert 2 * doubled + 1 > 2**32  # twice the scale would not
+        assert math.log2(encoding.scale).is_integer()
+
+    def test_explicit_scale_that_wraps_is_refused(self):
+        with pytest.raises(FederationError, match="encoding"):
+            FederationConfig(participants=PARTIES, clip_norm=5.0, scale=2.0**30)
+
+    @pytest.mark.parametrize(
+        "changes, message",
+        [
+            ({"participants": ("a",)}, "at least 2"),
+            ({"participants": ("a", "a")}, "distinct"),
+            ({"rounds": 0}, "rounds"),
+            ({"clip_norm": float("inf")}, "clip_norm"),
+            ({"server_optimizer": "sgd"}, "server_optimizer"),
+            ({"security_mode": "trusting"}, "security mode"),
+            ({"phase_timeout_s": 0}, "phase_timeout_s"),
+            ({"training": {"planned_rounds": 3}}, "planned_rounds"),
+            ({"threshold": 1}, "threshold"),
+        ],
+    )
+    def test_refused(self, changes, message):
+        with pytest.raises((FederationError, ValueError), match=message):
+            FederationConfig(**{"participants": PARTIES, **changes})
+
+    def test_json_round_trip_and_unknown_keys(self):
+        config = FederationConfig(participants=PARTIES, rounds=4, training={"mode": "bitfit"})
+        data = config.to_json()
+        assert data["derived"]["encoding"]["headroom_bits"] >= 0
+        assert data["derived"]["training"]["planned_rounds"] == 5
+        assert FederationConfig.from_json(data) == config
+        with pytest.raises(FederationError, match="unknown"):
+            FederationConfig.from_json({**data, "roundz": 3})
+
+
+class TestAdapterPayload:
+    def test_round_trip_is_bit_exact(self):
+        vector = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+        layout = [{"name": "a", "shape": [10, 100], "dtype": "float32"}]
+        packed = adapter_payload.pack(vector, layout, 2)
+        unpacked = adapter_payload.unpack(packed.data, packed.sha256)
+        assert unpacked.vector.tobytes() == vector.tobytes()
+        assert unpacked.layout == layout and unpacked.round == 2
+        assert unpacked.sha256 == packed.sha256
+
+    def test_wrong_digest_truncation_and_garbage_are_refused(self):
+        packed = adapter_payload.pack(np.ones(8, dtype=np.float32), [], 0)
+        with pytest.raises(adapter_payload.AdapterPayloadError, match="digest"):
+            adapter_payload.unpack(packed.data, "0" * 64)
+        truncated = packed.data[:-3]
+        import hashlib
+
+        with pytest.raises(adapter_payload.AdapterPayloadError):
+            adapter_payload.unpack(truncated, hashlib.sha256(truncated).hexdigest())
+        garbage = b"\x10" + bytes(40)
+        with pytest.raises(adapter_payload.AdapterPayloadError):
+            adapter_payload.unpack(garbage, hashlib.sha256(garbage).hexdigest())
+
+    def test_non_finite_vector_is_refused(self):
+        with pytest.raises(adapter_payload.AdapterPayloadError, match="finite"):
+            adapter_payload.pack(np.array([1.0, np.nan], dtype=np.float32), [], 0)
+
+
+class TestReports:
+    def test_valid_report(self):
+        report = fl.ParticipantReport(round=1, adapter_round=0, epsilon=1.5, delta=1e-5, heldout_count=10,
+                                      heldout_correct=7, metrics_json="{}")
+        assert _report_problem(report, rounds=3) is None
+
+    @pytest.mark.parametrize(
+        "fields, message",
+        [
+            ({"round": 9}, "round numbers"),
+            ({"epsilon": float("nan")}, "epsilon"),
+            ({"epsilon": -1.0}, "epsilon"),
+            ({"delta": 1.0}, "delta"),
+            ({"heldout_count": 3, "heldout_correct": 4}, "heldout_correct"),
+            ({"metrics_json": "x" * 70_000}, "64 KiB"),
+        ],
+    )
+    def test_refused(self, fields, message):
+        report = fl.ParticipantReport(**{"round": 1, "epsilon": 1.0, "delta": 1e-5, **fields})
+        assert message in _report_problem(report, rounds=3)
