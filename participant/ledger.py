@@ -1,0 +1,228 @@
+"""The participant's record-level privacy ledger, persisted across rounds and restarts.
+
+It holds an Opacus accountant (its ``state_dict``: the history of (noise multiplier, sample
+rate, steps)), the (epsilon, delta) budget, the privacy plan fixed by the first training run
+(noise multiplier, sample rate, steps per round, planned rounds), and one entry per training
+run.
+
+Steps are charged *before* they are taken (write-ahead): :meth:`PrivacyLedger.charge` adds them
+to the accountant, checks the budget and saves the file atomically, and only then does training
+start. A crash mid-round can therefore only over-count the privacy spent, never under-count it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from opacus.accountants import IAccountant, create_accountant
+
+LEDGER_FORMAT = "fedmask-privacy-ledger/1"
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+
+
+class LedgerError(ValueError):
+    """The ledger file is unreadable or does not belong to this configuration."""
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """Training the requested steps would spend more than the ledger's epsilon budget."""
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """How noise is set for the whole schedule; fixed when the first round trains."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    planned_rounds: int
+    num_records: int
+    expected_batch_size: int
+    max_grad_norm: float
+
+    @property
+    def planned_steps(self) -> int:
+        return self.steps_per_round * self.planned_rounds
+
+
+def compute_epsilon(
+    accountant: str, history: list[tuple[float, float, int]], delta: float
+) -> float:
+    """Epsilon of a Poisson-subsampled Gaussian history under the named Opacus accountant."""
+    if not history:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [tuple(h) for h in history]
+    return float(acc.get_epsilon(delta=delta))
+
+
+class PrivacyLedger:
+    """An Opacus accountant plus budget and plan, optionally backed by a JSON file."""
+
+    def __init__(
+        self,
+        *,
+        accountant: str,
+        epsilon_budget: float,
+        delta: float,
+        path: str | Path | None = None,
+    ) -> None:
+        if accountant not in ACCOUNTANTS:
+            raise LedgerError(f"unknown accountant {accountant!r}; expected one of {ACCOUNTANTS}")
+        if not (epsilon_budget > 0 and math.isfinite(epsilon_budget)):
+            raise LedgerError(f"epsilon budget must be positive and finite, got {epsilon_budget}")
+        if not 0 < delta < 1:
+            raise LedgerError(f"delta must be in (0, 1), got {delta}")
+        self.accountant_name = accountant
+        self.epsilon_budget = float(epsilon_budget)
+        self.delta = float(delta)
+        self.path = Path(path) if path is not None else None
+        self.accountant: IAccountant = create_accountant(mechanism=accountant)
+        self.plan: PrivacyPlan | None = None
+        self.entries: list[dict[str, Any]] = []
+        self._epsilon_spent = 0.0
+
+    # ------------------------------------------------------------------ persistence
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, accountant: str, epsilon_budget: float, delta: float
+    ) -> PrivacyLedger:
+        """Load the ledger at ``path``, or start an empty one there (written on first charge).
+
+        An existing ledger must have been made with the same accountant, budget and delta:
+        silently continuing under other terms would misstate the guarantee.
+        """
+        ledger = cls(accountant=accountant, epsilon_budget=epsilon_budget, delta=delta, path=path)
+        path = Path(path)
+        if not path.exists():
+            return ledger
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
+            raise LedgerError(f"{path} is not a {LEDGER_FORMAT} file")
+        stored = (data["accountant"], float(data["epsilon_budget"]), float(data["delta"]))
+        wanted = (accountant, float(epsilon_budget), float(delta))
+        if stored != wanted:
+            raise LedgerError(
+                f"privacy ledger {path} was made with accountant={stored[0]}, "
+                f"epsilon budget={stored[1]:g}, delta={stored[2]:g}; this run asks for "
+                f"accountant={wanted[0]}, epsilon budget={wanted[1]:g}, delta={wanted[2]:g}. "
+                "Use the ledger's terms or a new ledger file."
+            )
+        state = data["accountant_state"]
+        state["history"] = [tuple(h) for h in state["history"]]
+        ledger.accountant.load_state_dict(state)
+        ledger.plan = PrivacyPlan(**data["plan"]) if data.get("plan") else None
+        ledger.entries = list(data.get("entries", []))
+        ledger._epsilon_spent = float(data.get("epsilon_spent", 0.0))
+        return ledger
+
+    def to_json(self) -> dict[str, Any]:
+        state = self.accountant.state_dict()
+        return {
+            "format": LEDGER_FORMAT,
+            "accountant": self.accountant_name,
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "epsilon_spent": self._epsilon_spent,
+            "steps": self.steps,
+            "plan": asdict(self.plan) if self.plan else None,
+            "accountant_state": {
+                "mechanism": state["mechanism"],
+                "history": [list(h) for h in state["history"]],
+            },
+            "entries": self.entries,
+        }
+
+    def save(self) -> None:
+        """Write the ledger atomically (temp file + fsync + rename); no-op without a path."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        blob = json.dumps(self.to_json(), indent=2).encode("utf-8")
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # ------------------------------------------------------------------ accounting
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [tuple(h) for h in self.accountant.history]  # type: ignore[misc]
+
+    @property
+    def steps(self) -> int:
+        return sum(int(h[2]) for h in self.accountant.history)
+
+    @property
+    def epsilon_spent(self) -> float:
+        """Epsilon (at the ledger's delta) of every step charged so far."""
+        return self._epsilon_spent
+
+    def set_plan(self, plan: PrivacyPlan) -> None:
+        if self.plan is not None and self.plan != plan:
+            raise LedgerError(
+                f"the privacy plan is fixed once training starts: have {self.plan}, got {plan}"
+            )
+        self.plan = plan
+        self.save()
+
+    def projected_epsilon(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """Epsilon after ``steps`` more steps at (noise_multiplier, sample_rate)."""
+        trial = create_accountant(mechanism=self.accountant_name)
+        trial.history = self.history
+        for _ in range(steps):
+            trial.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        return compute_epsilon(self.accountant_name, trial.history, self.delta)
+
+    def charge(
+        self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = ""
+    ) -> float:
+        """Charge ``steps`` DP-SGD steps before they run; refuse if the budget would be exceeded.
+
+        Returns the epsilon spent once those steps are taken.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        projected = self.projected_epsilon(noise_multiplier, sample_rate, steps)
+        if projected > self.epsilon_budget:
+            raise PrivacyBudgetExceeded(
+                f"privacy budget exhausted: {self.steps} steps so far have spent "
+                f"epsilon={self._epsilon_spent:.4g} (delta={self.delta:g}, "
+                f"{self.accountant_name} accountant); {steps} more steps at noise multiplier "
+                f"{noise_multiplier:.4g} and sample rate {sample_rate:.4g} would reach "
+                f"epsilon={projected:.4g}, over the budget of {self.epsilon_budget:g}. "
+                "Refusing to train."
+            )
+        for _ in range(steps):
+            self.accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        self._epsilon_spent = projected
+        self.entries.append(
+            {
+                "entry": len(self.entries) + 1,
+                "note": note,
+                "steps": steps,
+                "noise_multiplier": noise_multiplier,
+                "sample_rate": sample_rate,
+                "epsilon_after": projected,
+                "total_steps_after": self.steps,
+            }
+        )
+        self.save()
+        return projected
