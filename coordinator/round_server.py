@@ -181,6 +181,7 @@ class _Connection:
         self.closed = False  # no more messages will be read or written
         self.lost_reason: str | None = None
         self.submitted_in: ServerState | None = None
+        self.sent_kinds: set[str] = set()  # protocol messages accepted from it, by envelope field
         self.bytes_received = 0
 
     def send(self, envelope: pb.ServerEnvelope) -> None:
@@ -328,14 +329,15 @@ class RoundRunner:
             state = self.server.state
             phase = state.phase.value
             expected = EXPECTED_FIELD.get(state)
+            # A repeat is named as such even when its phase has closed in the meantime.
+            if kind in connection.sent_kinds:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"duplicate {kind} (phase {phase})")
             if expected is None:
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the round is {phase}: no more messages")
             if kind != expected:
                 raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION, f"expected {expected} in phase {phase}, got {kind}"
                 )
-            if connection.submitted_in is state:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"duplicate {kind} in phase {phase}")
             if pid not in self.server.awaiting:
                 why = self.server.dropped_reasons.get(pid, "not a participant of this phase")
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"not expected in phase {phase}: {why}")
@@ -353,6 +355,7 @@ class RoundRunner:
             except InvalidMessage as exc:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, exc.reason) from exc
             connection.submitted_in = state
+            connection.sent_kinds.add(kind)
             if not self.server.awaiting:
                 self._changed.set()
 

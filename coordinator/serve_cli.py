@@ -112,6 +112,8 @@ def serve(
 ) -> None:
     """Run secure-aggregation rounds for the selected participants."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
+        logging.getLogger(pki.__name__).setLevel(logging.ERROR)
     security_mode = SecurityMode(mode)
     try:
         if insecure:

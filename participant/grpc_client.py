@@ -172,7 +172,6 @@ def take_part(
                 if code is grpc.StatusCode.UNAVAILABLE and connection.credentials is not None:
                     # A TLS refusal looks the same as a coordinator that is down.
                     outcome.reason += " (if the coordinator is up, it refused this participant's TLS certificate)"
-                progress(outcome.reason)
                 return outcome
             delay = connection.backoff_s(attempt, jitter)
             progress(f"coordinator not reachable or no round open ({code.name}); retrying in {delay:.2f} s")

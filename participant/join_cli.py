@@ -103,6 +103,8 @@ def join(
 ) -> None:
     """Join the coordinator's round and contribute an input under secure aggregation."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
+        logging.getLogger(pki.__name__).setLevel(logging.ERROR)
     if wire.PARTICIPANT_NAME.fullmatch(name) is None:
         raise click.BadParameter("names are lower-case DNS labels: [a-z0-9][a-z0-9-]{0,62}", param_hint="--name")
     if (input_path is None) == (synthetic_seed is None):
