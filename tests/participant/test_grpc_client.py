@@ -242,3 +242,27 @@ def test_join_cli_needs_exactly_one_input(tmp_path):
     result = CliRunner().invoke(join, ["--federation", str(tmp_path), "--name", "alice", "--coordinator", "x:1"])
     assert result.exit_code == 2
     assert "exactly one of --input FILE.npy and --synthetic-seed N" in result.output
+
+
+def test_participants_take_part_in_consecutive_rounds(federation, coordinator):
+    """As ``join --rounds 2``: each participant reconnects for the next round, possibly before the
+    coordinator has opened it (it then waits, or is told UNAVAILABLE and retries)."""
+    port = coordinator.server.port
+
+    def two_rounds(name: str) -> list:
+        target = connection(federation, name, port, initial_backoff_s=0.05)
+        return [take_part(target, Identity(name), provider(name)) for _ in range(2)]
+
+    with futures.ThreadPoolExecutor(len(NAMES)) as pool:
+        jobs = [pool.submit(two_rounds, name) for name in NAMES]
+        first = coordinator.run_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=30))
+        second = coordinator.run_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=30))
+        outcomes = [job.result(60) for job in jobs]
+    expected = sum((input_of(n) for n in NAMES), np.zeros(PARAMS.dimension, np.uint32))
+    for outcome in (first, second):
+        assert outcome.completed
+        np.testing.assert_array_equal(outcome.result, expected)
+    assert first.session_id != second.session_id
+    assert all(o.completed for pair in outcomes for o in pair)
+    assert {pair[0].round_id for pair in outcomes} == {first.round_id}
+    assert {pair[1].round_id for pair in outcomes} == {second.round_id}
