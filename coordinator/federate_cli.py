@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import warnings
 from pathlib import Path
 
 import click
@@ -46,6 +47,7 @@ def _echo(line: str) -> None:
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
 def run(federation_dir, name, state_dir, config_path, host, port, health_port, token_auth, insecure):
     """Run every round of the federation described by --config."""
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     try:
         config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, FederationError, TypeError, ValueError) as exc:

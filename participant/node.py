@@ -237,6 +237,14 @@ class Node:
                 raise ValueError("the round's dimension or modulus does not match the encoded update")
             return encoded
 
+        current = self.get_task()
+        if current.action != fl.Task.TRAIN or current.round_id != task.round_id:
+            # The coordinator restarted or re-ran the round while this node trained: the update
+            # belongs to a round that no longer exists. Drop it; the next task says what to do.
+            self.progress(f"round {task.round}: the coordinator moved on while training; update discarded")
+            self.state.uploaded_round_ids.append(task.round_id.hex())
+            self.state.save(self.state_dir / "node.json")
+            return
         # Recorded before joining: if this node dies mid-round and restarts, it must not train
         # again (charging the budget twice) for a round that has already started without it.
         self.state.uploaded_round_ids.append(task.round_id.hex())

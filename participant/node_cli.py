@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -38,6 +39,11 @@ def node(federation_dir, name, data_path, state_dir, target, tls_server_name, he
          token_file, insecure):
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
     logging.basicConfig(level=logging.WARNING)
+    # Library chatter that says nothing about this run (deprecations; Opacus's note that its
+    # noise comes from torch's generator, which fedmask seeds from os.urandom).
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
     def echo(line: str) -> None:
         click.echo(f"{dt.datetime.now():%H:%M:%S} {name}: {line}", err=True)

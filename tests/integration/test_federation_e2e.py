@@ -1,0 +1,140 @@
+"""A federation across real processes: coordinator + three participant nodes over mTLS gRPC,
+three rounds of DP-LoRA on the bundled MiniLM, with the coordinator SIGKILLed in the middle of
+round 2 and restarted on the same state.
+
+Checks, after the restart:
+(a) every round committed before the kill, and its ledger entry, is still there unchanged;
+(b) the restarted coordinator resumed from the last committed global adapter;
+(c) the interrupted round was re-run (attempt 2) and the federation completed all rounds;
+and that the participants' record-level epsilon only grows and stays within budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("grpc")
+
+from coordinator import pki  # noqa: E402
+from coordinator.store import FederationStore  # noqa: E402
+from participant.demo_data import PARTIES, generate_records, write_records  # noqa: E402
+
+ROUNDS = 3
+EPSILON = 8.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    handle = log.open("a")
+    return subprocess.Popen([sys.executable, "-m", "coordinator.cli", *args], stdout=handle, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env)
+
+
+def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"exited ({process.returncode}) before {text!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.timeout(900)
+def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
+    federation = tmp_path / "federation"
+    pki.init_federation(federation, federation_name="e2e")
+    pki.issue(federation, "coordinator", "main", hosts=["localhost"])
+    data = {}
+    for index, party in enumerate(PARTIES):
+        pki.issue(federation, "participant", party)
+        data[party] = write_records(generate_records(party, 80, seed=index), tmp_path / f"{party}.jsonl")
+    config = {
+        "participants": list(PARTIES), "rounds": ROUNDS, "threshold": 2, "clip_norm": 5.0,
+        "training": {"mode": "lora", "target_epsilon": EPSILON, "target_delta": 1e-5, "epochs": 1.0,
+                     "batch_size": 16, "max_seq_len": 32},
+        "join_timeout_s": 300.0, "phase_timeout_s": 30.0, "final_report_wait_s": 120.0,
+    }
+    config_path = tmp_path / "federation.json"
+    config_path.write_text(json.dumps(config))
+    state = tmp_path / "coordinator"
+    port = _free_port()
+    coordinator_args = ["coordinator", "run", "--federation", str(federation), "--state", str(state),
+                        "--config", str(config_path), "--port", str(port)]
+    log = tmp_path / "coordinator.log"
+    processes = []
+    try:
+        coordinator = _spawn(coordinator_args, log)
+        processes.append(coordinator)
+        nodes = {
+            party: _spawn(["participant", "node", "--federation", str(federation), "--name", party, "--data",
+                           str(data[party]), "--state", str(tmp_path / party), "--coordinator", f"localhost:{port}"],
+                          tmp_path / f"{party}.log")
+            for party in PARTIES
+        }
+        processes += nodes.values()
+
+        _wait_for_line(log, "round 2/3 (attempt 1): training task published", coordinator, 600)
+        time.sleep(1.0)  # the participants are downloading and training for round 2
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(30)
+
+        with FederationStore(state / "federation.db", read_only=True) as store:
+            ledger_before = store.ledger()
+            interrupted = store.interrupted_round()
+            committed_before = store.last_committed()
+        assert [entry["round"] for entry in ledger_before] == [1]
+        assert interrupted is not None and interrupted.round_number == 2
+        assert committed_before.round_number == 1
+
+        restarted = _spawn(coordinator_args, log)
+        processes.append(restarted)
+        _wait_for_line(log, "round 2 was interrupted by a restart; running it again", restarted, 120)
+        _wait_for_line(log, "resuming after committed round 1", restarted, 120)
+        assert restarted.wait(600) == 0, log.read_text()[-3000:]
+        for party, node in nodes.items():
+            assert node.wait(180) == 0, (tmp_path / f"{party}.log").read_text()[-3000:]
+
+        with FederationStore(state / "federation.db", read_only=True) as store:
+            ledger = store.ledger()
+            rounds = store.rounds()
+            assert store.verify() == []
+        assert [entry["round"] for entry in ledger] == [1, 2, 3]
+        assert ledger[0] == ledger_before[0]  # (a) the committed round is untouched
+        assert ledger[1]["attempt"] >= 2  # (c) the interrupted round ran again, with a new round id
+        assert ledger[1]["round_id"] != interrupted.round_id.hex()
+        assert [r.state.value for r in rounds] == ["committed"] * 3
+        for entry in ledger:
+            assert sorted(entry["survivors"]) == sorted(PARTIES)
+            assert set(entry["epsilon"]) == set(PARTIES)
+        # Record-level epsilon grows every round and stays within the planned budget.
+        for party in PARTIES:
+            spent = [entry["epsilon"][party] for entry in ledger]
+            assert spent == sorted(spent) and spent[0] > 0
+            assert spent[-1] <= EPSILON * 1.0001
+        final = json.loads((state / "final.json").read_text())
+        assert set(final["final_accuracy"]) == set(PARTIES)
+        assert all(0.0 <= value <= 1.0 for value in final["final_accuracy"].values())
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
