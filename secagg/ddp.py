@@ -377,8 +377,9 @@ def _sum_bound(config: AggregateNoiseConfig, scaled_clip: float, l2_sq: int, var
     n, p = config.max_participants, config.wrap_probability
     # Updates: the rotated sum HD(sum x_u) has norm <= n c, so each coordinate is a sum with random
     # signs: Hoeffding and a union bound over the n coordinates, plus < 1 of rounding per
-    # participant. Never more than n Delta_2, whatever the rotation did.
-    spread = n * scaled_clip * math.sqrt(2 * math.log(4 * padded / p) / padded) + n
+    # participant. Never more than n Delta_2, whatever the rotation did. (1 + 1e-9) covers the
+    # float error of clipping and rotating.
+    spread = n * scaled_clip * (1 + 1e-9) * math.sqrt(2 * math.log(4 * padded / p) / padded) + n
     updates = min(spread, n * math.sqrt(l2_sq))
     noise = _noise_tail(config.mechanism, n, variance, p / (2 * padded))
     return math.ceil(updates + noise)

@@ -44,20 +44,33 @@ def random_signs(seed: bytes, count: int) -> np.ndarray:
     return 1.0 - 2.0 * bits.astype(np.float64)
 
 
-def hadamard_transform(vector: np.ndarray) -> np.ndarray:
-    """The unnormalised Walsh-Hadamard transform H x (a new array); len(x) a power of two."""
-    out = np.array(vector, dtype=np.float64, copy=True)
-    n = out.size
-    if n & (n - 1):
-        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {n}")
-    half = 1
-    while half < n:
+# The butterflies of the first log2(_BLOCK) levels stay inside blocks of this many values
+# (512 KiB), which are transformed one at a time while they sit in cache.
+_BLOCK = 1 << 16
+
+
+def _butterflies(out: np.ndarray, first_half: int, stop: int) -> None:
+    """In place: the levels of the transform whose butterflies span 2 * half, half < stop."""
+    half = first_half
+    while half < stop:
         blocks = out.reshape(-1, 2, half)
         first = blocks[:, 0, :].copy()
         second = blocks[:, 1, :]
         blocks[:, 0, :] += second
         np.subtract(first, second, out=second)
         half *= 2
+
+
+def hadamard_transform(vector: np.ndarray) -> np.ndarray:
+    """The unnormalised Walsh-Hadamard transform H x (a new array); len(x) a power of two."""
+    out = np.array(vector, dtype=np.float64, copy=True)
+    n = out.size
+    if n & (n - 1):
+        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {n}")
+    block = min(n, _BLOCK)
+    for start in range(0, n, block):
+        _butterflies(out[start : start + block], 1, block)
+    _butterflies(out, block, n)
     return out
 
 

@@ -13,6 +13,19 @@ def test_fast_transform_equals_the_hadamard_matrix(n):
     assert np.allclose(rotation.hadamard_transform(x), hadamard(n) @ x, rtol=0, atol=1e-12)
 
 
+def _reference_transform(x):
+    """H_2n x = [H_n a + H_n b, H_n a - H_n b] for x = [a, b], down to explicit matrices."""
+    if x.size <= 256:
+        return hadamard(x.size) @ x
+    a, b = _reference_transform(x[: x.size // 2]), _reference_transform(x[x.size // 2 :])
+    return np.concatenate([a + b, a - b])
+
+
+def test_fast_transform_across_the_cache_blocks():
+    x = np.random.default_rng(7).normal(size=1 << 18)  # four blocks of 2^16
+    assert np.allclose(rotation.hadamard_transform(x), _reference_transform(x), rtol=0, atol=1e-9)
+
+
 def test_transform_refuses_other_lengths():
     with pytest.raises(ValueError, match="power-of-two"):
         rotation.hadamard_transform(np.zeros(6))
