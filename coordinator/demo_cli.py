@@ -103,9 +103,14 @@ def _parse_drops(values: tuple[str, ...], rounds: int) -> dict[str, int]:
               help="Kill participant NAME with SIGKILL in the middle of round ROUND (it rejoins afterwards).")
 @click.option("--security-mode", type=click.Choice(["semi-honest", "malicious"]), default="semi-honest",
               show_default=True)
+@click.option("--aggregate-noise", type=click.Choice(["none", "skellam", "discrete_gaussian"]), default="none",
+              show_default=True, help="Distributed DP: each participant adds integer noise before masking.")
+@click.option("--aggregate-epsilon", type=click.FloatRange(0.01, 1000), default=10.0, show_default=True,
+              help="Participant-level ε of the whole run against the coordinator (with --aggregate-noise).")
 @click.option("--skip-baseline", is_flag=True, help="Do not train the single-party baselines.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
-def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, security_mode, skip_baseline, seed):
+def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, security_mode, aggregate_noise,
+         aggregate_epsilon, skip_baseline, seed):
     """Run a federation of two hospitals and a bank on this machine and report on it."""
     drop_at = _parse_drops(drops, rounds)
     out_dir = (out_dir or Path(f"fedmask-demo-{dt.datetime.now():%Y%m%d-%H%M%S}")).resolve()
@@ -135,7 +140,8 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
         training["model_path"] = str(model_path)
     config = {"participants": list(PARTIES), "rounds": rounds, "training": training, "clip_norm": 5.0,
               "threshold": 2, "security_mode": security_mode, "join_timeout_s": 900.0, "phase_timeout_s": 60.0,
-              "final_report_wait_s": 300.0}
+              "final_report_wait_s": 300.0, "aggregate_noise": aggregate_noise,
+              "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None}
     config_path = work / "federation.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 

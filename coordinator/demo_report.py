@@ -63,6 +63,7 @@ def build_report(final: Mapping[str, Any], baselines: Mapping[str, float], feder
             "dropped": entry["dropped"],
             "accuracy": after,
             "epsilon": entry["epsilon"],
+            "participant_level_epsilon": entry.get("participant_epsilon"),
             "upload_bytes": sum(entry["metrics"]["upload_bytes"].values()),
             "wall_s": entry["metrics"]["wall_s"],
             "attempts": entry["attempt"],
@@ -96,6 +97,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if dropped:
         lines += ["", "Dropped (the round completed without them):"]
         lines += [f"- round {rnd}: {name}: {why}" for rnd, name, why in dropped]
+    if any(r.get("participant_level_epsilon") is not None for r in report["rounds"]):
+        lines += ["", "Participant-level ε against the coordinator (distributed noise, cumulative): "
+                  + ", ".join(f"round {r['round']}: {r['participant_level_epsilon']:.3f}" for r in report["rounds"])]
     lines += ["", "Accuracy is each party's held-out split evaluated by that party on the global adapter after",
               "the round; ε is record-level, cumulative, as each party's Opacus accountant reports it.", ""]
     federated = report["federated_accuracy"]

@@ -33,8 +33,11 @@ import numpy as np
 
 from proto.fedmask.fl.v1 import fl_pb2 as fl
 from proto.fedmask.fl.v1 import fl_pb2_grpc as fl_grpc
+from secagg import ddp
+from secagg.ddp_accounting import DistributedDPAccountant, NoiseRecord
 from secagg.encoding import decode_sum
 from secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+from secagg.rotation import rotation_seed
 
 from . import adapter_payload
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
@@ -77,6 +80,12 @@ class FederationConfig:
     # Rounds of local training the participants' DP budget is planned for beyond ``rounds``: a
     # round re-run after an abort or a coordinator restart makes them train again.
     spare_rounds: int = 1
+    # Participant-level DP against the coordinator: each participant adds a share of integer
+    # noise before masking (secagg.ddp); epsilon/delta bound the whole run as seen by the
+    # coordinator, calibrated for the threshold t of survivors.
+    aggregate_noise: str = "none"
+    aggregate_epsilon: float | None = None
+    aggregate_delta: float = 1e-5
     final_report_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -108,6 +117,14 @@ class FederationConfig:
             raise FederationError("training.planned_rounds is set from rounds + spare_rounds; leave it out")
         self.protocol_params(dimension=1).validate(len(self.participants))
         self.encoding().validate(len(self.participants))
+        try:
+            mechanism = ddp.AggregateNoise.parse(self.aggregate_noise)
+        except ValueError as exc:
+            raise FederationError(str(exc)) from None
+        if (mechanism is ddp.AggregateNoise.NONE) != (self.aggregate_epsilon is None):
+            raise FederationError("aggregate_epsilon is needed with aggregate noise, and only then")
+        if mechanism is not ddp.AggregateNoise.NONE:
+            self.noise_plan(dimension=1024)  # refuses targets no dimension could meet early
 
     # --- derived settings ---------------------------------------------------------------------
 
@@ -128,6 +145,23 @@ class FederationConfig:
         except ValueError as exc:
             raise FederationError(f"encoding: {exc}") from None
         return params
+
+    def noise_plan(self, dimension: int) -> ddp.AggregateNoisePlan | None:
+        """The distributed-DP encoding for updates of ``dimension`` values, or None without it."""
+        mechanism = ddp.AggregateNoise.parse(self.aggregate_noise)
+        if mechanism is ddp.AggregateNoise.NONE:
+            return None
+        n = len(self.participants)
+        threshold = self.protocol_params(dimension=1).threshold
+        try:
+            return ddp.calibrate(ddp.AggregateNoiseConfig(
+                mechanism=mechanism, clip_norm=float(self.clip_norm), dimension=dimension,
+                modulus_bits=self.modulus_bits, max_participants=n, min_survivors=threshold,
+                epsilon=float(self.aggregate_epsilon), delta=float(self.aggregate_delta), rounds=self.rounds,
+                budget_scope=ddp.BudgetScope.RUN,
+            ))
+        except ValueError as exc:
+            raise FederationError(f"aggregate noise: {exc}") from None
 
     def protocol_params(self, dimension: int) -> ProtocolParams:
         mode = SecurityMode(self.security_mode)
@@ -204,6 +238,7 @@ class FederationService(fl_grpc.FederationServicer):
         self.report_arrived = asyncio.Event()
         # Each chunk must fit the server's send limit (sized for the protocol's own messages).
         self.chunk_bytes = CHUNK_BYTES
+        self.noise_plan: ddp.AggregateNoisePlan | None = None
 
     def publish(self, action: int, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload) -> None:
         self._adapters[adapter.sha256] = adapter
@@ -231,7 +266,8 @@ class FederationService(fl_grpc.FederationServicer):
         answer.training_json = json.dumps(self._config.training_config(), sort_keys=True)
         encoding = self._config.encoding()
         answer.encoding_json = json.dumps(
-            {"clip_norm": encoding.clip_norm, "scale": encoding.scale, "modulus_bits": encoding.modulus_bits},
+            {"clip_norm": encoding.clip_norm, "scale": encoding.scale, "modulus_bits": encoding.modulus_bits,
+             "aggregate_noise": self.noise_plan.config.describe() if self.noise_plan else None},
             sort_keys=True,
         )
         if task.action == fl.Task.TRAIN:
@@ -303,6 +339,8 @@ class RoundRecord:
     wall_s: float
     epsilon: dict[str, float]  # record-level, reported by each participant (cumulative)
     accuracy_before: dict[str, float]  # the adapter this round started from, on each held-out split
+    participant_epsilon: float | None = None  # against the coordinator, cumulative (aggregate noise)
+    noise_record: dict | None = None
 
 
 def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, list]:
@@ -348,7 +386,11 @@ class Federation:
         """Run every remaining round; returns the ledger."""
         config = self.config
         vector, layout, done, optimizer = self._resume()
-        params = config.protocol_params(dimension=vector.size)
+        self.noise_plan = config.noise_plan(vector.size)
+        self.service.noise_plan = self.noise_plan
+        self.accountant = self._replay_accountant()
+        params = config.protocol_params(
+            dimension=self.noise_plan.padded_dimension if self.noise_plan else vector.size)
         limits = MessageLimits.for_round(params, len(config.participants))
         self.service.chunk_bytes = max(1024, min(CHUNK_BYTES, limits.send_bytes - 1024))
         self.server = CoordinatorServer(
@@ -392,6 +434,16 @@ class Federation:
             optimizer.load_state_dict(state)
         return np.asarray(vector, dtype=np.float32), layout, last.round_number, optimizer
 
+    def _replay_accountant(self) -> DistributedDPAccountant:
+        """The coordinator-view accountant, rebuilt from the committed ledger (so a restart
+        neither forgets nor double-counts a released sum)."""
+        accountant = DistributedDPAccountant(float(self.config.aggregate_delta))
+        for entry in self.store.ledger():
+            record = entry["metrics"].get("noise_record")
+            if record:
+                accountant.step(NoiseRecord(**record))
+        return accountant
+
     def _optimizer_config(self) -> dict[str, Any]:
         if self.config.server_optimizer == "fedavg":
             return {"name": "fedavg", "server_lr": self.config.server_learning_rate}
@@ -422,9 +474,21 @@ class Federation:
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
 
         survivors = list(outcome.survivors)
-        mean_update = decode_sum(outcome.result, encoding) / len(survivors)
+        noise_record = None
+        if self.noise_plan is None:
+            mean_update = decode_sum(outcome.result, encoding) / len(survivors)
+        else:
+            try:
+                mean_update = ddp.decode_sum(outcome.result, self.noise_plan, rotation_seed(round_id), len(survivors))
+            except ddp.WrapAroundDetected as exc:
+                self.store.fail_round(round_number, str(exc))
+                raise FederationError(f"round {round_number}: {exc}") from None
+            noise_record = self.noise_plan.noise_record(len(survivors))
+            self.accountant.step(noise_record)
         new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
         record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started)
+        record.noise_record = asdict(noise_record) if noise_record else None
+        record.participant_epsilon = self.accountant.get_epsilon() if noise_record else None
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
         self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
         self.records.append(record)
@@ -432,6 +496,8 @@ class Federation:
             f"round {round_number}/{config.rounds} committed: survivors {', '.join(survivors)}"
             + (f"; dropped {', '.join(outcome.dropped)}" if outcome.dropped else "")
             + f"; epsilon {_fmt(record.epsilon)}"
+            + (f"; participant-level epsilon {record.participant_epsilon:.3f}"
+               if record.participant_epsilon is not None else "")
         )
         return new_vector
 
@@ -462,10 +528,12 @@ class Federation:
             "encoding": {"clip_norm": encoding.clip_norm, "scale": encoding.scale,
                          "modulus_bits": encoding.modulus_bits},
             "epsilon": record.epsilon,
+            "participant_epsilon": record.participant_epsilon,
             "delta": max((r.delta for r in reports), default=None) or None,
             "metrics": {"accuracy_before": record.accuracy_before, "upload_bytes": record.upload_bytes,
                         "wall_s": record.wall_s, "attempts": record.attempts,
-                        "update_l2_norm": record.update_l2_norm},
+                        "update_l2_norm": record.update_l2_norm, "noise_record": record.noise_record,
+                        "aggregate_delta": self.config.aggregate_delta if record.noise_record else None},
         }
 
     async def _wait_final_reports(self) -> None:

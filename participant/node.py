@@ -30,9 +30,11 @@ import numpy as np
 from coordinator import adapter_payload
 from proto.fedmask.fl.v1 import fl_pb2 as fl
 from proto.fedmask.fl.v1 import fl_pb2_grpc as fl_grpc
+from secagg import ddp
 from secagg.encoding import encode
 from secagg.params import EncodingParams
 from secagg.rand import SystemRandom
+from secagg.rotation import rotation_seed
 
 from .data import LocalData
 from .grpc_client import Connection, Identity, _open_channel, take_part
@@ -66,15 +68,22 @@ class NodeState:
         temporary.replace(path)
 
 
-def parse_encoding(text: str) -> EncodingParams:
+def parse_encoding(text: str, dimension: int) -> tuple[EncodingParams, ddp.AggregateNoisePlan | None]:
+    """The round's encoding; with aggregate noise, the plan this node calibrates itself from the
+    announced settings (so a coordinator cannot hand out a plan with less noise than stated)."""
     try:
         data = json.loads(text)
         params = EncodingParams(clip_norm=float(data["clip_norm"]), scale=float(data["scale"]),
                                 modulus_bits=int(data["modulus_bits"]))
+        params.validate(1)
+        noise = data.get("aggregate_noise")
+        plan = None
+        if noise:
+            settings = {**noise, "dimension": dimension}
+            plan = ddp.calibrate(ddp.AggregateNoiseConfig.from_dict(settings))
     except (KeyError, TypeError, ValueError) as exc:
         raise NodeError(f"the coordinator sent an unusable encoding: {exc}") from None
-    params.validate(1)
-    return params
+    return params, plan
 
 
 class Node:
@@ -217,13 +226,16 @@ class Node:
         config, trainer = self._training(task)
         if trainer.spec.to_json() != payload.layout:
             raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
-        encoding = parse_encoding(task.encoding_json)
+        encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size)
         before = self._evaluate(trainer, payload.vector)
         self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
         result = train_adapter(config, self.data, global_adapter_state=payload.vector, ledger=self._ledger,
                                trainer=trainer)
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
-        encoded = encode(update, encoding, SystemRandom())
+        if noise_plan is None:
+            encoded = encode(update, encoding, SystemRandom())
+        else:
+            encoded = ddp.encode_with_noise(update, noise_plan, rotation_seed(task.round_id), SystemRandom())
         self.report(task.round, payload.round, before, {
             "train_loss": result.report["mean_train_loss"], "steps": result.report["steps"],
             "update_l2_norm": float(np.linalg.norm(update)), "noise_multiplier": result.report["noise_multiplier"],
@@ -235,6 +247,10 @@ class Node:
                 raise ValueError("the coordinator opened another round than the task announced")
             if start.params.dimension != encoded.size or start.params.modulus_bits != encoding.modulus_bits:
                 raise ValueError("the round's dimension or modulus does not match the encoded update")
+            if noise_plan is not None and noise_plan.config.min_survivors > start.params.threshold:
+                # The noise was sized for at least min_survivors shares in any sum; a round that
+                # can complete with fewer would release a sum with less noise than promised.
+                raise ValueError("the round's threshold is below the survivors the noise was calibrated for")
             return encoded
 
         current = self.get_task()

@@ -111,3 +111,23 @@ class TestReports:
     def test_refused(self, fields, message):
         report = fl.ParticipantReport(**{"round": 1, "epsilon": 1.0, "delta": 1e-5, **fields})
         assert message in _report_problem(report, rounds=3)
+
+
+class TestAggregateNoise:
+    def test_plan_is_calibrated_for_the_threshold_and_the_run(self):
+        config = FederationConfig(participants=PARTIES, threshold=2, rounds=3, aggregate_noise="skellam",
+                                  aggregate_epsilon=10.0)
+        plan = config.noise_plan(5000)
+        assert plan.config.min_survivors == 2 and plan.config.max_participants == 3
+        assert plan.padded_dimension == 8192
+        assert plan.planned_epsilon == pytest.approx(10.0, rel=1e-6)
+        assert plan.headroom_bits >= 1  # room to detect a wrapped sum
+
+    def test_none_has_no_plan_and_epsilon_only_with_noise(self):
+        assert FederationConfig(participants=PARTIES).noise_plan(100) is None
+        with pytest.raises(FederationError, match="aggregate_epsilon"):
+            FederationConfig(participants=PARTIES, aggregate_epsilon=1.0)
+        with pytest.raises(FederationError, match="aggregate_epsilon"):
+            FederationConfig(participants=PARTIES, aggregate_noise="skellam")
+        with pytest.raises(FederationError):
+            FederationConfig(participants=PARTIES, aggregate_noise="laplace", aggregate_epsilon=1.0)
