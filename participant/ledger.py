@@ -191,12 +191,10 @@ class PrivacyLedger:
             trial.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
         return compute_epsilon(self.accountant_name, trial.history, self.delta)
 
-    def charge(
-        self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = ""
-    ) -> float:
-        """Charge ``steps`` DP-SGD steps before they run; refuse if the budget would be exceeded.
+    def check(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """The epsilon after ``steps`` more steps; raises if that exceeds the budget.
 
-        Returns the epsilon spent once those steps are taken.
+        Charges nothing: lets a caller refuse before it loads a model.
         """
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -210,6 +208,17 @@ class PrivacyLedger:
                 f"epsilon={projected:.4g}, over the budget of {self.epsilon_budget:g}. "
                 "Refusing to train."
             )
+        return projected
+
+    def charge(
+        self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = ""
+    ) -> float:
+        """Charge ``steps`` DP-SGD steps before they run; refuse if the budget would be exceeded.
+
+        Returns the epsilon spent once those steps are taken.
+        """
+        projected = self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                               steps=steps)
         for _ in range(steps):
             self.accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
         self._epsilon_spent = projected

@@ -1051,6 +1051,10 @@ def train_adapter(
             pii_counts = {k: train_counts[k] + heldout_counts[k] for k in pii_counts}
     if not train_records:
         raise ValueError("no training records")
+    if trainer is None and ledger is not None and ledger.plan is not None:
+        # A ledger whose plan has no round left: refuse before spending a minute on the model.
+        ledger.check(noise_multiplier=ledger.plan.noise_multiplier,
+                     sample_rate=ledger.plan.sample_rate, steps=ledger.plan.steps_per_round)
     if trainer is None:
         trainer = LocalTrainer(config, ledger=ledger)
     elif trainer.config != config or (ledger is not None and trainer.ledger is not ledger):

@@ -1,0 +1,261 @@
+"""DP adapter training end to end: both modes on both tasks, export, report, rounds, ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
+from participant.training import (
+    ConfigError,
+    LocalTrainer,
+    TrainingConfig,
+    train_adapter,
+    write_training_outputs,
+)
+
+REPORT_KEYS = {
+    "epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant", "clipping",
+    "accuracy", "majority_baseline", "pii_counts",
+}
+
+
+def _small_config(path: str, task: str, mode: str, **overrides) -> TrainingConfig:
+    # 50 records at batch size 1: sample rate 0.02, where the RDP accountant answers quickly
+    # (its noise search takes tens of seconds at rates like 0.5); one record per step is cheap.
+    settings = dict(
+        model_path=path, task=task, mode=mode, accountant="rdp", local_steps=3, batch_size=1,
+        max_seq_len=32, lora_rank=4, noise_seed=0, target_epsilon=8.0, target_delta=1e-5,
+    )
+    settings.update(overrides)
+    return TrainingConfig(**settings)
+
+
+def _tensors_of(vector: np.ndarray, trainer: LocalTrainer) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for spec in trainer.spec.tensors:
+        out[spec.name] = vector[offset : offset + spec.numel]
+        offset += spec.numel
+    return out
+
+
+def _reload_with_plain_peft(config: TrainingConfig, adapter_dir: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if config.task == "classification":
+        base = AutoModelForSequenceClassification.from_pretrained(
+            config.resolved_model_path, num_labels=config.num_labels
+        )
+    else:
+        base = AutoModelForCausalLM.from_pretrained(config.resolved_model_path)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "mode"),
+    [
+        ("minilm", "classification", "lora"),
+        ("minilm", "classification", "bitfit"),
+        ("qwen2", "causal_lm", "lora"),
+        ("qwen2", "causal_lm", "bitfit"),
+    ],
+)
+def test_train_report_and_export(
+    model: str, task: str, mode: str, minilm_path: str, tiny_qwen2_path: str, demo_records,
+    tmp_path: Path,
+) -> None:
+    path = minilm_path if model == "minilm" else tiny_qwen2_path
+    config = _small_config(path, task, mode)
+    train = demo_records("hospital-b", 80, seed=1)[:50]
+    heldout = demo_records("hospital-b", 80, seed=1, split="heldout")
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", accountant="rdp", epsilon_budget=8.0,
+                                delta=1e-5)
+    result = train_adapter(config, train, heldout=heldout, ledger=ledger)
+    trainer, report = result.trainer, result.report
+
+    # The adapter: what trains, where it started, and that every tensor moved.
+    names = trainer.spec.names
+    if mode == "lora":
+        assert all(".lora_" in n or ".modules_to_save." in n for n in names)
+        initial = _tensors_of(trainer.initial_vector, trainer)
+        lora_b = [n for n in names if ".lora_B." in n]
+        assert lora_b and all(not initial[n].any() for n in lora_b)  # LoRA-B starts at zero
+    else:
+        assert all(n.endswith(".bias") or ".modules_to_save." in n for n in names)
+        assert not any(".lora_" in n for n in names)
+    before = _tensors_of(trainer.initial_vector, trainer)
+    after = _tensors_of(result.vector, trainer)
+    unmoved = [n for n in names if np.array_equal(before[n], after[n])]
+    assert unmoved == []
+    assert list(result.adapter_state) == list(names)
+    for name, tensor in result.adapter_state.items():
+        np.testing.assert_array_equal(tensor.numpy().reshape(-1), after[name])
+
+    # The report: the issue's fields, and an epsilon the accountant reproduces.
+    assert REPORT_KEYS <= set(report)
+    assert report["steps"] == 3 and report["clipping"] == "ew" and report["accountant"] == "rdp"
+    assert report["sample_rate"] == 1 / 50 and report["delta"] == 1e-5
+    history = [(report["noise_multiplier"], report["sample_rate"], 3)]
+    assert report["accountant_history"] == [list(history[0])]
+    assert report["epsilon"] == pytest.approx(compute_epsilon("rdp", history, 1e-5), rel=1e-9)
+    assert 7.5 < report["epsilon"] <= 8.0  # the whole budget is planned for this one round
+    assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 < report["majority_baseline"] <= 1.0
+    assert set(report["pii_counts"]) == {"email", "phone", "national_id", "card", "iban"}
+    assert sum(report["pii_counts"].values()) == 0  # demo_records are scrubbed already
+    assert report["train_records"] == 50 and report["heldout_records"] == len(heldout)
+
+    # The export loads with plain peft and computes what the trained model computes.
+    out = write_training_outputs(result, tmp_path / "out")
+    assert json.loads((out / "report.json").read_text())["epsilon"] == report["epsilon"]
+    reloaded = _reload_with_plain_peft(config, out / "adapter")
+    batch = trainer.tokenizer([r.text for r in heldout[:4]], padding=True, return_tensors="pt")
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+        got = reloaded(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rounds_accumulate_epsilon_and_stop_at_the_budget(
+    tiny_qwen2_path: str, demo_records, tmp_path: Path
+) -> None:
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2,
+                           local_steps=2)
+    records = demo_records("bank", 80, seed=2)[:50]
+    ledger_path = tmp_path / "ledger.json"
+
+    def open_ledger() -> PrivacyLedger:
+        return PrivacyLedger.open(ledger_path, accountant="rdp", epsilon_budget=8.0, delta=1e-5)
+
+    ledger = open_ledger()
+    first = train_adapter(config, records, ledger=ledger, note="round 1")
+    global_vector = first.vector + np.float32(0.01)  # as if the average moved it
+    second = train_adapter(config, records, ledger=ledger, trainer=first.trainer,
+                           global_adapter_state=global_vector, note="round 2")
+    assert second.report["epsilon"] > first.report["epsilon"]
+    assert second.report["total_steps"] == 4
+    assert second.report["noise_multiplier"] == first.report["noise_multiplier"]
+    nm, rate = first.report["noise_multiplier"], first.report["sample_rate"]
+    assert second.report["epsilon"] == pytest.approx(
+        compute_epsilon("rdp", [(nm, rate, 4)], 1e-5), rel=1e-9
+    )
+    assert second.report["epsilon"] <= 8.0
+    # Round 2 started from the global adapter, not from where round 1 left the model.
+    assert second.report["adapter"]["update_l2_norm"] == pytest.approx(
+        float(np.linalg.norm(second.vector - global_vector)), rel=1e-6
+    )
+
+    # A restart: a new trainer and the ledger from disk. The plan is over: refuse, train nothing.
+    restarted = open_ledger()
+    assert restarted.steps == 4 and restarted.epsilon_spent == second.report["epsilon"]
+    trainer = LocalTrainer(config, ledger=restarted)
+    untouched = trainer.adapter_vector()
+    with pytest.raises(PrivacyBudgetExceeded, match="Refusing to train"):
+        train_adapter(config, records, ledger=restarted, trainer=trainer)
+    np.testing.assert_array_equal(trainer.adapter_vector(), untouched)
+    assert open_ledger().steps == 4
+    entries = json.loads(ledger_path.read_text())["entries"]
+    assert [e["note"] for e in entries] == ["round 1", "round 2"]
+
+
+def test_global_adapter_state_is_loaded_before_training(tiny_qwen2_path: str, demo_records) -> None:
+    config = _small_config(tiny_qwen2_path, "causal_lm", "bitfit")
+    records = demo_records("bank", 80, seed=2)[:50]
+    trainer = LocalTrainer(config)
+    shifted = trainer.initial_vector + np.float32(0.25)
+    state = {name: torch.full(spec.shape, 0.25) for name, spec in
+             zip(trainer.spec.names, trainer.spec.tensors, strict=True)}
+    result = train_adapter(config, records, trainer=trainer, global_adapter_state=shifted)
+    # A small update from the given start (noise and clipping keep it small), not from init.
+    assert np.abs(result.vector - shifted).max() < 0.1
+    assert np.abs(result.vector - trainer.initial_vector).min() > 0.1
+    with pytest.raises(ValueError, match="does not match this model's adapter"):
+        train_adapter(config, records, trainer=trainer, global_adapter_state={"x": state[
+            trainer.spec.names[0]]})
+
+
+def test_noise_comes_from_os_entropy_unless_a_seed_is_given(
+    tiny_qwen2_path: str, demo_records
+) -> None:
+    records = demo_records("hospital-a", 80, seed=5)[:50]
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", noise_seed=None)
+    first, second = train_adapter(config, records), train_adapter(config, records)
+    assert first.report["randomness"] == "os.urandom"
+    np.testing.assert_array_equal(first.trainer.initial_vector, second.trainer.initial_vector)
+    # Same start, same data, same config: only fresh entropy tells the two runs apart. With
+    # torch's default generator (fixed initial seed) they would agree, and anyone could
+    # regenerate the noise.
+    assert not np.array_equal(first.vector, second.vector)
+
+    # With a noise seed (tests only) the batches and the noise repeat exactly.
+    seeded = _small_config(tiny_qwen2_path, "causal_lm", "lora", noise_seed=7)
+    trainer = LocalTrainer(seeded)
+    trainer.prepare(records)
+    trainer._seed_round()
+    state = trainer._private.noise_generator.get_state()
+    trainer._seed_round()
+    assert torch.equal(trainer._private.noise_generator.get_state(), state)
+    assert not torch.equal(trainer._private.sampling_generator.get_state(), state)
+
+
+@pytest.mark.parametrize("clipping", ["ew", "ghost"])
+def test_empty_poisson_batches_take_noise_only_steps(
+    clipping: str, tiny_qwen2_path: str, demo_records
+) -> None:
+    # 50 records at sample rate 0.02: one record expected per step, none in about 36% of them.
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", local_steps=12,
+                           clipping=clipping, noise_seed=3)
+    records = demo_records("bank", 80, seed=6)[:50]
+    result = train_adapter(config, records)
+    assert result.report["empty_batches"] > 0
+    assert result.report["steps"] == 12 and result.report["total_steps"] == 12
+    assert result.report["clipping"] == clipping
+    assert np.isfinite(result.vector).all()
+
+
+def test_auto_clipping_falls_back_to_hooks_and_says_why(
+    tiny_qwen2_path: str, demo_records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = LocalTrainer._backward
+
+    def backward_without_ew(self: LocalTrainer, batch):
+        if self._private is not None and self._private.clipping == "ew":
+            raise NotImplementedError("expanded weights do not support this layer")
+        return original(self, batch)
+
+    monkeypatch.setattr(LocalTrainer, "_backward", backward_without_ew)
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora")
+    result = train_adapter(config, demo_records("bank", 80, seed=6)[:50])
+    assert result.report["clipping"] == "hooks"
+    assert "ew failed on this model (NotImplementedError" in result.report["clipping_note"]
+
+
+def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> None:
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        TrainingConfig(mode="prefix")
+    with pytest.raises(ConfigError, match="causal_lm needs model_path"):
+        TrainingConfig(task="causal_lm")
+    with pytest.raises(ConfigError, match="target_delta must be in"):
+        TrainingConfig(target_delta=1.0)
+    with pytest.raises(ConfigError, match="clipping must be one of"):
+        TrainingConfig(clipping="fast")
+    assert TrainingConfig.create(batch_size=None, local_steps=5).batch_size == 32
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2,
+                           local_steps=2)
+    ledger = PrivacyLedger(accountant="rdp", epsilon_budget=8.0, delta=1e-5)
+    trainer = LocalTrainer(config, ledger=ledger)
+    train_adapter(config, demo_records("bank", 80, seed=2)[:50], trainer=trainer, ledger=ledger)
+    # Accounting is per dataset: the next round must use the same records.
+    with pytest.raises(ConfigError, match="privacy plan was made for 50 records"):
+        trainer.plan_for(60)
+    with pytest.raises(ValueError, match="prepared on a different training set"):
+        train_adapter(config, demo_records("bank", 80, seed=3)[:50], trainer=trainer,
+                      ledger=ledger)
+    with pytest.raises(ConfigError, match="ledger terms"):
+        LocalTrainer(_small_config(tiny_qwen2_path, "causal_lm", "lora", target_epsilon=3.0),
+                     ledger=ledger)
