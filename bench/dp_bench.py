@@ -1,0 +1,252 @@
+"""``fedmask bench dp``: what DP-SGD costs per training step, next to plain training of the same
+adapter measured in the same process.
+
+For each model (all-MiniLM-L6-v2 classification; a tiny Qwen2 causal LM) and adapter (LoRA,
+BiTFiT) one child process builds the plain trainer and one Opacus trainer per per-sample gradient
+mode (``ew``, ``hooks``, ``ghost``), each on its own copy of the model, and times their steps
+interleaved (the order rotating every round), so that load from other processes on a shared
+machine falls on all of them alike. A step is forward, backward (per-sample gradients and
+clipping for DP) and the optimizer step (noise for DP) on one fixed batch: 16 sequences of 64
+tokens.
+
+Memory is the step's own peak: before each step free memory is returned to the OS
+(``malloc_trim``) and the peak-RSS counter reset (``/proc/self/clear_refs``), and the step's peak
+is the high-water mark minus the RSS before it. Weights and optimizer state are outside it; what
+DP adds (per-sample gradients, clipping, noise) is inside.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+BATCH, SEQ = 16, 64
+MODELS = ("minilm", "qwen2")
+MODES = ("lora", "bitfit")
+DP_VARIANTS = ("ew", "hooks", "ghost")
+
+
+# --------------------------------------------------------------------------- memory probes
+
+
+def _status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    if match is None:  # pragma: no cover - not Linux
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def _trim_and_reset_peak() -> int:
+    """Give free heap memory back to the OS, reset the peak counter; return RSS in kB."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(first_id, vocab_size, (BATCH, SEQ), generator=generator)
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    labels = torch.randint(0, 2, (BATCH,), generator=generator)
+    return ids, mask, labels
+
+
+def _pool(count: int) -> list:
+    from participant.data import Record
+    from participant.demo_data import generate_records
+
+    return [Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
+            for r in generate_records("hospital-a", count, seed=11)]
+
+
+def _config(model: str, mode: str, clipping: str, model_path: str):
+    from participant.training import TrainingConfig
+
+    return TrainingConfig(
+        model_path=model_path, task="classification" if model == "minilm" else "causal_lm",
+        mode=mode, clipping=clipping, accountant="rdp", batch_size=BATCH, max_seq_len=SEQ,
+        local_steps=100, noise_seed=0,
+    )
+
+
+def _plain_step(model: str, mode: str, model_path: str):
+    """The same model and adapter trained without DP: AdamW on the mean per-sequence loss."""
+    import torch
+
+    from participant.adapter_vector import trainable_named_parameters
+    from participant.training import LocalTrainer, per_sequence_loss
+
+    trainer = LocalTrainer(_config(model, mode, "auto", model_path))
+    params = [p for _, p in trainable_named_parameters(trainer.model)]
+    optimizer = torch.optim.AdamW(params, lr=trainer.config.resolved_learning_rate)
+    batch = _fixed_batch(len(trainer.tokenizer), 1000 if model == "minilm" else 1)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = trainer.model(batch[0], batch[1]).logits
+        per_sequence_loss(trainer.config.task, logits, batch).mean().backward()
+        optimizer.step()
+
+    return step, trainer.spec.size
+
+
+def _dp_step(model: str, mode: str, clipping: str, model_path: str, pool: list):
+    from participant.training import LocalTrainer
+
+    trainer = LocalTrainer(_config(model, mode, clipping, model_path))
+    trainer.prepare(pool)  # Opacus wrapping, noise multiplier for 100 steps at rate 0.01
+    private = trainer._private
+    assert private is not None and private.clipping == clipping
+    batch = _fixed_batch(len(trainer.tokenizer), 1000 if model == "minilm" else 1)
+
+    def step() -> None:
+        private.optimizer.zero_grad(set_to_none=True)
+        trainer._backward(batch)
+        private.optimizer.step()
+
+    return step, trainer.spec.size
+
+
+def child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> dict[str, Any]:
+    from participant.training import configure_threads
+
+    threads = configure_threads()
+    pool = _pool(BATCH * 100)
+    runners = {"non-DP": _plain_step(model, mode, model_path)}
+    for variant in DP_VARIANTS:
+        runners[f"DP {variant}"] = _dp_step(model, mode, variant, model_path, pool)
+    names = list(runners)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    peak_kb: dict[str, int] = {n: 0 for n in names}
+    for round_number in range(warmup + steps):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            step, _ = runners[name]
+            before = _trim_and_reset_peak()
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            peak = _status_kb("VmHWM") - before
+            if round_number >= warmup:
+                seconds[name].append(elapsed)
+                peak_kb[name] = max(peak_kb[name], peak)
+    base_s = statistics.median(seconds["non-DP"])
+    base_kb = max(peak_kb["non-DP"], 1)
+    rows = []
+    for name in names:
+        median_s = statistics.median(seconds[name])
+        rows.append({
+            "model": model, "mode": mode, "variant": name, "adapter_params": runners[name][1],
+            "step_ms": round(median_s * 1e3, 2), "time_ratio": round(median_s / base_s, 3),
+            "step_peak_mb": round(peak_kb[name] / 1024, 1),
+            "memory_ratio": round(peak_kb[name] / base_kb, 3), "threads": threads,
+        })
+    return {"rows": rows}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> list[dict]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               # A fixed mmap threshold: freed tensors go back to the OS, so each step's peak
+               # is its own and not hidden by memory an earlier step left in the heap.
+               MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    spec = json.dumps({"model": model, "mode": mode, "model_path": model_path, "steps": steps,
+                       "warmup": warmup})
+    completed = subprocess.run([sys.executable, "-m", "bench.dp_bench", spec],
+                               capture_output=True, text=True, env=env, check=False)
+    if completed.returncode != 0:
+        raise click.ClickException(f"{model}/{mode} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])["rows"]
+
+
+def _tiny_qwen2(directory: Path) -> str:
+    from participant.demo_data import PARTIES, generate_records
+    from participant.tiny_models import build_tiny_qwen2
+
+    texts = [str(r["text"]) for party in PARTIES for r in generate_records(party, 300, seed=9)]
+    return str(build_tiny_qwen2(directory, texts))
+
+
+@click.command()
+@click.option("--steps", type=click.IntRange(3), default=20, show_default=True,
+              help="Timed steps per variant (after warm-up).")
+@click.option("--warmup", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--model", "models", type=click.Choice(MODELS), multiple=True,
+              help="Only these models (repeatable). Default: both.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
+    """DP-SGD step time and peak memory next to plain training (LoRA, BiTFiT; MiniLM, Qwen2)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from participant.training import default_model_path
+
+    rows: list[dict] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedmask-bench-dp-") as tmp:
+        paths = {"minilm": default_model_path(), "qwen2": ""}
+        for model in models or MODELS:
+            if model == "qwen2" and not paths["qwen2"]:
+                paths["qwen2"] = _tiny_qwen2(Path(tmp) / "tiny-qwen2")
+            for mode in MODES:
+                if not as_json:
+                    click.echo(f"{model} {mode}: {steps} steps per variant ...", err=True)
+                rows.extend(_run_child(model, mode, paths[model], steps, warmup))
+    result = {"batch": BATCH, "seq_len": SEQ, "steps": steps, "warmup": warmup,
+              "cpu_count": len(os.sched_getaffinity(0)), "wall_s": round(time.perf_counter() - started, 1),
+              "versions": _versions(), "rows": rows}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(render_table(result))
+
+
+def _versions() -> dict[str, str]:
+    import opacus
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "opacus": opacus.__version__}
+
+
+def render_table(result: dict) -> str:
+    lines = [
+        f"batch {result['batch']} x seq {result['seq_len']}, median of {result['steps']} steps, "
+        f"{result['cpu_count']} CPUs, {result['wall_s']} s; "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        "| model | adapter | variant | adapter params | step ms | x non-DP | step peak MB | x non-DP |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['variant']} | {r['adapter_params']:,} | "
+            f"{r['step_ms']:.1f} | {r['time_ratio']:.2f} | {r['step_peak_mb']:.1f} | "
+            f"{r['memory_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    settings = json.loads(sys.argv[1])
+    print(json.dumps(child(settings["model"], settings["mode"], settings["model_path"],
+                           settings["steps"], settings["warmup"])))
