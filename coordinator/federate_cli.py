@@ -6,7 +6,10 @@
 deadlines); it is validated before anything listens, and stored with the run: restarting with
 the same ``--state`` resumes after the last committed round (an interrupted round runs again),
 and restarting with another configuration is refused. At the end ``STATE/final.json`` holds the
-ledger and the participants' final held-out figures.
+ledger and the participants' final held-out figures; with ``--report DIR`` the coordinator also
+writes the demo's report there (report.md with the per-round table, report.json, report.png,
+global_adapter/ in PEFT format; no single-party baselines: the coordinator holds no records) and
+prints report.md.
 Exit status: 0 when every round committed, 3 when a round failed every attempt, 1 on a setup error.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -45,8 +49,11 @@ def _echo(line: str) -> None:
               help="A plaintext listener with only the health service, for probes.")
 @click.option("--token-auth", is_flag=True, help="One-way TLS; participants authenticate with enrolment tokens.")
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
-def run(federation_dir, name, state_dir, config_path, host, port, health_port, token_auth, insecure):
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write the report (per-round table, plot, global adapter) here and print it.")
+def run(federation_dir, name, state_dir, config_path, host, port, health_port, token_auth, insecure, report_dir):
     """Run every round of the federation described by --config."""
+    started = time.monotonic()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     try:
         config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
@@ -75,3 +82,16 @@ def run(federation_dir, name, state_dir, config_path, host, port, health_port, t
              "final_reports": {n: vars(r) for n, r in federation.service.final_reports.items()}}
     (state_dir / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n", encoding="utf-8")
     _echo(f"done: {len(ledger)} rounds committed; final accuracy {federation.final_accuracy()}")
+    if report_dir is not None:
+        _write_report(report_dir, state_dir, config, time.monotonic() - started)
+
+
+def _write_report(report_dir: Path, state_dir: Path, config: FederationConfig, wall_s: float) -> None:
+    """The demo's report from STATE/final.json (round-tripped through JSON, as the demo reads it)."""
+    from coordinator.demo_report import build_report, write_report
+
+    final = json.loads((state_dir / "final.json").read_text(encoding="utf-8"))
+    report = build_report(final, {}, wall_s, wall_s, config.to_json())
+    write_report(report, report_dir, final, config.training, state_dir)
+    click.echo((report_dir / "report.md").read_text(encoding="utf-8"))
+    _echo(f"report: {report_dir / 'report.md'}, report.json, report.png, global_adapter/")
