@@ -176,9 +176,13 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
 
     from coordinator.demo_report import build_report, single_party_baselines, write_report
 
-    baselines = {} if skip_baseline else single_party_baselines(training, data_paths, rounds, echo)
+    # The participants' own settings, budget plan included: the baselines spend the same budget.
+    from coordinator.federation import FederationConfig
+
+    participant_training = FederationConfig.from_json(config).training_config()
+    baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)
     report = build_report(final, baselines, federation_s, time.monotonic() - started, config)
-    write_report(report, out_dir, final, training, work / "coordinator")
+    write_report(report, out_dir, final, participant_training, work / "coordinator")
     click.echo("")
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
     click.echo(f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'report.png'}, "
