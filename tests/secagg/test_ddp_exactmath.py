@@ -9,7 +9,14 @@ import pytest
 from secagg import exactmath
 from secagg.rand import SeededRandom
 
-mpmath.mp.prec = 1400
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    # mpmath's precision is process-global: set it per test, so that the order in which test
+    # modules are imported cannot change it.
+    with mpmath.workprec(1400):
+        yield
 
 
 def _mp(q: Fraction) -> mpmath.mpf:

@@ -12,7 +12,14 @@ from scipy import stats
 from secagg import dpnoise, exactmath
 from secagg.rand import SeededRandom
 
-mpmath.mp.prec = 200
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision():
+    # mpmath's precision is process-global: set it per test, so that the order in which test
+    # modules are imported cannot change it.
+    with mpmath.workprec(200):
+        yield
 
 
 # ---- the one floating-point assumption -------------------------------------------------------
