@@ -87,15 +87,11 @@ def _config(model: str, mode: str, clipping: str, model_path: str):
 
 
 def _plain_step(model: str, mode: str, model_path: str):
-    """The same model and adapter trained without DP: AdamW on the mean per-sequence loss."""
-    import torch
-
-    from participant.adapter_vector import trainable_named_parameters
+    """The same model and adapter trained without DP: the same optimizer, on the mean loss."""
     from participant.training import LocalTrainer, per_sequence_loss
 
     trainer = LocalTrainer(_config(model, mode, "auto", model_path))
-    params = [p for _, p in trainable_named_parameters(trainer.model)]
-    optimizer = torch.optim.AdamW(params, lr=trainer.config.resolved_learning_rate)
+    optimizer = trainer.build_optimizer()
     batch = _fixed_batch(len(trainer.tokenizer), 1000 if model == "minilm" else 1)
 
     def step() -> None:

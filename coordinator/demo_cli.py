@@ -135,7 +135,7 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
     click.echo(f"federation CA and certificates in {federation_dir}; {records} records per party generated")
 
     training = {"mode": mode, "target_epsilon": epsilon, "target_delta": delta, "epochs": 1.0,
-                "batch_size": 32, "max_seq_len": 64}
+                "batch_size": 64, "max_seq_len": 64}
     if model_path:
         training["model_path"] = str(model_path)
     config = {"participants": list(PARTIES), "rounds": rounds, "training": training, "clip_norm": 5.0,

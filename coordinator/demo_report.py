@@ -35,8 +35,9 @@ def single_party_baselines(training: Mapping[str, Any], data_paths: Mapping[str,
     """Each party trained alone with the same DP budget and the same local training per round,
     evaluated on the union of every party's held-out split."""
     from participant.data import load_local_data
-    from participant.training import LocalTrainer, TrainingConfig, train_adapter
+    from participant.training import LocalTrainer, TrainingConfig, configure_threads, train_adapter
 
+    configure_threads()  # the participants have exited: every core is free for the baselines
     config = TrainingConfig.create(**dict(training))
     data = {party: load_local_data(path) for party, path in data_paths.items()}
     union = [record for local in data.values() for record in local.heldout]

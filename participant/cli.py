@@ -48,15 +48,19 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
               show_default=True,
               help="Per-sample gradient mode; auto = expanded weights, hooks if ew cannot run.")
 @click.option("--epochs", type=float, default=None,
-              help="Local training per round, in expected passes over the data [default: 2].")
+              help="Local training per round, in expected passes over the data [default: 3].")
 @click.option("--local-steps", type=int, default=None,
               help="Local DP-SGD steps per round (instead of --epochs).")
 @click.option("--rounds", "planned_rounds", type=int, default=1, show_default=True,
               help="Planned rounds the budget is spread over (noise covers rounds x steps).")
 @click.option("--batch-size", type=int, default=None,
-              help="Expected Poisson batch size [default: 32].")
+              help="Expected Poisson batch size [default: 64].")
 @click.option("--lr", "learning_rate", type=float, default=None,
-              help="Learning rate [default: per mode].")
+              help="The adapter's learning rate [default: per optimizer and mode].")
+@click.option("--head-lr", "head_learning_rate", type=float, default=None,
+              help="A classification head's learning rate [default: per optimizer].")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
+              help="SGD with momentum 0.9, or AdamW.")
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True)
 @click.option("--max-seq-len", type=int, default=64, show_default=True)
 @click.option("--lora-rank", type=int, default=8, show_default=True)
@@ -88,6 +92,8 @@ def train(
     planned_rounds: int,
     batch_size: int | None,
     learning_rate: float | None,
+    head_learning_rate: float | None,
+    optimizer: str,
     max_grad_norm: float,
     max_seq_len: int,
     lora_rank: int,
@@ -130,6 +136,8 @@ def train(
             planned_rounds=planned_rounds,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            head_learning_rate=head_learning_rate,
+            optimizer=optimizer,
             max_grad_norm=max_grad_norm,
             max_seq_len=max_seq_len,
             lora_rank=lora_rank,

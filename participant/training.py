@@ -35,7 +35,11 @@ Choices that matter for the guarantee or for correctness:
   a deterministic function of the record (the tests compare them with a per-record loop);
 - for DP-BiTFiT the trainable tensors are the model's own bias terms (Linear and LayerNorm) plus
   the classification head; they are exported as a PEFT BEFT adapter (bias deltas) with the norm
-  layers and head saved whole, so plain ``PeftModel.from_pretrained`` reproduces the model.
+  layers and head saved whole, so plain ``PeftModel.from_pretrained`` reproduces the model;
+- encoders classify from the masked mean of their token states (:func:`use_mean_pooling`), the
+  pooling all-MiniLM-L6-v2 was trained for, not from BERT's next-sentence pooler: under DP noise
+  the head learns far more from those features. :func:`load_trained_model` rebuilds the model
+  (``PeftModel.from_pretrained`` on :func:`load_base_model`).
 """
 
 from __future__ import annotations
@@ -99,8 +103,16 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "gemma2": ("q_proj", "v_proj"),
 }
 
-# Learning rates used when the config leaves it unset (AdamW on the noisy DP gradient).
-DEFAULT_LEARNING_RATES: dict[str, float] = {"lora": 5e-3, "bitfit": 1e-2}
+# Learning rates when the config leaves them unset, per optimizer: for the adapter's tensors, and
+# for a classification head (a new, randomly initialised layer). The head's rate is far higher
+# because under DP noise it is what learns first: at epsilon 8 on a few thousand records the
+# noise drowns the small LoRA gradients, while the head's gradient on mean-pooled features is
+# large and consistent (docs/dp-training.md has the sweep). SGD rather than Adam: Adam scales every coordinate to unit size, so in
+# the many coordinates where the gradient is mostly noise it takes full-size random steps.
+DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "sgd": {"lora": 0.01, "bitfit": 0.01, "head": 2.0},
+    "adamw": {"lora": 1e-3, "bitfit": 1e-3, "head": 1e-2},
+}
 
 _HEAD_NAMES = ("classifier", "score", "lm_head")
 
@@ -122,8 +134,9 @@ class TrainingConfig:
 
     ``model_path`` ``None`` means the offline MiniLM (classification only). Exactly one of
     ``local_steps`` (per round) and ``epochs`` (per round, in expected passes over the data) is
-    used: ``local_steps`` wins when both are given. ``learning_rate`` ``None`` picks the mode's
-    default (:data:`DEFAULT_LEARNING_RATES`); the effective value is reported.
+    used: ``local_steps`` wins when both are given. ``learning_rate`` (the adapter's) and
+    ``head_learning_rate`` (a classification head's) ``None`` pick the optimizer's defaults
+    (:data:`DEFAULT_LEARNING_RATES`); the effective values are reported.
     """
 
     model_path: str | None = None
@@ -134,11 +147,12 @@ class TrainingConfig:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] | None = None
     learning_rate: float | None = None
-    optimizer: str = "adamw"
-    batch_size: int = 32
+    head_learning_rate: float | None = None
+    optimizer: str = "sgd"
+    batch_size: int = 64
     max_seq_len: int = 64
     local_steps: int | None = None
-    epochs: float | None = 2.0
+    epochs: float | None = 3.0
     target_epsilon: float = 8.0
     target_delta: float = 1e-5
     planned_rounds: int = 1
@@ -188,11 +202,10 @@ class TrainingConfig:
                 and all(isinstance(t, str) and t for t in self.lora_targets),
                 f"lora_targets must be a non-empty tuple of module names, got {self.lora_targets!r}",
             )
-        if self.learning_rate is not None:
-            need(
-                self.learning_rate > 0 and math.isfinite(self.learning_rate),
-                f"learning_rate must be positive, got {self.learning_rate}",
-            )
+        for name in ("learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None:
+                need(value > 0 and math.isfinite(value), f"{name} must be positive, got {value}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.max_seq_len >= 8, f"max_seq_len must be >= 8, got {self.max_seq_len}")
         need(
@@ -227,7 +240,13 @@ class TrainingConfig:
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return DEFAULT_LEARNING_RATES[self.mode]
+        return DEFAULT_LEARNING_RATES[self.optimizer][self.mode]
+
+    @property
+    def resolved_head_learning_rate(self) -> float:
+        if self.head_learning_rate is not None:
+            return self.head_learning_rate
+        return DEFAULT_LEARNING_RATES[self.optimizer]["head"]
 
     def sample_rate(self, num_records: int) -> float:
         """Poisson sampling rate, as Opacus derives it from the data loader (1 / batches)."""
@@ -243,6 +262,7 @@ class TrainingConfig:
         data = asdict(self)
         data["model_path"] = self.resolved_model_path
         data["learning_rate"] = self.resolved_learning_rate
+        data["head_learning_rate"] = self.resolved_head_learning_rate
         data["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
         return data
 
@@ -349,6 +369,10 @@ def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
             model.config.use_cache = False
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
+    # How the classifier reads the sequence; the report records it (see use_mean_pooling).
+    model.fedmask_pooling = (
+        "mean" if config.task == "classification" and use_mean_pooling(model) else "model"
+    )
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -357,6 +381,36 @@ def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
             setattr(model.config, attr, 0.0)
     model.train()
     return model
+
+
+def _masked_mean_pooling(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    hidden = output.last_hidden_state
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if mask is None:
+        output.pooler_output = hidden.mean(dim=1)
+    else:
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        output.pooler_output = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return output
+
+
+def use_mean_pooling(model: nn.Module) -> bool:
+    """Classify from the mean of the token states instead of a pooler on the first token.
+
+    A BERT-style encoder's pooler (a dense layer on [CLS]) was trained for next-sentence
+    prediction, and sentence encoders such as all-MiniLM-L6-v2 were tuned for mean pooling. On
+    mean-pooled features a DP-trained head separates the demo task far better than on the
+    pooler's output (docs/dp-training.md), and the pooler's 148K weights need not be carried.
+    Returns whether the model has such a pooler (decoder models classify from the last token).
+    """
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if encoder is None or getattr(encoder, "pooler", None) is None:
+        return False
+    encoder.pooler = None
+    encoder.register_forward_hook(_masked_mean_pooling, with_kwargs=True)
+    return True
 
 
 def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...]:
@@ -419,6 +473,11 @@ def attach_adapter(model: nn.Module, config: TrainingConfig) -> nn.Module:
     for name, param in peft_model.named_parameters():
         param.requires_grad = _is_bitfit_trainable(name)
     return peft_model
+
+
+def _is_head_parameter(name: str) -> bool:
+    """A task head's trainable copy (peft's ``modules_to_save`` of classifier/score/lm_head)."""
+    return any(f".{head}.modules_to_save." in name for head in _HEAD_NAMES)
 
 
 def _is_bitfit_trainable(name: str) -> bool:
@@ -519,6 +578,7 @@ class LocalTrainer:
         torch.manual_seed(config.seed)  # the head's and the adapter's initialisation
         self.tokenizer = load_tokenizer(config)
         base = load_base_model(config, self.tokenizer.pad_token_id)
+        self.pooling: str = base.fedmask_pooling
         self.model = attach_adapter(base, config)
         self.spec: VectorSpec = spec_of(trainable_named_parameters(self.model))
         self.initial_vector = self.adapter_vector()
@@ -670,12 +730,7 @@ class LocalTrainer:
             collate_fn=_collate(self.tokenizer.pad_token_id),
             generator=sampling,
         )
-        params = [p for _, p in trainable_named_parameters(self.model)]
-        lr = self.config.resolved_learning_rate
-        if self.config.optimizer == "adamw":
-            optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        else:
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        optimizer = self.build_optimizer()
         engine = PrivacyEngine(accountant=self.config.accountant)
         criterion = None
         kwargs: dict[str, Any] = dict(
@@ -707,6 +762,21 @@ class LocalTrainer:
             loader=dp_loader, data_key=key, plan=plan, clipping=mode,
             sampling_generator=sampling, noise_generator=noise,
         )
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer: one parameter group for the adapter, one for the head."""
+        head, adapter = [], []
+        for name, p in trainable_named_parameters(self.model):
+            (head if _is_head_parameter(name) else adapter).append(p)
+        groups = [
+            {"params": group, "lr": lr}
+            for group, lr in ((adapter, self.config.resolved_learning_rate),
+                              (head, self.config.resolved_head_learning_rate))
+            if group
+        ]
+        if self.config.optimizer == "adamw":
+            return torch.optim.AdamW(groups, weight_decay=0.0)
+        return torch.optim.SGD(groups, momentum=0.9)
 
     def _probe(self, items: list[tuple[torch.Tensor, int]]) -> None:
         """One forward/backward without a step: fails fast if the mode cannot run this model."""
@@ -1109,6 +1179,7 @@ def train_adapter(
             "tensors": len(trainer.spec.tensors),
             "parameters": trainer.spec.size,
             "layout_fingerprint": trainer.spec.fingerprint(),
+            "pooling": trainer.pooling,
             "update_l2_norm": float(np.linalg.norm(vector - start_vector)),
         },
         "config": trainer.config.to_dict(),
@@ -1118,6 +1189,20 @@ def train_adapter(
     return TrainingResult(
         adapter_state=state, vector=vector, spec=trainer.spec, report=report, trainer=trainer
     )
+
+
+def load_trained_model(config: TrainingConfig, adapter_dir: str | Path) -> nn.Module:
+    """The base model of ``config`` with the adapter saved in ``adapter_dir``, in eval mode.
+
+    The base comes from :func:`load_base_model`, so encoders pool as in training (mean pooling);
+    a plain ``AutoModelForSequenceClassification`` would load the adapter but pool differently.
+    """
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(config)
+    base = load_base_model(config, tokenizer.pad_token_id)
+    with _quiet_transformers():
+        return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
 def write_training_outputs(result: TrainingResult, out_dir: str | Path) -> Path:

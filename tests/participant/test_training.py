@@ -14,6 +14,7 @@ from participant.training import (
     ConfigError,
     LocalTrainer,
     TrainingConfig,
+    load_trained_model,
     train_adapter,
     write_training_outputs,
 )
@@ -43,17 +44,6 @@ def _tensors_of(vector: np.ndarray, trainer: LocalTrainer) -> dict[str, np.ndarr
     return out
 
 
-def _reload_with_plain_peft(config: TrainingConfig, adapter_dir: Path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    if config.task == "classification":
-        base = AutoModelForSequenceClassification.from_pretrained(
-            config.resolved_model_path, num_labels=config.num_labels
-        )
-    else:
-        base = AutoModelForCausalLM.from_pretrained(config.resolved_model_path)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
 @pytest.mark.parametrize(
@@ -112,7 +102,7 @@ def test_train_report_and_export(
     # The export loads with plain peft and computes what the trained model computes.
     out = write_training_outputs(result, tmp_path / "out")
     assert json.loads((out / "report.json").read_text())["epsilon"] == report["epsilon"]
-    reloaded = _reload_with_plain_peft(config, out / "adapter")
+    reloaded = load_trained_model(config, out / "adapter")  # PeftModel.from_pretrained
     batch = trainer.tokenizer([r.text for r in heldout[:4]], padding=True, return_tensors="pt")
     trainer.model.eval()
     with torch.no_grad():
@@ -244,7 +234,7 @@ def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> No
         TrainingConfig(target_delta=1.0)
     with pytest.raises(ConfigError, match="clipping must be one of"):
         TrainingConfig(clipping="fast")
-    assert TrainingConfig.create(batch_size=None, local_steps=5).batch_size == 32
+    assert TrainingConfig.create(batch_size=None, local_steps=5).batch_size == 64
     config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2,
                            local_steps=2)
     ledger = PrivacyLedger(accountant="rdp", epsilon_budget=8.0, delta=1e-5)
@@ -259,3 +249,65 @@ def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> No
     with pytest.raises(ConfigError, match="ledger terms"):
         LocalTrainer(_small_config(tiny_qwen2_path, "causal_lm", "lora", target_epsilon=3.0),
                      ledger=ledger)
+
+
+def test_encoders_classify_from_the_masked_mean_of_token_states(
+    minilm_path: str, tiny_qwen2_path: str
+) -> None:
+    trainer = LocalTrainer(TrainingConfig(model_path=minilm_path))
+    assert trainer.pooling == "mean"
+    model = trainer.model.eval()
+    short, long = "patient stable, routine review", "chest pain since this morning " * 6
+    alone = trainer.tokenizer([short], return_tensors="pt")
+    padded = trainer.tokenizer([short, long], padding=True, return_tensors="pt")
+    assert padded["attention_mask"][0].sum() < padded["attention_mask"].shape[1]
+    with torch.no_grad():
+        logits_alone = model(**alone).logits[0]
+        logits_padded = model(**padded).logits[0]
+        # By hand: the encoder's token states, averaged over the real tokens, into the head.
+        base = model.get_base_model()
+        hidden = base.bert(**alone).last_hidden_state[0]
+        by_hand = base.classifier(hidden.mean(dim=0, keepdim=True))[0]
+    torch.testing.assert_close(logits_padded, logits_alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(by_hand, logits_alone, rtol=1e-4, atol=1e-5)
+    # Decoders keep their own pooling (the last token's state).
+    decoder = LocalTrainer(_small_config(tiny_qwen2_path, "causal_lm", "lora"))
+    assert decoder.pooling == "model"
+
+
+def _assert_every_tensor_moved(result) -> None:
+    trainer = result.trainer
+    before = _tensors_of(trainer.initial_vector, trainer)
+    after = _tensors_of(result.vector, trainer)
+    assert [n for n in trainer.spec.names if np.array_equal(before[n], after[n])] == []
+
+
+@pytest.mark.parametrize("mode", ["lora", pytest.param("bitfit", marks=pytest.mark.slow)])
+def test_dp_adapter_beats_the_majority_class_on_the_demo_task(
+    mode: str, minilm_path: str, demo_records
+) -> None:
+    # The guard against silently broken DP training (opacus#820): at epsilon 8 the adapter must
+    # learn the demo task, clearly. A smaller run than the CLI's default (a slow test runs that).
+    train = demo_records("hospital-a", 800, seed=11)
+    heldout = demo_records("hospital-a", 800, seed=11, split="heldout")
+    config = TrainingConfig(model_path=minilm_path, mode=mode, max_seq_len=48, epochs=2.0,
+                            noise_seed=1)
+    result = train_adapter(config, train, heldout=heldout)
+    report = result.report
+    assert 7.5 < report["epsilon"] <= 8.0
+    assert report["accuracy"] >= report["majority_baseline"] + 0.08, report
+    _assert_every_tensor_moved(result)
+
+
+@pytest.mark.parametrize("mode", ["lora", "bitfit"])
+def test_dp_adapter_lowers_the_causal_lm_loss(mode: str, tiny_qwen2_path: str, demo_records) -> None:
+    train = demo_records("bank", 400, seed=4)
+    heldout = demo_records("bank", 400, seed=4, split="heldout")
+    config = TrainingConfig(model_path=tiny_qwen2_path, task="causal_lm", mode=mode, batch_size=32,
+                            epochs=4.0, learning_rate=0.5, max_seq_len=32, accountant="rdp",
+                            target_epsilon=50.0, noise_seed=0)
+    trainer = LocalTrainer(config)
+    before = trainer.evaluate(heldout).loss
+    result = train_adapter(config, train, heldout=heldout, trainer=trainer)
+    assert result.report["heldout_loss"] < before - 0.05
+    _assert_every_tensor_moved(result)
