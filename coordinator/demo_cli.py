@@ -77,12 +77,30 @@ class _Process:
         return code
 
 
-def _parse_drops(values: tuple[str, ...], rounds: int) -> dict[str, int]:
+def party_names(count: int) -> list[str]:
+    """``count`` participants: hospital-a, hospital-b, bank, then hospital-a-2, hospital-b-2, ...
+
+    Each takes the records profile (vocabulary, label mix) of the base party its name starts with.
+    """
+    return [PARTIES[i % len(PARTIES)] + (f"-{i // len(PARTIES) + 1}" if i >= len(PARTIES) else "")
+            for i in range(count)]
+
+
+def demo_threshold(count: int) -> int:
+    """Two thirds of the participants (at least 2): a third may drop out of any round."""
+    return max(2, -(-2 * count // 3))
+
+
+def _profile(name: str) -> str:
+    return next(party for party in PARTIES if name == party or name.startswith(party + "-"))
+
+
+def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> dict[str, int]:
     drops: dict[str, int] = {}
     for value in values:
         name, _, round_text = value.partition("@")
-        if name not in PARTIES or not round_text.isdigit() or not 1 <= int(round_text) <= rounds:
-            raise click.BadParameter(f"{value!r}: expected NAME@ROUND with NAME in {', '.join(PARTIES)} "
+        if name not in parties or not round_text.isdigit() or not 1 <= int(round_text) <= rounds:
+            raise click.BadParameter(f"{value!r}: expected NAME@ROUND with NAME in {', '.join(parties)} "
                                      f"and ROUND in 1..{rounds}", param_hint="--drop")
         drops[name] = int(round_text)
     return drops
@@ -92,6 +110,8 @@ def _parse_drops(values: tuple[str, ...], rounds: int) -> dict[str, int]:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Report folder (default: ./fedmask-demo-<time>).")
 @click.option("--rounds", type=click.IntRange(1, 50), default=DEFAULT_ROUNDS, show_default=True)
+@click.option("--participants", "participant_count", type=click.IntRange(2, 12), default=len(PARTIES),
+              show_default=True, help="How many parties federate (each one more process on this machine).")
 @click.option("--records", type=click.IntRange(50, 100_000), default=DEFAULT_RECORDS, show_default=True,
               help="Records per party (train and held-out).")
 @click.option("--mode", type=click.Choice(["lora", "bitfit"]), default="lora", show_default=True)
@@ -109,10 +129,11 @@ def _parse_drops(values: tuple[str, ...], rounds: int) -> dict[str, int]:
               help="Participant-level ε of the whole run against the coordinator (with --aggregate-noise).")
 @click.option("--skip-baseline", is_flag=True, help="Do not train the single-party baselines.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
-def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, security_mode, aggregate_noise,
+def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, model_path, drops, security_mode, aggregate_noise,
          aggregate_epsilon, skip_baseline, seed):
     """Run a federation of two hospitals and a bank on this machine and report on it."""
-    drop_at = _parse_drops(drops, rounds)
+    parties = party_names(participant_count)
+    drop_at = _parse_drops(drops, rounds, parties)
     out_dir = (out_dir or Path(f"fedmask-demo-{dt.datetime.now():%Y%m%d-%H%M%S}")).resolve()
     work = out_dir / "work"
     if work.exists() and any(work.iterdir()):
@@ -128,9 +149,9 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
     pki.init_federation(federation_dir, federation_name="demo")
     pki.issue(federation_dir, "coordinator", "main", hosts=["localhost", "127.0.0.1"])
     data_paths: dict[str, Path] = {}
-    for index, party in enumerate(PARTIES):
+    for index, party in enumerate(parties):
         pki.issue(federation_dir, "participant", party)
-        data_paths[party] = write_records(generate_records(party, records, seed=seed + index),
+        data_paths[party] = write_records(generate_records(_profile(party), records, seed=seed + index),
                                           work / f"{party}.jsonl")
     click.echo(f"federation CA and certificates in {federation_dir}; {records} records per party generated")
 
@@ -138,8 +159,8 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
                 "batch_size": 64, "max_seq_len": 64}
     if model_path:
         training["model_path"] = str(model_path)
-    config = {"participants": list(PARTIES), "rounds": rounds, "training": training, "clip_norm": 5.0,
-              "threshold": 2, "security_mode": security_mode, "join_timeout_s": 900.0, "phase_timeout_s": 60.0,
+    config = {"participants": parties, "rounds": rounds, "training": training, "clip_norm": 5.0,
+              "threshold": demo_threshold(len(parties)), "security_mode": security_mode, "join_timeout_s": 900.0, "phase_timeout_s": 60.0,
               "final_report_wait_s": 300.0, "aggregate_noise": aggregate_noise,
               "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None}
     config_path = work / "federation.json"
@@ -160,9 +181,9 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
             "--coordinator", f"localhost:{port}",
         ], work / f"{party}.log", echo)
 
-    nodes = {party: start_node(party) for party in PARTIES}
+    nodes = {party: start_node(party) for party in parties}
     try:
-        _supervise(coordinator, nodes, drop_at, start_node)
+        _supervise(coordinator, nodes, drop_at, start_node, config["threshold"])
         code = coordinator.wait(timeout=60 * 60)
         for node in nodes.values():
             node.wait(timeout=120)
@@ -189,7 +210,8 @@ def demo(out_dir, rounds, records, mode, epsilon, delta, model_path, drops, secu
                f"{out_dir / 'global_adapter'}")
 
 
-def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node) -> None:
+def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node,
+               threshold: int) -> None:
     """Wait for the coordinator; carry out --drop: kill NAME once it uploads in ROUND, then restart it."""
     pending = dict(drop_at)
     while coordinator.process.poll() is None:
@@ -204,7 +226,7 @@ def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[
                 nodes[party] = start_node(party)
                 del pending[party]
         failed = [name for name, node in nodes.items() if node.process.poll() not in (None, 0)]
-        if len(failed) == len(nodes) or (failed and len(nodes) - len(failed) < 2):
+        if failed and len(nodes) - len(failed) < threshold:
             coordinator.kill()
             raise click.ClickException(f"participants failed: {', '.join(failed)}; see their logs")
         time.sleep(0.2)
