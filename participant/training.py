@@ -107,8 +107,9 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 # for a classification head (a new, randomly initialised layer). The head's rate is far higher
 # because under DP noise it is what learns first: at epsilon 8 on a few thousand records the
 # noise drowns the small LoRA gradients, while the head's gradient on mean-pooled features is
-# large and consistent (docs/dp-training.md has the sweep). SGD rather than Adam: Adam scales every coordinate to unit size, so in
-# the many coordinates where the gradient is mostly noise it takes full-size random steps.
+# large and consistent (docs/dp-training.md has the sweep). SGD rather than Adam: Adam scales
+# every coordinate to unit size, so where the gradient is mostly noise it takes full-size random
+# steps.
 DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
     "sgd": {"lora": 0.01, "bitfit": 0.01, "head": 2.0},
     "adamw": {"lora": 1e-3, "bitfit": 1e-3, "head": 1e-2},
@@ -484,8 +485,7 @@ def _is_bitfit_trainable(name: str) -> bool:
     if ".beft_bias." in name:
         return False  # stays zero while training; filled with the delta on export
     if ".modules_to_save." in name:
-        head = any(f".{h}.modules_to_save." in name for h in _HEAD_NAMES)
-        return head or name.endswith(".bias")
+        return _is_head_parameter(name) or name.endswith(".bias")
     return name.endswith(".base_layer.bias")
 
 
