@@ -134,6 +134,9 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     """Run a federation of two hospitals and a bank on this machine and report on it."""
     parties = party_names(participant_count)
     drop_at = _parse_drops(drops, rounds, parties)
+    if drop_at and participant_count - 1 < demo_threshold(participant_count):
+        raise click.BadParameter(f"with {participant_count} participants the threshold is "
+                                 f"{demo_threshold(participant_count)}: no one can drop out", param_hint="--drop")
     out_dir = (out_dir or Path(f"fedmask-demo-{dt.datetime.now():%Y%m%d-%H%M%S}")).resolve()
     work = out_dir / "work"
     if work.exists() and any(work.iterdir()):
@@ -159,8 +162,10 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
                 "batch_size": 64, "max_seq_len": 64}
     if model_path:
         training["model_path"] = str(model_path)
+    # A participant killed by --drop after it joined is waited for 60 s, not the whole join timeout.
     config = {"participants": parties, "rounds": rounds, "training": training, "clip_norm": 5.0,
-              "threshold": demo_threshold(len(parties)), "security_mode": security_mode, "join_timeout_s": 900.0, "phase_timeout_s": 60.0,
+              "threshold": demo_threshold(len(parties)), "security_mode": security_mode,
+              "join_timeout_s": 900.0, "phase_timeout_s": 60.0, "quorum_grace_s": 60.0,
               "final_report_wait_s": 300.0, "aggregate_noise": aggregate_noise,
               "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None}
     config_path = work / "federation.json"
@@ -212,21 +217,31 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
 
 def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node,
                threshold: int) -> None:
-    """Wait for the coordinator; carry out --drop: kill NAME once it uploads in ROUND, then restart it."""
-    pending = dict(drop_at)
+    """Wait for the coordinator; carry out --drop NAME@ROUND.
+
+    NAME is killed (SIGKILL) while it trains for ROUND, so the round has to go on without it: the
+    coordinator starts it with the others once its quorum grace period has passed. NAME is
+    restarted when the coordinator has decided the round, and takes part in the next one.
+    """
+    to_kill = dict(drop_at)
+    to_restart: dict[str, int] = {}
     while coordinator.process.poll() is None:
-        for party, round_number in list(pending.items()):
-            node = nodes[party]
-            marker = f"round {round_number}: epsilon spent"
-            if any(marker in line for line in node.lines):
-                time.sleep(0.3)  # inside the secure-aggregation round
-                node.kill()
-                node.wait(30)
-                click.echo(f"demo: killed {party} (SIGKILL) in the middle of round {round_number}; restarting it")
+        for party, round_number in list(to_kill.items()):
+            if any(f"round {round_number}/" in line and "training on" in line for line in nodes[party].lines):
+                nodes[party].kill()
+                nodes[party].wait(30)
+                click.echo(f"demo: killed {party} (SIGKILL) while it trained for round {round_number}; "
+                           "the round goes on without it")
+                to_restart[party] = to_kill.pop(party)
+        for party, round_number in list(to_restart.items()):
+            if any((f"round {round_number}/" in line and "committed" in line)
+                   or (f"round {round_number} attempt" in line and "aborted" in line) for line in coordinator.lines):
+                click.echo(f"demo: restarting {party}")
                 nodes[party] = start_node(party)
-                del pending[party]
-        failed = [name for name, node in nodes.items() if node.process.poll() not in (None, 0)]
-        if failed and len(nodes) - len(failed) < threshold:
+                del to_restart[party]
+        failed = [name for name, node in nodes.items()
+                  if name not in to_restart and node.process.poll() not in (None, 0)]
+        if failed and len(nodes) - len(failed) - len(to_restart) < threshold:
             coordinator.kill()
             raise click.ClickException(f"participants failed: {', '.join(failed)}; see their logs")
         time.sleep(0.2)

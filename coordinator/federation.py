@@ -76,6 +76,8 @@ class FederationConfig:
     server_learning_rate: float = 1.0
     join_timeout_s: float = 900.0  # from a TRAIN task to the round start: local training fits in it
     phase_timeout_s: float = 60.0
+    # Once the threshold has joined, how long to wait for the rest (None: until join_timeout_s).
+    quorum_grace_s: float | None = None
     attempts_per_round: int = 3
     # Rounds of local training the participants' DP budget is planned for beyond ``rounds``: a
     # round re-run after an abort or a coordinator restart makes them train again.
@@ -105,6 +107,10 @@ class FederationConfig:
         for name in ("join_timeout_s", "phase_timeout_s", "final_report_wait_s"):
             if not getattr(self, name) > 0:
                 raise FederationError(f"{name} must be positive")
+        if self.quorum_grace_s is not None and not (
+            isinstance(self.quorum_grace_s, int | float) and self.quorum_grace_s > 0
+        ):
+            raise FederationError(f"quorum_grace_s must be positive or null, got {self.quorum_grace_s!r}")
         if self.attempts_per_round < 1:
             raise FederationError("attempts_per_round must be at least 1")
         try:
@@ -461,7 +467,8 @@ class Federation:
             self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
             outcome = await self.server.run_round(
                 RoundConfig(round_id, params, config.participants, join_timeout_s=config.join_timeout_s,
-                            phase_timeout_s=config.phase_timeout_s, identity_keys=self.identity_keys)
+                            phase_timeout_s=config.phase_timeout_s, quorum_grace_s=config.quorum_grace_s,
+                            identity_keys=self.identity_keys)
             )
             if outcome.completed:
                 break

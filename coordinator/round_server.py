@@ -101,6 +101,10 @@ class RoundConfig:
     join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
     phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S
     identity_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    # Once ``threshold`` participants have joined, wait at most this long for the others (None:
+    # wait for everyone until the join deadline). Bounds the cost of a participant that died
+    # after it was counted in: the round goes on without it instead of idling to the deadline.
+    quorum_grace_s: float | None = None
 
     def __post_init__(self) -> None:
         names = tuple(sorted(set(self.participants)))
@@ -119,6 +123,8 @@ class RoundConfig:
                 raise ValueError(f"malicious-server mode: no enrolled identity key for {', '.join(missing)}")
         if self.join_timeout_s <= 0 or self.phase_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.quorum_grace_s is not None and not self.quorum_grace_s > 0:
+            raise ValueError("quorum_grace_s must be positive (or None)")
 
     @property
     def ids(self) -> dict[str, int]:
@@ -391,6 +397,27 @@ class RoundRunner:
     def _all_joined(self) -> bool:
         return all((c := self._live(pid)) is not None and c.joined for pid in self._ids.values())
 
+    def _joined_count(self) -> int:
+        return sum((c := self._live(pid)) is not None and c.joined for pid in self._ids.values())
+
+    async def _wait_for_joins(self) -> None:
+        """Until everyone has joined or the join deadline passes; with a quorum grace period,
+        until that long after ``threshold`` participants are in (and still in)."""
+        config, t = self.config, self.config.params.threshold
+        deadline = time.perf_counter() + config.join_timeout_s
+        if config.quorum_grace_s is None:
+            await self._wait(self._all_joined, config.join_timeout_s)
+            return
+        while (remaining := deadline - time.perf_counter()) > 0 and not self._all_joined():
+            await self._wait(lambda: self._all_joined() or self._joined_count() >= t, remaining)
+            if self._all_joined() or self._joined_count() < t:
+                continue  # everyone is in, or the deadline passed below the threshold
+            grace = min(config.quorum_grace_s, max(0.0, deadline - time.perf_counter()))
+            self._progress(f"{self._joined_count()} joined (threshold {t}); waiting up to {grace:.0f} s for the rest")
+            await self._wait(self._all_joined, grace)
+            if self._joined_count() >= t:
+                return
+
     async def run(self) -> RoundOutcome:
         """Run the round to its end; never raises for anything a participant does."""
         try:
@@ -406,14 +433,14 @@ class RoundRunner:
             f"waiting for {n} participants to join (threshold {t}, join timeout {config.join_timeout_s:g} s)"
         )
         opened = time.perf_counter()
-        await self._wait(self._all_joined, config.join_timeout_s)
+        await self._wait_for_joins()
         joined = [pid for pid in self._ids.values() if (c := self._live(pid)) is not None and c.joined]
         outcome.joined = tuple(self._names[pid] for pid in joined)
         for pid in self._ids.values():
             if pid not in joined:
-                self.server.drop(pid, "did not join before the join deadline")
+                self.server.drop(pid, "did not join in time")
                 if (connection := self._live(pid)) is not None:
-                    connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "[join] no hello before the join deadline")
+                    connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "[join] no hello in time")
         outcome.join_s = time.perf_counter() - opened
         if len(joined) < t:
             reason = f"only {len(joined)} of {n} participants joined, threshold is {t}"

@@ -43,30 +43,39 @@ def test_bad_flags_fail_before_anything_starts(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected NAME@ROUND" in result.output
     result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "1"])
     assert result.exit_code == 2 and "--participants" in result.output
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
+                                  "bank@1"])
+    assert result.exit_code == 2 and "expected NAME@ROUND" in result.output  # no bank among 2
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
+                                  "hospital-b@1"])
+    assert result.exit_code == 2 and "threshold is 2: no one can drop out" in result.output
     assert not (tmp_path / "d").exists()  # nothing was created
 
 
 @pytest.mark.slow
-def test_a_small_demo_runs_to_its_report(tmp_path: Path) -> None:
+def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "demo", "--out", str(out), "--participants", "2",
-         "--rounds", "2", "--records", "60", "--skip-baseline"],
+        [sys.executable, "-m", "coordinator.cli", "demo", "--out", str(out), "--participants", "3",
+         "--rounds", "2", "--records", "60", "--drop", "bank@1", "--skip-baseline"],
         capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "demo: killed bank (SIGKILL) while it trained for round 1" in run.stdout + run.stderr
     report = json.loads((out / "report.json").read_text())
-    assert [r["round"] for r in report["rounds"]] == [1, 2]
-    for entry in report["rounds"]:
-        assert entry["survivors"] == ["hospital-a", "hospital-b"] and entry["dropped"] == {}
-        assert set(entry["accuracy"]) == set(entry["epsilon"]) == {"hospital-a", "hospital-b"}
-        assert entry["upload_bytes"] > 0 and entry["wall_s"] > 0
-    eps = [r["epsilon"]["hospital-a"] for r in report["rounds"]]
-    assert 0 < eps[0] < eps[1] <= 8.0
+    first, second = report["rounds"]
+    assert (first["round"], second["round"]) == (1, 2)
+    # Round 1 went on without the bank; the restarted bank took part in round 2.
+    assert first["survivors"] == ["hospital-a", "hospital-b"] and list(first["dropped"]) == ["bank"]
+    assert second["survivors"] == ["bank", "hospital-a", "hospital-b"] and second["dropped"] == {}
+    assert set(first["epsilon"]) == {"hospital-a", "hospital-b"}
+    assert set(second["epsilon"]) == set(second["accuracy"]) == {"bank", "hospital-a", "hospital-b"}
+    assert 0 < first["epsilon"]["hospital-a"] < second["epsilon"]["hospital-a"] <= 8.0
+    assert all(r["upload_bytes"] > 0 and r["wall_s"] > 0 for r in report["rounds"])
     assert 0.0 <= report["federated_accuracy"] <= 1.0
     assert report["best_single_party_accuracy"] is None  # --skip-baseline
-    assert report["config"]["threshold"] == 2
+    assert report["config"]["threshold"] == 2 and report["config"]["quorum_grace_s"] == 60.0
     assert "| round | survivors |" in run.stdout
     assert (out / "report.png").stat().st_size > 0
     assert (out / "global_adapter" / "adapter_model.safetensors").exists()

@@ -47,6 +47,8 @@ class TestFederationConfig:
             ({"phase_timeout_s": 0}, "phase_timeout_s"),
             ({"training": {"planned_rounds": 3}}, "planned_rounds"),
             ({"threshold": 1}, "threshold"),
+            ({"quorum_grace_s": 0}, "quorum_grace_s"),
+            ({"quorum_grace_s": "1"}, "quorum_grace_s"),
         ],
     )
     def test_refused(self, changes, message):

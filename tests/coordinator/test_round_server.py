@@ -308,6 +308,22 @@ def test_round_starts_without_a_participant_that_never_joins(round_harness):
     assert "did not join" in outcome.dropped[MALLORY]
 
 
+def test_quorum_grace_starts_the_round_without_waiting_for_the_join_deadline(round_harness):
+    # The join deadline is far beyond how long outcome() waits: only the grace period, which
+    # starts once the threshold (3 of 4) has joined, can let this round finish in time.
+    harness = round_harness(join_timeout_s=600.0, quorum_grace_s=1.0)
+    harness.start_honest(HONEST)
+    outcome = harness.outcome(timeout_s=60.0)
+    assert outcome.joined == HONEST
+    assert_exact(outcome, HONEST)
+    assert "did not join in time" in outcome.dropped[MALLORY]
+
+
+def test_quorum_grace_must_be_positive():
+    with pytest.raises(ValueError, match="quorum_grace_s"):
+        RoundConfig(new_round_id(), PARAMS, (*HONEST, MALLORY), quorum_grace_s=0.0)
+
+
 def test_abort_below_threshold_reaches_participants_with_the_reason(round_harness):
     harness = round_harness(join_timeout_s=3.0)  # long enough for a loaded machine
     harness.start_honest(("alice", "bob"))
