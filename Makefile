@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/fedmask demo
 
-# The default suite: everything not marked slow (under ~10 minutes on 2 cores).
+# The default suite: everything not marked slow (under 5 minutes on 2 cores).
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q
 

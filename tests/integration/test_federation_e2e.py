@@ -58,6 +58,9 @@ def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: f
     raise AssertionError(f"no {text!r} within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
+# Slow (about 60-100 s on 2 cores: four processes that each load torch and the model). The
+# default suite covers the same store and round logic in-process (tests/coordinator).
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
     federation = tmp_path / "federation"
