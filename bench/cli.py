@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
-from coordinator.cli import LazyGroup
+from fedmask.coordinator.cli import LazyGroup
 
 
 class _BenchGroup(LazyGroup):
     commands_by_name = {
-        "secagg": "bench.secagg_bench:secagg",
-        "grpc": "bench.grpc_bench:grpc_bench",
-        "dp": "bench.dp_bench:dp",
-        "ddp": "bench.ddp_bench:ddp",
+        "secagg": "fedmask.bench.secagg_bench:secagg",
+        "grpc": "fedmask.bench.grpc_bench:grpc_bench",
+        "dp": "fedmask.bench.dp_bench:dp",
+        "ddp": "fedmask.bench.ddp_bench:ddp",
     }
 
 

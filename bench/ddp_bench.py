@@ -26,12 +26,12 @@ import click
 import numpy as np
 from rich.progress import Progress
 
-from secagg import ddp as distributed_dp
-from secagg import dpnoise, prg, rotation
-from secagg.ddp import AggregateNoise, AggregateNoiseConfig, BudgetScope
-from secagg.encoding import clip_l2, to_modular
-from secagg.errors import ParameterError
-from secagg.rand import SeededRandom, SystemRandom
+from fedmask.secagg import ddp as distributed_dp
+from fedmask.secagg import dpnoise, prg, rotation
+from fedmask.secagg.ddp import AggregateNoise, AggregateNoiseConfig, BudgetScope
+from fedmask.secagg.encoding import clip_l2, to_modular
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.rand import SeededRandom, SystemRandom
 
 DELTA = 1e-5
 EPSILONS = (1.0, 3.0, 8.0)

@@ -69,15 +69,15 @@ def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
 
 
 def _pool(count: int) -> list:
-    from participant.data import Record
-    from participant.demo_data import generate_records
+    from fedmask.participant.data import Record
+    from fedmask.participant.demo_data import generate_records
 
     return [Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
             for r in generate_records("hospital-a", count, seed=11)]
 
 
 def _config(model: str, mode: str, clipping: str, model_path: str):
-    from participant.training import TrainingConfig
+    from fedmask.participant.training import TrainingConfig
 
     return TrainingConfig(
         model_path=model_path, task="classification" if model == "minilm" else "causal_lm",
@@ -88,7 +88,7 @@ def _config(model: str, mode: str, clipping: str, model_path: str):
 
 def _plain_step(model: str, mode: str, model_path: str):
     """The same model and adapter trained without DP: the same optimizer, on the mean loss."""
-    from participant.training import LocalTrainer, per_sequence_loss
+    from fedmask.participant.training import LocalTrainer, per_sequence_loss
 
     trainer = LocalTrainer(_config(model, mode, "auto", model_path))
     optimizer = trainer.build_optimizer()
@@ -104,7 +104,7 @@ def _plain_step(model: str, mode: str, model_path: str):
 
 
 def _dp_step(model: str, mode: str, clipping: str, model_path: str, pool: list):
-    from participant.training import LocalTrainer
+    from fedmask.participant.training import LocalTrainer
 
     trainer = LocalTrainer(_config(model, mode, clipping, model_path))
     trainer.prepare(pool)  # Opacus wrapping, noise multiplier for 100 steps at rate 0.01
@@ -121,7 +121,7 @@ def _dp_step(model: str, mode: str, clipping: str, model_path: str, pool: list):
 
 
 def child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> dict[str, Any]:
-    from participant.training import configure_threads
+    from fedmask.participant.training import configure_threads
 
     threads = configure_threads()
     pool = _pool(BATCH * 100)
@@ -167,7 +167,7 @@ def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) 
                MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     spec = json.dumps({"model": model, "mode": mode, "model_path": model_path, "steps": steps,
                        "warmup": warmup})
-    completed = subprocess.run([sys.executable, "-m", "bench.dp_bench", spec],
+    completed = subprocess.run([sys.executable, "-m", "fedmask.bench.dp_bench", spec],
                                capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
         raise click.ClickException(f"{model}/{mode} failed:\n{completed.stderr[-3000:]}")
@@ -175,8 +175,8 @@ def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) 
 
 
 def _tiny_qwen2(directory: Path) -> str:
-    from participant.demo_data import PARTIES, generate_records
-    from participant.tiny_models import build_tiny_qwen2
+    from fedmask.participant.demo_data import PARTIES, generate_records
+    from fedmask.participant.tiny_models import build_tiny_qwen2
 
     texts = [str(r["text"]) for party in PARTIES for r in generate_records(party, 300, seed=9)]
     return str(build_tiny_qwen2(directory, texts))
@@ -192,7 +192,7 @@ def _tiny_qwen2(directory: Path) -> str:
 def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
     """DP-SGD step time and peak memory next to plain training (LoRA, BiTFiT; MiniLM, Qwen2)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from participant.training import default_model_path
+    from fedmask.participant.training import default_model_path
 
     rows: list[dict] = []
     started = time.perf_counter()

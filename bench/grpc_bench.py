@@ -1,6 +1,6 @@
 """``fedmask bench grpc``: one secure-aggregation round over loopback mTLS gRPC -- a coordinator
 and N participants as separate OS processes, certificates made on the fly -- next to the same
-round in the in-memory harness (``secagg.simulation``), in one run.
+round in the in-memory harness (``fedmask.secagg.simulation``), in one run.
 
 What is compared:
 
@@ -32,11 +32,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.simulate_cli import build_config
-from coordinator import loopback
-from secagg import simulation
-from secagg.errors import Phase
-from secagg.params import SecurityMode
+from fedmask.bench.simulate_cli import build_config
+from fedmask.coordinator import loopback
+from fedmask.secagg import simulation
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.params import SecurityMode
 
 TIME_TARGET = 1.30  # the wire may add at most 30 % to the in-memory round time
 BYTES_TARGET = 1.02  # and at most 2 % to the bytes

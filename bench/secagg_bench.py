@@ -43,13 +43,13 @@ def aes_ctr_throughput_gbps(megabytes: int = 256, chunk: int = 1 << 16) -> float
 
 
 def secagg_plus_degree(participants: int, dropout: float) -> tuple[int, int]:
-    from secagg.graph import find_secagg_plus_parameters
+    from fedmask.secagg.graph import find_secagg_plus_parameters
 
     return find_secagg_plus_parameters(participants, dropout_fraction=dropout, corruption_fraction=1 / 3)
 
 
 def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) -> dict:
-    command = [sys.executable, "-m", "coordinator.cli", "simulate", "-n", str(participants), "-d", str(dim),
+    command = [sys.executable, "-m", "fedmask.coordinator.cli", "simulate", "-n", str(participants), "-d", str(dim),
                "--dropout", str(dropout), "--seed", str(seed), "--json"]
     if graph == "secagg+":
         k, t = secagg_plus_degree(participants, dropout)

@@ -8,11 +8,11 @@ import time
 
 import click
 
-from secagg import Phase, ProtocolParams, SecurityMode, default_threshold
-from secagg.errors import ParameterError
-from secagg.rand import SeededRandom, random_below
-from secagg import simulation
-from secagg.simulation import DROPPABLE_PHASES, SimulationConfig
+from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.rand import SeededRandom, random_below
+from fedmask.secagg import simulation
+from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig
 
 PHASE_NAMES = {p.value: p for p in DROPPABLE_PHASES}
 

@@ -1,6 +1,6 @@
 """The global adapter as it travels to participants: one safetensors file, named by its SHA-256.
 
-A flat float32 vector (``participant.adapter_vector`` layout) and, in the safetensors metadata,
+A flat float32 vector (``fedmask.participant.adapter_vector`` layout) and, in the safetensors metadata,
 the layout and the round whose result it is. No torch here: the coordinator's federation loop
 and the participant's download path both use plain numpy.
 """

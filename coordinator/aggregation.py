@@ -15,7 +15,7 @@ by the number of survivors, and hands that mean update -- the pseudo-gradient of
 Arithmetic is float64; the new global vector keeps the dtype of the one passed in. ``apply``
 checks everything and computes the result before it touches the optimizer's state, so a refused
 update leaves the state as it was. ``state_dict()`` / ``load_state_dict()`` carry the
-hyper-parameters, the step count and (FedAdam) the moments; ``coordinator.checkpoint`` saves the
+hyper-parameters, the step count and (FedAdam) the moments; ``fedmask.coordinator.checkpoint`` saves the
 state next to each global adapter, so a restarted coordinator continues with the moments of
 the last committed round. If saving or committing a round fails after ``apply``, reload the
 state of the last committed checkpoint before trying the round again.

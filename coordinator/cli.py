@@ -12,13 +12,13 @@ import click
 
 # command name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, str] = {
-    "simulate": "bench.simulate_cli:simulate",
-    "bench": "bench.cli:bench",
-    "pki": "coordinator.pki_cli:pki",
-    "coordinator": "coordinator.serve_cli:coordinator",
-    "participant": "participant.cli:participant",
-    "data": "participant.data_cli:data",
-    "demo": "coordinator.demo_cli:demo",
+    "simulate": "fedmask.bench.simulate_cli:simulate",
+    "bench": "fedmask.bench.cli:bench",
+    "pki": "fedmask.coordinator.pki_cli:pki",
+    "coordinator": "fedmask.coordinator.serve_cli:coordinator",
+    "participant": "fedmask.participant.cli:participant",
+    "data": "fedmask.participant.data_cli:data",
+    "demo": "fedmask.coordinator.demo_cli:demo",
 }
 
 

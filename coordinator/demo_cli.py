@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from participant.demo_data import PARTIES
+from fedmask.participant.demo_data import PARTIES
 
 # Small enough for 2 CPU cores in a few minutes, large enough that federation matters.
 DEFAULT_RECORDS = 500
@@ -145,8 +145,8 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     started = time.monotonic()
     click.echo(f"fedmask demo: report folder {out_dir}")
 
-    from coordinator import pki
-    from participant.demo_data import generate_records, write_records
+    from fedmask.coordinator import pki
+    from fedmask.participant.demo_data import generate_records, write_records
 
     federation_dir = work / "federation"
     pki.init_federation(federation_dir, federation_name="demo")
@@ -175,13 +175,13 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     python = sys.executable
     echo = click.echo
     coordinator = _Process("coordinator", [
-        python, "-m", "coordinator.cli", "coordinator", "run", "--federation", str(federation_dir),
+        python, "-m", "fedmask.coordinator.cli", "coordinator", "run", "--federation", str(federation_dir),
         "--state", str(work / "coordinator"), "--config", str(config_path), "--port", str(port),
     ], work / "coordinator.log", echo)
 
     def start_node(party: str) -> _Process:
         return _Process(party, [
-            python, "-m", "coordinator.cli", "participant", "node", "--federation", str(federation_dir),
+            python, "-m", "fedmask.coordinator.cli", "participant", "node", "--federation", str(federation_dir),
             "--name", party, "--data", str(data_paths[party]), "--state", str(work / party),
             "--coordinator", f"localhost:{port}",
         ], work / f"{party}.log", echo)
@@ -200,10 +200,10 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     federation_s = time.monotonic() - started
     final = json.loads((work / "coordinator" / "final.json").read_text(encoding="utf-8"))
 
-    from coordinator.demo_report import build_report, single_party_baselines, write_report
+    from fedmask.coordinator.demo_report import build_report, single_party_baselines, write_report
 
     # The participants' own settings, budget plan included: the baselines spend the same budget.
-    from coordinator.federation import FederationConfig
+    from fedmask.coordinator.federation import FederationConfig
 
     participant_training = FederationConfig.from_json(config).training_config()
     baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)

@@ -34,8 +34,8 @@ def single_party_baselines(training: Mapping[str, Any], data_paths: Mapping[str,
                            echo: Callable[[str], None]) -> dict[str, float]:
     """Each party trained alone with the same DP budget and the same local training per round,
     evaluated on the union of every party's held-out split."""
-    from participant.data import load_local_data
-    from participant.training import LocalTrainer, TrainingConfig, configure_threads, train_adapter
+    from fedmask.participant.data import load_local_data
+    from fedmask.participant.training import LocalTrainer, TrainingConfig, configure_threads, train_adapter
 
     configure_threads()  # the participants have exited: every core is free for the baselines
     config = TrainingConfig.create(**dict(training))
@@ -143,7 +143,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 
 def write_report(report: Mapping[str, Any], out_dir: Path, final: Mapping[str, Any], training: Mapping[str, Any],
                  state_dir: Path) -> None:
-    from participant.training import TrainingConfig, export_adapter
+    from fedmask.participant.training import TrainingConfig, export_adapter
 
     from .store import FederationStore
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import click
 
-from coordinator import pki
-from coordinator import transport as server_transport
-from coordinator.federation import Federation, FederationConfig, FederationError
-from coordinator.round_server import ServerSettings
+from fedmask.coordinator import pki
+from fedmask.coordinator import transport as server_transport
+from fedmask.coordinator.federation import Federation, FederationConfig, FederationError
+from fedmask.coordinator.round_server import ServerSettings
 
 EXIT_FAILED = 3
 
@@ -88,7 +88,7 @@ def run(federation_dir, name, state_dir, config_path, host, port, health_port, t
 
 def _write_report(report_dir: Path, state_dir: Path, config: FederationConfig, wall_s: float) -> None:
     """The demo's report from STATE/final.json (round-tripped through JSON, as the demo reads it)."""
-    from coordinator.demo_report import build_report, write_report
+    from fedmask.coordinator.demo_report import build_report, write_report
 
     final = json.loads((state_dir / "final.json").read_text(encoding="utf-8"))
     report = build_report(final, {}, wall_s, wall_s, config.to_json())

@@ -31,13 +31,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from proto.fedmask.fl.v1 import fl_pb2 as fl
-from proto.fedmask.fl.v1 import fl_pb2_grpc as fl_grpc
-from secagg import ddp
-from secagg.ddp_accounting import DistributedDPAccountant, NoiseRecord
-from secagg.encoding import decode_sum
-from secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
-from secagg.rotation import rotation_seed
+from fedmask.proto.fl.v1 import fl_pb2 as fl
+from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
+from fedmask.secagg import ddp
+from fedmask.secagg.ddp_accounting import DistributedDPAccountant, NoiseRecord
+from fedmask.secagg.encoding import decode_sum
+from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.rotation import rotation_seed
 
 from . import adapter_payload
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
@@ -352,7 +352,7 @@ class RoundRecord:
 def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, list]:
     """The adapter every participant starts from (LoRA-B at zero): built with the participants'
     own code so that the layouts match."""
-    from participant.training import LocalTrainer, TrainingConfig
+    from fedmask.participant.training import LocalTrainer, TrainingConfig
 
     trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
     return trainer.adapter_vector().astype(np.float32), trainer.spec.to_json()

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator import pki
-from secagg.errors import Phase
-from secagg.rand import SeededRandom
-from secagg.simulation import random_input
+from fedmask.coordinator import pki
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
 
 COORDINATOR_NAME = "main"
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+) ")
@@ -181,7 +181,7 @@ def start_coordinator(
 ) -> CoordinatorProcess:
     """``fedmask coordinator serve --port 0 --json`` in a child process; returns once it listens."""
     args = [
-        "-m", "coordinator.serve_cli", "serve",
+        "-m", "fedmask.coordinator.serve_cli", "serve",
         "--federation", str(federation),
         "--name", COORDINATOR_NAME,
         "--participants", ",".join(participants),
@@ -227,9 +227,9 @@ def start_participant(
         "--synthetic-seed", str(seed),
     ]  # fmt: skip
     if drop_before is None:
-        args = ["-m", "participant.join_cli", *common, "--json"]
+        args = ["-m", "fedmask.participant.join_cli", *common, "--json"]
     else:
-        args = ["-m", "coordinator.loopback", "drop-out", *common, "--before", drop_before.value, "--how", drop_how]
+        args = ["-m", "fedmask.coordinator.loopback", "drop-out", *common, "--before", drop_before.value, "--how", drop_how]
     return _spawn(name, [*args, *extra_args], env)
 
 
@@ -246,8 +246,8 @@ def drop_out_main(argv: Sequence[str] | None = None) -> None:
     """``python -m coordinator.loopback drop-out ...``: see the module docstring."""
     import argparse
 
-    from participant.grpc_client import take_part
-    from participant.join_cli import setup_connection, synthetic_input
+    from fedmask.participant.grpc_client import take_part
+    from fedmask.participant.join_cli import setup_connection, synthetic_input
 
     parser = argparse.ArgumentParser(prog="python -m coordinator.loopback drop-out")
     parser.add_argument("--federation", type=Path, required=True)

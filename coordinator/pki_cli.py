@@ -1,6 +1,6 @@
 """``fedmask pki``: create the federation CA, issue certificates and tokens, show the roster.
 
-Thin click wrappers over ``coordinator.pki``; every failure there becomes a one-line error.
+Thin click wrappers over ``fedmask.coordinator.pki``; every failure there becomes a one-line error.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from cryptography import x509
 
-from coordinator import pki as pkilib
+from fedmask.coordinator import pki as pkilib
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -52,14 +52,14 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from coordinator.transport import AuthError, ServerSecurity
-from proto import transport, wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
-from secagg.errors import InvalidMessage, Phase, ProtocolAbort
-from secagg.messages import Abort, AdvertiseKeys
-from secagg.params import ProtocolParams, SecurityMode
-from secagg.server import Server, ServerConfig, ServerState
+from fedmask.coordinator.transport import AuthError, ServerSecurity
+from fedmask.proto import transport, wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
+from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort
+from fedmask.secagg.messages import Abort, AdvertiseKeys
+from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.secagg.server import Server, ServerConfig, ServerState
 
 log = logging.getLogger(__name__)
 

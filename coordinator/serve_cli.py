@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from coordinator import pki
-from coordinator import transport as server_transport
-from coordinator.round_server import (
+from fedmask.coordinator import pki
+from fedmask.coordinator import transport as server_transport
+from fedmask.coordinator.round_server import (
     DEFAULT_JOIN_TIMEOUT_S,
     DEFAULT_PHASE_TIMEOUT_S,
     CoordinatorServer,
@@ -31,8 +31,8 @@ from coordinator.round_server import (
     ServerSettings,
     new_round_id,
 )
-from secagg.errors import ParameterError
-from secagg.params import ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.params import ProtocolParams, SecurityMode, default_threshold
 
 EXIT_ABORTED = 3
 
@@ -229,5 +229,5 @@ def _report(index: int, outcome: RoundOutcome, summary: dict) -> None:
 if __name__ == "__main__":  # pragma: no cover - `python -m coordinator.serve_cli serve ...`
     coordinator()
 
-from coordinator.federate_cli import run  # noqa: E402 - `fedmask coordinator run` lives with the federation loop
+from fedmask.coordinator.federate_cli import run  # noqa: E402 - `fedmask coordinator run` lives with the federation loop
 coordinator.add_command(run)

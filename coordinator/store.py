@@ -2,7 +2,7 @@
 
 ``FederationStore(path)`` opens (or creates) ``path`` -- e.g. ``state/federation.db`` -- and keeps
 the global-adapter checkpoints in ``state/federation.checkpoints/`` (see
-``coordinator.checkpoint``). The database holds:
+``fedmask.coordinator.checkpoint``). The database holds:
 
 - ``federation_config``: the validated run config as canonical JSON, written once; a changed
   config is refused unless the caller allows it explicitly, and then it becomes a new version.
@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from coordinator import checkpoint as checkpoints
-from coordinator.checkpoint import CheckpointError, CheckpointRef, FileRef
-from coordinator.pki import NAME_PATTERN
+from fedmask.coordinator import checkpoint as checkpoints
+from fedmask.coordinator.checkpoint import CheckpointError, CheckpointRef, FileRef
+from fedmask.coordinator.pki import NAME_PATTERN
 
 __all__ = [
     "MIGRATIONS",

@@ -21,9 +21,9 @@ from typing import Protocol
 
 import grpc
 
-from coordinator import pki
-from proto.transport import METADATA_PARTICIPANT, METADATA_TOKEN
-from proto.wire import PARTICIPANT_NAME
+from fedmask.coordinator import pki
+from fedmask.proto.transport import METADATA_PARTICIPANT, METADATA_TOKEN
+from fedmask.proto.wire import PARTICIPANT_NAME
 
 
 class AuthError(Exception):

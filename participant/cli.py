@@ -110,9 +110,9 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from participant.data import DataError, load_local_data
-    from participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-    from participant.training import (
+    from fedmask.participant.data import DataError, load_local_data
+    from fedmask.participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
+    from fedmask.participant.training import (
         ConfigError,
         TrainingConfig,
         configure_threads,
@@ -191,8 +191,8 @@ def train(
     click.echo(json.dumps({"adapter": str(out_dir / "adapter"),
                            "report": str(out_dir / "report.json")}))
 
-from participant.join_cli import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client
+from fedmask.participant.join_cli import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client
 participant.add_command(join)
 
-from participant.node_cli import node  # noqa: E402 - `fedmask participant node` lives with the node loop
+from fedmask.participant.node_cli import node  # noqa: E402 - `fedmask participant node` lives with the node loop
 participant.add_command(node)

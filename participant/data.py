@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from participant.pii import empty_counts, scrub
+from fedmask.participant.pii import empty_counts, scrub
 
 TASKS: tuple[str, ...] = ("classification", "causal_lm")
 SPLITS: tuple[str, ...] = ("train", "heldout")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from participant.demo_data import PARTIES, generate_records, write_records
+from fedmask.participant.demo_data import PARTIES, generate_records, write_records
 
 
 @click.group()

@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from participant.pii import IBAN_LENGTHS, cn_resident_id_check_char, luhn_valid
+from fedmask.participant.pii import IBAN_LENGTHS, cn_resident_id_check_char, luhn_valid
 
 PARTIES: tuple[str, ...] = ("hospital-a", "hospital-b", "bank")
 

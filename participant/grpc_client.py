@@ -25,11 +25,11 @@ import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proto import transport, wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from secagg.client import Client, ClientConfig, ClientState
-from secagg.errors import Phase
-from secagg.messages import (
+from fedmask.proto import transport, wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.secagg.client import Client, ClientConfig, ClientState
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
     ConsistencySignature,
@@ -37,8 +37,8 @@ from secagg.messages import (
     ShareKeys,
     UnmaskResponse,
 )
-from secagg.params import SecurityMode
-from secagg.rand import RandomSource, SystemRandom
+from fedmask.secagg.params import SecurityMode
+from fedmask.secagg.rand import RandomSource, SystemRandom
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from coordinator import pki
-from participant.grpc_client import (
+from fedmask.coordinator import pki
+from fedmask.participant.grpc_client import (
     Connection,
     Identity,
     Outcome,
@@ -29,10 +29,10 @@ from participant.grpc_client import (
     one_way_tls_credentials,
     take_part,
 )
-from proto import transport, wire
-from secagg import prg
-from secagg.rand import SeededRandom
-from secagg.simulation import random_input
+from fedmask.proto import transport, wire
+from fedmask.secagg import prg
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
 
 EXIT_ABORTED = 3
 TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from participant.data import DataError, load_local_data
-from participant.join_cli import TOKEN_ENV, setup_connection
-from participant.node import Node, NodeError
+from fedmask.participant.data import DataError, load_local_data
+from fedmask.participant.join_cli import TOKEN_ENV, setup_connection
+from fedmask.participant.node import Node, NodeError
 
 
 @click.command("node")

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from participant.adapter_vector import (
+from fedmask.participant.adapter_vector import (
     VectorLayoutError,
     VectorSpec,
     flatten,
@@ -73,9 +73,9 @@ from participant.adapter_vector import (
     trainable_named_parameters,
     unflatten,
 )
-from participant.data import LocalData, Record, scrub_records
-from participant.ledger import ACCOUNTANTS, PrivacyLedger, PrivacyPlan
-from participant.pii import empty_counts
+from fedmask.participant.data import LocalData, Record, scrub_records
+from fedmask.participant.ledger import ACCOUNTANTS, PrivacyLedger, PrivacyPlan
+from fedmask.participant.pii import empty_counts
 
 TASKS: tuple[str, ...] = ("classification", "causal_lm")
 MODES: tuple[str, ...] = ("lora", "bitfit")

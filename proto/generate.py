@@ -1,4 +1,4 @@
-"""Regenerate the committed Python code of the .proto files: ``python -m proto.generate``.
+"""Regenerate the committed Python code of the .proto files: ``python -m fedmask.proto.generate``.
 
 The generated modules are committed (so installing fedmask needs no protoc), and
 ``tests/coordinator/test_proto_generated.py`` regenerates them into a temporary directory and
@@ -9,13 +9,19 @@ so ``make test`` runs the check).
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Paths relative to the repository root, which is protoc's include root: the generated modules
-# then import each other as ``proto.fedmask...``, inside the ``proto`` package.
-PROTO_FILES = ("proto/fedmask/secagg/v1/secagg.proto", "proto/fedmask/fl/v1/fl.proto")
+PROTO_DIR = REPO_ROOT / "proto"
+# Where the folder proto/ is installed: the package ``fedmask.proto``. protoc runs on an include
+# root where proto/ appears as fedmask/proto/, so the generated modules import each other as
+# ``fedmask.proto...`` and the descriptors name their files fedmask/proto/....
+PACKAGE_PATH = Path("fedmask/proto")
+# Paths relative to the repository root.
+PROTO_FILES = ("proto/secagg/v1/secagg.proto", "proto/fl/v1/fl.proto")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 # Lines that only record which protoc/grpcio-tools release ran. They differ between tool
@@ -43,18 +49,31 @@ def generate(out_dir: Path) -> list[Path]:
 
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        "grpc_tools.protoc",
-        f"--proto_path={REPO_ROOT}",
-        f"--proto_path={well_known}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *(str(REPO_ROOT / p) for p in PROTO_FILES),
-    ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {', '.join(PROTO_FILES)}")
-    return [out_dir / path for proto in PROTO_FILES for path in generated_paths(proto)]
+    with tempfile.TemporaryDirectory() as staging:
+        include_root, generated_root = Path(staging) / "include", Path(staging) / "out"
+        (include_root / PACKAGE_PATH).parent.mkdir(parents=True)
+        (include_root / PACKAGE_PATH).symlink_to(PROTO_DIR, target_is_directory=True)
+        generated_root.mkdir()
+        staged = [PACKAGE_PATH / Path(p).relative_to("proto") for p in PROTO_FILES]
+        args = [
+            "grpc_tools.protoc",
+            f"--proto_path={include_root}",
+            f"--proto_path={well_known}",
+            f"--python_out={generated_root}",
+            f"--pyi_out={generated_root}",
+            f"--grpc_python_out={generated_root}",
+            *(str(include_root / p) for p in staged),
+        ]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {', '.join(PROTO_FILES)}")
+        written = []
+        for proto in PROTO_FILES:
+            for path in generated_paths(proto):
+                target = out_dir / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(generated_root / PACKAGE_PATH / Path(path).relative_to("proto"), target)
+                written.append(target)
+    return written
 
 
 def normalised(text: str) -> str:

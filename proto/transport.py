@@ -13,8 +13,8 @@ below it; anything larger is refused by gRPC before it is read (RESOURCE_EXHAUST
 
 from __future__ import annotations
 
-from proto.wire import value_bytes
-from secagg.params import ProtocolParams
+from fedmask.proto.wire import value_bytes
+from fedmask.secagg.params import ProtocolParams
 
 PACKAGE = "fedmask.secagg.v1"
 SERVICE = f"{PACKAGE}.SecureAggregation"

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from secagg import keys, shamir
-from secagg.errors import ParameterError, Phase
-from secagg.messages import (
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.secagg import keys, shamir
+from fedmask.secagg.errors import ParameterError, Phase
+from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
     ConsistencyRequest,
@@ -35,8 +35,8 @@ from secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.params import MAX_PARTICIPANT_ID, ProtocolParams, SecurityMode
-from secagg.server import SHARE_CIPHERTEXT_BYTES
+from fedmask.secagg.params import MAX_PARTICIPANT_ID, ProtocolParams, SecurityMode
+from fedmask.secagg.server import SHARE_CIPHERTEXT_BYTES
 
 PROTOCOL_VERSION = 1
 SESSION_ID_BYTES = 32  # SHA-256

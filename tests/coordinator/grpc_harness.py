@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator import loopback, pki
-from coordinator.round_server import (
+from fedmask.coordinator import loopback, pki
+from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
     MessageLimits,
@@ -27,17 +27,17 @@ from coordinator.round_server import (
     ServerSettings,
     new_round_id,
 )
-from coordinator.transport import mtls_security
-from participant.grpc_client import REPLY_PHASE, Connection, Identity, Outcome, mtls_credentials, take_part
-from proto import wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
-from secagg import prg
-from secagg.client import Client, ClientConfig
-from secagg.errors import Phase
-from secagg.params import ProtocolParams, SecurityMode
-from secagg.rand import SeededRandom
-from secagg.simulation import random_input
+from fedmask.coordinator.transport import mtls_security
+from fedmask.participant.grpc_client import REPLY_PHASE, Connection, Identity, Outcome, mtls_credentials, take_part
+from fedmask.proto import wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
+from fedmask.secagg import prg
+from fedmask.secagg.client import Client, ClientConfig
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
 
 DIM = 1000
 HONEST = ("alice", "bob", "carol")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from coordinator.aggregation import AggregationError, FedAdam, FedAvg, server_optimizer_from_config
+from fedmask.coordinator.aggregation import AggregationError, FedAdam, FedAvg, server_optimizer_from_config
 
 
 def test_fedavg_adds_the_scaled_mean_update_exactly():

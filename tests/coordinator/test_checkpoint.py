@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from coordinator import checkpoint
-from coordinator.aggregation import FedAdam
-from coordinator.checkpoint import (
+from fedmask.coordinator import checkpoint
+from fedmask.coordinator.aggregation import FedAdam
+from fedmask.coordinator.checkpoint import (
     CheckpointCorrupt,
     CheckpointError,
     CheckpointRef,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coordinator.demo_cli import _parse_drops, _profile, demo, demo_threshold, party_names
+from fedmask.coordinator.demo_cli import _parse_drops, _profile, demo, demo_threshold, party_names
 
 
 def test_party_names_cycle_through_the_three_profiles() -> None:
@@ -57,7 +57,7 @@ def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "demo", "--out", str(out), "--participants", "3",
+        [sys.executable, "-m", "fedmask.coordinator.cli", "demo", "--out", str(out), "--participants", "3",
          "--rounds", "2", "--records", "60", "--drop", "bank@1", "--skip-baseline"],
         capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL,
     )

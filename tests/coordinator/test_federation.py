@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from coordinator import adapter_payload
-from coordinator.federation import FederationConfig, FederationError, _report_problem
-from proto.fedmask.fl.v1 import fl_pb2 as fl
+from fedmask.coordinator import adapter_payload
+from fedmask.coordinator.federation import FederationConfig, FederationError, _report_problem
+from fedmask.proto.fl.v1 import fl_pb2 as fl
 
 PARTIES = ("hospital-a", "hospital-b", "bank")
 

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from coordinator import pki
-from coordinator.pki_cli import pki as pki_command
+from fedmask.coordinator import pki
+from fedmask.coordinator.pki_cli import pki as pki_command
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: one federation with a coordinator and two participants, and a foreign federation.

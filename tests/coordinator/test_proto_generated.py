@@ -1,6 +1,6 @@
 """The committed generated code matches the .proto files: regenerate into a temporary directory
 with grpcio-tools and compare (the lines naming the tool release are ignored). To fix a failure:
-``python -m proto.generate`` and commit the result."""
+``python -m fedmask.proto.generate`` and commit the result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc_tools  # noqa: F401 - in the test extra; without it this test must fail, not skip
 import pytest
 
-from proto import generate
+from fedmask.proto import generate
 
 
 @pytest.mark.parametrize("proto_file", generate.PROTO_FILES)
@@ -18,9 +18,9 @@ def test_generated_code_is_up_to_date(proto_file, tmp_path):
     for relative in generate.generated_paths(proto_file):
         committed = generate.REPO_ROOT / relative
         fresh = tmp_path / relative
-        assert committed.is_file(), f"{relative} is missing: run `python -m proto.generate`"
+        assert committed.is_file(), f"{relative} is missing: run `python -m fedmask.proto.generate`"
         assert generate.normalised(committed.read_text()) == generate.normalised(fresh.read_text()), (
-            f"{relative} is stale: run `python -m proto.generate` and commit the result"
+            f"{relative} is stale: run `python -m fedmask.proto.generate` and commit the result"
         )
 
 
@@ -38,7 +38,7 @@ def test_every_package_directory_is_importable():
 
 
 def test_the_service_is_versioned():
-    from proto.fedmask.secagg.v1 import secagg_pb2
+    from fedmask.proto.secagg.v1 import secagg_pb2
 
     assert secagg_pb2.DESCRIPTOR.package == "fedmask.secagg.v1"
     assert "SecureAggregation" in secagg_pb2.DESCRIPTOR.services_by_name

@@ -22,8 +22,8 @@ from grpc_harness import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator import loopback, pki
-from coordinator.round_server import (
+from fedmask.coordinator import loopback, pki
+from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
     MessageLimits,
@@ -31,13 +31,13 @@ from coordinator.round_server import (
     ServerSettings,
     new_round_id,
 )
-from coordinator.transport import insecure_security, mtls_security, token_security
-from participant.grpc_client import Connection, Identity, one_way_tls_credentials, take_part
-from proto import transport, wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from secagg.errors import Phase
-from secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
-from secagg.params import ProtocolParams, SecurityMode
+from fedmask.coordinator.transport import insecure_security, mtls_security, token_security
+from fedmask.participant.grpc_client import Connection, Identity, one_way_tls_credentials, take_part
+from fedmask.proto import transport, wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
+from fedmask.secagg.params import ProtocolParams, SecurityMode
 
 pytestmark = pytest.mark.timeout(120)
 ALL = (*HONEST, MALLORY)

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator import store as store_module
-from coordinator.aggregation import FedAdam
-from coordinator.checkpoint import CheckpointCorrupt, CheckpointRef
-from coordinator.store import (
+from fedmask.coordinator import store as store_module
+from fedmask.coordinator.aggregation import FedAdam
+from fedmask.coordinator.checkpoint import CheckpointCorrupt, CheckpointRef
+from fedmask.coordinator.store import (
     ConfigMismatch,
     FederationStore,
     InvalidRecord,
@@ -457,7 +457,7 @@ def test_a_failed_round_keeps_the_global_adapter(store):
 
 
 def _fake_ref_for(store: FederationStore, round_number: int) -> CheckpointRef:
-    from coordinator import checkpoint
+    from fedmask.coordinator import checkpoint
 
     return checkpoint.save_checkpoint(store.checkpoint_dir, round_number, small_vector(round_number), LAYOUT)
 

@@ -1,4 +1,4 @@
-"""proto.wire: every message survives protobuf and back unchanged, vectors bit for bit, and every
+"""fedmask.proto.wire: every message survives protobuf and back unchanged, vectors bit for bit, and every
 field the format fixes is checked on the way in."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from proto import transport, wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from secagg import keys, shamir
-from secagg.errors import Phase
-from secagg.messages import (
+from fedmask.proto import transport, wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.secagg import keys, shamir
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
     ConsistencyRequest,
@@ -23,9 +23,9 @@ from secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.params import ProtocolParams, SecurityMode
-from secagg.rand import SeededRandom
-from secagg.server import SHARE_CIPHERTEXT_BYTES
+from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.server import SHARE_CIPHERTEXT_BYTES
 
 RNG = SeededRandom.from_int(7)
 SID = RNG.random_bytes(32)

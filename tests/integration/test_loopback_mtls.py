@@ -1,5 +1,5 @@
 """The coordinator and the participants as separate OS processes over loopback mutual TLS, with
-certificates made by ``coordinator.pki`` for the test. The coordinator writes the sum to a file;
+certificates made by ``fedmask.coordinator.pki`` for the test. The coordinator writes the sum to a file;
 the test compares it bit for bit with the plaintext sum of the survivors' inputs, which it
 recomputes out of band from their seeds (``fedmask participant join --synthetic-seed``)."""
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from coordinator import loopback
-from secagg.errors import Phase
+from fedmask.coordinator import loopback
+from fedmask.secagg.errors import Phase
 
 pytestmark = pytest.mark.timeout(180)
 DIM = 100_000

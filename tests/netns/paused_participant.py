@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from participant.grpc_client import take_part
-from participant.join_cli import setup_connection, synthetic_input
-from secagg.errors import Phase
+from fedmask.participant.grpc_client import take_part
+from fedmask.participant.join_cli import setup_connection, synthetic_input
+from fedmask.secagg.errors import Phase
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from participant.adapter_vector import (
+from fedmask.participant.adapter_vector import (
     VectorLayoutError,
     VectorSpec,
     flatten,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from coordinator import loopback, pki
-from coordinator.round_server import (
+from fedmask.coordinator import loopback, pki
+from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
     MessageLimits,
@@ -25,16 +25,16 @@ from coordinator.round_server import (
     ServerSettings,
     new_round_id,
 )
-from coordinator.transport import mtls_security
-from participant.grpc_client import Connection, Identity, mtls_credentials, take_part
-from participant.join_cli import join, load_input
-from proto import wire
-from proto.fedmask.secagg.v1 import secagg_pb2 as pb
-from proto.fedmask.secagg.v1 import secagg_pb2_grpc as pb_grpc
-from secagg.errors import Phase
-from secagg.params import ProtocolParams, SecurityMode
-from secagg.rand import SeededRandom
-from secagg.simulation import random_input
+from fedmask.coordinator.transport import mtls_security
+from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, take_part
+from fedmask.participant.join_cli import join, load_input
+from fedmask.proto import wire
+from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
+from fedmask.secagg.errors import Phase
+from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
 
 pytestmark = pytest.mark.timeout(120)
 NAMES = ("alice", "bob", "carol")

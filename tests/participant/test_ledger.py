@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from participant.ledger import (
+from fedmask.participant.ledger import (
     LedgerError,
     PrivacyBudgetExceeded,
     PrivacyLedger,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from coordinator.federation import FederationConfig
-from participant.node import NodeError, NodeState, parse_encoding
+from fedmask.coordinator.federation import FederationConfig
+from fedmask.participant.node import NodeError, NodeState, parse_encoding
 
 PARTIES = ("hospital-a", "hospital-b", "bank")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from coordinator.cli import main
+from fedmask.coordinator.cli import main
 
 
 def test_data_generate_is_deterministic(tmp_path: Path) -> None:

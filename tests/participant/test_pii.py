@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from participant.demo_data import PARTIES, generate_records
-from participant.pii import (
+from fedmask.participant.demo_data import PARTIES, generate_records
+from fedmask.participant.pii import (
     PII_TYPES,
     cn_resident_id_check_char,
     cn_resident_id_valid,

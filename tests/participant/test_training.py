@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
-from participant.training import (
+from fedmask.participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
+from fedmask.participant.training import (
     ConfigError,
     LocalTrainer,
     TrainingConfig,

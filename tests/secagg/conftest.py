@@ -7,9 +7,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg import Client, ClientConfig, ProtocolParams, SecurityMode, Server, ServerConfig
-from secagg.rand import SeededRandom
-from secagg.simulation import random_input
+from fedmask.secagg import Client, ClientConfig, ProtocolParams, SecurityMode, Server, ServerConfig
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
 
 
 class Round:

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from secagg import InvalidMessage, Phase, SecurityMode
-from secagg.client import ClientState
-from secagg.messages import (
+from fedmask.secagg import InvalidMessage, Phase, SecurityMode
+from fedmask.secagg.client import ClientState
+from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
     ConsistencyRequest,

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from secagg import ddp, rotation
-from secagg.ddp import AggregateNoise, AggregateNoiseConfig, BudgetScope, WrapAroundDetected
-from secagg.ddp_accounting import DistributedDPAccountant
-from secagg.encoding import centered_lift, clip_l2
-from secagg.errors import ParameterError
-from secagg.prg import reduce_modulus
-from secagg.rand import SeededRandom
+from fedmask.secagg import ddp, rotation
+from fedmask.secagg.ddp import AggregateNoise, AggregateNoiseConfig, BudgetScope, WrapAroundDetected
+from fedmask.secagg.ddp_accounting import DistributedDPAccountant
+from fedmask.secagg.encoding import centered_lift, clip_l2
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.prg import reduce_modulus
+from fedmask.secagg.rand import SeededRandom
 
 SEED = rotation.rotation_seed(b"round-42")
 

@@ -9,8 +9,8 @@ import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import special, stats
 
-from secagg import ddp_accounting as acc
-from secagg.ddp import l1_bound
+from fedmask.secagg import ddp_accounting as acc
+from fedmask.secagg.ddp import l1_bound
 
 DELTA = 1e-5
 

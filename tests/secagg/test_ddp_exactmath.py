@@ -6,8 +6,8 @@ from fractions import Fraction
 import mpmath
 import pytest
 
-from secagg import exactmath
-from secagg.rand import SeededRandom
+from fedmask.secagg import exactmath
+from fedmask.secagg.rand import SeededRandom
 
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from secagg import rotation
+from fedmask.secagg import rotation
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 256])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from secagg import dpnoise, exactmath
-from secagg.rand import SeededRandom
+from fedmask.secagg import dpnoise, exactmath
+from fedmask.secagg.rand import SeededRandom
 
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from secagg import encoding
-from secagg.params import EncodingParams
-from secagg.rand import SeededRandom
+from fedmask.secagg import encoding
+from fedmask.secagg.params import EncodingParams
+from fedmask.secagg.rand import SeededRandom
 
 
 def test_clip_scales_down_only_above_the_norm():

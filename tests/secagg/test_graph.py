@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.graph import (
+from fedmask.secagg.graph import (
     GraphError,
     NeighbourGraph,
     complete_graph,
@@ -181,7 +181,7 @@ class TestParameterFinder:
         assert t <= k
 
     def test_finder_output_is_accepted_by_params(self):
-        from secagg import ProtocolParams, SecurityMode
+        from fedmask.secagg import ProtocolParams, SecurityMode
 
         k, t = find_secagg_plus_parameters(1000, dropout_fraction=0.1, corruption_fraction=0.1, malicious_server=True)
         params = ProtocolParams(dimension=10, modulus_bits=32, threshold=t, mode=SecurityMode.MALICIOUS, neighbours=k)

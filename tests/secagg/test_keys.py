@@ -3,9 +3,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives import serialization
 
-from secagg import keys
-from secagg.errors import CryptoError
-from secagg.rand import SeededRandom
+from fedmask.secagg import keys
+from fedmask.secagg.errors import CryptoError
+from fedmask.secagg.rand import SeededRandom
 
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 

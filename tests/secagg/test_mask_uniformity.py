@@ -3,7 +3,7 @@
 import numpy as np
 from scipy import stats
 
-from secagg import SecurityMode
+from fedmask.secagg import SecurityMode
 
 
 def _masked_vectors(make_round, input_value, dimension=1 << 16):

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from secagg import encoding
-from secagg.errors import ParameterError
-from secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
-from secagg.rand import SeededRandom
+from fedmask.secagg import encoding
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.rand import SeededRandom
 
 
 def test_headroom_is_reported_in_bits():

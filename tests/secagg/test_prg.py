@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from secagg import prg
+from fedmask.secagg import prg
 
 
 def _aes_ecb_counter_blocks(key: bytes, blocks: int) -> bytes:

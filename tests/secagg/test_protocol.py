@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from secagg import Phase, ProtocolParams, SecurityMode
-from secagg.rand import SeededRandom, random_below
-from secagg.simulation import DROPPABLE_PHASES, SimulationConfig, simulate
+from fedmask.secagg import Phase, ProtocolParams, SecurityMode
+from fedmask.secagg.rand import SeededRandom, random_below
+from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, simulate
 
 
 def _completes(n, t, drop_at, mode):

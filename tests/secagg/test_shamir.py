@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg import shamir
-from secagg.errors import ShamirError
-from secagg.rand import SeededRandom
+from fedmask.secagg import shamir
+from fedmask.secagg.errors import ShamirError
+from fedmask.secagg.rand import SeededRandom
 
 
 def test_field_prime_is_the_smallest_prime_above_2_to_256():

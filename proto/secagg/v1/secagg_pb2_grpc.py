@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.fedmask.secagg.v1 import secagg_pb2 as proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2
+from fedmask.proto.secagg.v1 import secagg_pb2 as fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/fedmask/secagg/v1/secagg_pb2_grpc.py depends on'
+        + ' but the generated code in fedmask/proto/secagg/v1/secagg_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class SecureAggregationStub:
         """
         self.Aggregate = channel.stream_stream(
                 '/fedmask.secagg.v1.SecureAggregation/Aggregate',
-                request_serializer=proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.SerializeToString,
-                response_deserializer=proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.FromString,
+                request_serializer=fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.SerializeToString,
+                response_deserializer=fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.FromString,
                 _registered_method=True)
 
 
@@ -78,8 +78,8 @@ def add_SecureAggregationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Aggregate': grpc.stream_stream_rpc_method_handler(
                     servicer.Aggregate,
-                    request_deserializer=proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.FromString,
-                    response_serializer=proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.SerializeToString,
+                    request_deserializer=fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.FromString,
+                    response_serializer=fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -107,8 +107,8 @@ class SecureAggregation:
             request_iterator,
             target,
             '/fedmask.secagg.v1.SecureAggregation/Aggregate',
-            proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.SerializeToString,
-            proto_dot_fedmask_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.FromString,
+            fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ClientEnvelope.SerializeToString,
+            fedmask_dot_proto_dot_secagg_dot_v1_dot_secagg__pb2.ServerEnvelope.FromString,
             options,
             channel_credentials,
             insecure,

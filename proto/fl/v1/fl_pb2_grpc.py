@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.fedmask.fl.v1 import fl_pb2 as proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2
+from fedmask.proto.fl.v1 import fl_pb2 as fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/fedmask/fl/v1/fl_pb2_grpc.py depends on'
+        + ' but the generated code in fedmask/proto/fl/v1/fl_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class FederationStub:
         """
         self.GetTask = channel.unary_unary(
                 '/fedmask.fl.v1.Federation/GetTask',
-                request_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.SerializeToString,
-                response_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.Task.FromString,
+                request_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.SerializeToString,
+                response_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.Task.FromString,
                 _registered_method=True)
         self.DownloadAdapter = channel.unary_stream(
                 '/fedmask.fl.v1.Federation/DownloadAdapter',
-                request_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.SerializeToString,
-                response_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.FromString,
+                request_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.SerializeToString,
+                response_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
                 '/fedmask.fl.v1.Federation/Report',
-                request_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.SerializeToString,
-                response_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ReportAck.FromString,
+                request_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.SerializeToString,
+                response_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ReportAck.FromString,
                 _registered_method=True)
 
 
@@ -77,18 +77,18 @@ def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
-                    request_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.FromString,
-                    response_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.Task.SerializeToString,
+                    request_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.FromString,
+                    response_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.Task.SerializeToString,
             ),
             'DownloadAdapter': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadAdapter,
-                    request_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.FromString,
-                    response_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.SerializeToString,
+                    request_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.FromString,
+                    response_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
-                    request_deserializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.FromString,
-                    response_serializer=proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ReportAck.SerializeToString,
+                    request_deserializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.FromString,
+                    response_serializer=fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ReportAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -116,8 +116,8 @@ class Federation:
             request,
             target,
             '/fedmask.fl.v1.Federation/GetTask',
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.SerializeToString,
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.Task.FromString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.TaskRequest.SerializeToString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,
@@ -143,8 +143,8 @@ class Federation:
             request,
             target,
             '/fedmask.fl.v1.Federation/DownloadAdapter',
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.SerializeToString,
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.FromString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterRequest.SerializeToString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.AdapterChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -170,8 +170,8 @@ class Federation:
             request,
             target,
             '/fedmask.fl.v1.Federation/Report',
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.SerializeToString,
-            proto_dot_fedmask_dot_fl_dot_v1_dot_fl__pb2.ReportAck.FromString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ParticipantReport.SerializeToString,
+            fedmask_dot_proto_dot_fl_dot_v1_dot_fl__pb2.ReportAck.FromString,
             options,
             channel_credentials,
             insecure,
