@@ -26,9 +26,10 @@ import click
 import numpy as np
 from rich.progress import Progress
 
-from fedmask.secagg import ddp as distributed_dp
-from fedmask.secagg import dpnoise, prg, rotation
-from fedmask.secagg.ddp import AggregateNoise, AggregateNoiseConfig, BudgetScope
+from fedmask.ddp import mechanism as distributed_dp
+from fedmask.ddp import samplers as dpnoise, rotation
+from fedmask.secagg import prg
+from fedmask.ddp.mechanism import AggregateNoise, AggregateNoiseConfig, BudgetScope
 from fedmask.secagg.encoding import clip_l2, to_modular
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.rand import SeededRandom, SystemRandom

@@ -70,7 +70,7 @@ def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
 
 def _pool(count: int) -> list:
     from fedmask.participant.data import Record
-    from fedmask.participant.demo_data import generate_records
+    from fedmask.demo.data import generate_records
 
     return [Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
             for r in generate_records("hospital-a", count, seed=11)]
@@ -175,8 +175,8 @@ def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) 
 
 
 def _tiny_qwen2(directory: Path) -> str:
-    from fedmask.participant.demo_data import PARTIES, generate_records
-    from fedmask.participant.tiny_models import build_tiny_qwen2
+    from fedmask.demo.data import PARTIES, generate_records
+    from fedmask.testing.tiny_models import build_tiny_qwen2
 
     texts = [str(r["text"]) for party in PARTIES for r in generate_records(party, 300, seed=9)]
     return str(build_tiny_qwen2(directory, texts))

@@ -32,8 +32,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fedmask.bench.simulate_cli import build_config
-from fedmask.coordinator import loopback
+from fedmask.cli.simulate import build_config
+from fedmask.testing import loopback
 from fedmask.secagg import simulation
 from fedmask.secagg.errors import Phase
 from fedmask.secagg.params import SecurityMode

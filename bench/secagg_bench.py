@@ -49,7 +49,7 @@ def secagg_plus_degree(participants: int, dropout: float) -> tuple[int, int]:
 
 
 def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) -> dict:
-    command = [sys.executable, "-m", "fedmask.coordinator.cli", "simulate", "-n", str(participants), "-d", str(dim),
+    command = [sys.executable, "-m", "fedmask.cli", "simulate", "-n", str(participants), "-d", str(dim),
                "--dropout", str(dropout), "--seed", str(seed), "--json"]
     if graph == "secagg+":
         k, t = secagg_plus_degree(participants, dropout)

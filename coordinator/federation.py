@@ -33,13 +33,13 @@ import numpy as np
 
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
-from fedmask.secagg import ddp
-from fedmask.secagg.ddp_accounting import DistributedDPAccountant, NoiseRecord
+from fedmask.ddp import mechanism as ddp
+from fedmask.ddp.accounting import DistributedDPAccountant, NoiseRecord
 from fedmask.secagg.encoding import decode_sum
 from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
-from fedmask.secagg.rotation import rotation_seed
+from fedmask.ddp.rotation import rotation_seed
 
-from . import adapter_payload
+from fedmask.adapter import payload as adapter_payload
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
 from .transport import AuthError, ServerSecurity
 

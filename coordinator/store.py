@@ -62,7 +62,7 @@ import numpy as np
 
 from fedmask.coordinator import checkpoint as checkpoints
 from fedmask.coordinator.checkpoint import CheckpointError, CheckpointRef, FileRef
-from fedmask.coordinator.pki import NAME_PATTERN
+from fedmask.pki import NAME_PATTERN
 
 __all__ = [
     "MIGRATIONS",

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import grpc
 
-from fedmask.coordinator import pki
+from fedmask import pki
 from fedmask.proto.transport import METADATA_PARTICIPANT, METADATA_TOKEN
 from fedmask.proto.wire import PARTICIPANT_NAME
 

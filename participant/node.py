@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedmask.coordinator import adapter_payload
+from fedmask.adapter import payload as adapter_payload
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
-from fedmask.secagg import ddp
+from fedmask.ddp import mechanism as ddp
 from fedmask.secagg.encoding import encode
 from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SystemRandom
-from fedmask.secagg.rotation import rotation_seed
+from fedmask.ddp.rotation import rotation_seed
 
 from .data import LocalData
 from .grpc_client import Connection, Identity, _open_channel, take_part

@@ -63,16 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmask.participant.adapter_vector import (
-    VectorLayoutError,
-    VectorSpec,
-    flatten,
-    load_model_vector,
-    model_vector,
-    spec_of,
-    trainable_named_parameters,
-    unflatten,
-)
+from fedmask.adapter.vector import VectorLayoutError, VectorSpec, flatten, load_model_vector, model_vector, spec_of, trainable_named_parameters, unflatten
 from fedmask.participant.data import LocalData, Record, scrub_records
 from fedmask.participant.ledger import ACCOUNTANTS, PrivacyLedger, PrivacyPlan
 from fedmask.participant.pii import empty_counts

@@ -1,7 +1,7 @@
 """Regenerate the committed Python code of the .proto files: ``python -m fedmask.proto.generate``.
 
 The generated modules are committed (so installing fedmask needs no protoc), and
-``tests/coordinator/test_proto_generated.py`` regenerates them into a temporary directory and
+``tests/proto/test_generate.py`` regenerates them into a temporary directory and
 fails if they differ from the committed ones. Needs ``grpcio-tools`` (in the ``test`` extra,
 so ``make test`` runs the check).
 """

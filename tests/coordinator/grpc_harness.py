@@ -17,7 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from fedmask.coordinator import loopback, pki
+from fedmask.testing import loopback
+from fedmask import pki
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,

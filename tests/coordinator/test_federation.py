@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fedmask.coordinator import adapter_payload
+from fedmask.adapter import payload as adapter_payload
 from fedmask.coordinator.federation import FederationConfig, FederationError, _report_problem
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 

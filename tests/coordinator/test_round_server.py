@@ -22,7 +22,8 @@ from grpc_harness import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedmask.coordinator import loopback, pki
+from fedmask.testing import loopback
+from fedmask import pki
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,

@@ -25,9 +25,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("grpc")
 
-from fedmask.coordinator import pki  # noqa: E402
+from fedmask import pki  # noqa: E402
 from fedmask.coordinator.store import FederationStore  # noqa: E402
-from fedmask.participant.demo_data import PARTIES, generate_records, write_records  # noqa: E402
+from fedmask.demo.data import PARTIES, generate_records, write_records  # noqa: E402
 
 ROUNDS = 3
 EPSILON = 8.0
@@ -43,7 +43,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     handle = log.open("a")
-    return subprocess.Popen([sys.executable, "-m", "fedmask.coordinator.cli", *args], stdout=handle, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "fedmask.cli", *args], stdout=handle, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env)
 
 

@@ -1,5 +1,5 @@
 """The coordinator and the participants as separate OS processes over loopback mutual TLS, with
-certificates made by ``fedmask.coordinator.pki`` for the test. The coordinator writes the sum to a file;
+certificates made by ``fedmask.pki`` for the test. The coordinator writes the sum to a file;
 the test compares it bit for bit with the plaintext sum of the survivors' inputs, which it
 recomputes out of band from their seeds (``fedmask participant join --synthetic-seed``)."""
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fedmask.coordinator import loopback
+from fedmask.testing import loopback
 from fedmask.secagg.errors import Phase
 
 pytestmark = pytest.mark.timeout(180)

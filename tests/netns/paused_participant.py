@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from fedmask.participant.grpc_client import take_part
-from fedmask.participant.join_cli import setup_connection, synthetic_input
+from fedmask.cli.join import setup_connection, synthetic_input
 from fedmask.secagg.errors import Phase
 
 

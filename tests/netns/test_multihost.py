@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from netns_topology import Topology, existing_namespaces
 
-from fedmask.coordinator import loopback, pki
+from fedmask.testing import loopback
+from fedmask import pki
 from fedmask.secagg.errors import Phase
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240), pytest.mark.usefixtures("netns_available")]
@@ -71,7 +72,7 @@ def spawn(network: Topology, host: str, args: list[str], *, cls=loopback.Process
 
 def start_coordinator(network, federation, participants, output: Path, *, rounds=1, threshold=None,
                       join_timeout_s=60.0, phase_timeout_s=10.0) -> loopback.CoordinatorProcess:
-    args = ["-m", "fedmask.coordinator.serve_cli", "serve", "--federation", str(federation), "--name", "main",
+    args = ["-m", "fedmask.cli.coordinator", "serve", "--federation", str(federation), "--name", "main",
             "--participants", ",".join(participants), "--dim", str(DIM), "--host", "0.0.0.0",
             "--port", str(PORT), "--rounds", str(rounds), "--join-timeout", str(join_timeout_s),
             "--phase-timeout", str(phase_timeout_s), "--output", str(output), "--json"]
@@ -101,7 +102,7 @@ def test_link_cut_in_masked_input_leaves_the_exact_sum_of_the_survivors(make_net
     output = tmp_path / "sum.npy"
     coordinator = start_coordinator(network, federation, names, output, threshold=3)
 
-    honest = {name: spawn(network, name, ["-m", "fedmask.participant.join_cli",
+    honest = {name: spawn(network, name, ["-m", "fedmask.cli.join",
                                           *join_args(network, federation, name, seeds[name], "--json")])
               for name in survivors}
     paused = spawn(network, victim, [str(PAUSED_PARTICIPANT), *join_args(network, federation, victim, seeds[victim]),
@@ -140,7 +141,7 @@ def test_partitioned_coordinator_participants_back_off_and_join_the_next_round(m
     network.cut("coordinator")
     coordinator = start_coordinator(network, federation, names, output, rounds=3, threshold=2,
                                     join_timeout_s=25.0)
-    participants = {name: spawn(network, name, ["-m", "fedmask.participant.join_cli",
+    participants = {name: spawn(network, name, ["-m", "fedmask.cli.join",
                                                 *join_args(network, federation, name, seeds[name], "--rounds", "2",
                                                            "--connect-attempts", "40", "--json")])
                     for name in names}

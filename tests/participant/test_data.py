@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedmask.participant.data import DataError, load_local_data, load_records, split_records
-from fedmask.participant.demo_data import PARTIES, generate_records, write_records
+from fedmask.demo.data import PARTIES, generate_records, write_records
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fedmask.coordinator import loopback, pki
+from fedmask.testing import loopback
+from fedmask import pki
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
@@ -27,7 +28,7 @@ from fedmask.coordinator.round_server import (
 )
 from fedmask.coordinator.transport import mtls_security
 from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, take_part
-from fedmask.participant.join_cli import join, load_input
+from fedmask.cli.join import join, load_input
 from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmask.participant.adapter_vector import trainable_named_parameters
+from fedmask.adapter.vector import trainable_named_parameters
 from fedmask.participant.training import LocalTrainer, TrainingConfig, _collate, per_sequence_loss
 
 CLIP = 0.05  # small enough that every record's gradient is clipped

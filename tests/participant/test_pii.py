@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fedmask.participant.demo_data import PARTIES, generate_records
+from fedmask.demo.data import PARTIES, generate_records
 from fedmask.participant.pii import (
     PII_TYPES,
     cn_resident_id_check_char,

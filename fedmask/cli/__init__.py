@@ -1,0 +1,60 @@
+"""The ``fedmask`` command: one entry point for every role.
+
+Each area owns its commands in its own module; this file only wires them together, importing
+them lazily so that ``fedmask simulate`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> "module:attribute" of a click command or group
+_COMMANDS: dict[str, str] = {
+    "simulate": "fedmask.cli.simulate:simulate",
+    "bench": "fedmask.cli.bench:bench",
+    "pki": "fedmask.cli.pki:pki",
+    "coordinator": "fedmask.cli.coordinator:coordinator",
+    "participant": "fedmask.cli.participant:participant",
+    "data": "fedmask.cli.data:data",
+    "demo": "fedmask.cli.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use from ``commands_by_name``."""
+
+    commands_by_name: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in self.commands_by_name if self.get_command(ctx, name))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = self.commands_by_name.get(name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A command whose module is not part of this installation is simply not offered;
+            # any other import failure is a real bug and must surface.
+            if exc.name == module_name:
+                return None
+            raise
+        return getattr(module, attribute)
+
+
+class _RootGroup(LazyGroup):
+    commands_by_name = _COMMANDS
+
+
+@click.group(cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fedmask")
+def main() -> None:
+    """fedmask: differentially private adapters under secure aggregation."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

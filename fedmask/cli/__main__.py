@@ -1,0 +1,5 @@
+"""``python -m fedmask.cli ...`` is the ``fedmask`` command."""
+
+from fedmask.cli import main
+
+main()

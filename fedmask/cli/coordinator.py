@@ -1,0 +1,233 @@
+"""``fedmask coordinator serve``: run secure-aggregation rounds over gRPC.
+
+    fedmask coordinator serve --federation DIR --participants a,b,c --dim D [--threshold T]
+        [--port P] [--phase-timeout S] [--mode semi-honest|malicious] [--rounds 1] ...
+
+Prints one line per event (who joined, each phase with who is in, dropouts and why) and, at the
+end, the sum summary of every round. The sum itself is written only where ``--output`` says.
+Exit status: 0 when every round completed, 3 when a round aborted, 1 on a usage or setup error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from fedmask import pki
+from fedmask.coordinator import transport as server_transport
+from fedmask.coordinator.round_server import (
+    DEFAULT_JOIN_TIMEOUT_S,
+    DEFAULT_PHASE_TIMEOUT_S,
+    CoordinatorServer,
+    MessageLimits,
+    RoundConfig,
+    RoundOutcome,
+    ServerSettings,
+    new_round_id,
+)
+from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.params import ProtocolParams, SecurityMode, default_threshold
+
+EXIT_ABORTED = 3
+
+
+def _echo(line: str) -> None:
+    click.echo(f"{dt.datetime.now():%H:%M:%S} {line}")
+
+
+def _participant_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if len(set(names)) != len(names):
+        raise click.BadParameter("a participant is listed twice", param_hint="--participants")
+    if len(names) < 2:
+        raise click.BadParameter("at least 2 participants", param_hint="--participants")
+    return tuple(sorted(names))
+
+
+def _output_path(output: Path, index: int, rounds: int) -> Path:
+    if rounds == 1:
+        return output
+    return output.with_name(f"{output.stem}-round{index}{output.suffix or '.npy'}")
+
+
+@click.group("coordinator")
+def coordinator() -> None:
+    """The coordinator: runs secure-aggregation rounds; participants dial in."""
+
+
+@coordinator.command("serve")
+@click.option(
+    "--federation",
+    "federation_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("federation"),
+    envvar="FEDMASK_PKI_DIR",
+    show_default=True,
+    help="Federation directory from `fedmask pki` (CA, coordinator certificate, roster).",
+)
+@click.option("--name", "coordinator_name", default="main", show_default=True, help="Coordinator certificate name.")
+@click.option("--participants", default=None, help="Comma-separated names selected for the round(s) (default: everyone in the roster); ids are their sorted positions.")
+@click.option("--dim", "dimension", type=click.IntRange(1, 1 << 31), required=True, help="Vector length d.")
+@click.option("--threshold", type=click.IntRange(2), default=None, help="t (default: floor(2h/3)+1 of the h share holders).")
+@click.option("--modulus-bits", type=click.IntRange(1, 64), default=32, show_default=True, help="Arithmetic mod 2^b.")
+@click.option("--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k (default: complete graph).")
+@click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True, help="0 picks a free port.")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None, help="Also serve the gRPC health service in plaintext on this port (for probes without a client certificate).")
+@click.option("--join-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_JOIN_TIMEOUT_S, show_default=True, help="Seconds to wait for the participants to join.")
+@click.option("--phase-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_PHASE_TIMEOUT_S, show_default=True, help="Seconds each protocol phase waits for messages.")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True, help="Rounds to run, one after the other.")
+@click.option("--auth", type=click.Choice(["mtls", "token"]), default="mtls", show_default=True, help="mtls: client certificates; token: one-way TLS + enrolment tokens.")
+@click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated gRPC (loopback experiments only).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write each round's sum here (.npy; round number added when --rounds > 1).")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line summarising every round.")
+@click.option("-v", "--verbose", is_flag=True, help="Log transport details to stderr.")
+def serve(
+    federation_dir: Path,
+    coordinator_name: str,
+    participants: str | None,
+    dimension: int,
+    threshold: int | None,
+    modulus_bits: int,
+    neighbours: int | None,
+    mode: str,
+    host: str,
+    port: int,
+    health_port: int | None,
+    join_timeout: float,
+    phase_timeout: float,
+    rounds: int,
+    auth: str,
+    insecure: bool,
+    output: Path | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Run secure-aggregation rounds for the selected participants."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
+        logging.getLogger(pki.__name__).setLevel(logging.ERROR)
+    security_mode = SecurityMode(mode)
+    try:
+        if insecure:
+            pki.warn_insecure("coordinator")
+            with_roster = security_mode is SecurityMode.MALICIOUS or participants is None
+            security = server_transport.insecure_security(federation_dir if with_roster else None)
+        elif auth == "token":
+            security = server_transport.token_security(federation_dir, coordinator_name)
+        else:
+            security = server_transport.mtls_security(federation_dir, coordinator_name)
+    except (pki.PkiError, OSError) as exc:
+        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from exc
+
+    if participants is not None:
+        names = _participant_names(participants)
+    else:
+        names = tuple(security.roster.names) if security.roster is not None else ()
+        if len(names) < 2:
+            raise click.UsageError("the roster has fewer than 2 participants: enrol more or give --participants")
+    identity_keys: dict[str, bytes] = {}
+    if security.roster is not None:
+        unknown = [n for n in names if n not in security.roster]
+        if unknown:
+            raise click.ClickException(f"not in the federation roster: {', '.join(unknown)}")
+        identity_keys = dict(security.roster.identity_keys)
+
+    try:
+        if threshold is None:
+            holders = ProtocolParams(dimension, modulus_bits, 2, security_mode, neighbours).holders_per_secret(len(names))
+            threshold = default_threshold(len(names), security_mode, holders)
+        params = ProtocolParams(dimension, modulus_bits, threshold, security_mode, neighbours)
+        params.validate(len(names))
+        configs = [
+            RoundConfig(new_round_id(), params, names, join_timeout, phase_timeout, identity_keys)
+            for _ in range(rounds)
+        ]
+    except (ParameterError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    limits = MessageLimits.for_round(params, len(names))
+    server = CoordinatorServer(
+        security,
+        limits,
+        settings=ServerSettings(host, port, health_port),
+        max_participants=len(names),
+        progress=_echo,
+    )
+
+    def listening(bound: int) -> None:
+        health = f"; health (plaintext) on {host}:{server.health_port}" if server.health_port else ""
+        _echo(
+            f"listening on {host}:{bound} ({security.authenticator.description}){health}; "
+            f"{len(names)} participants, d={dimension}, b={modulus_bits}, t={threshold}, "
+            f"{security_mode.value}, {rounds} round(s); max message {limits.receive_bytes} bytes"
+        )
+
+    try:
+        outcomes = asyncio.run(_serve(server, configs, listening))
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    summaries = []
+    for index, outcome in enumerate(outcomes, start=1):
+        summary = outcome.summary()
+        summary["round"] = index
+        if outcome.result is not None and output is not None:
+            path = _output_path(output, index, rounds)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, outcome.result)
+            summary["output"] = str(path)
+        summaries.append(summary)
+        _report(index, outcome, summary)
+    if as_json:
+        click.echo(json.dumps({"rounds": summaries, "transport": _transport_name(insecure, auth)}))
+    if not all(o.completed for o in outcomes):
+        raise SystemExit(EXIT_ABORTED)
+
+
+async def _serve(server: CoordinatorServer, configs: list[RoundConfig], listening) -> list[RoundOutcome]:
+    listening(await server.start())
+    outcomes = []
+    try:
+        for index, config in enumerate(configs, start=1):
+            if len(configs) > 1:
+                _echo(f"round {index}/{len(configs)}: {config.round_id.decode()}")
+            outcomes.append(await server.run_round(config))
+    finally:
+        await server.stop()
+    return outcomes
+
+
+def _transport_name(insecure: bool, auth: str) -> str:
+    return "insecure" if insecure else ("tls+token" if auth == "token" else "mtls")
+
+
+def _report(index: int, outcome: RoundOutcome, summary: dict) -> None:
+    if outcome.completed:
+        _echo(
+            f"round {index}: completed in {outcome.round_s:.3f} s with {len(outcome.survivors)}/"
+            f"{len(outcome.participants)} survivors"
+        )
+        _echo(
+            f"round {index}: sum of d={outcome.result.shape[0]} values mod 2^b, sha256 {summary['sum_sha256']}, "
+            f"first values {summary['sum_preview']}" + (f", written to {summary['output']}" if "output" in summary else "")
+        )
+    else:
+        phase = outcome.abort_phase.value if outcome.abort_phase else "?"
+        _echo(f"round {index}: ABORTED in {phase}: {outcome.abort_reason}")
+    for name, reason in sorted(outcome.dropped.items()):
+        _echo(f"round {index}: dropped {name}: {reason}")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m coordinator.serve_cli serve ...`
+    coordinator()
+
+from fedmask.cli.federate import run  # noqa: E402 - `fedmask coordinator run` lives with the federation loop
+coordinator.add_command(run)

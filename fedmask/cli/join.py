@@ -1,0 +1,192 @@
+"""``fedmask participant join``: take part in the coordinator's secure-aggregation round.
+
+    fedmask participant join --federation DIR --name NAME --coordinator HOST:PORT
+        (--input FILE.npy | --synthetic-seed N)
+
+The participant dials out (it never listens), authenticates with its client certificate from
+the federation directory (or ``--token-file`` over one-way TLS, or ``--insecure``), and uploads
+its input masked: the coordinator learns only the sum. Exit status: 0 when the round completed,
+3 when it aborted or this participant was dropped, 1 on a usage or setup error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from fedmask import pki
+from fedmask.participant.grpc_client import (
+    Connection,
+    Identity,
+    Outcome,
+    mtls_credentials,
+    one_way_tls_credentials,
+    take_part,
+)
+from fedmask.proto import transport, wire
+from fedmask.secagg import prg
+from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.simulation import random_input
+
+EXIT_ABORTED = 3
+TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
+
+
+def _echo(line: str) -> None:
+    click.echo(f"{dt.datetime.now():%H:%M:%S} {line}")
+
+
+def load_input(path: Path, start: wire.RoundStart) -> np.ndarray:
+    """An encoded input from a .npy file: d integers in [0, 2^b)."""
+    params = start.params
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if values.shape != (params.dimension,):
+        raise ValueError(f"{path} holds shape {values.shape}, the round needs ({params.dimension},)")
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"{path} holds {values.dtype}, the round needs integers mod 2^{params.modulus_bits}")
+    if values.size and (int(values.min()) < 0 or int(values.max()) >> params.modulus_bits):
+        raise ValueError(f"{path} has values outside [0, 2^{params.modulus_bits})")
+    return values.astype(prg.dtype_for_bits(params.modulus_bits))
+
+
+def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
+    """A uniformly random input mod 2^b from ``seed`` (demos and tests: anyone knowing the seed
+    can recompute it, which is the point there)."""
+    return random_input(SeededRandom.from_int(seed), start.params.dimension, start.params.modulus_bits)
+
+
+@click.command("join")
+@click.option(
+    "--federation",
+    "federation_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("federation"),
+    envvar="FEDMASK_PKI_DIR",
+    show_default=True,
+    help="Federation directory holding ca/ca.pem, participants/NAME/ and the roster.",
+)
+@click.option("--name", required=True, help="This participant's name (as in its certificate).")
+@click.option("--coordinator", "target", required=True, help="HOST:PORT of the coordinator.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help="Encoded input: .npy of d integers in [0, 2^b).")
+@click.option("--synthetic-seed", type=click.IntRange(0), default=None, help="Contribute a random input derived from this seed instead (demos, tests: anyone knowing the seed knows the input).")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True, help="Take part in this many consecutive rounds.")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help=f"Enrolment token (one-way TLS instead of a client certificate); or env {TOKEN_ENV}.")
+@click.option("--tls-server-name", default=None, help="Expected name in the coordinator certificate, when HOST differs.")
+@click.option("--connect-attempts", type=click.IntRange(1), default=8, show_default=True, help="Attempts to reach the coordinator (exponential backoff with jitter, 0.5 s doubling to 8 s).")
+@click.option("--round-timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True, help="Seconds one round may take, joining included.")
+@click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated gRPC (loopback experiments only).")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line describing each round's outcome.")
+@click.option("-v", "--verbose", is_flag=True, help="Log transport details to stderr.")
+def join(
+    federation_dir: Path,
+    name: str,
+    target: str,
+    input_path: Path | None,
+    synthetic_seed: int | None,
+    rounds: int,
+    token_file: Path | None,
+    tls_server_name: str | None,
+    connect_attempts: int,
+    round_timeout: float,
+    insecure: bool,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Join the coordinator's round and contribute an input under secure aggregation."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
+        logging.getLogger(pki.__name__).setLevel(logging.ERROR)
+    if wire.PARTICIPANT_NAME.fullmatch(name) is None:
+        raise click.BadParameter("names are lower-case DNS labels: [a-z0-9][a-z0-9-]{0,62}", param_hint="--name")
+    if (input_path is None) == (synthetic_seed is None):
+        raise click.UsageError("give exactly one of --input FILE.npy and --synthetic-seed N")
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
+
+    connection, identity = setup_connection(
+        federation_dir, name, target, token=token, tls_server_name=tls_server_name,
+        connect_attempts=connect_attempts, round_timeout_s=round_timeout, insecure=insecure,
+    )  # fmt: skip
+
+    def input_for_round(start: wire.RoundStart) -> np.ndarray:
+        if input_path is not None:
+            return load_input(input_path, start)
+        return synthetic_input(synthetic_seed, start)
+
+    outcomes: list[Outcome] = []
+    for index in range(1, rounds + 1):
+        prefix = f"[{name} round {index}/{rounds}] " if rounds > 1 else f"[{name}] "
+        outcome = take_part(
+            connection,
+            identity,
+            input_for_round,
+            progress=lambda line, prefix=prefix: _echo(prefix + line),
+        )
+        outcomes.append(outcome)
+        if outcome.completed:
+            _echo(f"{prefix}done: the coordinator holds the sum over {len(outcome.survivors)} participants; "
+                  f"sent {outcome.bytes_sent} bytes")
+        else:
+            _echo(f"{prefix}not completed: {outcome.reason}")
+            break
+    if as_json:
+        click.echo(json.dumps({"name": name, "rounds": [o.summary() for o in outcomes]}))
+    if not all(o.completed for o in outcomes) or len(outcomes) < rounds:
+        raise SystemExit(EXIT_ABORTED)
+
+
+def setup_connection(
+    federation_dir: Path,
+    name: str,
+    target: str,
+    *,
+    token: str | None = None,
+    tls_server_name: str | None = None,
+    connect_attempts: int = 8,
+    round_timeout_s: float = 3600.0,
+    insecure: bool = False,
+) -> tuple[Connection, Identity]:
+    """Credentials, call metadata and identity keys from the federation directory."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    try:
+        if insecure:
+            pki.warn_insecure("participant")
+            credentials = None
+            metadata = ((transport.METADATA_PARTICIPANT, name),)
+        elif token:
+            credentials = one_way_tls_credentials(pki.FederationPaths(federation_dir).ca_cert.read_bytes())
+            metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, token))
+        else:
+            credentials = mtls_credentials(pki.load_tls_material(federation_dir, "participant", name))
+        identity_key = None
+        enrolled: dict[str, bytes] = {}
+        # The identity key and the CA-signed roster matter in the malicious-server mode only;
+        # the round start says which mode, so load them when they are there.
+        paths = pki.FederationPaths(federation_dir)
+        if paths.ca_cert.is_file():
+            enrolled = dict(pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir)).identity_keys)
+        if paths.identity_key(name).is_file():
+            identity_key = pki.load_identity_key(federation_dir, name)
+    except (pki.PkiError, OSError) as exc:
+        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from exc
+    connection = Connection(
+        target,
+        credentials,
+        metadata,
+        tls_server_name=tls_server_name,
+        connect_attempts=connect_attempts,
+        round_timeout_s=round_timeout_s,
+    )
+    return connection, Identity(name, identity_key, enrolled)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m participant.join_cli ...`
+    join()

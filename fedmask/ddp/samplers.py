@@ -1,0 +1,384 @@
+"""Exact integer noise for distributed DP: discrete Laplace, discrete Gaussian, Poisson, Skellam.
+
+Every sampler is driven by the injected CSPRNG and is exact: the output distribution is the
+stated one, not a floating-point approximation of it. They are also vectorised: a vector of a
+million values takes a fraction of a second.
+
+How exactness and speed go together
+-----------------------------------
+All randomness enters as uniform reals U in (0, 1), each known first to 64 bits. Each
+randomised decision is one of two kinds:
+
+- a Bernoulli(exp(-g)) trial, decided as ``E > g`` with E = -ln U an exponential variate;
+- a geometric variate floor(t * E).
+
+In numpy we compute E and g in float64 together with a rigorous bound on their error, which
+covers the 64-bit truncation of U (E lies in [-ln((u+1)/2^64), -ln(u/2^64)]), the rounding of
+every float operation, and the error of numpy's ``log``/``log1p``. Only where the exact answer
+could lie on either side of the computed one -- inside the error margin, a chance of about
+2^-40 per decision -- is the decision handed to ``exactmath``, which reads further bits of the
+same U from the CSPRNG and compares it with rational enclosures of exp(-g). So the fast path
+never decides anything the exact computation would decide differently.
+
+The one assumption is an accuracy bound for numpy's float64 ``log`` and ``log1p``: relative
+error at most ``LOG_RELATIVE_ERROR`` = 2^-46 (about 128 units in the last place; the
+implementations in use are accurate to a few units). The margins use four times that bound,
+and ``tests/secagg/test_ddp_samplers.py`` checks the assumption against 200-bit references on
+this platform.
+
+The samplers
+------------
+- discrete Laplace DLap(t), P(y) proportional to exp(-|y|/t): a sign bit and a geometric
+  magnitude floor(t * E), rejecting "-0".
+- discrete Gaussian N_Z(0, s2) (Canonne, Kamath, Steinke, NeurIPS 2020, Algorithm 3): propose
+  y ~ DLap(t) with t = floor(sqrt(s2)) + 1, accept with probability
+  exp(-(|y| - s2/t)^2 / (2 s2)). s2 is exact (a float is a rational), so is the test.
+- Poisson(mu): propose k = m + y with m = floor(mu), y ~ DLap(t), t = floor(sqrt(mu)) + 1, and
+  accept with probability exp(D(k) + |k - m|/t - A), where D(k) = ln(P(k)/P(m)) and A is an
+  upper bound of D(k) + |k - m|/t computed once per mean from exact enclosures (the log-pmf is
+  concave, so the maximum is at a point found in closed form). Fast path: D(k) through
+  Stirling's series in float64 with its error bound; slow path: exact enclosures of ln k!.
+- Skellam(mu, mu): the difference of two independent Poisson(mu) variates.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from fedmask.ddp import exactmath
+from fedmask.secagg.rand import RandomSource
+
+LOG_RELATIVE_ERROR = 2.0**-46
+_REL = 4 * LOG_RELATIVE_ERROR
+_ULP = 2.0**-52  # one unit of float64 rounding, doubled for safety
+_LN2 = math.log(2.0)
+_LN_2PI = math.log(2 * math.pi)
+# The samplers refuse parameters whose integers could leave the exactly representable range
+# of float64 (2^53) on the fast path.
+MAX_VARIANCE = 2.0**50
+# Below this k, the Poisson log-pmf uses a table of ln k!; above, Stirling's series.
+_SMALL_K = 64
+_LOG_FACTORIAL_TABLE = np.array(
+    [float(sum(exactmath.log_factorial(k, 80)) / 2) for k in range(_SMALL_K)], dtype=np.float64
+)
+
+
+@dataclass
+class SamplerStats:
+    """Counters a caller may pass in to see how often the exact path ran."""
+
+    proposals: int = 0
+    exact_decisions: int = 0
+
+
+def _uniform_u64(rng: RandomSource, count: int) -> np.ndarray:
+    return np.frombuffer(rng.random_bytes(8 * count), dtype="<u8")
+
+
+def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds [lo, hi] on E = -ln U for U uniform in [u/2^64, (u+1)/2^64).
+
+    E lies in (-ln((u+1)/2^64), -ln(u/2^64)], an interval of width ln(1 + 1/u) <= 1/u, around
+    e = -log(float(u) * 2^-64), which is off by at most (2^-53 + rel * e) from -ln(u/2^64).
+    """
+    uf = u.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        e = uf * 2.0**-64
+        np.log(e, out=e)
+        np.negative(e, out=e)
+        slack = e * _REL
+        slack += 2.0**-50
+        hi = e + slack
+        lo = np.divide(1.01, uf, out=uf)  # the width of E's interval, at most 1/u
+        lo += slack
+        np.subtract(e, lo, out=lo)
+    zero = u == 0
+    lo[zero] = 44.0  # U < 2^-64: E > 64 ln 2 = 44.36...
+    hi[zero] = np.inf
+    return lo, hi
+
+
+def _geometric(scale: int, u: np.ndarray, rng: RandomSource, stats: SamplerStats | None) -> np.ndarray:
+    """floor(scale * E) with E = -ln U: P(X >= k) = exp(-k/scale)."""
+    lo, hi = _exponential_bounds(u)
+    with np.errstate(invalid="ignore"):
+        k_lo = np.floor(scale * lo * (1 - 4 * _ULP))
+        k_hi = np.floor(scale * hi * (1 + 4 * _ULP))
+    k_lo = np.maximum(k_lo, 0)
+    out = k_lo.astype(np.int64)
+    for i in np.flatnonzero(k_lo != k_hi):
+        out[i] = _geometric_exact(scale, int(u[i]), int(k_lo[i]), rng)
+    if stats is not None:
+        stats.exact_decisions += int(np.count_nonzero(k_lo != k_hi))
+    return out
+
+
+def _geometric_exact(scale: int, u: int, at_least: int, rng: RandomSource) -> int:
+    """The same floor(scale * E), for the same U, by exact comparisons U < exp(-k/scale)."""
+    uniform = exactmath.LazyUniform(u, 64, rng)
+    k = at_least + 1
+    while uniform.below_exp_neg(Fraction(k, scale)):
+        k += 1
+    return k - 1
+
+
+def discrete_laplace(scale: int, count: int, rng: RandomSource, stats: SamplerStats | None = None) -> np.ndarray:
+    """``count`` draws of DLap(scale): P(y) proportional to exp(-|y| / scale), y in Z."""
+    if not (isinstance(scale, int) and scale >= 1):
+        raise ValueError(f"the discrete Laplace scale must be a positive integer, got {scale!r}")
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        need = count - filled
+        batch = need + need // max(2 * scale, 8) + 16
+        magnitude = _geometric(scale, _uniform_u64(rng, batch), rng, stats)
+        negative = (np.frombuffer(rng.random_bytes(batch), dtype=np.uint8) & 1).astype(bool)
+        keep = ~(negative & (magnitude == 0))  # "-0" would double the weight of 0
+        values = np.where(negative, -magnitude, magnitude)[keep][:need]
+        out[filled : filled + values.size] = values
+        filled += values.size
+    return out
+
+
+def _accept(
+    gamma: np.ndarray,
+    gamma_error: np.ndarray,
+    u: np.ndarray,
+    exact_gamma,
+    rng: RandomSource,
+    stats: SamplerStats | None,
+) -> np.ndarray:
+    """Bernoulli(exp(-gamma)) for each entry, decided as E > gamma with E = -ln U.
+
+    ``exact_gamma(i)`` gives gamma[i] exactly (a Fraction) or as enclosures ``f(bits)``, for
+    the entries the float margin cannot settle.
+    """
+    lo, hi = _exponential_bounds(u)
+    accept = lo > gamma + gamma_error
+    undecided = ~accept & ~(hi < gamma - gamma_error)
+    for i in np.flatnonzero(undecided):
+        accept[i] = exactmath.LazyUniform(int(u[i]), 64, rng).below_exp_neg(exact_gamma(int(i)))
+    if stats is not None:
+        stats.exact_decisions += int(np.count_nonzero(undecided))
+    return accept
+
+
+def _check_variance(name: str, value: float) -> Fraction:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_VARIANCE):
+        raise ValueError(f"{name} must be a finite number in [0, 2^50], got {value!r}")
+    return Fraction(float(value))
+
+
+def discrete_gaussian(
+    variance: float, count: int, rng: RandomSource, stats: SamplerStats | None = None
+) -> np.ndarray:
+    """``count`` draws of the discrete Gaussian N_Z(0, variance): P(y) proportional to
+    exp(-y^2 / (2 variance)). ``variance`` is taken as the exact rational value of the float."""
+    s2 = _check_variance("the discrete Gaussian variance", variance)
+    if s2 == 0:
+        return np.zeros(count, dtype=np.int64)
+    s2f = float(s2)
+    t = math.isqrt(math.floor(s2)) + 1
+    center = float(s2 / t)
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        need = count - filled
+        batch = int(need * 1.36) + 64
+        y = discrete_laplace(t, batch, rng, stats)
+        ya = np.abs(y).astype(np.float64)
+        a = ya - center
+        a_error = (ya + center) * _ULP
+        gamma = a * a / (2 * s2f)
+        gamma_error = ((2 * np.abs(a) + a_error) * a_error / (2 * s2f) + gamma * 2 * _ULP) * 1.01
+
+        def exact(i: int, y=y) -> Fraction:
+            return (abs(int(y[i])) * t - s2) ** 2 / (2 * s2 * t * t)
+
+        accepted = y[_accept(gamma, gamma_error, _uniform_u64(rng, batch), exact, rng, stats)][:need]
+        out[filled : filled + accepted.size] = accepted
+        filled += accepted.size
+        if stats is not None:
+            stats.proposals += batch
+    return out
+
+
+class _PoissonShape:
+    """Everything about Poisson(mu) that does not depend on the draw: the proposal's centre m and
+    scale t, ln P(m), and the envelope constant A >= max_k D(k) + |k - m| / t."""
+
+    def __init__(self, mean: Fraction) -> None:
+        self.mean = mean
+        self.mean_float = float(mean)
+        self.log_mean = math.log(self.mean_float)
+        self.mode = math.floor(mean)
+        self.scale = math.isqrt(self.mode) + 1
+        self._log_factorial_mode: dict[int, exactmath.Enclosure] = {}
+        self.log_pmf_mode = float(sum(self._log_pmf_exact(self.mode, 80)) / 2)
+        self.envelope = self._envelope()
+
+    def _log_pmf_exact(self, k: int, bits: int) -> exactmath.Enclosure:
+        """ln P(k) = k ln mu - mu - ln k!."""
+        ln_mu = exactmath.log(self.mean, bits + max(k, 1).bit_length() + 4)
+        ln_fact = exactmath.log_factorial(k, bits + 2)
+        return k * ln_mu[0] - self.mean - ln_fact[1], k * ln_mu[1] - self.mean - ln_fact[0]
+
+    def log_ratio(self, k: int, bits: int) -> exactmath.Enclosure:
+        """D(k) = ln(P(k) / P(m)) = (k - m) ln mu - ln(k! / m!), enclosed."""
+        x = k - self.mode
+        ln_mu = exactmath.log(self.mean, bits + max(abs(x), 1).bit_length() + 4)
+        if bits not in self._log_factorial_mode:
+            self._log_factorial_mode[bits] = exactmath.log_factorial(self.mode, bits + 4)
+        fm = self._log_factorial_mode[bits]
+        fk = exactmath.log_factorial(k, bits + 4)
+        xl = (x * ln_mu[0], x * ln_mu[1]) if x >= 0 else (x * ln_mu[1], x * ln_mu[0])
+        return xl[0] - (fk[1] - fm[0]), xl[1] - (fk[0] - fm[1])
+
+    def _envelope(self) -> float:
+        """An upper bound of g(k) = D(k) + |k - m| / t over all integers k >= 0, as a float.
+
+        g is concave on each side of m (the Poisson pmf is log-concave). On k >= m its increments
+        are ln(mu / (k + 1)) + 1/t, non-negative while k + 1 <= mu e^(1/t); on k <= m the maximum
+        is likewise next to mu e^(-1/t). A few integers around those two points are evaluated
+        with exact enclosures.
+        """
+        m, t = self.mode, self.scale
+        e_lo, e_hi = exactmath.exp_neg(Fraction(1, t), 80)
+        right = (self.mean / e_hi, self.mean / e_lo)  # mu e^(1/t)
+        left = (self.mean * e_lo, self.mean * e_hi)  # mu e^(-1/t)
+        candidates = {m}
+        candidates |= set(range(max(m, math.floor(right[0]) - 2), math.ceil(right[1]) + 3))
+        candidates |= set(range(max(0, math.floor(left[0]) - 2), min(m, math.ceil(left[1]) + 2) + 1))
+        best = max(self.log_ratio(k, 80)[1] + Fraction(abs(k - m), t) for k in candidates)
+        return math.nextafter(float(best) + 2.0**-40, math.inf)
+
+    def log_ratio_float(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """D(k) for k >= 0 in float64, and a bound on its error.
+
+        Near the mean (k >= 64, |k - mu| <= mu/2), with L = log1p((k - mu)/mu) = ln(k/mu):
+        ln P(k) = -(k L - (k - mu)) - (ln(2 pi) + ln mu + L)/2 - r(k), Stirling's
+        r(k) = 1/(12k) - 1/(360k^3) + 1/(1260k^5) - ... (truncation < 1/(1680 k^7) < 2^-52).
+        There |L| <= 1.4 |u|, k <= 1.5 mu and |ln(2 pi mu)|/2 <= 19 for mu <= 2^50; adding up
+        the rounding of each operation and the log1p error gives the bound
+        |k - mu| (3 rel + 64 ulp) + 1e-12 used below (worked through in docs/distributed-dp.md).
+        Elsewhere (rare unless mu is small) a longer formula with a term-by-term bound.
+        """
+        kf = k.astype(np.float64)
+        mu, ln_mu = self.mean_float, self.log_mean
+        diff = kf - mu
+        near = (k >= _SMALL_K) & (np.abs(diff) <= 0.5 * mu)
+        everywhere = bool(near.all())  # the usual case: skip the masked copies
+        kn, dn = (kf, diff) if everywhere else (kf[near], diff[near])
+        ln_ratio = np.log1p(dn / mu)
+        value = kn * ln_ratio
+        value -= dn  # k ln(k/mu) - (k - mu)
+        ln_ratio *= 0.5
+        value += ln_ratio
+        inv = 1.0 / kn
+        inv2 = inv * inv
+        value += inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 / 1260))
+        value += 0.5 * (_LN_2PI + ln_mu) + self.log_pmf_mode
+        np.negative(value, out=value)
+        near_error = np.abs(dn)
+        near_error *= 3 * _REL + 64 * _ULP
+        near_error += 1e-12
+        if everywhere:
+            return value, near_error
+        d = np.empty_like(kf)
+        error = np.empty_like(kf)
+        d[near], error[near] = value, near_error
+        far = ~near
+        d[far], error[far] = self._log_ratio_far(k[far], kf[far])
+        return d, error
+
+    def _log_ratio_far(self, k: np.ndarray, kf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, ln_mu = self.mean_float, self.log_mean
+        log_pmf = np.empty_like(kf)
+        error = np.empty_like(kf)
+        small = k < _SMALL_K
+        ks = kf[small]
+        table = _LOG_FACTORIAL_TABLE[k[small]]
+        log_pmf[small] = ks * ln_mu - mu - table
+        error[small] = ks * abs(ln_mu) * _REL + (ks * abs(ln_mu) + mu + table) * 2 * _ULP
+        big = ~small
+        kb = kf[big]
+        diff = kb - mu
+        u = diff / mu
+        near = np.abs(u) <= 0.5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ln_ratio = np.where(near, np.log1p(np.where(near, u, 0.0)), np.log(kb) - ln_mu)
+        ratio_error = np.where(
+            near,
+            np.abs(ln_ratio) * _REL + np.abs(u) * 4 * _ULP,
+            (np.log(kb) + abs(ln_mu)) * _REL + np.abs(ln_ratio) * 2 * _ULP,
+        )
+        psi = kb * ln_ratio - diff
+        half_log = 0.5 * (_LN_2PI + ln_mu + ln_ratio)
+        inv = 1.0 / kb
+        inv2 = inv * inv
+        stirling = inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 / 1260))
+        log_pmf[big] = -psi - half_log - stirling
+        error[big] = (
+            kb * ratio_error * 1.01
+            + (np.abs(kb * ln_ratio) + np.abs(diff) + np.abs(psi) + np.abs(half_log)) * 4 * _ULP
+            + 0.5 * ratio_error
+            + 1e-15
+        )
+        d = log_pmf - self.log_pmf_mode
+        return d, error + (np.abs(log_pmf) + abs(self.log_pmf_mode)) * 2 * _ULP
+
+
+@functools.lru_cache(maxsize=64)
+def _poisson_shape(mean: float) -> _PoissonShape:
+    return _PoissonShape(Fraction(mean))
+
+
+def poisson(mean: float, count: int, rng: RandomSource, stats: SamplerStats | None = None) -> np.ndarray:
+    """``count`` draws of Poisson(mean), ``mean`` taken as the exact rational value of the float."""
+    mu = _check_variance("the Poisson mean", mean)
+    if mu == 0:
+        return np.zeros(count, dtype=np.int64)
+    shape = _poisson_shape(float(mu))
+    m, t, envelope = shape.mode, shape.scale, shape.envelope
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        need = count - filled
+        batch = int(need * 1.36) + 64
+        k = m + discrete_laplace(t, batch, rng, stats)
+        u = _uniform_u64(rng, batch)
+        valid = k >= 0
+        k, u = k[valid], u[valid]
+        d, d_error = shape.log_ratio_float(k)
+        distance = np.abs(k - m).astype(np.float64) / t
+        gamma = envelope - d - distance
+        gamma_error = d_error + (abs(envelope) + np.abs(d) + distance) * 4 * _ULP
+
+        def exact(i: int, k=k):
+            x = Fraction(abs(int(k[i]) - m), t)
+
+            def enclose(bits: int) -> exactmath.Enclosure:
+                d_lo, d_hi = shape.log_ratio(int(k[i]), bits)
+                return Fraction(envelope) - d_hi - x, Fraction(envelope) - d_lo - x
+
+            return enclose
+
+        accepted = k[_accept(gamma, gamma_error, u, exact, rng, stats)][:need]
+        out[filled : filled + accepted.size] = accepted
+        filled += accepted.size
+        if stats is not None:
+            stats.proposals += batch
+    return out
+
+
+def skellam(variance: float, count: int, rng: RandomSource, stats: SamplerStats | None = None) -> np.ndarray:
+    """``count`` draws of the symmetric Skellam distribution with the given variance: the
+    difference of two independent Poisson(variance / 2) variates."""
+    _check_variance("the Skellam variance", variance)
+    half = float(variance) / 2  # exact: halving a float only changes its exponent
+    return poisson(half, count, rng, stats) - poisson(half, count, rng, stats)

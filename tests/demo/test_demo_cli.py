@@ -1,0 +1,81 @@
+"""``fedmask demo``: party naming, thresholds, flag validation, and one small run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedmask.cli.demo import _parse_drops, _profile, demo, demo_threshold, party_names
+
+
+def test_party_names_cycle_through_the_three_profiles() -> None:
+    assert party_names(2) == ["hospital-a", "hospital-b"]
+    assert party_names(3) == ["hospital-a", "hospital-b", "bank"]
+    assert party_names(7) == ["hospital-a", "hospital-b", "bank", "hospital-a-2", "hospital-b-2",
+                              "bank-2", "hospital-a-3"]
+    assert [_profile(n) for n in party_names(7)] == ["hospital-a", "hospital-b", "bank"] * 2 + [
+        "hospital-a"]
+    assert len(set(party_names(12))) == 12
+
+
+@pytest.mark.parametrize(("count", "threshold"), [(2, 2), (3, 2), (4, 3), (6, 4), (10, 7), (12, 8)])
+def test_demo_threshold_is_two_thirds_and_at_least_two(count: int, threshold: int) -> None:
+    assert demo_threshold(count) == threshold
+
+
+def test_drops_name_a_participant_and_a_round() -> None:
+    parties = party_names(4)
+    assert _parse_drops(("bank@2", "hospital-a-2@1"), 3, parties) == {"bank": 2, "hospital-a-2": 1}
+    for bad in ("bank", "bank@0", "bank@4", "bank@x", "clinic@1", "bank-2@1"):
+        with pytest.raises(Exception, match="expected NAME@ROUND"):
+            _parse_drops((bad,), 3, parties)
+
+
+def test_bad_flags_fail_before_anything_starts(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--drop", "bank-2@1"])
+    assert result.exit_code == 2 and "expected NAME@ROUND" in result.output
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "1"])
+    assert result.exit_code == 2 and "--participants" in result.output
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
+                                  "bank@1"])
+    assert result.exit_code == 2 and "expected NAME@ROUND" in result.output  # no bank among 2
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
+                                  "hospital-b@1"])
+    assert result.exit_code == 2 and "threshold is 2: no one can drop out" in result.output
+    assert not (tmp_path / "d").exists()  # nothing was created
+
+
+@pytest.mark.slow
+def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "fedmask.cli", "demo", "--out", str(out), "--participants", "3",
+         "--rounds", "2", "--records", "60", "--drop", "bank@1", "--skip-baseline"],
+        capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "demo: killed bank (SIGKILL) while it trained for round 1" in run.stdout + run.stderr
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["rounds"]
+    assert (first["round"], second["round"]) == (1, 2)
+    # Round 1 went on without the bank; the restarted bank took part in round 2.
+    assert first["survivors"] == ["hospital-a", "hospital-b"] and list(first["dropped"]) == ["bank"]
+    assert second["survivors"] == ["bank", "hospital-a", "hospital-b"] and second["dropped"] == {}
+    assert set(first["epsilon"]) == {"hospital-a", "hospital-b"}
+    assert set(second["epsilon"]) == set(second["accuracy"]) == {"bank", "hospital-a", "hospital-b"}
+    assert 0 < first["epsilon"]["hospital-a"] < second["epsilon"]["hospital-a"] <= 8.0
+    assert all(r["upload_bytes"] > 0 and r["wall_s"] > 0 for r in report["rounds"])
+    assert 0.0 <= report["federated_accuracy"] <= 1.0
+    assert report["best_single_party_accuracy"] is None  # --skip-baseline
+    assert report["config"]["threshold"] == 2 and report["config"]["quorum_grace_s"] == 60.0
+    assert "| round | survivors |" in run.stdout
+    assert (out / "report.png").stat().st_size > 0
+    assert (out / "global_adapter" / "adapter_model.safetensors").exists()
