@@ -27,9 +27,10 @@ import numpy as np
 from rich.progress import Progress
 
 from fedmask.ddp import mechanism as distributed_dp
-from fedmask.ddp import samplers as dpnoise, rotation
-from fedmask.secagg import prg
+from fedmask.ddp import rotation
+from fedmask.ddp import samplers as dpnoise
 from fedmask.ddp.mechanism import AggregateNoise, AggregateNoiseConfig, BudgetScope
+from fedmask.secagg import prg
 from fedmask.secagg.encoding import clip_l2, to_modular
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.rand import SeededRandom, SystemRandom
@@ -50,8 +51,15 @@ def pin_to_one_core() -> str:
 
 def _config(mechanism, n, t, epsilon, dimension, bits) -> AggregateNoiseConfig:
     return AggregateNoiseConfig(
-        mechanism=mechanism, clip_norm=1.0, dimension=dimension, modulus_bits=bits,
-        max_participants=n, min_survivors=t, epsilon=epsilon, delta=DELTA, rounds=1,
+        mechanism=mechanism,
+        clip_norm=1.0,
+        dimension=dimension,
+        modulus_bits=bits,
+        max_participants=n,
+        min_survivors=t,
+        epsilon=epsilon,
+        delta=DELTA,
+        rounds=1,
         budget_scope=BudgetScope.RUN,
     )
 
@@ -74,7 +82,9 @@ def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> di
     stages: dict[str, list[float]] = {"rotate": [], "round": [], "noise": [], "reduce": [], "total": []}
     for _ in range(repeats):
         clipped_rotated, t_rotate = _timed(lambda: rotation.rotate(clip_l2(update, 1.0)[0], seed))
-        rounded, t_round = _timed(lambda: distributed_dp.conditional_round(clipped_rotated * plan.scale, plan.l2_sensitivity_sq, stream))
+        rounded, t_round = _timed(
+            lambda: distributed_dp.conditional_round(clipped_rotated * plan.scale, plan.l2_sensitivity_sq, stream)
+        )
         sampler = dpnoise.skellam if mechanism is AggregateNoise.SKELLAM else dpnoise.discrete_gaussian
         noise, t_noise = _timed(lambda: sampler(plan.local_variance, plan.padded_dimension, stream))
         _, t_reduce = _timed(lambda: to_modular(rounded + noise, 32))
@@ -149,9 +159,21 @@ def mse_row(mechanism: AggregateNoise, n: int, epsilon: float, dimension: int, b
 
 
 @click.command()
-@click.option("--dimension", type=click.IntRange(1024), default=1_000_000, show_default=True, help="d for the encoding cost.")
-@click.option("--mse-dimension", type=click.IntRange(256), default=32_768, show_default=True, help="d for the MSE table.")
-@click.option("--bits", "bits_list", type=click.IntRange(8, 64), multiple=True, default=(32, 16), show_default=True, help="Modulus bits for the MSE table (repeatable).")
+@click.option(
+    "--dimension", type=click.IntRange(1024), default=1_000_000, show_default=True, help="d for the encoding cost."
+)
+@click.option(
+    "--mse-dimension", type=click.IntRange(256), default=32_768, show_default=True, help="d for the MSE table."
+)
+@click.option(
+    "--bits",
+    "bits_list",
+    type=click.IntRange(8, 64),
+    multiple=True,
+    default=(32, 16),
+    show_default=True,
+    help="Modulus bits for the MSE table (repeatable).",
+)
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--quick", is_flag=True, help="d = 2^16 for the cost, d = 4096 for the MSE, b = 32 only.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -220,4 +242,3 @@ def render(report: dict) -> str:
             f"| {r['ratio_if_t_two_thirds']:.3f} |"
         )
     return "\n".join(lines)
-

@@ -69,20 +69,28 @@ def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
 
 
 def _pool(count: int) -> list:
-    from fedmask.participant.data import Record
     from fedmask.demo.data import generate_records
+    from fedmask.participant.data import Record
 
-    return [Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
-            for r in generate_records("hospital-a", count, seed=11)]
+    return [
+        Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
+        for r in generate_records("hospital-a", count, seed=11)
+    ]
 
 
 def _config(model: str, mode: str, clipping: str, model_path: str):
     from fedmask.participant.training import TrainingConfig
 
     return TrainingConfig(
-        model_path=model_path, task="classification" if model == "minilm" else "causal_lm",
-        mode=mode, clipping=clipping, accountant="rdp", batch_size=BATCH, max_seq_len=SEQ,
-        local_steps=100, noise_seed=0,
+        model_path=model_path,
+        task="classification" if model == "minilm" else "causal_lm",
+        mode=mode,
+        clipping=clipping,
+        accountant="rdp",
+        batch_size=BATCH,
+        max_seq_len=SEQ,
+        local_steps=100,
+        noise_seed=0,
     )
 
 
@@ -148,12 +156,19 @@ def child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> di
     rows = []
     for name in names:
         median_s = statistics.median(seconds[name])
-        rows.append({
-            "model": model, "mode": mode, "variant": name, "adapter_params": runners[name][1],
-            "step_ms": round(median_s * 1e3, 2), "time_ratio": round(median_s / base_s, 3),
-            "step_peak_mb": round(peak_kb[name] / 1024, 1),
-            "memory_ratio": round(peak_kb[name] / base_kb, 3), "threads": threads,
-        })
+        rows.append(
+            {
+                "model": model,
+                "mode": mode,
+                "variant": name,
+                "adapter_params": runners[name][1],
+                "step_ms": round(median_s * 1e3, 2),
+                "time_ratio": round(median_s / base_s, 3),
+                "step_peak_mb": round(peak_kb[name] / 1024, 1),
+                "memory_ratio": round(peak_kb[name] / base_kb, 3),
+                "threads": threads,
+            }
+        )
     return {"rows": rows}
 
 
@@ -161,14 +176,18 @@ def child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> di
 
 
 def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> list[dict]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               # A fixed mmap threshold: freed tensors go back to the OS, so each step's peak
-               # is its own and not hidden by memory an earlier step left in the heap.
-               MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    spec = json.dumps({"model": model, "mode": mode, "model_path": model_path, "steps": steps,
-                       "warmup": warmup})
-    completed = subprocess.run([sys.executable, "-m", "fedmask.bench.dp_bench", spec],
-                               capture_output=True, text=True, env=env, check=False)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        # A fixed mmap threshold: freed tensors go back to the OS, so each step's peak
+        # is its own and not hidden by memory an earlier step left in the heap.
+        MALLOC_MMAP_THRESHOLD_="131072",
+        MALLOC_TRIM_THRESHOLD_="131072",
+    )
+    spec = json.dumps({"model": model, "mode": mode, "model_path": model_path, "steps": steps, "warmup": warmup})
+    completed = subprocess.run(
+        [sys.executable, "-m", "fedmask.bench.dp_bench", spec], capture_output=True, text=True, env=env, check=False
+    )
     if completed.returncode != 0:
         raise click.ClickException(f"{model}/{mode} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])["rows"]
@@ -183,11 +202,13 @@ def _tiny_qwen2(directory: Path) -> str:
 
 
 @click.command()
-@click.option("--steps", type=click.IntRange(3), default=20, show_default=True,
-              help="Timed steps per variant (after warm-up).")
+@click.option(
+    "--steps", type=click.IntRange(3), default=20, show_default=True, help="Timed steps per variant (after warm-up)."
+)
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--model", "models", type=click.Choice(MODELS), multiple=True,
-              help="Only these models (repeatable). Default: both.")
+@click.option(
+    "--model", "models", type=click.Choice(MODELS), multiple=True, help="Only these models (repeatable). Default: both."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
     """DP-SGD step time and peak memory next to plain training (LoRA, BiTFiT; MiniLM, Qwen2)."""
@@ -205,9 +226,16 @@ def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
                 if not as_json:
                     click.echo(f"{model} {mode}: {steps} steps per variant ...", err=True)
                 rows.extend(_run_child(model, mode, paths[model], steps, warmup))
-    result = {"batch": BATCH, "seq_len": SEQ, "steps": steps, "warmup": warmup,
-              "cpu_count": len(os.sched_getaffinity(0)), "wall_s": round(time.perf_counter() - started, 1),
-              "versions": _versions(), "rows": rows}
+    result = {
+        "batch": BATCH,
+        "seq_len": SEQ,
+        "steps": steps,
+        "warmup": warmup,
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "versions": _versions(),
+        "rows": rows,
+    }
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -220,8 +248,12 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "opacus": opacus.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "opacus": opacus.__version__,
+    }
 
 
 def render_table(result: dict) -> str:
@@ -244,5 +276,8 @@ def render_table(result: dict) -> str:
 
 if __name__ == "__main__":
     settings = json.loads(sys.argv[1])
-    print(json.dumps(child(settings["model"], settings["mode"], settings["model_path"],
-                           settings["steps"], settings["warmup"])))
+    print(
+        json.dumps(
+            child(settings["model"], settings["mode"], settings["model_path"], settings["steps"], settings["warmup"])
+        )
+    )

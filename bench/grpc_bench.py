@@ -33,10 +33,10 @@ import click
 import numpy as np
 
 from fedmask.cli.simulate import build_config
-from fedmask.testing import loopback
 from fedmask.secagg import simulation
 from fedmask.secagg.errors import Phase
 from fedmask.secagg.params import SecurityMode
+from fedmask.testing import loopback
 
 TIME_TARGET = 1.30  # the wire may add at most 30 % to the in-memory round time
 BYTES_TARGET = 1.02  # and at most 2 % to the bytes
@@ -98,8 +98,13 @@ def run_wire(config, names: list[str], seeds: dict[str, int], workdir: Path, pha
 @click.command("grpc")
 @click.option("--participants", "-n", type=click.IntRange(2, 1000), required=True)
 @click.option("--dim", "-d", type=click.IntRange(1, 1 << 31), required=True, help="Values per update.")
-@click.option("--dropout", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
-              help="Fraction of participants that drop out before sending their masked input.")
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.0,
+    show_default=True,
+    help="Fraction of participants that drop out before sending their masked input.",
+)
 @click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
 @click.option("--threshold", "-t", type=click.IntRange(2), default=None, help="Default: floor(2n/3)+1.")
 @click.option("--phase-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
@@ -107,7 +112,9 @@ def run_wire(config, names: list[str], seeds: dict[str, int], workdir: Path, pha
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def grpc_bench(participants, dim, dropout, mode, threshold, phase_timeout, seed, as_json):
     """One round over loopback mTLS gRPC (separate processes) next to the in-memory harness."""
-    config = build_config(participants, dim, dropout, Phase.MASKED_INPUT, "complete", SecurityMode(mode), threshold, 32, seed)
+    config = build_config(
+        participants, dim, dropout, Phase.MASKED_INPUT, "complete", SecurityMode(mode), threshold, 32, seed
+    )
     names = loopback.participant_names(participants)
     seeds = {name: seed * 1_000_003 + i for i, name in enumerate(names, start=1)}
 

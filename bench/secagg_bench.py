@@ -16,7 +16,6 @@ import sys
 import time
 
 import click
-import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 DEFAULT_ROWS = [
@@ -49,8 +48,21 @@ def secagg_plus_degree(participants: int, dropout: float) -> tuple[int, int]:
 
 
 def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) -> dict:
-    command = [sys.executable, "-m", "fedmask.cli", "simulate", "-n", str(participants), "-d", str(dim),
-               "--dropout", str(dropout), "--seed", str(seed), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "fedmask.cli",
+        "simulate",
+        "-n",
+        str(participants),
+        "-d",
+        str(dim),
+        "--dropout",
+        str(dropout),
+        "--seed",
+        str(seed),
+        "--json",
+    ]
     if graph == "secagg+":
         k, t = secagg_plus_degree(participants, dropout)
         command += ["--graph", str(k), "--threshold", str(t)]

@@ -190,9 +190,7 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
 
 def is_checkpoint_file_name(name: str) -> bool:
     """True for the names this module writes, final or temporary (for garbage collection)."""
-    return _FILE_NAME.fullmatch(name) is not None or (
-        name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
-    )
+    return _FILE_NAME.fullmatch(name) is not None or (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX))
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,9 +227,7 @@ def load_optimizer_state(directory: str | os.PathLike[str], ref: CheckpointRef) 
     if description.get("format") != OPTIMIZER_FORMAT:
         raise CheckpointCorrupt(f"{ref.optimizer.name} is not a {OPTIMIZER_FORMAT} file")
     if description.get("round") != ref.round_number:
-        raise CheckpointCorrupt(
-            f"{ref.optimizer.name} holds round {description.get('round')}, not {ref.round_number}"
-        )
+        raise CheckpointCorrupt(f"{ref.optimizer.name} holds round {description.get('round')}, not {ref.round_number}")
     state = description.get("state")
     try:
         tensors = safetensors.numpy.load(data)

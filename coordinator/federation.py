@@ -31,15 +31,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedmask.proto.fl.v1 import fl_pb2 as fl
-from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
+from fedmask.adapter import payload as adapter_payload
 from fedmask.ddp import mechanism as ddp
 from fedmask.ddp.accounting import DistributedDPAccountant, NoiseRecord
+from fedmask.ddp.rotation import rotation_seed
+from fedmask.proto.fl.v1 import fl_pb2 as fl
+from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import decode_sum
 from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
-from fedmask.ddp.rotation import rotation_seed
 
-from fedmask.adapter import payload as adapter_payload
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
 from .transport import AuthError, ServerSecurity
 
@@ -160,12 +160,20 @@ class FederationConfig:
         n = len(self.participants)
         threshold = self.protocol_params(dimension=1).threshold
         try:
-            return ddp.calibrate(ddp.AggregateNoiseConfig(
-                mechanism=mechanism, clip_norm=float(self.clip_norm), dimension=dimension,
-                modulus_bits=self.modulus_bits, max_participants=n, min_survivors=threshold,
-                epsilon=float(self.aggregate_epsilon), delta=float(self.aggregate_delta), rounds=self.rounds,
-                budget_scope=ddp.BudgetScope.RUN,
-            ))
+            return ddp.calibrate(
+                ddp.AggregateNoiseConfig(
+                    mechanism=mechanism,
+                    clip_norm=float(self.clip_norm),
+                    dimension=dimension,
+                    modulus_bits=self.modulus_bits,
+                    max_participants=n,
+                    min_survivors=threshold,
+                    epsilon=float(self.aggregate_epsilon),
+                    delta=float(self.aggregate_delta),
+                    rounds=self.rounds,
+                    budget_scope=ddp.BudgetScope.RUN,
+                )
+            )
         except ValueError as exc:
             raise FederationError(f"aggregate noise: {exc}") from None
 
@@ -231,8 +239,14 @@ class ParticipantReport:
 class FederationService(fl_grpc.FederationServicer):
     """Tasks, adapter downloads and reports; callers are identified like SecAgg streams."""
 
-    def __init__(self, config: FederationConfig, authenticator, *, clock: Callable[[], float] = time.monotonic,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        config: FederationConfig,
+        authenticator,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        progress: Progress | None = None,
+    ) -> None:
         self._config = config
         self._authenticator = authenticator
         self._clock = clock
@@ -272,8 +286,12 @@ class FederationService(fl_grpc.FederationServicer):
         answer.training_json = json.dumps(self._config.training_config(), sort_keys=True)
         encoding = self._config.encoding()
         answer.encoding_json = json.dumps(
-            {"clip_norm": encoding.clip_norm, "scale": encoding.scale, "modulus_bits": encoding.modulus_bits,
-             "aggregate_noise": self.noise_plan.config.describe() if self.noise_plan else None},
+            {
+                "clip_norm": encoding.clip_norm,
+                "scale": encoding.scale,
+                "modulus_bits": encoding.modulus_bits,
+                "aggregate_noise": self.noise_plan.config.describe() if self.noise_plan else None,
+            },
             sort_keys=True,
         )
         if task.action == fl.Task.TRAIN:
@@ -290,8 +308,9 @@ class FederationService(fl_grpc.FederationServicer):
         data = adapter.data
         step = self.chunk_bytes
         for offset in range(0, len(data), step):
-            yield fl.AdapterChunk(offset=offset, data=data[offset : offset + step],
-                                  total_bytes=len(data) if offset == 0 else 0)
+            yield fl.AdapterChunk(
+                offset=offset, data=data[offset : offset + step], total_bytes=len(data) if offset == 0 else 0
+            )
 
     async def Report(self, request, context):  # noqa: N802
         name = await self._identify(context)
@@ -304,8 +323,16 @@ class FederationService(fl_grpc.FederationServicer):
             metrics = None
         if not isinstance(metrics, dict):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metrics_json must be a JSON object")
-        report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta,
-                                   request.heldout_count, request.heldout_correct, metrics)
+        report = ParticipantReport(
+            name,
+            request.round,
+            request.adapter_round,
+            request.epsilon,
+            request.delta,
+            request.heldout_count,
+            request.heldout_correct,
+            metrics,
+        )
         if self.task.action == fl.Task.FINISHED and request.adapter_round == self.task.adapter.round:
             self.final_reports[name] = report
         else:
@@ -395,13 +422,16 @@ class Federation:
         self.noise_plan = config.noise_plan(vector.size)
         self.service.noise_plan = self.noise_plan
         self.accountant = self._replay_accountant()
-        params = config.protocol_params(
-            dimension=self.noise_plan.padded_dimension if self.noise_plan else vector.size)
+        params = config.protocol_params(dimension=self.noise_plan.padded_dimension if self.noise_plan else vector.size)
         limits = MessageLimits.for_round(params, len(config.participants))
         self.service.chunk_bytes = max(1024, min(CHUNK_BYTES, limits.send_bytes - 1024))
         self.server = CoordinatorServer(
-            self.security, limits, settings=self.settings, max_participants=len(config.participants),
-            progress=self.progress, extra_services=[lambda s: fl_grpc.add_FederationServicer_to_server(self.service, s)],
+            self.security,
+            limits,
+            settings=self.settings,
+            max_participants=len(config.participants),
+            progress=self.progress,
+            extra_services=[lambda s: fl_grpc.add_FederationServicer_to_server(self.service, s)],
         )
         port = await self.server.start()
         self.progress(f"coordinator listening on {self.settings.host}:{port}")
@@ -424,8 +454,10 @@ class Federation:
         removed = store.collect_garbage()
         interrupted = store.interrupted_round()
         if interrupted is not None:
-            self.progress(f"round {interrupted.round_number} was interrupted by a restart; running it again"
-                          + (f" (removed {len(removed)} uncommitted checkpoint files)" if removed else ""))
+            self.progress(
+                f"round {interrupted.round_number} was interrupted by a restart; running it again"
+                + (f" (removed {len(removed)} uncommitted checkpoint files)" if removed else "")
+            )
         last = store.last_committed()
         if last is None:
             vector, layout = self._initial or initial_adapter(self.config.training_config())
@@ -466,9 +498,15 @@ class Federation:
             self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
             self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
             outcome = await self.server.run_round(
-                RoundConfig(round_id, params, config.participants, join_timeout_s=config.join_timeout_s,
-                            phase_timeout_s=config.phase_timeout_s, quorum_grace_s=config.quorum_grace_s,
-                            identity_keys=self.identity_keys)
+                RoundConfig(
+                    round_id,
+                    params,
+                    config.participants,
+                    join_timeout_s=config.join_timeout_s,
+                    phase_timeout_s=config.phase_timeout_s,
+                    quorum_grace_s=config.quorum_grace_s,
+                    identity_keys=self.identity_keys,
+                )
             )
             if outcome.completed:
                 break
@@ -503,28 +541,36 @@ class Federation:
             f"round {round_number}/{config.rounds} committed: survivors {', '.join(survivors)}"
             + (f"; dropped {', '.join(outcome.dropped)}" if outcome.dropped else "")
             + f"; epsilon {_fmt(record.epsilon)}"
-            + (f"; participant-level epsilon {record.participant_epsilon:.3f}"
-               if record.participant_epsilon is not None else "")
+            + (
+                f"; participant-level epsilon {record.participant_epsilon:.3f}"
+                if record.participant_epsilon is not None
+                else ""
+            )
         )
         return new_vector
 
-    def _record(self, round_number: int, outcome: RoundOutcome, attempts: int, mean_update: np.ndarray,
-                wall_s: float) -> RoundRecord:
+    def _record(
+        self, round_number: int, outcome: RoundOutcome, attempts: int, mean_update: np.ndarray, wall_s: float
+    ) -> RoundRecord:
         reports = {name: r for (rnd, name), r in self.service.reports.items() if rnd == round_number}
         return RoundRecord(
             round=round_number,
             round_id=outcome.round_id.decode("ascii", "replace"),
             survivors=list(outcome.survivors),
             # Everyone selected is accounted for: a participant that never joined dropped too.
-            dropped={name: outcome.dropped.get(name, "did not take part")
-                     for name in outcome.participants if name not in outcome.survivors},
+            dropped={
+                name: outcome.dropped.get(name, "did not take part")
+                for name in outcome.participants
+                if name not in outcome.survivors
+            },
             attempts=attempts,
             update_l2_norm=float(np.linalg.norm(mean_update)),
             upload_bytes=dict(outcome.bytes_received),
             wall_s=round(wall_s, 3),
             epsilon={name: r.epsilon for name, r in sorted(reports.items())},
-            accuracy_before={name: r.heldout_correct / r.heldout_count
-                             for name, r in sorted(reports.items()) if r.heldout_count},
+            accuracy_before={
+                name: r.heldout_correct / r.heldout_count for name, r in sorted(reports.items()) if r.heldout_count
+            },
         )
 
     def _ledger_entry(self, record: RoundRecord, encoding: EncodingParams) -> dict:
@@ -532,15 +578,23 @@ class Federation:
         return {
             "survivors": record.survivors,
             "dropped": record.dropped,
-            "encoding": {"clip_norm": encoding.clip_norm, "scale": encoding.scale,
-                         "modulus_bits": encoding.modulus_bits},
+            "encoding": {
+                "clip_norm": encoding.clip_norm,
+                "scale": encoding.scale,
+                "modulus_bits": encoding.modulus_bits,
+            },
             "epsilon": record.epsilon,
             "participant_epsilon": record.participant_epsilon,
             "delta": max((r.delta for r in reports), default=None) or None,
-            "metrics": {"accuracy_before": record.accuracy_before, "upload_bytes": record.upload_bytes,
-                        "wall_s": record.wall_s, "attempts": record.attempts,
-                        "update_l2_norm": record.update_l2_norm, "noise_record": record.noise_record,
-                        "aggregate_delta": self.config.aggregate_delta if record.noise_record else None},
+            "metrics": {
+                "accuracy_before": record.accuracy_before,
+                "upload_bytes": record.upload_bytes,
+                "wall_s": record.wall_s,
+                "attempts": record.attempts,
+                "update_l2_norm": record.update_l2_norm,
+                "noise_record": record.noise_record,
+                "aggregate_delta": self.config.aggregate_delta if record.noise_record else None,
+            },
         }
 
     async def _wait_final_reports(self) -> None:
@@ -558,8 +612,11 @@ class Federation:
                 continue
 
     def final_accuracy(self) -> dict[str, float]:
-        return {name: r.heldout_correct / r.heldout_count
-                for name, r in sorted(self.service.final_reports.items()) if r.heldout_count}
+        return {
+            name: r.heldout_correct / r.heldout_count
+            for name, r in sorted(self.service.final_reports.items())
+            if r.heldout_count
+        }
 
 
 def _fmt(values: Mapping[str, float]) -> str:

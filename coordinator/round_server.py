@@ -261,7 +261,9 @@ class RoundRunner:
                 connection.bytes_received += size
                 try:
                     if envelope is None:
-                        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "not a ClientEnvelope (protobuf decoding failed)")
+                        raise Refusal(
+                            grpc.StatusCode.INVALID_ARGUMENT, "not a ClientEnvelope (protobuf decoding failed)"
+                        )
                     await self._on_envelope(connection, envelope)
                 except Refusal as exc:
                     await self._refuse(connection, exc.code, exc.details)
@@ -341,9 +343,7 @@ class RoundRunner:
             if expected is None:
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the round is {phase}: no more messages")
             if kind != expected:
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"expected {expected} in phase {phase}, got {kind}"
-                )
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"expected {expected} in phase {phase}, got {kind}")
             if pid not in self.server.awaiting:
                 why = self.server.dropped_reasons.get(pid, "not a participant of this phase")
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"not expected in phase {phase}: {why}")

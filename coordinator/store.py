@@ -340,9 +340,7 @@ class FederationStore:
 
     def _connect(self, target: str, busy_timeout_s: float, *, uri: bool = False) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(
-                target, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, uri=uri
-            )
+            db = sqlite3.connect(target, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, uri=uri)
             db.execute("PRAGMA foreign_keys = ON")
             if self._read_only:
                 mode = db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -375,8 +373,7 @@ class FederationStore:
         target = schema_version()
         with self._transaction():
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
             )
             current = _stored_schema_version(self._db)
         if current > target:
@@ -681,8 +678,7 @@ class FederationStore:
         """Every ledger record, oldest first, as JSON-ready dicts (see ``commit_round``)."""
         with self._lock:
             return [
-                json.loads(row[0])
-                for row in self._db.execute("SELECT entry_json FROM ledger ORDER BY round_number")
+                json.loads(row[0]) for row in self._db.execute("SELECT entry_json FROM ledger ORDER BY round_number")
             ]
 
     def verify(self) -> list[str]:
@@ -756,7 +752,8 @@ class FederationStore:
         if row is None:
             return None
         selected = tuple(
-            name for (name,) in self._db.execute(
+            name
+            for (name,) in self._db.execute(
                 "SELECT participant FROM roster WHERE round_number = ? ORDER BY participant", (round_number,)
             )
         )
@@ -826,9 +823,7 @@ def _checkpoint_from_row(row: tuple[Any, ...]) -> CheckpointRef:
 
 
 def _stored_schema_version(db: sqlite3.Connection) -> int:
-    has_table = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
+    has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not has_table:
         return 0
     return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])

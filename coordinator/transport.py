@@ -53,9 +53,7 @@ def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
 def _claimed_name(context: grpc.ServicerContext) -> str:
     name = _metadata(context, METADATA_PARTICIPANT)
     if name is None:
-        raise AuthError(
-            grpc.StatusCode.UNAUTHENTICATED, f"no participant name (metadata {METADATA_PARTICIPANT!r})"
-        )
+        raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"no participant name (metadata {METADATA_PARTICIPANT!r})")
     if PARTICIPANT_NAME.fullmatch(name) is None:
         raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "malformed participant name in the metadata")
     return name

@@ -88,9 +88,7 @@ def _make_record(row: dict[str, Any], where: str, task: str, num_labels: int) ->
     return Record(text=text, label=label, split=split, meta=meta)
 
 
-def load_records(
-    path: str | Path, *, task: str = "classification", num_labels: int = 2
-) -> list[Record]:
+def load_records(path: str | Path, *, task: str = "classification", num_labels: int = 2) -> list[Record]:
     """Read and validate every record of a ``.jsonl`` or ``.csv`` file (not scrubbed)."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -193,6 +191,9 @@ def load_local_data(
         heldout, heldout_counts = scrub_records(heldout)
         counts = {k: train_counts[k] + heldout_counts[k] for k in counts}
     return LocalData(
-        train=train, heldout=heldout, heldout_source=source, pii_counts=counts,
+        train=train,
+        heldout=heldout,
+        heldout_source=source,
+        pii_counts=counts,
         pii_scrubbed=scrub_pii,
     )

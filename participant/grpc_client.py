@@ -233,9 +233,7 @@ class _RoundSession:
                 response_deserializer=pb.ServerEnvelope.FromString,
             )
             self._send(wire.Hello())
-            call = aggregate(
-                self._requests(), metadata=connection.metadata or None, timeout=connection.round_timeout_s
-            )
+            call = aggregate(self._requests(), metadata=connection.metadata or None, timeout=connection.round_timeout_s)
             try:
                 for envelope in call:
                     # Once the round is over for us, read on until the coordinator ends the call,
@@ -291,7 +289,9 @@ class _RoundSession:
             return self._on_round_start(message, before_send)
         if client is None:
             if isinstance(message, Abort):
-                return self._abort(message.phase, f"the coordinator aborted the round: {message.reason}", tell_coordinator=False)
+                return self._abort(
+                    message.phase, f"the coordinator aborted the round: {message.reason}", tell_coordinator=False
+                )
             return self._abort(phase, "protocol message before the round start", tell_coordinator=True)
         if isinstance(message, wire.RoundResult):
             if client.state is not ClientState.COMPLETED:
@@ -306,7 +306,9 @@ class _RoundSession:
 
         reply = client.receive(message)
         if isinstance(message, Abort):
-            return self._abort(message.phase, f"the coordinator aborted the round: {message.reason}", tell_coordinator=False)
+            return self._abort(
+                message.phase, f"the coordinator aborted the round: {message.reason}", tell_coordinator=False
+            )
         if isinstance(reply, Abort):
             return self._abort(reply.phase, reply.reason, tell_coordinator=True)
         if reply is not None:

@@ -51,9 +51,7 @@ class PrivacyPlan:
         return self.steps_per_round * self.planned_rounds
 
 
-def compute_epsilon(
-    accountant: str, history: list[tuple[float, float, int]], delta: float
-) -> float:
+def compute_epsilon(accountant: str, history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon of a Poisson-subsampled Gaussian history under the named Opacus accountant."""
     if not history:
         return 0.0
@@ -91,9 +89,7 @@ class PrivacyLedger:
     # ------------------------------------------------------------------ persistence
 
     @classmethod
-    def open(
-        cls, path: str | Path, *, accountant: str, epsilon_budget: float, delta: float
-    ) -> PrivacyLedger:
+    def open(cls, path: str | Path, *, accountant: str, epsilon_budget: float, delta: float) -> PrivacyLedger:
         """Load the ledger at ``path``, or start an empty one there (written on first charge).
 
         An existing ledger must have been made with the same accountant, budget and delta:
@@ -177,9 +173,7 @@ class PrivacyLedger:
 
     def set_plan(self, plan: PrivacyPlan) -> None:
         if self.plan is not None and self.plan != plan:
-            raise LedgerError(
-                f"the privacy plan is fixed once training starts: have {self.plan}, got {plan}"
-            )
+            raise LedgerError(f"the privacy plan is fixed once training starts: have {self.plan}, got {plan}")
         self.plan = plan
         self.save()
 
@@ -210,15 +204,12 @@ class PrivacyLedger:
             )
         return projected
 
-    def charge(
-        self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = ""
-    ) -> float:
+    def charge(self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = "") -> float:
         """Charge ``steps`` DP-SGD steps before they run; refuse if the budget would be exceeded.
 
         Returns the epsilon spent once those steps are taken.
         """
-        projected = self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                               steps=steps)
+        projected = self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         for _ in range(steps):
             self.accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
         self._epsilon_spent = projected

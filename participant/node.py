@@ -28,13 +28,13 @@ import grpc
 import numpy as np
 
 from fedmask.adapter import payload as adapter_payload
+from fedmask.ddp import mechanism as ddp
+from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
-from fedmask.ddp import mechanism as ddp
 from fedmask.secagg.encoding import encode
 from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SystemRandom
-from fedmask.ddp.rotation import rotation_seed
 
 from .data import LocalData
 from .grpc_client import Connection, Identity, _open_channel, take_part
@@ -63,8 +63,9 @@ class NodeState:
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"uploaded_round_ids": self.uploaded_round_ids,
-                                         "last_round": self.last_round}), encoding="utf-8")
+        temporary.write_text(
+            json.dumps({"uploaded_round_ids": self.uploaded_round_ids, "last_round": self.last_round}), encoding="utf-8"
+        )
         temporary.replace(path)
 
 
@@ -73,8 +74,9 @@ def parse_encoding(text: str, dimension: int) -> tuple[EncodingParams, ddp.Aggre
     announced settings (so a coordinator cannot hand out a plan with less noise than stated)."""
     try:
         data = json.loads(text)
-        params = EncodingParams(clip_norm=float(data["clip_norm"]), scale=float(data["scale"]),
-                                modulus_bits=int(data["modulus_bits"]))
+        params = EncodingParams(
+            clip_norm=float(data["clip_norm"]), scale=float(data["scale"]), modulus_bits=int(data["modulus_bits"])
+        )
         params.validate(1)
         noise = data.get("aggregate_noise")
         plan = None
@@ -142,8 +144,9 @@ class Node:
     def download(self, task: fl.Task) -> adapter_payload.AdapterPayload:
         def fetch(stub):
             chunks, expected = [], 0
-            for chunk in stub.DownloadAdapter(fl.AdapterRequest(sha256=task.adapter_sha256),
-                                              metadata=self._metadata(), timeout=300):
+            for chunk in stub.DownloadAdapter(
+                fl.AdapterRequest(sha256=task.adapter_sha256), metadata=self._metadata(), timeout=300
+            ):
                 if chunk.offset != expected:
                     raise NodeError("adapter chunks arrived out of order")
                 chunks.append(chunk.data)
@@ -164,7 +167,8 @@ class Node:
     def report(self, round_number: int, adapter_round: int, evaluation, metrics: dict[str, Any]) -> None:
         ledger = self._ledger
         request = fl.ParticipantReport(
-            round=round_number, adapter_round=adapter_round,
+            round=round_number,
+            adapter_round=adapter_round,
             epsilon=float(ledger.epsilon_spent) if ledger is not None else 0.0,
             delta=float(ledger.delta) if ledger is not None else 0.0,
             heldout_count=evaluation.count if evaluation else 0,
@@ -183,14 +187,22 @@ class Node:
             settings = json.loads(task.training_json)
             if not isinstance(settings, dict):
                 raise ValueError("not a JSON object")
-            config = TrainingConfig.create(**{**settings, **self.overrides,
-                                              "lora_targets": tuple(settings["lora_targets"])
-                                              if settings.get("lora_targets") else None})
+            config = TrainingConfig.create(
+                **{
+                    **settings,
+                    **self.overrides,
+                    "lora_targets": tuple(settings["lora_targets"]) if settings.get("lora_targets") else None,
+                }
+            )
         except (TypeError, ValueError) as exc:
             raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
         if self._trainer is None or self._trainer.config != config:
-            self._ledger = PrivacyLedger.open(self.state_dir / "privacy_ledger.json", accountant=config.accountant,
-                                              epsilon_budget=config.target_epsilon, delta=config.target_delta)
+            self._ledger = PrivacyLedger.open(
+                self.state_dir / "privacy_ledger.json",
+                accountant=config.accountant,
+                epsilon_budget=config.target_epsilon,
+                delta=config.target_delta,
+            )
             self._trainer = LocalTrainer(config, ledger=self._ledger)
         return config, self._trainer
 
@@ -229,17 +241,25 @@ class Node:
         encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size)
         before = self._evaluate(trainer, payload.vector)
         self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
-        result = train_adapter(config, self.data, global_adapter_state=payload.vector, ledger=self._ledger,
-                               trainer=trainer)
+        result = train_adapter(
+            config, self.data, global_adapter_state=payload.vector, ledger=self._ledger, trainer=trainer
+        )
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
         if noise_plan is None:
             encoded = encode(update, encoding, SystemRandom())
         else:
             encoded = ddp.encode_with_noise(update, noise_plan, rotation_seed(task.round_id), SystemRandom())
-        self.report(task.round, payload.round, before, {
-            "train_loss": result.report["mean_train_loss"], "steps": result.report["steps"],
-            "update_l2_norm": float(np.linalg.norm(update)), "noise_multiplier": result.report["noise_multiplier"],
-        })
+        self.report(
+            task.round,
+            payload.round,
+            before,
+            {
+                "train_loss": result.report["mean_train_loss"],
+                "steps": result.report["steps"],
+                "update_l2_norm": float(np.linalg.norm(update)),
+                "noise_multiplier": result.report["noise_multiplier"],
+            },
+        )
         self.progress(f"round {task.round}: epsilon spent {self._ledger.epsilon_spent:.2f}; uploading")
 
         def input_for_round(start):

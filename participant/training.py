@@ -63,7 +63,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmask.adapter.vector import VectorLayoutError, VectorSpec, flatten, load_model_vector, model_vector, spec_of, trainable_named_parameters, unflatten
+from fedmask.adapter.vector import (
+    VectorLayoutError,
+    VectorSpec,
+    flatten,
+    load_model_vector,
+    model_vector,
+    spec_of,
+    trainable_named_parameters,
+    unflatten,
+)
 from fedmask.participant.data import LocalData, Record, scrub_records
 from fedmask.participant.ledger import ACCOUNTANTS, PrivacyLedger, PrivacyPlan
 from fedmask.participant.pii import empty_counts
@@ -362,9 +371,7 @@ def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     # How the classifier reads the sequence; the report records it (see use_mean_pooling).
-    model.fedmask_pooling = (
-        "mean" if config.task == "classification" and use_mean_pooling(model) else "model"
-    )
+    model.fedmask_pooling = "mean" if config.task == "classification" and use_mean_pooling(model) else "model"
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -415,9 +422,7 @@ def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...
 
     if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         return tuple(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
-    raise ConfigError(
-        f"no default LoRA target modules for model type {model_type!r}; set lora_targets"
-    )
+    raise ConfigError(f"no default LoRA target modules for model type {model_type!r}; set lora_targets")
 
 
 def _is_head(name: str) -> bool:
@@ -458,9 +463,7 @@ def attach_adapter(model: nn.Module, config: TrainingConfig) -> nn.Module:
         raise ConfigError("DP-BiTFiT: the model has no bias terms to train")
     # Bias deltas of Linear layers travel as BEFT vectors; norm layers are saved whole (their
     # weights stay frozen, only the bias trains).
-    peft_config = BeftConfig(
-        task_type=task_type, target_modules=linears, modules_to_save=norms or None
-    )
+    peft_config = BeftConfig(task_type=task_type, target_modules=linears, modules_to_save=norms or None)
     peft_model = get_peft_model(model, peft_config)
     for name, param in peft_model.named_parameters():
         param.requires_grad = _is_bitfit_trainable(name)
@@ -484,9 +487,7 @@ def _is_bitfit_trainable(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def noise_multiplier_for(
-    epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
-) -> float:
+def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """The smallest noise multiplier (to 1% of epsilon) that keeps ``steps`` Poisson-sampled
     steps at ``sample_rate`` within (epsilon, delta) under the named Opacus accountant.
 
@@ -498,8 +499,12 @@ def noise_multiplier_for(
 
     return float(
         get_noise_multiplier(
-            target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-            accountant=accountant, epsilon_tolerance=0.01 * epsilon,
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.01 * epsilon,
         )
     )
 
@@ -535,8 +540,10 @@ def per_sequence_loss(task: str, logits: torch.Tensor, batch: tuple[torch.Tensor
         return F.cross_entropy(logits, labels, reduction="none")
     targets = causal_lm_targets(input_ids, mask)
     token_loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=-100, reduction="none",
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
     ).view(targets.shape)
     valid = (targets != -100).sum(dim=1).clamp(min=1)
     return token_loss.sum(dim=1) / valid
@@ -557,7 +564,9 @@ class LocalTrainer:
                 delta=config.target_delta,
             )
         elif (ledger.accountant_name, ledger.epsilon_budget, ledger.delta) != (
-            config.accountant, config.target_epsilon, config.target_delta,
+            config.accountant,
+            config.target_epsilon,
+            config.target_delta,
         ):
             raise ConfigError(
                 f"ledger terms (accountant={ledger.accountant_name}, "
@@ -575,9 +584,7 @@ class LocalTrainer:
         self.initial_vector = self.adapter_vector()
         # Original bias values of the BEFT-wrapped Linear layers, for exporting deltas.
         self._bias_reference = {
-            name: p.detach().clone()
-            for name, p in self.model.named_parameters()
-            if name.endswith(".base_layer.bias")
+            name: p.detach().clone() for name, p in self.model.named_parameters() if name.endswith(".base_layer.bias")
         }
         self._private: _Private | None = None
         self.clipping_note = ""  # why the auto mode fell back to hooks, when it did
@@ -629,9 +636,7 @@ class LocalTrainer:
                 labels.append(int(r.label))
         else:
             labels = [0] * len(records)
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.config.max_seq_len, padding=False
-        )["input_ids"]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.config.max_seq_len, padding=False)["input_ids"]
         if self.config.task == "causal_lm":
             short = sum(1 for ids in encoded if len(ids) < 2)
             if short:
@@ -664,8 +669,11 @@ class LocalTrainer:
         sample_rate = self.config.sample_rate(num_records)
         steps_per_round = self.config.steps_per_round(num_records)
         noise = noise_multiplier_for(
-            self.config.target_epsilon, self.config.target_delta, sample_rate,
-            steps_per_round * self.config.planned_rounds, self.config.accountant,
+            self.config.target_epsilon,
+            self.config.target_delta,
+            sample_rate,
+            steps_per_round * self.config.planned_rounds,
+            self.config.accountant,
         )
         return PrivacyPlan(
             noise_multiplier=float(noise),
@@ -742,16 +750,20 @@ class LocalTrainer:
         else:
             module, dp_optimizer, dp_loader = engine.make_private(**kwargs)
         if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-12:
-            raise RuntimeError(
-                f"Opacus sample rate {dp_loader.sample_rate} differs from the plan's "
-                f"{plan.sample_rate}"
-            )
+            raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} differs from the plan's {plan.sample_rate}")
         if dp_optimizer.generator is not noise or dp_loader.batch_sampler.generator is not sampling:
             raise RuntimeError("Opacus did not take the sampling and noise generators given")
         return _Private(
-            engine=engine, module=module, optimizer=dp_optimizer, criterion=criterion,
-            loader=dp_loader, data_key=key, plan=plan, clipping=mode,
-            sampling_generator=sampling, noise_generator=noise,
+            engine=engine,
+            module=module,
+            optimizer=dp_optimizer,
+            criterion=criterion,
+            loader=dp_loader,
+            data_key=key,
+            plan=plan,
+            clipping=mode,
+            sampling_generator=sampling,
+            noise_generator=noise,
         )
 
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -761,8 +773,10 @@ class LocalTrainer:
             (head if _is_head_parameter(name) else adapter).append(p)
         groups = [
             {"params": group, "lr": lr}
-            for group, lr in ((adapter, self.config.resolved_learning_rate),
-                              (head, self.config.resolved_head_learning_rate))
+            for group, lr in (
+                (adapter, self.config.resolved_learning_rate),
+                (head, self.config.resolved_head_learning_rate),
+            )
             if group
         ]
         if self.config.optimizer == "adamw":
@@ -832,8 +846,7 @@ class LocalTrainer:
         """Seed this round's Poisson sampling and noise: fresh OS entropy, or the test seed."""
         priv = self._private
         assert priv is not None
-        for purpose, generator in (("sampling", priv.sampling_generator),
-                                   ("noise", priv.noise_generator)):
+        for purpose, generator in (("sampling", priv.sampling_generator), ("noise", priv.noise_generator)):
             if self.config.noise_seed is None:
                 seed = secrets.randbits(63)
             else:
@@ -1008,8 +1021,10 @@ class LocalTrainer:
                     correct += int(((predictions == targets) & valid).sum())
                     loss_sum += float(
                         F.cross_entropy(
-                            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                            ignore_index=-100, reduction="sum",
+                            logits[:, :-1].reshape(-1, logits.shape[-1]),
+                            targets.reshape(-1),
+                            ignore_index=-100,
+                            reduction="sum",
                         )
                     )
                     count += int(valid.sum())
@@ -1068,8 +1083,10 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__, "opacus": opacus.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "opacus": opacus.__version__,
     }
 
 
@@ -1099,9 +1116,7 @@ def train_adapter(
         if heldout is not None:
             raise ValueError("pass held-out records inside LocalData or separately, not both")
         train_records, heldout_records = list(records.train), list(records.heldout)
-        pii_counts, scrubbed, heldout_source = records.pii_counts, records.pii_scrubbed, (
-            records.heldout_source
-        )
+        pii_counts, scrubbed, heldout_source = records.pii_counts, records.pii_scrubbed, (records.heldout_source)
     else:
         train_records = list(records)
         heldout_records = list(heldout) if heldout is not None else []
@@ -1114,8 +1129,11 @@ def train_adapter(
         raise ValueError("no training records")
     if trainer is None and ledger is not None and ledger.plan is not None:
         # A ledger whose plan has no round left: refuse before spending a minute on the model.
-        ledger.check(noise_multiplier=ledger.plan.noise_multiplier,
-                     sample_rate=ledger.plan.sample_rate, steps=ledger.plan.steps_per_round)
+        ledger.check(
+            noise_multiplier=ledger.plan.noise_multiplier,
+            sample_rate=ledger.plan.sample_rate,
+            steps=ledger.plan.steps_per_round,
+        )
     if trainer is None:
         trainer = LocalTrainer(config, ledger=ledger)
     elif trainer.config != config or (ledger is not None and trainer.ledger is not ledger):
@@ -1148,9 +1166,7 @@ def train_adapter(
         "clipping": local.clipping,
         "clipping_note": trainer.clipping_note,
         "empty_batches": local.empty_batches,
-        "randomness": "os.urandom" if config.noise_seed is None else (
-            "fixed seed (reproducible, NOT private)"
-        ),
+        "randomness": "os.urandom" if config.noise_seed is None else ("fixed seed (reproducible, NOT private)"),
         # held-out quality
         "accuracy": evaluation.accuracy if evaluation else None,
         "majority_baseline": evaluation.majority_baseline if evaluation else None,
@@ -1177,9 +1193,7 @@ def train_adapter(
         "versions": _versions(),
     }
     state = dict(unflatten(vector, trainer.spec))
-    return TrainingResult(
-        adapter_state=state, vector=vector, spec=trainer.spec, report=report, trainer=trainer
-    )
+    return TrainingResult(adapter_state=state, vector=vector, spec=trainer.spec, report=report, trainer=trainer)
 
 
 def load_trained_model(config: TrainingConfig, adapter_dir: str | Path) -> nn.Module:
@@ -1201,17 +1215,14 @@ def write_training_outputs(result: TrainingResult, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.trainer.save_adapter(out_dir / "adapter")
-    (out_dir / "adapter_layout.json").write_text(
-        json.dumps(result.spec.to_json(), indent=1) + "\n", encoding="utf-8"
-    )
-    (out_dir / "report.json").write_text(
-        json.dumps(result.report, indent=2) + "\n", encoding="utf-8"
-    )
+    (out_dir / "adapter_layout.json").write_text(json.dumps(result.spec.to_json(), indent=1) + "\n", encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(result.report, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 
 def export_adapter(
-    config: TrainingConfig, adapter_state: Mapping[str, torch.Tensor] | np.ndarray,
+    config: TrainingConfig,
+    adapter_state: Mapping[str, torch.Tensor] | np.ndarray,
     directory: str | Path,
 ) -> Path:
     """Save adapter values (e.g. an aggregated global adapter) in PEFT's format.

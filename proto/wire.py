@@ -110,8 +110,7 @@ def unpack_vector(data: bytes, dimension: int, modulus_bits: int) -> np.ndarray:
     expected = dimension * dtype.itemsize
     if len(data) != expected:
         raise WireError(
-            f"vector has {len(data)} bytes, expected {expected} "
-            f"({dimension} values of {dtype.itemsize} bytes)"
+            f"vector has {len(data)} bytes, expected {expected} ({dimension} values of {dtype.itemsize} bytes)"
         )
     return np.frombuffer(data, dtype=dtype)
 
@@ -262,9 +261,7 @@ def client_to_proto(message: object) -> pb.ClientEnvelope:
         )
     if isinstance(message, ConsistencySignature):
         return pb.ClientEnvelope(
-            consistency_signature=pb.ConsistencySignature(
-                session_id=message.session_id, signature=message.signature
-            )
+            consistency_signature=pb.ConsistencySignature(session_id=message.session_id, signature=message.signature)
         )
     if isinstance(message, UnmaskResponse):
         return pb.ClientEnvelope(
@@ -326,8 +323,7 @@ def client_from_proto(envelope: pb.ClientEnvelope, *, sender: int, params: Proto
 
 def _owner_shares(shares) -> tuple[tuple[int, bytes], ...]:
     return tuple(
-        (_participant_id(s.owner, "share owner"), _exact(s.share, shamir.SHARE_BYTES, "Shamir share"))
-        for s in shares
+        (_participant_id(s.owner, "share owner"), _exact(s.share, shamir.SHARE_BYTES, "Shamir share")) for s in shares
     )
 
 
@@ -381,9 +377,7 @@ def server_to_proto(message: object) -> pb.ServerEnvelope:
         )
     if isinstance(message, ConsistencyRequest):
         return pb.ServerEnvelope(
-            consistency_request=pb.ConsistencyRequest(
-                session_id=message.session_id, survivors=list(message.survivors)
-            )
+            consistency_request=pb.ConsistencyRequest(session_id=message.session_id, survivors=list(message.survivors))
         )
     if isinstance(message, UnmaskRequest):
         return pb.ServerEnvelope(

@@ -122,7 +122,10 @@ class Client:
             raise ValueError(f"input must have shape ({self.params.dimension},), got {vector.shape}")
         if vector.dtype != self._dtype:
             raise ValueError(f"input must be {self._dtype} for {self.params.modulus_bits}-bit arithmetic")
-        if self.params.modulus_bits < self._dtype.itemsize * 8 and int(vector.max(initial=0)) >> self.params.modulus_bits:
+        if (
+            self.params.modulus_bits < self._dtype.itemsize * 8
+            and int(vector.max(initial=0)) >> self.params.modulus_bits
+        ):
             raise ValueError(f"input values must be below 2^{self.params.modulus_bits}")
         if self.state not in (ClientState.READY, ClientState.AWAITING_ROSTER, ClientState.AWAITING_SHARES):
             raise ValueError("the input can only be set before the masked input is sent")

@@ -58,9 +58,7 @@ class AgreementKeyPair:
         if len(private_bytes) != PRIVATE_KEY_BYTES:
             raise CryptoError(f"X25519 private keys are {PRIVATE_KEY_BYTES} bytes")
         private_key = X25519PrivateKey.from_private_bytes(private_bytes)
-        public_bytes = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        public_bytes = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return cls(private_key, public_bytes)
 
     @property
@@ -100,9 +98,7 @@ def agree(
     return hkdf(exchange(private_key, peer_public), salt=session_id, info=info)
 
 
-def pairwise_mask_seed(
-    private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, session_id: bytes
-) -> bytes:
+def pairwise_mask_seed(private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, session_id: bytes) -> bytes:
     """s_uv: the seed both u and v derive for their pairwise mask (symmetric in u, v)."""
     return agree(private_key, peer_public, session_id=session_id, info=LABEL_PAIRWISE_MASK)
 

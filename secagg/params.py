@@ -53,9 +53,7 @@ class ProtocolParams:
             raise ParameterError(f"at most {MAX_PARTICIPANT_ID} participants")
         holders = self.holders_per_secret(num_participants)
         if not 2 <= self.threshold <= holders:
-            raise ParameterError(
-                f"threshold must be in [2, {holders}] (shares per secret), got {self.threshold}"
-            )
+            raise ParameterError(f"threshold must be in [2, {holders}] (shares per secret), got {self.threshold}")
         # A threshold at or below half the holders lets two disjoint groups each rebuild a
         # secret: the server could then ask one for b_u and the other for s_u.
         if self.mode is SecurityMode.MALICIOUS and 2 * self.threshold <= holders:

@@ -174,7 +174,9 @@ class Server:
             ad, round_id=self.config.round_id, params=self.params, identity_keys=self.config.identity_keys
         )
         if problem is None:
-            keys_in_use = {k for other in self._advertisements.values() for k in (other.encryption_key, other.masking_key)}
+            keys_in_use = {
+                k for other in self._advertisements.values() for k in (other.encryption_key, other.masking_key)
+            }
             if ad.encryption_key in keys_in_use or ad.masking_key in keys_in_use:
                 problem = "public key already advertised by another participant"
         if problem is None:

@@ -9,7 +9,6 @@ per responder set (``LagrangeCache``): in a round most secrets are rebuilt from 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -128,9 +127,7 @@ def _batch_inverse(values: list[int]) -> list[int]:
     return result
 
 
-def reconstruct(
-    shares: Mapping[int, int], *, threshold: int, cache: LagrangeCache | None = None
-) -> bytes:
+def reconstruct(shares: Mapping[int, int], *, threshold: int, cache: LagrangeCache | None = None) -> bytes:
     """Rebuild a 32-byte secret from at least ``threshold`` shares {x: y}.
 
     Uses the ``threshold`` smallest x so that secrets shared with the same holders reuse one set

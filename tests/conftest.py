@@ -38,8 +38,8 @@ def tiny_qwen2_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _demo_records(party: str, n: int, *, seed: int = 0, split: str | None = "train") -> list:
-    from fedmask.participant.data import Record, scrub_records
     from fedmask.demo.data import generate_records
+    from fedmask.participant.data import Record, scrub_records
 
     rows = generate_records(party, n, seed=seed)
     records = [
@@ -64,7 +64,9 @@ def out_dir(tmp_path: Path) -> Path:
 class Round:
     """n honest clients and an honest server, stepped one phase at a time."""
 
-    def __init__(self, n: int, *, t: int, mode=SecurityMode.SEMI_HONEST, dimension: int = 32, bits: int = 32, seed: int = 0):
+    def __init__(
+        self, n: int, *, t: int, mode=SecurityMode.SEMI_HONEST, dimension: int = 32, bits: int = 32, seed: int = 0
+    ):
         self.params = ProtocolParams(dimension, bits, t, mode)
         rng = SeededRandom.from_int(seed)
         self.ids = tuple(range(1, n + 1))
@@ -74,9 +76,7 @@ class Round:
             for u, k in self.identity.items()
         }
         malicious = mode is SecurityMode.MALICIOUS
-        self.server = Server(
-            ServerConfig(b"round-1", self.params, self.ids, self.identity_public if malicious else {})
-        )
+        self.server = Server(ServerConfig(b"round-1", self.params, self.ids, self.identity_public if malicious else {}))
         self.inputs = {u: random_input(rng, dimension, bits) for u in self.ids}
         self.clients = {
             u: Client(

@@ -45,7 +45,9 @@ def unpack(data: bytes, expected_sha256: str) -> AdapterPayload:
     """Parse a downloaded adapter after checking its digest against the announced one."""
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
-        raise AdapterPayloadError(f"adapter digest {digest[:16]}... does not match the announced {expected_sha256[:16]}...")
+        raise AdapterPayloadError(
+            f"adapter digest {digest[:16]}... does not match the announced {expected_sha256[:16]}..."
+        )
     try:
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])

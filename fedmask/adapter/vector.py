@@ -113,8 +113,7 @@ def flatten(named_tensors: Mapping[str, torch.Tensor], spec: VectorSpec) -> np.n
         tensor = named_tensors[t.name]
         if tuple(tensor.shape) != t.shape or _dtype_name(tensor.dtype) != t.dtype:
             raise VectorLayoutError(
-                f"{t.name}: expected shape {t.shape} {t.dtype}, "
-                f"got {tuple(tensor.shape)} {_dtype_name(tensor.dtype)}"
+                f"{t.name}: expected shape {t.shape} {t.dtype}, got {tuple(tensor.shape)} {_dtype_name(tensor.dtype)}"
             )
         values = tensor.detach().to(device="cpu", dtype=torch_dtype).reshape(-1).numpy()
         out[offset : offset + t.numel] = values
@@ -126,9 +125,7 @@ def unflatten(vector: np.ndarray, spec: VectorSpec) -> dict[str, torch.Tensor]:
     """Split ``vector`` back into tensors of the recorded names, shapes and dtypes."""
     vector = np.asarray(vector)
     if vector.ndim != 1 or vector.shape[0] != spec.size:
-        raise VectorLayoutError(
-            f"vector has shape {vector.shape}, expected ({spec.size},) for this adapter"
-        )
+        raise VectorLayoutError(f"vector has shape {vector.shape}, expected ({spec.size},) for this adapter")
     if vector.dtype != spec.vector_dtype:
         raise VectorLayoutError(f"vector dtype is {vector.dtype}, expected {spec.vector_dtype}")
     if not np.all(np.isfinite(vector)):
@@ -158,9 +155,7 @@ def load_model_vector(model: torch.nn.Module, vector: np.ndarray, spec: VectorSp
     if set(params) != set(spec.names):
         extra = sorted(set(params) - set(spec.names))[:5]
         missing = sorted(set(spec.names) - set(params))[:5]
-        raise VectorLayoutError(
-            f"model adapter does not match the vector layout (missing {missing}, extra {extra})"
-        )
+        raise VectorLayoutError(f"model adapter does not match the vector layout (missing {missing}, extra {extra})")
     tensors = unflatten(vector, spec)
     with torch.no_grad():
         for name, tensor in tensors.items():

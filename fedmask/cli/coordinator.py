@@ -72,21 +72,61 @@ def coordinator() -> None:
     help="Federation directory from `fedmask pki` (CA, coordinator certificate, roster).",
 )
 @click.option("--name", "coordinator_name", default="main", show_default=True, help="Coordinator certificate name.")
-@click.option("--participants", default=None, help="Comma-separated names selected for the round(s) (default: everyone in the roster); ids are their sorted positions.")
+@click.option(
+    "--participants",
+    default=None,
+    help="Comma-separated names selected for the round(s) (default: everyone in the roster); ids are their sorted positions.",
+)
 @click.option("--dim", "dimension", type=click.IntRange(1, 1 << 31), required=True, help="Vector length d.")
-@click.option("--threshold", type=click.IntRange(2), default=None, help="t (default: floor(2h/3)+1 of the h share holders).")
+@click.option(
+    "--threshold", type=click.IntRange(2), default=None, help="t (default: floor(2h/3)+1 of the h share holders)."
+)
 @click.option("--modulus-bits", type=click.IntRange(1, 64), default=32, show_default=True, help="Arithmetic mod 2^b.")
-@click.option("--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k (default: complete graph).")
+@click.option(
+    "--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k (default: complete graph)."
+)
 @click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface)."
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True, help="0 picks a free port.")
-@click.option("--health-port", type=click.IntRange(0, 65535), default=None, help="Also serve the gRPC health service in plaintext on this port (for probes without a client certificate).")
-@click.option("--join-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_JOIN_TIMEOUT_S, show_default=True, help="Seconds to wait for the participants to join.")
-@click.option("--phase-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_PHASE_TIMEOUT_S, show_default=True, help="Seconds each protocol phase waits for messages.")
-@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True, help="Rounds to run, one after the other.")
-@click.option("--auth", type=click.Choice(["mtls", "token"]), default="mtls", show_default=True, help="mtls: client certificates; token: one-way TLS + enrolment tokens.")
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the gRPC health service in plaintext on this port (for probes without a client certificate).",
+)
+@click.option(
+    "--join-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_JOIN_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the participants to join.",
+)
+@click.option(
+    "--phase-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_PHASE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds each protocol phase waits for messages.",
+)
+@click.option(
+    "--rounds", type=click.IntRange(1), default=1, show_default=True, help="Rounds to run, one after the other."
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["mtls", "token"]),
+    default="mtls",
+    show_default=True,
+    help="mtls: client certificates; token: one-way TLS + enrolment tokens.",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated gRPC (loopback experiments only).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write each round's sum here (.npy; round number added when --rounds > 1).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write each round's sum here (.npy; round number added when --rounds > 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line summarising every round.")
 @click.option("-v", "--verbose", is_flag=True, help="Log transport details to stderr.")
 def serve(
@@ -111,7 +151,9 @@ def serve(
     verbose: bool,
 ) -> None:
     """Run secure-aggregation rounds for the selected participants."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
         logging.getLogger(pki.__name__).setLevel(logging.ERROR)
     security_mode = SecurityMode(mode)
@@ -142,7 +184,9 @@ def serve(
 
     try:
         if threshold is None:
-            holders = ProtocolParams(dimension, modulus_bits, 2, security_mode, neighbours).holders_per_secret(len(names))
+            holders = ProtocolParams(dimension, modulus_bits, 2, security_mode, neighbours).holders_per_secret(
+                len(names)
+            )
             threshold = default_threshold(len(names), security_mode, holders)
         params = ProtocolParams(dimension, modulus_bits, threshold, security_mode, neighbours)
         params.validate(len(names))
@@ -217,7 +261,8 @@ def _report(index: int, outcome: RoundOutcome, summary: dict) -> None:
         )
         _echo(
             f"round {index}: sum of d={outcome.result.shape[0]} values mod 2^b, sha256 {summary['sum_sha256']}, "
-            f"first values {summary['sum_preview']}" + (f", written to {summary['output']}" if "output" in summary else "")
+            f"first values {summary['sum_preview']}"
+            + (f", written to {summary['output']}" if "output" in summary else "")
         )
     else:
         phase = outcome.abort_phase.value if outcome.abort_phase else "?"
@@ -230,4 +275,5 @@ if __name__ == "__main__":  # pragma: no cover - `python -m coordinator.serve_cl
     coordinator()
 
 from fedmask.cli.federate import run  # noqa: E402 - `fedmask coordinator run` lives with the federation loop
+
 coordinator.add_command(run)

@@ -16,16 +16,28 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--party", type=click.Choice(PARTIES), required=True,
-              help="Whose records: clinical notes (hospitals) or customer messages (bank).")
-@click.option("--records", "count", type=click.IntRange(min=2), required=True,
-              help="How many records (train and held-out together).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output file (JSONL).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="The same party, count and seed always give the same file.")
-@click.option("--heldout-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.2, show_default=True)
+@click.option(
+    "--party",
+    type=click.Choice(PARTIES),
+    required=True,
+    help="Whose records: clinical notes (hospitals) or customer messages (bank).",
+)
+@click.option(
+    "--records",
+    "count",
+    type=click.IntRange(min=2),
+    required=True,
+    help="How many records (train and held-out together).",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file (JSONL)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="The same party, count and seed always give the same file."
+)
+@click.option(
+    "--heldout-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True
+)
 def generate(party: str, count: int, out_path: Path, seed: int, heldout_fraction: float) -> None:
     """Write N labelled records for PARTY (label 1: needs urgent human follow-up)."""
     records = generate_records(party, count, seed=seed, heldout_fraction=heldout_fraction)

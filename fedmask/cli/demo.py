@@ -43,10 +43,17 @@ class _Process:
     def __init__(self, name: str, command: list[str], log_path: Path, echo) -> None:
         self.name = name
         self.log = log_path.open("a", encoding="utf-8")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                        stdin=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
+        )
         self.stdout = ""
         self.lines: list[str] = []
         self._echo = echo
@@ -82,8 +89,9 @@ def party_names(count: int) -> list[str]:
 
     Each takes the records profile (vocabulary, label mix) of the base party its name starts with.
     """
-    return [PARTIES[i % len(PARTIES)] + (f"-{i // len(PARTIES) + 1}" if i >= len(PARTIES) else "")
-            for i in range(count)]
+    return [
+        PARTIES[i % len(PARTIES)] + (f"-{i // len(PARTIES) + 1}" if i >= len(PARTIES) else "") for i in range(count)
+    ]
 
 
 def demo_threshold(count: int) -> int:
@@ -100,43 +108,99 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
     for value in values:
         name, _, round_text = value.partition("@")
         if name not in parties or not round_text.isdigit() or not 1 <= int(round_text) <= rounds:
-            raise click.BadParameter(f"{value!r}: expected NAME@ROUND with NAME in {', '.join(parties)} "
-                                     f"and ROUND in 1..{rounds}", param_hint="--drop")
+            raise click.BadParameter(
+                f"{value!r}: expected NAME@ROUND with NAME in {', '.join(parties)} and ROUND in 1..{rounds}",
+                param_hint="--drop",
+            )
         drops[name] = int(round_text)
     return drops
 
 
 @click.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Report folder (default: ./fedmask-demo-<time>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Report folder (default: ./fedmask-demo-<time>).",
+)
 @click.option("--rounds", type=click.IntRange(1, 50), default=DEFAULT_ROUNDS, show_default=True)
-@click.option("--participants", "participant_count", type=click.IntRange(2, 12), default=len(PARTIES),
-              show_default=True, help="How many parties federate (each one more process on this machine).")
-@click.option("--records", type=click.IntRange(50, 100_000), default=DEFAULT_RECORDS, show_default=True,
-              help="Records per party (train and held-out).")
+@click.option(
+    "--participants",
+    "participant_count",
+    type=click.IntRange(2, 12),
+    default=len(PARTIES),
+    show_default=True,
+    help="How many parties federate (each one more process on this machine).",
+)
+@click.option(
+    "--records",
+    type=click.IntRange(50, 100_000),
+    default=DEFAULT_RECORDS,
+    show_default=True,
+    help="Records per party (train and held-out).",
+)
 @click.option("--mode", type=click.Choice(["lora", "bitfit"]), default="lora", show_default=True)
-@click.option("--epsilon", type=click.FloatRange(0.1, 100), default=8.0, show_default=True,
-              help="Record-level DP budget of each party over all rounds.")
+@click.option(
+    "--epsilon",
+    type=click.FloatRange(0.1, 100),
+    default=8.0,
+    show_default=True,
+    help="Record-level DP budget of each party over all rounds.",
+)
 @click.option("--delta", type=click.FloatRange(1e-12, 1e-2), default=1e-5, show_default=True)
 @click.option("--model", "model_path", default=None, help="Local model directory (default: the bundled MiniLM).")
-@click.option("--drop", "drops", multiple=True, metavar="NAME@ROUND",
-              help="Kill participant NAME with SIGKILL in the middle of round ROUND (it rejoins afterwards).")
-@click.option("--security-mode", type=click.Choice(["semi-honest", "malicious"]), default="semi-honest",
-              show_default=True)
-@click.option("--aggregate-noise", type=click.Choice(["none", "skellam", "discrete_gaussian"]), default="none",
-              show_default=True, help="Distributed DP: each participant adds integer noise before masking.")
-@click.option("--aggregate-epsilon", type=click.FloatRange(0.01, 1000), default=10.0, show_default=True,
-              help="Participant-level ε of the whole run against the coordinator (with --aggregate-noise).")
+@click.option(
+    "--drop",
+    "drops",
+    multiple=True,
+    metavar="NAME@ROUND",
+    help="Kill participant NAME with SIGKILL in the middle of round ROUND (it rejoins afterwards).",
+)
+@click.option(
+    "--security-mode", type=click.Choice(["semi-honest", "malicious"]), default="semi-honest", show_default=True
+)
+@click.option(
+    "--aggregate-noise",
+    type=click.Choice(["none", "skellam", "discrete_gaussian"]),
+    default="none",
+    show_default=True,
+    help="Distributed DP: each participant adds integer noise before masking.",
+)
+@click.option(
+    "--aggregate-epsilon",
+    type=click.FloatRange(0.01, 1000),
+    default=10.0,
+    show_default=True,
+    help="Participant-level ε of the whole run against the coordinator (with --aggregate-noise).",
+)
 @click.option("--skip-baseline", is_flag=True, help="Do not train the single-party baselines.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
-def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, model_path, drops, security_mode, aggregate_noise,
-         aggregate_epsilon, skip_baseline, seed):
+def demo(
+    out_dir,
+    rounds,
+    participant_count,
+    records,
+    mode,
+    epsilon,
+    delta,
+    model_path,
+    drops,
+    security_mode,
+    aggregate_noise,
+    aggregate_epsilon,
+    skip_baseline,
+    seed,
+):
     """Run a federation of two hospitals and a bank on this machine and report on it."""
     parties = party_names(participant_count)
     drop_at = _parse_drops(drops, rounds, parties)
     if drop_at and participant_count - 1 < demo_threshold(participant_count):
-        raise click.BadParameter(f"with {participant_count} participants the threshold is "
-                                 f"{demo_threshold(participant_count)}: no one can drop out", param_hint="--drop")
+        raise click.BadParameter(
+            f"with {participant_count} participants the threshold is "
+            f"{demo_threshold(participant_count)}: no one can drop out",
+            param_hint="--drop",
+        )
     out_dir = (out_dir or Path(f"fedmask-demo-{dt.datetime.now():%Y%m%d-%H%M%S}")).resolve()
     work = out_dir / "work"
     if work.exists() and any(work.iterdir()):
@@ -154,37 +218,86 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     data_paths: dict[str, Path] = {}
     for index, party in enumerate(parties):
         pki.issue(federation_dir, "participant", party)
-        data_paths[party] = write_records(generate_records(_profile(party), records, seed=seed + index),
-                                          work / f"{party}.jsonl")
+        data_paths[party] = write_records(
+            generate_records(_profile(party), records, seed=seed + index), work / f"{party}.jsonl"
+        )
     click.echo(f"federation CA and certificates in {federation_dir}; {records} records per party generated")
 
-    training = {"mode": mode, "target_epsilon": epsilon, "target_delta": delta, "epochs": 1.0,
-                "batch_size": 64, "max_seq_len": 64}
+    training = {
+        "mode": mode,
+        "target_epsilon": epsilon,
+        "target_delta": delta,
+        "epochs": 1.0,
+        "batch_size": 64,
+        "max_seq_len": 64,
+    }
     if model_path:
         training["model_path"] = str(model_path)
     # A participant killed by --drop after it joined is waited for 60 s, not the whole join timeout.
-    config = {"participants": parties, "rounds": rounds, "training": training, "clip_norm": 5.0,
-              "threshold": demo_threshold(len(parties)), "security_mode": security_mode,
-              "join_timeout_s": 900.0, "phase_timeout_s": 60.0, "quorum_grace_s": 60.0,
-              "final_report_wait_s": 300.0, "aggregate_noise": aggregate_noise,
-              "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None}
+    config = {
+        "participants": parties,
+        "rounds": rounds,
+        "training": training,
+        "clip_norm": 5.0,
+        "threshold": demo_threshold(len(parties)),
+        "security_mode": security_mode,
+        "join_timeout_s": 900.0,
+        "phase_timeout_s": 60.0,
+        "quorum_grace_s": 60.0,
+        "final_report_wait_s": 300.0,
+        "aggregate_noise": aggregate_noise,
+        "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None,
+    }
     config_path = work / "federation.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     port = _free_port()
     python = sys.executable
     echo = click.echo
-    coordinator = _Process("coordinator", [
-        python, "-m", "fedmask.cli", "coordinator", "run", "--federation", str(federation_dir),
-        "--state", str(work / "coordinator"), "--config", str(config_path), "--port", str(port),
-    ], work / "coordinator.log", echo)
+    coordinator = _Process(
+        "coordinator",
+        [
+            python,
+            "-m",
+            "fedmask.cli",
+            "coordinator",
+            "run",
+            "--federation",
+            str(federation_dir),
+            "--state",
+            str(work / "coordinator"),
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+        ],
+        work / "coordinator.log",
+        echo,
+    )
 
     def start_node(party: str) -> _Process:
-        return _Process(party, [
-            python, "-m", "fedmask.cli", "participant", "node", "--federation", str(federation_dir),
-            "--name", party, "--data", str(data_paths[party]), "--state", str(work / party),
-            "--coordinator", f"localhost:{port}",
-        ], work / f"{party}.log", echo)
+        return _Process(
+            party,
+            [
+                python,
+                "-m",
+                "fedmask.cli",
+                "participant",
+                "node",
+                "--federation",
+                str(federation_dir),
+                "--name",
+                party,
+                "--data",
+                str(data_paths[party]),
+                "--state",
+                str(work / party),
+                "--coordinator",
+                f"localhost:{port}",
+            ],
+            work / f"{party}.log",
+            echo,
+        )
 
     nodes = {party: start_node(party) for party in parties}
     try:
@@ -200,10 +313,9 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     federation_s = time.monotonic() - started
     final = json.loads((work / "coordinator" / "final.json").read_text(encoding="utf-8"))
 
-    from fedmask.demo.report import build_report, single_party_baselines, write_report
-
     # The participants' own settings, budget plan included: the baselines spend the same budget.
     from fedmask.coordinator.federation import FederationConfig
+    from fedmask.demo.report import build_report, single_party_baselines, write_report
 
     participant_training = FederationConfig.from_json(config).training_config()
     baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)
@@ -211,12 +323,15 @@ def demo(out_dir, rounds, participant_count, records, mode, epsilon, delta, mode
     write_report(report, out_dir, final, participant_training, work / "coordinator")
     click.echo("")
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
-    click.echo(f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'report.png'}, "
-               f"{out_dir / 'global_adapter'}")
+    click.echo(
+        f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'report.png'}, "
+        f"{out_dir / 'global_adapter'}"
+    )
 
 
-def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node,
-               threshold: int) -> None:
+def _supervise(
+    coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node, threshold: int
+) -> None:
     """Wait for the coordinator; carry out --drop NAME@ROUND.
 
     NAME is killed (SIGKILL) while it trains for ROUND, so the round has to go on without it: the
@@ -230,17 +345,23 @@ def _supervise(coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[
             if any(f"round {round_number}/" in line and "training on" in line for line in nodes[party].lines):
                 nodes[party].kill()
                 nodes[party].wait(30)
-                click.echo(f"demo: killed {party} (SIGKILL) while it trained for round {round_number}; "
-                           "the round goes on without it")
+                click.echo(
+                    f"demo: killed {party} (SIGKILL) while it trained for round {round_number}; "
+                    "the round goes on without it"
+                )
                 to_restart[party] = to_kill.pop(party)
         for party, round_number in list(to_restart.items()):
-            if any((f"round {round_number}/" in line and "committed" in line)
-                   or (f"round {round_number} attempt" in line and "aborted" in line) for line in coordinator.lines):
+            if any(
+                (f"round {round_number}/" in line and "committed" in line)
+                or (f"round {round_number} attempt" in line and "aborted" in line)
+                for line in coordinator.lines
+            ):
                 click.echo(f"demo: restarting {party}")
                 nodes[party] = start_node(party)
                 del to_restart[party]
-        failed = [name for name, node in nodes.items()
-                  if name not in to_restart and node.process.poll() not in (None, 0)]
+        failed = [
+            name for name, node in nodes.items() if name not in to_restart and node.process.poll() not in (None, 0)
+        ]
         if failed and len(nodes) - len(failed) - len(to_restart) < threshold:
             coordinator.kill()
             raise click.ClickException(f"participants failed: {', '.join(failed)}; see their logs")

@@ -37,20 +37,39 @@ def _echo(line: str) -> None:
 
 
 @click.command("run")
-@click.option("--federation", "federation_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="The federation directory made by `fedmask pki` (CA, certificates, roster).")
+@click.option(
+    "--federation",
+    "federation_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The federation directory made by `fedmask pki` (CA, certificates, roster).",
+)
 @click.option("--name", default="main", show_default=True, help="The coordinator certificate to serve with.")
-@click.option("--state", "state_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Where the SQLite store and the checkpoints live.")
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where the SQLite store and the checkpoints live.",
+)
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True)
-@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
-              help="A plaintext listener with only the health service, for probes.")
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="A plaintext listener with only the health service, for probes.",
+)
 @click.option("--token-auth", is_flag=True, help="One-way TLS; participants authenticate with enrolment tokens.")
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Also write the report (per-round table, plot, global adapter) here and print it.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write the report (per-round table, plot, global adapter) here and print it.",
+)
 def run(federation_dir, name, state_dir, config_path, host, port, health_port, token_auth, insecure, report_dir):
     """Run every round of the federation described by --config."""
     started = time.monotonic()
@@ -72,14 +91,18 @@ def run(federation_dir, name, state_dir, config_path, host, port, health_port, t
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
     settings = ServerSettings(host=host, port=port, health_port=health_port)
     try:
-        federation = Federation(config, state_dir, security, settings=settings, progress=_echo,
-                                identity_keys=identity_keys)
+        federation = Federation(
+            config, state_dir, security, settings=settings, progress=_echo, identity_keys=identity_keys
+        )
         ledger = asyncio.run(federation.run())
     except FederationError as exc:
         _echo(f"stopped: {exc}")
         raise SystemExit(EXIT_FAILED) from None
-    final = {"ledger": ledger, "final_accuracy": federation.final_accuracy(),
-             "final_reports": {n: vars(r) for n, r in federation.service.final_reports.items()}}
+    final = {
+        "ledger": ledger,
+        "final_accuracy": federation.final_accuracy(),
+        "final_reports": {n: vars(r) for n, r in federation.service.final_reports.items()},
+    }
     (state_dir / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n", encoding="utf-8")
     _echo(f"done: {len(ledger)} rounds committed; final accuracy {federation.final_accuracy()}")
     if report_dir is not None:

@@ -76,13 +76,45 @@ def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
 )
 @click.option("--name", required=True, help="This participant's name (as in its certificate).")
 @click.option("--coordinator", "target", required=True, help="HOST:PORT of the coordinator.")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help="Encoded input: .npy of d integers in [0, 2^b).")
-@click.option("--synthetic-seed", type=click.IntRange(0), default=None, help="Contribute a random input derived from this seed instead (demos, tests: anyone knowing the seed knows the input).")
-@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True, help="Take part in this many consecutive rounds.")
-@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None, help=f"Enrolment token (one-way TLS instead of a client certificate); or env {TOKEN_ENV}.")
-@click.option("--tls-server-name", default=None, help="Expected name in the coordinator certificate, when HOST differs.")
-@click.option("--connect-attempts", type=click.IntRange(1), default=8, show_default=True, help="Attempts to reach the coordinator (exponential backoff with jitter, 0.5 s doubling to 8 s).")
-@click.option("--round-timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True, help="Seconds one round may take, joining included.")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Encoded input: .npy of d integers in [0, 2^b).",
+)
+@click.option(
+    "--synthetic-seed",
+    type=click.IntRange(0),
+    default=None,
+    help="Contribute a random input derived from this seed instead (demos, tests: anyone knowing the seed knows the input).",
+)
+@click.option(
+    "--rounds", type=click.IntRange(1), default=1, show_default=True, help="Take part in this many consecutive rounds."
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help=f"Enrolment token (one-way TLS instead of a client certificate); or env {TOKEN_ENV}.",
+)
+@click.option(
+    "--tls-server-name", default=None, help="Expected name in the coordinator certificate, when HOST differs."
+)
+@click.option(
+    "--connect-attempts",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Attempts to reach the coordinator (exponential backoff with jitter, 0.5 s doubling to 8 s).",
+)
+@click.option(
+    "--round-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Seconds one round may take, joining included.",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated gRPC (loopback experiments only).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line describing each round's outcome.")
 @click.option("-v", "--verbose", is_flag=True, help="Log transport details to stderr.")
@@ -102,7 +134,9 @@ def join(
     verbose: bool,
 ) -> None:
     """Join the coordinator's round and contribute an input under secure aggregation."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:  # pki.warn_insecure both prints and logs its warning: show it once
         logging.getLogger(pki.__name__).setLevel(logging.ERROR)
     if wire.PARTICIPANT_NAME.fullmatch(name) is None:
@@ -132,8 +166,10 @@ def join(
         )
         outcomes.append(outcome)
         if outcome.completed:
-            _echo(f"{prefix}done: the coordinator holds the sum over {len(outcome.survivors)} participants; "
-                  f"sent {outcome.bytes_sent} bytes")
+            _echo(
+                f"{prefix}done: the coordinator holds the sum over {len(outcome.survivors)} participants; "
+                f"sent {outcome.bytes_sent} bytes"
+            )
         else:
             _echo(f"{prefix}not completed: {outcome.reason}")
             break

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from fedmask.participant.data import DataError, load_local_data
 from fedmask.cli.join import TOKEN_ENV, setup_connection
+from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
 
 
@@ -35,8 +35,18 @@ from fedmask.participant.node import Node, NodeError
 @click.option("--connect-attempts", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
-def node(federation_dir, name, data_path, state_dir, target, tls_server_name, heldout_fraction, connect_attempts,
-         token_file, insecure):
+def node(
+    federation_dir,
+    name,
+    data_path,
+    state_dir,
+    target,
+    tls_server_name,
+    heldout_fraction,
+    connect_attempts,
+    token_file,
+    insecure,
+):
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
     logging.basicConfig(level=logging.WARNING)
     # Library chatter that says nothing about this run (deprecations; Opacus's note that its
@@ -54,8 +64,15 @@ def node(federation_dir, name, data_path, state_dir, target, tls_server_name, he
         raise click.ClickException(str(exc)) from None
     echo(f"{len(data.train)} training and {len(data.heldout)} held-out records; PII scrubbed: {dict(data.pii_counts)}")
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
-    connection, identity = setup_connection(federation_dir, name, target, token=token, tls_server_name=tls_server_name,
-                                            connect_attempts=connect_attempts, insecure=insecure)
+    connection, identity = setup_connection(
+        federation_dir,
+        name,
+        target,
+        token=token,
+        tls_server_name=tls_server_name,
+        connect_attempts=connect_attempts,
+        insecure=insecure,
+    )
     try:
         result = Node(connection, identity, data, state_dir, progress=echo).run()
     except NodeError as exc:

@@ -29,54 +29,122 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
 
 
 @participant.command()
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Local records, .jsonl or .csv (fields: text, label[, split]).")
-@click.option("--model", "model_path", default=None,
-              help="Hugging Face model directory or id. Default: the offline all-MiniLM-L6-v2.")
-@click.option("--task", type=click.Choice(["classification", "causal_lm"]),
-              default="classification", show_default=True)
-@click.option("--mode", type=click.Choice(["lora", "bitfit"]), default="lora", show_default=True,
-              help="Adapter: LoRA matrices, or bias terms only (DP-BiTFiT).")
-@click.option("--epsilon", type=float, default=8.0, show_default=True,
-              help="Record-level epsilon budget for the whole planned schedule.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Local records, .jsonl or .csv (fields: text, label[, split]).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    help="Hugging Face model directory or id. Default: the offline all-MiniLM-L6-v2.",
+)
+@click.option("--task", type=click.Choice(["classification", "causal_lm"]), default="classification", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["lora", "bitfit"]),
+    default="lora",
+    show_default=True,
+    help="Adapter: LoRA matrices, or bias terms only (DP-BiTFiT).",
+)
+@click.option(
+    "--epsilon",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Record-level epsilon budget for the whole planned schedule.",
+)
 @click.option("--delta", type=float, default=1e-5, show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Output directory: adapter/ (PEFT format) and report.json.")
-@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv",
-              show_default=True)
-@click.option("--clipping", type=click.Choice(["auto", "ew", "hooks", "ghost"]), default="auto",
-              show_default=True,
-              help="Per-sample gradient mode; auto = expanded weights, hooks if ew cannot run.")
-@click.option("--epochs", type=float, default=None,
-              help="Local training per round, in expected passes over the data [default: 3].")
-@click.option("--local-steps", type=int, default=None,
-              help="Local DP-SGD steps per round (instead of --epochs).")
-@click.option("--rounds", "planned_rounds", type=int, default=1, show_default=True,
-              help="Planned rounds the budget is spread over (noise covers rounds x steps).")
-@click.option("--batch-size", type=int, default=None,
-              help="Expected Poisson batch size [default: 64].")
-@click.option("--lr", "learning_rate", type=float, default=None,
-              help="The adapter's learning rate [default: per optimizer and mode].")
-@click.option("--head-lr", "head_learning_rate", type=float, default=None,
-              help="A classification head's learning rate [default: per optimizer].")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
-              help="SGD with momentum 0.9, or AdamW.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output directory: adapter/ (PEFT format) and report.json.",
+)
+@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
+@click.option(
+    "--clipping",
+    type=click.Choice(["auto", "ew", "hooks", "ghost"]),
+    default="auto",
+    show_default=True,
+    help="Per-sample gradient mode; auto = expanded weights, hooks if ew cannot run.",
+)
+@click.option(
+    "--epochs",
+    type=float,
+    default=None,
+    help="Local training per round, in expected passes over the data [default: 3].",
+)
+@click.option("--local-steps", type=int, default=None, help="Local DP-SGD steps per round (instead of --epochs).")
+@click.option(
+    "--rounds",
+    "planned_rounds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Planned rounds the budget is spread over (noise covers rounds x steps).",
+)
+@click.option("--batch-size", type=int, default=None, help="Expected Poisson batch size [default: 64].")
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=float,
+    default=None,
+    help="The adapter's learning rate [default: per optimizer and mode].",
+)
+@click.option(
+    "--head-lr",
+    "head_learning_rate",
+    type=float,
+    default=None,
+    help="A classification head's learning rate [default: per optimizer].",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adamw"]),
+    default="sgd",
+    show_default=True,
+    help="SGD with momentum 0.9, or AdamW.",
+)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True)
 @click.option("--max-seq-len", type=int, default=64, show_default=True)
 @click.option("--lora-rank", type=int, default=8, show_default=True)
-@click.option("--lora-targets", default=None,
-              help="Comma-separated module names for LoRA [default: per architecture].")
+@click.option("--lora-targets", default=None, help="Comma-separated module names for LoRA [default: per architecture].")
 @click.option("--num-labels", type=int, default=2, show_default=True)
-@click.option("--heldout-fraction", type=float, default=0.2, show_default=True,
-              help="Used only when the records carry no 'split' field.")
-@click.option("--ledger", "ledger_path", type=click.Path(path_type=Path), default=None,
-              help="Privacy ledger file to charge (persists epsilon across runs). "
-                   "Default: a fresh ledger written to OUT/ledger.json.")
+@click.option(
+    "--heldout-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Used only when the records carry no 'split' field.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Privacy ledger file to charge (persists epsilon across runs). "
+    "Default: a fresh ledger written to OUT/ledger.json.",
+)
 @click.option("--no-scrub", is_flag=True, help="Do not scrub PII (reported).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for the adapter's initialisation and the held-out split.")
-@click.option("--reproducible-noise", type=int, default=None, metavar="SEED",
-              help="Draw DP noise and batches from this seed: for tests only, not private.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for the adapter's initialisation and the held-out split.",
+)
+@click.option(
+    "--reproducible-noise",
+    type=int,
+    default=None,
+    metavar="SEED",
+    help="Draw DP noise and batches from this seed: for tests only, not private.",
+)
 def train(
     data_path: Path,
     model_path: str | None,
@@ -146,12 +214,18 @@ def train(
             noise_seed=reproducible_noise,
         )
         data = load_local_data(
-            data_path, task=task, num_labels=num_labels, heldout_fraction=heldout_fraction,
-            seed=seed, scrub_pii=not no_scrub,
+            data_path,
+            task=task,
+            num_labels=num_labels,
+            heldout_fraction=heldout_fraction,
+            seed=seed,
+            scrub_pii=not no_scrub,
         )
         ledger = PrivacyLedger.open(
             ledger_path if ledger_path is not None else out_dir / "ledger.json",
-            accountant=accountant, epsilon_budget=epsilon, delta=delta,
+            accountant=accountant,
+            epsilon_budget=epsilon,
+            delta=delta,
         )
     except (ConfigError, DataError, LedgerError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -163,8 +237,11 @@ def train(
         + (", ".join(f"{k} {v}" for k, v in data.pii_counts.items()) if not no_scrub else "off")
     )
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
         console=console,
     ) as progress:
         bar = progress.add_task(f"DP-SGD ({mode}, {threads} threads)", total=None, loss="-")
@@ -188,11 +265,13 @@ def train(
         f"clipping {report['clipping']}; held-out accuracy {report['accuracy']:.4f} "
         f"(majority baseline {report['majority_baseline']:.4f})"
     )
-    click.echo(json.dumps({"adapter": str(out_dir / "adapter"),
-                           "report": str(out_dir / "report.json")}))
+    click.echo(json.dumps({"adapter": str(out_dir / "adapter"), "report": str(out_dir / "report.json")}))
+
 
 from fedmask.cli.join import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client
+
 participant.add_command(join)
 
 from fedmask.cli.node import node  # noqa: E402 - `fedmask participant node` lives with the node loop
+
 participant.add_command(node)

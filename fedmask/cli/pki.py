@@ -67,9 +67,7 @@ def pki() -> None:
     show_default=True,
     help="CA validity.",
 )
-@click.option(
-    "--force", is_flag=True, help="Replace an existing CA (every issued certificate stops working)."
-)
+@click.option("--force", is_flag=True, help="Replace an existing CA (every issued certificate stops working).")
 @_pki_errors
 def init_command(directory: Path, federation_name: str, days: int, force: bool) -> None:
     """Create the federation CA and an empty signed roster."""
@@ -143,9 +141,7 @@ def token_command(name: str, directory: Path, days: int) -> None:
     is kept. A new token replaces the previous one.
     """
     token = pkilib.issue_token(directory, name, valid_days=days)
-    click.echo(
-        f"enrolment token for {name!r}, valid {days} days; deliver it over a trusted channel:", err=True
-    )
+    click.echo(f"enrolment token for {name!r}, valid {days} days; deliver it over a trusted channel:", err=True)
     click.echo(token)
 
 
@@ -159,9 +155,7 @@ def revoke_command(name: str, directory: Path) -> None:
     Servers that check peers against the roster refuse it from then on; its files are kept.
     """
     roster = pkilib.remove_participant(directory, name)
-    click.echo(
-        f"removed {name!r} from the roster (now v{roster.version}); redistribute roster.json and roster.sig"
-    )
+    click.echo(f"removed {name!r} from the roster (now v{roster.version}); redistribute roster.json and roster.sig")
 
 
 @pki.command("show")
@@ -172,9 +166,7 @@ def show_command(directory: Path) -> None:
     paths = pkilib.FederationPaths(directory)
     ca_cert = pkilib.load_ca_certificate(paths)
     roster = pkilib.load_roster(paths.roster, ca_cert)
-    click.echo(
-        f"federation {roster.federation!r} in {paths.root.resolve()} (roster v{roster.version}, signature OK)"
-    )
+    click.echo(f"federation {roster.federation!r} in {paths.root.resolve()} (roster v{roster.version}, signature OK)")
     click.echo(
         f"CA: sha256 {pkilib.certificate_fingerprint(ca_cert)}  "
         f"expires {ca_cert.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca_cert.not_valid_after_utc)})"

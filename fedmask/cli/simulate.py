@@ -8,10 +8,9 @@ import time
 
 import click
 
-from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshold, simulation
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.rand import SeededRandom, random_below
-from fedmask.secagg import simulation
 from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig
 
 PHASE_NAMES = {p.value: p for p in DROPPABLE_PHASES}
@@ -49,27 +48,56 @@ def build_config(
 @click.command()
 @click.option("--participants", "-n", type=click.IntRange(2, 100_000), required=True)
 @click.option("--dim", "-d", type=click.IntRange(1, 1 << 31), required=True, help="Values per update.")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Fraction of participants that drop out.")
-@click.option("--drop-phase", type=click.Choice(list(PHASE_NAMES)), default=Phase.MASKED_INPUT.value,
-              show_default=True, help="The phase in which they drop (they send nothing from then on).")
-@click.option("--graph", default="complete", show_default=True,
-              help="'complete' (SecAgg) or the SecAgg+ neighbour degree k.")
-@click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest",
-              show_default=True)
-@click.option("--threshold", "-t", type=click.IntRange(2), default=None,
-              help="Shares needed per secret [default: floor(2h/3)+1 of the h holders].")
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Fraction of participants that drop out.",
+)
+@click.option(
+    "--drop-phase",
+    type=click.Choice(list(PHASE_NAMES)),
+    default=Phase.MASKED_INPUT.value,
+    show_default=True,
+    help="The phase in which they drop (they send nothing from then on).",
+)
+@click.option(
+    "--graph", default="complete", show_default=True, help="'complete' (SecAgg) or the SecAgg+ neighbour degree k."
+)
+@click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
+@click.option(
+    "--threshold",
+    "-t",
+    type=click.IntRange(2),
+    default=None,
+    help="Shares needed per secret [default: floor(2h/3)+1 of the h holders].",
+)
 @click.option("--modulus-bits", "-b", type=click.IntRange(1, 64), default=32, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
-              help="Seeds the simulation's CSPRNG (simulations only; real rounds use the OS CSPRNG).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seeds the simulation's CSPRNG (simulations only; real rounds use the OS CSPRNG).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def simulate(participants, dim, dropout, drop_phase, graph, mode, threshold, modulus_bits, seed, as_json):
     """Run one secure-aggregation round in memory and check the sum bit for bit."""
     if graph != "complete" and not graph.isdigit():
         raise click.BadParameter("use 'complete' or a neighbour degree such as 68", param_hint="--graph")
     try:
-        config = build_config(participants, dim, dropout, PHASE_NAMES[drop_phase], graph,
-                              SecurityMode(mode), threshold, modulus_bits, seed)
+        config = build_config(
+            participants,
+            dim,
+            dropout,
+            PHASE_NAMES[drop_phase],
+            graph,
+            SecurityMode(mode),
+            threshold,
+            modulus_bits,
+            seed,
+        )
     except ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
     result = simulate_round(config)

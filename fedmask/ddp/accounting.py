@@ -32,9 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 # Integer orders only: the Skellam bound is proved for integer alpha.
-RDP_ORDERS: tuple[int, ...] = (
-    tuple(range(2, 65)) + tuple(range(68, 257, 4)) + (288, 320, 384, 448, 512, 640, 768, 1024)
-)
+RDP_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + tuple(range(68, 257, 4)) + (288, 320, 384, 448, 512, 640, 768, 1024)
 
 SKELLAM = "skellam"
 DISCRETE_GAUSSIAN = "discrete_gaussian"

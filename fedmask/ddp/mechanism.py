@@ -34,10 +34,10 @@ import numpy as np
 
 from fedmask.ddp import samplers as dpnoise
 from fedmask.ddp.accounting import RDP_ORDERS, NoiseRecord, epsilon_from_rdp, gaussian_rdp
+from fedmask.ddp.rotation import padded_dimension, rotate, unrotate
 from fedmask.secagg.encoding import centered_lift, clip_l2, randomized_round, to_modular
 from fedmask.secagg.errors import ParameterError, SecAggError
 from fedmask.secagg.rand import RandomSource, SeededRandom
-from fedmask.ddp.rotation import padded_dimension, rotate, unrotate
 
 # Integers on the encoding path stay far inside float64's exact range.
 MAX_SCALED_NORM = 2.0**40
@@ -59,9 +59,7 @@ class AggregateNoise(enum.Enum):
         for member in cls:
             if value == member.value:
                 return member
-        raise ParameterError(
-            f"aggregate_noise must be one of {', '.join(m.value for m in cls)}, got {value!r}"
-        )
+        raise ParameterError(f"aggregate_noise must be one of {', '.join(m.value for m in cls)}, got {value!r}")
 
 
 class BudgetScope(enum.Enum):
@@ -129,7 +127,12 @@ class AggregateNoiseConfig:
         _integer_in("detection_bits", self.detection_bits, 0, min(8, self.modulus_bits - 2))
         if not (isinstance(self.rounding_beta, float) and 0 < self.rounding_beta < 1):
             raise ParameterError(f"rounding_beta must be a float in (0, 1), got {self.rounding_beta!r}")
-        privacy = {"epsilon": self.epsilon, "delta": self.delta, "rounds": self.rounds, "budget_scope": self.budget_scope}
+        privacy = {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "rounds": self.rounds,
+            "budget_scope": self.budget_scope,
+        }
         if self.mechanism is AggregateNoise.NONE:
             given = sorted(name for name, value in privacy.items() if value is not None)
             if given:

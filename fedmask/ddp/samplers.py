@@ -174,9 +174,7 @@ def _check_variance(name: str, value: float) -> Fraction:
     return Fraction(float(value))
 
 
-def discrete_gaussian(
-    variance: float, count: int, rng: RandomSource, stats: SamplerStats | None = None
-) -> np.ndarray:
+def discrete_gaussian(variance: float, count: int, rng: RandomSource, stats: SamplerStats | None = None) -> np.ndarray:
     """``count`` draws of the discrete Gaussian N_Z(0, variance): P(y) proportional to
     exp(-y^2 / (2 variance)). ``variance`` is taken as the exact rational value of the float."""
     s2 = _check_variance("the discrete Gaussian variance", variance)

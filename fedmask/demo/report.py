@@ -20,8 +20,13 @@ def _accuracy_after_rounds(final: Mapping[str, Any]) -> list[dict[str, float]]:
     round r's result; the final reports describe the last one."""
     ledger = final["ledger"]
     after = [dict(entry["metrics"].get("accuracy_before", {})) for entry in ledger[1:]]
-    after.append({name: r["heldout_correct"] / r["heldout_count"]
-                  for name, r in final["final_reports"].items() if r["heldout_count"]})
+    after.append(
+        {
+            name: r["heldout_correct"] / r["heldout_count"]
+            for name, r in final["final_reports"].items()
+            if r["heldout_count"]
+        }
+    )
     return after
 
 
@@ -30,8 +35,9 @@ def union_accuracy(reports: Mapping[str, Mapping[str, Any]]) -> float | None:
     return sum(r["heldout_correct"] for r in reports.values()) / count if count else None
 
 
-def single_party_baselines(training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int,
-                           echo: Callable[[str], None]) -> dict[str, float]:
+def single_party_baselines(
+    training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int, echo: Callable[[str], None]
+) -> dict[str, float]:
     """Each party trained alone with the same DP budget and the same local training per round,
     evaluated on the union of every party's held-out split."""
     from fedmask.participant.data import load_local_data
@@ -52,23 +58,30 @@ def single_party_baselines(training: Mapping[str, Any], data_paths: Mapping[str,
     return accuracy
 
 
-def build_report(final: Mapping[str, Any], baselines: Mapping[str, float], federation_s: float, total_s: float,
-                 config: Mapping[str, Any]) -> dict[str, Any]:
+def build_report(
+    final: Mapping[str, Any],
+    baselines: Mapping[str, float],
+    federation_s: float,
+    total_s: float,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
     ledger = final["ledger"]
     accuracy = _accuracy_after_rounds(final)
     rounds = []
     for entry, after in zip(ledger, accuracy, strict=True):
-        rounds.append({
-            "round": entry["round"],
-            "survivors": entry["survivors"],
-            "dropped": entry["dropped"],
-            "accuracy": after,
-            "epsilon": entry["epsilon"],
-            "participant_level_epsilon": entry.get("participant_epsilon"),
-            "upload_bytes": sum(entry["metrics"]["upload_bytes"].values()),
-            "wall_s": entry["metrics"]["wall_s"],
-            "attempts": entry["attempt"],
-        })
+        rounds.append(
+            {
+                "round": entry["round"],
+                "survivors": entry["survivors"],
+                "dropped": entry["dropped"],
+                "accuracy": after,
+                "epsilon": entry["epsilon"],
+                "participant_level_epsilon": entry.get("participant_epsilon"),
+                "upload_bytes": sum(entry["metrics"]["upload_bytes"].values()),
+                "wall_s": entry["metrics"]["wall_s"],
+                "attempts": entry["attempt"],
+            }
+        )
     federated = union_accuracy(final["final_reports"])
     best_party = max(baselines, key=baselines.get) if baselines else None
     return {
@@ -85,8 +98,12 @@ def build_report(final: Mapping[str, Any], baselines: Mapping[str, float], feder
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     parties = sorted({p for r in report["rounds"] for p in (*r["accuracy"], *r["epsilon"])})
-    header = ["round", "survivors"] + [f"acc {p}" for p in parties] + [f"ε {p}" for p in parties] + [
-        "upload bytes", "wall s"]
+    header = (
+        ["round", "survivors"]
+        + [f"acc {p}" for p in parties]
+        + [f"ε {p}" for p in parties]
+        + ["upload bytes", "wall s"]
+    )
     lines = ["# fedmask demo", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rounds"]:
         cells = [str(r["round"]), ", ".join(r["survivors"])]
@@ -99,17 +116,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "Dropped (the round completed without them):"]
         lines += [f"- round {rnd}: {name}: {why}" for rnd, name, why in dropped]
     if any(r.get("participant_level_epsilon") is not None for r in report["rounds"]):
-        lines += ["", "Participant-level ε against the coordinator (distributed noise, cumulative): "
-                  + ", ".join(f"round {r['round']}: {r['participant_level_epsilon']:.3f}" for r in report["rounds"])]
-    lines += ["", "Accuracy is each party's held-out split evaluated by that party on the global adapter after",
-              "the round; ε is record-level, cumulative, as each party's Opacus accountant reports it.", ""]
+        lines += [
+            "",
+            "Participant-level ε against the coordinator (distributed noise, cumulative): "
+            + ", ".join(f"round {r['round']}: {r['participant_level_epsilon']:.3f}" for r in report["rounds"]),
+        ]
+    lines += [
+        "",
+        "Accuracy is each party's held-out split evaluated by that party on the global adapter after",
+        "the round; ε is record-level, cumulative, as each party's Opacus accountant reports it.",
+        "",
+    ]
     federated = report["federated_accuracy"]
     best = report["best_single_party_accuracy"]
-    lines.append(f"Federated adapter on the union of held-out splits: **{federated:.3f}**"
-                 if federated is not None else "Federated adapter: no final reports")
+    lines.append(
+        f"Federated adapter on the union of held-out splits: **{federated:.3f}**"
+        if federated is not None
+        else "Federated adapter: no final reports"
+    )
     if best is not None:
-        lines.append(f"Best single party trained alone with the same DP budget ({report['best_single_party']}): "
-                     f"**{best:.3f}**")
+        lines.append(
+            f"Best single party trained alone with the same DP budget ({report['best_single_party']}): **{best:.3f}**"
+        )
         for party, value in sorted(report["single_party_accuracy"].items()):
             lines.append(f"- {party} alone: {value:.3f}")
     lines += ["", f"Federation wall time {report['federation_wall_s']} s; whole demo {report['total_wall_s']} s."]
@@ -141,11 +169,11 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(report: Mapping[str, Any], out_dir: Path, final: Mapping[str, Any], training: Mapping[str, Any],
-                 state_dir: Path) -> None:
-    from fedmask.participant.training import TrainingConfig, export_adapter
-
+def write_report(
+    report: Mapping[str, Any], out_dir: Path, final: Mapping[str, Any], training: Mapping[str, Any], state_dir: Path
+) -> None:
     from fedmask.coordinator.store import FederationStore
+    from fedmask.participant.training import TrainingConfig, export_adapter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

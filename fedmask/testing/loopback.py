@@ -246,8 +246,8 @@ def drop_out_main(argv: Sequence[str] | None = None) -> None:
     """``python -m coordinator.loopback drop-out ...``: see the module docstring."""
     import argparse
 
-    from fedmask.participant.grpc_client import take_part
     from fedmask.cli.join import setup_connection, synthetic_input
+    from fedmask.participant.grpc_client import take_part
 
     parser = argparse.ArgumentParser(prog="python -m coordinator.loopback drop-out")
     parser.add_argument("--federation", type=Path, required=True)

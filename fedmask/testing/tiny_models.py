@@ -28,9 +28,7 @@ def build_tokenizer(texts: Iterable[str], directory: str | Path, *, vocab_size: 
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
     directory = Path(directory)
     fast.save_pretrained(directory)
     return directory

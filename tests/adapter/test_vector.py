@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedmask.adapter.vector import VectorLayoutError, VectorSpec, flatten, load_model_vector, model_vector, spec_of, trainable_named_parameters, unflatten
+from fedmask.adapter.vector import (
+    VectorLayoutError,
+    VectorSpec,
+    flatten,
+    load_model_vector,
+    model_vector,
+    spec_of,
+    trainable_named_parameters,
+    unflatten,
+)
 
 
 def _bits(tensor: torch.Tensor) -> bytes:

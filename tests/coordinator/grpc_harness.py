@@ -17,7 +17,6 @@ import grpc
 import numpy as np
 import pytest
 
-from fedmask.testing import loopback
 from fedmask import pki
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
@@ -39,6 +38,7 @@ from fedmask.secagg.errors import Phase
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
+from fedmask.testing import loopback
 
 DIM = 1000
 HONEST = ("alice", "bob", "carol")
@@ -237,9 +237,7 @@ class Mallory:
         )
         self.client.set_input(input_of(name, self.start.params.dimension))
 
-    def play(
-        self, until: Phase | None = None, tamper: Callable[[object], list] | None = None
-    ) -> object | None:
+    def play(self, until: Phase | None = None, tamper: Callable[[object], list] | None = None) -> object | None:
         """Play honestly; at phase ``until`` send ``tamper(honest_message)`` (envelopes or
         messages) instead and stop. Returns the last server message (RoundResult if it got
         that far)."""

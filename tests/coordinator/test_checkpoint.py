@@ -22,8 +22,10 @@ from fedmask.coordinator.checkpoint import (
     save_checkpoint,
 )
 
-LAYOUT = [{"name": "base.layer.0.lora_A", "shape": [4, 8], "dtype": "float32"},
-          {"name": "base.layer.0.lora_B", "shape": [8, 4], "dtype": "float32"}]
+LAYOUT = [
+    {"name": "base.layer.0.lora_A", "shape": [4, 8], "dtype": "float32"},
+    {"name": "base.layer.0.lora_B", "shape": [8, 4], "dtype": "float32"},
+]
 
 
 def vector_of(round_number: int, size: int = 64, dtype=np.float32) -> np.ndarray:

@@ -95,8 +95,9 @@ class TestAdapterPayload:
 
 class TestReports:
     def test_valid_report(self):
-        report = fl.ParticipantReport(round=1, adapter_round=0, epsilon=1.5, delta=1e-5, heldout_count=10,
-                                      heldout_correct=7, metrics_json="{}")
+        report = fl.ParticipantReport(
+            round=1, adapter_round=0, epsilon=1.5, delta=1e-5, heldout_count=10, heldout_correct=7, metrics_json="{}"
+        )
         assert _report_problem(report, rounds=3) is None
 
     @pytest.mark.parametrize(
@@ -117,8 +118,9 @@ class TestReports:
 
 class TestAggregateNoise:
     def test_plan_is_calibrated_for_the_threshold_and_the_run(self):
-        config = FederationConfig(participants=PARTIES, threshold=2, rounds=3, aggregate_noise="skellam",
-                                  aggregate_epsilon=10.0)
+        config = FederationConfig(
+            participants=PARTIES, threshold=2, rounds=3, aggregate_noise="skellam", aggregate_epsilon=10.0
+        )
         plan = config.noise_plan(5000)
         assert plan.config.min_survivors == 2 and plan.config.max_participants == 3
         assert plan.padded_dimension == 8192

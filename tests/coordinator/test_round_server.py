@@ -22,7 +22,6 @@ from grpc_harness import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedmask.testing import loopback
 from fedmask import pki
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
@@ -39,6 +38,7 @@ from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.secagg.errors import Phase
 from fedmask.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
 from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.testing import loopback
 
 pytestmark = pytest.mark.timeout(120)
 ALL = (*HONEST, MALLORY)
@@ -182,9 +182,7 @@ HOSTILE = [
     [case[1:] for case in HOSTILE],
     ids=[case[0] for case in HOSTILE],
 )
-def test_hostile_message_is_refused_and_the_sum_stays_exact(
-    round_harness, phase, tamper, code, words, mallory_counts
-):
+def test_hostile_message_is_refused_and_the_sum_stays_exact(round_harness, phase, tamper, code, words, mallory_counts):
     harness = round_harness()
     harness.start_honest(HONEST)
     stream = harness.raw(MALLORY)
@@ -255,7 +253,9 @@ def test_superseded_certificate_is_refused(round_harness, federation):
     assert_exact(harness.outcome(), HONEST)
 
 
-@pytest.mark.parametrize("who", ["no-client-certificate", "another-ca", "coordinator-certificate", "stolen-certificate"])
+@pytest.mark.parametrize(
+    "who", ["no-client-certificate", "another-ca", "coordinator-certificate", "stolen-certificate"]
+)
 def test_handshake_refuses_peers_without_a_participant_certificate(round_harness, federation, who):
     """These never get past the TLS handshake: the client sees UNAVAILABLE and the coordinator
     never hears of them; the round is unaffected."""
@@ -468,6 +468,7 @@ def test_malicious_mode_round_with_enrolled_identity_keys(federation):
         future = background.submit_round(
             RoundConfig(new_round_id(), params, names, join_timeout_s=20, identity_keys=dict(roster.identity_keys))
         )
+
         def identity(name):
             return Identity(name, pki.load_identity_key(federation.directory, name), dict(roster.identity_keys))
 

@@ -323,9 +323,7 @@ def test_sigkill_at_each_point_of_a_round(tmp_path, point, orphans, committed):
             assert interrupted.selected == SELECTED and interrupted.checkpoint is None
         assert store.last_committed().round_number == (2 if committed else 1)
         removed = store.collect_garbage()
-        kinds = sorted(
-            "temporary" if name.endswith(".tmp") else name.split(".")[-2] for name in removed
-        )
+        kinds = sorted("temporary" if name.endswith(".tmp") else name.split(".")[-2] for name in removed)
         assert kinds == sorted(orphans)
         assert all(name.startswith("round-000002-") for name in removed if not name.endswith(".tmp"))
         first_round_id = None if interrupted is None else interrupted.round_id
@@ -400,8 +398,11 @@ def test_a_round_commits_with_its_ledger_entry_and_clock_times(store):
 def test_ledger_entries_accept_a_plain_mapping(store):
     entry = entry_for(2)
     mapping = {
-        "survivors": list(entry.survivors), "dropped": {}, "encoding": dict(entry.encoding),
-        "epsilon": dict(entry.epsilon), "metrics": {"wall_s": 1.5},
+        "survivors": list(entry.survivors),
+        "dropped": {},
+        "encoding": dict(entry.encoding),
+        "epsilon": dict(entry.epsilon),
+        "metrics": {"wall_s": 1.5},
     }
     commit(store, 1)
     assert commit(store, 2, mapping)["metrics"] == {"wall_s": 1.5}
@@ -506,8 +507,12 @@ def test_a_commit_checks_the_checkpoint_files_first(store):
     ],
 )
 def test_ledger_entries_are_validated(fields, message):
-    base = {"survivors": ["alpha", "bravo"], "dropped": {"charlie": "timeout"}, "encoding": {"clip_norm": 1.0},
-            "epsilon": {"alpha": 1.0}}
+    base = {
+        "survivors": ["alpha", "bravo"],
+        "dropped": {"charlie": "timeout"},
+        "encoding": {"clip_norm": 1.0},
+        "epsilon": {"alpha": 1.0},
+    }
     with pytest.raises(InvalidRecord, match=message):
         LedgerEntry(**{**base, **fields})
 
@@ -607,13 +612,19 @@ def test_the_schema_enforces_the_invariants_itself(store):
         ("UPDATE ledger SET entry_json = '{}'", "append-only"),
         ("DELETE FROM ledger", "append-only"),
         ("DELETE FROM checkpoints", "append-only"),
-        ("UPDATE rounds SET state = 'failed', failure_reason = 'x', finished_at = 1 WHERE round_number = 1",
-         "a finished round is final"),
+        (
+            "UPDATE rounds SET state = 'failed', failure_reason = 'x', finished_at = 1 WHERE round_number = 1",
+            "a finished round is final",
+        ),
         ("DELETE FROM rounds WHERE round_number = 1", "a finished round is final"),
-        ("UPDATE rounds SET state = 'committed', finished_at = 1 WHERE round_number = 2",
-         "only with its ledger entry and checkpoint"),
-        ("INSERT INTO ledger (round_number, entry_json, recorded_at) VALUES (3, '{}', 1)",
-         "only while committing an open round"),
+        (
+            "UPDATE rounds SET state = 'committed', finished_at = 1 WHERE round_number = 2",
+            "only with its ledger entry and checkpoint",
+        ),
+        (
+            "INSERT INTO ledger (round_number, entry_json, recorded_at) VALUES (3, '{}', 1)",
+            "only while committing an open round",
+        ),
         ("INSERT INTO roster (round_number, participant) VALUES (9, 'alpha')", "FOREIGN KEY"),
     ]:
         with pytest.raises(sqlite3.IntegrityError, match=message):

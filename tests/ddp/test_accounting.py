@@ -56,7 +56,9 @@ def test_distributed_noise_epsilon_matches_dp_accounting_within_one_percent(mech
             # each branch of the bound's minimum alone is a (rho, xi)-zCDP statement
             v = central
             branches = [
-                dp_accounting.ZCDpEvent(l2_sq / (2 * v) + l2_sq / (2 * v * v), max(0.0, (6 * l1 - l2_sq) / (4 * v * v))),
+                dp_accounting.ZCDpEvent(
+                    l2_sq / (2 * v) + l2_sq / (2 * v * v), max(0.0, (6 * l1 - l2_sq) / (4 * v * v))
+                ),
                 dp_accounting.ZCDpEvent(l2_sq / (2 * v), 3 * l1 / (2 * v)),
             ]
         else:
@@ -70,9 +72,7 @@ def test_distributed_noise_epsilon_matches_dp_accounting_within_one_percent(mech
         assert upper <= 1.01 * ours, case
 
 
-@pytest.mark.parametrize(
-    "local_variance,survivors,l2_sq", [(0.5, 10, 1), (0.5, 10, 100), (0.2, 3, 4), (1.0, 50, 4)]
-)
+@pytest.mark.parametrize("local_variance,survivors,l2_sq", [(0.5, 10, 1), (0.5, 10, 100), (0.2, 3, 4), (1.0, 50, 4)])
 def test_discrete_gaussian_bound_with_small_noise_matches_dp_accounting(local_variance, survivors, l2_sq):
     """Small shares, where the tau terms of Kairouz et al. matter: the per-order minimum of the
     three forms equals the best of dp-accounting's three zCDP events (to 1%)."""
@@ -194,7 +194,14 @@ def test_a_round_without_noise_has_no_finite_epsilon():
     ],
 )
 def test_noise_records_are_validated(fields, match):
-    base = {"mechanism": acc.SKELLAM, "survivors": 3, "local_variance": 10.0, "l2_sensitivity_sq": 4, "l1_sensitivity": 2.0, "dimension": 8}
+    base = {
+        "mechanism": acc.SKELLAM,
+        "survivors": 3,
+        "local_variance": 10.0,
+        "l2_sensitivity_sq": 4,
+        "l1_sensitivity": 2.0,
+        "dimension": 8,
+    }
     with pytest.raises(ValueError, match=match):
         acc.NoiseRecord(**{**base, **fields})
 

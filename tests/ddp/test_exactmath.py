@@ -10,7 +10,6 @@ from fedmask.ddp import exactmath
 from fedmask.secagg.rand import SeededRandom
 
 
-
 @pytest.fixture(autouse=True)
 def _mpmath_precision():
     # mpmath's precision is process-global: set it per test, so that the order in which test
@@ -31,7 +30,16 @@ def _assert_encloses(enclosure, value, bits):
 
 @pytest.mark.parametrize("bits", [64, 300, 1000])
 @pytest.mark.parametrize(
-    "r", [Fraction(0), Fraction(1, 7), Fraction(1, 2), Fraction(1), Fraction(45, 2), Fraction(10**9 + 7, 10**7), Fraction(5000)]
+    "r",
+    [
+        Fraction(0),
+        Fraction(1, 7),
+        Fraction(1, 2),
+        Fraction(1),
+        Fraction(45, 2),
+        Fraction(10**9 + 7, 10**7),
+        Fraction(5000),
+    ],
 )
 def test_exp_neg_encloses(r, bits):
     _assert_encloses(exactmath.exp_neg(r, bits), mpmath.exp(-_mp(r)), bits)
@@ -39,7 +47,16 @@ def test_exp_neg_encloses(r, bits):
 
 @pytest.mark.parametrize("bits", [64, 400])
 @pytest.mark.parametrize(
-    "q", [Fraction(1), Fraction(2), Fraction(3, 2), Fraction(1, 3), Fraction(10**14 + 3), Fraction(7, 2**70), Fraction(2**200 + 1, 3)]
+    "q",
+    [
+        Fraction(1),
+        Fraction(2),
+        Fraction(3, 2),
+        Fraction(1, 3),
+        Fraction(10**14 + 3),
+        Fraction(7, 2**70),
+        Fraction(2**200 + 1, 3),
+    ],
 )
 def test_log_encloses(q, bits):
     _assert_encloses(exactmath.log(q, bits), mpmath.log(_mp(q)), bits)

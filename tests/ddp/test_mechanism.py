@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from fedmask.ddp import mechanism as ddp, rotation
-from fedmask.ddp.mechanism import AggregateNoise, AggregateNoiseConfig, BudgetScope, WrapAroundDetected
+from fedmask.ddp import mechanism as ddp
+from fedmask.ddp import rotation
 from fedmask.ddp.accounting import DistributedDPAccountant
+from fedmask.ddp.mechanism import AggregateNoise, AggregateNoiseConfig, BudgetScope, WrapAroundDetected
 from fedmask.secagg.encoding import centered_lift, clip_l2
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.prg import reduce_modulus
@@ -77,13 +78,25 @@ def test_no_noise_refuses_privacy_settings():
 
 def test_configuration_from_a_mapping():
     raw = {
-        "mechanism": "discrete_gaussian", "clip_norm": 0.5, "dimension": 100, "modulus_bits": 32,
-        "max_participants": 10, "min_survivors": 7, "epsilon": 3.0, "delta": 1e-6, "rounds": 5,
+        "mechanism": "discrete_gaussian",
+        "clip_norm": 0.5,
+        "dimension": 100,
+        "modulus_bits": 32,
+        "max_participants": 10,
+        "min_survivors": 7,
+        "epsilon": 3.0,
+        "delta": 1e-6,
+        "rounds": 5,
         "budget_scope": "per-round",
     }
     config = AggregateNoiseConfig.from_dict(raw)
     assert config.mechanism is AggregateNoise.DISCRETE_GAUSSIAN and config.budget_scope is BudgetScope.PER_ROUND
-    assert config.describe() == {**raw, "wrap_probability": 2.0**-40, "detection_bits": 1, "rounding_beta": math.exp(-0.5)}
+    assert config.describe() == {
+        **raw,
+        "wrap_probability": 2.0**-40,
+        "detection_bits": 1,
+        "rounding_beta": math.exp(-0.5),
+    }
     with pytest.raises(ParameterError, match="none, skellam, discrete_gaussian"):
         AggregateNoiseConfig.from_dict({**raw, "mechanism": "gaussian"})
     with pytest.raises(ParameterError, match="unknown aggregate-noise settings: sigma"):
@@ -132,7 +145,14 @@ def test_calibration_refuses_a_modulus_too_small_and_says_how_many_bits_are_need
 
 def test_plan_description_for_the_ledger(plans):
     described = plans[AggregateNoise.SKELLAM].describe()
-    for key in ("scale", "local_noise_variance", "sum_bound", "headroom_bits", "planned_epsilon", "expected_mse_at_min_survivors"):
+    for key in (
+        "scale",
+        "local_noise_variance",
+        "sum_bound",
+        "headroom_bits",
+        "planned_epsilon",
+        "expected_mse_at_min_survivors",
+    ):
         assert key in described
     assert described["mechanism"] == "skellam"
 

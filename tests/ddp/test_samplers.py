@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedmask.ddp import samplers as dpnoise, exactmath
+from fedmask.ddp import exactmath
+from fedmask.ddp import samplers as dpnoise
 from fedmask.secagg.rand import SeededRandom
-
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +29,15 @@ def test_numpy_log_and_log1p_meet_the_assumed_accuracy():
     """Margins assume relative error <= LOG_RELATIVE_ERROR for numpy's float64 log and log1p,
     at the arguments the samplers use: U = u 2^-64, k >= 64, and |u| <= 1/2 for log1p."""
     rng = SeededRandom.from_int(1)
-    u = np.frombuffer(rng.random_bytes(8 * 3000), dtype="<u8") >> np.frombuffer(rng.random_bytes(3000), dtype=np.uint8) % 64
+    u = (
+        np.frombuffer(rng.random_bytes(8 * 3000), dtype="<u8")
+        >> np.frombuffer(rng.random_bytes(3000), dtype=np.uint8) % 64
+    )
     u = u[u > 0]
     uniforms = u.astype(np.float64) * 2.0**-64
-    ks = np.unique(np.concatenate([np.arange(64, 2000), (uniforms[:1000] * 2.0**52).astype(np.int64) + 64])).astype(np.float64)
+    ks = np.unique(np.concatenate([np.arange(64, 2000), (uniforms[:1000] * 2.0**52).astype(np.int64) + 64])).astype(
+        np.float64
+    )
     small = (uniforms[:2000] - 0.5) * np.concatenate([np.ones(1000), np.full(1000, 1e-9)])
     worst = 0.0
     for fn, ref, xs in ((np.log, mpmath.log, uniforms), (np.log, mpmath.log, ks), (np.log1p, mpmath.log1p, small)):

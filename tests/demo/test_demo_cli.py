@@ -17,10 +17,16 @@ from fedmask.cli.demo import _parse_drops, _profile, demo, demo_threshold, party
 def test_party_names_cycle_through_the_three_profiles() -> None:
     assert party_names(2) == ["hospital-a", "hospital-b"]
     assert party_names(3) == ["hospital-a", "hospital-b", "bank"]
-    assert party_names(7) == ["hospital-a", "hospital-b", "bank", "hospital-a-2", "hospital-b-2",
-                              "bank-2", "hospital-a-3"]
-    assert [_profile(n) for n in party_names(7)] == ["hospital-a", "hospital-b", "bank"] * 2 + [
-        "hospital-a"]
+    assert party_names(7) == [
+        "hospital-a",
+        "hospital-b",
+        "bank",
+        "hospital-a-2",
+        "hospital-b-2",
+        "bank-2",
+        "hospital-a-3",
+    ]
+    assert [_profile(n) for n in party_names(7)] == ["hospital-a", "hospital-b", "bank"] * 2 + ["hospital-a"]
     assert len(set(party_names(12))) == 12
 
 
@@ -43,11 +49,9 @@ def test_bad_flags_fail_before_anything_starts(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected NAME@ROUND" in result.output
     result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "1"])
     assert result.exit_code == 2 and "--participants" in result.output
-    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
-                                  "bank@1"])
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop", "bank@1"])
     assert result.exit_code == 2 and "expected NAME@ROUND" in result.output  # no bank among 2
-    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop",
-                                  "hospital-b@1"])
+    result = runner.invoke(demo, ["--out", str(tmp_path / "d"), "--participants", "2", "--drop", "hospital-b@1"])
     assert result.exit_code == 2 and "threshold is 2: no one can drop out" in result.output
     assert not (tmp_path / "d").exists()  # nothing was created
 
@@ -57,9 +61,28 @@ def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "fedmask.cli", "demo", "--out", str(out), "--participants", "3",
-         "--rounds", "2", "--records", "60", "--drop", "bank@1", "--skip-baseline"],
-        capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "fedmask.cli",
+            "demo",
+            "--out",
+            str(out),
+            "--participants",
+            "3",
+            "--rounds",
+            "2",
+            "--records",
+            "60",
+            "--drop",
+            "bank@1",
+            "--skip-baseline",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "demo: killed bank (SIGKILL) while it trained for round 1" in run.stdout + run.stderr

@@ -41,13 +41,19 @@ class Engine:
     compose: list[str]
 
     def run(self, *args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([self.cli, *args], capture_output=True, text=True, check=check, timeout=timeout,
-                              **kwargs)
+        return subprocess.run([self.cli, *args], capture_output=True, text=True, check=check, timeout=timeout, **kwargs)
 
     def container(self, project: str, service: str) -> str:
-        names = self.run("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
-                         "--filter", f"label=com.docker.compose.service={service}",
-                         "--format", "{{.Names}}").stdout.split()
+        names = self.run(
+            "ps",
+            "-a",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+            "--format",
+            "{{.Names}}",
+        ).stdout.split()
         assert len(names) == 1, f"{service}: containers {names}"
         return names[0]
 
@@ -71,12 +77,15 @@ def find_engine() -> Engine | None:
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     if os.environ.get("FEDMASK_CONTAINER_TESTS") != "1":
-        pytest.skip("container tests build a ~2 GB image: run them with `make test-container` "
-                    "(FEDMASK_CONTAINER_TESTS=1)")
+        pytest.skip(
+            "container tests build a ~2 GB image: run them with `make test-container` (FEDMASK_CONTAINER_TESTS=1)"
+        )
     found = find_engine()
     if found is None:
-        pytest.skip("no container engine: install docker (with compose) or podman + podman-compose "
-                    "(../shared/tools/container-engine.sh does it on this project's machines)")
+        pytest.skip(
+            "no container engine: install docker (with compose) or podman + podman-compose "
+            "(../shared/tools/container-engine.sh does it on this project's machines)"
+        )
     return found
 
 
@@ -98,8 +107,15 @@ def test_image_runs_unprivileged_with_a_healthcheck(engine: Engine, image: str):
     # docker: Config.Healthcheck; podman: a top-level Healthcheck
     healthcheck = (config.get("Config") or {}).get("Healthcheck") or config.get("Healthcheck")
     assert healthcheck and healthcheck["Test"] == ["CMD", "fedmask-healthcheck"], healthcheck
-    torch = engine.run("run", "--rm", "--entrypoint", "python", image, "-c",
-                       "import torch; print(torch.__version__, torch.version.cuda)").stdout.split()
+    torch = engine.run(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        "import torch; print(torch.__version__, torch.version.cuda)",
+    ).stdout.split()
     assert torch[0].endswith("+cpu") and torch[1] == "None", torch
 
 
@@ -127,16 +143,18 @@ def test_compose_demo_runs_every_round(engine: Engine, image: str, tmp_path: Pat
                     process.kill()
             watcher.join(30)
         output = log_path.read_text(errors="replace")
-        codes = {service: _exit_code(engine, engine.container(project, service))
-                 for service in ("pki", "coordinator", *PARTIES)}
+        codes = {
+            service: _exit_code(engine, engine.container(project, service))
+            for service in ("pki", "coordinator", *PARTIES)
+        }
         assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{output[-6000:]}"
         assert healthy == [True], "the coordinator never reported SERVING to its healthcheck"
 
         # The per-round table, printed by the coordinator.
         header = "| round | survivors |"
         assert header in output, output[-6000:]
-        table = output[output.index(header):].splitlines()
-        rows = [line for line in table[2:2 + FEDERATION["rounds"]] if "|" in line]
+        table = output[output.index(header) :].splitlines()
+        rows = [line for line in table[2 : 2 + FEDERATION["rounds"]] if "|" in line]
         assert [row.split("|")[1].strip() for row in rows] == [str(r) for r in range(1, FEDERATION["rounds"] + 1)]
 
         # The report, read out of its volume.
@@ -156,11 +174,26 @@ def test_compose_demo_runs_every_round(engine: Engine, image: str, tmp_path: Pat
 
         # Each party's credentials volume holds its own key and the CA certificate, nothing else.
         for party in PARTIES:
-            files = engine.run("run", "--rm", "-v", f"{project}_{party}-credentials:/c:ro", "--entrypoint", "find",
-                               image, "/c", "-type", "f").stdout.split()
+            files = engine.run(
+                "run",
+                "--rm",
+                "-v",
+                f"{project}_{party}-credentials:/c:ro",
+                "--entrypoint",
+                "find",
+                image,
+                "/c",
+                "-type",
+                "f",
+            ).stdout.split()
             assert sorted(files) == sorted(
-                ["/c/.ready", "/c/ca/ca.pem", "/c/roster.json", "/c/roster.sig",
-                 *(f"/c/participants/{party}/{name}" for name in ("tls.pem", "tls.key", "identity.key"))]
+                [
+                    "/c/.ready",
+                    "/c/ca/ca.pem",
+                    "/c/roster.json",
+                    "/c/roster.sig",
+                    *(f"/c/participants/{party}/{name}" for name in ("tls.pem", "tls.key", "identity.key")),
+                ]
             ), files
     finally:
         subprocess.run([*compose, "down", "-v"], cwd=ROOT, env=env, capture_output=True, timeout=300)
@@ -183,8 +216,25 @@ def _watch_health(engine: Engine, project: str, process: subprocess.Popen, healt
 def _extract_volume(engine: Engine, image: str, volume: str, destination: Path) -> None:
     """Copy a volume's files here, through a throw-away container of the image (``cp`` from a
     stopped container does not see its volumes on every engine)."""
-    archive = subprocess.run([engine.cli, "run", "--rm", "-v", f"{volume}:/volume:ro", "--entrypoint", "tar", image,
-                              "-C", "/volume", "-c", "."], capture_output=True, check=True, timeout=300).stdout
+    archive = subprocess.run(
+        [
+            engine.cli,
+            "run",
+            "--rm",
+            "-v",
+            f"{volume}:/volume:ro",
+            "--entrypoint",
+            "tar",
+            image,
+            "-C",
+            "/volume",
+            "-c",
+            ".",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
     destination.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(destination, filter="data")

@@ -40,11 +40,22 @@ def _free_port() -> int:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     handle = log.open("a")
-    return subprocess.Popen([sys.executable, "-m", "fedmask.cli", *args], stdout=handle, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedmask.cli", *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -71,26 +82,61 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
         pki.issue(federation, "participant", party)
         data[party] = write_records(generate_records(party, 80, seed=index), tmp_path / f"{party}.jsonl")
     config = {
-        "participants": list(PARTIES), "rounds": ROUNDS, "threshold": 2, "clip_norm": 5.0,
-        "training": {"mode": "lora", "target_epsilon": EPSILON, "target_delta": 1e-5, "epochs": 1.0,
-                     "batch_size": 16, "max_seq_len": 32},
-        "join_timeout_s": 300.0, "phase_timeout_s": 30.0, "final_report_wait_s": 120.0,
+        "participants": list(PARTIES),
+        "rounds": ROUNDS,
+        "threshold": 2,
+        "clip_norm": 5.0,
+        "training": {
+            "mode": "lora",
+            "target_epsilon": EPSILON,
+            "target_delta": 1e-5,
+            "epochs": 1.0,
+            "batch_size": 16,
+            "max_seq_len": 32,
+        },
+        "join_timeout_s": 300.0,
+        "phase_timeout_s": 30.0,
+        "final_report_wait_s": 120.0,
     }
     config_path = tmp_path / "federation.json"
     config_path.write_text(json.dumps(config))
     state = tmp_path / "coordinator"
     port = _free_port()
-    coordinator_args = ["coordinator", "run", "--federation", str(federation), "--state", str(state),
-                        "--config", str(config_path), "--port", str(port)]
+    coordinator_args = [
+        "coordinator",
+        "run",
+        "--federation",
+        str(federation),
+        "--state",
+        str(state),
+        "--config",
+        str(config_path),
+        "--port",
+        str(port),
+    ]
     log = tmp_path / "coordinator.log"
     processes = []
     try:
         coordinator = _spawn(coordinator_args, log)
         processes.append(coordinator)
         nodes = {
-            party: _spawn(["participant", "node", "--federation", str(federation), "--name", party, "--data",
-                           str(data[party]), "--state", str(tmp_path / party), "--coordinator", f"localhost:{port}"],
-                          tmp_path / f"{party}.log")
+            party: _spawn(
+                [
+                    "participant",
+                    "node",
+                    "--federation",
+                    str(federation),
+                    "--name",
+                    party,
+                    "--data",
+                    str(data[party]),
+                    "--state",
+                    str(tmp_path / party),
+                    "--coordinator",
+                    f"localhost:{port}",
+                ],
+                tmp_path / f"{party}.log",
+            )
             for party in PARTIES
         }
         processes += nodes.values()

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fedmask.testing import loopback
 from fedmask.secagg.errors import Phase
+from fedmask.testing import loopback
 
 pytestmark = pytest.mark.timeout(180)
 DIM = 100_000

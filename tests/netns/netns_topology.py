@@ -69,8 +69,20 @@ class Topology:
                 namespace, port = f"{tag}-h{index}", f"port{index}"
                 _ip("netns", "add", namespace)
                 topology.hosts[name] = namespace
-                _ip("-n", topology.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                    "netns", namespace)
+                _ip(
+                    "-n",
+                    topology.switch,
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    namespace,
+                )
                 topology.ports[name] = port
                 _ip("-n", topology.switch, "link", "set", port, "master", "br0", "up")
                 address = str(hosts[index])

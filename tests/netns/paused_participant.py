@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from fedmask.participant.grpc_client import take_part
 from fedmask.cli.join import setup_connection, synthetic_input
+from fedmask.participant.grpc_client import take_part
 from fedmask.secagg.errors import Phase
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from netns_topology import Topology, existing_namespaces
 
-from fedmask.testing import loopback
 from fedmask import pki
 from fedmask.secagg.errors import Phase
+from fedmask.testing import loopback
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240), pytest.mark.usefixtures("netns_available")]
 
@@ -65,17 +65,55 @@ def make_federation(directory: Path, network: Topology, participants) -> Path:
 
 
 def spawn(network: Topology, host: str, args: list[str], *, cls=loopback.Process, stdin=subprocess.DEVNULL):
-    popen = network.popen(host, [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=stdin, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    popen = network.popen(
+        host,
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=stdin,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     return cls(host, popen)
 
 
-def start_coordinator(network, federation, participants, output: Path, *, rounds=1, threshold=None,
-                      join_timeout_s=60.0, phase_timeout_s=10.0) -> loopback.CoordinatorProcess:
-    args = ["-m", "fedmask.cli.coordinator", "serve", "--federation", str(federation), "--name", "main",
-            "--participants", ",".join(participants), "--dim", str(DIM), "--host", "0.0.0.0",
-            "--port", str(PORT), "--rounds", str(rounds), "--join-timeout", str(join_timeout_s),
-            "--phase-timeout", str(phase_timeout_s), "--output", str(output), "--json"]
+def start_coordinator(
+    network,
+    federation,
+    participants,
+    output: Path,
+    *,
+    rounds=1,
+    threshold=None,
+    join_timeout_s=60.0,
+    phase_timeout_s=10.0,
+) -> loopback.CoordinatorProcess:
+    args = [
+        "-m",
+        "fedmask.cli.coordinator",
+        "serve",
+        "--federation",
+        str(federation),
+        "--name",
+        "main",
+        "--participants",
+        ",".join(participants),
+        "--dim",
+        str(DIM),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(PORT),
+        "--rounds",
+        str(rounds),
+        "--join-timeout",
+        str(join_timeout_s),
+        "--phase-timeout",
+        str(phase_timeout_s),
+        "--output",
+        str(output),
+        "--json",
+    ]
     if threshold is not None:
         args += ["--threshold", str(threshold)]
     coordinator = spawn(network, "coordinator", args, cls=loopback.CoordinatorProcess)
@@ -84,8 +122,17 @@ def start_coordinator(network, federation, participants, output: Path, *, rounds
 
 
 def join_args(network, federation, name, seed, *extra: str) -> list[str]:
-    return ["--federation", str(federation), "--name", name, "--coordinator",
-            f"{network.address('coordinator')}:{PORT}", "--synthetic-seed", str(seed), *extra]
+    return [
+        "--federation",
+        str(federation),
+        "--name",
+        name,
+        "--coordinator",
+        f"{network.address('coordinator')}:{PORT}",
+        "--synthetic-seed",
+        str(seed),
+        *extra,
+    ]
 
 
 def participant_rounds(process: loopback.Process) -> list[dict]:
@@ -102,11 +149,23 @@ def test_link_cut_in_masked_input_leaves_the_exact_sum_of_the_survivors(make_net
     output = tmp_path / "sum.npy"
     coordinator = start_coordinator(network, federation, names, output, threshold=3)
 
-    honest = {name: spawn(network, name, ["-m", "fedmask.cli.join",
-                                          *join_args(network, federation, name, seeds[name], "--json")])
-              for name in survivors}
-    paused = spawn(network, victim, [str(PAUSED_PARTICIPANT), *join_args(network, federation, victim, seeds[victim]),
-                                     "--before", Phase.MASKED_INPUT.value], stdin=subprocess.PIPE)
+    honest = {
+        name: spawn(
+            network, name, ["-m", "fedmask.cli.join", *join_args(network, federation, name, seeds[name], "--json")]
+        )
+        for name in survivors
+    }
+    paused = spawn(
+        network,
+        victim,
+        [
+            str(PAUSED_PARTICIPANT),
+            *join_args(network, federation, victim, seeds[victim]),
+            "--before",
+            Phase.MASKED_INPUT.value,
+        ],
+        stdin=subprocess.PIPE,
+    )
     paused.wait_for_line(f"paused before {Phase.MASKED_INPUT.value}", 90)
     network.cut(victim)
     paused.popen.stdin.write("go\n")  # it sends its masked input now, into the dead link
@@ -139,12 +198,21 @@ def test_partitioned_coordinator_participants_back_off_and_join_the_next_round(m
     output = tmp_path / "sum.npy"
     # Round 1 is open while the coordinator is cut off; it must expire before the partition heals.
     network.cut("coordinator")
-    coordinator = start_coordinator(network, federation, names, output, rounds=3, threshold=2,
-                                    join_timeout_s=25.0)
-    participants = {name: spawn(network, name, ["-m", "fedmask.cli.join",
-                                                *join_args(network, federation, name, seeds[name], "--rounds", "2",
-                                                           "--connect-attempts", "40", "--json")])
-                    for name in names}
+    coordinator = start_coordinator(network, federation, names, output, rounds=3, threshold=2, join_timeout_s=25.0)
+    participants = {
+        name: spawn(
+            network,
+            name,
+            [
+                "-m",
+                "fedmask.cli.join",
+                *join_args(
+                    network, federation, name, seeds[name], "--rounds", "2", "--connect-attempts", "40", "--json"
+                ),
+            ],
+        )
+        for name in names
+    }
     for process in participants.values():  # each one finds the coordinator unreachable and backs off
         process.wait_for_line(RETRY_LINE, 60)
     coordinator.wait_for_line(r"round 1: ABORTED|round 2/3", 60)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmask.participant.data import DataError, load_local_data, load_records, split_records
 from fedmask.demo.data import PARTIES, generate_records, write_records
+from fedmask.participant.data import DataError, load_local_data, load_records, split_records
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -18,16 +18,14 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def test_jsonl_and_csv_give_the_same_records(tmp_path: Path) -> None:
-    rows = [{"text": "first, with a comma", "label": 1}, {"text": "second \"quoted\"", "label": 0}]
+    rows = [{"text": "first, with a comma", "label": 1}, {"text": 'second "quoted"', "label": 0}]
     jsonl = write_jsonl(tmp_path / "r.jsonl", rows)
     csv_path = tmp_path / "r.csv"
     csv_path.write_text('text,label\n"first, with a comma",1\n"second ""quoted""",0\n')
     from_jsonl = load_records(jsonl)
     from_csv = load_records(csv_path)
     assert [(r.text, r.label) for r in from_jsonl] == [(r.text, r.label) for r in from_csv]
-    assert [(r.text, r.label) for r in from_jsonl] == [
-        ("first, with a comma", 1), ('second "quoted"', 0)
-    ]
+    assert [(r.text, r.label) for r in from_jsonl] == [("first, with a comma", 1), ('second "quoted"', 0)]
 
 
 def test_causal_lm_needs_only_text(tmp_path: Path) -> None:
@@ -92,15 +90,12 @@ def test_file_level_errors(tmp_path: Path) -> None:
 
 
 def test_split_field_is_honoured_or_drawn_with_a_seed(tmp_path: Path) -> None:
-    rows = [{"text": f"t{i}", "label": i % 2, "split": "heldout" if i < 3 else "train"}
-            for i in range(10)]
+    rows = [{"text": f"t{i}", "label": i % 2, "split": "heldout" if i < 3 else "train"} for i in range(10)]
     data = load_local_data(write_jsonl(tmp_path / "s.jsonl", rows))
     assert [r.text for r in data.heldout] == ["t0", "t1", "t2"]
     assert len(data.train) == 7 and data.heldout_source == "file"
 
-    unsplit = load_records(write_jsonl(tmp_path / "u.jsonl", [
-        {"text": f"t{i}", "label": i % 2} for i in range(10)
-    ]))
+    unsplit = load_records(write_jsonl(tmp_path / "u.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)]))
     train, heldout, source = split_records(unsplit, heldout_fraction=0.3, seed=7)
     again = split_records(unsplit, heldout_fraction=0.3, seed=7)
     assert (train, heldout) == (again[0], again[1]) and len(heldout) == 3

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fedmask.testing import loopback
 from fedmask import pki
+from fedmask.cli.join import join, load_input
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
@@ -28,7 +28,6 @@ from fedmask.coordinator.round_server import (
 )
 from fedmask.coordinator.transport import mtls_security
 from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, take_part
-from fedmask.cli.join import join, load_input
 from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
@@ -36,6 +35,7 @@ from fedmask.secagg.errors import Phase
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
+from fedmask.testing import loopback
 
 pytestmark = pytest.mark.timeout(120)
 NAMES = ("alice", "bob", "carol")
@@ -120,7 +120,10 @@ def test_participant_retries_until_a_round_opens(federation, coordinator):
     with futures.ThreadPoolExecutor(len(NAMES)) as pool:
         jobs = {
             name: pool.submit(
-                take_part, connection(federation, name, port, initial_backoff_s=0.05), Identity(name), provider(name),
+                take_part,
+                connection(federation, name, port, initial_backoff_s=0.05),
+                Identity(name),
+                provider(name),
                 sleep=sleep,
             )  # fmt: skip
             for name in NAMES
@@ -138,7 +141,10 @@ def test_refusal_that_retrying_cannot_fix_is_not_retried(federation, coordinator
     future = coordinator.submit_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=1.0))
     slept: list[float] = []
     outcome = take_part(
-        connection(federation, "olivia", coordinator.server.port), Identity("olivia"), provider("olivia"), sleep=slept.append
+        connection(federation, "olivia", coordinator.server.port),
+        Identity("olivia"),
+        provider("olivia"),
+        sleep=slept.append,
     )
     assert (outcome.status, outcome.attempts, slept) == ("PERMISSION_DENIED", 1, [])
     assert "participant 'olivia' is not selected for this round" in outcome.reason
@@ -162,7 +168,10 @@ def test_coordinator_abort_reaches_the_participants_with_its_reason(federation, 
     with futures.ThreadPoolExecutor(len(NAMES)) as pool:
         jobs = {
             name: pool.submit(
-                take_part, connection(federation, name, port), Identity(name), provider(name),
+                take_part,
+                connection(federation, name, port),
+                Identity(name),
+                provider(name),
                 before_send=carol_drops if name == "carol" else None,
             )  # fmt: skip
             for name in NAMES
@@ -201,7 +210,9 @@ def test_participant_refuses_a_round_start_with_another_participants_id():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        outcome = take_part(Connection(f"127.0.0.1:{port}", None, connect_attempts=1), Identity("alice"), provider("alice"))
+        outcome = take_part(
+            Connection(f"127.0.0.1:{port}", None, connect_attempts=1), Identity("alice"), provider("alice")
+        )
     finally:
         server.stop(None)
     assert not outcome.completed

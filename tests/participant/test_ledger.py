@@ -20,9 +20,15 @@ NOISE, RATE, DELTA = 0.9, 0.02, 1e-5
 
 
 def _plan() -> PrivacyPlan:
-    return PrivacyPlan(noise_multiplier=NOISE, sample_rate=RATE, steps_per_round=50,
-                       planned_rounds=3, num_records=1600, expected_batch_size=32,
-                       max_grad_norm=1.0)
+    return PrivacyPlan(
+        noise_multiplier=NOISE,
+        sample_rate=RATE,
+        steps_per_round=50,
+        planned_rounds=3,
+        num_records=1600,
+        expected_batch_size=32,
+        max_grad_norm=1.0,
+    )
 
 
 def _reference_epsilon(accountant: str, steps: int) -> float:
@@ -99,8 +105,7 @@ def test_other_terms_or_a_foreign_file_are_refused(tmp_path: Path) -> None:
 
 
 def test_plan_is_fixed_once_set(tmp_path: Path) -> None:
-    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8,
-                                delta=DELTA)
+    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8, delta=DELTA)
     ledger.set_plan(_plan())
     ledger.set_plan(_plan())  # the same plan again is fine
     changed = PrivacyPlan(**{**_plan().__dict__, "noise_multiplier": 0.5})

@@ -16,9 +16,14 @@ PARTIES = ("hospital-a", "hospital-b", "bank")
 def _announced(config: FederationConfig, dimension: int) -> str:
     encoding = config.encoding()
     plan = config.noise_plan(dimension)
-    return json.dumps({"clip_norm": encoding.clip_norm, "scale": encoding.scale,
-                       "modulus_bits": encoding.modulus_bits,
-                       "aggregate_noise": plan.config.describe() if plan else None})
+    return json.dumps(
+        {
+            "clip_norm": encoding.clip_norm,
+            "scale": encoding.scale,
+            "modulus_bits": encoding.modulus_bits,
+            "aggregate_noise": plan.config.describe() if plan else None,
+        }
+    )
 
 
 def test_plain_encoding_is_parsed():
@@ -37,8 +42,12 @@ def test_node_calibrates_the_same_noise_plan_itself():
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", json.dumps({"clip_norm": 1.0}), json.dumps({"clip_norm": -1, "scale": 1, "modulus_bits": 32}),
-     json.dumps({"clip_norm": 1, "scale": 1, "modulus_bits": 32, "aggregate_noise": {"mechanism": "laplace"}})],
+    [
+        "not json",
+        json.dumps({"clip_norm": 1.0}),
+        json.dumps({"clip_norm": -1, "scale": 1, "modulus_bits": 32}),
+        json.dumps({"clip_norm": 1, "scale": 1, "modulus_bits": 32, "aggregate_noise": {"mechanism": "laplace"}}),
+    ],
 )
 def test_unusable_encodings_are_refused(text):
     with pytest.raises(NodeError, match="unusable encoding"):

@@ -54,8 +54,16 @@ def normwise_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tens
 def _config(model: str, task: str, mode: str, clipping: str) -> TrainingConfig:
     # Prepared on 50 records at batch size 1 (sample rate 0.02: a quick noise search).
     return TrainingConfig(
-        model_path=model, task=task, mode=mode, clipping=clipping, accountant="rdp",
-        local_steps=1, batch_size=1, max_seq_len=24, max_grad_norm=CLIP, noise_seed=0,
+        model_path=model,
+        task=task,
+        mode=mode,
+        clipping=clipping,
+        accountant="rdp",
+        local_steps=1,
+        batch_size=1,
+        max_seq_len=24,
+        max_grad_norm=CLIP,
+        noise_seed=0,
         lora_rank=4,
     )
 
@@ -90,7 +98,11 @@ def _clipped_sum(per_record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 _QUICK = {("qwen2", "lora", "ghost"), ("qwen2", "bitfit", "hooks")}
 CASES = [
     pytest.param(
-        model, task, mode, clipping, id=f"{model}-{mode}-{clipping}",
+        model,
+        task,
+        mode,
+        clipping,
+        id=f"{model}-{mode}-{clipping}",
         marks=() if clipping == "ew" or (model, mode, clipping) in _QUICK else pytest.mark.slow,
     )
     for model, task in (("minilm", "classification"), ("qwen2", "causal_lm"))
@@ -101,7 +113,12 @@ CASES = [
 
 @pytest.mark.parametrize(("model", "task", "mode", "clipping"), CASES)
 def test_opacus_matches_per_record_loop(
-    model: str, task: str, mode: str, clipping: str, minilm_path: str, tiny_qwen2_path: str,
+    model: str,
+    task: str,
+    mode: str,
+    clipping: str,
+    minilm_path: str,
+    tiny_qwen2_path: str,
     demo_records,
 ) -> None:
     path = minilm_path if model == "minilm" else tiny_qwen2_path

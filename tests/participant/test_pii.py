@@ -79,8 +79,7 @@ def test_one_text_with_several_types_counts_each() -> None:
     result = scrub(text)
     assert result.counts == {"email": 2, "phone": 1, "national_id": 1, "card": 1, "iban": 1}
     assert result.text == (
-        "Email [EMAIL] or call [PHONE]; card [CARD], IBAN [IBAN], ID [NATIONAL_ID], "
-        "second mail [EMAIL]"
+        "Email [EMAIL] or call [PHONE]; card [CARD], IBAN [IBAN], ID [NATIONAL_ID], second mail [EMAIL]"
     )
 
 

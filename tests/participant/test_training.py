@@ -20,8 +20,16 @@ from fedmask.participant.training import (
 )
 
 REPORT_KEYS = {
-    "epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant", "clipping",
-    "accuracy", "majority_baseline", "pii_counts",
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "accountant",
+    "clipping",
+    "accuracy",
+    "majority_baseline",
+    "pii_counts",
 }
 
 
@@ -29,8 +37,17 @@ def _small_config(path: str, task: str, mode: str, **overrides) -> TrainingConfi
     # 50 records at batch size 1: sample rate 0.02, where the RDP accountant answers quickly
     # (its noise search takes tens of seconds at rates like 0.5); one record per step is cheap.
     settings = dict(
-        model_path=path, task=task, mode=mode, accountant="rdp", local_steps=3, batch_size=1,
-        max_seq_len=32, lora_rank=4, noise_seed=0, target_epsilon=8.0, target_delta=1e-5,
+        model_path=path,
+        task=task,
+        mode=mode,
+        accountant="rdp",
+        local_steps=3,
+        batch_size=1,
+        max_seq_len=32,
+        lora_rank=4,
+        noise_seed=0,
+        target_epsilon=8.0,
+        target_delta=1e-5,
     )
     settings.update(overrides)
     return TrainingConfig(**settings)
@@ -44,8 +61,6 @@ def _tensors_of(vector: np.ndarray, trainer: LocalTrainer) -> dict[str, np.ndarr
     return out
 
 
-
-
 @pytest.mark.parametrize(
     ("model", "task", "mode"),
     [
@@ -56,15 +71,19 @@ def _tensors_of(vector: np.ndarray, trainer: LocalTrainer) -> dict[str, np.ndarr
     ],
 )
 def test_train_report_and_export(
-    model: str, task: str, mode: str, minilm_path: str, tiny_qwen2_path: str, demo_records,
+    model: str,
+    task: str,
+    mode: str,
+    minilm_path: str,
+    tiny_qwen2_path: str,
+    demo_records,
     tmp_path: Path,
 ) -> None:
     path = minilm_path if model == "minilm" else tiny_qwen2_path
     config = _small_config(path, task, mode)
     train = demo_records("hospital-b", 80, seed=1)[:50]
     heldout = demo_records("hospital-b", 80, seed=1, split="heldout")
-    ledger = PrivacyLedger.open(tmp_path / "ledger.json", accountant="rdp", epsilon_budget=8.0,
-                                delta=1e-5)
+    ledger = PrivacyLedger.open(tmp_path / "ledger.json", accountant="rdp", epsilon_budget=8.0, delta=1e-5)
     result = train_adapter(config, train, heldout=heldout, ledger=ledger)
     trainer, report = result.trainer, result.report
 
@@ -111,11 +130,8 @@ def test_train_report_and_export(
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_rounds_accumulate_epsilon_and_stop_at_the_budget(
-    tiny_qwen2_path: str, demo_records, tmp_path: Path
-) -> None:
-    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2,
-                           local_steps=2)
+def test_rounds_accumulate_epsilon_and_stop_at_the_budget(tiny_qwen2_path: str, demo_records, tmp_path: Path) -> None:
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2, local_steps=2)
     records = demo_records("bank", 80, seed=2)[:50]
     ledger_path = tmp_path / "ledger.json"
 
@@ -125,15 +141,14 @@ def test_rounds_accumulate_epsilon_and_stop_at_the_budget(
     ledger = open_ledger()
     first = train_adapter(config, records, ledger=ledger, note="round 1")
     global_vector = first.vector + np.float32(0.01)  # as if the average moved it
-    second = train_adapter(config, records, ledger=ledger, trainer=first.trainer,
-                           global_adapter_state=global_vector, note="round 2")
+    second = train_adapter(
+        config, records, ledger=ledger, trainer=first.trainer, global_adapter_state=global_vector, note="round 2"
+    )
     assert second.report["epsilon"] > first.report["epsilon"]
     assert second.report["total_steps"] == 4
     assert second.report["noise_multiplier"] == first.report["noise_multiplier"]
     nm, rate = first.report["noise_multiplier"], first.report["sample_rate"]
-    assert second.report["epsilon"] == pytest.approx(
-        compute_epsilon("rdp", [(nm, rate, 4)], 1e-5), rel=1e-9
-    )
+    assert second.report["epsilon"] == pytest.approx(compute_epsilon("rdp", [(nm, rate, 4)], 1e-5), rel=1e-9)
     assert second.report["epsilon"] <= 8.0
     # Round 2 started from the global adapter, not from where round 1 left the model.
     assert second.report["adapter"]["update_l2_norm"] == pytest.approx(
@@ -158,20 +173,18 @@ def test_global_adapter_state_is_loaded_before_training(tiny_qwen2_path: str, de
     records = demo_records("bank", 80, seed=2)[:50]
     trainer = LocalTrainer(config)
     shifted = trainer.initial_vector + np.float32(0.25)
-    state = {name: torch.full(spec.shape, 0.25) for name, spec in
-             zip(trainer.spec.names, trainer.spec.tensors, strict=True)}
+    state = {
+        name: torch.full(spec.shape, 0.25) for name, spec in zip(trainer.spec.names, trainer.spec.tensors, strict=True)
+    }
     result = train_adapter(config, records, trainer=trainer, global_adapter_state=shifted)
     # A small update from the given start (noise and clipping keep it small), not from init.
     assert np.abs(result.vector - shifted).max() < 0.1
     assert np.abs(result.vector - trainer.initial_vector).min() > 0.1
     with pytest.raises(ValueError, match="does not match this model's adapter"):
-        train_adapter(config, records, trainer=trainer, global_adapter_state={"x": state[
-            trainer.spec.names[0]]})
+        train_adapter(config, records, trainer=trainer, global_adapter_state={"x": state[trainer.spec.names[0]]})
 
 
-def test_noise_comes_from_os_entropy_unless_a_seed_is_given(
-    tiny_qwen2_path: str, demo_records
-) -> None:
+def test_noise_comes_from_os_entropy_unless_a_seed_is_given(tiny_qwen2_path: str, demo_records) -> None:
     records = demo_records("hospital-a", 80, seed=5)[:50]
     config = _small_config(tiny_qwen2_path, "causal_lm", "lora", noise_seed=None)
     first, second = train_adapter(config, records), train_adapter(config, records)
@@ -194,12 +207,9 @@ def test_noise_comes_from_os_entropy_unless_a_seed_is_given(
 
 
 @pytest.mark.parametrize("clipping", ["ew", "ghost"])
-def test_empty_poisson_batches_take_noise_only_steps(
-    clipping: str, tiny_qwen2_path: str, demo_records
-) -> None:
+def test_empty_poisson_batches_take_noise_only_steps(clipping: str, tiny_qwen2_path: str, demo_records) -> None:
     # 50 records at sample rate 0.02: one record expected per step, none in about 36% of them.
-    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", local_steps=12,
-                           clipping=clipping, noise_seed=3)
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", local_steps=12, clipping=clipping, noise_seed=3)
     records = demo_records("bank", 80, seed=6)[:50]
     result = train_adapter(config, records)
     assert result.report["empty_batches"] > 0
@@ -235,8 +245,7 @@ def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> No
     with pytest.raises(ConfigError, match="clipping must be one of"):
         TrainingConfig(clipping="fast")
     assert TrainingConfig.create(batch_size=None, local_steps=5).batch_size == 64
-    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2,
-                           local_steps=2)
+    config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2, local_steps=2)
     ledger = PrivacyLedger(accountant="rdp", epsilon_budget=8.0, delta=1e-5)
     trainer = LocalTrainer(config, ledger=ledger)
     train_adapter(config, demo_records("bank", 80, seed=2)[:50], trainer=trainer, ledger=ledger)
@@ -244,16 +253,12 @@ def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> No
     with pytest.raises(ConfigError, match="privacy plan was made for 50 records"):
         trainer.plan_for(60)
     with pytest.raises(ValueError, match="prepared on a different training set"):
-        train_adapter(config, demo_records("bank", 80, seed=3)[:50], trainer=trainer,
-                      ledger=ledger)
+        train_adapter(config, demo_records("bank", 80, seed=3)[:50], trainer=trainer, ledger=ledger)
     with pytest.raises(ConfigError, match="ledger terms"):
-        LocalTrainer(_small_config(tiny_qwen2_path, "causal_lm", "lora", target_epsilon=3.0),
-                     ledger=ledger)
+        LocalTrainer(_small_config(tiny_qwen2_path, "causal_lm", "lora", target_epsilon=3.0), ledger=ledger)
 
 
-def test_encoders_classify_from_the_masked_mean_of_token_states(
-    minilm_path: str, tiny_qwen2_path: str
-) -> None:
+def test_encoders_classify_from_the_masked_mean_of_token_states(minilm_path: str, tiny_qwen2_path: str) -> None:
     trainer = LocalTrainer(TrainingConfig(model_path=minilm_path))
     assert trainer.pooling == "mean"
     model = trainer.model.eval()
@@ -286,15 +291,12 @@ def _assert_every_tensor_moved(result) -> None:
 # the tiny Qwen2 (test_dp_adapter_lowers_the_causal_lm_loss).
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lora", "bitfit"])
-def test_dp_adapter_beats_the_majority_class_on_the_demo_task(
-    mode: str, minilm_path: str, demo_records
-) -> None:
+def test_dp_adapter_beats_the_majority_class_on_the_demo_task(mode: str, minilm_path: str, demo_records) -> None:
     # The guard against silently broken DP training (opacus#820): at epsilon 8 the adapter must
     # learn the demo task, clearly. A smaller run than the CLI's default (a slow test runs that).
     train = demo_records("hospital-a", 800, seed=11)
     heldout = demo_records("hospital-a", 800, seed=11, split="heldout")
-    config = TrainingConfig(model_path=minilm_path, mode=mode, max_seq_len=48, epochs=2.0,
-                            noise_seed=1)
+    config = TrainingConfig(model_path=minilm_path, mode=mode, max_seq_len=48, epochs=2.0, noise_seed=1)
     result = train_adapter(config, train, heldout=heldout)
     report = result.report
     assert 7.5 < report["epsilon"] <= 8.0
@@ -306,9 +308,18 @@ def test_dp_adapter_beats_the_majority_class_on_the_demo_task(
 def test_dp_adapter_lowers_the_causal_lm_loss(mode: str, tiny_qwen2_path: str, demo_records) -> None:
     train = demo_records("bank", 400, seed=4)
     heldout = demo_records("bank", 400, seed=4, split="heldout")
-    config = TrainingConfig(model_path=tiny_qwen2_path, task="causal_lm", mode=mode, batch_size=32,
-                            epochs=4.0, learning_rate=0.5, max_seq_len=32, accountant="rdp",
-                            target_epsilon=50.0, noise_seed=0)
+    config = TrainingConfig(
+        model_path=tiny_qwen2_path,
+        task="causal_lm",
+        mode=mode,
+        batch_size=32,
+        epochs=4.0,
+        learning_rate=0.5,
+        max_seq_len=32,
+        accountant="rdp",
+        target_epsilon=50.0,
+        noise_seed=0,
+    )
     trainer = LocalTrainer(config)
     before = trainer.evaluate(heldout).loss
     result = train_adapter(config, train, heldout=heldout, trainer=trainer)

@@ -135,9 +135,7 @@ def test_leaf_chains_verify_under_the_webpki_profile(federation: Federation) -> 
 
 
 def test_coordinator_hosts_become_dns_and_ip_sans(fresh: Federation) -> None:
-    pki.issue(
-        fresh.paths, "coordinator", "edge", hosts=["Coord.Example.org", "10.1.2.3", "::1"], valid_days=10
-    )
+    pki.issue(fresh.paths, "coordinator", "edge", hosts=["Coord.Example.org", "10.1.2.3", "::1"], valid_days=10)
     cert = x509.load_pem_x509_certificate(fresh.material("coordinator", "edge").cert_chain)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["coord.example.org"]
@@ -167,16 +165,12 @@ def _server_context(federation: Federation) -> ssl.SSLContext:
     return context
 
 
-def _client_context(
-    trusted: Federation, client: Federation | None, name: str = "hospital-a"
-) -> ssl.SSLContext:
+def _client_context(trusted: Federation, client: Federation | None, name: str = "hospital-a") -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_verify_locations(cadata=trusted.ca_cert.public_bytes(serialization.Encoding.PEM).decode())
     if client is not None:
-        context.load_cert_chain(
-            client.paths.tls_cert("participant", name), client.paths.tls_key("participant", name)
-        )
+        context.load_cert_chain(client.paths.tls_cert("participant", name), client.paths.tls_key("participant", name))
     return context
 
 
@@ -228,15 +222,10 @@ def test_mutual_tls13_handshake_succeeds_and_yields_the_participant_name(federat
     assert result.version == "TLSv1.3"
     assert result.reply == b"ok"
     assert result.peer_der is not None
-    assert (
-        pki.identity_from_peer_cert(result.peer_der, federation.ca_cert, roster=federation.roster())
-        == "hospital-a"
-    )
+    assert pki.identity_from_peer_cert(result.peer_der, federation.ca_cert, roster=federation.roster()) == "hospital-a"
 
 
-def test_handshake_fails_with_a_client_cert_from_another_ca(
-    federation: Federation, foreign: Federation
-) -> None:
+def test_handshake_fails_with_a_client_cert_from_another_ca(federation: Federation, foreign: Federation) -> None:
     result = _handshake(_server_context(federation), _client_context(federation, foreign))
     assert isinstance(result.server_error, ssl.SSLError)
     assert result.peer_der is None and result.reply == b""
@@ -248,9 +237,7 @@ def test_handshake_fails_without_a_client_cert(federation: Federation) -> None:
     assert result.reply == b""
 
 
-def test_participant_rejects_a_coordinator_from_another_ca(
-    federation: Federation, foreign: Federation
-) -> None:
+def test_participant_rejects_a_coordinator_from_another_ca(federation: Federation, foreign: Federation) -> None:
     result = _handshake(_server_context(foreign), _client_context(federation, federation))
     assert isinstance(result.client_error, ssl.SSLCertVerificationError)
 
@@ -274,9 +261,7 @@ def test_identity_rejects_a_coordinator_cert_used_as_client(federation: Federati
 def test_identity_rejects_a_cert_from_another_ca(federation: Federation, foreign: Federation) -> None:
     # Same federation name, same participant name: only the CA differs.
     with pytest.raises(pki.PeerIdentityError, match="not a valid client certificate"):
-        pki.identity_from_peer_cert(
-            foreign.material("participant", "hospital-a").cert_chain, federation.ca_cert
-        )
+        pki.identity_from_peer_cert(foreign.material("participant", "hospital-a").cert_chain, federation.ca_cert)
 
 
 @pytest.mark.parametrize(
@@ -359,9 +344,7 @@ def test_roster_lists_enrolled_identity_keys_bound_to_their_certs(federation: Fe
 def _tamper(federation: Federation, edit) -> None:  # type: ignore[no-untyped-def]
     document = json.loads(federation.paths.roster.read_bytes())
     edit(document)
-    federation.paths.roster.write_bytes(
-        json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-    )
+    federation.paths.roster.write_bytes(json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n")
 
 
 def _raw_key() -> str:
@@ -383,9 +366,7 @@ def _swap_keys(document: dict) -> None:  # type: ignore[type-arg]
 @pytest.mark.parametrize(
     "edit",
     [
-        pytest.param(
-            lambda d: d["participants"]["bank"].update(identity_key_ed25519=_raw_key()), id="changed-key"
-        ),
+        pytest.param(lambda d: d["participants"]["bank"].update(identity_key_ed25519=_raw_key()), id="changed-key"),
         pytest.param(
             lambda d: d["participants"].update(
                 mallory={**d["participants"]["bank"], "identity_key_ed25519": _raw_key()}
@@ -502,9 +483,7 @@ def test_issue_needs_an_initialised_directory(tmp_path: Path) -> None:
 
 def test_tokens_verify_only_for_their_name_and_are_stored_hashed(fresh: Federation) -> None:
     token = pki.issue_token(fresh.paths, "bank")
-    assert len(token) == 43 and set(token) <= set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    )
+    assert len(token) == 43 and set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     assert pki.verify_token(fresh.paths, "bank", token)
     assert not pki.verify_token(fresh.paths, "hospital-a", token)
     assert not pki.verify_token(fresh.paths, "bank", token[:-1] + ("A" if token[-1] != "A" else "B"))
@@ -515,9 +494,7 @@ def test_tokens_verify_only_for_their_name_and_are_stored_hashed(fresh: Federati
     assert not pki.verify_token(fresh.paths, "bank", token, now=later)
     replacement = pki.issue_token(fresh.paths, "bank")
     assert replacement != token
-    assert pki.verify_token(fresh.paths, "bank", replacement) and not pki.verify_token(
-        fresh.paths, "bank", token
-    )
+    assert pki.verify_token(fresh.paths, "bank", replacement) and not pki.verify_token(fresh.paths, "bank", token)
     with pytest.raises(pki.PkiError, match="not enrolled"):
         pki.issue_token(fresh.paths, "nobody")
 
@@ -573,9 +550,7 @@ def test_cli_init_issue_token_show(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(
-        pki_command, ["issue", "participant", "hospital-a", "--dir", directory, "--days", "30"]
-    )
+    result = runner.invoke(pki_command, ["issue", "participant", "hospital-a", "--dir", directory, "--days", "30"])
     assert result.exit_code == 0, result.output
     assert "identity.key" in result.output
 
@@ -616,10 +591,7 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory]).exit_code == 0
     result = runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory])
     assert result.exit_code == 1 and "--force" in result.output
-    assert (
-        runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory, "--force"]).exit_code
-        == 0
-    )
+    assert runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory, "--force"]).exit_code == 0
     assert "Traceback" not in result.output
 
 
@@ -722,16 +694,12 @@ def test_grpc_refuses_clients_without_a_federation_certificate(
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_grpc_identity_comes_from_the_certificate_not_the_claim(
-    grpc_server: str, federation: Federation
-) -> None:
+def test_grpc_identity_comes_from_the_certificate_not_the_claim(grpc_server: str, federation: Federation) -> None:
     """A CA-signed cert whose CN claims 'hospital-a' but whose URI says 'bank' passes TLS, yet
     yields no identity: the server answers PERMISSION_DENIED instead of trusting either name."""
     import grpc
 
-    cert_pem, key_pem = _forge_leaf_with_key(
-        federation, common_name="hospital-a", uri="urn:fedmask:participant:bank"
-    )
+    cert_pem, key_pem = _forge_leaf_with_key(federation, common_name="hospital-a", uri="urn:fedmask:participant:bank")
     ca = federation.ca_cert.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(grpc.RpcError) as info:
         _grpc_call(grpc_server, grpc.ssl_channel_credentials(ca, key_pem, cert_pem), "whoami")

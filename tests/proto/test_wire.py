@@ -98,9 +98,7 @@ def test_consistency_signature_round_trip():
 
 
 def test_unmask_response_round_trip():
-    message = UnmaskResponse(
-        3, SID, ((1, _bytes(33)), (2, _bytes(33))), ((7, _bytes(33)),)
-    )
+    message = UnmaskResponse(3, SID, ((1, _bytes(33)), (2, _bytes(33))), ((7, _bytes(33)),))
     assert _over_the_wire_client(message, sender=3) == message
 
 
@@ -200,33 +198,61 @@ def _client_envelope(**body) -> pb.ClientEnvelope:
     [
         (pb.ClientEnvelope(), "empty envelope"),
         (
-            _client_envelope(advertise_keys=pb.AdvertiseKeys(round_id=b"r", encryption_key=b"k" * 31, masking_key=b"m" * 32)),
+            _client_envelope(
+                advertise_keys=pb.AdvertiseKeys(round_id=b"r", encryption_key=b"k" * 31, masking_key=b"m" * 32)
+            ),
             "encryption key must be 32 bytes",
         ),
         (
-            _client_envelope(advertise_keys=pb.AdvertiseKeys(round_id=b"r", encryption_key=b"k" * 32, masking_key=b"m" * 32, signature=b"s" * 10)),
+            _client_envelope(
+                advertise_keys=pb.AdvertiseKeys(
+                    round_id=b"r", encryption_key=b"k" * 32, masking_key=b"m" * 32, signature=b"s" * 10
+                )
+            ),
             "signature must be 64 bytes",
         ),
         (
-            _client_envelope(advertise_keys=pb.AdvertiseKeys(round_id=b"", encryption_key=b"k" * 32, masking_key=b"m" * 32)),
+            _client_envelope(
+                advertise_keys=pb.AdvertiseKeys(round_id=b"", encryption_key=b"k" * 32, masking_key=b"m" * 32)
+            ),
             "round id",
         ),
-        (_client_envelope(masked_input=pb.MaskedInput(session_id=SID, masked=bytes(3999))), "3999 bytes, expected 4000"),
-        (_client_envelope(masked_input=pb.MaskedInput(session_id=SID, masked=bytes(4004))), "4004 bytes, expected 4000"),
-        (_client_envelope(masked_input=pb.MaskedInput(session_id=SID[:31], masked=bytes(4000))), "session id must be 32"),
         (
-            _client_envelope(share_keys=pb.ShareKeys(session_id=SID, shares=[pb.EncryptedShareTo(recipient=0, ciphertext=bytes(SHARE_CIPHERTEXT_BYTES))])),
+            _client_envelope(masked_input=pb.MaskedInput(session_id=SID, masked=bytes(3999))),
+            "3999 bytes, expected 4000",
+        ),
+        (
+            _client_envelope(masked_input=pb.MaskedInput(session_id=SID, masked=bytes(4004))),
+            "4004 bytes, expected 4000",
+        ),
+        (
+            _client_envelope(masked_input=pb.MaskedInput(session_id=SID[:31], masked=bytes(4000))),
+            "session id must be 32",
+        ),
+        (
+            _client_envelope(
+                share_keys=pb.ShareKeys(
+                    session_id=SID, shares=[pb.EncryptedShareTo(recipient=0, ciphertext=bytes(SHARE_CIPHERTEXT_BYTES))]
+                )
+            ),
             "share recipient must be a participant id",
         ),
         (
-            _client_envelope(share_keys=pb.ShareKeys(session_id=SID, shares=[pb.EncryptedShareTo(recipient=2, ciphertext=bytes(5))])),
+            _client_envelope(
+                share_keys=pb.ShareKeys(session_id=SID, shares=[pb.EncryptedShareTo(recipient=2, ciphertext=bytes(5))])
+            ),
             "share ciphertext must be",
         ),
         (
-            _client_envelope(unmask_response=pb.UnmaskResponse(session_id=SID, key_shares=[pb.OwnerShare(owner=2, share=bytes(32))])),
+            _client_envelope(
+                unmask_response=pb.UnmaskResponse(session_id=SID, key_shares=[pb.OwnerShare(owner=2, share=bytes(32))])
+            ),
             "Shamir share must be 33 bytes",
         ),
-        (_client_envelope(consistency_signature=pb.ConsistencySignature(session_id=SID, signature=b"")), "signature must be 64"),
+        (
+            _client_envelope(consistency_signature=pb.ConsistencySignature(session_id=SID, signature=b"")),
+            "signature must be 64",
+        ),
         (_client_envelope(abort=pb.Abort(phase=99, reason="x")), "unknown phase"),
     ],
 )
@@ -247,19 +273,27 @@ def test_a_peer_reason_is_made_printable_and_bounded():
     [
         (pb.RoundStart(round_id=b"r", participant_id=1, participants=["a", "b"]), "without protocol parameters"),
         (
-            pb.RoundStart(round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=3, participants=["a", "b", "c"][:2]),
+            pb.RoundStart(
+                round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=3, participants=["a", "b", "c"][:2]
+            ),
             "participant id 3 is not in 1..2",
         ),
         (
-            pb.RoundStart(round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["b", "a", "c"]),
+            pb.RoundStart(
+                round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["b", "a", "c"]
+            ),
             "sorted and distinct",
         ),
         (
-            pb.RoundStart(round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["a", "a", "c"]),
+            pb.RoundStart(
+                round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["a", "a", "c"]
+            ),
             "sorted and distinct",
         ),
         (
-            pb.RoundStart(round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["A", "b", "c"]),
+            pb.RoundStart(
+                round_id=b"r", params=wire.params_to_proto(PARAMS), participant_id=1, participants=["A", "b", "c"]
+            ),
             "malformed participant name",
         ),
         (
@@ -315,6 +349,11 @@ def test_message_size_limit_covers_every_honest_message_and_little_more():
     ).ByteSize()
     assert max(masked, shares, unmask) < limit < 4 * d * 1.2
     roster = wire.server_to_proto(
-        KeyRoster(b"r" * 64, tuple(AdvertiseKeys(u, b"r" * 64, bytes(32), bytes(32), bytes(keys.SIGNATURE_BYTES)) for u in range(1, n + 1)))
+        KeyRoster(
+            b"r" * 64,
+            tuple(
+                AdvertiseKeys(u, b"r" * 64, bytes(32), bytes(32), bytes(keys.SIGNATURE_BYTES)) for u in range(1, n + 1)
+            ),
+        )
     ).ByteSize()
     assert roster < transport.max_coordinator_message_bytes(n)

@@ -13,7 +13,6 @@ from fedmask.secagg.messages import (
     ConsistencyRequest,
     KeyRoster,
     MaskedInput,
-    ShareBundle,
     UnmaskRequest,
     UnmaskResponse,
 )

@@ -170,7 +170,9 @@ class TestParameterFinder:
         assert find_secagg_plus_parameters(1000, dropout_fraction=third, corruption_fraction=third) == (292, 154)
 
     def test_degree_grows_slowly(self):
-        degrees = [find_secagg_plus_parameters(n, dropout_fraction=0.1, corruption_fraction=0.1)[0] for n in (100, 1000, 5000)]
+        degrees = [
+            find_secagg_plus_parameters(n, dropout_fraction=0.1, corruption_fraction=0.1)[0] for n in (100, 1000, 5000)
+        ]
         assert degrees == sorted(degrees)
         assert degrees[-1] < 5000 // 10
 

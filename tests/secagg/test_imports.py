@@ -7,9 +7,25 @@ import pytest
 
 SECAGG = pathlib.Path(__file__).resolve().parents[2] / "secagg"
 FORBIDDEN_MODULES = {
-    "grpc", "torch", "socket", "ssl", "asyncio", "selectors", "http", "urllib", "requests",
-    "time", "datetime", "random", "secrets", "threading", "multiprocessing", "subprocess",
-    "transformers", "peft", "opacus",
+    "grpc",
+    "torch",
+    "socket",
+    "ssl",
+    "asyncio",
+    "selectors",
+    "http",
+    "urllib",
+    "requests",
+    "time",
+    "datetime",
+    "random",
+    "secrets",
+    "threading",
+    "multiprocessing",
+    "subprocess",
+    "transformers",
+    "peft",
+    "opacus",
 }
 # The OS CSPRNG is reachable only through the injected SystemRandom.
 MAY_IMPORT_OS = {"rand.py"}

@@ -1,7 +1,7 @@
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives import serialization
 
 from fedmask.secagg import keys
 from fedmask.secagg.errors import CryptoError
@@ -37,9 +37,7 @@ def test_hkdf_rfc5869_test_case_1():
         info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
         length=42,
     )
-    assert okm.hex() == (
-        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
-    )
+    assert okm.hex() == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
 
 
 def test_ed25519_rfc8032_test_1():
