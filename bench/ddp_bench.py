@@ -83,11 +83,11 @@ def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> di
     for _ in range(repeats):
         clipped_rotated, t_rotate = _timed(lambda: rotation.rotate(clip_l2(update, 1.0)[0], seed))
         rounded, t_round = _timed(
-            lambda: distributed_dp.conditional_round(clipped_rotated * plan.scale, plan.l2_sensitivity_sq, stream)
+            lambda x=clipped_rotated: distributed_dp.conditional_round(x * plan.scale, plan.l2_sensitivity_sq, stream)
         )
         sampler = dpnoise.skellam if mechanism is AggregateNoise.SKELLAM else dpnoise.discrete_gaussian
-        noise, t_noise = _timed(lambda: sampler(plan.local_variance, plan.padded_dimension, stream))
-        _, t_reduce = _timed(lambda: to_modular(rounded + noise, 32))
+        noise, t_noise = _timed(lambda draw=sampler: draw(plan.local_variance, plan.padded_dimension, stream))
+        _, t_reduce = _timed(lambda x=rounded, z=noise: to_modular(x + z, 32))
         _, t_total = _timed(lambda: distributed_dp.encode_with_noise(update, plan, seed, rng))
         for key, value in zip(stages, (t_rotate, t_round, t_noise, t_reduce, t_total), strict=True):
             stages[key].append(value)
@@ -106,7 +106,7 @@ def masking_cost(length: int, repeats: int, seeds: int = 10) -> float:
     times = []
     for _ in range(repeats):
         vector = np.zeros(length, dtype=np.uint32)
-        _, elapsed = _timed(lambda: prg.add_masks(vector, keys[: seeds // 2], keys[seeds // 2 :]))
+        _, elapsed = _timed(lambda v=vector: prg.add_masks(v, keys[: seeds // 2], keys[seeds // 2 :]))
         times.append(elapsed)
     return statistics.median(times)
 

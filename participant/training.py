@@ -949,7 +949,7 @@ class LocalTrainer:
             raise RuntimeError("call prepare(train_records) first")
         if self._private.clipping == "ghost":
             raise ValueError("ghost clipping never materialises per-sample gradients")
-        batch = _collate(self.tokenizer.pad_token_id)(list(zip(*self._encoded_pairs(records))))
+        batch = _collate(self.tokenizer.pad_token_id)(list(zip(*self._encoded_pairs(records), strict=True)))
         self._private.optimizer.zero_grad(set_to_none=True)
         self._backward(batch)
         out = {}
@@ -967,7 +967,7 @@ class LocalTrainer:
         priv = self._private
         if priv is None:
             raise RuntimeError("call prepare(train_records) first")
-        batch = _collate(self.tokenizer.pad_token_id)(list(zip(*self._encoded_pairs(records))))
+        batch = _collate(self.tokenizer.pad_token_id)(list(zip(*self._encoded_pairs(records), strict=True)))
         priv.optimizer.zero_grad(set_to_none=True)
         self._backward(batch)
         out = {}

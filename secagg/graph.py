@@ -326,7 +326,7 @@ def _validated_ids(ids: Iterable[int]) -> tuple[int, ...]:
         if not 1 <= u <= MAX_PARTICIPANT_ID:
             raise GraphError(f"participant id {u} is outside [1, {MAX_PARTICIPANT_ID}]")
     ordered = tuple(sorted(members))
-    for previous, current in zip(ordered, ordered[1:]):
+    for previous, current in zip(ordered, ordered[1:], strict=False):
         if previous == current:
             raise GraphError(f"participant id {current} appears more than once")
     return ordered

@@ -75,7 +75,8 @@ def coordinator() -> None:
 @click.option(
     "--participants",
     default=None,
-    help="Comma-separated names selected for the round(s) (default: everyone in the roster); ids are their sorted positions.",
+    help="Comma-separated names selected for the round(s) (default: everyone in the roster); "
+    "ids are their sorted positions.",
 )
 @click.option("--dim", "dimension", type=click.IntRange(1, 1 << 31), required=True, help="Vector length d.")
 @click.option(

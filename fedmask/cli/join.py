@@ -87,7 +87,8 @@ def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
     "--synthetic-seed",
     type=click.IntRange(0),
     default=None,
-    help="Contribute a random input derived from this seed instead (demos, tests: anyone knowing the seed knows the input).",
+    help="Contribute a random input derived from this seed instead (demos, tests: anyone knowing the "
+    "seed knows the input).",
 )
 @click.option(
     "--rounds", type=click.IntRange(1), default=1, show_default=True, help="Take part in this many consecutive rounds."

@@ -432,7 +432,7 @@ def test_one_way_tls_with_enrolment_tokens(federation):
         for name, token in (("alice", "not-the-token"), ("bob", tokens["alice"])):
             metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, token))
             connection = Connection(f"127.0.0.1:{background.server.port}", one_way_tls_credentials(ca), metadata)
-            refused = take_part(connection, Identity(name), lambda s: input_of(name))
+            refused = take_part(connection, Identity(name), lambda s, name=name: input_of(name))
             assert refused.status == "UNAUTHENTICATED"
             assert f"enrolment token of '{name}' is wrong or expired" in refused.reason
             assert refused.attempts == 1  # not worth retrying

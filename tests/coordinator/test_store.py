@@ -268,7 +268,7 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
     rng = random.Random(seed)
     acknowledged: dict[int, str] = {}
     interrupted_seen = 0
-    for iteration in range(8):
+    for _ in range(8):
         child = Child(db_path, until_round=10_000)
         child.wait_for("ready")
         time.sleep(rng.uniform(0.05, 0.5))

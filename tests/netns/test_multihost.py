@@ -184,7 +184,7 @@ def test_link_cut_in_masked_input_leaves_the_exact_sum_of_the_survivors(make_net
     np.testing.assert_array_equal(result, loopback.expected_sum((seeds[n] for n in survivors), DIM))
     # The sum is not the one with the victim's input in it.
     assert not np.array_equal(result, loopback.expected_sum(seeds.values(), DIM))
-    for name, process in honest.items():
+    for process in honest.values():
         assert process.wait(60) == 0, process.output()
         (outcome,) = participant_rounds(process)
         assert outcome["completed"] and len(outcome["survivors"]) == len(survivors)
@@ -227,7 +227,7 @@ def test_partitioned_coordinator_participants_back_off_and_join_the_next_round(m
         assert round_["completed"] and round_["survivors"] == names and round_["dropped"] == {}, round_
         sum_path = output.with_name(f"{output.stem}-round{index}{output.suffix}")
         np.testing.assert_array_equal(np.load(sum_path), expected)
-    for name, process in participants.items():
+    for process in participants.values():
         assert process.wait(60) == 0, process.output()
         rounds = participant_rounds(process)
         assert [r["completed"] for r in rounds] == [True, True]

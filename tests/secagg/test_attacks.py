@@ -78,7 +78,6 @@ def test_client_refuses_an_unmask_list_other_than_the_one_it_signed(make_round):
     r.answer(r.server.close_phase())
     requests = r.server.close_phase()
     r.answer(requests)
-    sid = r.server.session_id
     genuine = r.server.close_phase()[1]
     switched = dataclasses.replace(genuine, survivors=(1, 2, 3, 4), dropped=(5,))
     assert "differs from the one this participant signed" in _abort_reason(r.clients[1].receive(switched))

@@ -111,7 +111,7 @@ class TestHararyGraph:
         key = hashlib.sha256(b"fedmask/secagg/v1/cycle-order" + SEED).digest()
         stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(8 * len(ids)))
         words = [int.from_bytes(stream[8 * i : 8 * i + 8], "little") for i in range(len(ids))]
-        expected = [u for _, u in sorted(zip(words, ids))]
+        expected = [u for _, u in sorted(zip(words, ids, strict=True))]
         assert cycle_order(ids, SEED) == tuple(expected)
         assert cycle_order(ids, SEED) != tuple(ids)
         assert sorted(cycle_order(range(1, 1001), SEED)) == list(range(1, 1001))
