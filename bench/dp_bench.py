@@ -79,7 +79,7 @@ def _pool(count: int) -> list:
 
 
 def _config(model: str, mode: str, clipping: str, model_path: str):
-    from fedmask.participant.training import TrainingConfig
+    from fedmask.adapter.config import TrainingConfig
 
     return TrainingConfig(
         model_path=model_path,
@@ -96,7 +96,7 @@ def _config(model: str, mode: str, clipping: str, model_path: str):
 
 def _plain_step(model: str, mode: str, model_path: str):
     """The same model and adapter trained without DP: the same optimizer, on the mean loss."""
-    from fedmask.participant.training import LocalTrainer, per_sequence_loss
+    from fedmask.participant.trainer import LocalTrainer, per_sequence_loss
 
     trainer = LocalTrainer(_config(model, mode, "auto", model_path))
     optimizer = trainer.build_optimizer()
@@ -112,7 +112,7 @@ def _plain_step(model: str, mode: str, model_path: str):
 
 
 def _dp_step(model: str, mode: str, clipping: str, model_path: str, pool: list):
-    from fedmask.participant.training import LocalTrainer
+    from fedmask.participant.trainer import LocalTrainer
 
     trainer = LocalTrainer(_config(model, mode, clipping, model_path))
     trainer.prepare(pool)  # Opacus wrapping, noise multiplier for 100 steps at rate 0.01
@@ -213,7 +213,7 @@ def _tiny_qwen2(directory: Path) -> str:
 def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
     """DP-SGD step time and peak memory next to plain training (LoRA, BiTFiT; MiniLM, Qwen2)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fedmask.participant.training import default_model_path
+    from fedmask.adapter.config import default_model_path
 
     rows: list[dict] = []
     started = time.perf_counter()

@@ -377,12 +377,12 @@ class RoundRecord:
 
 
 def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, list]:
-    """The adapter every participant starts from (LoRA-B at zero): built with the participants'
-    own code so that the layouts match."""
-    from fedmask.participant.training import LocalTrainer, TrainingConfig
+    """The adapter every participant starts from (LoRA-B at zero): built by the shared model code
+    that the participants train with, so that the layouts match."""
+    from fedmask.adapter.config import TrainingConfig
+    from fedmask.adapter.model import initial_adapter as build_initial_adapter
 
-    trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
-    return trainer.adapter_vector().astype(np.float32), trainer.spec.to_json()
+    return build_initial_adapter(TrainingConfig.create(**dict(training)))
 
 
 class Federation:

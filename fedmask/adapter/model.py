@@ -1,0 +1,232 @@
+"""The base model with its adapter, built the same way by every party.
+
+The participant trains this model; the coordinator builds it once to make the initial adapter
+(:func:`initial_adapter`); anyone loads a trained adapter onto it (:func:`load_trained_model`).
+Encoders classify from the masked mean of their token states (:func:`use_mean_pooling`), the
+pooling all-MiniLM-L6-v2 was trained for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmask.adapter.config import DEFAULT_LORA_TARGETS, ConfigError, TrainingConfig
+from fedmask.adapter.vector import (
+    VectorSpec,
+    model_vector,
+    spec_of,
+    trainable_named_parameters,
+)
+
+_HEAD_NAMES = ("classifier", "score", "lm_head")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # Loading a classification head prints a "newly initialized" report; it is expected here.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(config: TrainingConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    path = config.resolved_model_path
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer at {path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
+    """The pretrained model for the task, float32, dropout off, in train mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = config.resolved_model_path
+    if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"model path {path} does not exist (and the hub is offline)")
+    with _quiet_transformers():
+        if config.task == "classification":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=config.num_labels, dtype=torch.float32
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model.config.use_cache = False
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    # How the classifier reads the sequence; the report records it (see use_mean_pooling).
+    model.fedmask_pooling = "mean" if config.task == "classification" and use_mean_pooling(model) else "model"
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for attr in ("attention_probs_dropout_prob", "attention_dropout", "hidden_dropout_prob"):
+        if hasattr(model.config, attr):
+            setattr(model.config, attr, 0.0)
+    model.train()
+    return model
+
+
+def _masked_mean_pooling(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    hidden = output.last_hidden_state
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if mask is None:
+        output.pooler_output = hidden.mean(dim=1)
+    else:
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        output.pooler_output = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return output
+
+
+def use_mean_pooling(model: nn.Module) -> bool:
+    """Classify from the mean of the token states instead of a pooler on the first token.
+
+    A BERT-style encoder's pooler (a dense layer on [CLS]) was trained for next-sentence
+    prediction, and sentence encoders such as all-MiniLM-L6-v2 were tuned for mean pooling. On
+    mean-pooled features a DP-trained head separates the demo task far better than on the
+    pooler's output (docs/dp-training.md), and the pooler's 148K weights need not be carried.
+    Returns whether the model has such a pooler (decoder models classify from the last token).
+    """
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if encoder is None or getattr(encoder, "pooler", None) is None:
+        return False
+    encoder.pooler = None
+    encoder.register_forward_hook(_masked_mean_pooling, with_kwargs=True)
+    return True
+
+
+def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...]:
+    if config.lora_targets is not None:
+        return config.lora_targets
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in DEFAULT_LORA_TARGETS:
+        return DEFAULT_LORA_TARGETS[model_type]
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return tuple(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    raise ConfigError(f"no default LoRA target modules for model type {model_type!r}; set lora_targets")
+
+
+def _is_head(name: str) -> bool:
+    return name.split(".")[0] in _HEAD_NAMES
+
+
+def _bias_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of (Linear layers with a bias, LayerNorm layers with a bias), heads excluded."""
+    linears, norms = [], []
+    for name, module in model.named_modules():
+        if _is_head(name) or getattr(module, "bias", None) is None:
+            continue
+        if isinstance(module, nn.Linear):
+            linears.append(name)
+        elif isinstance(module, nn.LayerNorm):
+            norms.append(name)
+    return linears, norms
+
+
+def attach_adapter(model: nn.Module, config: TrainingConfig) -> nn.Module:
+    """Wrap ``model`` in a fresh peft adapter; only the adapter's tensors require gradients."""
+    from peft import BeftConfig, LoraConfig, TaskType, get_peft_model
+
+    task_type = TaskType.SEQ_CLS if config.task == "classification" else TaskType.CAUSAL_LM
+    if config.mode == "lora":
+        peft_config = LoraConfig(
+            task_type=task_type,
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(lora_targets_for(model, config)),
+            bias="none",
+        )
+        return get_peft_model(model, peft_config)
+
+    linears, norms = _bias_layers(model)
+    if not linears and not norms:
+        raise ConfigError("DP-BiTFiT: the model has no bias terms to train")
+    # Bias deltas of Linear layers travel as BEFT vectors; norm layers are saved whole (their
+    # weights stay frozen, only the bias trains).
+    peft_config = BeftConfig(task_type=task_type, target_modules=linears, modules_to_save=norms or None)
+    peft_model = get_peft_model(model, peft_config)
+    for name, param in peft_model.named_parameters():
+        param.requires_grad = _is_bitfit_trainable(name)
+    return peft_model
+
+
+def _is_head_parameter(name: str) -> bool:
+    """A task head's trainable copy (peft's ``modules_to_save`` of classifier/score/lm_head)."""
+    return any(f".{head}.modules_to_save." in name for head in _HEAD_NAMES)
+
+
+def _is_bitfit_trainable(name: str) -> bool:
+    if ".beft_bias." in name:
+        return False  # stays zero while training; filled with the delta on export
+    if ".modules_to_save." in name:
+        return _is_head_parameter(name) or name.endswith(".bias")
+    return name.endswith(".base_layer.bias")
+
+
+@dataclass
+class AdapterModel:
+    """A tokenizer and a base model with its adapter attached; ``spec`` lays out the trainable
+    tensors as the flat vector secure aggregation carries."""
+
+    tokenizer: Any
+    model: nn.Module
+    pooling: str  # "mean" (encoders) or "model" (the architecture's own)
+    spec: VectorSpec
+
+
+def build_adapter_model(config: TrainingConfig) -> AdapterModel:
+    """The tokenizer, base model and adapter of ``config`` (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)  # the head's and the adapter's initialisation
+    tokenizer = load_tokenizer(config)
+    base = load_base_model(config, tokenizer.pad_token_id)
+    pooling: str = base.fedmask_pooling
+    model = attach_adapter(base, config)
+    return AdapterModel(tokenizer, model, pooling, spec_of(trainable_named_parameters(model)))
+
+
+def initial_adapter(config: TrainingConfig) -> tuple[np.ndarray, list]:
+    """The adapter every participant starts from (LoRA-B at zero, the head's initialisation)
+    as a float32 vector and its layout."""
+    built = build_adapter_model(config)
+    return model_vector(built.model, built.spec).astype(np.float32), built.spec.to_json()
+
+
+def load_trained_model(config: TrainingConfig, adapter_dir: str | Path) -> nn.Module:
+    """The base model of ``config`` with the adapter saved in ``adapter_dir``, in eval mode.
+
+    The base comes from :func:`load_base_model`, so encoders pool as in training (mean pooling);
+    a plain ``AutoModelForSequenceClassification`` would load the adapter but pool differently.
+    """
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(config)
+    base = load_base_model(config, tokenizer.pad_token_id)
+    with _quiet_transformers():
+        return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
