@@ -1,0 +1,93 @@
+"""Federation PKI: the CA, TLS certificates, the signed roster of identity keys, enrolment tokens.
+
+Modules: ``layout`` (the directory, file writes, names), ``roster``, ``issuance`` (CA, certificates,
+identity keys), ``peers`` (identity from a verified certificate), ``tokens``, ``loaders`` (what the
+gRPC layer loads). This package re-exports their public API.
+
+Everything here is generated at run time into a *federation directory* (default ``./federation``)
+and must never be committed. Layout::
+
+    federation/
+      ca/ca.key                       0600  CA private key (ECDSA P-256). Keep it with the
+                                            federation operator, off the coordinator host: in
+                                            malicious-coordinator mode whoever holds it can
+                                            rewrite the roster.
+      ca/ca.pem                             CA certificate: the trust anchor everyone gets.
+      coordinator/NAME.key            0600  coordinator TLS key (ECDSA P-256)
+      coordinator/NAME.pem                  coordinator TLS certificate (serverAuth, DNS/IP SANs)
+      participants/NAME/tls.key       0600  participant TLS key (ECDSA P-256)
+      participants/NAME/tls.pem             participant TLS certificate (clientAuth)
+      participants/NAME/identity.key  0600  Ed25519 identity key (absent when the participant
+                                            supplied its own public key)
+      roster.json                           canonical JSON: name -> Ed25519 public key, TLS cert
+                                            fingerprint, expiry; plus federation name and version
+      roster.sig                            base64 CA signature over roster.json
+      tokens.json                     0600  enrolment-token hashes (never the tokens)
+      .lock                                 serialises concurrent ``issue``/``token`` runs
+      .gitignore                            ``*``: git ignores the whole directory
+
+Identity scheme: a certificate names its holder three ways that must agree -- subject CN = NAME,
+and exactly one URI SAN ``urn:fedmask:<role>:<NAME>`` where role is ``participant`` or
+``coordinator``. Participant certificates carry only the clientAuth EKU, coordinator certificates
+only serverAuth, so neither can stand in for the other. A participant's id in the protocol is the
+NAME taken from its verified certificate (``identity_from_peer_cert``), never a claimed field.
+
+Names match ``[a-z0-9][a-z0-9-]{0,62}`` (a DNS label, lower case).
+
+Private key files are written 0600 through a temporary file and ``os.replace``, so a reader never
+sees a partial key and a key never exists with wider permissions. No function here logs a secret.
+"""
+
+from fedmask.pki.issuance import IssuedCertificate, init_federation, issue, remove_participant
+from fedmask.pki.layout import (
+    DEFAULT_CA_DAYS,
+    DEFAULT_COORDINATOR_HOSTS,
+    DEFAULT_LEAF_DAYS,
+    DEFAULT_TOKEN_DAYS,
+    NAME_PATTERN,
+    ROLES,
+    FederationPaths,
+    PeerIdentityError,
+    PkiError,
+    Role,
+    RosterError,
+    certificate_fingerprint,
+    identity_uri,
+    load_ca_certificate,
+)
+from fedmask.pki.loaders import TlsMaterial, insecure_warning, load_identity_key, load_tls_material, warn_insecure
+from fedmask.pki.peers import identity_from_peer_cert
+from fedmask.pki.roster import Roster, RosterEntry, load_roster
+from fedmask.pki.tokens import issue_token, verify_token
+
+__all__ = [
+    "DEFAULT_CA_DAYS",
+    "DEFAULT_COORDINATOR_HOSTS",
+    "DEFAULT_LEAF_DAYS",
+    "DEFAULT_TOKEN_DAYS",
+    "NAME_PATTERN",
+    "ROLES",
+    "FederationPaths",
+    "IssuedCertificate",
+    "PeerIdentityError",
+    "PkiError",
+    "Role",
+    "Roster",
+    "RosterEntry",
+    "RosterError",
+    "TlsMaterial",
+    "certificate_fingerprint",
+    "identity_from_peer_cert",
+    "identity_uri",
+    "init_federation",
+    "insecure_warning",
+    "issue",
+    "issue_token",
+    "load_ca_certificate",
+    "load_identity_key",
+    "load_roster",
+    "load_tls_material",
+    "remove_participant",
+    "verify_token",
+    "warn_insecure",
+]

@@ -1,0 +1,83 @@
+"""What the gRPC layer loads: TLS material, identity keys; the plaintext-mode warning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NamedTuple, TextIO
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from fedmask.pki.layout import (
+    FederationPaths,
+    PkiError,
+    Role,
+    _check_name,
+    _check_role,
+    _paths,
+    _read_private_key,
+    _require_ca,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders for the gRPC layer
+
+
+class TlsMaterial(NamedTuple):
+    """PEM bytes in the shape gRPC's ``ssl_*_credentials`` take."""
+
+    ca_cert: bytes  # root_certificates
+    cert_chain: bytes  # certificate_chain
+    private_key: bytes  # private_key
+
+
+def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role: Role, name: str) -> TlsMaterial:
+    """(CA cert, certificate chain, private key) PEM bytes of ``name`` in ``role``.
+
+    Server: ``grpc.ssl_server_credentials([(m.private_key, m.cert_chain)], m.ca_cert, True)``.
+    Client: ``grpc.ssl_channel_credentials(m.ca_cert, m.private_key, m.cert_chain)``.
+    Never reads the CA private key.
+    """
+    role = _check_role(role)
+    _check_name(name)
+    paths = _paths(directory)
+    _require_ca(paths)
+    cert_path = paths.tls_cert(role, name)
+    if not cert_path.is_file():
+        raise PkiError(f"no {role} certificate for {name!r} in {paths.root}: run `fedmask pki issue {role} {name}`")
+    # Leaves are issued directly by the root, so the chain is the leaf alone.
+    return TlsMaterial(paths.ca_cert.read_bytes(), cert_path.read_bytes(), _read_private_key(paths.tls_key(role, name)))
+
+
+def load_identity_key(directory: str | os.PathLike[str] | FederationPaths, name: str) -> ed25519.Ed25519PrivateKey:
+    """The participant's Ed25519 identity key (for signing in malicious-coordinator mode)."""
+    path = _paths(directory).identity_key(_check_name(name))
+    key = serialization.load_pem_private_key(_read_private_key(path), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise PkiError(f"{path} is not an Ed25519 key")
+    return key
+
+
+# --------------------------------------------------------------------------------------------
+# Plaintext mode
+
+
+def insecure_warning(role: str) -> str:
+    """The warning every ``--insecure`` command must print before it opens a connection."""
+    return (
+        f"WARNING: --insecure: the {role} runs over plaintext gRPC with no TLS and no "
+        "authentication. Anyone on the network can read the traffic and impersonate any "
+        "participant. Use only on loopback for local experiments."
+    )
+
+
+def warn_insecure(role: str, stream: TextIO | None = None) -> None:
+    """Print ``insecure_warning(role)`` to stderr (or ``stream``) and log it."""
+    message = insecure_warning(role)
+    print(message, file=stream or sys.stderr, flush=True)
+    log.warning(message)
