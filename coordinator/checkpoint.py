@@ -33,7 +33,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError
+
+from fedmask.durable import fsync_directory, write_atomic
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -52,7 +53,6 @@ __all__ = [
     "FileRef",
     "adapter_from_bytes",
     "canonical_json",
-    "fsync_directory",
     "is_checkpoint_file_name",
     "iter_chunks",
     "load_checkpoint",
@@ -163,29 +163,9 @@ def save_checkpoint(
 def _write_immutable(directory: Path, round_number: int, kind: str, data: bytes) -> FileRef:
     digest = hashlib.sha256(data).hexdigest()
     name = f"round-{round_number:06d}-{digest[:16]}.{kind}.safetensors"
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Same name means same content, so replacing an existing file changes nothing.
-        os.replace(tmp_name, directory / name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    # Same name means same content, so replacing an existing file changes nothing.
+    write_atomic(directory / name, data, temp_prefix=_TEMP_PREFIX, temp_suffix=_TEMP_SUFFIX, sync_directory=False)
     return FileRef(name, digest, len(data))
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Make the directory's entries (renames, creations, removals) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_checkpoint_file_name(name: str) -> bool:

@@ -62,6 +62,7 @@ import numpy as np
 
 from fedmask.coordinator import checkpoint as checkpoints
 from fedmask.coordinator.checkpoint import CheckpointError, CheckpointRef, FileRef
+from fedmask.durable import fsync_directory
 from fedmask.pki import NAME_PATTERN
 
 __all__ = [
@@ -310,7 +311,7 @@ class FederationStore:
             raise
         if created:
             # Make the new database file's and checkpoint directory's names durable too.
-            checkpoints.fsync_directory(self._path.parent)
+            fsync_directory(self._path.parent)
 
     # ----------------------------------------------------------------------------------------
     # Opening and closing
@@ -502,7 +503,7 @@ class FederationStore:
                     os.unlink(entry.path)
                     removed.append(entry.name)
             if removed:
-                checkpoints.fsync_directory(self.checkpoint_dir)
+                fsync_directory(self.checkpoint_dir)
             return removed
 
     # ----------------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from opacus.accountants import IAccountant, create_accountant
 
 from fedmask.adapter.config import ACCOUNTANTS
+from fedmask.durable import PRIVATE, write_atomic
 
 LEDGER_FORMAT = "fedmask-privacy-ledger/1"
 
@@ -141,21 +140,10 @@ class PrivacyLedger:
         }
 
     def save(self) -> None:
-        """Write the ledger atomically (temp file + fsync + rename); no-op without a path."""
+        """Write the ledger atomically and durably (``fedmask.durable``); no-op without a path."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        blob = json.dumps(self.to_json(), indent=2).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(self.to_json(), indent=2).encode("utf-8"), mode=PRIVATE)
 
     # ------------------------------------------------------------------ accounting
 

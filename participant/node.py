@@ -30,6 +30,7 @@ import numpy as np
 from fedmask.adapter import payload as adapter_payload
 from fedmask.ddp import mechanism as ddp
 from fedmask.ddp.rotation import rotation_seed
+from fedmask.durable import PRIVATE, write_text_atomic
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import encode
@@ -62,11 +63,8 @@ class NodeState:
         return cls(list(data["uploaded_round_ids"]), int(data["last_round"]))
 
     def save(self, path: Path) -> None:
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(
-            json.dumps({"uploaded_round_ids": self.uploaded_round_ids, "last_round": self.last_round}), encoding="utf-8"
-        )
-        temporary.replace(path)
+        state = {"uploaded_round_ids": self.uploaded_round_ids, "last_round": self.last_round}
+        write_text_atomic(path, json.dumps(state), mode=PRIVATE)
 
 
 def parse_encoding(text: str, dimension: int) -> tuple[EncodingParams, ddp.AggregateNoisePlan | None]:

@@ -9,7 +9,6 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+
+from fedmask.durable import PRIVATE, PUBLIC, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,31 +120,9 @@ def _require_ca(paths: FederationPaths) -> None:
 # Files
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, *, private: bool) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename; 0600 if ``private`` else 0644."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file 0600, so a private key is never readable by others, even briefly.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600 if private else 0o644)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
+    """Write ``data`` to ``path`` atomically and durably; 0600 if ``private`` else 0644."""
+    write_atomic(path, data, mode=PRIVATE if private else PUBLIC)
 
 
 def _make_private_dir(path: Path) -> None:

@@ -1,0 +1,65 @@
+"""Durable file writes, one way for every writer (PKI files, checkpoints, ledgers, node state).
+
+``write_atomic`` writes a temporary file in the same directory, flushes and fsyncs it, renames it
+over the target with ``os.replace`` and fsyncs the directory. A reader sees the old file or the
+new one, never half of one; once the call returns, a crash or power cut cannot lose the write. The
+temporary file is created 0600 (``mkstemp``) and only then given its final mode, so a private
+key is never readable by others, not even briefly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+PRIVATE = 0o600
+PUBLIC = 0o644
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make the directory's entries (renames, creations, removals) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = PUBLIC,
+    temp_prefix: str | None = None,
+    temp_suffix: str = ".tmp",
+    sync_directory: bool = True,
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    ``temp_prefix``/``temp_suffix`` name the temporary file (default ``.NAME.`` + random +
+    ``.tmp``), so that a cleaner can recognise leftovers of a crash. ``sync_directory=False``
+    leaves the directory fsync to the caller, who writes several files and syncs once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temp_prefix if temp_prefix is not None else f".{path.name}."
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=temp_suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    if sync_directory:
+        fsync_directory(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int = PUBLIC) -> None:
+    """``write_atomic`` for UTF-8 text."""
+    write_atomic(path, text.encode("utf-8"), mode=mode)
