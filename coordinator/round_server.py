@@ -56,8 +56,8 @@ from fedmask.coordinator.transport import AuthError, ServerSecurity
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
-from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort
-from fedmask.secagg.messages import Abort, AdvertiseKeys
+from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort, Rejection
+from fedmask.secagg.messages import Abort
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.server import Server, ServerConfig, ServerState
 
@@ -70,13 +70,14 @@ GRPC_MESSAGE_PREFIX_BYTES = 5
 
 Progress = Callable[[str], None]
 
-# The envelope field each server state waits for.
-EXPECTED_FIELD: dict[ServerState, str] = {
-    ServerState.COLLECTING_KEYS: "advertise_keys",
-    ServerState.COLLECTING_SHARES: "share_keys",
-    ServerState.COLLECTING_MASKED_INPUTS: "masked_input",
-    ServerState.COLLECTING_SIGNATURES: "consistency_signature",
-    ServerState.COLLECTING_UNMASK_RESPONSES: "unmask_response",
+# The answer to each kind of message the protocol core rejects (it has checked everything).
+REJECTION_STATUS: dict[Rejection, grpc.StatusCode] = {
+    Rejection.ROUND_OVER: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.WRONG_PHASE: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.DUPLICATE: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.NOT_EXPECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.WRONG_SESSION: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -187,7 +188,6 @@ class _Connection:
         self.closed = False  # no more messages will be read or written
         self.lost_reason: str | None = None
         self.submitted_in: ServerState | None = None
-        self.sent_kinds: set[str] = set()  # protocol messages accepted from it, by envelope field
         self.bytes_received = 0
 
     def send(self, envelope: pb.ServerEnvelope) -> None:
@@ -333,35 +333,17 @@ class RoundRunner:
         if not self.started:
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"{kind} before the round started")
 
+        try:
+            message = wire.client_from_proto(envelope, sender=pid, params=params)
+        except wire.WireError as exc:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind}: {exc}") from exc
         async with self._lock:
             state = self.server.state
-            phase = state.phase.value
-            expected = EXPECTED_FIELD.get(state)
-            # A repeat is named as such even when its phase has closed in the meantime.
-            if kind in connection.sent_kinds:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"duplicate {kind} (phase {phase})")
-            if expected is None:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the round is {phase}: no more messages")
-            if kind != expected:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"expected {expected} in phase {phase}, got {kind}")
-            if pid not in self.server.awaiting:
-                why = self.server.dropped_reasons.get(pid, "not a participant of this phase")
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"not expected in phase {phase}: {why}")
-            try:
-                message = wire.client_from_proto(envelope, sender=pid, params=params)
-            except wire.WireError as exc:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {kind}: {exc}") from exc
-            if isinstance(message, AdvertiseKeys):
-                if message.round_id != self.config.round_id:
-                    raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "advertisement for another round (round id)")
-            elif message.session_id != self.server.session_id:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "wrong session id (another round or session)")
             try:
                 self.server.receive(message)
             except InvalidMessage as exc:
-                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, exc.reason) from exc
+                raise Refusal(REJECTION_STATUS[exc.kind], f"[{exc.phase.value}] {exc.reason}") from exc
             connection.submitted_in = state
-            connection.sent_kinds.add(kind)
             if not self.server.awaiting:
                 self._changed.set()
 

@@ -17,7 +17,7 @@ simulation  an in-memory round with scripted dropouts (the protocol harness)
 """
 
 from .client import Client, ClientConfig, ClientState
-from .errors import InvalidMessage, ParameterError, Phase, ProtocolAbort, SecAggError
+from .errors import InvalidMessage, ParameterError, Phase, ProtocolAbort, Rejection, SecAggError
 from .params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
 from .rand import RandomSource, SeededRandom, SystemRandom
 from .server import Server, ServerConfig, ServerState
@@ -32,6 +32,7 @@ __all__ = [
     "Phase",
     "ProtocolAbort",
     "ProtocolParams",
+    "Rejection",
     "RandomSource",
     "SecAggError",
     "SecurityMode",

@@ -38,13 +38,27 @@ class CryptoError(SecAggError):
     """A cryptographic check failed: bad key, failed decryption, bad signature."""
 
 
+class Rejection(enum.Enum):
+    """Why one message was rejected, for the I/O shell to map to a transport status in one table."""
+
+    ROUND_OVER = "round-over"  # the round has completed or aborted
+    WRONG_PHASE = "wrong-phase"  # a message of another phase
+    DUPLICATE = "duplicate"  # the sender already sent this message, in this phase or an earlier one
+    NOT_EXPECTED = "not-expected"  # the sender is not, or no longer, a participant of this phase
+    WRONG_SESSION = "wrong-session"  # a message of another round or session
+    INVALID = "invalid"  # the content fails validation
+
+
 class InvalidMessage(SecAggError):
     """One message was rejected before use; nothing in the state machine changed."""
 
-    def __init__(self, phase: Phase, reason: str, *, sender: int | None = None) -> None:
+    def __init__(
+        self, phase: Phase, reason: str, *, sender: int | None = None, kind: Rejection = Rejection.INVALID
+    ) -> None:
         self.phase = phase
         self.reason = reason
         self.sender = sender
+        self.kind = kind
         who = f" from participant {sender}" if sender is not None else ""
         super().__init__(f"[{phase.value}] rejected message{who}: {reason}")
 

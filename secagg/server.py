@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import keys, prg, shamir
-from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, ShamirError
+from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
 from .messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -76,6 +76,7 @@ class Server:
         self.dropped_reasons: dict[int, str] = {}
         self._expected: set[int] = set(config.participants)
         self._received: dict[int, object] = {}
+        self._accepted_types: dict[int, set[type]] = {}  # what each sender has sent so far, by phase
         self._advertisements: dict[int, AdvertiseKeys] = {}
         self._session: Session | None = None
         self._share_keys: dict[int, ShareKeys] = {}
@@ -115,26 +116,36 @@ class Server:
         return self._result
 
     def receive(self, message: object) -> None:
-        """Validate and record one client message. Raises InvalidMessage (state unchanged)."""
+        """Validate and record one client message. Raises InvalidMessage (state unchanged) whose
+        ``kind`` says why, so that a shell can answer without re-checking anything."""
         phase = self.state.phase
         spec = PHASES.get(self.state)
-        if spec is None:
-            raise InvalidMessage(phase, f"the round is {self.state.name.lower()}")
         sender = getattr(message, "sender", None)
+
+        def reject(kind: Rejection, reason: str) -> InvalidMessage:
+            return InvalidMessage(phase, reason, sender=sender, kind=kind)
+
+        if spec is None:
+            raise reject(Rejection.ROUND_OVER, f"the round is {self.state.name.lower()}")
+        # A repeat is named as such even when its phase has closed in the meantime.
+        if type(message) in self._accepted_types.get(sender, ()) or (
+            isinstance(message, spec.accepts) and sender in self._received
+        ):
+            raise reject(Rejection.DUPLICATE, f"duplicate {type(message).__name__}")
         if not isinstance(message, spec.accepts):
-            raise InvalidMessage(
-                phase, f"expected {spec.accepts.__name__}, got {type(message).__name__}", sender=sender
-            )
+            raise reject(Rejection.WRONG_PHASE, f"expected {spec.accepts.__name__}, got {type(message).__name__}")
         if sender not in self._expected:
             why = self.dropped_reasons.get(sender, "not a participant of this phase")
-            raise InvalidMessage(phase, f"sender {sender!r} is not expected: {why}", sender=sender)
-        if sender in self._received:
-            raise InvalidMessage(phase, "duplicate message", sender=sender)
-        if spec.accepts is not AdvertiseKeys and message.session_id != self.session_id:
-            raise InvalidMessage(phase, "wrong session id (another round or session)", sender=sender)
+            raise reject(Rejection.NOT_EXPECTED, f"sender {sender!r} is not expected: {why}")
+        if isinstance(message, AdvertiseKeys):
+            if message.round_id != self.config.round_id:
+                raise reject(Rejection.WRONG_SESSION, "advertisement for another round (round id)")
+        elif message.session_id != self.session_id:
+            raise reject(Rejection.WRONG_SESSION, "wrong session id (another round or session)")
         problem = spec.validate(self, message)
         if problem:
-            raise InvalidMessage(phase, problem, sender=sender)
+            raise reject(Rejection.INVALID, problem)
+        self._accepted_types.setdefault(sender, set()).add(type(message))
         self._received[sender] = message
         if isinstance(message, MaskedInput):
             np.add(self._accumulator, message.masked, out=self._accumulator)

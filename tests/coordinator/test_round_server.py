@@ -98,7 +98,7 @@ HOSTILE = [
         Phase.ADVERTISE_KEYS,
         lambda m: [MaskedInput(0, bytes(32), np.zeros(DIM, np.uint32))],
         grpc.StatusCode.FAILED_PRECONDITION,
-        "expected advertise_keys in phase advertise-keys, got masked_input",
+        "[advertise-keys] expected AdvertiseKeys, got MaskedInput",
         False,
     ),
     (

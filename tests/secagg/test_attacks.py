@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedmask.secagg import InvalidMessage, Phase, SecurityMode
+from fedmask.secagg import InvalidMessage, Phase, Rejection, SecurityMode
 from fedmask.secagg.client import ClientState
 from fedmask.secagg.messages import (
     Abort,
@@ -235,8 +235,13 @@ def test_server_refuses_replayed_or_foreign_client_messages(make_round):
 def test_message_for_the_wrong_phase_is_refused(make_round):
     r = make_round(4, t=3)
     r.advertise()
-    with pytest.raises(InvalidMessage, match="expected ShareKeys"):
+    with pytest.raises(InvalidMessage, match="expected ShareKeys") as wrong_phase:
+        r.server.receive(MaskedInput(2, r.server.session_id, np.zeros(32, dtype=np.uint32)))
+    assert wrong_phase.value.kind is Rejection.WRONG_PHASE
+    # A message of an earlier phase, sent again, is named a duplicate.
+    with pytest.raises(InvalidMessage, match="duplicate AdvertiseKeys") as repeated:
         r.server.receive(AdvertiseKeys(1, b"round-1", b"a" * 32, b"b" * 32))
+    assert repeated.value.kind is Rejection.DUPLICATE
     client = make_round(4, t=3).clients[1]
     client.start()
     reply = client.receive(UnmaskRequest(b"s", (1, 2, 3), ()))
