@@ -31,8 +31,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedmask import ddp
 from fedmask.adapter import payload as adapter_payload
-from fedmask.ddp import mechanism as ddp
 from fedmask.ddp.accounting import DistributedDPAccountant, NoiseRecord
 from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
