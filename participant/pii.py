@@ -1,237 +1,179 @@
 """PII scrubbing for local records before they reach training.
 
-Each detector is a regular expression that finds candidates plus, where the identifier carries
-one, a checksum that confirms them (Luhn for card numbers, ISO 13616 mod-97 for IBANs, ISO 7064
-MOD 11-2 for Chinese resident IDs). Confirmed matches are replaced by a typed placeholder such as
-``[CARD]``; the number of replacements per type goes into the training report.
+``scrub(text)`` replaces every identifier it finds by a typed placeholder such as ``[CARD]`` and
+counts the replacements per type; the counts go into the training report. The types, in report
+order, are ``PII_TYPES``:
 
-Detectors run in a fixed order, most specific first, so that a long identifier is never partly
-taken by a looser pattern (an IBAN's digits must not turn into a phone number).
+=============  =======================================================================
+email          e-mail addresses, also written straight against Chinese text
+phone          international (+CC / 00CC), North American, UK, Chinese mobiles and landlines
+national_id    Chinese resident IDs (18 and 15 digits, spaced or not, by shape: a wrong
+               check character is still an ID), US SSN, UK NI and NHS numbers, Hong Kong
+               IDs, passport numbers after the word "passport"
+card           payment card numbers (Luhn, or a card's shape after the word "card")
+iban           IBANs (mod-97, or the country's length after the word "IBAN")
+mrn            medical record numbers after a context word (MRN, 病历号, 住院号, ...)
+dob            dates of birth: dates next to "DOB", "born", "出生日期", "生日", ...
+name           people's names (English and Chinese), from titles, context words, gazetteers
+address        street addresses, PO boxes, UK postcodes, Chinese addresses
+=============  =======================================================================
+
+How it works: the text is first normalised one character for one (full-width digits, letters
+and punctuation fold to ASCII, so ``１３８…`` and ``＠`` match like their ASCII forms, and every
+offset in the normalised text is an offset in the original, whose span is what gets replaced).
+Each detector (``pii_patterns``, ``pii_names``, ``pii_addresses``) proposes candidate spans with
+a rank; overlaps are resolved by rank (specific shapes and checksums before context-confirmed
+numbers, before loose shapes, names last), then by length, so that no identifier is ever cut in
+two by a looser pattern. Context-free shapes that also occur in clinical text are not taken:
+visit dates, doses, lab values, ICD-10 codes, eponyms ("Parkinson's disease") stay.
+
+A hospital adds its own record-number formats with ``ScrubConfig(mrn_patterns=...)``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+
+from fedmask.participant.pii_addresses import find_addresses
+from fedmask.participant.pii_checksums import (
+    IBAN_LENGTHS,
+    cn_resident_id_check_char,
+    cn_resident_id_valid,
+    iban_valid,
+    luhn_valid,
+)
+from fedmask.participant.pii_names import find_names
+from fedmask.participant.pii_patterns import (
+    DEFAULT_MRN_CONTEXT,
+    DEFAULT_MRN_PATTERNS,
+    Candidate,
+    compile_mrn_context,
+    find_cards,
+    find_dates_after_names,
+    find_dates_of_birth,
+    find_emails,
+    find_ibans,
+    find_mrns,
+    find_national_ids,
+    find_phones,
+)
+
+__all__ = [
+    "IBAN_LENGTHS",
+    "PII_TYPES",
+    "PLACEHOLDERS",
+    "PiiSpan",
+    "ScrubConfig",
+    "ScrubResult",
+    "cn_resident_id_check_char",
+    "cn_resident_id_valid",
+    "empty_counts",
+    "find_pii",
+    "iban_valid",
+    "luhn_valid",
+    "normalise",
+    "scrub",
+    "scrub_texts",
+]
 
 # The placeholder types, in the order they are reported.
-PII_TYPES: tuple[str, ...] = ("email", "phone", "national_id", "card", "iban")
+PII_TYPES: tuple[str, ...] = ("email", "phone", "national_id", "card", "iban", "mrn", "dob", "name", "address")
 
 PLACEHOLDERS: dict[str, str] = {kind: f"[{kind.upper()}]" for kind in PII_TYPES}
 
 
-# --------------------------------------------------------------------------- checksums
+# --------------------------------------------------------------------------- normalisation
+
+# Full-width ASCII variants (U+FF01..U+FF5E) and the ideographic space, one character for one.
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
 
-def luhn_valid(digits: str) -> bool:
-    """True when ``digits`` (only 0-9) passes the Luhn check used by payment cards."""
-    if not digits.isdigit():
-        return False
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+def normalise(text: str) -> str:
+    """``text`` with full-width forms folded to ASCII; same length, so offsets carry over."""
+    return text.translate(_FULL_WIDTH)
 
 
-# Lengths of IBANs by country (ISO 13616 registry, the countries most likely in our records).
-IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24,
-    "AE": 23,
-    "AT": 20,
-    "BE": 16,
-    "BG": 22,
-    "CH": 21,
-    "CY": 28,
-    "CZ": 24,
-    "DE": 22,
-    "DK": 18,
-    "EE": 20,
-    "ES": 24,
-    "FI": 18,
-    "FR": 27,
-    "GB": 22,
-    "GR": 27,
-    "HR": 21,
-    "HU": 28,
-    "IE": 22,
-    "IS": 26,
-    "IT": 27,
-    "LI": 21,
-    "LT": 20,
-    "LU": 20,
-    "LV": 21,
-    "MC": 27,
-    "MT": 31,
-    "NL": 18,
-    "NO": 15,
-    "PL": 28,
-    "PT": 25,
-    "RO": 24,
-    "SA": 24,
-    "SE": 24,
-    "SI": 19,
-    "SK": 24,
-    "SM": 27,
-    "TR": 26,
-}
-
-
-def iban_valid(iban: str) -> bool:
-    """True when ``iban`` (no spaces) has its country's length and passes mod-97."""
-    iban = iban.upper()
-    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", iban):
-        return False
-    expected = IBAN_LENGTHS.get(iban[:2])
-    if expected is not None and len(iban) != expected:
-        return False
-    rearranged = iban[4:] + iban[:4]
-    number = "".join(str(int(char, 36)) for char in rearranged)
-    return int(number) % 97 == 1
-
-
-_CN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_CN_ID_CHECK = "10X98765432"
-
-
-def cn_resident_id_check_char(first17: str) -> str:
-    """The ISO 7064 MOD 11-2 check character of a Chinese resident ID's first 17 digits."""
-    total = sum(int(d) * w for d, w in zip(first17, _CN_ID_WEIGHTS, strict=True))
-    return _CN_ID_CHECK[total % 11]
-
-
-def cn_resident_id_valid(value: str) -> bool:
-    """True for an 18-character Chinese resident ID with a real birth date and a valid check."""
-    value = value.upper()
-    if not re.fullmatch(r"[1-9]\d{16}[\dX]", value):
-        return False
-    try:
-        _dt.date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
-    except ValueError:
-        return False
-    return cn_resident_id_check_char(value[:17]) == value[17]
-
-
-# --------------------------------------------------------------------------- detectors
+# --------------------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
-class _Detector:
+class ScrubConfig:
+    """What to look for. The defaults suit the demo parties; a hospital adds its own formats."""
+
+    # Regular expressions of record numbers recognised without any context word (e.g. r"\bH\d{7}\b").
+    mrn_patterns: tuple[str, ...] = DEFAULT_MRN_PATTERNS
+    # Regular expressions of the words that introduce a record number (case-insensitive).
+    mrn_context: tuple[str, ...] = DEFAULT_MRN_CONTEXT
+    # The types to detect; the others are left in the text (and counted as zero).
+    kinds: frozenset[str] = field(default_factory=lambda: frozenset(PII_TYPES))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(PII_TYPES)
+        if unknown:
+            raise ValueError(f"unknown PII types {sorted(unknown)}; expected some of {PII_TYPES}")
+
+
+DEFAULT_CONFIG = ScrubConfig()
+
+
+@cache
+def _compiled_mrn(context: tuple[str, ...], patterns: tuple[str, ...]) -> tuple[re.Pattern[str], list[re.Pattern[str]]]:
+    return compile_mrn_context(context), [re.compile(pattern) for pattern in patterns]
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    start: int
+    end: int
     kind: str
-    pattern: re.Pattern[str]
-    # Given the match, return the (start, end) span to replace, or None to leave it alone.
-    confirm: Callable[[re.Match[str]], tuple[int, int] | None]
+    text: str
 
 
-def _whole(check: Callable[[str], bool]) -> Callable[[re.Match[str]], tuple[int, int] | None]:
-    def confirm(match: re.Match[str]) -> tuple[int, int] | None:
-        return match.span() if check(match.group(0)) else None
-
-    return confirm
-
-
-def _digits_only(text: str) -> str:
-    return re.sub(r"\D", "", text)
-
-
-def _confirm_iban(match: re.Match[str]) -> tuple[int, int] | None:
-    # The grouped pattern may run into a following upper-case word ("... 3000 ASAP"): try the
-    # longest prefix first and keep the first one that is a valid IBAN.
-    text = match.group(0)
-    alnum_positions = [i for i, char in enumerate(text) if char.isalnum()]
-    compact = "".join(text[i] for i in alnum_positions)
-    for length in range(len(compact), 14, -1):
-        if iban_valid(compact[:length]):
-            end = match.start() + alnum_positions[length - 1] + 1
-            return match.start(), end
-    return None
-
-
-def _confirm_card(match: re.Match[str]) -> tuple[int, int] | None:
-    digits = _digits_only(match.group(0))
-    return match.span() if 13 <= len(digits) <= 19 and luhn_valid(digits) else None
+def _candidates(text: str, config: ScrubConfig) -> Iterable[Candidate]:
+    kinds = config.kinds
+    if "email" in kinds:
+        yield from find_emails(text)
+    if "iban" in kinds:
+        yield from find_ibans(text)
+    if "card" in kinds:
+        yield from find_cards(text)
+    if "national_id" in kinds:
+        yield from find_national_ids(text)
+    if "dob" in kinds:
+        yield from find_dates_of_birth(text)
+    if "mrn" in kinds:
+        context, patterns = _compiled_mrn(config.mrn_context, config.mrn_patterns)
+        yield from find_mrns(text, context, patterns)
+    if "phone" in kinds:
+        yield from find_phones(text)
+    if "address" in kinds:
+        yield from find_addresses(text)
+    if "name" in kinds or "dob" in kinds:
+        names = list(find_names(text))
+        if "name" in kinds:
+            yield from names
+        if "dob" in kinds:
+            yield from find_dates_after_names(text, names)
 
 
-def _confirm_phone(match: re.Match[str]) -> tuple[int, int] | None:
-    digits = _digits_only(match.group(0))
-    return match.span() if 7 <= len(digits) <= 15 else None
-
-
-def _confirm_ssn(match: re.Match[str]) -> tuple[int, int] | None:
-    area, group, serial = re.split(r"[- ]", match.group(0))
-    if area in ("000", "666") or area.startswith("9") or group == "00" or serial == "0000":
-        return None
-    return match.span()
-
-
-_DETECTORS: tuple[_Detector, ...] = (
-    _Detector(
-        "email",
-        re.compile(
-            r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"
-        ),
-        lambda m: m.span(),
-    ),
-    # IBAN: two letters, two check digits, then groups of up to four (spaced or not).
-    _Detector(
-        "iban",
-        re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}(?![a-z0-9])"),
-        _confirm_iban,
-    ),
-    # Chinese resident ID before cards: 18 digits that pass a card's Luhn by chance must
-    # still be reported as the ID they are (the date and MOD 11-2 check make this specific).
-    _Detector(
-        "national_id",
-        re.compile(r"(?<![A-Za-z0-9])[1-9]\d{16}[\dXx](?![A-Za-z0-9])"),
-        _whole(cn_resident_id_valid),
-    ),
-    # Card numbers: 13-19 digits, contiguous or in groups separated by one space or hyphen.
-    _Detector(
-        "card",
-        re.compile(
-            r"(?<![\d-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?"
-            r"|\d{4}([ -])\d{6}\2\d{4,5}"
-            r"|\d{13,19})(?![\d])"
-        ),
-        _confirm_card,
-    ),
-    # US social security number (hyphenated or spaced), excluding never-issued areas.
-    _Detector(
-        "national_id",
-        re.compile(r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"),
-        _confirm_ssn,
-    ),
-    # UK National Insurance number (the prefix letters follow HMRC's exclusions).
-    _Detector(
-        "national_id",
-        re.compile(
-            r"(?<![A-Za-z0-9])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
-            r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
-        ),
-        lambda m: m.span(),
-    ),
-    # Phone numbers: international (+CC ...), North American, Chinese mobile, UK national.
-    _Detector(
-        "phone",
-        re.compile(
-            r"(?<![\w+])(?:"
-            r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
-            r"|\(\d{3}\) ?\d{3}[-. ]\d{4}"
-            r"|\d{3}[-.]\d{3}[-.]\d{4}"
-            r"|1[3-9]\d[ -]?\d{4}[ -]?\d{4}"
-            r"|0\d{2,4} ?\d{3,4} ?\d{3,4}"
-            r")(?![\d])"
-        ),
-        _confirm_phone,
-    ),
-)
+def find_pii(text: str, config: ScrubConfig = DEFAULT_CONFIG) -> list[PiiSpan]:
+    """The PII spans of ``text``, in text order, none overlapping another."""
+    normalised = normalise(text)
+    chosen: list[Candidate] = []
+    taken = bytearray(len(text))  # 1 where a chosen span already covers the character
+    for candidate in sorted(_candidates(normalised, config), key=lambda c: (c.rank, c.start - c.end, c.start)):
+        if candidate.end <= candidate.start or any(taken[candidate.start : candidate.end]):
+            continue
+        taken[candidate.start : candidate.end] = b"\x01" * (candidate.end - candidate.start)
+        chosen.append(candidate)
+    chosen.sort(key=lambda c: c.start)
+    return [PiiSpan(c.start, c.end, c.kind, text[c.start : c.end]) for c in chosen]
 
 
 # --------------------------------------------------------------------------- API
@@ -248,33 +190,26 @@ def empty_counts() -> dict[str, int]:
     return {kind: 0 for kind in PII_TYPES}
 
 
-def scrub(text: str) -> ScrubResult:
-    """Replace every confirmed PII occurrence in ``text`` by its typed placeholder."""
+def scrub(text: str, config: ScrubConfig = DEFAULT_CONFIG) -> ScrubResult:
+    """Replace every PII occurrence in ``text`` by its typed placeholder."""
     counts = empty_counts()
-    for detector in _DETECTORS:
-        pieces: list[str] = []
-        last = 0
-        for match in detector.pattern.finditer(text):
-            span = detector.confirm(match)
-            if span is None:
-                continue
-            start, end = span
-            pieces.append(text[last:start])
-            pieces.append(PLACEHOLDERS[detector.kind])
-            last = end
-            counts[detector.kind] += 1
-        if pieces:
-            pieces.append(text[last:])
-            text = "".join(pieces)
-    return ScrubResult(text=text, counts=counts)
+    pieces: list[str] = []
+    last = 0
+    for span in find_pii(text, config):
+        pieces.append(text[last : span.start])
+        pieces.append(PLACEHOLDERS[span.kind])
+        last = span.end
+        counts[span.kind] += 1
+    pieces.append(text[last:])
+    return ScrubResult(text="".join(pieces), counts=counts)
 
 
-def scrub_texts(texts: Iterable[str]) -> tuple[list[str], dict[str, int]]:
+def scrub_texts(texts: Iterable[str], config: ScrubConfig = DEFAULT_CONFIG) -> tuple[list[str], dict[str, int]]:
     """Scrub many texts; return the scrubbed texts and the summed counts per type."""
     totals = empty_counts()
     out: list[str] = []
     for text in texts:
-        result = scrub(text)
+        result = scrub(text, config)
         out.append(result.text)
         for kind, count in result.counts.items():
             totals[kind] += count

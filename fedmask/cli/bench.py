@@ -13,6 +13,7 @@ class _BenchGroup(LazyGroup):
         "grpc": "fedmask.bench.grpc_bench:grpc_bench",
         "dp": "fedmask.bench.dp_bench:dp",
         "ddp": "fedmask.bench.ddp_bench:ddp",
+        "pii": "fedmask.bench.pii_bench:pii",
     }
 
 

@@ -12,6 +12,7 @@ import torch
 from fedmask.adapter.config import ConfigError, TrainingConfig
 from fedmask.adapter.model import load_trained_model
 from fedmask.participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
+from fedmask.participant.pii import PII_TYPES
 from fedmask.participant.trainer import LocalTrainer
 from fedmask.participant.training import train_adapter, write_training_outputs
 
@@ -110,7 +111,7 @@ def test_train_report_and_export(
     assert report["epsilon"] == pytest.approx(compute_epsilon("rdp", history, 1e-5), rel=1e-9)
     assert 7.5 < report["epsilon"] <= 8.0  # the whole budget is planned for this one round
     assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 < report["majority_baseline"] <= 1.0
-    assert set(report["pii_counts"]) == {"email", "phone", "national_id", "card", "iban"}
+    assert set(report["pii_counts"]) == set(PII_TYPES)
     assert sum(report["pii_counts"].values()) == 0  # demo_records are scrubbed already
     assert report["train_records"] == 50 and report["heldout_records"] == len(heldout)
 

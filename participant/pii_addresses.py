@@ -1,0 +1,118 @@
+"""Postal addresses in English and Chinese text.
+
+English: a house number, one to three capitalised words and a street suffix ("42 Elm Street",
+"7 Harbour View Drive", "55 Kings Rd"), or a PO box; with a flat or unit before it and, after it,
+up to two comma-separated place names and a US state with ZIP code or a UK postcode. A UK postcode
+on its own ("M13 9PL") is an address too.
+
+Chinese: a chain of administrative and street components in their usual order, 省 > 市 > 区/县 >
+街道/镇 > 村 > 路/街/大道 > 号 > 小区/大厦 > 栋 > 单元 > 楼 > 室. It takes at least one named
+component (a place, road or estate: "3楼301室" is a room in a building named elsewhere) and
+either a second component ("病区", "旁路", "3号床" alone are no addresses) or an address word
+before it ("家住海淀区"). Words that introduce the address ("家住", "居住于") are not part of it;
+where the chain starts inside other words, a known province or city name marks its start.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from fedmask.participant.pii_names import gazetteer
+from fedmask.participant.pii_patterns import RANK_ADDRESS, Candidate
+
+# --------------------------------------------------------------------------- English
+
+_HOUSE_NUMBER = r"\d{1,5}[A-Za-z]?(?:[/-]\d{1,5}[A-Za-z]?)?"
+_STREET_WORD = r"(?:[A-Z][a-z]+(?:['’]s)?|\d{1,3}(?:st|nd|rd|th)|[NSEW])"
+_STREET_SUFFIX = (
+    r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Court|Ct|Close|Way|Place|Pl|Boulevard|Blvd|Crescent"
+    r"|Cres|Terrace|Gardens|Grove|Square|Sq|Parade|Row|Mews|Parkway|Pkwy|Highway|Hwy|Walk|View|Rise|Hill"
+    r"|Park|Circle|Cir|Trail|Green|Gate|Wharf|Quay)"
+)
+_UNIT = r"(?:Flat|Apt|Apartment|Unit|Suite|Ste)\.? ?[0-9][0-9A-Za-z]{0,4}"
+_UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})"
+_US_STATE_ZIP = r"(?:[A-Z]{2} \d{5}(?:-\d{4})?)"
+_PLACE = r"(?:[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})"
+_STREET = (
+    rf"(?:{_UNIT},? )?{_HOUSE_NUMBER},? (?:{_STREET_WORD} ){{1,3}}{_STREET_SUFFIX}\.?"
+    r"(?: (?:NW|NE|SW|SE|N|S|E|W)(?![A-Za-z]))?"
+)
+_PO_BOX = r"P\.? ?O\.? Box \d{1,6}"
+_ADDRESS_EN = re.compile(
+    rf"(?<![A-Za-z0-9])(?:{_STREET}|{_PO_BOX})"
+    rf"(?:,? {_UNIT})?(?:, {_PLACE}){{0,2}}(?:,? (?:{_US_STATE_ZIP}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
+)
+_POSTCODE_ALONE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2}(?![A-Za-z0-9])")
+
+
+def find_english_addresses(text: str) -> Iterator[Candidate]:
+    for pattern in (_ADDRESS_EN, _POSTCODE_ALONE):
+        for match in pattern.finditer(text):
+            yield Candidate(match.start(), match.end(), "address", RANK_ADDRESS)
+
+
+# --------------------------------------------------------------------------- Chinese
+
+_HAN = "\u4e00-\u9fff"
+_COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("province", rf"[{_HAN}]{{2,7}}(?:省|自治区)"),
+    ("city", rf"[{_HAN}]{{1,6}}(?:市|州|盟|地区)"),
+    ("district", rf"[{_HAN}]{{1,6}}(?:区|县|旗|市)"),
+    ("town", rf"[{_HAN}]{{1,6}}(?:街道|镇|乡)"),
+    ("village", rf"[{_HAN}]{{1,6}}村"),
+    ("road", rf"[{_HAN}0-9]{{1,10}}(?:大道|大街|路|街|巷|弄|胡同)(?:[一二三四五六七八九十0-9]{{1,3}}段)?"),
+    ("number", r"\d{1,5}(?:-\d{1,4})?号院?"),
+    ("estate", rf"[{_HAN}]{{2,8}}(?:小区|花园|大厦|公寓|新村|家园|苑|广场)"),
+    ("building", r"\d{1,3}(?:号楼|栋|幢|座)"),
+    ("entrance", r"\d{1,2}单元"),
+    ("floor", r"\d{1,3}(?:楼|层)"),
+    ("room", r"\d{1,5}(?:室|房)"),
+)
+_NAMED_COMPONENTS = frozenset(("province", "city", "district", "town", "village", "road", "estate"))
+# Every component is optional; the lookahead skips positions where none can start.
+_ADDRESS_ZH = re.compile(f"(?=[{_HAN}0-9])" + "".join(f"(?P<{name}>{pattern})?" for name, pattern in _COMPONENTS))
+_HAS_HAN = re.compile(f"[{_HAN}]")
+# Words that lead into an address; dropped from its start, and enough on their own to make a
+# single component an address ("家住海淀区").
+_ZH_ADDRESS_INTRO = "住址|地址|家住|住在|现住址?|居住于|居住在|居住|现居|户籍地?|寄往|寄到|送往|来自|位于"
+# Anchored by match() at the component start (a "^" would only match at the start of the text).
+_ZH_INTRO_PREFIX = re.compile(rf"(?:.*(?:{_ZH_ADDRESS_INTRO}))?(?:为|是|在|于)?")
+_ZH_INTRO_BEFORE = re.compile(rf"(?:{_ZH_ADDRESS_INTRO})[:\s]*(?:为|是|在|于)?$")
+
+
+def _known_places() -> frozenset[str]:
+    return gazetteer("zh", "places")
+
+
+def _address_start(text: str, match: re.Match[str]) -> int:
+    """Where the address in ``match`` begins, past any words that led into it."""
+    first = next(name for name, _ in _COMPONENTS if match[name])
+    component_start, component_end = match.span(first)
+    positions = [text.find(place, component_start, component_end) for place in _known_places()]
+    positions = [position for position in positions if position >= 0]
+    if positions:
+        return min(positions)
+    prefix = _ZH_INTRO_PREFIX.match(text, component_start, component_end)
+    start = prefix.end() if prefix else component_start
+    # Keep at least one character before the component's suffix.
+    return start if start < component_end - 1 else component_start
+
+
+def find_chinese_addresses(text: str) -> Iterator[Candidate]:
+    if not _HAS_HAN.search(text):
+        return
+    for match in _ADDRESS_ZH.finditer(text):
+        if match.end() == match.start():
+            continue
+        present = [name for name, _ in _COMPONENTS if match[name]]
+        if not set(present) & _NAMED_COMPONENTS:
+            continue  # "3楼301室", "3号床": rooms and numbers inside a building already named elsewhere
+        start = _address_start(text, match)
+        if len(present) >= 2 or _ZH_INTRO_BEFORE.search(text, max(0, start - 8), start):
+            yield Candidate(start, match.end(), "address", RANK_ADDRESS)
+
+
+def find_addresses(text: str) -> Iterator[Candidate]:
+    yield from find_english_addresses(text)
+    yield from find_chinese_addresses(text)
