@@ -21,6 +21,8 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar, TypeVarTuple
 
 import click
 import numpy as np
@@ -40,6 +42,9 @@ EPSILONS = (1.0, 3.0, 8.0)
 PARTICIPANTS = (3, 10, 100)
 NOISY = (AggregateNoise.SKELLAM, AggregateNoise.DISCRETE_GAUSSIAN)
 
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
 
 def pin_to_one_core() -> str:
     if not hasattr(os, "sched_setaffinity"):
@@ -49,7 +54,9 @@ def pin_to_one_core() -> str:
     return f"pinned to CPU {cpu}"
 
 
-def _config(mechanism, n, t, epsilon, dimension, bits) -> AggregateNoiseConfig:
+def _config(
+    mechanism: AggregateNoise, n: int, t: int, epsilon: float, dimension: int, bits: int
+) -> AggregateNoiseConfig:
     return AggregateNoiseConfig(
         mechanism=mechanism,
         clip_norm=1.0,
@@ -64,14 +71,15 @@ def _config(mechanism, n, t, epsilon, dimension, bits) -> AggregateNoiseConfig:
     )
 
 
-def _timed(fn):
-    """CPU seconds of this (single-threaded, pinned) process: robust to other load on the machine."""
+def _timed(fn: Callable[[*_Ts], _T], *args: *_Ts) -> tuple[_T, float]:
+    """fn(*args) and the CPU seconds of this (single-threaded, pinned) process it took: robust to
+    other load on the machine."""
     start = time.process_time()
-    out = fn()
+    out = fn(*args)
     return out, time.process_time() - start
 
 
-def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> dict:
+def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> dict[str, Any]:
     """Median seconds of each encoding stage for one update, and of the masking."""
     plan = distributed_dp.calibrate(_config(mechanism, 10, 10, 3.0, dimension, 32))
     seed = rotation.rotation_seed(b"bench-ddp")
@@ -80,14 +88,14 @@ def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> di
     stream = SeededRandom(rng.random_bytes(32))
     update = np.random.default_rng(0).normal(size=dimension)
     stages: dict[str, list[float]] = {"rotate": [], "round": [], "noise": [], "reduce": [], "total": []}
+    sampler = dpnoise.skellam if mechanism is AggregateNoise.SKELLAM else dpnoise.discrete_gaussian
     for _ in range(repeats):
         clipped_rotated, t_rotate = _timed(lambda: rotation.rotate(clip_l2(update, 1.0)[0], seed))
         rounded, t_round = _timed(
-            lambda x=clipped_rotated: distributed_dp.conditional_round(x * plan.scale, plan.l2_sensitivity_sq, stream)
+            lambda x: distributed_dp.conditional_round(x * plan.scale, plan.l2_sensitivity_sq, stream), clipped_rotated
         )
-        sampler = dpnoise.skellam if mechanism is AggregateNoise.SKELLAM else dpnoise.discrete_gaussian
-        noise, t_noise = _timed(lambda draw=sampler: draw(plan.local_variance, plan.padded_dimension, stream))
-        _, t_reduce = _timed(lambda x=rounded, z=noise: to_modular(x + z, 32))
+        noise, t_noise = _timed(lambda: sampler(plan.local_variance, plan.padded_dimension, stream))
+        _, t_reduce = _timed(lambda x, z: to_modular(x + z, 32), rounded, noise)
         _, t_total = _timed(lambda: distributed_dp.encode_with_noise(update, plan, seed, rng))
         for key, value in zip(stages, (t_rotate, t_round, t_noise, t_reduce, t_total), strict=True):
             stages[key].append(value)
@@ -103,10 +111,10 @@ def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> di
 def masking_cost(length: int, repeats: int, seeds: int = 10) -> float:
     rng = SystemRandom()
     keys = [rng.random_bytes(prg.SEED_BYTES) for _ in range(seeds)]
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         vector = np.zeros(length, dtype=np.uint32)
-        _, elapsed = _timed(lambda v=vector: prg.add_masks(v, keys[: seeds // 2], keys[seeds // 2 :]))
+        _, elapsed = _timed(lambda v: prg.add_masks(v, keys[: seeds // 2], keys[seeds // 2 :]), vector)
         times.append(elapsed)
     return statistics.median(times)
 
@@ -122,7 +130,9 @@ def _updates(n: int, dimension: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def mse_row(mechanism: AggregateNoise, n: int, epsilon: float, dimension: int, bits: int, seed: int) -> dict:
+def mse_row(
+    mechanism: AggregateNoise, n: int, epsilon: float, dimension: int, bits: int, seed: int
+) -> dict[str, object]:
     head = {"mechanism": mechanism.value, "n": n, "epsilon": epsilon, "bits": bits, "dimension": dimension}
     try:
         plan = distributed_dp.calibrate(_config(mechanism, n, n, epsilon, dimension, bits))
@@ -178,7 +188,15 @@ def mse_row(mechanism: AggregateNoise, n: int, epsilon: float, dimension: int, b
 @click.option("--quick", is_flag=True, help="d = 2^16 for the cost, d = 4096 for the MSE, b = 32 only.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def ddp(dimension, mse_dimension, bits_list, repeats, quick, seed, as_json):
+def ddp(
+    dimension: int,
+    mse_dimension: int,
+    bits_list: tuple[int, ...],
+    repeats: int,
+    quick: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Distributed DP: encoding cost next to masking, and MSE next to central DP."""
     if quick:
         dimension, mse_dimension, bits_list = 1 << 16, 4096, (32,)
@@ -208,7 +226,7 @@ def ddp(dimension, mse_dimension, bits_list, repeats, quick, seed, as_json):
     click.echo(render(report))
 
 
-def render(report: dict) -> str:
+def render(report: dict[str, Any]) -> str:
     lines = [
         f"CPU seconds to encode one update on one core ({report['cpu']}; load average "
         f"{', '.join(f'{x:.1f}' for x in report['load_average'] or ())}); masking = add_masks with "

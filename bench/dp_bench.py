@@ -26,10 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedmask.adapter.config import TrainingConfig
+    from fedmask.participant.data import Record
 
 BATCH, SEQ = 16, 64
 MODELS = ("minilm", "qwen2")
@@ -58,7 +65,7 @@ def _trim_and_reset_peak() -> int:
 # --------------------------------------------------------------------------- the child
 
 
-def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
+def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -68,17 +75,14 @@ def _fixed_batch(vocab_size: int, first_id: int, seed: int = 0):
     return ids, mask, labels
 
 
-def _pool(count: int) -> list:
+def _pool(count: int) -> list[Record]:
     from fedmask.demo.data import generate_records
     from fedmask.participant.data import Record
 
-    return [
-        Record(text=str(r["text"]), label=int(r["label"]))  # type: ignore[arg-type]
-        for r in generate_records("hospital-a", count, seed=11)
-    ]
+    return [Record(text=r["text"], label=r["label"]) for r in generate_records("hospital-a", count, seed=11)]
 
 
-def _config(model: str, mode: str, clipping: str, model_path: str):
+def _config(model: str, mode: str, clipping: str, model_path: str) -> TrainingConfig:
     from fedmask.adapter.config import TrainingConfig
 
     return TrainingConfig(
@@ -94,7 +98,7 @@ def _config(model: str, mode: str, clipping: str, model_path: str):
     )
 
 
-def _plain_step(model: str, mode: str, model_path: str):
+def _plain_step(model: str, mode: str, model_path: str) -> tuple[Callable[[], None], int]:
     """The same model and adapter trained without DP: the same optimizer, on the mean loss."""
     from fedmask.participant.trainer import LocalTrainer, per_sequence_loss
 
@@ -111,7 +115,9 @@ def _plain_step(model: str, mode: str, model_path: str):
     return step, trainer.spec.size
 
 
-def _dp_step(model: str, mode: str, clipping: str, model_path: str, pool: list):
+def _dp_step(
+    model: str, mode: str, clipping: str, model_path: str, pool: list[Record]
+) -> tuple[Callable[[], None], int]:
     from fedmask.participant.trainer import LocalTrainer
 
     trainer = LocalTrainer(_config(model, mode, clipping, model_path))
@@ -175,7 +181,7 @@ def child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> di
 # --------------------------------------------------------------------------- the command
 
 
-def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> list[dict]:
+def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) -> list[dict[str, Any]]:
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -190,7 +196,8 @@ def _run_child(model: str, mode: str, model_path: str, steps: int, warmup: int) 
     )
     if completed.returncode != 0:
         raise click.ClickException(f"{model}/{mode} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])["rows"]
+    rows: list[dict[str, Any]] = json.loads(completed.stdout.strip().splitlines()[-1])["rows"]
+    return rows
 
 
 def _tiny_qwen2(directory: Path) -> str:
@@ -215,7 +222,7 @@ def dp(steps: int, warmup: int, models: tuple[str, ...], as_json: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from fedmask.adapter.config import default_model_path
 
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedmask-bench-dp-") as tmp:
         paths = {"minilm": default_model_path(), "qwen2": ""}
@@ -256,7 +263,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def render_table(result: dict) -> str:
+def render_table(result: dict[str, Any]) -> str:
     lines = [
         f"batch {result['batch']} x seq {result['seq_len']}, median of {result['steps']} steps, "
         f"{result['cpu_count']} CPUs, {result['wall_s']} s; "

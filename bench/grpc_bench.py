@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -42,11 +43,13 @@ TIME_TARGET = 1.30  # the wire may add at most 30 % to the in-memory round time
 BYTES_TARGET = 1.02  # and at most 2 % to the bytes
 
 
-def run_inmemory(config) -> simulation.SimulationResult:
+def run_inmemory(config: simulation.SimulationConfig) -> simulation.SimulationResult:
     return simulation.simulate(config, clock=time.perf_counter)
 
 
-def run_wire(config, names: list[str], seeds: dict[str, int], workdir: Path, phase_timeout_s: float) -> dict:
+def run_wire(
+    config: simulation.SimulationConfig, names: list[str], seeds: dict[str, int], workdir: Path, phase_timeout_s: float
+) -> dict[str, Any]:
     """One round with real processes; returns the coordinator's summary plus what we checked."""
     params = config.params
     dropping = {names[pid - 1] for pid in config.drop_at}
@@ -84,7 +87,8 @@ def run_wire(config, names: list[str], seeds: dict[str, int], workdir: Path, pha
             process.wait(60)
     finally:
         loopback.stop_all(processes)
-    (round_,) = summary["rounds"]
+    rounds: list[dict[str, Any]] = summary["rounds"]  # the coordinator's JSON summary
+    (round_,) = rounds
     exact = False
     if round_["completed"]:
         expected = loopback.expected_sum((seeds[n] for n in round_["survivors"]), params.dimension, params.modulus_bits)
@@ -110,7 +114,16 @@ def run_wire(config, names: list[str], seeds: dict[str, int], workdir: Path, pha
 @click.option("--phase-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def grpc_bench(participants, dim, dropout, mode, threshold, phase_timeout, seed, as_json):
+def grpc_bench(
+    participants: int,
+    dim: int,
+    dropout: float,
+    mode: str,
+    threshold: int | None,
+    phase_timeout: float,
+    seed: int,
+    as_json: bool,
+) -> None:
     """One round over loopback mTLS gRPC (separate processes) next to the in-memory harness."""
     config = build_config(
         participants, dim, dropout, Phase.MASKED_INPUT, "complete", SecurityMode(mode), threshold, 32, seed

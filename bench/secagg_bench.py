@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import click
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -47,7 +48,8 @@ def secagg_plus_degree(participants: int, dropout: float) -> tuple[int, int]:
     return find_secagg_plus_parameters(participants, dropout_fraction=dropout, corruption_fraction=1 / 3)
 
 
-def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) -> dict:
+def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) -> dict[str, Any]:
+    """One ``fedmask simulate --json`` run in a fresh process: its JSON object."""
     command = [
         sys.executable,
         "-m",
@@ -69,14 +71,17 @@ def run_row(participants: int, dim: int, graph: str, dropout: float, seed: int) 
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise click.ClickException(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout)
+    row = json.loads(completed.stdout)
+    if not isinstance(row, dict):
+        raise click.ClickException(f"{' '.join(command)} printed {type(row).__name__}, not a JSON object")
+    return row
 
 
-def prg_floor_s(row: dict, throughput_gbps: float) -> float:
+def prg_floor_s(row: dict[str, Any], throughput_gbps: float) -> float:
     survivors, dropped = row["survivors"], row["dropped"]
     degree = row["participants"] - 1 if row["graph"] == "complete" else int(row["graph"].split("-")[1])
     expansions = survivors + dropped * min(degree, survivors)
-    return expansions * row["dim"] * 4 / (throughput_gbps * 1e9)
+    return float(expansions * row["dim"] * 4 / (throughput_gbps * 1e9))
 
 
 @click.command()
@@ -84,7 +89,7 @@ def prg_floor_s(row: dict, throughput_gbps: float) -> float:
 @click.option("--quick", is_flag=True, help="Only the rows with d = 1e5 and n <= 100.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def secagg(dropout, quick, seed, as_json):
+def secagg(dropout: float, quick: bool, seed: int, as_json: bool) -> None:
     """Client masking, share stage, server unmask, upload and peak RSS for several (n, d)."""
     rows = [r for r in DEFAULT_ROWS if not quick or (r[1] == 100_000 and r[0] <= 100)]
     throughput = aes_ctr_throughput_gbps()
@@ -103,7 +108,7 @@ def secagg(dropout, quick, seed, as_json):
     click.echo(render_table(report))
 
 
-def render_table(report: dict) -> str:
+def render_table(report: dict[str, Any]) -> str:
     lines = [
         f"AES-256-CTR keystream on this machine: {report['aes_ctr_gbps']:.2f} GB/s "
         f"(measured in this run); dropout {report['dropout']:.0%}",

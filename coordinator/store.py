@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -436,7 +436,10 @@ class FederationStore:
     def config(self) -> dict[str, Any]:
         """The current federation config."""
         with self._lock:
-            return json.loads(self._current_config()[1])
+            config = json.loads(self._current_config()[1])
+        if not isinstance(config, dict):
+            raise StoreError(f"{self._path}: the recorded federation config is not a JSON object")
+        return config
 
     def _current_config(self) -> tuple[int, str]:
         row = self._db.execute(
@@ -838,7 +841,7 @@ def _float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -861,7 +864,7 @@ def _check_reason(reason: object, what: str) -> None:
 
 
 def _check_non_negative(value: object, what: str) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
         raise InvalidRecord(f"{what} must be a finite number >= 0, got {value!r}")
 
 

@@ -38,7 +38,8 @@ class AuthError(Exception):
 class Authenticator(Protocol):
     """Names the participant at the other end of a call (an aio or sync servicer context)."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def identify(self, context: grpc.ServicerContext) -> str: ...
 

@@ -149,7 +149,7 @@ class PrivacyLedger:
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
-        return [tuple(h) for h in self.accountant.history]  # type: ignore[misc]
+        return [tuple(h) for h in self.accountant.history]
 
     @property
     def steps(self) -> int:

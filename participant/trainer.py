@@ -323,7 +323,7 @@ class LocalTrainer:
         sampling = torch.Generator()
         noise = torch.Generator()
         loader = DataLoader(
-            dataset,  # type: ignore[arg-type]
+            dataset,
             batch_size=self.config.batch_size,
             collate_fn=_collate(self.tokenizer.pad_token_id),
             generator=sampling,
@@ -367,7 +367,8 @@ class LocalTrainer:
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer: one parameter group for the adapter, one for the head."""
-        head, adapter = [], []
+        head: list[nn.Parameter] = []
+        adapter: list[nn.Parameter] = []
         for name, p in trainable_named_parameters(self.model):
             (head if _is_head_parameter(name) else adapter).append(p)
         groups = [
@@ -590,9 +591,12 @@ class LocalTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def evaluate(self, records: Sequence[Record], *, batch_size: int = 64) -> Evaluation:
         """Accuracy, loss and the majority baseline of the current adapter on ``records``."""
+        with torch.no_grad():
+            return self._evaluate(records, batch_size)
+
+    def _evaluate(self, records: Sequence[Record], batch_size: int) -> Evaluation:
         encoded = self.encode(records)
         order = sorted(range(len(records)), key=lambda i: len(encoded.input_ids[i]))
         collate = _collate(self.tokenizer.pad_token_id)

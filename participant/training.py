@@ -251,7 +251,7 @@ def configure_threads() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores))
-    return torch.get_num_threads()
+    return int(torch.get_num_threads())
 
 
 logging.getLogger("opacus").setLevel(logging.ERROR)

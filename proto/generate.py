@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def generated_paths(proto_file: str) -> list[str]:
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) on PROTO_FILES, writing under ``out_dir``."""
     try:
-        from grpc_tools import protoc
+        from grpc_tools import protoc  # type: ignore[import-untyped]  # grpcio-tools ships no type information
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SystemExit("grpcio-tools is needed: pip install 'grpcio-tools>=1.70,<2'") from exc
     import importlib.resources
@@ -88,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

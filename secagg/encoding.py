@@ -9,6 +9,7 @@ is exact for the number of participants summed.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from .params import EncodingParams
 from .prg import dtype_for_bits
@@ -29,7 +30,8 @@ def randomized_round(values: np.ndarray, rng: RandomSource) -> np.ndarray:
     """Round each value down or up with probabilities that make the result unbiased."""
     floor = np.floor(values)
     round_up = uniform_unit_floats(rng, values.size).reshape(values.shape) < (values - floor)
-    return floor.astype(np.int64) + round_up
+    rounded: npt.NDArray[np.int64] = floor.astype(np.int64) + round_up
+    return rounded
 
 
 def to_modular(integers: np.ndarray, modulus_bits: int) -> np.ndarray:

@@ -58,6 +58,13 @@ class NeighbourGraph:
 
     __slots__ = ("_ids", "_members", "_adjacency", "_degree", "_ring", "_position")
 
+    _ids: tuple[int, ...]
+    _members: frozenset[int]
+    _adjacency: Mapping[int, frozenset[int]] | None
+    _degree: int
+    _ring: tuple[int, ...] | None
+    _position: dict[int, int] | None
+
     def __init__(self, ids: Iterable[int], adjacency: Mapping[int, Iterable[int]] | None = None) -> None:
         members = _validated_ids(ids)
         member_set = frozenset(members)
@@ -77,7 +84,14 @@ class NeighbourGraph:
         graph._init(members, frozenset(members), None, degree, ring)
         return graph
 
-    def _init(self, members, member_set, adjacency, degree, ring) -> None:
+    def _init(
+        self,
+        members: tuple[int, ...],
+        member_set: frozenset[int],
+        adjacency: Mapping[int, frozenset[int]] | None,
+        degree: int,
+        ring: tuple[int, ...] | None,
+    ) -> None:
         object.__setattr__(self, "_ids", members)
         object.__setattr__(self, "_members", member_set)
         object.__setattr__(self, "_adjacency", adjacency)
@@ -107,15 +121,14 @@ class NeighbourGraph:
         """The participants linked to ``participant``; never contains ``participant`` itself."""
         if participant not in self:
             raise GraphError(f"participant {participant!r} is not in this graph")
-        if self._ring is not None:
-            return self._ring_neighbours(participant)
+        if self._ring is not None and self._position is not None:
+            return self._ring_neighbours(self._ring, self._position[participant])
         if self._adjacency is None:
             return self._members - {participant}
         return self._adjacency[participant]
 
-    def _ring_neighbours(self, participant: int) -> frozenset[int]:
-        ring, count = self._ring, len(self._ring)
-        position = self._position[participant]
+    def _ring_neighbours(self, ring: tuple[int, ...], position: int) -> frozenset[int]:
+        count = len(ring)
         half = self._degree // 2
         linked = {ring[(position + step) % count] for step in range(-half, half + 1) if step}
         if self._degree % 2 == 1:

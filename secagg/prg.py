@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 SEED_BYTES = 32
 _NONCE = b"\x00" * 16
@@ -37,7 +37,7 @@ def reduce_modulus(vector: np.ndarray, modulus_bits: int) -> np.ndarray:
     return vector
 
 
-def _keystream(seed: bytes):
+def _keystream(seed: bytes) -> CipherContext:
     if len(seed) != SEED_BYTES:
         raise ValueError(f"mask seeds are {SEED_BYTES} bytes, got {len(seed)}")
     return Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
@@ -61,7 +61,7 @@ def add_masks(
     """
     if accumulator.ndim != 1 or accumulator.dtype not in (np.dtype("<u4"), np.dtype("<u8")):
         raise ValueError("accumulator must be a 1-D little-endian uint32 or uint64 array")
-    streams: list[tuple[object, bool]] = [(_keystream(s), True) for s in add_seeds]
+    streams: list[tuple[CipherContext, bool]] = [(_keystream(s), True) for s in add_seeds]
     streams += [(_keystream(s), False) for s in subtract_seeds]
     if not streams:
         return accumulator

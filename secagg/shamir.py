@@ -69,8 +69,8 @@ def split(
     xs = np.array(list(holders), dtype=object)[:, None]
     acc = np.zeros((len(holders), len(polynomials)), dtype=object)
     by_degree = list(zip(*polynomials, strict=True)) if polynomials else []
-    for step, coefficients in enumerate(by_degree, start=1):
-        acc = acc * xs + np.array(coefficients, dtype=object)
+    for step, same_degree in enumerate(by_degree, start=1):
+        acc = acc * xs + np.array(same_degree, dtype=object)
         if step % _STEPS_PER_REDUCTION == 0:
             acc %= FIELD_PRIME
     acc %= FIELD_PRIME

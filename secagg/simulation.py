@@ -68,7 +68,7 @@ class SimulationResult:
     upload_bytes_per_participant: float
     client_aborts: dict[int, str] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | float | bool | str | None]:
         return {
             "participants": self.participants,
             "dim": self.dimension,

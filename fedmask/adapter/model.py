@@ -89,7 +89,7 @@ def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
     return model
 
 
-def _masked_mean_pooling(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+def _masked_mean_pooling(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
     hidden = output.last_hidden_state
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:
@@ -211,7 +211,7 @@ def build_adapter_model(config: TrainingConfig) -> AdapterModel:
     return AdapterModel(tokenizer, model, pooling, spec_of(trainable_named_parameters(model)))
 
 
-def initial_adapter(config: TrainingConfig) -> tuple[np.ndarray, list]:
+def initial_adapter(config: TrainingConfig) -> tuple[np.ndarray, list[dict[str, object]]]:
     """The adapter every participant starts from (LoRA-B at zero, the head's initialisation)
     as a float32 vector and its layout."""
     built = build_adapter_model(config)

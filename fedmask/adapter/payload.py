@@ -26,13 +26,13 @@ class AdapterPayloadError(ValueError):
 @dataclass(frozen=True)
 class AdapterPayload:
     vector: np.ndarray  # float32, 1-D
-    layout: list  # participant.adapter_vector.VectorSpec.to_json()
+    layout: list[dict[str, object]]  # fedmask.adapter.vector.VectorSpec.to_json()
     round: int  # 0: the initial adapter
     data: bytes  # the serialised file
     sha256: str  # hex digest of ``data``
 
 
-def pack(vector: np.ndarray, layout: list, round_number: int) -> AdapterPayload:
+def pack(vector: np.ndarray, layout: list[dict[str, object]], round_number: int) -> AdapterPayload:
     vector = np.ascontiguousarray(vector, dtype=np.float32)
     if vector.ndim != 1 or not np.isfinite(vector).all():
         raise AdapterPayloadError("the global adapter must be a finite 1-D vector")

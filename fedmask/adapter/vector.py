@@ -70,7 +70,10 @@ class VectorSpec:
             dtype = str(item["dtype"])
             if dtype not in _FLOAT_DTYPES:
                 raise VectorLayoutError(f"unsupported dtype {dtype!r} for {item['name']!r}")
-            shape = tuple(int(d) for d in item["shape"])  # type: ignore[union-attr]
+            raw_shape = item["shape"]
+            if not isinstance(raw_shape, (list, tuple)):
+                raise VectorLayoutError(f"the shape of {item['name']!r} must be a list, got {raw_shape!r}")
+            shape = tuple(int(d) for d in raw_shape)
             tensors.append(TensorSpec(name=str(item["name"]), shape=shape, dtype=dtype))
         return cls(tuple(tensors))
 

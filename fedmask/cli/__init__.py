@@ -43,7 +43,10 @@ class LazyGroup(click.Group):
             if exc.name == module_name:
                 return None
             raise
-        return getattr(module, attribute)
+        command = getattr(module, attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is {type(command).__name__}, not a click command")
+        return command
 
 
 class _RootGroup(LazyGroup):

@@ -14,7 +14,9 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -237,7 +239,9 @@ def serve(
         raise SystemExit(EXIT_ABORTED)
 
 
-async def _serve(server: CoordinatorServer, configs: list[RoundConfig], listening) -> list[RoundOutcome]:
+async def _serve(
+    server: CoordinatorServer, configs: list[RoundConfig], listening: Callable[[int], None]
+) -> list[RoundOutcome]:
     listening(await server.start())
     outcomes = []
     try:
@@ -254,8 +258,10 @@ def _transport_name(insecure: bool, auth: str) -> str:
     return "insecure" if insecure else ("tls+token" if auth == "token" else "mtls")
 
 
-def _report(index: int, outcome: RoundOutcome, summary: dict) -> None:
+def _report(index: int, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
     if outcome.completed:
+        if outcome.result is None:
+            raise RuntimeError(f"round {index} completed without a sum")
         _echo(
             f"round {index}: completed in {outcome.round_s:.3f} s with {len(outcome.survivors)}/"
             f"{len(outcome.participants)} survivors"

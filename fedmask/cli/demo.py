@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -34,13 +35,13 @@ DEFAULT_ROUNDS = 3
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class _Process:
     """A child process whose stderr lines go to the console (prefixed) and to a log file."""
 
-    def __init__(self, name: str, command: list[str], log_path: Path, echo) -> None:
+    def __init__(self, name: str, command: list[str], log_path: Path, echo: Callable[[str], None]) -> None:
         self.name = name
         self.log = log_path.open("a", encoding="utf-8")
         env = {
@@ -54,6 +55,9 @@ class _Process:
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL
         )
+        # Popen with stdout=PIPE and stderr=PIPE always sets both streams.
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._stdout_pipe, self._stderr_pipe = self.process.stdout, self.process.stderr
         self.stdout = ""
         self.lines: list[str] = []
         self._echo = echo
@@ -63,14 +67,14 @@ class _Process:
         self._out_reader.start()
 
     def _pump(self) -> None:
-        for line in self.process.stderr:
+        for line in self._stderr_pipe:
             self.log.write(line)
             self.log.flush()
             self.lines.append(line.rstrip())
             self._echo(line.rstrip())
 
     def _pump_stdout(self) -> None:
-        self.stdout = self.process.stdout.read()
+        self.stdout = self._stdout_pipe.read()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -177,21 +181,21 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
 @click.option("--skip-baseline", is_flag=True, help="Do not train the single-party baselines.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
 def demo(
-    out_dir,
-    rounds,
-    participant_count,
-    records,
-    mode,
-    epsilon,
-    delta,
-    model_path,
-    drops,
-    security_mode,
-    aggregate_noise,
-    aggregate_epsilon,
-    skip_baseline,
-    seed,
-):
+    out_dir: Path | None,
+    rounds: int,
+    participant_count: int,
+    records: int,
+    mode: str,
+    epsilon: float,
+    delta: float,
+    model_path: str | None,
+    drops: tuple[str, ...],
+    security_mode: str,
+    aggregate_noise: str,
+    aggregate_epsilon: float,
+    skip_baseline: bool,
+    seed: int,
+) -> None:
     """Run a federation of two hospitals and a bank on this machine and report on it."""
     parties = party_names(participant_count)
     drop_at = _parse_drops(drops, rounds, parties)
@@ -233,13 +237,14 @@ def demo(
     }
     if model_path:
         training["model_path"] = str(model_path)
+    threshold = demo_threshold(len(parties))
     # A participant killed by --drop after it joined is waited for 60 s, not the whole join timeout.
     config = {
         "participants": parties,
         "rounds": rounds,
         "training": training,
         "clip_norm": 5.0,
-        "threshold": demo_threshold(len(parties)),
+        "threshold": threshold,
         "security_mode": security_mode,
         "join_timeout_s": 900.0,
         "phase_timeout_s": 60.0,
@@ -301,7 +306,7 @@ def demo(
 
     nodes = {party: start_node(party) for party in parties}
     try:
-        _supervise(coordinator, nodes, drop_at, start_node, config["threshold"])
+        _supervise(coordinator, nodes, drop_at, start_node, threshold)
         code = coordinator.wait(timeout=60 * 60)
         for node in nodes.values():
             node.wait(timeout=120)
@@ -330,7 +335,11 @@ def demo(
 
 
 def _supervise(
-    coordinator: _Process, nodes: dict[str, _Process], drop_at: dict[str, int], start_node, threshold: int
+    coordinator: _Process,
+    nodes: dict[str, _Process],
+    drop_at: dict[str, int],
+    start_node: Callable[[str], _Process],
+    threshold: int,
 ) -> None:
     """Wait for the coordinator; carry out --drop NAME@ROUND.
 

@@ -70,7 +70,18 @@ def _echo(line: str) -> None:
     default=None,
     help="Also write the report (per-round table, plot, global adapter) here and print it.",
 )
-def run(federation_dir, name, state_dir, config_path, host, port, health_port, token_auth, insecure, report_dir):
+def run(
+    federation_dir: Path,
+    name: str,
+    state_dir: Path,
+    config_path: Path,
+    host: str,
+    port: int,
+    health_port: int | None,
+    token_auth: bool,
+    insecure: bool,
+    report_dir: Path | None,
+) -> None:
     """Run every round of the federation described by --config."""
     started = time.monotonic()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations

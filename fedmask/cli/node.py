@@ -36,17 +36,17 @@ from fedmask.participant.node import Node, NodeError
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
 def node(
-    federation_dir,
-    name,
-    data_path,
-    state_dir,
-    target,
-    tls_server_name,
-    heldout_fraction,
-    connect_attempts,
-    token_file,
-    insecure,
-):
+    federation_dir: Path,
+    name: str,
+    data_path: Path,
+    state_dir: Path,
+    target: str,
+    tls_server_name: str | None,
+    heldout_fraction: float,
+    connect_attempts: int,
+    token_file: Path | None,
+    insecure: bool,
+) -> None:
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
     logging.basicConfig(level=logging.WARNING)
     # Library chatter that says nothing about this run (deprecations; Opacus's note that its

@@ -82,7 +82,18 @@ def build_config(
     help="Seeds the simulation's CSPRNG (simulations only; real rounds use the OS CSPRNG).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def simulate(participants, dim, dropout, drop_phase, graph, mode, threshold, modulus_bits, seed, as_json):
+def simulate(
+    participants: int,
+    dim: int,
+    dropout: float,
+    drop_phase: str,
+    graph: str,
+    mode: str,
+    threshold: int | None,
+    modulus_bits: int,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Run one secure-aggregation round in memory and check the sum bit for bit."""
     if graph != "complete" and not graph.isdigit():
         raise click.BadParameter("use 'complete' or a neighbour degree such as 68", param_hint="--graph")
@@ -110,7 +121,7 @@ def simulate(participants, dim, dropout, drop_phase, graph, mode, threshold, mod
         raise SystemExit(1)
 
 
-def simulate_round(config: SimulationConfig) -> dict:
+def simulate_round(config: SimulationConfig) -> dict[str, int | float | bool | str | None]:
     result = simulation.simulate(config, clock=time.perf_counter).as_dict()
     result["graph"] = "complete" if config.params.neighbours is None else f"harary-{config.params.neighbours}"
     result["mode"] = config.params.mode.value

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 # Integer orders only: the Skellam bound is proved for integer alpha.
 RDP_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + tuple(range(68, 257, 4)) + (288, 320, 384, 448, 512, 640, 768, 1024)
@@ -77,13 +78,14 @@ def distributed_discrete_gaussian_rdp(
     central_sd = math.sqrt(survivors * local_variance)
     a = math.sqrt(l2_sensitivity_sq) / central_sd
     b = l1_sensitivity / central_sd
-    return np.minimum.reduce(
+    rdp: npt.NDArray[np.float64] = np.minimum.reduce(
         [
             alpha * a * a / 2 + tau * dimension,
             alpha * (a * a + 2 * b * tau + tau * tau * dimension) / 2,
             alpha * (a + tau * math.sqrt(dimension)) ** 2 / 2,
         ]
     )
+    return rdp
 
 
 def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[int] | None = None) -> tuple[float, int]:
@@ -187,10 +189,10 @@ class DistributedDPAccountant:
     def __len__(self) -> int:
         return len(self.history)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, object]:
         return {"version": 1, "delta": self.delta, "history": [asdict(r) for r in self.history]}
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Replace the history with a saved one (validated record by record)."""
         if not isinstance(state, Mapping) or state.get("version") != 1:
             raise ValueError("not a version-1 DistributedDPAccountant state")

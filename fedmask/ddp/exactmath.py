@@ -179,7 +179,7 @@ def _bernoulli(n: int) -> Fraction:
     """B_n by the recurrence sum_{k<=n} C(n+1, k) B_k = 0."""
     while len(_BERNOULLI) <= n:
         m = len(_BERNOULLI)
-        _BERNOULLI.append(-sum(math.comb(m + 1, k) * _BERNOULLI[k] for k in range(m)) / (m + 1))
+        _BERNOULLI.append(-sum((math.comb(m + 1, k) * _BERNOULLI[k] for k in range(m)), Fraction(0)) / (m + 1))
     return _BERNOULLI[n]
 
 

@@ -29,6 +29,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ class AggregateNoiseConfig:
             raise ParameterError(f"budget_scope must be a BudgetScope, got {self.budget_scope!r}")
 
     @classmethod
-    def from_dict(cls, raw: Mapping) -> AggregateNoiseConfig:
+    def from_dict(cls, raw: Mapping[str, Any]) -> AggregateNoiseConfig:
         """Parse a round configuration (e.g. from JSON): strings for the enums, unknown keys refused."""
         if not isinstance(raw, Mapping):
             raise ParameterError("the aggregate-noise configuration must be a mapping")
@@ -176,7 +177,7 @@ class AggregateNoiseConfig:
         config.validate()
         return config
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -286,7 +287,7 @@ class AggregateNoisePlan:
             self.padded_dimension,
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {
             **self.config.describe(),
             "scale": self.scale,
@@ -303,35 +304,43 @@ class AggregateNoisePlan:
         }
 
 
-def _composed_epsilon(config: AggregateNoiseConfig, record: NoiseRecord, rounds: int) -> float:
-    return epsilon_from_rdp(rounds * record.rdp(), config.delta)[0]
+def _privacy_target(config: AggregateNoiseConfig) -> tuple[float, float, int]:
+    """(epsilon, delta, rounds) of a mechanism that adds noise; ``validate`` requires all three."""
+    if config.epsilon is None or config.delta is None or config.rounds is None:
+        raise ParameterError(f"aggregate_noise {config.mechanism.value!r} needs epsilon, delta and rounds")
+    return config.epsilon, config.delta, config.rounds
 
 
-def _budget_rounds(config: AggregateNoiseConfig) -> int:
-    return config.rounds if config.budget_scope is BudgetScope.RUN else 1
+def _composed_epsilon(delta: float, record: NoiseRecord, rounds: int) -> float:
+    return epsilon_from_rdp(rounds * record.rdp(), delta)[0]
+
+
+def _budget_rounds(config: AggregateNoiseConfig, rounds: int) -> int:
+    return rounds if config.budget_scope is BudgetScope.RUN else 1
 
 
 def _minimal_variance(config: AggregateNoiseConfig, l2_sq: int, l1: float, padded: int) -> float:
     """The smallest local variance (to 1e-9 relative) meeting the target with t survivors."""
-    rounds = _budget_rounds(config)
+    target_epsilon, delta, run_rounds = _privacy_target(config)
+    rounds = _budget_rounds(config, run_rounds)
     t = config.min_survivors
     mechanism = config.mechanism.value
 
     def epsilon(variance: float) -> float:
-        return _composed_epsilon(config, NoiseRecord(mechanism, t, variance, l2_sq, l1, padded), rounds)
+        return _composed_epsilon(delta, NoiseRecord(mechanism, t, variance, l2_sq, l1, padded), rounds)
 
     # start from the Gaussian mechanism's variance, which never needs more noise
-    high = _gaussian_variance(config.epsilon, config.delta, rounds, l2_sq) / t
+    high = _gaussian_variance(target_epsilon, delta, rounds, l2_sq) / t
     low = high / 2
-    while epsilon(high) > config.epsilon:
+    while epsilon(high) > target_epsilon:
         low, high = high, high * 2
         if high > 2 * dpnoise.MAX_VARIANCE:
             return math.inf
-    while epsilon(low) <= config.epsilon:
+    while epsilon(low) <= target_epsilon:
         low, high = low / 2, low
     while high - low > 1e-9 * high:
         mid = math.sqrt(low * high) if low > 0 else high / 2
-        if epsilon(mid) > config.epsilon:
+        if epsilon(mid) > target_epsilon:
             low = mid
         else:
             high = mid
@@ -395,9 +404,10 @@ def _plan_at(config: AggregateNoiseConfig, scale: float) -> AggregateNoisePlan |
         variance = _minimal_variance(config, l2_sq, l1, padded)
         if variance > dpnoise.MAX_VARIANCE:
             return None
+        _, delta, rounds = _privacy_target(config)
         record = NoiseRecord(config.mechanism.value, config.min_survivors, variance, l2_sq, l1, padded)
-        round_eps = record.epsilon(config.delta)
-        planned = _composed_epsilon(config, record, config.rounds)
+        round_eps = record.epsilon(delta)
+        planned = _composed_epsilon(delta, record, rounds)
     bound = _sum_bound(config, scaled_clip, l2_sq, variance, padded)
     return AggregateNoisePlan(config, scale, padded, variance, l2_sq, l1, bound, round_eps, planned)
 
@@ -432,7 +442,7 @@ def calibrate(config: AggregateNoiseConfig) -> AggregateNoisePlan:
             "modulus_bits, lower the dimension or relax the privacy target"
         )
     largest = _plan_at(config, high_c / config.clip_norm)
-    if _fits(largest):
+    if largest is not None and _fits(largest):
         return largest
     best: AggregateNoisePlan = smallest
     for _ in range(36):

@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import numpy.typing as npt
 
 from fedmask.ddp import exactmath
 from fedmask.secagg.rand import RandomSource
@@ -145,11 +147,15 @@ def discrete_laplace(scale: int, count: int, rng: RandomSource, stats: SamplerSt
     return out
 
 
+# gamma[i] exactly, or its enclosures as a function of the bits of precision
+ExactGamma = Callable[[int], Fraction | Callable[[int], exactmath.Enclosure]]
+
+
 def _accept(
     gamma: np.ndarray,
     gamma_error: np.ndarray,
     u: np.ndarray,
-    exact_gamma,
+    exact_gamma: ExactGamma,
     rng: RandomSource,
     stats: SamplerStats | None,
 ) -> np.ndarray:
@@ -159,7 +165,7 @@ def _accept(
     the entries the float margin cannot settle.
     """
     lo, hi = _exponential_bounds(u)
-    accept = lo > gamma + gamma_error
+    accept: npt.NDArray[np.bool_] = lo > gamma + gamma_error
     undecided = ~accept & ~(hi < gamma - gamma_error)
     for i in np.flatnonzero(undecided):
         accept[i] = exactmath.LazyUniform(int(u[i]), 64, rng).below_exp_neg(exact_gamma(int(i)))
@@ -195,7 +201,7 @@ def discrete_gaussian(variance: float, count: int, rng: RandomSource, stats: Sam
         gamma = a * a / (2 * s2f)
         gamma_error = ((2 * np.abs(a) + a_error) * a_error / (2 * s2f) + gamma * 2 * _ULP) * 1.01
 
-        def exact(i: int, y=y) -> Fraction:
+        def exact(i: int, y: np.ndarray = y) -> Fraction:
             return (abs(int(y[i])) * t - s2) ** 2 / (2 * s2 * t * t)
 
         accepted = y[_accept(gamma, gamma_error, _uniform_u64(rng, batch), exact, rng, stats)][:need]
@@ -357,7 +363,7 @@ def poisson(mean: float, count: int, rng: RandomSource, stats: SamplerStats | No
         gamma = envelope - d - distance
         gamma_error = d_error + (abs(envelope) + np.abs(d) + distance) * 4 * _ULP
 
-        def exact(i: int, k=k):
+        def exact(i: int, k: np.ndarray = k) -> Callable[[int], exactmath.Enclosure]:
             x = Fraction(abs(int(k[i]) - m), t)
 
             def enclose(bits: int) -> exactmath.Enclosure:
@@ -379,4 +385,5 @@ def skellam(variance: float, count: int, rng: RandomSource, stats: SamplerStats 
     difference of two independent Poisson(variance / 2) variates."""
     _check_variance("the Skellam variance", variance)
     half = float(variance) / 2  # exact: halving a float only changes its exponent
-    return poisson(half, count, rng, stats) - poisson(half, count, rng, stats)
+    draws: npt.NDArray[np.int64] = poisson(half, count, rng, stats) - poisson(half, count, rng, stats)
+    return draws

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from fedmask.participant.pii import IBAN_LENGTHS, cn_resident_id_check_char, luhn_valid
 
@@ -421,6 +423,16 @@ def _message(rng: random.Random, party: str, label: int) -> str:
     return " ".join(parts).format(**_slots(rng))
 
 
+class DemoRecord(TypedDict):
+    """One generated record, as ``write_records`` writes it."""
+
+    id: str
+    party: str
+    split: str  # "train" or "heldout"
+    text: str
+    label: int  # 1: needs urgent human follow-up
+
+
 def generate_records(
     party: str,
     n: int,
@@ -428,7 +440,7 @@ def generate_records(
     seed: int = 0,
     heldout_fraction: float = 0.2,
     label_noise: float = 0.04,
-) -> list[dict[str, object]]:
+) -> list[DemoRecord]:
     """``n`` records for ``party``; the same arguments always give the same records."""
     if party not in _STYLES:
         raise ValueError(f"unknown party {party!r}; expected one of {PARTIES}")
@@ -443,7 +455,7 @@ def generate_records(
     n_heldout = min(n - 1, max(1, round(n * heldout_fraction)))
     heldout = set(rng.sample(range(n), n_heldout))
     style = _STYLES[party]
-    records: list[dict[str, object]] = []
+    records: list[DemoRecord] = []
     for index in range(n):
         label = 1 if rng.random() < style.urgent_rate else 0
         text = _message(rng, party, label)
@@ -461,7 +473,7 @@ def generate_records(
     return records
 
 
-def write_records(records: list[dict[str, object]], path: str | Path) -> Path:
+def write_records(records: Iterable[Mapping[str, object]], path: str | Path) -> Path:
     """Write records as JSONL (one object per line, UTF-8)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

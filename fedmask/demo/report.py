@@ -85,7 +85,7 @@ def build_report(
             }
         )
     federated = union_accuracy(final["final_reports"])
-    best_party = max(baselines, key=baselines.get) if baselines else None
+    best_party = max(baselines, key=baselines.__getitem__) if baselines else None
     return {
         "rounds": rounds,
         "federated_accuracy": federated,

@@ -173,7 +173,7 @@ def _check_name(name: str, what: str = "name") -> str:
 def _check_role(role: str) -> Role:
     if role not in ROLES:
         raise PkiError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 def identity_uri(role: Role, name: str) -> str:
