@@ -14,7 +14,12 @@ The rules that keep an honest client's input private even from a lying server:
   never both, and nothing at all if the survivor list is smaller than the threshold, is not a
   subset of the participants that shared keys, or lists someone as both alive and dropped;
 - in the malicious-server mode it checks the signature of every advertised key pair against
-  the enrolled identity keys, and reveals only after t signatures on the same survivor list.
+  the enrolled identity keys, and reveals only after t signatures on the same survivor list;
+- it commits to its b_u and to every share it deals before anything is revealed, and checks
+  each share it receives against its dealer's commitments. A bad envelope is not silently
+  dropped: the holder complains. The accused opens only the envelopes a (signed) complaint names,
+  which reveals nothing a complainer did not already hold, and after an opening it reveals
+  nothing more: the round aborts with the culprit named.
 """
 
 from __future__ import annotations
@@ -27,16 +32,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import keys, prg, shamir
+from . import keys, machine, prg, shamir
 from .errors import CryptoError, Phase, ProtocolAbort, ShamirError
+from .machine import Branch
 from .messages import (
     Abort,
     AdvertiseKeys,
+    Complaint,
+    ComplaintKind,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShare,
+    EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    OpenRequest,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -46,7 +56,7 @@ from .params import ProtocolParams, SecurityMode
 from .rand import RandomSource
 from .session import Session, check_advertisement, check_roster_keys_distinct
 
-_SHARE_PLAINTEXT = struct.Struct(">II33s33s")  # sender, recipient, share of b, share of s^SK
+_SHARE_PLAINTEXT = keys.SHARE_PLAINTEXT
 
 
 class ClientState(enum.Enum):
@@ -55,6 +65,8 @@ class ClientState(enum.Enum):
     AWAITING_SHARES = (Phase.SHARE_KEYS, "waiting for the shares addressed to it")
     AWAITING_CONSISTENCY_REQUEST = (Phase.CONSISTENCY_CHECK, "waiting for the survivor list to sign")
     AWAITING_UNMASK_REQUEST = (Phase.UNMASK, "waiting for the unmask request")
+    # It opened envelopes to answer complaints: the round can only abort now.
+    OPENED_ENVELOPES = (Phase.COMPLAINTS, "opened envelopes for a complaint; awaiting the abort")
     COMPLETED = (Phase.COMPLETED, "done")
     ABORTED = (Phase.ABORTED, "aborted")
 
@@ -100,9 +112,12 @@ class Client:
         self._self_mask_secret: bytes | None = None
         # owner -> (share of b_owner, share of s_owner^SK) that this client holds
         self._held_shares: dict[int, tuple[int, int]] = {}
-        # neighbour -> X25519(c_u, c_v) and -> pairwise mask seed s_uv, computed once at roster time
-        self._share_secrets: dict[int, bytes] = {}
+        # neighbour -> pairwise mask seed s_uv, computed once at roster time
         self._pairwise_seeds: dict[int, bytes] = {}
+        # holder -> the ephemeral X25519 secret of the envelope sent to it (to answer a complaint)
+        self._envelope_secrets: dict[int, bytes] = {}
+        # senders whose envelopes this client complained about (they did share keys)
+        self._complained: dict[int, Complaint] = {}
         self._signed_survivors: tuple[int, ...] | None = None
 
     # --- public interface -------------------------------------------------------------------
@@ -139,7 +154,7 @@ class Client:
             payload = keys.advertisement_payload(
                 self.config.round_id, self.me, self._encryption.public_bytes, self._masking.public_bytes
             )
-            signature = keys.sign(self.config.identity_key, payload)
+            signature = keys.sign(self._identity_key(), payload)
         self.state = ClientState.AWAITING_ROSTER
         return AdvertiseKeys(
             self.me, self.config.round_id, self._encryption.public_bytes, self._masking.public_bytes, signature
@@ -160,7 +175,7 @@ class Client:
             reply = handler(self, message)
         except ProtocolAbort as exc:
             return self._abort(exc.reason)
-        self.state = next_state(self) if callable(next_state) else next_state
+        self.state = machine.next_state(next_state, self)
         return reply
 
     # --- handlers -----------------------------------------------------------------------------
@@ -201,6 +216,12 @@ class Client:
         holders = sorted(session.holders(self.me))
         if len(holders) < params.threshold:
             raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{len(holders)} share holders < threshold {params.threshold}")
+        if 2 * params.threshold <= len(holders):
+            # Two disjoint groups of holders could each rebuild a secret (the split view).
+            raise ProtocolAbort(
+                Phase.ADVERTISE_KEYS,
+                f"threshold {params.threshold} does not exceed half of the {len(holders)} share holders",
+            )
         for v in session.neighbours(self.me):
             ad = session.advertisements[v]
             problem = check_advertisement(
@@ -213,7 +234,6 @@ class Client:
             if problem:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
             try:
-                self._share_secrets[v] = keys.exchange(self._encryption.private_key, ad.encryption_key)
                 self._pairwise_seeds[v] = keys.pairwise_mask_seed(
                     self._masking.private_key, ad.masking_key, session.session_id
                 )
@@ -228,37 +248,68 @@ class Client:
             rng=self._rng,
         )
         self._held_shares[self.me] = shares[self.me]
-        encrypted = []
-        for holder in holders:
-            if holder == self.me:
-                continue
-            b_share, s_share = shares[holder]
-            plaintext = _SHARE_PLAINTEXT.pack(
-                self.me, holder, shamir.encode_share(b_share), shamir.encode_share(s_share)
+        sid = session.session_id
+        commitment = keys.self_mask_commitment(self._self_mask_secret, session_id=sid, owner=self.me)
+        envelopes = tuple(
+            self._seal(session, holder, shares[holder], commitment) for holder in holders if holder != self.me
+        )
+        return ShareKeys(self.me, sid, envelopes, commitment)
+
+    def _seal(
+        self, session: Session, holder: int, share_pair: tuple[int, int], self_mask_commitment: bytes
+    ) -> EncryptedShare:
+        """The envelope for ``holder``: its two shares under a fresh ephemeral key, with commitments."""
+        sid = session.session_id
+        b_share, s_share = (shamir.encode_share(y) for y in share_pair)
+        ephemeral = keys.AgreementKeyPair.generate(self._rng)
+        secret = keys.exchange(ephemeral.private_key, session.advertisements[holder].encryption_key)
+        key = keys.envelope_key(
+            secret, session_id=sid, sender=self.me, receiver=holder, ephemeral_key=ephemeral.public_bytes
+        )
+        plaintext = _SHARE_PLAINTEXT.pack(self.me, holder, b_share, s_share)
+        ciphertext = keys.encrypt_share(key, plaintext, session_id=sid, sender=self.me, receiver=holder, rng=self._rng)
+        b_commitment = keys.share_commitment(b_share, session_id=sid, owner=self.me, holder=holder, secret="b")
+        s_commitment = keys.share_commitment(s_share, session_id=sid, owner=self.me, holder=holder, secret="s")
+        signature = b""
+        if self.params.mode is SecurityMode.MALICIOUS:
+            payload = keys.envelope_payload(
+                sid,
+                self.me,
+                holder,
+                ephemeral_key=ephemeral.public_bytes,
+                ciphertext=ciphertext,
+                self_mask_share_commitment=b_commitment,
+                key_share_commitment=s_commitment,
+                self_mask_commitment=self_mask_commitment,
             )
-            key = keys.share_encryption_key(
-                self._share_secrets[holder], session_id=session.session_id, sender=self.me, receiver=holder
-            )
-            ciphertext = keys.encrypt_share(
-                key, plaintext, session_id=session.session_id, sender=self.me, receiver=holder, rng=self._rng
-            )
-            encrypted.append(EncryptedShare(self.me, holder, ciphertext))
-        return ShareKeys(self.me, session.session_id, tuple(encrypted))
+            signature = keys.sign(self._identity_key(), payload)
+        self._envelope_secrets[holder] = ephemeral.private_bytes
+        return EncryptedShare(
+            self.me, holder, ciphertext, ephemeral.public_bytes, b_commitment, s_commitment, signature
+        )
 
     def _on_shares(self, bundle: ShareBundle) -> MaskedInput:
         session = self._require_session(bundle.session_id, Phase.SHARE_KEYS)
         if bundle.recipient != self.me:
             raise ProtocolAbort(Phase.SHARE_KEYS, f"received the shares of participant {bundle.recipient}")
         neighbours = session.neighbours(self.me)
+        dealer_commitments = dict(bundle.self_mask_commitments)
+        if len(dealer_commitments) != len(bundle.self_mask_commitments):
+            raise ProtocolAbort(Phase.SHARE_KEYS, "a dealer's commitment to its self mask is listed twice")
         for share in bundle.shares:
             if share.recipient != self.me:
                 raise ProtocolAbort(Phase.SHARE_KEYS, f"a share addressed to {share.recipient} was delivered here")
             if share.sender not in neighbours:
                 raise ProtocolAbort(Phase.SHARE_KEYS, f"a share from {share.sender}, who is not a neighbour")
-            if share.sender in self._held_shares:
+            if share.sender in self._held_shares or share.sender in self._complained:
                 raise ProtocolAbort(Phase.SHARE_KEYS, f"two shares from participant {share.sender}")
-            self._held_shares[share.sender] = self._open_share(session, share)
-        survivors = set(self._held_shares)  # this client's view of U2 (itself included)
+            opened = self._open_share(session, share)
+            if opened is not None:
+                self._held_shares[share.sender] = opened
+            else:
+                self._complained[share.sender] = self._complaint(session, share, dealer_commitments.get(share.sender))
+        # This client's view of U2 (itself included): every neighbour that sent it an envelope.
+        survivors = set(self._held_shares) | set(self._complained)
         if len(survivors) < self.params.threshold:
             raise ProtocolAbort(
                 Phase.SHARE_KEYS,
@@ -276,16 +327,79 @@ class Client:
         prg.add_masks(masked, add, subtract)
         prg.reduce_modulus(masked, self.params.modulus_bits)
         self._input = None  # neither the plaintext input nor the agreements are needed any more
-        self._share_secrets.clear()
         self._pairwise_seeds.clear()
-        return MaskedInput(self.me, session.session_id, masked)
+        complaints = tuple(self._complained[v] for v in sorted(self._complained))
+        return MaskedInput(self.me, session.session_id, masked, complaints)
+
+    def _complaint(self, session: Session, share: EncryptedShare, dealer_commitment: bytes | None) -> Complaint:
+        """A complaint about an envelope that did not open to the shares its commitments promise.
+
+        In the malicious-server mode the sender's signature decides which complaint it is: a
+        signed bad envelope is the sender's doing (its opening will show it); an unsigned one is
+        the relay's or the sender's, and the server, which holds what the sender sent, decides."""
+        kind = ComplaintKind.BAD_ENVELOPE
+        if self.params.mode is SecurityMode.MALICIOUS:
+            identity = self.config.identity_keys.get(share.sender)
+            try:
+                if identity is None or dealer_commitment is None:
+                    raise CryptoError("no identity key or self-mask commitment for the sender")
+                payload = keys.envelope_payload(
+                    session.session_id,
+                    share.sender,
+                    self.me,
+                    ephemeral_key=share.ephemeral_key,
+                    ciphertext=share.ciphertext,
+                    self_mask_share_commitment=share.self_mask_share_commitment,
+                    key_share_commitment=share.key_share_commitment,
+                    self_mask_commitment=dealer_commitment,
+                )
+                keys.verify(identity, share.signature, payload)
+            except CryptoError:
+                kind = ComplaintKind.BAD_SIGNATURE
+        signature = b""
+        if self.params.mode is SecurityMode.MALICIOUS:
+            payload = keys.complaint_payload(session.session_id, self.me, share.sender, kind.value)
+            signature = keys.sign(self._identity_key(), payload)
+        return Complaint(share.sender, kind, signature)
+
+    def _on_open_request(self, request: OpenRequest) -> EnvelopeOpening:
+        """Open the envelopes this client sent to the complainers, and nothing else. In the
+        malicious-server mode only for complaints the complainer signed."""
+        session = self._require_session(request.session_id, Phase.COMPLAINTS)
+        malicious = self.params.mode is SecurityMode.MALICIOUS
+        opened: dict[int, bytes] = {}
+        for complainer, signature in request.complaints:
+            secret = self._envelope_secrets.get(complainer)
+            if secret is None or complainer in opened:
+                continue
+            if len(opened) == self.params.threshold - 1:
+                # Each opening shows the server one share of b_u and of s_u: t - 1 of them reveal
+                # nothing, whoever asks, and one bad envelope is enough to convict a cheater.
+                break
+            if malicious:
+                identity = self.config.identity_keys.get(complainer)
+                payload = keys.complaint_payload(
+                    session.session_id, complainer, self.me, ComplaintKind.BAD_ENVELOPE.value
+                )
+                try:
+                    if identity is None:
+                        raise CryptoError("no identity key")
+                    keys.verify(identity, signature, payload)
+                except CryptoError:
+                    continue
+            opened[complainer] = secret
+        if not opened:
+            raise ProtocolAbort(Phase.COMPLAINTS, "asked to open envelopes without a valid complaint about them")
+        # The round cannot complete after an opening: drop every other secret now.
+        self._wipe_secrets()
+        return EnvelopeOpening(self.me, session.session_id, tuple(sorted(opened.items())))
 
     def _on_consistency_request(self, request: ConsistencyRequest) -> ConsistencySignature:
         session = self._require_session(request.session_id, Phase.CONSISTENCY_CHECK)
         survivors = self._check_survivors(request.survivors, (), Phase.CONSISTENCY_CHECK)
         self._signed_survivors = survivors
         payload = keys.consistency_payload(session.session_id, survivors)
-        return ConsistencySignature(self.me, session.session_id, keys.sign(self.config.identity_key, payload))
+        return ConsistencySignature(self.me, session.session_id, keys.sign(self._identity_key(), payload))
 
     def _on_unmask_request(self, request: UnmaskRequest) -> UnmaskResponse:
         session = self._require_session(request.session_id, Phase.UNMASK)
@@ -313,20 +427,30 @@ class Client:
             raise ProtocolAbort(phase, "message from another session (session id mismatch)")
         return self._session
 
-    def _open_share(self, session: Session, share: EncryptedShare) -> tuple[int, int]:
-        key = keys.share_encryption_key(
-            self._share_secrets[share.sender], session_id=session.session_id, sender=share.sender, receiver=self.me
-        )
+    def _open_share(self, session: Session, share: EncryptedShare) -> tuple[int, int] | None:
+        """The two shares in ``share``, or None when the envelope does not open to shares that
+        match its commitments (the caller complains)."""
+        sid = session.session_id
         try:
-            plaintext = keys.decrypt_share(
-                key, share.ciphertext, session_id=session.session_id, sender=share.sender, receiver=self.me
+            secret = keys.exchange(self._encryption.private_key, share.ephemeral_key)
+            key = keys.envelope_key(
+                secret, session_id=sid, sender=share.sender, receiver=self.me, ephemeral_key=share.ephemeral_key
             )
+            plaintext = keys.decrypt_share(key, share.ciphertext, session_id=sid, sender=share.sender, receiver=self.me)
             sender, recipient, b_bytes, s_bytes = _SHARE_PLAINTEXT.unpack(plaintext)
             if (sender, recipient) != (share.sender, self.me):
-                raise ShamirError("share header does not match its envelope")
-            return shamir.decode_share(b_bytes), shamir.decode_share(s_bytes)
-        except (CryptoError, ShamirError, struct.error) as exc:
-            raise ProtocolAbort(Phase.SHARE_KEYS, f"bad share from participant {share.sender}: {exc}") from exc
+                return None
+            b_share, s_share = shamir.decode_share(b_bytes), shamir.decode_share(s_bytes)
+        except (CryptoError, ShamirError, struct.error):
+            return None
+        owner = share.sender
+        expected = (
+            keys.share_commitment(b_bytes, session_id=sid, owner=owner, holder=self.me, secret="b"),
+            keys.share_commitment(s_bytes, session_id=sid, owner=owner, holder=self.me, secret="s"),
+        )
+        if expected != (share.self_mask_share_commitment, share.key_share_commitment):
+            return None
+        return b_share, s_share
 
     def _check_survivors(self, survivors: tuple[int, ...], dropped: tuple[int, ...], phase: Phase) -> tuple[int, ...]:
         """The survivor list must be a plausible U3: no duplicates, disjoint from the dropped
@@ -346,7 +470,7 @@ class Client:
             raise ProtocolAbort(phase, "this participant sent its masked input but is not listed as a survivor")
         if len(survivors) < t:
             raise ProtocolAbort(phase, f"only {len(survivors)} survivors, threshold is {t}: revealing nothing")
-        shared = set(self._held_shares)  # neighbours in U2, and this client
+        shared = set(self._held_shares) | set(self._complained)  # neighbours in U2, and this client
         neighbours = session.neighbours(self.me)
         for v in neighbours:
             if v in survivors and v not in shared:
@@ -368,6 +492,8 @@ class Client:
         payload = keys.consistency_payload(session.session_id, survivors)
         valid: set[int] = set()
         for signer, signature in signatures:
+            if len(valid) == self.params.threshold:
+                break  # t distinct valid signatures are the guarantee; more cost time, add nothing
             if signer in valid or signer not in survivors:
                 continue
             identity = self.config.identity_keys.get(signer)
@@ -392,29 +518,41 @@ class Client:
     def _enter_abort(self, reason: str) -> None:
         self.abort_reason = reason
         self.state = ClientState.ABORTED
-        # Drop every secret so nothing can be revealed after an abort.
+        self._wipe_secrets()  # nothing can be revealed after an abort
+
+    def _wipe_secrets(self) -> None:
         self._held_shares.clear()
-        self._share_secrets.clear()
         self._pairwise_seeds.clear()
+        self._envelope_secrets.clear()
         self._self_mask_secret = None
         self._input = None
 
+    def _identity_key(self) -> Ed25519PrivateKey:
+        if self.config.identity_key is None:  # ClientConfig refuses this in the malicious mode
+            raise ProtocolAbort(self.state.phase, "no identity key to sign with")
+        return self.config.identity_key
 
-def _after_masked_input(client: Client) -> ClientState:
-    if client.params.mode is SecurityMode.MALICIOUS:
-        return ClientState.AWAITING_CONSISTENCY_REQUEST
-    return ClientState.AWAITING_UNMASK_REQUEST
 
+_AFTER_MASKED_INPUT: Branch[Client, ClientState] = Branch(
+    lambda client: client.params.mode.value,
+    {
+        SecurityMode.MALICIOUS.value: ClientState.AWAITING_CONSISTENCY_REQUEST,
+        SecurityMode.SEMI_HONEST.value: ClientState.AWAITING_UNMASK_REQUEST,
+    },
+)
 
 Handler = Callable[[Client, object], object]
 
-# (state, message type) -> (handler, next state or a function of the client giving it)
-TRANSITIONS: dict[tuple[ClientState, type], tuple[Handler, ClientState | Callable[[Client], ClientState]]] = {
+# (state, message type) -> (handler, next state or a Branch choosing it)
+TRANSITIONS: dict[tuple[ClientState, type], tuple[Handler, ClientState | Branch[Client, ClientState]]] = {
     (ClientState.AWAITING_ROSTER, KeyRoster): (Client._on_roster, ClientState.AWAITING_SHARES),
-    (ClientState.AWAITING_SHARES, ShareBundle): (Client._on_shares, _after_masked_input),
+    (ClientState.AWAITING_SHARES, ShareBundle): (Client._on_shares, _AFTER_MASKED_INPUT),
     (ClientState.AWAITING_CONSISTENCY_REQUEST, ConsistencyRequest): (
         Client._on_consistency_request,
         ClientState.AWAITING_UNMASK_REQUEST,
     ),
     (ClientState.AWAITING_UNMASK_REQUEST, UnmaskRequest): (Client._on_unmask_request, ClientState.COMPLETED),
+    # Only when accused by a complaint, after its masked input went out.
+    (ClientState.AWAITING_CONSISTENCY_REQUEST, OpenRequest): (Client._on_open_request, ClientState.OPENED_ENVELOPES),
+    (ClientState.AWAITING_UNMASK_REQUEST, OpenRequest): (Client._on_open_request, ClientState.OPENED_ENVELOPES),
 }

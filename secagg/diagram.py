@@ -5,8 +5,8 @@
 
 The tables are data, so the diagrams in docs/design.md are drawn from them rather than by hand
 (``docs/update_diagrams.py`` rewrites them; a test fails when they are stale). Where a table's
-next state is a function of the machine, it is evaluated once per ``SecurityMode`` and each
-outcome becomes its own edge, labelled with the mode.
+next state is a ``machine.Branch``, each of its outcomes becomes its own edge, labelled with the
+outcome.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from .client import TRANSITIONS, ClientState
+from .client import TRANSITIONS, Client, ClientState
 from .errors import Phase
-from .params import SecurityMode
-from .server import PHASES, ServerState
+from .machine import Branch
+from .server import PHASES, Server, ServerState
 
 # ``Client.start()`` is the one move outside the client's table: it sends AdvertiseKeys.
 CLIENT_INITIAL_STATE = ClientState.READY
@@ -31,6 +32,9 @@ SERVER_ABORT_LABEL = "close_phase aborts (fewer than t, or a failed check)"
 
 _END_PHASES = (Phase.COMPLETED, Phase.ABORTED)
 
+_State = TypeVar("_State", bound=enum.Enum)
+_Machine = TypeVar("_Machine", Client, Server)
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -39,31 +43,15 @@ class Edge:
     label: str = ""
 
 
-@dataclass(frozen=True)
-class _ParamsView:
-    mode: SecurityMode
+def _targets(next_state: _State | Branch[_Machine, _State]) -> dict[str | None, _State]:
+    """{None: state} for a fixed next state; {outcome: state} for a Branch."""
+    if isinstance(next_state, Branch):
+        return {outcome: target for outcome, target in next_state.targets.items()}
+    return {None: next_state}
 
 
-@dataclass(frozen=True)
-class _MachineView:
-    """Stands in for a Client or Server when a table gives the next state as a function: those
-    functions depend on the round's parameters only (today: the security mode)."""
-
-    params: _ParamsView
-
-
-def _targets_by_mode(next_state: enum.Enum | Callable[[object], enum.Enum]) -> dict[SecurityMode | None, enum.Enum]:
-    """{None: state} for a fixed next state; {mode: state} for one that depends on the mode."""
-    if not callable(next_state):
-        return {None: next_state}
-    targets = {mode: next_state(_MachineView(_ParamsView(mode))) for mode in SecurityMode}
-    if len(set(targets.values())) == 1:
-        return {None: next(iter(targets.values()))}
-    return targets
-
-
-def _with_mode(label: str, mode: SecurityMode | None) -> str:
-    return label if mode is None else f"{label} ({mode.value})"
+def _with_outcome(label: str, outcome: str | None) -> str:
+    return label if outcome is None else f"{label} ({outcome})"
 
 
 def _type_name(annotation: object) -> str:
@@ -71,14 +59,14 @@ def _type_name(annotation: object) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _abort_edges(states: Iterable[enum.Enum], label: str) -> list[Edge]:
+def _abort_edges(states: Iterable[ClientState | ServerState], label: str) -> list[Edge]:
     """Every state that is not an end state can abort; the abort state is the one in phase ABORTED."""
     states = list(states)
     aborted = next(state for state in states if state.phase is Phase.ABORTED)
     return [Edge(state, aborted, label) for state in states if state.phase not in _END_PHASES]
 
 
-def _end_edges(states: Iterable[enum.Enum]) -> list[Edge]:
+def _end_edges(states: Iterable[ClientState | ServerState]) -> list[Edge]:
     return [Edge(state, None) for state in states if state.phase in _END_PHASES]
 
 
@@ -89,8 +77,8 @@ def client_edges() -> list[Edge]:
     for (state, message_type), (handler, next_state) in TRANSITIONS.items():
         reply = handler.__annotations__.get("return")
         label = message_type.__name__ if reply is None else f"{message_type.__name__} / {_type_name(reply)}"
-        for mode, target in _targets_by_mode(next_state).items():
-            edges.append(Edge(state, target, _with_mode(label, mode)))
+        for outcome, target in _targets(next_state).items():
+            edges.append(Edge(state, target, _with_outcome(label, outcome)))
     edges += _abort_edges(ClientState, CLIENT_ABORT_LABEL)
     return edges + _end_edges(ClientState)
 
@@ -101,9 +89,10 @@ def server_edges() -> list[Edge]:
     close_phase can abort), and the end states."""
     edges = [Edge(None, SERVER_INITIAL_STATE)]
     for state, spec in PHASES.items():
-        label = f"close_phase, {spec.accepts.__name__} from t or more"
-        for mode, target in _targets_by_mode(spec.next_state).items():
-            edges.append(Edge(state, target, _with_mode(label, mode)))
+        quorum = "t or more" if spec.needs_threshold else "those asked"
+        label = f"close_phase, {spec.accepts.__name__} from {quorum}"
+        for outcome, target in _targets(spec.next_state).items():
+            edges.append(Edge(state, target, _with_outcome(label, outcome)))
     edges += _abort_edges(ServerState, SERVER_ABORT_LABEL)
     return edges + _end_edges(ServerState)
 
@@ -117,9 +106,7 @@ def _server_description(state: ServerState) -> str:
     return state.phase.value
 
 
-def render(
-    states: Iterable[enum.Enum], edges: Iterable[Edge], describe: Callable[[enum.Enum], str] | None = None
-) -> str:
+def render(states: Iterable[_State], edges: Iterable[Edge], describe: Callable[[_State], str] | None = None) -> str:
     """Mermaid stateDiagram-v2 text: one description line per state, then one line per edge."""
     lines = ["stateDiagram-v2"]
     if describe is not None:

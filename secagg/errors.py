@@ -10,6 +10,7 @@ Two kinds of failure are kept apart:
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 
 class Phase(enum.Enum):
@@ -18,6 +19,9 @@ class Phase(enum.Enum):
     MASKED_INPUT = "masked-input"
     CONSISTENCY_CHECK = "consistency-check"
     UNMASK = "unmask"
+    # Only after a complaint about a share envelope: the accused open the envelopes in question,
+    # the server decides who misbehaved, and the round aborts naming them.
+    COMPLAINTS = "complaints"
     COMPLETED = "completed"
     ABORTED = "aborted"
 
@@ -64,9 +68,23 @@ class InvalidMessage(SecAggError):
 
 
 class ProtocolAbort(SecAggError):
-    """The round was aborted; ``phase`` and ``reason`` say where and why."""
+    """The round was aborted; ``phase`` and ``reason`` say where and why.
 
-    def __init__(self, phase: Phase, reason: str) -> None:
+    ``culprits``: participants proven to have sent bad messages (a false complaint, a share or
+    envelope that does not match its sender's commitments, an invalid signature), with what they
+    did; a federation excludes them. ``suspects``: participants that did not answer a complaint
+    against them in time; a re-run of the round goes on without them."""
+
+    def __init__(
+        self,
+        phase: Phase,
+        reason: str,
+        *,
+        culprits: Mapping[int, str] | None = None,
+        suspects: Mapping[int, str] | None = None,
+    ) -> None:
         self.phase = phase
         self.reason = reason
+        self.culprits = dict(culprits or {})
+        self.suspects = dict(suspects or {})
         super().__init__(f"[{phase.value}] round aborted: {reason}")

@@ -1,16 +1,23 @@
 """Key agreement, key derivation, share encryption and signatures, all over ``cryptography``.
 
-- X25519 for both key pairs of a participant: ``c`` (encrypts Shamir shares) and ``s`` (pairwise
+- X25519 for both key pairs of a participant: ``c`` (receives Shamir shares) and ``s`` (pairwise
   mask seeds). Low-order peer points are refused (the shared secret would be all zero).
 - HKDF-SHA256 binds every derived key to the session id and to its purpose, so a key never
   serves two purposes and masks never repeat across rounds.
-- AES-256-GCM carries shares; the session id, sender and receiver are associated data, and the
-  key is specific to the direction sender -> receiver.
-- Ed25519 signs key advertisements and the consistency check in the malicious-server mode.
+- Share envelopes: the sender encrypts each holder's shares with AES-256-GCM under a key from a
+  fresh ephemeral X25519 key and the holder's ``c`` (ECIES style). One envelope, one ephemeral
+  key: revealing that ephemeral secret opens exactly that envelope, and anyone can check the
+  opening against the ephemeral public key. That is what makes a complaint about a bad envelope
+  decidable without revealing anything else (see ``client`` and ``server``).
+- SHA-256 commitments: to each self-mask seed b_u, and to each share a holder receives, so that
+  every reconstructed secret and every revealed share is checked.
+- Ed25519 signs key advertisements, share envelopes, complaints and the consistency check in the
+  malicious-server mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -36,6 +43,14 @@ LABEL_SELF_MASK = _LABEL + b"self-mask"
 LABEL_SHARE_KEY = _LABEL + b"share-encryption"
 LABEL_ADVERTISE = _LABEL + b"advertise-keys"
 LABEL_CONSISTENCY = _LABEL + b"consistency-check"
+LABEL_ENVELOPE_KEY = _LABEL + b"share-envelope-key"
+LABEL_ENVELOPE = _LABEL + b"share-envelope"
+LABEL_SELF_MASK_COMMITMENT = _LABEL + b"self-mask-commitment"
+LABEL_SHARE_COMMITMENT = _LABEL + b"share-commitment"
+LABEL_COMPLAINT = _LABEL + b"share-complaint"
+COMMITMENT_BYTES = 32
+# The plaintext of a share envelope: sender, recipient, the share of b, the share of s^SK.
+SHARE_PLAINTEXT = struct.Struct(">II33s33s")
 
 
 def _u32(value: int) -> bytes:
@@ -115,6 +130,13 @@ def share_encryption_key(shared_secret: bytes, *, session_id: bytes, sender: int
     return hkdf(shared_secret, salt=session_id, info=info)
 
 
+def envelope_key(shared_secret: bytes, *, session_id: bytes, sender: int, receiver: int, ephemeral_key: bytes) -> bytes:
+    """From X25519(e, c_receiver) of one envelope's ephemeral key e: the key of that envelope
+    only (the ephemeral public key is bound in, so an opening fits one envelope)."""
+    info = LABEL_ENVELOPE_KEY + _u32(sender) + _u32(receiver) + ephemeral_key
+    return hkdf(shared_secret, salt=session_id, info=info)
+
+
 def _share_aad(session_id: bytes, sender: int, receiver: int) -> bytes:
     return session_id + _u32(sender) + _u32(receiver)
 
@@ -139,7 +161,57 @@ def decrypt_share(key: bytes, ciphertext: bytes, *, session_id: bytes, sender: i
         ) from exc
 
 
+# --- commitments -----------------------------------------------------------------------------
+
+
+def self_mask_commitment(self_mask_secret: bytes, *, session_id: bytes, owner: int) -> bytes:
+    """SHA-256 commitment to b_u, sent before any share of it is revealed: the server checks the
+    rebuilt b_u against it (hiding: b_u is 256 uniformly random bits)."""
+    return hashlib.sha256(LABEL_SELF_MASK_COMMITMENT + session_id + _u32(owner) + self_mask_secret).digest()
+
+
+def share_commitment(share: bytes, *, session_id: bytes, owner: int, holder: int, secret: str) -> bytes:
+    """SHA-256 commitment to the share of ``owner``'s ``secret`` ("b": self-mask seed, "s":
+    masking key) that ``holder`` holds. A single share is uniformly random, so it stays hidden."""
+    if secret not in ("b", "s"):
+        raise ValueError(f"secret is 'b' or 's', got {secret!r}")
+    tag = secret.encode()
+    return hashlib.sha256(LABEL_SHARE_COMMITMENT + tag + session_id + _u32(owner) + _u32(holder) + share).digest()
+
+
 # --- signatures (malicious-server mode) -------------------------------------------------------
+
+
+def envelope_payload(
+    session_id: bytes,
+    sender: int,
+    recipient: int,
+    *,
+    ephemeral_key: bytes,
+    ciphertext: bytes,
+    self_mask_share_commitment: bytes,
+    key_share_commitment: bytes,
+    self_mask_commitment: bytes,
+) -> bytes:
+    """What the sender of a share envelope signs: the envelope, the commitments to the two shares
+    in it, and its commitment to b_sender."""
+    return (
+        LABEL_ENVELOPE
+        + session_id
+        + _u32(sender)
+        + _u32(recipient)
+        + ephemeral_key
+        + _u32(len(ciphertext))
+        + ciphertext
+        + self_mask_share_commitment
+        + key_share_commitment
+        + self_mask_commitment
+    )
+
+
+def complaint_payload(session_id: bytes, complainer: int, accused: int, kind: str) -> bytes:
+    """What a holder signs when it complains about the envelope ``accused`` sent it."""
+    return LABEL_COMPLAINT + session_id + _u32(complainer) + _u32(accused) + _u32(len(kind)) + kind.encode()
 
 
 def advertisement_payload(round_id: bytes, sender: int, encryption_key: bytes, masking_key: bytes) -> bytes:

@@ -55,11 +55,10 @@ class ProtocolParams:
         if not 2 <= self.threshold <= holders:
             raise ParameterError(f"threshold must be in [2, {holders}] (shares per secret), got {self.threshold}")
         # A threshold at or below half the holders lets two disjoint groups each rebuild a
-        # secret: the server could then ask one for b_u and the other for s_u.
-        if self.mode is SecurityMode.MALICIOUS and 2 * self.threshold <= holders:
-            raise ParameterError(
-                f"malicious-server mode needs threshold > holders/2 = {holders / 2:g}, got {self.threshold}"
-            )
+        # secret: a server telling each group a different story (u survived / u dropped) could
+        # then get b_u from one and s_u from the other, in either mode.
+        if 2 * self.threshold <= holders:
+            raise ParameterError(f"the threshold must exceed half the holders, {holders / 2:g}; got {self.threshold}")
 
     def holders_per_secret(self, num_participants: int) -> int:
         """Shares of each secret: the participant itself plus its neighbours."""

@@ -7,24 +7,40 @@ miss a deadline with ``drop``, and calls ``close_phase`` when the phase's deadli
 ``ProtocolAbort`` with the phase and the reason.
 
 Masked inputs are added into one accumulator as they arrive: memory is O(d), not O(n d).
+
+No wrong sum is reported as completed: every revealed share is checked against its dealer's
+commitment (a holder that reveals a bad share is a culprit, and its share is not used), every
+rebuilt b_u against u's commitment and every rebuilt s_v^SK against v's public key (a dealer whose
+shares do not rebuild its committed secret is a culprit, and the round aborts). A holder that
+received a bad envelope complains with its masked input; the server then asks the accused to open
+the envelopes in question (state ``COLLECTING_OPENINGS``), decides who misbehaved, and aborts
+naming them (``ProtocolAbort.culprits``), so that a re-run can go on without them.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
-from . import keys, prg, shamir
+from . import keys, machine, prg, shamir
 from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
+from .machine import Branch
 from .messages import (
     AdvertiseKeys,
+    Complaint,
+    ComplaintKind,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedShare,
+    EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    OpenRequest,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -32,6 +48,8 @@ from .messages import (
 )
 from .params import ProtocolParams, SecurityMode
 from .session import Session, check_advertisement, compute_session_id
+
+_SHARE_PLAINTEXT = keys.SHARE_PLAINTEXT
 
 SHARE_CIPHERTEXT_BYTES = keys.GCM_NONCE_BYTES + 4 + 4 + 2 * shamir.SHARE_BYTES + keys.GCM_TAG_BYTES
 
@@ -42,6 +60,7 @@ class ServerState(enum.Enum):
     COLLECTING_MASKED_INPUTS = Phase.MASKED_INPUT
     COLLECTING_SIGNATURES = Phase.CONSISTENCY_CHECK
     COLLECTING_UNMASK_RESPONSES = Phase.UNMASK
+    COLLECTING_OPENINGS = Phase.COMPLAINTS
     COMPLETED = Phase.COMPLETED
     ABORTED = Phase.ABORTED
 
@@ -86,6 +105,15 @@ class Server:
         self.u3: tuple[int, ...] = ()
         self._signers: dict[int, bytes] = {}
         self._result: np.ndarray | None = None
+        # (dealer, holder) -> the envelope, and dealer -> its commitment to b: for the checks at
+        # unmask time and for deciding complaints
+        self._envelopes: dict[tuple[int, int], EncryptedShare] = {}
+        self._self_mask_commitments: dict[int, bytes] = {}
+        self._complaints: dict[int, tuple[Complaint, ...]] = {}  # complainer -> its complaints
+        self._open_requests: dict[int, OpenRequest] = {}  # accused -> what it is asked to open
+        # Participants proven to have misbehaved, and those that did not answer a complaint.
+        self.culprits: dict[int, str] = {}
+        self.suspects: dict[int, str] = {}
         self._dtype = prg.dtype_for_bits(self.params.modulus_bits)
 
     # --- public interface -------------------------------------------------------------------
@@ -150,6 +178,8 @@ class Server:
         if isinstance(message, MaskedInput):
             np.add(self._accumulator, message.masked, out=self._accumulator)
             self._received[sender] = True  # the vector is in the sum; do not keep it
+            if message.complaints:
+                self._complaints[sender] = message.complaints
 
     def drop(self, participant: int, reason: str) -> None:
         """A participant disconnected or missed the deadline. A message already accepted in this
@@ -166,13 +196,13 @@ class Server:
         responders = tuple(sorted(self._received))
         for silent in self._expected - set(responders):
             self.dropped_reasons.setdefault(silent, f"[{self.state.phase.value}] sent nothing before the deadline")
-        if len(responders) < self.params.threshold:
+        if spec.needs_threshold and len(responders) < self.params.threshold:
             self._abort(f"only {len(responders)} participants responded, threshold is {self.params.threshold}")
         try:
             outgoing = spec.close(self, responders)
         except ProtocolAbort as exc:
-            self._abort(exc.reason)
-        next_state = spec.next_state(self) if callable(spec.next_state) else spec.next_state
+            self._abort(exc.reason, culprits=exc.culprits, suspects=exc.suspects)
+        next_state = machine.next_state(spec.next_state, self)
         self.state = next_state
         self._expected = set(outgoing) if next_state is not ServerState.COMPLETED else set()
         self._received = {}
@@ -199,14 +229,26 @@ class Server:
         recipients = [s.recipient for s in message.shares]
         if len(set(recipients)) != len(recipients) or set(recipients) != expected:
             return f"expected exactly one share for each of its {len(expected)} neighbours"
+        if len(message.self_mask_commitment) != keys.COMMITMENT_BYTES:
+            return f"the self-mask commitment must be {keys.COMMITMENT_BYTES} bytes"
+        signature_bytes = keys.SIGNATURE_BYTES if self.params.mode is SecurityMode.MALICIOUS else 0
         for share in message.shares:
             if share.sender != message.sender:
                 return "a share claims another sender"
             if len(share.ciphertext) != SHARE_CIPHERTEXT_BYTES:
                 return f"share ciphertexts are {SHARE_CIPHERTEXT_BYTES} bytes, got {len(share.ciphertext)}"
+            if len(share.ephemeral_key) != keys.PUBLIC_KEY_BYTES:
+                return f"envelope ephemeral keys are {keys.PUBLIC_KEY_BYTES} bytes"
+            if {len(share.self_mask_share_commitment), len(share.key_share_commitment)} != {keys.COMMITMENT_BYTES}:
+                return f"share commitments are {keys.COMMITMENT_BYTES} bytes"
+            if len(share.signature) != signature_bytes:
+                return f"envelope signatures are {signature_bytes} bytes in {self.params.mode.value} mode"
         return None
 
     def _validate_masked_input(self, message: MaskedInput) -> str | None:
+        problem = self._complaint_problem(message.sender, message.complaints)
+        if problem:
+            return problem
         vector = message.masked
         if not isinstance(vector, np.ndarray) or vector.dtype != self._dtype or vector.ndim != 1:
             return f"masked input must be a 1-D {self._dtype} vector"
@@ -248,6 +290,37 @@ class Server:
             return f"malformed share: {exc}"
         return None
 
+    def _complaint_problem(self, complainer: int, complaints: tuple[Complaint, ...]) -> str | None:
+        accused = [c.accused for c in complaints]
+        if len(set(accused)) != len(accused):
+            return "complains twice about one participant"
+        for complaint in complaints:
+            if (complaint.accused, complainer) not in self._envelopes:
+                return f"complains about participant {complaint.accused}, who sent it no envelope"
+            if not isinstance(complaint.kind, ComplaintKind):
+                return "unknown complaint kind"
+            if self.params.mode is SecurityMode.MALICIOUS:
+                identity = self.config.identity_keys.get(complainer)
+                payload = keys.complaint_payload(self.session_id, complainer, complaint.accused, complaint.kind.value)
+                try:
+                    if identity is None:
+                        raise CryptoError("no enrolled identity key")
+                    keys.verify(identity, complaint.signature, payload)
+                except CryptoError:
+                    return f"its complaint about participant {complaint.accused} is not signed by it"
+            elif complaint.kind is ComplaintKind.BAD_SIGNATURE or complaint.signature:
+                return "complaints about signatures exist only in malicious-server mode"
+        return None
+
+    def _validate_opening(self, message: EnvelopeOpening) -> str | None:
+        asked = {complainer for complainer, _ in self._open_requests[message.sender].complaints}
+        holders = [holder for holder, _ in message.openings]
+        if len(set(holders)) != len(holders) or not set(holders) <= asked:
+            return "opens envelopes nobody complained about"
+        if any(len(secret) != keys.PRIVATE_KEY_BYTES for _, secret in message.openings):
+            return f"an opening is a {keys.PRIVATE_KEY_BYTES}-byte ephemeral secret"
+        return None
+
     # --- phase endings ------------------------------------------------------------------------
 
     def _close_keys(self, responders: tuple[int, ...]) -> dict[int, object]:
@@ -263,17 +336,27 @@ class Server:
 
     def _close_shares(self, responders: tuple[int, ...]) -> dict[int, object]:
         self.u2 = responders
-        inbox: dict[int, list] = {u: [] for u in responders}
+        inbox: dict[int, list[EncryptedShare]] = {u: [] for u in responders}
         for sender in responders:
-            for share in self._received[sender].shares:
+            message: ShareKeys = self._received[sender]
+            self._self_mask_commitments[sender] = message.self_mask_commitment
+            for share in message.shares:
+                self._envelopes[(sender, share.recipient)] = share
                 if share.recipient in inbox:
                     inbox[share.recipient].append(share)
         self._accumulator = np.zeros(self.params.dimension, dtype=self._dtype)
         sid = self.session_id
-        return {u: ShareBundle(u, sid, tuple(shares)) for u, shares in inbox.items()}
+        return {
+            u: ShareBundle(
+                u, sid, tuple(shares), tuple((s.sender, self._self_mask_commitments[s.sender]) for s in shares)
+            )
+            for u, shares in inbox.items()
+        }
 
     def _close_masked_inputs(self, responders: tuple[int, ...]) -> dict[int, object]:
         self.u3 = responders
+        if self._complaints:
+            return self._start_complaints()
         if self.params.mode is SecurityMode.MALICIOUS:
             request = ConsistencyRequest(self.session_id, self.u3)
         else:
@@ -285,31 +368,151 @@ class Server:
         request = UnmaskRequest(self.session_id, self.u3, self.dropped, signatures)
         return {u: request for u in responders}
 
-    def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, object]:
-        session = self._session
-        t = self.params.threshold
+    # --- complaints -----------------------------------------------------------------------------
+
+    def _start_complaints(self) -> dict[int, object]:
+        """Decide what can be decided now (signatures, on the envelopes the server received) and
+        ask each participant accused of a bad envelope to open it. The round cannot complete any
+        more: it aborts once the complaints are decided."""
+        to_open: dict[int, list[tuple[int, bytes]]] = {}
+        for complainer, complaints in sorted(self._complaints.items()):
+            for complaint in complaints:
+                if complaint.kind is ComplaintKind.BAD_SIGNATURE:
+                    self._decide_signature_complaint(complainer, complaint.accused)
+                else:
+                    to_open.setdefault(complaint.accused, []).append((complainer, complaint.signature))
+        if not to_open:
+            raise ProtocolAbort(Phase.COMPLAINTS, self._complaints_reason(), culprits=self.culprits)
+        sid = self.session_id
+        self._open_requests = {accused: OpenRequest(sid, tuple(pairs)) for accused, pairs in to_open.items()}
+        return dict(self._open_requests)
+
+    def _decide_signature_complaint(self, complainer: int, accused: int) -> None:
+        envelope = self._envelopes[(accused, complainer)]
+        identity = self.config.identity_keys.get(accused)
+        payload = keys.envelope_payload(
+            self.session_id,
+            accused,
+            complainer,
+            ephemeral_key=envelope.ephemeral_key,
+            ciphertext=envelope.ciphertext,
+            self_mask_share_commitment=envelope.self_mask_share_commitment,
+            key_share_commitment=envelope.key_share_commitment,
+            self_mask_commitment=self._self_mask_commitments[accused],
+        )
+        try:
+            if identity is None:
+                raise CryptoError("no enrolled identity key")
+            keys.verify(identity, envelope.signature, payload)
+        except CryptoError:
+            self.culprits[accused] = f"sent participant {complainer} a share envelope without a valid signature"
+            return
+        # The envelope the server relayed carries the sender's valid signature.
+        self.culprits[complainer] = f"complained about a validly signed envelope from participant {accused}"
+
+    def _open_envelope(self, accused: int, holder: int, ephemeral_secret: bytes) -> str | None:
+        """What is wrong with the envelope ``accused`` sent ``holder``, given its opening, or None."""
+        envelope = self._envelopes[(accused, holder)]
+        sid = self.session_id
+        try:
+            ephemeral = keys.AgreementKeyPair.from_private_bytes(ephemeral_secret)
+        except CryptoError:
+            return "opened it with a malformed secret"
+        if ephemeral.public_bytes != envelope.ephemeral_key:
+            return "opened it with a secret that does not match the envelope"
+        try:
+            secret = keys.exchange(ephemeral.private_key, self._session.advertisements[holder].encryption_key)
+            key = keys.envelope_key(
+                secret, session_id=sid, sender=accused, receiver=holder, ephemeral_key=envelope.ephemeral_key
+            )
+            plaintext = keys.decrypt_share(key, envelope.ciphertext, session_id=sid, sender=accused, receiver=holder)
+            sender, recipient, b_bytes, s_bytes = _SHARE_PLAINTEXT.unpack(plaintext)
+            shamir.decode_share(b_bytes)
+            shamir.decode_share(s_bytes)
+        except (CryptoError, ShamirError, struct.error):
+            return "sent an envelope that does not decrypt to two shares"
+        if (sender, recipient) != (accused, holder):
+            return "sent an envelope whose header names other participants"
+        b_commitment = keys.share_commitment(b_bytes, session_id=sid, owner=accused, holder=holder, secret="b")
+        s_commitment = keys.share_commitment(s_bytes, session_id=sid, owner=accused, holder=holder, secret="s")
+        if (b_commitment, s_commitment) != (envelope.self_mask_share_commitment, envelope.key_share_commitment):
+            return "sent shares that do not match its own commitments"
+        return None
+
+    def _close_openings(self, responders: tuple[int, ...]) -> dict[int, object]:
+        for accused, request in sorted(self._open_requests.items()):
+            opening: EnvelopeOpening | None = self._received.get(accused)
+            opened = dict(opening.openings) if opening is not None else {}
+            for complainer, _ in request.complaints:
+                if complainer not in opened:
+                    self.suspects.setdefault(accused, f"did not open its envelope for participant {complainer}")
+                    continue
+                fault = self._open_envelope(accused, complainer, opened[complainer])
+                if fault is not None:
+                    self.culprits[accused] = f"{fault} (envelope for participant {complainer})"
+                else:
+                    self.culprits[complainer] = f"complained about a valid envelope from participant {accused}"
+        raise ProtocolAbort(Phase.COMPLAINTS, self._complaints_reason(), culprits=self.culprits, suspects=self.suspects)
+
+    def _complaints_reason(self) -> str:
+        named = [f"participant {u} {why}" for u, why in sorted(self.culprits.items())]
+        named += [f"participant {u} {why}" for u, why in sorted(self.suspects.items()) if u not in self.culprits]
+        return "complaints about share envelopes: " + ("; ".join(named) or "none could be decided")
+
+    # --- unmask ---------------------------------------------------------------------------------
+
+    def _checked_shares(
+        self, responders: tuple[int, ...]
+    ) -> tuple[dict[int, dict[int, int]], dict[int, dict[int, int]]]:
+        """The revealed shares that match their dealers' commitments; holders that revealed
+        anything else are culprits, and their shares are left out."""
+        sid = self.session_id
         b_shares: dict[int, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[int, dict[int, int]] = {v: {} for v in self.dropped}
         for holder in responders:
             response: UnmaskResponse = self._received[holder]
-            for owner, share in response.self_mask_shares:
-                b_shares[owner][holder] = shamir.decode_share(share)
-            for owner, share in response.key_shares:
-                s_shares[owner][holder] = shamir.decode_share(share)
+            for secret, shares, into in (
+                ("b", response.self_mask_shares, b_shares),
+                ("s", response.key_shares, s_shares),
+            ):
+                for owner, share in shares:
+                    if holder == owner:
+                        expected = None  # its own share: nothing was sent, nothing to check against
+                    else:
+                        envelope = self._envelopes[(owner, holder)]
+                        expected = (
+                            envelope.self_mask_share_commitment if secret == "b" else envelope.key_share_commitment
+                        )
+                    got = keys.share_commitment(share, session_id=sid, owner=owner, holder=holder, secret=secret)
+                    if expected is not None and got != expected:
+                        what = "self-mask seed" if secret == "b" else "masking key"
+                        self.culprits[holder] = f"revealed a share of participant {owner}'s {what} it was never dealt"
+                        continue
+                    into[owner][holder] = shamir.decode_share(share)
+        for shares in (*b_shares.values(), *s_shares.values()):
+            for culprit in self.culprits:
+                shares.pop(culprit, None)  # one bad share: trust none of that holder's
+        return b_shares, s_shares
 
+    def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, object]:
+        session = self._session
+        t = self.params.threshold
+        b_shares, s_shares = self._checked_shares(responders)
         cache = shamir.LagrangeCache()
         sid = session.session_id
         add_back, take_away = [], []
         for u, shares in b_shares.items():
-            secret = _rebuild(shares, t, cache, f"the self mask of participant {u}")
+            secret = self._rebuild(shares, t, cache, f"the self mask of participant {u}")
+            if keys.self_mask_commitment(secret, session_id=sid, owner=u) != self._self_mask_commitments[u]:
+                self.culprits[u] = "dealt shares that do not rebuild the self-mask seed it committed to"
+                raise ProtocolAbort(Phase.UNMASK, f"participant {u} {self.culprits[u]}", culprits=self.culprits)
             take_away.append(keys.self_mask_seed(secret, sid))
         for v, shares in s_shares.items():
-            secret = _rebuild(shares, t, cache, f"the masking key of dropped participant {v}")
+            secret = self._rebuild(shares, t, cache, f"the masking key of dropped participant {v}")
             pair = keys.AgreementKeyPair.from_private_bytes(secret)
             if pair.public_bytes != session.advertisements[v].masking_key:
-                raise ProtocolAbort(
-                    Phase.UNMASK, f"the shares of participant {v}'s masking key do not match its public key"
-                )
+                self.culprits[v] = "dealt shares that do not rebuild the masking key it advertised"
+                raise ProtocolAbort(Phase.UNMASK, f"participant {v} {self.culprits[v]}", culprits=self.culprits)
             for u in sorted(session.neighbours(v) & set(self.u3)):
                 seed = keys.pairwise_mask_seed(pair.private_key, session.advertisements[u].masking_key, sid)
                 # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
@@ -320,24 +523,39 @@ class Server:
         self._accumulator = None
         return {}
 
-    def _abort(self, reason: str) -> None:
+    def _rebuild(self, shares: dict[int, int], threshold: int, cache: shamir.LagrangeCache, what: str) -> bytes:
+        if len(shares) < threshold:
+            raise ProtocolAbort(
+                Phase.UNMASK,
+                f"{what} has {len(shares)} good shares, threshold is {threshold}",
+                culprits=self.culprits,
+            )
+        return shamir.reconstruct(shares, threshold=threshold, cache=cache)
+
+    def _abort(
+        self, reason: str, *, culprits: Mapping[int, str] | None = None, suspects: Mapping[int, str] | None = None
+    ) -> NoReturn:
         phase = self.state.phase
+        self.culprits.update(culprits or {})
+        self.suspects.update(suspects or {})
         self.abort_reason = f"[{phase.value}] {reason}"
         self.state = ServerState.ABORTED
         self._accumulator = None
-        raise ProtocolAbort(phase, reason)
+        raise ProtocolAbort(phase, reason, culprits=self.culprits, suspects=self.suspects)
 
 
-def _rebuild(shares: dict[int, int], threshold: int, cache: shamir.LagrangeCache, what: str) -> bytes:
-    if len(shares) < threshold:
-        raise ProtocolAbort(Phase.UNMASK, f"{what} has {len(shares)} shares, threshold is {threshold}")
-    return shamir.reconstruct(shares, threshold=threshold, cache=cache)
+def _masked_inputs_outcome(server: Server) -> str:
+    return "complaints" if server._open_requests else server.params.mode.value
 
 
-def _after_masked_inputs(server: Server) -> ServerState:
-    if server.params.mode is SecurityMode.MALICIOUS:
-        return ServerState.COLLECTING_SIGNATURES
-    return ServerState.COLLECTING_UNMASK_RESPONSES
+_AFTER_MASKED_INPUTS: Branch[Server, ServerState] = Branch(
+    _masked_inputs_outcome,
+    {
+        "complaints": ServerState.COLLECTING_OPENINGS,
+        SecurityMode.MALICIOUS.value: ServerState.COLLECTING_SIGNATURES,
+        SecurityMode.SEMI_HONEST.value: ServerState.COLLECTING_UNMASK_RESPONSES,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -345,7 +563,8 @@ class PhaseSpec:
     accepts: type
     validate: Callable[[Server, object], str | None]
     close: Callable[[Server, tuple[int, ...]], dict[int, object]]
-    next_state: ServerState | Callable[[Server], ServerState]
+    next_state: ServerState | Branch[Server, ServerState]
+    needs_threshold: bool = True  # the phase aborts when fewer than t participants answer it
 
 
 # The transition table: what each state accepts, how it validates, how it ends, what follows.
@@ -357,7 +576,7 @@ PHASES: dict[ServerState, PhaseSpec] = {
         ShareKeys, Server._validate_share_keys, Server._close_shares, ServerState.COLLECTING_MASKED_INPUTS
     ),
     ServerState.COLLECTING_MASKED_INPUTS: PhaseSpec(
-        MaskedInput, Server._validate_masked_input, Server._close_masked_inputs, _after_masked_inputs
+        MaskedInput, Server._validate_masked_input, Server._close_masked_inputs, _AFTER_MASKED_INPUTS
     ),
     ServerState.COLLECTING_SIGNATURES: PhaseSpec(
         ConsistencySignature,
@@ -367,5 +586,9 @@ PHASES: dict[ServerState, PhaseSpec] = {
     ),
     ServerState.COLLECTING_UNMASK_RESPONSES: PhaseSpec(
         UnmaskResponse, Server._validate_unmask_response, Server._close_unmask, ServerState.COMPLETED
+    ),
+    # Only after complaints: the accused answer; the phase always ends in an abort naming culprits.
+    ServerState.COLLECTING_OPENINGS: PhaseSpec(
+        EnvelopeOpening, Server._validate_opening, Server._close_openings, ServerState.ABORTED, needs_threshold=False
     ),
 }

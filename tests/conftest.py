@@ -98,13 +98,17 @@ class Round:
             self.server.receive(self.clients[u].start())
         return self.server.close_phase()
 
-    def answer(self, outgoing, who=None):
-        """Deliver server messages to clients; feed their replies back; return the replies."""
+    def answer(self, outgoing, who=None, tamper=None):
+        """Deliver server messages to clients; feed their replies back; return the replies.
+
+        ``tamper(u, reply)`` returns what u sends instead (a hostile participant)."""
         replies = {}
         for u, message in outgoing.items():
             if who is not None and u not in who:
                 continue
             reply = self.clients[u].receive(message)
+            if tamper is not None:
+                reply = tamper(u, reply)
             replies[u] = reply
             if reply is not None and not type(reply).__name__ == "Abort":
                 self.server.receive(reply)

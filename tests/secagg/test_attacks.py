@@ -10,6 +10,7 @@ from fedmask.secagg.client import ClientState
 from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ComplaintKind,
     ConsistencyRequest,
     KeyRoster,
     MaskedInput,
@@ -207,12 +208,16 @@ def test_shares_from_another_session_are_refused(make_round):
     bundle_2 = r2.server.close_phase()[1]
     # replay session 1's bundle into session 2 as is: refused by session id
     assert "another session" in _abort_reason(r2.clients[1].receive(bundle_1))
-    # ... and with the session id rewritten: the ciphertexts are bound to the session
+    # ... and with the session id rewritten: the envelopes are bound to the session, so none
+    # opens; the client holds no share of anyone and complains about every sender.
     r2b = make_round(4, t=3, seed=2)
     r2b.answer(r2b.advertise())
     r2b.server.close_phase()
     rewritten = dataclasses.replace(bundle_1, session_id=r2b.server.session_id)
-    assert "failed authentication" in _abort_reason(r2b.clients[1].receive(rewritten))
+    reply = r2b.clients[1].receive(rewritten)
+    assert isinstance(reply, MaskedInput)
+    assert [(c.accused, c.kind) for c in reply.complaints] == [(v, ComplaintKind.BAD_ENVELOPE) for v in (2, 3, 4)]
+    assert list(r2b.clients[1]._held_shares) == [1]
     assert bundle_2.session_id != bundle_1.session_id
 
 

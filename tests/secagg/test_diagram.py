@@ -10,6 +10,7 @@ import pytest
 
 from fedmask.secagg import diagram
 from fedmask.secagg.client import TRANSITIONS, ClientState
+from fedmask.secagg.machine import Branch
 from fedmask.secagg.params import SecurityMode
 from fedmask.secagg.server import PHASES, ServerState
 
@@ -29,10 +30,10 @@ def _edges(text: str) -> set[tuple[str, str, str]]:
 
 
 def _targets(next_state):
-    """The states a table row can lead to: one, or one per security mode when it is a function."""
-    if not callable(next_state):
-        return {next_state}
-    return {next_state(SimpleNamespace(params=SimpleNamespace(mode=mode))) for mode in SecurityMode}
+    """The states a table row can lead to: one, or one per outcome of a Branch."""
+    if isinstance(next_state, Branch):
+        return set(next_state.targets.values())
+    return {next_state}
 
 
 def test_design_md_diagrams_are_current():
@@ -90,16 +91,25 @@ def test_every_live_state_can_abort(text, states, aborted):
             assert (state.name, aborted.name) in pairs, f"no abort edge from {state.name}"
 
 
-def test_rows_that_depend_on_the_mode_get_one_labelled_edge_per_mode():
+def test_branches_get_one_labelled_edge_per_outcome():
     edges = _edges(diagram.client_diagram()) | _edges(diagram.server_diagram())
     rows = [(state, next_state) for (state, _), (_, next_state) in TRANSITIONS.items()]
     rows += [(state, spec.next_state) for state, spec in PHASES.items()]
-    for state, next_state in rows:
-        if not callable(next_state) or len(_targets(next_state)) == 1:
-            continue
-        for mode in SecurityMode:
-            target = next_state(SimpleNamespace(params=SimpleNamespace(mode=mode)))
+    branches = [(state, next_state) for state, next_state in rows if isinstance(next_state, Branch)]
+    assert branches, "the tables have rows whose next state depends on the round"
+    for state, branch in branches:
+        for outcome, target in branch.targets.items():
             assert any(
-                (source, dest) == (state.name, target.name) and label.endswith(f"({mode.value})")
+                (source, dest) == (state.name, target.name) and label.endswith(f"({outcome})")
                 for source, dest, label in edges
-            ), f"no edge {state.name} --> {target.name} labelled ({mode.value})"
+            ), f"no edge {state.name} --> {target.name} labelled ({outcome})"
+
+
+def test_branches_choose_by_the_security_mode():
+    """The mode-dependent rows pick the consistency check in malicious mode only."""
+    (_, client_branch), *_ = [(k, v) for k, (_, v) in TRANSITIONS.items() if isinstance(v, Branch)]
+    for mode, expected in (
+        (SecurityMode.MALICIOUS, ClientState.AWAITING_CONSISTENCY_REQUEST),
+        (SecurityMode.SEMI_HONEST, ClientState.AWAITING_UNMASK_REQUEST),
+    ):
+        assert client_branch(SimpleNamespace(params=SimpleNamespace(mode=mode))) is expected

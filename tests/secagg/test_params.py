@@ -66,7 +66,8 @@ def test_encoding_parameters_are_validated(kwargs, match):
         ({"modulus_bits": 0}, 5, "modulus_bits"),
         ({"threshold": 1}, 5, "threshold"),
         ({"threshold": 6}, 5, "threshold"),
-        ({"threshold": 3, "mode": SecurityMode.MALICIOUS}, 6, "holders/2"),
+        ({"threshold": 3, "mode": SecurityMode.MALICIOUS}, 6, "half the holders"),
+        ({"threshold": 3}, 6, "half the holders"),  # in the semi-honest mode too: the split view
         ({"threshold": 2}, 1, "at least 2"),
     ],
 )
