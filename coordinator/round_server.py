@@ -152,6 +152,9 @@ class RoundOutcome:
     phase_s: dict[str, float] = field(default_factory=dict)
     # gRPC message bytes (protobuf + 5-byte frame prefix) received from each participant
     bytes_received: dict[str, int] = field(default_factory=dict)
+    # Proven to have sent bad messages (exclude them), and accused but silent (skip them in a re-run).
+    culprits: dict[str, str] = field(default_factory=dict)
+    suspects: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """A JSON-friendly summary; the sum itself only as a digest and a preview."""
@@ -167,6 +170,8 @@ class RoundOutcome:
             "coordinator_cpu_s": round(self.coordinator_cpu_s, 6),
             "phase_s": {k: round(v, 6) for k, v in self.phase_s.items()},
             "bytes_received": dict(self.bytes_received),
+            "culprits": dict(self.culprits),
+            "suspects": dict(self.suspects),
         }
         if not self.completed:
             summary["abort_phase"] = self.abort_phase.value if self.abort_phase else None
@@ -470,6 +475,8 @@ class RoundRunner:
         for pid, reason in self.server.dropped_reasons.items():
             outcome.dropped.setdefault(self._names[pid], reason)
         outcome.bytes_received = {c.name: c.bytes_received for c in self._connections.values()}
+        outcome.culprits = {self._names[pid]: why for pid, why in self.server.culprits.items()}
+        outcome.suspects = {self._names[pid]: why for pid, why in self.server.suspects.items()}
         outcome.session_id = self.server.session_id
         self.finished = True
 

@@ -33,6 +33,7 @@ from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
     ConsistencySignature,
+    EnvelopeOpening,
     MaskedInput,
     ShareKeys,
     UnmaskResponse,
@@ -49,6 +50,7 @@ REPLY_PHASE: dict[type, Phase] = {
     MaskedInput: Phase.MASKED_INPUT,
     ConsistencySignature: Phase.CONSISTENCY_CHECK,
     UnmaskResponse: Phase.UNMASK,
+    EnvelopeOpening: Phase.COMPLAINTS,
 }
 
 # Status codes worth another connection attempt before the round has started.

@@ -3,12 +3,13 @@ limits, keepalive. Plain values (gRPC channel options are (key, value) tuples), 
 
 Message-size limit (what the coordinator accepts from one participant in one message)::
 
-    limit = value_bytes * d + 160 * n + 64 KiB
+    limit = value_bytes * d + 400 * n + 64 KiB
 
-``value_bytes * d`` is the masked input (4 bytes a value at b <= 32, 8 above), 160 * n covers the
-messages that grow with the number of participants (ShareKeys: ~110 bytes a neighbour;
-UnmaskResponse: ~40), and 64 KiB covers envelopes, ids and keys. An honest message is always
-below it; anything larger is refused by gRPC before it is read (RESOURCE_EXHAUSTED).
+``value_bytes * d`` is the masked input (4 bytes a value at b <= 32, 8 above), 400 * n covers the
+messages that grow with the number of participants (ShareKeys: ~290 bytes a neighbour, its
+envelope with ephemeral key, share commitments and signature; a masked input's complaints: ~75
+bytes each; UnmaskResponse: ~40), and 64 KiB covers envelopes, ids and keys. An honest message is
+always below it; anything larger is refused by gRPC before it is read (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ SERVICE = f"{PACKAGE}.SecureAggregation"
 METADATA_PARTICIPANT = "fedmask-participant"
 METADATA_TOKEN = "fedmask-token"
 
-PER_PARTICIPANT_BYTES = 160
+PER_PARTICIPANT_BYTES = 400
 FIXED_OVERHEAD_BYTES = 64 * 1024
 # What a participant accepts from the coordinator: rosters, bundles and survivor lists grow with
-# n at ~160 bytes a participant, so this covers federations of ~50 000.
+# n at up to ~330 bytes a participant (a share bundle), so this covers federations of ~20 000.
 CLIENT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 
 # Keepalive: the coordinator pings every 30 s and drops a peer that does not answer within 10 s,

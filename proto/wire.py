@@ -25,11 +25,15 @@ from fedmask.secagg.errors import ParameterError, Phase
 from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
+    Complaint,
+    ComplaintKind,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShare,
+    EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    OpenRequest,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -38,7 +42,8 @@ from fedmask.secagg.messages import (
 from fedmask.secagg.params import MAX_PARTICIPANT_ID, ProtocolParams, SecurityMode
 from fedmask.secagg.server import SHARE_CIPHERTEXT_BYTES
 
-PROTOCOL_VERSION = 1
+# 2: share envelopes with ephemeral keys and commitments, complaints and openings.
+PROTOCOL_VERSION = 2
 SESSION_ID_BYTES = 32  # SHA-256
 MAX_ROUND_ID_BYTES = 256
 MAX_REASON_CHARS = 1000
@@ -129,6 +134,7 @@ _PHASES = {
     Phase.UNMASK: pb.PHASE_UNMASK,
     Phase.COMPLETED: pb.PHASE_COMPLETED,
     Phase.ABORTED: pb.PHASE_ABORTED,
+    Phase.COMPLAINTS: pb.PHASE_COMPLAINTS,
 }
 _PHASES_BACK = {v: k for k, v in _PHASES.items()}
 
@@ -195,6 +201,47 @@ def _session_id(data: bytes) -> bytes:
     return _exact(data, SESSION_ID_BYTES, "session id")
 
 
+_COMPLAINT_KINDS = {
+    ComplaintKind.BAD_ENVELOPE: pb.COMPLAINT_KIND_BAD_ENVELOPE,
+    ComplaintKind.BAD_SIGNATURE: pb.COMPLAINT_KIND_BAD_SIGNATURE,
+}
+_COMPLAINT_KINDS_BACK = {v: k for k, v in _COMPLAINT_KINDS.items()}
+
+
+def _complaint_kind(value: int) -> ComplaintKind:
+    kind = _COMPLAINT_KINDS_BACK.get(value)
+    if kind is None:
+        raise WireError(f"unknown complaint kind {value}")
+    return kind
+
+
+def _commitment(data: bytes, what: str) -> bytes:
+    return _exact(data, keys.COMMITMENT_BYTES, what)
+
+
+def _envelope(sender: int, recipient: int, body) -> EncryptedShare:
+    """An envelope's fields, checked; ``body`` is an EncryptedShareTo or EncryptedShareFrom."""
+    return EncryptedShare(
+        sender,
+        recipient,
+        _exact(body.ciphertext, SHARE_CIPHERTEXT_BYTES, "share ciphertext"),
+        _exact(body.ephemeral_key, keys.PUBLIC_KEY_BYTES, "envelope ephemeral key"),
+        _commitment(body.self_mask_share_commitment, "self-mask share commitment"),
+        _commitment(body.key_share_commitment, "key share commitment"),
+        _signature(body.signature, "envelope signature", optional=True),
+    )
+
+
+def _envelope_fields(share: EncryptedShare) -> dict:
+    return {
+        "ciphertext": share.ciphertext,
+        "ephemeral_key": share.ephemeral_key,
+        "self_mask_share_commitment": share.self_mask_share_commitment,
+        "key_share_commitment": share.key_share_commitment,
+        "signature": share.signature,
+    }
+
+
 def _phase(value: int) -> Phase:
     phase = _PHASES_BACK.get(value)
     if phase is None:
@@ -227,6 +274,7 @@ CLIENT_FIELDS: dict[type, str] = {
     MaskedInput: "masked_input",
     ConsistencySignature: "consistency_signature",
     UnmaskResponse: "unmask_response",
+    EnvelopeOpening: "envelope_opening",
     Abort: "abort",
 }
 
@@ -249,7 +297,8 @@ def client_to_proto(message: object) -> pb.ClientEnvelope:
         return pb.ClientEnvelope(
             share_keys=pb.ShareKeys(
                 session_id=message.session_id,
-                shares=[pb.EncryptedShareTo(recipient=s.recipient, ciphertext=s.ciphertext) for s in message.shares],
+                shares=[pb.EncryptedShareTo(recipient=s.recipient, **_envelope_fields(s)) for s in message.shares],
+                self_mask_commitment=message.self_mask_commitment,
             )
         )
     if isinstance(message, MaskedInput):
@@ -257,6 +306,10 @@ def client_to_proto(message: object) -> pb.ClientEnvelope:
             masked_input=pb.MaskedInput(
                 session_id=message.session_id,
                 masked=pack_vector(message.masked),
+                complaints=[
+                    pb.Complaint(accused=c.accused, kind=_COMPLAINT_KINDS[c.kind], signature=c.signature)
+                    for c in message.complaints
+                ],
             )
         )
     if isinstance(message, ConsistencySignature):
@@ -269,6 +322,13 @@ def client_to_proto(message: object) -> pb.ClientEnvelope:
                 session_id=message.session_id,
                 self_mask_shares=[pb.OwnerShare(owner=o, share=s) for o, s in message.self_mask_shares],
                 key_shares=[pb.OwnerShare(owner=o, share=s) for o, s in message.key_shares],
+            )
+        )
+    if isinstance(message, EnvelopeOpening):
+        return pb.ClientEnvelope(
+            envelope_opening=pb.EnvelopeOpening(
+                session_id=message.session_id,
+                openings=[pb.Opening(holder=h, ephemeral_secret=s) for h, s in message.openings],
             )
         )
     if isinstance(message, Abort):
@@ -292,18 +352,29 @@ def client_from_proto(envelope: pb.ClientEnvelope, *, sender: int, params: Proto
             signature=_signature(body.signature, "key advertisement signature", optional=True),
         )
     if kind == "share_keys":
-        shares = tuple(
-            EncryptedShare(
-                sender,
-                _participant_id(s.recipient, "share recipient"),
-                _exact(s.ciphertext, SHARE_CIPHERTEXT_BYTES, "share ciphertext"),
-            )
-            for s in body.shares
-        )
-        return ShareKeys(sender, _session_id(body.session_id), shares)
+        shares = tuple(_envelope(sender, _participant_id(s.recipient, "share recipient"), s) for s in body.shares)
+        commitment = _commitment(body.self_mask_commitment, "self-mask commitment")
+        return ShareKeys(sender, _session_id(body.session_id), shares, commitment)
     if kind == "masked_input":
         vector = unpack_vector(body.masked, params.dimension, params.modulus_bits)
-        return MaskedInput(sender, _session_id(body.session_id), vector)
+        complaints = tuple(
+            Complaint(
+                _participant_id(c.accused, "accused participant"),
+                _complaint_kind(c.kind),
+                _signature(c.signature, "complaint signature", optional=True),
+            )
+            for c in body.complaints
+        )
+        return MaskedInput(sender, _session_id(body.session_id), vector, complaints)
+    if kind == "envelope_opening":
+        openings = tuple(
+            (
+                _participant_id(o.holder, "envelope holder"),
+                _exact(o.ephemeral_secret, keys.PRIVATE_KEY_BYTES, "ephemeral secret"),
+            )
+            for o in body.openings
+        )
+        return EnvelopeOpening(sender, _session_id(body.session_id), openings)
     if kind == "consistency_signature":
         return ConsistencySignature(
             sender,
@@ -336,6 +407,7 @@ SERVER_FIELDS: dict[type, str] = {
     ConsistencyRequest: "consistency_request",
     UnmaskRequest: "unmask_request",
     RoundResult: "round_result",
+    OpenRequest: "open_request",
     Abort: "abort",
 }
 
@@ -372,7 +444,10 @@ def server_to_proto(message: object) -> pb.ServerEnvelope:
         return pb.ServerEnvelope(
             share_bundle=pb.ShareBundle(
                 session_id=message.session_id,
-                shares=[pb.EncryptedShareFrom(sender=s.sender, ciphertext=s.ciphertext) for s in message.shares],
+                shares=[pb.EncryptedShareFrom(sender=s.sender, **_envelope_fields(s)) for s in message.shares],
+                self_mask_commitments=[
+                    pb.SelfMaskCommitment(sender=u, commitment=c) for u, c in message.self_mask_commitments
+                ],
             )
         )
     if isinstance(message, ConsistencyRequest):
@@ -391,6 +466,13 @@ def server_to_proto(message: object) -> pb.ServerEnvelope:
     if isinstance(message, RoundResult):
         return pb.ServerEnvelope(
             round_result=pb.RoundResult(session_id=message.session_id, survivors=list(message.survivors))
+        )
+    if isinstance(message, OpenRequest):
+        return pb.ServerEnvelope(
+            open_request=pb.OpenRequest(
+                session_id=message.session_id,
+                complaints=[pb.ComplaintFrom(complainer=u, signature=s) for u, s in message.complaints],
+            )
         )
     if isinstance(message, Abort):
         return pb.ServerEnvelope(abort=pb.Abort(phase=_PHASES[message.phase], reason=message.reason))
@@ -423,15 +505,23 @@ def server_from_proto(envelope: pb.ServerEnvelope, *, recipient: int | None) -> 
             ),
         )
     if kind == "share_bundle":
-        shares = tuple(
-            EncryptedShare(
-                _participant_id(s.sender, "share sender"),
-                recipient,
-                _exact(s.ciphertext, SHARE_CIPHERTEXT_BYTES, "share ciphertext"),
-            )
-            for s in body.shares
+        shares = tuple(_envelope(_participant_id(s.sender, "share sender"), recipient, s) for s in body.shares)
+        commitments = tuple(
+            (_participant_id(c.sender, "dealer"), _commitment(c.commitment, "self-mask commitment"))
+            for c in body.self_mask_commitments
         )
-        return ShareBundle(recipient, _session_id(body.session_id), shares)
+        return ShareBundle(recipient, _session_id(body.session_id), shares, commitments)
+    if kind == "open_request":
+        return OpenRequest(
+            _session_id(body.session_id),
+            tuple(
+                (
+                    _participant_id(c.complainer, "complainer"),
+                    _signature(c.signature, "complaint signature", optional=True),
+                )
+                for c in body.complaints
+            ),
+        )
     if kind == "consistency_request":
         return ConsistencyRequest(_session_id(body.session_id), _ids(body.survivors, "survivor"))
     if kind == "unmask_request":

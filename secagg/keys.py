@@ -40,7 +40,6 @@ GCM_TAG_BYTES = 16
 _LABEL = b"fedmask/secagg/v1/"
 LABEL_PAIRWISE_MASK = _LABEL + b"pairwise-mask"
 LABEL_SELF_MASK = _LABEL + b"self-mask"
-LABEL_SHARE_KEY = _LABEL + b"share-encryption"
 LABEL_ADVERTISE = _LABEL + b"advertise-keys"
 LABEL_CONSISTENCY = _LABEL + b"consistency-check"
 LABEL_ENVELOPE_KEY = _LABEL + b"share-envelope-key"
@@ -121,13 +120,6 @@ def pairwise_mask_seed(private_key: X25519PrivateKey, peer_public: bytes | X2551
 def self_mask_seed(self_mask_secret: bytes, session_id: bytes) -> bytes:
     """The PRG seed of b_u, bound to the session so a seed never repeats across rounds."""
     return hkdf(self_mask_secret, salt=session_id, info=LABEL_SELF_MASK)
-
-
-def share_encryption_key(shared_secret: bytes, *, session_id: bytes, sender: int, receiver: int) -> bytes:
-    """From X25519(c_u, c_v): a key for the direction sender -> receiver only (each direction
-    gets its own key, so one key never encrypts two messages)."""
-    info = LABEL_SHARE_KEY + _u32(sender) + _u32(receiver)
-    return hkdf(shared_secret, salt=session_id, info=info)
 
 
 def envelope_key(shared_secret: bytes, *, session_id: bytes, sender: int, receiver: int, ephemeral_key: bytes) -> bytes:

@@ -5,6 +5,10 @@ Pure like the rest of secagg: randomness is a seeded CSPRNG (so a run can be rep
 clock is injected (``clock=time.perf_counter`` from the caller; without one, timings are 0).
 Inputs are drawn one client at a time and folded into the expected sum as the server accepts
 them, so the harness itself stays O(d) in memory like the server.
+
+Two round times: ``round_s`` is this process doing everyone's work in turn; ``round_parallel_s``
+is what a deployment waits (participants work on their own machines at the same time): for each
+phase, the slowest client plus the server's work, network left out.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .messages import (
     Abort,
     AdvertiseKeys,
     ConsistencySignature,
+    EnvelopeOpening,
     MaskedInput,
     ShareKeys,
     UnmaskResponse,
@@ -65,8 +70,11 @@ class SimulationResult:
     client_mask_s: float
     server_unmask_s: float
     round_s: float
+    round_parallel_s: float
     upload_bytes_per_participant: float
     client_aborts: dict[int, str] = field(default_factory=dict)
+    # phase -> (slowest client, server) seconds: what round_parallel_s adds up
+    phase_parallel_s: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int | float | bool | str | None]:
         return {
@@ -82,6 +90,7 @@ class SimulationResult:
             "client_mask_s": self.client_mask_s,
             "server_unmask_s": self.server_unmask_s,
             "round_s": self.round_s,
+            "round_parallel_s": self.round_parallel_s,
             "upload_bytes_per_participant": self.upload_bytes_per_participant,
             "upload_bytes_per_value": self.upload_bytes_per_participant / self.dimension,
         }
@@ -94,9 +103,21 @@ def payload_bytes(message: object) -> int:
     if isinstance(message, AdvertiseKeys):
         return 4 + len(message.round_id) + 64 + len(message.signature)
     if isinstance(message, ShareKeys):
-        return 4 + len(message.session_id) + sum(8 + len(s.ciphertext) for s in message.shares)
+        envelopes = sum(
+            4
+            + len(s.ciphertext)
+            + len(s.ephemeral_key)
+            + len(s.self_mask_share_commitment)
+            + len(s.key_share_commitment)
+            + len(s.signature)
+            for s in message.shares
+        )
+        return 4 + len(message.session_id) + len(message.self_mask_commitment) + envelopes
     if isinstance(message, MaskedInput):
-        return 4 + len(message.session_id) + message.masked.nbytes
+        complaints = sum(8 + len(c.signature) for c in message.complaints)
+        return 4 + len(message.session_id) + message.masked.nbytes + complaints
+    if isinstance(message, EnvelopeOpening):
+        return 4 + len(message.session_id) + sum(4 + len(secret) for _, secret in message.openings)
     if isinstance(message, ConsistencySignature):
         return 4 + len(message.session_id) + len(message.signature)
     if isinstance(message, UnmaskResponse):
@@ -137,13 +158,14 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
     }
     input_rng = root.spawn()
     expected = np.zeros(params.dimension, dtype=prg.dtype_for_bits(params.modulus_bits))
-    timings: dict[Phase, list[float]] = {Phase.SHARE_KEYS: [], Phase.MASKED_INPUT: []}
+    timings: dict[Phase, list[float]] = {phase: [] for phase in Phase}
+    server_times: dict[Phase, float] = dict.fromkeys(Phase, 0.0)
     uploaded = dict.fromkeys(ids, 0)
     client_aborts: dict[int, str] = {}
     server_unmask_s = 0.0
     started = now()
 
-    def deliver(u: int, message: object, phase: Phase) -> None:
+    def deliver(u: int, message: object | None, phase: Phase) -> None:
         """Hand a server message to client u and its reply (if any) to the server."""
         if config.drop_at.get(u) is not None and _order(config.drop_at[u]) <= _order(phase):
             server.drop(u, "dropped out (scripted)")
@@ -154,10 +176,8 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
             pending_input = random_input(input_rng, params.dimension, params.modulus_bits)
             client.set_input(pending_input)
         t0 = now()
-        reply = message if phase is Phase.ADVERTISE_KEYS else client.receive(message)
-        elapsed = now() - t0
-        if phase in timings:
-            timings[phase].append(elapsed)
+        reply = client.start() if phase is Phase.ADVERTISE_KEYS else client.receive(message)
+        timings[phase].append(now() - t0)
         if reply is None:
             server.drop(u, "sent nothing")
             return
@@ -166,22 +186,28 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
             server.drop(u, f"client aborted: {reply.reason}")
             return
         uploaded[u] += payload_bytes(reply)
+        t0 = now()
         try:
             server.receive(reply)
         except InvalidMessage as exc:
             server.drop(u, exc.reason)
             return
+        finally:
+            server_times[phase] += now() - t0
         if pending_input is not None:
             np.add(expected, pending_input, out=expected)
 
     aborted_reason = None
     try:
         for u in ids:
-            deliver(u, clients[u].start(), Phase.ADVERTISE_KEYS)
+            deliver(u, None, Phase.ADVERTISE_KEYS)
         while server.phase not in (Phase.COMPLETED, Phase.ABORTED):
             closing = server.phase
             t0 = now()
-            outgoing = server.close_phase()
+            try:
+                outgoing = server.close_phase()
+            finally:
+                server_times[closing] += now() - t0
             if closing is Phase.UNMASK:
                 server_unmask_s = now() - t0
             # A client's reply to these messages belongs to the server's new phase.
@@ -210,12 +236,21 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
         client_mask_s=_mean(timings[Phase.MASKED_INPUT]),
         server_unmask_s=server_unmask_s,
         round_s=round_s,
+        round_parallel_s=sum(max(timings[phase], default=0.0) + server_times[phase] for phase in Phase),
+        phase_parallel_s={
+            phase.value: (max(timings[phase], default=0.0), server_times[phase])
+            for phase in Phase
+            if timings[phase] or server_times[phase]
+        },
         upload_bytes_per_participant=sum(uploaded[u] for u in full_uploads) / max(1, len(full_uploads)),
         client_aborts=client_aborts,
     )
 
 
 def _order(phase: Phase) -> int:
+    # The complaints phase comes right after the masked inputs; scripted drops never target it.
+    if phase is Phase.COMPLAINTS:
+        return DROPPABLE_PHASES.index(Phase.MASKED_INPUT)
     return DROPPABLE_PHASES.index(phase)
 
 

@@ -357,7 +357,9 @@ def test_share_keys_from_a_dropped_participant_are_not_routed(round_harness):
     harness.start_honest(HONEST)
     stream = harness.raw(MALLORY)
     try:
-        Mallory(stream).play(until=Phase.SHARE_KEYS, tamper=lambda m: [ShareKeys(0, m.session_id, ())])
+        Mallory(stream).play(
+            until=Phase.SHARE_KEYS, tamper=lambda m: [ShareKeys(0, m.session_id, (), m.self_mask_commitment)]
+        )
         code, _ = stream.status()
     finally:
         stream.close()

@@ -13,11 +13,15 @@ from fedmask.secagg.errors import Phase
 from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
+    Complaint,
+    ComplaintKind,
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShare,
+    EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    OpenRequest,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -46,6 +50,12 @@ def _over_the_wire_server(message, recipient: int | None):
     return wire.server_from_proto(pb.ServerEnvelope.FromString(data), recipient=recipient)
 
 
+def _envelope(sender: int, recipient: int, signature: bytes = b"") -> EncryptedShare:
+    return EncryptedShare(
+        sender, recipient, _bytes(SHARE_CIPHERTEXT_BYTES), _bytes(32), _bytes(32), _bytes(32), signature
+    )
+
+
 def _advertisement(sender: int, signature: bytes = b"") -> AdvertiseKeys:
     return AdvertiseKeys(sender, b"round-1", _bytes(32), _bytes(32), signature)
 
@@ -59,10 +69,25 @@ def test_advertise_keys_round_trip(signature):
     assert _over_the_wire_client(message, sender=4) == message
 
 
-def test_share_keys_round_trip():
-    shares = tuple(EncryptedShare(2, r, _bytes(SHARE_CIPHERTEXT_BYTES)) for r in (1, 3, 9))
-    message = ShareKeys(2, SID, shares)
+@pytest.mark.parametrize("signature", [b"", b"s" * 64])
+def test_share_keys_round_trip(signature):
+    shares = tuple(_envelope(2, r, signature) for r in (1, 3, 9))
+    message = ShareKeys(2, SID, shares, _bytes(32))
     assert _over_the_wire_client(message, sender=2) == message
+
+
+@pytest.mark.parametrize("signature", [b"", b"c" * 64])
+def test_masked_input_complaints_round_trip(signature):
+    complaints = (Complaint(2, ComplaintKind.BAD_ENVELOPE, signature), Complaint(7, ComplaintKind.BAD_SIGNATURE))
+    params = ProtocolParams(dimension=4, modulus_bits=32, threshold=3, mode=SecurityMode.SEMI_HONEST)
+    message = MaskedInput(5, SID, np.arange(4, dtype=np.uint32), complaints)
+    decoded = _over_the_wire_client(message, sender=5, params=params)
+    assert decoded.complaints == complaints
+
+
+def test_envelope_opening_round_trip():
+    message = EnvelopeOpening(3, SID, ((1, _bytes(32)), (4, _bytes(32))))
+    assert _over_the_wire_client(message, sender=3) == message
 
 
 @pytest.mark.parametrize("bits", [1, 17, 31, 32, 33, 63, 64])
@@ -150,8 +175,14 @@ def test_key_roster_round_trip(signature):
 
 
 def test_share_bundle_round_trip():
-    bundle = ShareBundle(4, SID, tuple(EncryptedShare(s, 4, _bytes(SHARE_CIPHERTEXT_BYTES)) for s in (1, 2, 3)))
+    senders = (1, 2, 3)
+    bundle = ShareBundle(4, SID, tuple(_envelope(s, 4) for s in senders), tuple((s, _bytes(32)) for s in senders))
     assert _over_the_wire_server(bundle, recipient=4) == bundle
+
+
+def test_open_request_round_trip():
+    request = OpenRequest(SID, ((2, _bytes(64)), (5, b"")))
+    assert _over_the_wire_server(request, recipient=1) == request
 
 
 def test_consistency_request_round_trip():
@@ -191,6 +222,18 @@ def test_params_round_trip(mode, neighbours):
 
 def _client_envelope(**body) -> pb.ClientEnvelope:
     return pb.ClientEnvelope(**body)
+
+
+def _envelope_to(**fields) -> pb.EncryptedShareTo:
+    """A well-formed envelope for participant 2, with ``fields`` changed."""
+    good = {
+        "recipient": 2,
+        "ciphertext": bytes(SHARE_CIPHERTEXT_BYTES),
+        "ephemeral_key": bytes(32),
+        "self_mask_share_commitment": bytes(32),
+        "key_share_commitment": bytes(32),
+    }
+    return pb.EncryptedShareTo(**(good | fields))
 
 
 @pytest.mark.parametrize(
@@ -242,6 +285,38 @@ def _client_envelope(**body) -> pb.ClientEnvelope:
                 share_keys=pb.ShareKeys(session_id=SID, shares=[pb.EncryptedShareTo(recipient=2, ciphertext=bytes(5))])
             ),
             "share ciphertext must be",
+        ),
+        (
+            _client_envelope(share_keys=pb.ShareKeys(session_id=SID, shares=[_envelope_to(ephemeral_key=bytes(31))])),
+            "envelope ephemeral key must be 32 bytes",
+        ),
+        (
+            _client_envelope(
+                share_keys=pb.ShareKeys(session_id=SID, shares=[_envelope_to(key_share_commitment=bytes(16))])
+            ),
+            "key share commitment must be 32 bytes",
+        ),
+        (
+            _client_envelope(
+                share_keys=pb.ShareKeys(session_id=SID, shares=[_envelope_to()], self_mask_commitment=b"")
+            ),
+            "self-mask commitment must be 32 bytes",
+        ),
+        (
+            _client_envelope(
+                masked_input=pb.MaskedInput(
+                    session_id=SID, masked=bytes(4000), complaints=[pb.Complaint(accused=2, kind=9)]
+                )
+            ),
+            "unknown complaint kind",
+        ),
+        (
+            _client_envelope(
+                envelope_opening=pb.EnvelopeOpening(
+                    session_id=SID, openings=[pb.Opening(holder=2, ephemeral_secret=bytes(16))]
+                )
+            ),
+            "ephemeral secret must be 32 bytes",
         ),
         (
             _client_envelope(
@@ -342,12 +417,14 @@ def test_message_size_limit_covers_every_honest_message_and_little_more():
     limit = transport.max_participant_message_bytes(params, n)
     masked = wire.client_to_proto(MaskedInput(1, SID, np.zeros(d, np.uint32))).ByteSize()
     shares = wire.client_to_proto(
-        ShareKeys(1, SID, tuple(EncryptedShare(1, r, bytes(SHARE_CIPHERTEXT_BYTES)) for r in range(2, n + 1)))
+        ShareKeys(1, SID, tuple(_envelope(1, r, bytes(64)) for r in range(2, n + 1)), bytes(32))
     ).ByteSize()
+    complaints = tuple(Complaint(u, ComplaintKind.BAD_ENVELOPE, bytes(64)) for u in range(2, n + 1))
+    masked_with_complaints = wire.client_to_proto(MaskedInput(1, SID, np.zeros(d, np.uint32), complaints)).ByteSize()
     unmask = wire.client_to_proto(
         UnmaskResponse(1, SID, tuple((u, bytes(shamir.SHARE_BYTES)) for u in range(1, n + 1)), ())
     ).ByteSize()
-    assert max(masked, shares, unmask) < limit < 4 * d * 1.2
+    assert max(masked, masked_with_complaints, shares, unmask) < limit < 4 * d * 1.25
     roster = wire.server_to_proto(
         KeyRoster(
             b"r" * 64,

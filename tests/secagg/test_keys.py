@@ -87,14 +87,36 @@ def test_pairwise_seed_is_symmetric_and_session_bound():
 
 
 def _share_key(rng):
-    u, v = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
-    shared = keys.exchange(u.private_key, v.public_bytes)
-    assert shared == keys.exchange(v.private_key, u.public_bytes)
-    k = keys.share_encryption_key(shared, session_id=b"s", sender=1, receiver=2)
-    # each direction and each session gets its own key
-    assert k != keys.share_encryption_key(shared, session_id=b"s", sender=2, receiver=1)
-    assert k != keys.share_encryption_key(shared, session_id=b"t", sender=1, receiver=2)
+    """The key of one envelope: an ephemeral key of the sender and the holder's encryption key."""
+    ephemeral, holder = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
+    shared = keys.exchange(ephemeral.private_key, holder.public_bytes)
+    assert shared == keys.exchange(holder.private_key, ephemeral.public_bytes)
+    e = ephemeral.public_bytes
+    k = keys.envelope_key(shared, session_id=b"s", sender=1, receiver=2, ephemeral_key=e)
+    # each direction, each session and each envelope gets its own key
+    assert k != keys.envelope_key(shared, session_id=b"s", sender=2, receiver=1, ephemeral_key=e)
+    assert k != keys.envelope_key(shared, session_id=b"t", sender=1, receiver=2, ephemeral_key=e)
+    assert k != keys.envelope_key(shared, session_id=b"s", sender=1, receiver=2, ephemeral_key=bytes(32))
     return k
+
+
+def test_commitments_bind_session_owner_holder_and_secret():
+    share = bytes(range(33))
+    base = keys.share_commitment(share, session_id=b"s", owner=1, holder=2, secret="b")
+    assert len(base) == keys.COMMITMENT_BYTES
+    for other in (
+        keys.share_commitment(share, session_id=b"t", owner=1, holder=2, secret="b"),
+        keys.share_commitment(share, session_id=b"s", owner=2, holder=1, secret="b"),
+        keys.share_commitment(share, session_id=b"s", owner=1, holder=2, secret="s"),
+        keys.share_commitment(bytes(33), session_id=b"s", owner=1, holder=2, secret="b"),
+    ):
+        assert other != base
+    b_u = bytes(32)
+    assert keys.self_mask_commitment(b_u, session_id=b"s", owner=1) != keys.self_mask_commitment(
+        b_u, session_id=b"s", owner=2
+    )
+    with pytest.raises(ValueError):
+        keys.share_commitment(share, session_id=b"s", owner=1, holder=2, secret="x")
 
 
 def test_share_encryption_binds_session_sender_and_receiver():

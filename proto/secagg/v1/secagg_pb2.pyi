@@ -23,6 +23,13 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_UNMASK: _ClassVar[Phase]
     PHASE_COMPLETED: _ClassVar[Phase]
     PHASE_ABORTED: _ClassVar[Phase]
+    PHASE_COMPLAINTS: _ClassVar[Phase]
+
+class ComplaintKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPLAINT_KIND_UNSPECIFIED: _ClassVar[ComplaintKind]
+    COMPLAINT_KIND_BAD_ENVELOPE: _ClassVar[ComplaintKind]
+    COMPLAINT_KIND_BAD_SIGNATURE: _ClassVar[ComplaintKind]
 SECURITY_MODE_UNSPECIFIED: SecurityMode
 SECURITY_MODE_SEMI_HONEST: SecurityMode
 SECURITY_MODE_MALICIOUS: SecurityMode
@@ -34,6 +41,10 @@ PHASE_CONSISTENCY_CHECK: Phase
 PHASE_UNMASK: Phase
 PHASE_COMPLETED: Phase
 PHASE_ABORTED: Phase
+PHASE_COMPLAINTS: Phase
+COMPLAINT_KIND_UNSPECIFIED: ComplaintKind
+COMPLAINT_KIND_BAD_ENVELOPE: ComplaintKind
+COMPLAINT_KIND_BAD_SIGNATURE: ComplaintKind
 
 class ProtocolParams(_message.Message):
     __slots__ = ("dimension", "modulus_bits", "threshold", "mode", "neighbours")
@@ -68,28 +79,66 @@ class AdvertiseKeys(_message.Message):
     def __init__(self, round_id: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class EncryptedShareTo(_message.Message):
-    __slots__ = ("recipient", "ciphertext")
+    __slots__ = ("recipient", "ciphertext", "ephemeral_key", "self_mask_share_commitment", "key_share_commitment", "signature")
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARE_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHARE_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     recipient: int
     ciphertext: bytes
-    def __init__(self, recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    ephemeral_key: bytes
+    self_mask_share_commitment: bytes
+    key_share_commitment: bytes
+    signature: bytes
+    def __init__(self, recipient: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., ephemeral_key: _Optional[bytes] = ..., self_mask_share_commitment: _Optional[bytes] = ..., key_share_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeys(_message.Message):
-    __slots__ = ("session_id", "shares")
+    __slots__ = ("session_id", "shares", "self_mask_commitment")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShareTo]
-    def __init__(self, session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShareTo, _Mapping]]] = ...) -> None: ...
+    self_mask_commitment: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShareTo, _Mapping]]] = ..., self_mask_commitment: _Optional[bytes] = ...) -> None: ...
+
+class Complaint(_message.Message):
+    __slots__ = ("accused", "kind", "signature")
+    ACCUSED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    accused: int
+    kind: ComplaintKind
+    signature: bytes
+    def __init__(self, accused: _Optional[int] = ..., kind: _Optional[_Union[ComplaintKind, str]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class MaskedInput(_message.Message):
-    __slots__ = ("session_id", "masked")
+    __slots__ = ("session_id", "masked", "complaints")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MASKED_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     masked: bytes
-    def __init__(self, session_id: _Optional[bytes] = ..., masked: _Optional[bytes] = ...) -> None: ...
+    complaints: _containers.RepeatedCompositeFieldContainer[Complaint]
+    def __init__(self, session_id: _Optional[bytes] = ..., masked: _Optional[bytes] = ..., complaints: _Optional[_Iterable[_Union[Complaint, _Mapping]]] = ...) -> None: ...
+
+class Opening(_message.Message):
+    __slots__ = ("holder", "ephemeral_secret")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_SECRET_FIELD_NUMBER: _ClassVar[int]
+    holder: int
+    ephemeral_secret: bytes
+    def __init__(self, holder: _Optional[int] = ..., ephemeral_secret: _Optional[bytes] = ...) -> None: ...
+
+class EnvelopeOpening(_message.Message):
+    __slots__ = ("session_id", "openings")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENINGS_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    openings: _containers.RepeatedCompositeFieldContainer[Opening]
+    def __init__(self, session_id: _Optional[bytes] = ..., openings: _Optional[_Iterable[_Union[Opening, _Mapping]]] = ...) -> None: ...
 
 class ConsistencySignature(_message.Message):
     __slots__ = ("session_id", "signature")
@@ -118,13 +167,14 @@ class UnmaskResponse(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., self_mask_shares: _Optional[_Iterable[_Union[OwnerShare, _Mapping]]] = ..., key_shares: _Optional[_Iterable[_Union[OwnerShare, _Mapping]]] = ...) -> None: ...
 
 class ClientEnvelope(_message.Message):
-    __slots__ = ("hello", "advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "abort")
+    __slots__ = ("hello", "advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "envelope_opening", "abort")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_OPENING_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     advertise_keys: AdvertiseKeys
@@ -132,8 +182,9 @@ class ClientEnvelope(_message.Message):
     masked_input: MaskedInput
     consistency_signature: ConsistencySignature
     unmask_response: UnmaskResponse
+    envelope_opening: EnvelopeOpening
     abort: Abort
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., envelope_opening: _Optional[_Union[EnvelopeOpening, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("round_id", "params", "participant_id", "participants", "phase_timeout_ms")
@@ -170,20 +221,54 @@ class KeyRoster(_message.Message):
     def __init__(self, round_id: _Optional[bytes] = ..., advertisements: _Optional[_Iterable[_Union[KeyAdvertisement, _Mapping]]] = ...) -> None: ...
 
 class EncryptedShareFrom(_message.Message):
-    __slots__ = ("sender", "ciphertext")
+    __slots__ = ("sender", "ciphertext", "ephemeral_key", "self_mask_share_commitment", "key_share_commitment", "signature")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARE_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHARE_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     sender: int
     ciphertext: bytes
-    def __init__(self, sender: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    ephemeral_key: bytes
+    self_mask_share_commitment: bytes
+    key_share_commitment: bytes
+    signature: bytes
+    def __init__(self, sender: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., ephemeral_key: _Optional[bytes] = ..., self_mask_share_commitment: _Optional[bytes] = ..., key_share_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SelfMaskCommitment(_message.Message):
+    __slots__ = ("sender", "commitment")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    commitment: bytes
+    def __init__(self, sender: _Optional[int] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class ShareBundle(_message.Message):
-    __slots__ = ("session_id", "shares")
+    __slots__ = ("session_id", "shares", "self_mask_commitments")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShareFrom]
-    def __init__(self, session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShareFrom, _Mapping]]] = ...) -> None: ...
+    self_mask_commitments: _containers.RepeatedCompositeFieldContainer[SelfMaskCommitment]
+    def __init__(self, session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShareFrom, _Mapping]]] = ..., self_mask_commitments: _Optional[_Iterable[_Union[SelfMaskCommitment, _Mapping]]] = ...) -> None: ...
+
+class ComplaintFrom(_message.Message):
+    __slots__ = ("complainer", "signature")
+    COMPLAINER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    complainer: int
+    signature: bytes
+    def __init__(self, complainer: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class OpenRequest(_message.Message):
+    __slots__ = ("session_id", "complaints")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    complaints: _containers.RepeatedCompositeFieldContainer[ComplaintFrom]
+    def __init__(self, session_id: _Optional[bytes] = ..., complaints: _Optional[_Iterable[_Union[ComplaintFrom, _Mapping]]] = ...) -> None: ...
 
 class ConsistencyRequest(_message.Message):
     __slots__ = ("session_id", "survivors")
@@ -222,13 +307,14 @@ class RoundResult(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ServerEnvelope(_message.Message):
-    __slots__ = ("round_start", "key_roster", "share_bundle", "consistency_request", "unmask_request", "round_result", "abort")
+    __slots__ = ("round_start", "key_roster", "share_bundle", "consistency_request", "unmask_request", "round_result", "open_request", "abort")
     ROUND_START_FIELD_NUMBER: _ClassVar[int]
     KEY_ROSTER_FIELD_NUMBER: _ClassVar[int]
     SHARE_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_REQUEST_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ROUND_RESULT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     round_start: RoundStart
     key_roster: KeyRoster
@@ -236,8 +322,9 @@ class ServerEnvelope(_message.Message):
     consistency_request: ConsistencyRequest
     unmask_request: UnmaskRequest
     round_result: RoundResult
+    open_request: OpenRequest
     abort: Abort
-    def __init__(self, round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_bundle: _Optional[_Union[ShareBundle, _Mapping]] = ..., consistency_request: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., round_result: _Optional[_Union[RoundResult, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+    def __init__(self, round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_bundle: _Optional[_Union[ShareBundle, _Mapping]] = ..., consistency_request: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., round_result: _Optional[_Union[RoundResult, _Mapping]] = ..., open_request: _Optional[_Union[OpenRequest, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
 
 class Abort(_message.Message):
     __slots__ = ("phase", "reason")
