@@ -19,20 +19,24 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedmask.ddp import rotation
 from fedmask.proto.wire import PROTOCOL_VERSION
-from fedmask.secagg import graph, keys, prg, rand, shamir
-from fedmask.secagg.client import _SHARE_PLAINTEXT
-from fedmask.secagg.messages import AdvertiseKeys
+from fedmask.secagg import client, graph, keys, prg, rand, shamir
+from fedmask.secagg.messages import AdvertiseKeys, ComplaintKind
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.session import Session, compute_session_id
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 CURRENT_SET = VECTORS_DIR / f"v{PROTOCOL_VERSION}"
 # Every derivation the current protocol version pins: a missing file would otherwise skip silently.
+# Version 2 replaced share_encryption_key (a static key from X25519(c_u, c_v)) by per-envelope keys:
+# envelope_key, share_envelope, the commitments and the envelope and complaint payloads.
 DERIVATIONS = (
     "advertisement_payload",
+    "complaint_payload",
     "consistency_payload",
     "cycle_order",
     "encrypt_share",
+    "envelope_key",
+    "envelope_payload",
     "harary_graph",
     "pairwise_mask_seed",
     "params_digest",
@@ -42,11 +46,13 @@ DERIVATIONS = (
     "rotation",
     "rotation_seed",
     "seeded_random",
+    "self_mask_commitment",
     "self_mask_seed",
     "session_id",
     "shamir_encode_share",
     "shamir_split",
-    "share_encryption_key",
+    "share_commitment",
+    "share_envelope",
     "share_plaintext",
     "uniform_unit_floats",
 )
@@ -138,13 +144,20 @@ def test_self_mask_seed(case):
     assert keys.self_mask_seed(unhex(case["self_mask_secret"]), unhex(case["session_id"])) == unhex(case["seed"])
 
 
-@pytest.mark.parametrize("case", vectors("share_encryption_key"))
-def test_share_encryption_key(case):
-    key = keys.share_encryption_key(
+@pytest.mark.parametrize("case", vectors("envelope_key"))
+def test_envelope_key(case):
+    ephemeral, holder = private_key(case["ephemeral_private_key"]), private_key(case["holder_private_key"])
+    assert public_bytes(ephemeral) == unhex(case["ephemeral_public_key"])
+    assert public_bytes(holder) == unhex(case["holder_public_key"])
+    # Sender and holder reach the same secret: X25519(e, c_holder) = X25519(c_holder, e).
+    assert keys.exchange(ephemeral, unhex(case["holder_public_key"])) == unhex(case["shared_secret"])
+    assert keys.exchange(holder, unhex(case["ephemeral_public_key"])) == unhex(case["shared_secret"])
+    key = keys.envelope_key(
         unhex(case["shared_secret"]),
         session_id=unhex(case["session_id"]),
         sender=case["sender"],
         receiver=case["receiver"],
+        ephemeral_key=unhex(case["ephemeral_public_key"]),
     )
     assert key == unhex(case["key"])
 
@@ -157,6 +170,92 @@ def test_encrypt_share_and_decrypt_share(case):
     )
     assert ciphertext == unhex(case["ciphertext"])
     assert keys.decrypt_share(unhex(case["key"]), unhex(case["ciphertext"]), **route) == unhex(case["plaintext"])
+
+
+@pytest.mark.parametrize("case", vectors("share_envelope"))
+def test_share_envelope_end_to_end(case):
+    session_id, sender, holder = unhex(case["session_id"]), case["sender"], case["holder"]
+    route = {"session_id": session_id, "sender": sender, "receiver": holder}
+    # The sender seals, as the client does.
+    ephemeral = keys.AgreementKeyPair.from_private_bytes(unhex(case["ephemeral_private_key"]))
+    assert ephemeral.public_bytes == unhex(case["ephemeral_public_key"])
+    holder_keys = keys.AgreementKeyPair.from_private_bytes(unhex(case["holder_private_key"]))
+    assert holder_keys.public_bytes == unhex(case["holder_encryption_key"])
+    secret = keys.exchange(ephemeral.private_key, holder_keys.public_bytes)
+    assert secret == unhex(case["shared_secret"])
+    key = keys.envelope_key(secret, ephemeral_key=ephemeral.public_bytes, **route)
+    assert key == unhex(case["envelope_key"])
+    b_bytes, s_bytes = shamir.encode_share(int(case["b_share"], 16)), shamir.encode_share(int(case["s_share"], 16))
+    plaintext = keys.SHARE_PLAINTEXT.pack(sender, holder, b_bytes, s_bytes)
+    assert plaintext == unhex(case["plaintext"])
+    ciphertext = keys.encrypt_share(key, plaintext, rng=rand.SeededRandom(unhex(case["rng_seed"])), **route)
+    assert ciphertext == unhex(case["ciphertext"])
+    owner_and_holder = {"session_id": session_id, "owner": sender, "holder": holder}
+    b_commitment = keys.share_commitment(b_bytes, secret="b", **owner_and_holder)
+    s_commitment = keys.share_commitment(s_bytes, secret="s", **owner_and_holder)
+    assert b_commitment == unhex(case["self_mask_share_commitment"])
+    assert s_commitment == unhex(case["key_share_commitment"])
+    self_commitment = keys.self_mask_commitment(unhex(case["self_mask_secret"]), session_id=session_id, owner=sender)
+    assert self_commitment == unhex(case["self_mask_commitment"])
+    payload = keys.envelope_payload(
+        session_id,
+        sender,
+        holder,
+        ephemeral_key=ephemeral.public_bytes,
+        ciphertext=ciphertext,
+        self_mask_share_commitment=b_commitment,
+        key_share_commitment=s_commitment,
+        self_mask_commitment=self_commitment,
+    )
+    assert payload == unhex(case["payload"])
+    # The holder opens the frozen envelope with its own private key.
+    holder_secret = keys.exchange(holder_keys.private_key, unhex(case["ephemeral_public_key"]))
+    holder_key = keys.envelope_key(holder_secret, ephemeral_key=unhex(case["ephemeral_public_key"]), **route)
+    assert holder_key == unhex(case["envelope_key"])
+    opened = keys.decrypt_share(holder_key, unhex(case["ciphertext"]), **route)
+    assert keys.SHARE_PLAINTEXT.unpack(opened) == (sender, holder, b_bytes, s_bytes)
+
+
+@pytest.mark.parametrize("case", vectors("self_mask_commitment"))
+def test_self_mask_commitment(case):
+    commitment = keys.self_mask_commitment(
+        unhex(case["self_mask_secret"]), session_id=unhex(case["session_id"]), owner=case["owner"]
+    )
+    assert commitment == unhex(case["commitment"])
+
+
+@pytest.mark.parametrize("case", vectors("share_commitment"))
+def test_share_commitment(case):
+    commitment = keys.share_commitment(
+        unhex(case["share"]),
+        session_id=unhex(case["session_id"]),
+        owner=case["owner"],
+        holder=case["holder"],
+        secret=case["secret"],
+    )
+    assert commitment == unhex(case["commitment"])
+
+
+@pytest.mark.parametrize("case", vectors("envelope_payload"))
+def test_envelope_payload(case):
+    payload = keys.envelope_payload(
+        unhex(case["session_id"]),
+        case["sender"],
+        case["recipient"],
+        ephemeral_key=unhex(case["ephemeral_key"]),
+        ciphertext=unhex(case["ciphertext"]),
+        self_mask_share_commitment=unhex(case["self_mask_share_commitment"]),
+        key_share_commitment=unhex(case["key_share_commitment"]),
+        self_mask_commitment=unhex(case["self_mask_commitment"]),
+    )
+    assert payload == unhex(case["payload"])
+
+
+@pytest.mark.parametrize("case", vectors("complaint_payload"))
+def test_complaint_payload(case):
+    kind = ComplaintKind(case["kind"]).value
+    payload = keys.complaint_payload(unhex(case["session_id"]), case["complainer"], case["accused"], kind)
+    assert payload == unhex(case["payload"])
 
 
 @pytest.mark.parametrize("case", vectors("advertisement_payload"))
@@ -236,11 +335,12 @@ def test_prg_add_masks(case):
 @pytest.mark.parametrize("case", vectors("share_plaintext"))
 def test_share_plaintext_layout(case):
     b_share, s_share = int(case["b_share"], 16), int(case["s_share"], 16)
-    plaintext = _SHARE_PLAINTEXT.pack(
+    assert client._SHARE_PLAINTEXT is keys.SHARE_PLAINTEXT
+    plaintext = keys.SHARE_PLAINTEXT.pack(
         case["sender"], case["recipient"], shamir.encode_share(b_share), shamir.encode_share(s_share)
     )
     assert plaintext == unhex(case["plaintext"])
-    sender, recipient, b_bytes, s_bytes = _SHARE_PLAINTEXT.unpack(unhex(case["plaintext"]))
+    sender, recipient, b_bytes, s_bytes = keys.SHARE_PLAINTEXT.unpack(unhex(case["plaintext"]))
     assert (sender, recipient) == (case["sender"], case["recipient"])
     assert (shamir.decode_share(b_bytes), shamir.decode_share(s_bytes)) == (b_share, s_share)
 

@@ -36,9 +36,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedmask.ddp import rotation
 from fedmask.proto.wire import PROTOCOL_VERSION
-from fedmask.secagg import graph, keys, prg, rand, shamir
-from fedmask.secagg.client import _SHARE_PLAINTEXT
-from fedmask.secagg.messages import AdvertiseKeys
+from fedmask.secagg import client, graph, keys, prg, rand, shamir
+from fedmask.secagg.messages import AdvertiseKeys, ComplaintKind
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.session import Session, compute_session_id
 
@@ -180,6 +179,40 @@ def spec_signs(seed: bytes, count: int) -> list[int]:
     return [1 - 2 * ((stream[j // 8] >> (j % 8)) & 1) for j in range(count)]
 
 
+def spec_envelope_key(
+    ephemeral_scalar: bytes, holder_public: bytes, session_id: bytes, sender: int, receiver: int
+) -> tuple[bytes, bytes]:
+    """HKDF-SHA256(X25519(e, c_receiver), salt=session_id, info=label || u32be(sender) || u32be(receiver) ||
+    e's public key); returns (shared secret, key)."""
+    shared_secret = spec_x25519(ephemeral_scalar, holder_public)
+    info = b"fedmask/secagg/v1/share-envelope-key" + u32(sender) + u32(receiver) + spec_public(ephemeral_scalar)
+    return shared_secret, spec_hkdf_sha256(shared_secret, salt=session_id, info=info)
+
+
+def spec_self_mask_commitment(secret: bytes, session_id: bytes, owner: int) -> bytes:
+    return hashlib.sha256(b"fedmask/secagg/v1/self-mask-commitment" + session_id + u32(owner) + secret).digest()
+
+
+def spec_share_commitment(share: bytes, session_id: bytes, owner: int, holder: int, secret: str) -> bytes:
+    tag = {"b": b"b", "s": b"s"}[secret]
+    label = b"fedmask/secagg/v1/share-commitment"
+    return hashlib.sha256(label + tag + session_id + u32(owner) + u32(holder) + share).digest()
+
+
+def spec_envelope_payload(
+    session_id: bytes,
+    sender: int,
+    recipient: int,
+    ephemeral_key: bytes,
+    ciphertext: bytes,
+    commitments: tuple[bytes, bytes, bytes],
+) -> bytes:
+    """label || session_id || u32be(sender) || u32be(recipient) || ephemeral key || u32be(len(ciphertext)) ||
+    ciphertext || commitment to the share of b || commitment to the share of s || commitment to b."""
+    head = b"fedmask/secagg/v1/share-envelope" + session_id + u32(sender) + u32(recipient) + ephemeral_key
+    return head + u32(len(ciphertext)) + ciphertext + b"".join(commitments)
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -273,38 +306,8 @@ def self_mask_seed_vectors():
     )
 
 
-def share_encryption_key_vectors():
-    shared_secret = spec_x25519(SCALARS["ascending"], spec_public(SCALARS["ascending-high"]))
-    cases = []
-    for sender, receiver, session in [(1, 2, "hashed"), (2, 1, "hashed"), (1, MAX_ID, "hashed"), (MAX_ID, 1, "zero")]:
-        session_id = SESSION_IDS[session]
-        info = b"fedmask/secagg/v1/share-encryption" + u32(sender) + u32(receiver)
-        expected = spec_hkdf_sha256(shared_secret, salt=session_id, info=info)
-        key = agree(
-            "share_encryption_key",
-            keys.share_encryption_key(shared_secret, session_id=session_id, sender=sender, receiver=receiver),
-            expected,
-        )
-        cases.append(
-            {
-                "name": f"{sender}-to-{receiver}-session-{session}",
-                "shared_secret": shared_secret.hex(),
-                "session_id": session_id.hex(),
-                "sender": sender,
-                "receiver": receiver,
-                "key": key.hex(),
-            }
-        )
-    return (
-        "fedmask.secagg.keys.share_encryption_key(shared_secret, session_id=, sender=, receiver=)",
-        "HKDF-SHA256(shared_secret, salt=session_id, info='fedmask/secagg/v1/share-encryption' || "
-        "u32be(sender) || u32be(receiver)); shared_secret = X25519(ascending, ascending-high)",
-        cases,
-    )
-
-
 def encrypt_share_vectors():
-    share_plaintext = _SHARE_PLAINTEXT.pack(3, 7, shamir.encode_share(12345), shamir.encode_share(FIELD_PRIME - 1))
+    share_plaintext = keys.SHARE_PLAINTEXT.pack(3, 7, shamir.encode_share(12345), shamir.encode_share(FIELD_PRIME - 1))
     plaintexts = {
         "share-plaintext": share_plaintext,
         "empty": b"",
@@ -318,7 +321,7 @@ def encrypt_share_vectors():
         strict=True,
     ):
         plaintext, session_id = plaintexts[plaintext_name], SESSION_IDS["hashed"]
-        key = keys.share_encryption_key(SEEDS["hashed"], session_id=session_id, sender=sender, receiver=receiver)
+        key = hashlib.sha256(f"fedmask vectors: share key {sender} to {receiver}".encode()).digest()
         nonce = SpecRandom(rng_seed).random_bytes(12)
         aad = session_id + u32(sender) + u32(receiver)
         expected = nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
@@ -355,7 +358,338 @@ def encrypt_share_vectors():
         "fedmask.secagg.keys.encrypt_share(key, plaintext, session_id=, sender=, receiver=, "
         "rng=SeededRandom(rng_seed)) and decrypt_share",
         "nonce (first 12 bytes of rng) || AES-256-GCM(key, nonce, plaintext, aad=session_id || u32be(sender) || "
-        "u32be(receiver)); decrypt_share must open it",
+        "u32be(receiver)); decrypt_share must open it; key = SHA-256('fedmask vectors: share key <sender> to "
+        "<receiver>') (share_envelope pins encryption under a real envelope key)",
+        cases,
+    )
+
+
+def envelope_key_vectors():
+    cases = []
+    for ephemeral, holder, sender, receiver, session in [
+        ("descending", "ascending-high", 1, 2, "hashed"),
+        ("descending", "ascending-high", 2, 1, "hashed"),
+        ("repeated-77", "ascending-high", 1, 2, "hashed"),
+        ("all-ff", "ascending", 1, MAX_ID, "zero"),
+        ("ascending", "repeated-77", MAX_ID, 1, "all-ff"),
+    ]:
+        session_id = SESSION_IDS[session]
+        ephemeral_public, holder_public = spec_public(SCALARS[ephemeral]), spec_public(SCALARS[holder])
+        expected_secret, expected_key = spec_envelope_key(
+            SCALARS[ephemeral], holder_public, session_id, sender, receiver
+        )
+        agree("X25519 from the holder's side", spec_x25519(SCALARS[holder], ephemeral_public), expected_secret)
+        shared_secret = agree(
+            "keys.exchange(ephemeral, holder)",
+            keys.exchange(x25519_private(SCALARS[ephemeral]), holder_public),
+            expected_secret,
+        )
+        agree(
+            "keys.exchange(holder, ephemeral)",
+            keys.exchange(x25519_private(SCALARS[holder]), ephemeral_public),
+            expected_secret,
+        )
+        key = agree(
+            "envelope_key",
+            keys.envelope_key(
+                shared_secret, session_id=session_id, sender=sender, receiver=receiver, ephemeral_key=ephemeral_public
+            ),
+            expected_key,
+        )
+        cases.append(
+            {
+                "name": f"ephemeral-{ephemeral}-holder-{holder}-{sender}-to-{receiver}-session-{session}",
+                "ephemeral_private_key": SCALARS[ephemeral].hex(),
+                "ephemeral_public_key": ephemeral_public.hex(),
+                "holder_private_key": SCALARS[holder].hex(),
+                "holder_public_key": holder_public.hex(),
+                "shared_secret": shared_secret.hex(),
+                "session_id": session_id.hex(),
+                "sender": sender,
+                "receiver": receiver,
+                "key": key.hex(),
+            }
+        )
+    return (
+        "fedmask.secagg.keys.envelope_key(shared_secret, session_id=, sender=, receiver=, ephemeral_key=)",
+        "HKDF-SHA256(X25519(e, c_receiver), salt=session_id, info='fedmask/secagg/v1/share-envelope-key' || "
+        "u32be(sender) || u32be(receiver) || ephemeral public key); shared_secret = X25519(ephemeral_private_key, "
+        "holder_public_key) = X25519(holder_private_key, ephemeral_public_key), both through keys.exchange",
+        cases,
+    )
+
+
+ENVELOPE_CASES = {
+    # name: (sender, holder, ephemeral scalar, holder's encryption scalar, session, b share, s share, nonce seed,
+    #        self-mask secret)
+    "1-to-2": (1, 2, "descending", "ascending-high", "hashed", 12345, FIELD_PRIME - 2, RNG_SEED, "hashed"),
+    "max-id-to-1": (MAX_ID, 1, "repeated-77", "ascending", "zero", FIELD_PRIME - 1, 0, SEEDS["ascending"], "all-ff"),
+    "1-to-max-id": (1, MAX_ID, "all-ff", "descending", "all-ff", 1 << 256, 1, SEEDS["zero"], "zero"),
+}
+
+
+def share_envelope_vectors():
+    cases = []
+    for name, case in ENVELOPE_CASES.items():
+        sender, holder, ephemeral, encryption, session, b_share, s_share, rng_seed, secret_name = case
+        session_id, secret = SESSION_IDS[session], SECRETS[secret_name]
+        ephemeral_public, holder_public = spec_public(SCALARS[ephemeral]), spec_public(SCALARS[encryption])
+        # The sender's side, call for call as the client seals an envelope.
+        ephemeral_pair = keys.AgreementKeyPair.from_private_bytes(SCALARS[ephemeral])
+        agree("AgreementKeyPair.public_bytes", ephemeral_pair.public_bytes, ephemeral_public)
+        spec_secret, spec_key = spec_envelope_key(SCALARS[ephemeral], holder_public, session_id, sender, holder)
+        shared_secret = agree("keys.exchange", keys.exchange(ephemeral_pair.private_key, holder_public), spec_secret)
+        route = {"session_id": session_id, "sender": sender, "receiver": holder}
+        key = agree("envelope_key", keys.envelope_key(shared_secret, ephemeral_key=ephemeral_public, **route), spec_key)
+        b_bytes, s_bytes = b_share.to_bytes(33, "big"), s_share.to_bytes(33, "big")
+        agree("encode_share", (shamir.encode_share(b_share), shamir.encode_share(s_share)), (b_bytes, s_bytes))
+        plaintext = agree(
+            "SHARE_PLAINTEXT",
+            keys.SHARE_PLAINTEXT.pack(sender, holder, b_bytes, s_bytes),
+            u32(sender) + u32(holder) + b_bytes + s_bytes,
+        )
+        nonce = SpecRandom(rng_seed).random_bytes(12)
+        ciphertext = agree(
+            "encrypt_share",
+            keys.encrypt_share(key, plaintext, rng=rand.SeededRandom(rng_seed), **route),
+            nonce + AESGCM(spec_key).encrypt(nonce, plaintext, session_id + u32(sender) + u32(holder)),
+        )
+        ids = {"session_id": session_id, "owner": sender, "holder": holder}
+        b_commitment = agree(
+            "share_commitment b",
+            keys.share_commitment(b_bytes, secret="b", **ids),
+            spec_share_commitment(b_bytes, session_id, sender, holder, "b"),
+        )
+        s_commitment = agree(
+            "share_commitment s",
+            keys.share_commitment(s_bytes, secret="s", **ids),
+            spec_share_commitment(s_bytes, session_id, sender, holder, "s"),
+        )
+        self_commitment = agree(
+            "self_mask_commitment",
+            keys.self_mask_commitment(secret, session_id=session_id, owner=sender),
+            spec_self_mask_commitment(secret, session_id, sender),
+        )
+        payload = agree(
+            "envelope_payload",
+            keys.envelope_payload(
+                session_id,
+                sender,
+                holder,
+                ephemeral_key=ephemeral_public,
+                ciphertext=ciphertext,
+                self_mask_share_commitment=b_commitment,
+                key_share_commitment=s_commitment,
+                self_mask_commitment=self_commitment,
+            ),
+            spec_envelope_payload(
+                session_id, sender, holder, ephemeral_public, ciphertext, (b_commitment, s_commitment, self_commitment)
+            ),
+        )
+        # The holder's side: the same secret from its own private key, and the envelope opens to the plaintext.
+        holder_secret = agree(
+            "holder's keys.exchange", keys.exchange(x25519_private(SCALARS[encryption]), ephemeral_public), spec_secret
+        )
+        holder_key = agree(
+            "holder's envelope_key", keys.envelope_key(holder_secret, ephemeral_key=ephemeral_public, **route), spec_key
+        )
+        opened = agree("decrypt_share", keys.decrypt_share(holder_key, ciphertext, **route), plaintext)
+        agree("SHARE_PLAINTEXT.unpack", keys.SHARE_PLAINTEXT.unpack(opened), (sender, holder, b_bytes, s_bytes))
+        cases.append(
+            {
+                "name": name,
+                "session_id": session_id.hex(),
+                "sender": sender,
+                "holder": holder,
+                "ephemeral_private_key": SCALARS[ephemeral].hex(),
+                "ephemeral_public_key": ephemeral_public.hex(),
+                "holder_private_key": SCALARS[encryption].hex(),
+                "holder_encryption_key": holder_public.hex(),
+                "shared_secret": shared_secret.hex(),
+                "envelope_key": key.hex(),
+                "b_share": format(b_share, "x"),
+                "s_share": format(s_share, "x"),
+                "plaintext": plaintext.hex(),
+                "rng_seed": rng_seed.hex(),
+                "ciphertext": ciphertext.hex(),
+                "self_mask_share_commitment": b_commitment.hex(),
+                "key_share_commitment": s_commitment.hex(),
+                "self_mask_secret": secret.hex(),
+                "self_mask_commitment": self_commitment.hex(),
+                "payload": payload.hex(),
+            }
+        )
+    return (
+        "one share envelope end to end: keys.exchange, keys.envelope_key, keys.SHARE_PLAINTEXT, "
+        "keys.encrypt_share (rng=SeededRandom(rng_seed)) and decrypt_share, keys.share_commitment (b and s), "
+        "keys.self_mask_commitment and keys.envelope_payload",
+        "sender seals for holder: shared_secret = X25519(ephemeral, holder_encryption_key) (the holder gets the same "
+        "from X25519(holder_private_key, ephemeral_public_key)); envelope_key as in envelope_key.json; plaintext = "
+        "u32be(sender) || u32be(holder) || b_share (33 bytes) || s_share (33 bytes); ciphertext = nonce (first 12 "
+        "bytes of rng) || AES-256-GCM(envelope_key, nonce, plaintext, aad=session_id || u32be(sender) || "
+        "u32be(holder)); the two share commitments with owner = sender; self_mask_commitment of self_mask_secret "
+        "with owner = sender; payload = envelope_payload of all of it (the bytes the sender signs)",
+        cases,
+    )
+
+
+def self_mask_commitment_vectors():
+    cases = []
+    for secret_name, session, owner in [
+        ("zero", "hashed", 1),
+        ("hashed", "hashed", 1),
+        ("hashed", "hashed", 2),
+        ("ascending", "zero", MAX_ID),
+        ("all-ff", "all-ff", 7),
+    ]:
+        secret, session_id = SECRETS[secret_name], SESSION_IDS[session]
+        commitment = agree(
+            "self_mask_commitment",
+            keys.self_mask_commitment(secret, session_id=session_id, owner=owner),
+            spec_self_mask_commitment(secret, session_id, owner),
+        )
+        cases.append(
+            {
+                "name": f"secret-{secret_name}-session-{session}-owner-{owner}",
+                "self_mask_secret": secret.hex(),
+                "session_id": session_id.hex(),
+                "owner": owner,
+                "commitment": commitment.hex(),
+            }
+        )
+    return (
+        "fedmask.secagg.keys.self_mask_commitment(self_mask_secret, session_id=, owner=)",
+        "SHA-256('fedmask/secagg/v1/self-mask-commitment' || session_id || u32be(owner) || self_mask_secret)",
+        cases,
+    )
+
+
+def share_commitment_vectors():
+    cases = []
+    for name, secret, value, owner, holder, session in [
+        ("b-1-held-by-2", "b", 12345, 1, 2, "hashed"),
+        ("s-1-held-by-2", "s", 12345, 1, 2, "hashed"),
+        ("b-2-held-by-1", "b", 12345, 2, 1, "hashed"),
+        ("s-largest-field-element", "s", FIELD_PRIME - 1, MAX_ID, 1, "zero"),
+        ("b-zero-share", "b", 0, 1, MAX_ID, "all-ff"),
+        ("s-two-to-256", "s", 1 << 256, 3, 9, "hashed"),
+    ]:
+        session_id = SESSION_IDS[session]
+        share = agree("encode_share", shamir.encode_share(value), value.to_bytes(33, "big"))
+        commitment = agree(
+            "share_commitment",
+            keys.share_commitment(share, session_id=session_id, owner=owner, holder=holder, secret=secret),
+            spec_share_commitment(share, session_id, owner, holder, secret),
+        )
+        cases.append(
+            {
+                "name": name,
+                "share": share.hex(),
+                "session_id": session_id.hex(),
+                "owner": owner,
+                "holder": holder,
+                "secret": secret,
+                "commitment": commitment.hex(),
+            }
+        )
+    return (
+        "fedmask.secagg.keys.share_commitment(share, session_id=, owner=, holder=, secret=)",
+        "SHA-256('fedmask/secagg/v1/share-commitment' || tag || session_id || u32be(owner) || u32be(holder) || "
+        "share), tag = 'b' (share of the self-mask secret) or 's' (share of the masking private key); share is "
+        "the 33-byte encode_share form",
+        cases,
+    )
+
+
+def fixed_commitment(what: str) -> bytes:
+    return hashlib.sha256(f"fedmask vectors: commitment {what}".encode()).digest()
+
+
+def envelope_payload_vectors():
+    ephemeral_key = spec_public(SCALARS["descending"])
+    cases = []
+    for name, sender, recipient, session, ciphertext in [
+        ("share-envelope-size", 1, 2, "hashed", bytes(range(12 + keys.SHARE_PLAINTEXT.size + 16))),
+        ("empty-ciphertext", 2, 1, "hashed", b""),
+        ("max-sender", MAX_ID, 1, "zero", b"\xff"),
+        ("long-ciphertext", 1, MAX_ID, "all-ff", bytes(range(256)) * 2),
+    ]:
+        session_id = SESSION_IDS[session]
+        b_commitment, s_commitment, self_commitment = (fixed_commitment(w) for w in ("b", "s", "self"))
+        payload = agree(
+            "envelope_payload",
+            keys.envelope_payload(
+                session_id,
+                sender,
+                recipient,
+                ephemeral_key=ephemeral_key,
+                ciphertext=ciphertext,
+                self_mask_share_commitment=b_commitment,
+                key_share_commitment=s_commitment,
+                self_mask_commitment=self_commitment,
+            ),
+            spec_envelope_payload(
+                session_id, sender, recipient, ephemeral_key, ciphertext, (b_commitment, s_commitment, self_commitment)
+            ),
+        )
+        cases.append(
+            {
+                "name": name,
+                "session_id": session_id.hex(),
+                "sender": sender,
+                "recipient": recipient,
+                "ephemeral_key": ephemeral_key.hex(),
+                "ciphertext": ciphertext.hex(),
+                "self_mask_share_commitment": b_commitment.hex(),
+                "key_share_commitment": s_commitment.hex(),
+                "self_mask_commitment": self_commitment.hex(),
+                "payload": payload.hex(),
+            }
+        )
+    return (
+        "fedmask.secagg.keys.envelope_payload(session_id, sender, recipient, ephemeral_key=, ciphertext=, "
+        "self_mask_share_commitment=, key_share_commitment=, self_mask_commitment=)",
+        "'fedmask/secagg/v1/share-envelope' || session_id || u32be(sender) || u32be(recipient) || ephemeral_key || "
+        "u32be(len(ciphertext)) || ciphertext || self_mask_share_commitment || key_share_commitment || "
+        "self_mask_commitment (the bytes the sender of an envelope signs); the commitments are "
+        "SHA-256('fedmask vectors: commitment <b|s|self>')",
+        cases,
+    )
+
+
+def complaint_payload_vectors():
+    cases = []
+    for kind, complainer, accused, session in [
+        ("bad-envelope", 2, 1, "hashed"),
+        ("bad-signature", 2, 1, "hashed"),
+        ("bad-envelope", 1, MAX_ID, "zero"),
+        ("bad-signature", MAX_ID, 3, "all-ff"),
+    ]:
+        session_id = SESSION_IDS[session]
+        value = ComplaintKind(kind).value
+        expected = (
+            b"fedmask/secagg/v1/share-complaint"
+            + session_id
+            + u32(complainer)
+            + u32(accused)
+            + u32(len(value.encode()))
+            + value.encode()
+        )
+        payload = agree("complaint_payload", keys.complaint_payload(session_id, complainer, accused, value), expected)
+        cases.append(
+            {
+                "name": f"{kind}-{complainer}-accuses-{accused}-session-{session}",
+                "session_id": session_id.hex(),
+                "complainer": complainer,
+                "accused": accused,
+                "kind": kind,
+                "payload": payload.hex(),
+            }
+        )
+    return (
+        "fedmask.secagg.keys.complaint_payload(session_id, complainer, accused, kind)",
+        "'fedmask/secagg/v1/share-complaint' || session_id || u32be(complainer) || u32be(accused) || "
+        "u32be(len(kind)) || kind (ASCII; a ComplaintKind value): the bytes a holder signs to complain",
         cases,
     )
 
@@ -639,6 +973,7 @@ def prg_add_masks_vectors():
 
 
 def share_plaintext_vectors():
+    agree("client._SHARE_PLAINTEXT is keys.SHARE_PLAINTEXT", client._SHARE_PLAINTEXT is keys.SHARE_PLAINTEXT, True)
     cases = []
     for name, sender, recipient, b_share, s_share in [
         ("zero-shares", 1, 2, 0, 0),
@@ -646,8 +981,10 @@ def share_plaintext_vectors():
         ("max-sender", MAX_ID, 1, 12345, FIELD_PRIME - 2),
     ]:
         expected = u32(sender) + u32(recipient) + b_share.to_bytes(33, "big") + s_share.to_bytes(33, "big")
-        packed = _SHARE_PLAINTEXT.pack(sender, recipient, shamir.encode_share(b_share), shamir.encode_share(s_share))
-        plaintext = agree("_SHARE_PLAINTEXT", packed, expected)
+        packed = keys.SHARE_PLAINTEXT.pack(
+            sender, recipient, shamir.encode_share(b_share), shamir.encode_share(s_share)
+        )
+        plaintext = agree("SHARE_PLAINTEXT", packed, expected)
         cases.append(
             {
                 "name": name,
@@ -659,9 +996,10 @@ def share_plaintext_vectors():
             }
         )
     return (
-        "fedmask.secagg.client._SHARE_PLAINTEXT.pack(sender, recipient, encode_share(b), encode_share(s))",
+        "fedmask.secagg.keys.SHARE_PLAINTEXT.pack(sender, recipient, encode_share(b), encode_share(s)) "
+        "(fedmask.secagg.client._SHARE_PLAINTEXT is the same struct)",
         "u32be(sender) || u32be(recipient) || share of the self-mask secret b (33 bytes) || share of the "
-        "masking private key (33 bytes): 74 bytes, the plaintext of every encrypted share",
+        "masking private key (33 bytes): 74 bytes, the plaintext of every share envelope",
         cases,
     )
 
@@ -875,8 +1213,13 @@ def rotation_vectors():
 BUILDERS: dict[str, Callable[[], tuple[str, str, list[dict]]]] = {
     "pairwise_mask_seed": pairwise_mask_seed_vectors,
     "self_mask_seed": self_mask_seed_vectors,
-    "share_encryption_key": share_encryption_key_vectors,
+    "envelope_key": envelope_key_vectors,
     "encrypt_share": encrypt_share_vectors,
+    "share_envelope": share_envelope_vectors,
+    "self_mask_commitment": self_mask_commitment_vectors,
+    "share_commitment": share_commitment_vectors,
+    "envelope_payload": envelope_payload_vectors,
+    "complaint_payload": complaint_payload_vectors,
     "advertisement_payload": advertisement_payload_vectors,
     "consistency_payload": consistency_payload_vectors,
     "params_digest": params_digest_vectors,
