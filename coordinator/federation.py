@@ -37,7 +37,7 @@ from fedmask.ddp.accounting import DistributedDPAccountant, NoiseRecord
 from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
-from fedmask.secagg.encoding import decode_sum
+from fedmask.secagg.encoding import ImplausibleSum, decode_checked_sum
 from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
 
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
@@ -259,6 +259,8 @@ class FederationService(fl_grpc.FederationServicer):
         # Each chunk must fit the server's send limit (sized for the protocol's own messages).
         self.chunk_bytes = CHUNK_BYTES
         self.noise_plan: ddp.AggregateNoisePlan | None = None
+        # Participants proven to have misbehaved (from the store): refused on every call.
+        self.excluded: dict[str, str] = {}
 
     def publish(self, action: int, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload) -> None:
         self._adapters[adapter.sha256] = adapter
@@ -271,6 +273,10 @@ class FederationService(fl_grpc.FederationServicer):
             await context.abort(exc.code, exc.details)
         if name not in self._config.participants:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
+        if name in self.excluded:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{name} is excluded from this federation: {self.excluded[name]}"
+            )
         return name
 
     async def GetTask(self, request, context):  # noqa: N802 - the gRPC method name
@@ -488,47 +494,62 @@ class Federation:
         return {"name": "fedadam", "lr": self.config.server_learning_rate}
 
     async def _run_round(self, round_number, vector, layout, params, optimizer) -> np.ndarray:
+        """One federated round, re-run (new round id) after an abort or a refused sum, at most
+        ``attempts_per_round`` times. A participant proven to misbehave is excluded for good
+        (recorded in the store); one accused that did not answer sits out the re-runs."""
         config = self.config
         encoding = config.encoding()
         adapter = adapter_payload.pack(vector, layout, round_number - 1)
         started = time.monotonic()
+        excluded = self.store.exclusions()
+        skipped: dict[str, str] = {}
+        reason = "no attempt could start"
+        decoded = None
         for attempt in range(1, config.attempts_per_round + 1):
+            selected = tuple(p for p in config.participants if p not in excluded and p not in skipped)
             round_id = new_round_id()
-            self.store.begin_round(round_number, round_id, list(config.participants))
-            self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
-            self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
-            outcome = await self.server.run_round(
-                RoundConfig(
+            try:
+                round_config = RoundConfig(
                     round_id,
                     params,
-                    config.participants,
+                    selected,
                     join_timeout_s=config.join_timeout_s,
                     phase_timeout_s=config.phase_timeout_s,
                     quorum_grace_s=config.quorum_grace_s,
                     identity_keys=self.identity_keys,
                 )
-            )
-            if outcome.completed:
+            except ValueError as exc:
+                reason = f"only {len(selected)} participants are left to select ({exc})"
                 break
-            # The round stays open: the next attempt re-runs it with a new round id.
-            reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
+            self.store.begin_round(round_number, round_id, list(selected))
+            self.service.excluded = dict(excluded)
+            self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
+            self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
+            outcome = await self.server.run_round(round_config)
+            for name, why in outcome.culprits.items():
+                self.store.exclude(name, round_number, round_id, why)
+                excluded[name] = f"round {round_number}: {why}"
+                self.progress(f"{name} is excluded from the federation: it {why}")
+            for name, why in outcome.suspects.items():
+                skipped[name] = why
+                self.progress(f"{name} sits out the re-runs of round {round_number}: it {why}")
+            if outcome.completed:
+                try:
+                    decoded = self._decode(outcome, round_id, encoding)
+                    break
+                except (ImplausibleSum, ddp.WrapAroundDetected) as exc:
+                    reason = f"the sum was refused: {exc}"
+            else:
+                # The round stays open: the next attempt re-runs it with a new round id.
+                reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
             self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
-        else:
+        if decoded is None:
             self.store.fail_round(round_number, reason)
-            raise FederationError(f"round {round_number} failed {config.attempts_per_round} times; last: {reason}")
+            raise FederationError(f"round {round_number} failed; last: {reason}")
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
-
+        mean_update, noise_record = decoded
         survivors = list(outcome.survivors)
-        noise_record = None
-        if self.noise_plan is None:
-            mean_update = decode_sum(outcome.result, encoding) / len(survivors)
-        else:
-            try:
-                mean_update = ddp.decode_sum(outcome.result, self.noise_plan, rotation_seed(round_id), len(survivors))
-            except ddp.WrapAroundDetected as exc:
-                self.store.fail_round(round_number, str(exc))
-                raise FederationError(f"round {round_number}: {exc}") from None
-            noise_record = self.noise_plan.noise_record(len(survivors))
+        if noise_record is not None:
             self.accountant.step(noise_record)
         new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
         record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started)
@@ -548,6 +569,19 @@ class Federation:
             )
         )
         return new_vector
+
+    def _decode(
+        self, outcome: RoundOutcome, round_id: bytes, encoding: EncodingParams
+    ) -> tuple[np.ndarray, NoiseRecord | None]:
+        """The survivors' mean update from the unmasked sum, refusing a sum that correctly
+        encoded updates cannot produce (``ImplausibleSum``, ``WrapAroundDetected``)."""
+        survivors = len(outcome.survivors)
+        if outcome.result is None:
+            raise RuntimeError("a completed round without a sum")
+        if self.noise_plan is None:
+            return decode_checked_sum(outcome.result, encoding, survivors) / survivors, None
+        mean = ddp.decode_sum(outcome.result, self.noise_plan, rotation_seed(round_id), survivors)
+        return mean, self.noise_plan.noise_record(survivors)
 
     def _record(
         self, round_number: int, outcome: RoundOutcome, attempts: int, mean_update: np.ndarray, wall_s: float

@@ -156,6 +156,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
             WHEN NOT EXISTS (SELECT 1 FROM rounds WHERE round_number = NEW.round_number AND state = 'open')
             BEGIN SELECT RAISE(ABORT, 'a ledger entry is recorded only while committing an open round'); END""",
     ),
+    # 2: participants proven to have sent bad protocol messages, excluded for good.
+    (
+        """CREATE TABLE exclusions (
+            participant TEXT PRIMARY KEY,
+            round_number INTEGER NOT NULL CHECK (round_number >= 1),
+            round_id BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            recorded_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER exclusions_append_only_update BEFORE UPDATE ON exclusions
+            BEGIN SELECT RAISE(ABORT, 'exclusions are append-only'); END""",
+        """CREATE TRIGGER exclusions_append_only_delete BEFORE DELETE ON exclusions
+            BEGIN SELECT RAISE(ABORT, 'exclusions are append-only'); END""",
+    ),
 ]
 
 
@@ -659,6 +673,28 @@ class FederationStore:
                 (self._now(), reason, round_number),
             )
             return self._round(round_number)
+
+    def exclude(self, participant: str, round_number: int, round_id: bytes, reason: str) -> None:
+        """Record that ``participant`` was proven to misbehave in this round: it takes part in no
+        later round of this federation. The first proof recorded stays; later ones add nothing."""
+        self._check_writable()
+        _check_names((participant,), "the excluded participant")
+        _check_round_number(round_number)
+        _check_reason(reason, "the exclusion reason")
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO exclusions (participant, round_number, round_id, reason, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (participant, round_number, bytes(round_id), reason, self._now()),
+            )
+
+    def exclusions(self) -> dict[str, str]:
+        """Excluded participant -> why (the round and what it did)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT participant, round_number, reason FROM exclusions ORDER BY recorded_at, participant"
+            ).fetchall()
+        return {name: f"round {round_number}: {reason}" for name, round_number, reason in rows}
 
     def interrupted_round(self) -> RoundRecord | None:
         """The round left open by a crash (to be re-run), if any."""

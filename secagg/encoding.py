@@ -4,13 +4,22 @@ encode: clip to L2 norm C, scale by gamma, randomised rounding (unbiased: E[roun
 randomness from the injected CSPRNG), reduce mod 2^b. decode: lift the sum to the centred range
 [-2^(b-1), 2^(b-1)) and divide by gamma. ``EncodingParams.validate`` guarantees the centred lift
 is exact for the number of participants summed.
+
+``decode_checked_sum`` also refuses a sum that no set of correctly encoded updates can produce:
+a coordinate beyond s * ceil(C * gamma), or an L2 norm beyond s * (C * gamma + sqrt(d)) (each of
+the s updates has norm <= C * gamma before rounding, and rounding moves each coordinate by less
+than 1). Secure aggregation hides who sent what, so a participant that uploads garbage (2^31 in
+every coordinate, say) cannot be named; but its garbage is not applied to the model.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
+from .errors import SecAggError
 from .params import EncodingParams
 from .prg import dtype_for_bits
 from .rand import RandomSource, uniform_unit_floats
@@ -70,3 +79,34 @@ def encode(vector: np.ndarray, params: EncodingParams, rng: RandomSource) -> np.
 def decode_sum(total: np.ndarray, params: EncodingParams) -> np.ndarray:
     """The unmasked sum mod 2^b -> the float sum of the clipped updates (up to rounding)."""
     return centered_lift(total, params.modulus_bits).astype(np.float64) / params.scale
+
+
+class ImplausibleSum(SecAggError):
+    """The unmasked sum lies outside what the survivors' correctly encoded updates can add up to:
+    some participant did not follow the encoding. The sum must not be used."""
+
+
+def sum_bounds(params: EncodingParams, survivors: int, dimension: int) -> tuple[int, float]:
+    """(coordinate bound, L2 bound) of the lifted sum of ``survivors`` correct encodings."""
+    per_coordinate = math.ceil(params.clip_norm * params.scale)
+    return survivors * per_coordinate, survivors * (params.clip_norm * params.scale + math.sqrt(dimension))
+
+
+def decode_checked_sum(total: np.ndarray, params: EncodingParams, survivors: int) -> np.ndarray:
+    """``decode_sum``, refusing a sum outside the bounds of ``survivors`` correct encodings."""
+    lifted = centered_lift(total, params.modulus_bits)
+    coordinate_bound, norm_bound = sum_bounds(params, survivors, lifted.size)
+    outside = int(np.count_nonzero(np.abs(lifted) > coordinate_bound))
+    if outside:
+        raise ImplausibleSum(
+            f"{outside} coordinate(s) of the sum exceed what {survivors} clipped updates can add up to "
+            f"(+/-{coordinate_bound}): a participant did not follow the encoding"
+        )
+    norm = float(np.linalg.norm(lifted.astype(np.float64)))
+    if norm > norm_bound:
+        raise ImplausibleSum(
+            f"the sum has L2 norm {norm / params.scale:.4g}, more than {survivors} updates clipped to "
+            f"{params.clip_norm:g} can have ({norm_bound / params.scale:.4g}): a participant did not follow "
+            "the encoding"
+        )
+    return lifted.astype(np.float64) / params.scale

@@ -36,7 +36,7 @@ import numpy as np
 from fedmask.ddp import samplers as dpnoise
 from fedmask.ddp.accounting import RDP_ORDERS, NoiseRecord, epsilon_from_rdp, gaussian_rdp
 from fedmask.ddp.rotation import padded_dimension, rotate, unrotate
-from fedmask.secagg.encoding import centered_lift, clip_l2, randomized_round, to_modular
+from fedmask.secagg.encoding import ImplausibleSum, centered_lift, clip_l2, randomized_round, to_modular
 from fedmask.secagg.errors import ParameterError, SecAggError
 from fedmask.secagg.rand import RandomSource, SeededRandom
 
@@ -527,11 +527,38 @@ def lift_sum(total: np.ndarray, plan: AggregateNoisePlan) -> np.ndarray:
     return lifted
 
 
+# The chance that honest encodings trip the norm check: negligible.
+_NORM_CHECK_LOG_PROBABILITY = -40 * math.log(2)
+
+
+def sum_norm_bound(plan: AggregateNoisePlan, survivors: int) -> float:
+    """An L2 bound on the lifted sum of ``survivors`` correct encodings (before unrotation).
+
+    Signal: each conditionally rounded update has norm <= Delta_2. Noise: the sum of the noise
+    shares is sub-Gaussian with variance proxy V = survivors * local variance per coordinate, so
+    ||N||^2 <= V (d + 2 sqrt(d t) + 2 t) but with probability e^-t (Hsu, Kakade, Zhang 2012),
+    t = 40 ln 2; doubled, which also covers Skellam's slightly heavier tail. A check against sums
+    no honest round can produce, not a tight one."""
+    signal = survivors * math.sqrt(plan.l2_sensitivity_sq)
+    if plan.local_variance == 0:
+        return signal
+    t, d = -_NORM_CHECK_LOG_PROBABILITY, plan.padded_dimension
+    variance = survivors * plan.local_variance
+    return signal + 2 * math.sqrt(variance * (d + 2 * math.sqrt(d * t) + 2 * t))
+
+
 def decode_sum(total: np.ndarray, plan: AggregateNoisePlan, rotation_seed: bytes, survivors: int) -> np.ndarray:
     """The coordinator's side: the unmasked sum of ``survivors`` encodings -> the noisy average
-    update (``plan.config.dimension`` floats)."""
+    update (``plan.config.dimension`` floats). Refuses a sum out of range (``WrapAroundDetected``)
+    or with a norm no correct encodings can reach (``ImplausibleSum``)."""
     plan.check_survivors(survivors)
     lifted = lift_sum(total, plan)
+    norm, bound = float(np.linalg.norm(lifted.astype(np.float64))), sum_norm_bound(plan, survivors)
+    if norm > bound:
+        raise ImplausibleSum(
+            f"the sum has L2 norm {norm:.4g} (scaled), more than {survivors} encodings can reach with "
+            f"their noise ({bound:.4g}): a participant did not follow the encoding"
+        )
     average = unrotate(lifted.astype(np.float64) / plan.scale, rotation_seed, plan.config.dimension)
     average /= survivors
     return average

@@ -35,6 +35,7 @@ from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from fedmask.secagg import prg
 from fedmask.secagg.client import Client, ClientConfig
 from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import Abort
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
@@ -237,18 +238,26 @@ class Mallory:
         )
         self.client.set_input(input_of(name, self.start.params.dimension))
 
-    def play(self, until: Phase | None = None, tamper: Callable[[object], list] | None = None) -> object | None:
+    def play(
+        self,
+        until: Phase | None = None,
+        tamper: Callable[[object], list] | None = None,
+        *,
+        then_continue: bool = False,
+    ) -> object | None:
         """Play honestly; at phase ``until`` send ``tamper(honest_message)`` (envelopes or
-        messages) instead and stop. Returns the last server message (RoundResult if it got
-        that far)."""
+        messages) instead and stop, or, with ``then_continue``, go on as if the honest message
+        had gone out. Returns the last server message (RoundResult if it got that far)."""
         message = self.client.start()
         while True:
-            if REPLY_PHASE[type(message)] is until:
+            if tamper is not None and REPLY_PHASE[type(message)] is until:
                 for item in tamper(message):
                     self.stream.send(item)
-                return None
-            self.stream.send(message)
+                if not then_continue:
+                    return None
+            else:
+                self.stream.send(message)
             incoming = wire.server_from_proto(self.stream.receive(), recipient=self.id)
-            if isinstance(incoming, wire.RoundResult):
+            if isinstance(incoming, wire.RoundResult | Abort):
                 return incoming
             message = self.client.receive(incoming)

@@ -35,8 +35,9 @@ from fedmask.coordinator.transport import insecure_security, mtls_security, toke
 from fedmask.participant.grpc_client import Connection, Identity, one_way_tls_credentials, take_part
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
+from fedmask.secagg import shamir
 from fedmask.secagg.errors import Phase
-from fedmask.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
+from fedmask.secagg.messages import Abort, AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.testing import loopback
 
@@ -511,3 +512,61 @@ def test_service_name_matches_the_schema():
     service = pb.DESCRIPTOR.services_by_name["SecureAggregation"]
     assert service.full_name == transport.SERVICE
     assert [m.name for m in service.methods] == ["Aggregate"]
+
+
+# --- accountability over gRPC ---------------------------------------------------------------------
+
+
+def _corrupt_share_of(owner_id: int):
+    def tamper(response: UnmaskResponse) -> list:
+        shares = tuple(
+            (o, shamir.encode_share((shamir.decode_share(s) + 1) % shamir.FIELD_PRIME) if o == owner_id else s)
+            for o, s in response.self_mask_shares
+        )
+        return [dataclasses.replace(response, self_mask_shares=shares)]
+
+    return tamper
+
+
+def test_a_corrupted_share_is_caught_and_the_sum_stays_exact(round_harness):
+    """The issue's attack: an enrolled participant adds 1 to its share of another survivor's
+    self-mask seed. The coordinator completes with the exact sum and names the liar."""
+    harness = round_harness()
+    harness.start_honest(HONEST)
+    alice_id = harness.config.ids["alice"]
+    stream = harness.raw()
+    Mallory(stream).play(until=Phase.UNMASK, tamper=_corrupt_share_of(alice_id), then_continue=True)
+    stream.close()
+    outcome = harness.outcome()
+    assert_exact(outcome, (*HONEST, MALLORY))
+    assert outcome.culprits == {
+        MALLORY: f"revealed a share of participant {alice_id}'s self-mask seed it was never dealt"
+    }
+    assert all(o.completed for o in harness.honest_outcomes().values())
+
+
+def _flip_envelopes(message: ShareKeys) -> list:
+    envelopes = []
+    for envelope in message.shares:
+        ciphertext = bytearray(envelope.ciphertext)
+        ciphertext[-1] ^= 0x80
+        envelopes.append(dataclasses.replace(envelope, ciphertext=bytes(ciphertext)))
+    return [dataclasses.replace(message, shares=tuple(envelopes))]
+
+
+def test_tampered_envelopes_get_their_sender_convicted_and_reveal_nothing(round_harness):
+    """One participant flips a byte in every share envelope it sends. Before, every honest
+    recipient aborted and the round failed with nobody to blame; now they complain, mallory opens
+    the envelopes in question, and the round aborts naming mallory alone."""
+    harness = round_harness()
+    harness.start_honest(HONEST)
+    stream = harness.raw()
+    last = Mallory(stream).play(until=Phase.SHARE_KEYS, tamper=_flip_envelopes, then_continue=True)
+    stream.close()
+    assert isinstance(last, Abort)
+    outcome = harness.outcome()
+    assert not outcome.completed and outcome.abort_phase is Phase.COMPLAINTS
+    assert set(outcome.culprits) == {MALLORY} and "does not decrypt" in outcome.culprits[MALLORY]
+    assert outcome.result is None
+    honest = harness.honest_outcomes()
+    assert all(not o.completed and "complaints about share envelopes" in o.reason for o in honest.values())

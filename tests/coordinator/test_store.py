@@ -633,7 +633,15 @@ def test_the_schema_enforces_the_invariants_itself(store):
 
 
 def test_schema_version_is_recorded(store):
-    assert store.schema_version() == store_module.schema_version() == 1
+    assert store.schema_version() == store_module.schema_version() == 2
+
+
+def test_exclusions_are_recorded_once_and_kept(store):
+    store.exclude("beta", 1, b"r1", "revealed a share it was never dealt")
+    store.exclude("beta", 1, b"r1", "a later proof")  # the first stays
+    assert store.exclusions() == {"beta": "round 1: revealed a share it was never dealt"}
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store._db.execute("DELETE FROM exclusions")
 
 
 def test_a_new_migration_upgrades_an_old_store_and_keeps_its_data(tmp_path, monkeypatch):
@@ -646,12 +654,13 @@ def test_a_new_migration_upgrades_an_old_store_and_keeps_its_data(tmp_path, monk
     )
     with pytest.raises(SchemaError, match="open it for writing once to migrate it"):
         FederationStore(path, read_only=True)
+    latest = store_module.schema_version()
     with FederationStore(path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == latest
         assert store.ledger()[0]["round"] == 1
         assert store._db.execute("SELECT note FROM rounds").fetchall() == [(None,)]
     monkeypatch.undo()
-    with pytest.raises(SchemaError, match="schema version 2, newer than this build's 1"):
+    with pytest.raises(SchemaError, match=f"schema version {latest}, newer than this build's {latest - 1}"):
         FederationStore(path)
 
 
@@ -667,7 +676,7 @@ def test_a_failing_migration_changes_nothing(tmp_path, monkeypatch):
         FederationStore(path)
     monkeypatch.undo()
     with FederationStore(path) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == store_module.schema_version()
         assert store._db.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
 
 

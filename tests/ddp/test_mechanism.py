@@ -11,7 +11,8 @@ from fedmask.ddp import mechanism as ddp
 from fedmask.ddp import rotation
 from fedmask.ddp.accounting import DistributedDPAccountant
 from fedmask.ddp.mechanism import AggregateNoise, AggregateNoiseConfig, BudgetScope, WrapAroundDetected
-from fedmask.secagg.encoding import centered_lift, clip_l2
+from fedmask.ddp.rotation import rotation_seed
+from fedmask.secagg.encoding import ImplausibleSum, centered_lift, clip_l2, to_modular
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.prg import reduce_modulus
 from fedmask.secagg.rand import SeededRandom
@@ -286,3 +287,31 @@ def test_rounded_norm_bound_matches_the_paper():
     assert ddp.rounded_norm_bound_sq(c, n, beta) == math.floor(expected)
     # with a small beta the deterministic bound (c + sqrt(n))^2 can be the smaller one
     assert ddp.rounded_norm_bound_sq(0.0, 4, 1e-12) == 4
+
+
+@pytest.mark.parametrize("mechanism", [ddp.AggregateNoise.SKELLAM, ddp.AggregateNoise.DISCRETE_GAUSSIAN])
+def test_a_sum_beyond_the_norm_bound_is_refused(mechanism):
+    """Honest noisy encodings pass the norm check; the same sum with one participant's garbage
+    in it (inside the per-coordinate bound, but far beyond any honest norm) is refused."""
+    plan = ddp.calibrate(
+        ddp.AggregateNoiseConfig(
+            mechanism=mechanism, clip_norm=1.0, dimension=1000, modulus_bits=32, max_participants=5,
+            min_survivors=3, epsilon=5.0, delta=1e-5, rounds=1, budget_scope=ddp.BudgetScope.RUN,
+        )
+    )  # fmt: skip
+    seed = rotation_seed(b"norm-check")
+    rng = SeededRandom.from_int(11)
+    total = np.zeros(plan.padded_dimension, dtype=np.uint32)
+    for i in range(5):
+        update = np.random.default_rng(i).normal(size=1000)
+        total += ddp.encode_with_noise(update, plan, seed, rng)
+    ddp.decode_sum(total, plan, seed, 5)  # honest: passes
+    # Push every coordinate outward, most of the way to the per-coordinate bound but inside it:
+    # no wrap-around to see, only a norm no honest sum reaches.
+    lifted = ddp.lift_sum(total, plan)
+    push = np.sign(lifted) * np.floor(0.9 * (plan.sum_bound - np.abs(lifted))).astype(np.int64)
+    poisoned = reduce_modulus(total + to_modular(push, 32), 32)
+    assert np.abs(ddp.lift_sum(poisoned, plan)).max() <= plan.sum_bound
+    assert np.linalg.norm(ddp.lift_sum(poisoned, plan).astype(float)) > ddp.sum_norm_bound(plan, 5)
+    with pytest.raises(ImplausibleSum, match="L2 norm"):
+        ddp.decode_sum(poisoned, plan, seed, 5)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedmask.secagg import encoding
+from fedmask.secagg.encoding import encode, to_modular
 from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SeededRandom
 
@@ -57,3 +58,29 @@ def test_sum_of_encodings_decodes_to_sum_of_clipped_updates():
 def test_encode_refuses_matrices():
     with pytest.raises(ValueError, match="1-D"):
         encoding.encode(np.zeros((2, 2)), EncodingParams(1.0, 1.0, 32), SeededRandom.from_int(0))
+
+
+def test_a_sum_no_correct_encodings_can_produce_is_refused():
+    """The 'huge update' attack: one participant uploads 2^31 in every coordinate (or an update
+    it did not clip). The honest sum decodes; the poisoned ones are refused, not applied."""
+    params = EncodingParams(clip_norm=1.0, scale=2.0**20, modulus_bits=32)
+    rng = SeededRandom.from_int(3)
+    d, n = 1000, 5
+    updates = [np.random.default_rng(i).normal(size=d) * 10 for i in range(n)]  # norms >> C: clipped
+    total = np.zeros(d, dtype=np.uint32)
+    for update in updates:
+        total += encode(update, params, rng)
+    honest = encoding.decode_checked_sum(total, params, n)
+    np.testing.assert_array_equal(honest, encoding.decode_sum(total, params))
+    assert np.linalg.norm(honest) <= n * params.clip_norm + n * np.sqrt(d) / params.scale
+
+    garbage = total + np.full(d, 1 << 31, dtype=np.uint32)
+    with pytest.raises(encoding.ImplausibleSum, match="coordinate"):
+        encoding.decode_checked_sum(garbage, params, n)
+    # An unclipped update of norm 10C (more than the n = 5 clipped ones can add up to), spread
+    # thin so that no coordinate is out of range.
+    unclipped = np.full(d, 10 * params.clip_norm / np.sqrt(d))
+    big = total + to_modular(np.round(unclipped * params.scale).astype(np.int64), 32)
+    with pytest.raises(encoding.ImplausibleSum, match="L2 norm"):
+        encoding.decode_checked_sum(big, params, n)
+    assert encoding.sum_bounds(params, n, d)[0] == n * (1 << 20)
