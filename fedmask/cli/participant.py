@@ -270,3 +270,7 @@ participant.add_command(join)
 from fedmask.cli.node import node  # noqa: E402 - `fedmask participant node` lives with the node loop
 
 participant.add_command(node)
+
+from fedmask.cli.enrol import enrol  # noqa: E402 - `fedmask participant enrol` makes this participant's keys
+
+participant.add_command(enrol)

@@ -53,7 +53,8 @@ def _days_left(not_after: dt.datetime) -> str:
 def pki() -> None:
     """Federation CA, certificates, identity roster and enrolment tokens.
 
-    Keys are generated here at run time; never commit the federation directory.
+    Run by the federation operator. Participants make their own keys (`fedmask participant
+    enrol`); never commit the federation directory.
     """
 
 
@@ -91,9 +92,31 @@ def init_command(directory: Path, federation_name: str, days: int, force: bool) 
 @click.option("--days", type=click.IntRange(min=1), default=pkilib.DEFAULT_LEAF_DAYS, show_default=True)
 @click.option("--force", is_flag=True, help="Re-issue an existing name (replaces its roster entry).")
 @click.option(
+    "--request",
+    "request_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The participant's enrolment request (from `fedmask participant enrol`): its keys stay with it.",
+)
+@click.option(
+    "--csr",
+    "csr_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead of --request: the participant's CSR (PEM), with --identity-public-key and --organisation.",
+)
+@click.option(
     "--identity-public-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Participant's own Ed25519 public key (PEM); its private key then never leaves the participant.",
+    help="The participant's Ed25519 public key (PEM), with --csr (or --operator-generates-keys).",
+)
+@click.option(
+    "--organisation",
+    help="The participant's organisation (short name). With --request: must match the request's.",
+)
+@click.option(
+    "--operator-generates-keys",
+    is_flag=True,
+    help="Make the participant's keys here, without a request. Demos and tests only: "
+    "the operator then holds the participant's keys and can act as it.",
 )
 @_pki_errors
 def issue_command(
@@ -103,13 +126,33 @@ def issue_command(
     hosts: tuple[str, ...],
     days: int,
     force: bool,
+    request_path: Path | None,
+    csr_path: Path | None,
     identity_public_key: Path | None,
+    organisation: str | None,
+    operator_generates_keys: bool,
 ) -> None:
-    """Issue a TLS certificate for ROLE (coordinator|participant) NAME."""
+    """Issue a TLS certificate for ROLE (coordinator|participant) NAME.
+
+    A participant is issued from its enrolment request (--request), so that only it holds its
+    private keys; the operator then sends back the public files this command lists.
+    """
     if hosts and role != "coordinator":
         raise click.UsageError("--host applies to coordinator certificates only")
-    if identity_public_key is not None and role != "participant":
-        raise click.UsageError("--identity-public-key applies to participants only")
+    participant_only = {
+        "--request": request_path,
+        "--csr": csr_path,
+        "--identity-public-key": identity_public_key,
+        "--organisation": organisation,
+        "--operator-generates-keys": operator_generates_keys or None,
+    }
+    given = [option for option, value in participant_only.items() if value is not None]
+    if given and role != "participant":
+        raise click.UsageError(f"{given[0]} applies to participants only")
+    if request_path is not None and (csr_path or identity_public_key or operator_generates_keys):
+        raise click.UsageError("--request excludes --csr, --identity-public-key and --operator-generates-keys")
+    if csr_path is not None and operator_generates_keys:
+        raise click.UsageError("--csr excludes --operator-generates-keys")
     issued = pkilib.issue(
         directory,
         role,  # type: ignore[arg-type]
@@ -117,16 +160,65 @@ def issue_command(
         hosts=hosts or pkilib.DEFAULT_COORDINATOR_HOSTS,
         valid_days=days,
         force=force,
+        request=request_path,
+        csr=csr_path.read_bytes() if csr_path else None,
         identity_public_key=identity_public_key.read_bytes() if identity_public_key else None,
+        organisation=organisation,
+        operator_generates_keys=operator_generates_keys,
     )
-    click.echo(f"issued {role} certificate for {name!r} (expires {issued.not_after:%Y-%m-%d})")
-    click.echo(f"  certificate:  {issued.cert_path}")
-    click.echo(f"  private key:  {issued.key_path}")
+    paths = pkilib.FederationPaths(directory)
+    of = f" of organisation {issued.organisation!r}" if issued.organisation else ""
+    click.echo(f"issued {role} certificate for {name!r}{of} (expires {issued.not_after:%Y-%m-%d})")
+    if issued.request_fingerprint is not None:
+        click.echo(f"  request sha256: {issued.request_fingerprint}  (must match the one {name}'s enrol printed)")
+    click.echo(f"  certificate:    {issued.cert_path}")
+    click.echo(f"  sha256:         {issued.fingerprint}")
+    if issued.key_path is not None:
+        click.echo(f"  private key:    {issued.key_path}")
     if issued.identity_key_path is not None:
-        click.echo(f"  identity key: {issued.identity_key_path}")
-    click.echo(f"  sha256:       {issued.fingerprint}")
-    if role == "participant":
-        click.echo(f"  roster updated: {pkilib.FederationPaths(directory).roster}")
+        click.echo(f"  identity key:   {issued.identity_key_path}")
+    if issued.roster is not None:
+        click.echo(f"  roster:         v{issued.roster.version}, sha256 {issued.roster.fingerprint()}")
+    if role != "participant":
+        return
+    public = (
+        f"{paths.ca_cert.relative_to(paths.root)}, {issued.cert_path.relative_to(paths.root)}, "
+        f"{paths.roster.name}, {paths.roster_signature.name}"
+    )
+    if issued.key_path is not None:
+        click.echo(
+            f"warning: --operator-generates-keys: this directory holds {name}'s private keys, so whoever reads "
+            f"them can act as {name}; send {issued.key_path.parent.relative_to(paths.root)}/ (keys included) over "
+            f"a confidential channel with {public}, then delete the keys here"
+        )
+        return
+    click.echo(f"send to {name} (public files, nothing secret): {public}")
+    click.echo(
+        f"  `fedmask pki export {name} --dir {paths.root} --out DIR` copies exactly these; "
+        "every member needs the new roster.json and roster.sig"
+    )
+
+
+@pki.command("export")
+@click.argument("name")
+@_dir_option
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to copy them (laid out as a federation directory; may be the participant's own).",
+)
+@_pki_errors
+def export_command(name: str, directory: Path, out_dir: Path) -> None:
+    """Copy the public files participant NAME needs: its certificate, the CA certificate, the roster.
+
+    Nothing secret is copied; run it again after the roster changes to hand out the new one.
+    """
+    files = pkilib.export_participant(directory, name, out_dir)
+    click.echo(f"public files for {name!r} in {out_dir}:")
+    for path in files:
+        click.echo(f"  {path}")
 
 
 @pki.command("token")
@@ -162,11 +254,12 @@ def revoke_command(name: str, directory: Path) -> None:
 @_dir_option
 @_pki_errors
 def show_command(directory: Path) -> None:
-    """Verify the roster and list the CA, coordinators and participants with expiry."""
+    """Verify the roster; list the CA, coordinators, participants with organisation and expiry."""
     paths = pkilib.FederationPaths(directory)
     ca_cert = pkilib.load_ca_certificate(paths)
     roster = pkilib.load_roster(paths.roster, ca_cert)
     click.echo(f"federation {roster.federation!r} in {paths.root.resolve()} (roster v{roster.version}, signature OK)")
+    click.echo(f"roster sha256 {roster.fingerprint()}")
     click.echo(
         f"CA: sha256 {pkilib.certificate_fingerprint(ca_cert)}  "
         f"expires {ca_cert.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca_cert.not_valid_after_utc)})"
@@ -181,11 +274,13 @@ def show_command(directory: Path) -> None:
             f"  {cert_path.stem:<20} expires {cert.not_valid_after_utc:%Y-%m-%d} "
             f"({_days_left(cert.not_valid_after_utc)})  hosts {', '.join(hosts)}"
         )
-    click.echo(f"participants: {len(roster.entries)}")
+    organisations = roster.organisations()
+    click.echo(f"participants: {len(roster.entries)} from {len(set(organisations.values()))} organisation(s)")
     for name in roster.names:
         entry = roster.entries[name]
         not_after = dt.datetime.strptime(entry.tls_not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
         click.echo(
-            f"  {name:<20} expires {not_after:%Y-%m-%d} ({_days_left(not_after)})  "
+            f"  {name:<20} organisation {entry.organisation:<16} expires {not_after:%Y-%m-%d} "
+            f"({_days_left(not_after)})  "
             f"cert {entry.tls_cert_sha256[:16]}…  ed25519 {entry.identity_public_key.hex()[:16]}…"
         )

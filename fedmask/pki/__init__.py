@@ -1,8 +1,15 @@
 """Federation PKI: the CA, TLS certificates, the signed roster of identity keys, enrolment tokens.
 
-Modules: ``layout`` (the directory, file writes, names), ``roster``, ``issuance`` (CA, certificates,
-identity keys), ``peers`` (identity from a verified certificate), ``tokens``, ``loaders`` (what the
-gRPC layer loads). This package re-exports their public API.
+Modules: ``layout`` (the directory, file writes, names), ``roster``, ``enrolment`` (a participant's
+own keys and its request; the public files handed back), ``issuance`` (CA, certificates),
+``peers`` (identity from a verified certificate), ``tokens``, ``loaders`` (what the gRPC layer
+loads). This package re-exports their public API.
+
+Who makes which key: the operator (``init_federation``, ``issue``) makes the CA key and the
+coordinator's TLS key. A participant makes its own TLS key and Ed25519 identity key with
+``enrol`` in its own federation directory; the operator issues its certificate from the request
+(``issue(..., request=...)``) without ever seeing a private key, and sends back the public files
+(``export_participant``). ``issue(..., operator_generates_keys=True)`` is for demos and tests.
 
 Everything here is generated at run time into a *federation directory* (default ``./federation``)
 and must never be committed. Layout::
@@ -15,12 +22,14 @@ and must never be committed. Layout::
       ca/ca.pem                             CA certificate: the trust anchor everyone gets.
       coordinator/NAME.key            0600  coordinator TLS key (ECDSA P-256)
       coordinator/NAME.pem                  coordinator TLS certificate (serverAuth, DNS/IP SANs)
-      participants/NAME/tls.key       0600  participant TLS key (ECDSA P-256)
+      participants/NAME/tls.key       0600  participant TLS key (ECDSA P-256); made by ``enrol``
+                                            on the participant's machine
       participants/NAME/tls.pem             participant TLS certificate (clientAuth)
-      participants/NAME/identity.key  0600  Ed25519 identity key (absent when the participant
-                                            supplied its own public key)
+      participants/NAME/identity.key  0600  Ed25519 identity key; made by ``enrol``
+      participants/NAME/request.json        the enrolment request (public)
       roster.json                           canonical JSON: name -> Ed25519 public key, TLS cert
-                                            fingerprint, expiry; plus federation name and version
+                                            fingerprint, expiry, organisation; plus federation
+                                            name and version
       roster.sig                            base64 CA signature over roster.json
       tokens.json                     0600  enrolment-token hashes (never the tokens)
       .lock                                 serialises concurrent ``issue``/``token`` runs
@@ -38,6 +47,14 @@ Private key files are written 0600 through a temporary file and ``os.replace``, 
 sees a partial key and a key never exists with wider permissions. No function here logs a secret.
 """
 
+from fedmask.pki.enrolment import (
+    ENROLMENT_REQUEST_FORMAT,
+    EnrolmentRequest,
+    enrol,
+    export_participant,
+    load_enrolment_request,
+    verify_csr,
+)
 from fedmask.pki.issuance import IssuedCertificate, init_federation, issue, remove_participant
 from fedmask.pki.layout import (
     DEFAULT_CA_DAYS,
@@ -65,8 +82,10 @@ __all__ = [
     "DEFAULT_COORDINATOR_HOSTS",
     "DEFAULT_LEAF_DAYS",
     "DEFAULT_TOKEN_DAYS",
+    "ENROLMENT_REQUEST_FORMAT",
     "NAME_PATTERN",
     "ROLES",
+    "EnrolmentRequest",
     "FederationPaths",
     "IssuedCertificate",
     "PeerIdentityError",
@@ -77,6 +96,8 @@ __all__ = [
     "RosterError",
     "TlsMaterial",
     "certificate_fingerprint",
+    "enrol",
+    "export_participant",
     "identity_from_peer_cert",
     "identity_uri",
     "init_federation",
@@ -84,10 +105,12 @@ __all__ = [
     "issue",
     "issue_token",
     "load_ca_certificate",
+    "load_enrolment_request",
     "load_identity_key",
     "load_roster",
     "load_tls_material",
     "remove_participant",
+    "verify_csr",
     "verify_token",
     "warn_insecure",
 ]

@@ -46,10 +46,18 @@ def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role:
     role = _check_role(role)
     _check_name(name)
     paths = _paths(directory)
-    _require_ca(paths)
     cert_path = paths.tls_cert(role, name)
+    if role == "participant" and paths.tls_key(role, name).is_file():
+        # Enrolled here; what is missing is what the operator sends back.
+        if not (paths.ca_cert.is_file() and cert_path.is_file()):
+            raise PkiError(
+                f"{name!r} is enrolled in {paths.root} but its certificate is not there yet: copy in the files the "
+                f"operator sends back (ca/ca.pem, participants/{name}/tls.pem, roster.json, roster.sig)"
+            )
+    _require_ca(paths)
     if not cert_path.is_file():
-        raise PkiError(f"no {role} certificate for {name!r} in {paths.root}: run `fedmask pki issue {role} {name}`")
+        how = f"fedmask pki issue {role} {name}" if role == "coordinator" else "fedmask participant enrol"
+        raise PkiError(f"no {role} certificate for {name!r} in {paths.root}: run `{how}` first")
     # Leaves are issued directly by the root, so the chain is the leaf alone.
     return TlsMaterial(paths.ca_cert.read_bytes(), cert_path.read_bytes(), _read_private_key(paths.tls_key(role, name)))
 

@@ -1,9 +1,11 @@
-"""The CA-signed roster: each member's Ed25519 identity key and certificate fingerprint."""
+"""The CA-signed roster: each member's Ed25519 identity key, certificate fingerprint and organisation."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fedmask.pki.layout import (
     _ROSTER_FORMAT,
+    _ROSTER_FORMAT_V1,
     _ROSTER_SIGNATURE_CONTEXT,
     NAME_PATTERN,
     FederationPaths,
@@ -33,12 +36,18 @@ from fedmask.pki.layout import (
 
 @dataclass(frozen=True)
 class RosterEntry:
-    """One enrolled participant: its Ed25519 identity public key and current TLS certificate."""
+    """One enrolled participant: its Ed25519 identity public key, current TLS certificate and
+    organisation (the participant's own name when none was recorded, as in version 1 rosters)."""
 
     name: str
     identity_public_key: bytes  # raw 32-byte Ed25519 public key
     tls_cert_sha256: str  # hex SHA-256 of the DER certificate
     tls_not_after: str  # ISO 8601, UTC
+    organisation: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.organisation:
+            object.__setattr__(self, "organisation", self.name)
 
     def identity_key(self) -> ed25519.Ed25519PublicKey:
         return ed25519.Ed25519PublicKey.from_public_bytes(self.identity_public_key)
@@ -46,11 +55,15 @@ class RosterEntry:
 
 @dataclass(frozen=True)
 class Roster:
-    """The CA-signed list of enrolled participants. Immutable; obtain it from ``load_roster``."""
+    """The CA-signed list of enrolled participants. Immutable; obtain it from ``load_roster``.
+
+    ``document_format`` is the format it was read in; the CA always writes the current one.
+    """
 
     federation: str
     version: int
     entries: Mapping[str, RosterEntry] = field(default_factory=lambda: MappingProxyType({}))
+    document_format: str = _ROSTER_FORMAT
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -62,7 +75,21 @@ class Roster:
 
     @property
     def fingerprints(self) -> Mapping[str, str]:
+        """Each member's TLS certificate fingerprint (for the roster's own, see ``fingerprint``)."""
         return MappingProxyType({n: e.tls_cert_sha256 for n, e in self.entries.items()})
+
+    def organisations(self) -> Mapping[str, str]:
+        """Member name -> organisation."""
+        return MappingProxyType({n: e.organisation for n, e in self.entries.items()})
+
+    def canonical_bytes(self) -> bytes:
+        """The exact bytes the CA signs (and ``load_roster`` read) for this roster."""
+        return _canonical_json(_roster_document(self))
+
+    def fingerprint(self) -> str:
+        """Lower-case hex SHA-256 of the canonical roster bytes: any change to the roster,
+        a member added by whoever holds the CA key included, changes it."""
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries
@@ -76,18 +103,23 @@ class Roster:
 
 
 def _roster_document(roster: Roster) -> dict[str, object]:
+    if roster.document_format not in (_ROSTER_FORMAT, _ROSTER_FORMAT_V1):
+        raise RosterError(f"unknown roster format {roster.document_format!r}")
+    participants: dict[str, dict[str, str]] = {}
+    for entry in roster.entries.values():
+        fields = {
+            "identity_key_ed25519": base64.urlsafe_b64encode(entry.identity_public_key).decode("ascii"),
+            "tls_cert_sha256": entry.tls_cert_sha256,
+            "tls_not_after": entry.tls_not_after,
+        }
+        if roster.document_format != _ROSTER_FORMAT_V1:
+            fields["organisation"] = entry.organisation
+        participants[entry.name] = fields
     return {
-        "format": _ROSTER_FORMAT,
+        "format": roster.document_format,
         "federation": roster.federation,
         "version": roster.version,
-        "participants": {
-            entry.name: {
-                "identity_key_ed25519": base64.urlsafe_b64encode(entry.identity_public_key).decode("ascii"),
-                "tls_cert_sha256": entry.tls_cert_sha256,
-                "tls_not_after": entry.tls_not_after,
-            }
-            for entry in roster.entries.values()
-        },
+        "participants": participants,
     }
 
 
@@ -108,8 +140,12 @@ def _parse_roster(data: bytes) -> Roster:
         document = json.loads(data.decode("ascii"), object_pairs_hook=_reject_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RosterError(f"roster is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != _ROSTER_FORMAT:
-        raise RosterError(f"roster format is not {_ROSTER_FORMAT}")
+    if not isinstance(document, dict) or document.get("format") not in (_ROSTER_FORMAT, _ROSTER_FORMAT_V1):
+        raise RosterError(f"roster format is not {_ROSTER_FORMAT} (or {_ROSTER_FORMAT_V1})")
+    document_format = document["format"]
+    entry_fields = {"identity_key_ed25519", "tls_cert_sha256", "tls_not_after"}
+    if document_format == _ROSTER_FORMAT:
+        entry_fields.add("organisation")
     if set(document) != {"format", "federation", "version", "participants"}:
         raise RosterError("roster has unexpected or missing fields")
     version = document["version"]
@@ -123,11 +159,7 @@ def _parse_roster(data: bytes) -> Roster:
     for name, fields in participants.items():
         if NAME_PATTERN.fullmatch(name) is None:
             raise RosterError(f"roster entry has an invalid name {name!r}")
-        if not isinstance(fields, dict) or set(fields) != {
-            "identity_key_ed25519",
-            "tls_cert_sha256",
-            "tls_not_after",
-        }:
+        if not isinstance(fields, dict) or set(fields) != entry_fields:
             raise RosterError(f"roster entry {name!r} has unexpected or missing fields")
         try:
             public_key = base64.urlsafe_b64decode(fields["identity_key_ed25519"])
@@ -139,15 +171,19 @@ def _parse_roster(data: bytes) -> Roster:
             raise RosterError(f"roster entry {name!r} has an invalid certificate fingerprint")
         if not isinstance(fields["tls_not_after"], str):
             raise RosterError(f"roster entry {name!r} has an invalid expiry")
-        entries[name] = RosterEntry(name, public_key, fingerprint, fields["tls_not_after"])
-    roster = Roster(federation, version, MappingProxyType(entries))
-    if _canonical_json(_roster_document(roster)) != data:
+        organisation = fields.get("organisation", name)
+        if not isinstance(organisation, str) or NAME_PATTERN.fullmatch(organisation) is None:
+            raise RosterError(f"roster entry {name!r} has an invalid organisation")
+        entries[name] = RosterEntry(name, public_key, fingerprint, fields["tls_not_after"], organisation)
+    roster = Roster(federation, version, MappingProxyType(entries), document_format)
+    if roster.canonical_bytes() != data:
         raise RosterError("roster is not in canonical form")
     return roster
 
 
 def _write_roster(paths: FederationPaths, roster: Roster, ca_key: ec.EllipticCurvePrivateKey) -> None:
-    data = _canonical_json(_roster_document(roster))
+    # The CA writes the current format only: a version 1 roster is upgraded by its next change.
+    data = dataclasses.replace(roster, document_format=_ROSTER_FORMAT).canonical_bytes()
     signature = ca_key.sign(_ROSTER_SIGNATURE_CONTEXT + data, ec.ECDSA(hashes.SHA256()))
     # Signature first: a crash in between leaves a roster that fails verification loudly rather
     # than an old signature that happens to match.

@@ -68,7 +68,10 @@ def issue_token(
     with _locked(paths):
         roster = load_roster(paths.roster, load_ca_certificate(paths))
         if name not in roster:
-            raise PkiError(f"participant {name!r} is not enrolled: run `fedmask pki issue participant {name}` first")
+            raise PkiError(
+                f"participant {name!r} is not enrolled: issue its certificate first "
+                f"(`fedmask pki issue participant {name} --request FILE`)"
+            )
         token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
         expires = (now or _utcnow()) + dt.timedelta(days=valid_days)
         store = _load_tokens(paths)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import stat
@@ -15,6 +18,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -43,11 +47,19 @@ class Federation:
         return pki.load_roster(self.paths.roster, self.ca_cert)
 
 
+def _enrol_and_issue(
+    directory: Path | pki.FederationPaths, name: str, *, organisation: str | None = None, force: bool = False
+) -> pki.IssuedCertificate:
+    """The default path, all in one directory: ``name`` makes its keys, the CA issues from its request."""
+    request = pki.enrol(directory, name, organisation=organisation or name, force=force)
+    return pki.issue(directory, "participant", name, request=request, valid_days=10, force=force)
+
+
 def _make_federation(directory: Path, federation_name: str) -> Federation:
     paths = pki.init_federation(directory, federation_name=federation_name, valid_days=30)
     pki.issue(directory, "coordinator", "main", valid_days=10)
-    pki.issue(directory, "participant", "hospital-a", valid_days=10)
-    pki.issue(directory, "participant", "bank", valid_days=10)
+    _enrol_and_issue(directory, "hospital-a", organisation="st-marys")
+    _enrol_and_issue(directory, "bank", organisation="acme-bank")
     return Federation(paths, pki.load_ca_certificate(paths))
 
 
@@ -293,9 +305,10 @@ def test_identity_rejects_expired_and_garbage_certs(federation: Federation) -> N
 
 def test_identity_with_roster_rejects_superseded_and_unenrolled_certs(fresh: Federation) -> None:
     old = fresh.material("participant", "bank").cert_chain
+    request = pki.enrol(fresh.paths, "bank", organisation="acme-bank", force=True)
     with pytest.raises(pki.PkiError, match="already exists"):
-        pki.issue(fresh.paths, "participant", "bank", valid_days=10)
-    pki.issue(fresh.paths, "participant", "bank", force=True, valid_days=10)
+        pki.issue(fresh.paths, "participant", "bank", request=request, valid_days=10)
+    pki.issue(fresh.paths, "participant", "bank", request=request, force=True, valid_days=10)
     roster = fresh.roster()
     assert pki.identity_from_peer_cert(old, fresh.ca_cert) == "bank"  # still chains...
     with pytest.raises(pki.PeerIdentityError, match="not the one in the roster"):
@@ -410,8 +423,18 @@ def test_participant_may_bring_its_own_identity_key(fresh: Federation) -> None:
     public_pem = own.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    issued = pki.issue(fresh.paths, "participant", "clinic", identity_public_key=public_pem, valid_days=10)
+    with pytest.raises(pki.PkiError, match="needs an enrolment request"):
+        pki.issue(fresh.paths, "participant", "clinic", identity_public_key=public_pem, valid_days=10)
+    issued = pki.issue(
+        fresh.paths,
+        "participant",
+        "clinic",
+        identity_public_key=public_pem,
+        operator_generates_keys=True,
+        valid_days=10,
+    )
     assert issued.identity_key_path is None and not fresh.paths.identity_key("clinic").exists()
+    assert issued.key_path == fresh.paths.tls_key("participant", "clinic")  # the TLS key was made here
     fresh.roster().identity_key("clinic").verify(own.sign(b"m"), b"m")
     with pytest.raises(pki.PkiError, match="Ed25519"):
         pki.issue(
@@ -421,8 +444,497 @@ def test_participant_may_bring_its_own_identity_key(fresh: Federation) -> None:
             identity_public_key=ec.generate_private_key(ec.SECP256R1())
             .public_key()
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+            operator_generates_keys=True,
             valid_days=10,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Enrolment: the participant makes its keys, the operator issues from its request
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """An operator's directory (CA, coordinator) and a participant's own, separate directory."""
+
+    operator: pki.FederationPaths
+    participant: pki.FederationPaths
+    request_path: Path
+
+
+def _enrolled(tmp_path: Path, name: str = "hospital-a", organisation: str = "st-marys") -> Enrolled:
+    operator = pki.init_federation(tmp_path / "operator", federation_name="clinics", valid_days=30)
+    pki.issue(operator, "coordinator", "main", valid_days=10)
+    participant = pki.FederationPaths(tmp_path / name)
+    request_path = pki.enrol(participant, name, organisation=organisation)
+    return Enrolled(operator, participant, request_path)
+
+
+def _identity_private_key(paths: pki.FederationPaths, name: str) -> ed25519.Ed25519PrivateKey:
+    return pki.load_identity_key(paths, name)
+
+
+def _signed_request(request: pki.EnrolmentRequest, identity: ed25519.Ed25519PrivateKey, **changes: Any) -> bytes:
+    """``request`` with ``changes``, its identity proof made again with ``identity``: what a
+    sender holding ``identity`` could write, so that only the check under test can refuse it."""
+    changed = dataclasses.replace(request, **changes)
+    return dataclasses.replace(changed, identity_proof=identity.sign(changed._signed_bytes())).to_json()
+
+
+def _public_der(key: object) -> bytes:
+    """SubjectPublicKeyInfo DER of an EC public key, or of an EC private key's public half."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        key = key.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_enrol_writes_private_keys_0600_and_a_request_without_secrets(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        enrolled = _enrolled(tmp_path)
+    finally:
+        os.umask(previous)
+    paths = enrolled.participant
+    assert enrolled.request_path == paths.enrolment_request("hospital-a")
+    for key_path in (paths.tls_key("participant", "hospital-a"), paths.identity_key("hospital-a")):
+        assert stat.S_IMODE(key_path.stat().st_mode) == 0o600, key_path
+    assert stat.S_IMODE(enrolled.request_path.stat().st_mode) == 0o644
+    assert (paths.root / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert not [p for p in paths.root.rglob("*.tmp")]
+
+    text = enrolled.request_path.read_text()
+    document = json.loads(text)
+    assert set(document) == {"format", "name", "organisation", "csr", "identity_key_ed25519", "identity_proof_ed25519"}
+    assert document["format"] == pki.ENROLMENT_REQUEST_FORMAT == "fedmask-enrolment-request/1"
+    assert (document["name"], document["organisation"]) == ("hospital-a", "st-marys")
+    assert "PRIVATE" not in text
+    for key_path in (paths.tls_key("participant", "hospital-a"), paths.identity_key("hospital-a")):
+        body = "".join(key_path.read_text().splitlines()[1:-1])
+        assert body[-24:] not in text
+    request = pki.load_enrolment_request(enrolled.request_path)
+    # The CSR follows the certificate's naming scheme and holds the participant's own key.
+    csr = x509.load_pem_x509_csr(request.csr_pem)
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hospital-a"
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier("urn:fedmask:participant:hospital-a")]
+    tls_key = serialization.load_pem_private_key(paths.tls_key("participant", "hospital-a").read_bytes(), None)
+    assert isinstance(tls_key, ec.EllipticCurvePrivateKey) and tls_key.curve.name == "secp256r1"
+    assert _public_der(csr.public_key()) == _public_der(tls_key)
+    identity = _identity_private_key(paths, "hospital-a")
+    assert request.identity_public_key == identity.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def test_enrol_refuses_existing_keys_unless_forced(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    key_path = enrolled.participant.tls_key("participant", "hospital-a")
+    old_key = key_path.read_bytes()
+    with pytest.raises(pki.PkiError, match="already has keys.*--force"):
+        pki.enrol(enrolled.participant, "hospital-a", organisation="st-marys")
+    assert key_path.read_bytes() == old_key
+    out = tmp_path / "outbox" / "request.json"
+    assert pki.enrol(enrolled.participant, "hospital-a", organisation="st-marys", out=out, force=True) == out
+    assert key_path.read_bytes() != old_key and out.is_file()
+    for organisation in ("St Marys", "", "a" * 64, "x\n"):
+        with pytest.raises(pki.PkiError, match="invalid organisation"):
+            pki.enrol(tmp_path / "other", "clinic", organisation=organisation)
+    with pytest.raises(pki.PkiError, match="invalid name"):
+        pki.enrol(tmp_path / "other", "Clinic", organisation="clinic")
+
+
+def test_issue_from_request_and_hand_back_public_files(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    operator, participant = enrolled.operator, enrolled.participant
+    issued = pki.issue(operator, "participant", "hospital-a", request=enrolled.request_path, valid_days=10)
+    assert issued.key_path is None and issued.identity_key_path is None
+    assert issued.organisation == "st-marys"
+    assert issued.request_fingerprint == pki.load_enrolment_request(enrolled.request_path).fingerprint()
+    # The certificate is for the enrolling participant's own key...
+    cert = x509.load_pem_x509_certificate(issued.cert_path.read_bytes())
+    participant_key = serialization.load_pem_private_key(
+        participant.tls_key("participant", "hospital-a").read_bytes(), None
+    )
+    assert _public_der(cert.public_key()) == _public_der(participant_key)
+    # ...and no private key of the participant was ever in the operator's directory.
+    assert sorted(p.relative_to(operator.root).as_posix() for p in operator.root.rglob("*.key")) == [
+        "ca/ca.key",
+        "coordinator/main.key",
+    ]
+    roster = pki.load_roster(operator.roster, pki.load_ca_certificate(operator))
+    assert roster.organisations() == {"hospital-a": "st-marys"}
+    assert issued.roster == roster and roster.document_format == "fedmask-roster/2"
+
+    files = pki.export_participant(operator, "hospital-a", participant.root)
+    assert sorted(p.relative_to(participant.root).as_posix() for p in files) == [
+        "ca/ca.pem",
+        "participants/hospital-a/tls.pem",
+        "roster.json",
+        "roster.sig",
+    ]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files)
+    # The participant's directory now holds everything it needs; its keys are untouched.
+    enrolled_roster = pki.load_roster(participant.roster, pki.load_ca_certificate(participant))
+    assert enrolled_roster.fingerprint() == roster.fingerprint()
+    signature = _identity_private_key(participant, "hospital-a").sign(b"round")
+    enrolled_roster.identity_key("hospital-a").verify(signature, b"round")
+    ca_cert = pki.load_ca_certificate(operator)
+    as_participant = Federation(participant, ca_cert)
+    result = _handshake(_server_context(Federation(operator, ca_cert)), _client_context(as_participant, as_participant))
+    assert result.server_error is None and result.client_error is None and result.peer_der is not None
+    assert pki.identity_from_peer_cert(result.peer_der, ca_cert, roster=roster) == "hospital-a"
+    material = pki.load_tls_material(participant, "participant", "hospital-a")
+    assert material.cert_chain == issued.cert_path.read_bytes()
+
+    with pytest.raises(pki.PkiError, match="federation directory itself"):
+        pki.export_participant(operator, "hospital-a", operator.root)
+    with pytest.raises(pki.PkiError, match="not in the roster"):
+        pki.export_participant(operator, "bank", tmp_path / "bank")
+
+
+def test_a_participant_waiting_for_its_certificate_is_told_what_is_missing(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    with pytest.raises(pki.PkiError, match="operator sends back"):
+        pki.load_tls_material(enrolled.participant, "participant", "hospital-a")
+
+
+def test_request_given_as_bytes_or_parts(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    request = pki.load_enrolment_request(enrolled.request_path)
+    pki.issue(enrolled.operator, "participant", "hospital-a", request=enrolled.request_path.read_bytes(), valid_days=10)
+    # A CSR from another tool, with the identity key and organisation given separately.
+    identity_pem = request.identity_public_key
+    issued = pki.issue(
+        enrolled.operator,
+        "participant",
+        "hospital-a",
+        csr=request.csr_pem,
+        identity_public_key=identity_pem,
+        organisation="st-marys",
+        force=True,
+        valid_days=10,
+    )
+    assert issued.key_path is None and issued.organisation == "st-marys"
+    with pytest.raises(pki.PkiError, match="identity public key and its organisation"):
+        pki.issue(enrolled.operator, "participant", "hospital-a", csr=request.csr_pem, force=True)
+    with pytest.raises(pki.PkiError, match="not both"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            request=enrolled.request_path,
+            csr=request.csr_pem,
+            force=True,
+        )
+    with pytest.raises(pki.PkiError, match="participants only"):
+        pki.issue(enrolled.operator, "coordinator", "edge", request=enrolled.request_path)
+    with pytest.raises(pki.PkiError, match="made its keys itself"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            request=enrolled.request_path,
+            operator_generates_keys=True,
+            force=True,
+        )
+
+
+def test_a_request_or_csr_for_another_name_is_refused(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path, "mallory", "mallory-inc")
+    mallory = pki.load_enrolment_request(enrolled.request_path)
+    identity = _identity_private_key(enrolled.participant, "mallory")
+    operator = enrolled.operator
+    with pytest.raises(pki.PkiError, match="request is for 'mallory', not 'bank'"):
+        pki.issue(operator, "participant", "bank", request=enrolled.request_path)
+    # Renamed in the request, re-signed by its sender: the CSR still names mallory.
+    with pytest.raises(pki.PkiError, match="names 'mallory', not 'bank'"):
+        pki.issue(operator, "participant", "bank", request=_signed_request(mallory, identity, name="bank"))
+    with pytest.raises(pki.PkiError, match="names 'mallory', not 'bank'"):
+        pki.issue(
+            operator,
+            "participant",
+            "bank",
+            csr=mallory.csr_pem,
+            identity_public_key=mallory.identity_public_key,
+            organisation="acme-bank",
+        )
+    # A CSR that names mallory but also asks for bank's identity URI.
+    tls_key = serialization.load_pem_private_key(
+        enrolled.participant.tls_key("participant", "mallory").read_bytes(), None
+    )
+    assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+    greedy = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier("urn:fedmask:participant:mallory"),
+                    x509.UniformResourceIdentifier("urn:fedmask:participant:bank"),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(tls_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with pytest.raises(pki.PkiError, match="asks for other names"):
+        pki.issue(operator, "participant", "mallory", request=_signed_request(mallory, identity, csr_pem=greedy))
+    roster = pki.load_roster(operator.roster, pki.load_ca_certificate(operator))
+    assert roster.names == () and roster.version == 1
+    assert not operator.tls_cert("participant", "bank").exists()
+
+
+def test_a_tampered_csr_is_refused(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    request = pki.load_enrolment_request(enrolled.request_path)
+    identity = _identity_private_key(enrolled.participant, "hospital-a")
+    der = x509.load_pem_x509_csr(request.csr_pem).public_bytes(serialization.Encoding.DER)
+    # The name changed after the participant signed the CSR: its signature no longer verifies.
+    renamed = der.replace(b"hospital-a", b"hospital-b")
+    assert renamed != der
+    with pytest.raises(pki.PkiError, match="signature does not verify"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-b",
+            csr=renamed,
+            identity_public_key=request.identity_public_key,
+            organisation="st-marys",
+        )
+    # Another public key put into the CSR (the operator's or an attacker's): same refusal.
+    original_point = _public_der(x509.load_der_x509_csr(der).public_key())[-65:]
+    other_point = _public_der(ec.generate_private_key(ec.SECP256R1()))[-65:]
+    swapped = der.replace(original_point, other_point)
+    assert swapped != der
+    with pytest.raises(pki.PkiError, match="signature does not verify"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            request=_signed_request(request, identity, csr_pem=_pem_csr(swapped)),
+        )
+    # A CSR edited inside the request without re-signing the proof: refused as well.
+    tampered = json.loads(enrolled.request_path.read_text())
+    tampered["csr"] = _pem_csr(renamed).decode()
+    with pytest.raises(pki.PkiError, match="does not verify"):
+        pki.issue(enrolled.operator, "participant", "hospital-a", request=json.dumps(tampered).encode())
+    with pytest.raises(pki.PkiError, match="not a valid certificate signing request"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            request=_signed_request(
+                request,
+                identity,
+                csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            ),
+        )
+    assert not enrolled.operator.tls_cert("participant", "hospital-a").exists()
+
+
+def _pem_csr(der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE REQUEST-----\n"
+
+
+def _with_field(path: Path, **fields: object) -> bytes:
+    document = json.loads(path.read_text())
+    document.update(fields)
+    return json.dumps(document).encode()
+
+
+def test_a_request_with_a_bad_identity_key_is_refused(tmp_path: Path) -> None:
+    enrolled = _enrolled(tmp_path)
+    request = pki.load_enrolment_request(enrolled.request_path)
+    identity = _identity_private_key(enrolled.participant, "hospital-a")
+    someone_else = ed25519.Ed25519PrivateKey.generate()
+    their_raw = someone_else.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    bad_requests = {
+        # Someone else's key put in after the participant made its proof.
+        "swapped key": _with_field(
+            enrolled.request_path, identity_key_ed25519=base64.urlsafe_b64encode(their_raw).decode()
+        ),
+        # Claiming a key the sender does not hold: its proof can only be made with its own key.
+        "key the sender does not hold": _signed_request(request, identity, identity_public_key=their_raw),
+        "short key": _signed_request(request, identity, identity_public_key=their_raw[:31]),
+        "not base64": _with_field(enrolled.request_path, identity_key_ed25519="%%%"),
+        "not a string": _with_field(enrolled.request_path, identity_key_ed25519=7),
+        "no proof": _with_field(enrolled.request_path, identity_proof_ed25519=""),
+    }
+    for label, data in bad_requests.items():
+        with pytest.raises(pki.PkiError, match="identity|base64") as info:
+            pki.issue(enrolled.operator, "participant", "hospital-a", request=data)
+        assert "\n" not in str(info.value), label
+    with pytest.raises(pki.PkiError, match="must be Ed25519"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            csr=request.csr_pem,
+            identity_public_key=_public_der(ec.generate_private_key(ec.SECP256R1())),
+            organisation="st-marys",
+        )
+    assert not enrolled.operator.tls_cert("participant", "hospital-a").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(format="fedmask-enrolment-request/9"), "not an enrolment request"),
+        (lambda d: d.update(extra="x"), "unexpected or missing fields"),
+        (lambda d: d.pop("organisation"), "unexpected or missing fields"),
+        (lambda d: d.update(organisation="St Marys"), "invalid organisation"),
+        (lambda d: d.update(name=["hospital-a"]), "must be strings"),
+        (lambda d: d.update(csr="x" * 70_000), "too large"),
+    ],
+)
+def test_malformed_requests_are_refused(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    enrolled = _enrolled(tmp_path)
+    document = json.loads(enrolled.request_path.read_text())
+    change(document)
+    with pytest.raises(pki.PkiError, match=message):
+        pki.issue(enrolled.operator, "participant", "hospital-a", request=json.dumps(document).encode())
+    with pytest.raises(pki.PkiError, match="not valid JSON"):
+        pki.load_enrolment_request(b"\xff{")
+    with pytest.raises(pki.PkiError, match="cannot read"):
+        pki.load_enrolment_request(tmp_path / "missing.json")
+
+
+def test_issuing_a_participant_without_a_request_or_the_flag_is_refused(fresh: Federation) -> None:
+    before = fresh.paths.roster.read_bytes()
+    with pytest.raises(pki.PkiError) as info:
+        pki.issue(fresh.paths, "participant", "clinic", valid_days=10)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "needs an enrolment request" in message and "fedmask participant enrol" in message
+    assert "--operator-generates-keys" in message and "demos and tests only" in message
+    assert fresh.paths.roster.read_bytes() == before
+    assert not fresh.paths.tls_cert("participant", "clinic").parent.exists()
+    issued = pki.issue(fresh.paths, "participant", "clinic", valid_days=10, operator_generates_keys=True)
+    assert issued.key_path is not None and issued.identity_key_path is not None and issued.organisation == "clinic"
+    assert stat.S_IMODE(issued.key_path.stat().st_mode) == 0o600
+
+
+def test_a_request_replaces_keys_the_operator_made_and_keeps_matching_ones(fresh: Federation, tmp_path: Path) -> None:
+    pki.issue(fresh.paths, "participant", "clinic", valid_days=10, operator_generates_keys=True)
+    request = pki.enrol(tmp_path / "clinic", "clinic", organisation="clinic")
+    pki.issue(fresh.paths, "participant", "clinic", request=request, force=True, valid_days=10)
+    # The operator's copies of the old keys no longer match the roster: gone.
+    assert not fresh.paths.tls_key("participant", "clinic").exists()
+    assert not fresh.paths.identity_key("clinic").exists()
+    # Enrolled in the operator's own directory (one machine): the keys match and stay.
+    _enrol_and_issue(fresh.paths, "bank", organisation="acme-bank", force=True)
+    assert fresh.paths.tls_key("participant", "bank").exists() and fresh.paths.identity_key("bank").exists()
+    assert (
+        pki.identity_from_peer_cert(
+            fresh.material("participant", "bank").cert_chain, fresh.ca_cert, roster=fresh.roster()
+        )
+        == "bank"
+    )
+
+
+def test_one_identity_key_cannot_be_enrolled_under_two_names(fresh: Federation, tmp_path: Path) -> None:
+    bank = pki.load_enrolment_request(fresh.paths.enrolment_request("bank"))
+    request = pki.load_enrolment_request(pki.enrol(tmp_path / "bank-2", "bank-2", organisation="acme-bank"))
+    with pytest.raises(pki.PkiError, match="already enrolled as 'bank'"):
+        pki.issue(
+            fresh.paths,
+            "participant",
+            "bank-2",
+            csr=request.csr_pem,
+            identity_public_key=bank.identity_public_key,
+            organisation="acme-bank",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Organisations and the roster's fingerprint
+
+
+def test_roster_records_organisations_and_a_stable_fingerprint(fresh: Federation) -> None:
+    roster = fresh.roster()
+    assert roster.document_format == "fedmask-roster/2"
+    assert dict(roster.organisations()) == {"bank": "acme-bank", "hospital-a": "st-marys"}
+    assert roster.entries["bank"].organisation == "acme-bank"
+    data = fresh.paths.roster.read_bytes()
+    assert json.loads(data)["participants"]["bank"]["organisation"] == "acme-bank"
+    assert roster.fingerprint() == hashlib.sha256(data).hexdigest() == fresh.roster().fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{64}", roster.fingerprint())
+    with pytest.raises(TypeError):
+        roster.organisations()["bank"] = "other"  # type: ignore[index]
+    # Every change moves the fingerprint and the version: a new member, a re-issue, a removal.
+    history = [roster]
+    _enrol_and_issue(fresh.paths, "clinic", organisation="st-marys")
+    history.append(fresh.roster())
+    _enrol_and_issue(fresh.paths, "clinic", organisation="st-marys", force=True)
+    history.append(fresh.roster())
+    pki.remove_participant(fresh.paths, "clinic")
+    history.append(fresh.roster())
+    assert [r.version for r in history] == [roster.version + i for i in range(4)]
+    assert len({r.fingerprint() for r in history}) == 4
+
+
+def test_minting_a_sybil_changes_the_roster_fingerprint_and_version(fresh: Federation, tmp_path: Path) -> None:
+    """The review's attack: whoever holds the CA key adds `sybil-1`, with keys it holds. It can
+    sign any roster it likes, but not one with the same fingerprint: a participant that pinned
+    the fingerprint (and version) it was handed sees the change."""
+    handed_out = pki.export_participant(fresh.paths, "bank", tmp_path / "bank")
+    pinned = pki.load_roster(tmp_path / "bank", fresh.ca_cert)
+    issued = pki.issue(
+        fresh.paths, "participant", "sybil-1", operator_generates_keys=True, organisation="st-marys", valid_days=10
+    )
+    minted = fresh.roster()
+    assert issued.roster == minted and "sybil-1" in minted
+    assert minted.version == pinned.version + 1
+    assert minted.fingerprint() != pinned.fingerprint()
+    # The sybil claims an existing organisation: the roster says so, and names who vouches (the CA).
+    assert minted.organisations()["sybil-1"] == "st-marys"
+    # The participant's own copy is unchanged until the operator sends the new roster.
+    assert pki.load_roster(tmp_path / "bank", fresh.ca_cert).fingerprint() == pinned.fingerprint()
+    assert len(handed_out) == 4
+
+
+def test_a_version_1_roster_still_loads_and_is_upgraded_by_the_next_change(fresh: Federation) -> None:
+    current = fresh.roster()
+    document = json.loads(fresh.paths.roster.read_bytes())
+    document["format"] = "fedmask-roster/1"
+    for fields in document["participants"].values():
+        del fields["organisation"]
+    data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    signature = _ca_key(fresh).sign(b"fedmask roster signature v1\x00" + data, ec.ECDSA(hashes.SHA256()))
+    fresh.paths.roster.write_bytes(data)
+    fresh.paths.roster_signature.write_bytes(base64.b64encode(signature) + b"\n")
+
+    old = fresh.roster()
+    assert old.document_format == "fedmask-roster/1" and old.version == current.version
+    assert dict(old.organisations()) == {"bank": "bank", "hospital-a": "hospital-a"}
+    assert old.identity_keys == current.identity_keys and old.fingerprints == current.fingerprints
+    assert old.fingerprint() == hashlib.sha256(data).hexdigest() != current.fingerprint()
+    # A version 1 document with an organisation field is not version 1.
+    document["participants"]["bank"]["organisation"] = "acme-bank"
+    fresh.paths.roster.write_bytes(json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    with pytest.raises(pki.RosterError):
+        fresh.roster()
+    fresh.paths.roster.write_bytes(data)
+
+    _enrol_and_issue(fresh.paths, "clinic", organisation="st-marys")
+    upgraded = fresh.roster()
+    assert upgraded.document_format == "fedmask-roster/2" and upgraded.version == old.version + 1
+    assert dict(upgraded.organisations()) == {"bank": "bank", "clinic": "st-marys", "hospital-a": "hospital-a"}
+
+
+def test_an_invalid_organisation_in_a_signed_roster_is_refused(fresh: Federation) -> None:
+    document = json.loads(fresh.paths.roster.read_bytes())
+    document["participants"]["bank"]["organisation"] = "Acme Bank"
+    data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    signature = _ca_key(fresh).sign(b"fedmask roster signature v1\x00" + data, ec.ECDSA(hashes.SHA256()))
+    fresh.paths.roster.write_bytes(data)
+    fresh.paths.roster_signature.write_bytes(base64.b64encode(signature) + b"\n")
+    with pytest.raises(pki.RosterError, match="invalid organisation"):
+        fresh.roster()
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,9 +1062,12 @@ def test_cli_init_issue_token_show(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(pki_command, ["issue", "participant", "hospital-a", "--dir", directory, "--days", "30"])
+    result = runner.invoke(
+        pki_command,
+        ["issue", "participant", "hospital-a", "--dir", directory, "--days", "30", "--operator-generates-keys"],
+    )
     assert result.exit_code == 0, result.output
-    assert "identity.key" in result.output
+    assert "identity.key" in result.output and "can act as hospital-a" in result.output
 
     result = runner.invoke(pki_command, ["token", "hospital-a", "--dir", directory])
     assert result.exit_code == 0, result.output
@@ -563,6 +1078,9 @@ def test_cli_init_issue_token_show(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "signature OK" in result.output
     assert "hospital-a" in result.output and "coord.internal, 10.0.0.7" in result.output
+    roster = pki.load_roster(directory, pki.load_ca_certificate(directory))
+    assert f"roster sha256 {roster.fingerprint()}" in result.output
+    assert "organisation hospital-a" in result.output  # the flag's default: the name
     assert token not in result.output
 
     result = runner.invoke(pki_command, ["revoke", "hospital-a", "--dir", directory])
@@ -588,10 +1106,23 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "invalid name" in result.output
     result = runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory, "--host", "x"])
     assert result.exit_code == 2 and "coordinator certificates only" in result.output
-    assert runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory]).exit_code == 0
     result = runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory])
+    assert (
+        result.exit_code == 1 and "participant enrol" in result.output and "--operator-generates-keys" in result.output
+    )
+    assert len(result.output.strip().splitlines()) == 1
+    request = str(pki.enrol(tmp_path / "bank", "bank", organisation="acme-bank"))
+    issue_bank = ["issue", "participant", "bank", "--dir", directory, "--request", request]
+    assert runner.invoke(pki_command, issue_bank).exit_code == 0
+    result = runner.invoke(pki_command, issue_bank)
     assert result.exit_code == 1 and "--force" in result.output
-    assert runner.invoke(pki_command, ["issue", "participant", "bank", "--dir", directory, "--force"]).exit_code == 0
+    assert runner.invoke(pki_command, [*issue_bank, "--force"]).exit_code == 0
+    result = runner.invoke(pki_command, [*issue_bank, "--force", "--organisation", "other-bank"])
+    assert result.exit_code == 1 and "gives organisation 'acme-bank'" in result.output
+    result = runner.invoke(pki_command, [*issue_bank, "--operator-generates-keys"])
+    assert result.exit_code == 2 and "--request excludes" in result.output
+    result = runner.invoke(pki_command, ["issue", "coordinator", "main", "--dir", directory, "--request", request])
+    assert result.exit_code == 2 and "participants only" in result.output
     assert "Traceback" not in result.output
 
 
