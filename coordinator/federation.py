@@ -33,6 +33,7 @@ import numpy as np
 
 from fedmask import ddp
 from fedmask.adapter import payload as adapter_payload
+from fedmask.adapter.metrics import METRIC_COORDINATES, RoundMetrics, decode_metrics
 from fedmask.ddp.accounting import DistributedDPAccountant, NoiseRecord
 from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
@@ -71,7 +72,7 @@ class FederationConfig:
     scale: float | None = None
     modulus_bits: int = 32
     threshold: int | None = None
-    security_mode: str = SecurityMode.SEMI_HONEST.value
+    security_mode: str = SecurityMode.MALICIOUS.value
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     join_timeout_s: float = 900.0  # from a TRAIN task to the round start: local training fits in it
@@ -226,14 +227,13 @@ class TaskState:
 
 @dataclass
 class ParticipantReport:
+    """The record-level (epsilon, delta) a participant has spent: all it reports in the clear."""
+
     name: str
     round: int
     adapter_round: int
     epsilon: float
     delta: float
-    heldout_count: int
-    heldout_correct: int
-    metrics: dict[str, Any]
 
 
 class FederationService(fl_grpc.FederationServicer):
@@ -323,22 +323,7 @@ class FederationService(fl_grpc.FederationServicer):
         problem = _report_problem(request, self._config.rounds)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
-            metrics = json.loads(request.metrics_json) if request.metrics_json else {}
-        except json.JSONDecodeError:
-            metrics = None
-        if not isinstance(metrics, dict):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metrics_json must be a JSON object")
-        report = ParticipantReport(
-            name,
-            request.round,
-            request.adapter_round,
-            request.epsilon,
-            request.delta,
-            request.heldout_count,
-            request.heldout_correct,
-            metrics,
-        )
+        report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta)
         if self.task.action == fl.Task.FINISHED and request.adapter_round == self.task.adapter.round:
             self.final_reports[name] = report
         else:
@@ -354,10 +339,6 @@ def _report_problem(request, rounds: int) -> str | None:
         return "epsilon must be finite and non-negative"
     if not 0 <= request.delta < 1:
         return "delta must be in [0, 1)"
-    if request.heldout_correct > request.heldout_count:
-        return "heldout_correct exceeds heldout_count"
-    if len(request.metrics_json) > 64 * 1024:
-        return "metrics_json is over 64 KiB"
     return None
 
 
@@ -377,7 +358,9 @@ class RoundRecord:
     upload_bytes: dict[str, int]
     wall_s: float
     epsilon: dict[str, float]  # record-level, reported by each participant (cumulative)
-    accuracy_before: dict[str, float]  # the adapter this round started from, on each held-out split
+    # The adapter this round started from, on the survivors' held-out splits together: totals
+    # from inside the masked vector (fedmask.adapter.metrics); None under aggregate noise.
+    heldout_before: dict[str, Any] | None
     participant_epsilon: float | None = None  # against the coordinator, cumulative (aggregate noise)
     noise_record: dict | None = None
 
@@ -428,7 +411,9 @@ class Federation:
         self.noise_plan = config.noise_plan(vector.size)
         self.service.noise_plan = self.noise_plan
         self.accountant = self._replay_accountant()
-        params = config.protocol_params(dimension=self.noise_plan.padded_dimension if self.noise_plan else vector.size)
+        # Without aggregate noise the held-out metrics ride along as sums after the update.
+        dimension = self.noise_plan.padded_dimension if self.noise_plan else vector.size + METRIC_COORDINATES
+        params = config.protocol_params(dimension=dimension)
         limits = MessageLimits.for_round(params, len(config.participants))
         self.service.chunk_bytes = max(1024, min(CHUNK_BYTES, limits.send_bytes - 1024))
         self.server = CoordinatorServer(
@@ -547,12 +532,12 @@ class Federation:
             self.store.fail_round(round_number, reason)
             raise FederationError(f"round {round_number} failed; last: {reason}")
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
-        mean_update, noise_record = decoded
+        mean_update, noise_record, metrics = decoded
         survivors = list(outcome.survivors)
         if noise_record is not None:
             self.accountant.step(noise_record)
         new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
-        record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started)
+        record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started, metrics)
         record.noise_record = asdict(noise_record) if noise_record else None
         record.participant_epsilon = self.accountant.get_epsilon() if noise_record else None
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
@@ -572,19 +557,28 @@ class Federation:
 
     def _decode(
         self, outcome: RoundOutcome, round_id: bytes, encoding: EncodingParams
-    ) -> tuple[np.ndarray, NoiseRecord | None]:
-        """The survivors' mean update from the unmasked sum, refusing a sum that correctly
-        encoded updates cannot produce (``ImplausibleSum``, ``WrapAroundDetected``)."""
+    ) -> tuple[np.ndarray, NoiseRecord | None, RoundMetrics | None]:
+        """The survivors' mean update (and, without aggregate noise, the totals of their held-out
+        metrics) from the unmasked sum, refusing a sum that correctly encoded updates cannot
+        produce (``ImplausibleSum``, ``WrapAroundDetected``)."""
         survivors = len(outcome.survivors)
         if outcome.result is None:
             raise RuntimeError("a completed round without a sum")
         if self.noise_plan is None:
-            return decode_checked_sum(outcome.result, encoding, survivors) / survivors, None
+            update, totals = outcome.result[:-METRIC_COORDINATES], outcome.result[-METRIC_COORDINATES:]
+            metrics = decode_metrics(totals, encoding.modulus_bits, len(outcome.participants), survivors)
+            return decode_checked_sum(update, encoding, survivors) / survivors, None, metrics
         mean = ddp.decode_sum(outcome.result, self.noise_plan, rotation_seed(round_id), survivors)
-        return mean, self.noise_plan.noise_record(survivors)
+        return mean, self.noise_plan.noise_record(survivors), None
 
     def _record(
-        self, round_number: int, outcome: RoundOutcome, attempts: int, mean_update: np.ndarray, wall_s: float
+        self,
+        round_number: int,
+        outcome: RoundOutcome,
+        attempts: int,
+        mean_update: np.ndarray,
+        wall_s: float,
+        metrics: RoundMetrics | None,
     ) -> RoundRecord:
         reports = {name: r for (rnd, name), r in self.service.reports.items() if rnd == round_number}
         return RoundRecord(
@@ -602,9 +596,7 @@ class Federation:
             upload_bytes=dict(outcome.bytes_received),
             wall_s=round(wall_s, 3),
             epsilon={name: r.epsilon for name, r in sorted(reports.items())},
-            accuracy_before={
-                name: r.heldout_correct / r.heldout_count for name, r in sorted(reports.items()) if r.heldout_count
-            },
+            heldout_before=metrics.as_dict() if metrics is not None else None,
         )
 
     def _ledger_entry(self, record: RoundRecord, encoding: EncodingParams) -> dict:
@@ -621,7 +613,7 @@ class Federation:
             "participant_epsilon": record.participant_epsilon,
             "delta": max((r.delta for r in reports), default=None) or None,
             "metrics": {
-                "accuracy_before": record.accuracy_before,
+                "heldout_before": record.heldout_before,
                 "upload_bytes": record.upload_bytes,
                 "wall_s": record.wall_s,
                 "attempts": record.attempts,
@@ -644,13 +636,6 @@ class Federation:
                 await asyncio.wait_for(self.service.report_arrived.wait(), remaining)
             except TimeoutError:
                 continue
-
-    def final_accuracy(self) -> dict[str, float]:
-        return {
-            name: r.heldout_correct / r.heldout_count
-            for name, r in sorted(self.service.final_reports.items())
-            if r.heldout_count
-        }
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -1,42 +1,57 @@
 #!/usr/bin/env bash
 # fedmask-entrypoint: the container's role is its command.
 #
-#   pki                   create the federation CA and certificates (idempotent) in /var/lib/fedmask/pki
-#                         and copy each party's credentials into /var/lib/fedmask/export/NAME
-#                         (NAME = "coordinator" or a participant); then exit
+#   pki                   create the federation CA and the coordinator's certificate (idempotent) in
+#                         /var/lib/fedmask/pki, wait for every participant's enrolment request in
+#                         /var/lib/fedmask/enrolment/NAME/request.json, issue each certificate from
+#                         its request, and publish only public files (the participant's certificate,
+#                         the CA certificate, the signed roster) to /var/lib/fedmask/enrolment/NAME/issued;
+#                         copy the coordinator's credentials into /var/lib/fedmask/export/coordinator;
+#                         then exit. It never makes or sees a participant's private key.
 #   coordinator [ARGS]    wait for the credentials, run `fedmask coordinator run` (every round) and
 #                         write the report into /var/lib/fedmask/report
-#   participant NAME      wait for the credentials, generate demo records if none are there yet,
-#                         run `fedmask participant node` until the federation finishes
+#   participant NAME      make its own keys (`fedmask participant enrol`) in /var/lib/fedmask/credentials,
+#                         put its request in /var/lib/fedmask/enrolment, wait for the public files the
+#                         pki job publishes there, generate demo records if none are there yet, and run
+#                         `fedmask participant node` until the federation finishes
 #   anything else         `fedmask ARGS...` (e.g. `docker run fedmask pki show`)
 #
-# Volumes: /var/lib/fedmask/credentials (this party's certificate, key, the CA certificate and the
-# signed roster; read-only), /var/lib/fedmask/data (a participant's records and node state),
-# /var/lib/fedmask/state (the coordinator's store and checkpoints), /var/lib/fedmask/report.
+# Volumes: /var/lib/fedmask/credentials (the coordinator's credentials, read-only; a participant's
+# own keys plus the public files it was sent), /var/lib/fedmask/enrolment (a participant's request
+# and what the pki job sends back: public files only), /var/lib/fedmask/data (a participant's
+# records and node state), /var/lib/fedmask/state (the coordinator's store and checkpoints),
+# /var/lib/fedmask/report.
 set -euo pipefail
 
 HOME_DIR=/var/lib/fedmask
 CREDENTIALS=$HOME_DIR/credentials
+ENROLMENT=$HOME_DIR/enrolment
 READY_MARKER=.ready
 log() { echo "$(date +%H:%M:%S) entrypoint: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Only `pki` may start as root: it hands its export volumes (which the engine may create owned
+# Only `pki` may start as root: it hands the volumes it writes (which the engine may create owned
 # by root) to the fedmask user, then drops to that user for everything else.
 if [ "$(id -u)" = 0 ]; then
     [ "${1:-}" = pki ] || die "run as the fedmask user (only the pki role may start as root)"
-    chown fedmask:fedmask "$HOME_DIR/pki" "$HOME_DIR/export" "$HOME_DIR"/export/*/ 2>/dev/null || true
+    chown fedmask:fedmask "$HOME_DIR/pki" "$HOME_DIR/export" "$HOME_DIR"/export/*/ \
+        "$ENROLMENT" "$ENROLMENT"/*/ 2>/dev/null || true
     exec setpriv --reuid=fedmask --regid=fedmask --clear-groups -- "$0" "$@"
 fi
 
-wait_for_credentials() {
+# wait_for TEST... : until the test holds, up to FEDMASK_CREDENTIALS_WAIT_S seconds.
+wait_for() {
     local waited=0 limit=${FEDMASK_CREDENTIALS_WAIT_S:-600}
-    until [ -f "$CREDENTIALS/$READY_MARKER" ]; do
-        [ "$waited" -lt "$limit" ] || die "no credentials in $CREDENTIALS after ${limit} s (is the pki service running?)"
-        [ "$waited" -gt 0 ] || log "waiting for credentials in $CREDENTIALS"
+    until "$@"; do
+        [ "$waited" -lt "$limit" ] || die "still waiting after ${limit} s for: $*"
+        [ "$waited" -gt 0 ] || log "waiting for: $*"
         sleep 1
         waited=$((waited + 1))
     done
+}
+
+wait_for_credentials() {
+    wait_for test -f "$CREDENTIALS/$READY_MARKER"
 }
 
 # copy SRC DST MODE: atomically (a reader sees the old file or the new one, never half of one).
@@ -46,22 +61,31 @@ copy() {
     mv -f "$2.tmp" "$2"
 }
 
-export_credentials() {  # DIR ROLE NAME: the files NAME needs, laid out as a federation directory
-    local federation=$1 out=$2 role=$3 name=$4
+export_coordinator() {  # DIR OUT NAME: what the coordinator needs, laid out as a federation directory
+    local federation=$1 out=$2 name=$3
     copy "$federation/ca/ca.pem" "$out/ca/ca.pem" 0644
     copy "$federation/roster.json" "$out/roster.json" 0644
     copy "$federation/roster.sig" "$out/roster.sig" 0644
-    if [ "$role" = coordinator ]; then
-        copy "$federation/coordinator/$name.pem" "$out/coordinator/$name.pem" 0644
-        copy "$federation/coordinator/$name.key" "$out/coordinator/$name.key" 0600
-    else
-        copy "$federation/participants/$name/tls.pem" "$out/participants/$name/tls.pem" 0644
-        copy "$federation/participants/$name/tls.key" "$out/participants/$name/tls.key" 0600
-        if [ -f "$federation/participants/$name/identity.key" ]; then
-            copy "$federation/participants/$name/identity.key" "$out/participants/$name/identity.key" 0600
-        fi
-    fi
+    copy "$federation/coordinator/$name.pem" "$out/coordinator/$name.pem" 0644
+    copy "$federation/coordinator/$name.key" "$out/coordinator/$name.key" 0600
     touch "$out/$READY_MARKER"
+}
+
+# issue_from_request DIR NAME: NAME's certificate from the request in its enrolment volume, once per
+# request (a copy of the last one issued is kept in the pki volume). A demo job issues whatever
+# arrives; a real operator first compares the request's sha256 with the participant's.
+issue_from_request() {
+    local federation=$1 party=$2
+    local request=$ENROLMENT/$party/request.json issued_copy=$federation/requests/$party.json force=()
+    [ -d "$ENROLMENT/$party" ] || die "no enrolment volume for $party: mount one at $ENROLMENT/$party"
+    wait_for test -f "$request"
+    if [ -f "$federation/participants/$party/tls.pem" ] && cmp -s "$request" "$issued_copy"; then
+        log "$party: already issued from this request"
+        return
+    fi
+    [ ! -f "$federation/participants/$party/tls.pem" ] || force=(--force)  # it enrolled again: new keys
+    fedmask pki issue participant "$party" --dir "$federation" --request "$request" "${force[@]}"
+    copy "$request" "$issued_copy" 0644
 }
 
 role_pki() {
@@ -81,27 +105,30 @@ role_pki() {
     if [ ! -f "$federation/coordinator/$coordinator.pem" ]; then
         fedmask pki issue coordinator "$coordinator" --dir "$federation" "${host_args[@]}"
     fi
+    # What an earlier run published may be outdated by the end of this one: participants wait.
     for party in "${participants[@]}"; do
-        if [ ! -f "$federation/participants/$party/tls.pem" ]; then
-            fedmask pki issue participant "$party" --dir "$federation"
-        fi
+        rm -f "$ENROLMENT/$party/issued/$READY_MARKER"
+    done
+    for party in "${participants[@]}"; do
+        issue_from_request "$federation" "$party"
+    done
+    # Sent back once the roster lists everyone, so that every party holds the same roster.
+    for party in "${participants[@]}"; do
+        fedmask pki export "$party" --dir "$federation" --out "$ENROLMENT/$party/issued" > /dev/null
+        touch "$ENROLMENT/$party/issued/$READY_MARKER"
+        log "public files of $party in its enrolment volume"
     done
     local exported=0 target
     for target in "$HOME_DIR"/export/*/; do
         [ -d "$target" ] || continue
         target=${target%/}
-        party=$(basename "$target")
-        if [ "$party" = coordinator ]; then
-            export_credentials "$federation" "$target" coordinator "$coordinator"
-        elif [ -f "$federation/participants/$party/tls.pem" ]; then
-            export_credentials "$federation" "$target" participant "$party"
-        else
-            die "$target: $party is neither 'coordinator' nor in FEDMASK_PARTICIPANTS"
-        fi
-        log "credentials of $party in its volume"
+        [ "$(basename "$target")" = coordinator ] ||
+            die "$target: only the coordinator's credentials are exported; participants enrol themselves"
+        export_coordinator "$federation" "$target" "$coordinator"
+        log "credentials of the coordinator in its volume"
         exported=$((exported + 1))
     done
-    log "federation ready: ${#participants[@]} participants, $exported credential volumes filled"
+    log "federation ready: ${#participants[@]} participants issued from their requests, $exported coordinator volume filled"
 }
 
 role_coordinator() {
@@ -116,10 +143,37 @@ role_coordinator() {
         "$@"
 }
 
+# enrol_self NAME ORGANISATION: this participant's own keys (in its credentials volume, never anywhere
+# else) and its request (in its enrolment volume), unless an earlier run made them.
+enrol_self() {
+    local name=$1 organisation=$2
+    if [ -f "$CREDENTIALS/participants/$name/tls.key" ] && [ -f "$ENROLMENT/request.json" ]; then
+        log "keys of $name already in $CREDENTIALS"
+        return
+    fi
+    # The pki job may have created this volume first (owned by root) and hands it over at once.
+    wait_for test -w "$ENROLMENT"
+    rm -rf "$ENROLMENT/issued"  # a certificate for other keys is of no use
+    fedmask participant enrol --federation "$CREDENTIALS" --name "$name" --organisation "$organisation" \
+        --out "$ENROLMENT/request.json" --force
+}
+
+# install_issued NAME: the public files the pki job sent back, next to this participant's keys.
+install_issued() {
+    local name=$1 issued=$ENROLMENT/issued
+    wait_for test -f "$issued/$READY_MARKER"
+    copy "$issued/ca/ca.pem" "$CREDENTIALS/ca/ca.pem" 0644
+    copy "$issued/participants/$name/tls.pem" "$CREDENTIALS/participants/$name/tls.pem" 0644
+    copy "$issued/roster.sig" "$CREDENTIALS/roster.sig" 0644
+    copy "$issued/roster.json" "$CREDENTIALS/roster.json" 0644
+    log "certificate of $name and the signed roster installed"
+}
+
 role_participant() {
     local name=${1:-${FEDMASK_NAME:-}}
     [ -n "$name" ] || die "usage: participant NAME (or set FEDMASK_NAME)"
     [ "$#" -eq 0 ] || shift
+    enrol_self "$name" "${FEDMASK_ORGANISATION:-$name}"
     local records=$HOME_DIR/data/records.jsonl
     if [ ! -f "$records" ]; then
         # Demo records; a real participant mounts its own records at this path instead. Written
@@ -128,7 +182,7 @@ role_participant() {
             --seed "${FEDMASK_DATA_SEED:-0}" --out "$HOME_DIR/data/.new/records.jsonl"
         mv -f "$HOME_DIR/data/.new/records.jsonl" "$records"
     fi
-    wait_for_credentials
+    install_issued "$name"
     exec fedmask participant node \
         --federation "$CREDENTIALS" \
         --name "$name" \

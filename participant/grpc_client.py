@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.secagg.client import Client, ClientConfig, ClientState
@@ -83,11 +84,13 @@ class Connection:
 @dataclass(frozen=True)
 class Identity:
     """Who this participant is. ``identity_key`` and ``enrolled_identity_keys`` (name -> Ed25519
-    public key from the CA-signed roster) are needed in the malicious-server mode."""
+    public key from the CA-signed roster) are needed in the malicious-server mode;
+    ``organisations`` (name -> organisation, from the same roster) by a participant policy."""
 
     name: str
     identity_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     enrolled_identity_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    organisations: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -150,8 +153,13 @@ def take_part(
     before_send: BeforeSend | None = None,
     sleep: Callable[[float], None] = time.sleep,
     jitter: random.Random | None = None,
+    policy: ParticipantPolicy | None = None,
 ) -> Outcome:
     """Join the coordinator's open round and take part until it ends.
+
+    ``policy``: this participant's own rules (mode, who takes part); a round start that breaks
+    them is refused before anything is computed. ``fedmask participant join`` and ``node``
+    always pass one; None leaves the checks to the caller (tests, custom shells).
 
     ``input_for_round(start)`` returns the encoded input (integers mod 2^b, shape (d,)) once the
     round's parameters are known. ``before_send(phase)`` is called just before each protocol
@@ -163,7 +171,9 @@ def take_part(
     for attempt in range(1, connection.connect_attempts + 1):
         outcome.attempts = attempt
         try:
-            session = _RoundSession(connection, identity, input_for_round, rng or SystemRandom(), progress, outcome)
+            session = _RoundSession(
+                connection, identity, input_for_round, rng or SystemRandom(), progress, outcome, policy
+            )
             session.run(before_send)
             return outcome
         except _RoundNotStarted as exc:
@@ -192,8 +202,10 @@ class _RoundSession:
         rng: RandomSource,
         progress: Progress,
         outcome: Outcome,
+        policy: ParticipantPolicy | None = None,
     ) -> None:
         self.connection = connection
+        self.policy = policy
         self.identity = identity
         self.input_for_round = input_for_round
         self.rng = rng
@@ -338,6 +350,11 @@ class _RoundSession:
                 f"{start.participants[start.participant_id - 1]!r}",
                 tell_coordinator=True,
             )
+        if self.policy is not None:
+            try:
+                self.policy.check_round(params.mode, start.participants, identity.organisations)
+            except PolicyViolation as exc:
+                return self._abort(Phase.ADVERTISE_KEYS, str(exc), tell_coordinator=True)
         self.progress(
             f"round {start.round_id.decode('utf-8', 'replace')}: id {start.participant_id} of "
             f"{len(start.participants)}, d={params.dimension}, b={params.modulus_bits}, t={params.threshold}, "

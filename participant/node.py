@@ -3,13 +3,17 @@
     loop:
         GetTask                       (retried with backoff while the coordinator is away)
         WAIT      -> ask again later
-        TRAIN r   -> download the global adapter (SHA-256 checked), evaluate it on the held-out
-                     split, train with DP-SGD (the privacy ledger is charged first and persisted),
-                     report, then upload local - global through secure aggregation
-        FINISHED  -> download the final adapter, evaluate and report it, stop
+        TRAIN r   -> check the task against the participant's policy, download the global adapter
+                     (SHA-256 checked), evaluate it on the held-out split, train with DP-SGD (the
+                     privacy ledger is charged first and persisted), report the epsilon spent,
+                     then upload local - global, with the held-out figures appended, through
+                     secure aggregation
+        FINISHED  -> download the final adapter, evaluate it locally, report the epsilon, stop
 
-The records never leave this process; what leaves is the record-level epsilon spent, held-out
-counts, and the masked update. The node's state (privacy ledger, last round uploaded) lives in
+The records never leave this process. What leaves it: the record-level (epsilon, delta) spent
+(a function of the noise, the sampling rate and the steps, not of the records), and the masked
+vector, which carries the update and the held-out figures so that the coordinator learns only
+their sums over the survivors. The node's state (privacy ledger, last round uploaded) lives in
 ``state_dir`` so a restarted node neither forgets its spent budget nor uploads twice for the
 same secure-aggregation round.
 """
@@ -29,8 +33,10 @@ import numpy as np
 
 from fedmask import ddp
 from fedmask.adapter import payload as adapter_payload
+from fedmask.adapter.metrics import RoundMetrics, encode_metrics
 from fedmask.ddp.rotation import rotation_seed
 from fedmask.durable import PRIVATE, write_text_atomic
+from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import encode
@@ -67,11 +73,16 @@ class NodeState:
         write_text_atomic(path, json.dumps(state), mode=PRIVATE)
 
 
-def parse_encoding(text: str, dimension: int) -> tuple[EncodingParams, ddp.AggregateNoisePlan | None]:
+def parse_encoding(
+    text: str, dimension: int, policy: ParticipantPolicy | None = None
+) -> tuple[EncodingParams, ddp.AggregateNoisePlan | None]:
     """The round's encoding; with aggregate noise, the plan this node calibrates itself from the
-    announced settings (so a coordinator cannot hand out a plan with less noise than stated)."""
+    announced settings (so a coordinator cannot hand out a plan with less noise than stated).
+    ``policy`` decides whether the announced aggregate noise (or its absence) is acceptable."""
     try:
         data = json.loads(text)
+        if policy is not None:
+            policy.check_aggregate_noise(data.get("aggregate_noise"))
         params = EncodingParams(
             clip_norm=float(data["clip_norm"]), scale=float(data["scale"]), modulus_bits=int(data["modulus_bits"])
         )
@@ -81,7 +92,9 @@ def parse_encoding(text: str, dimension: int) -> tuple[EncodingParams, ddp.Aggre
         if noise:
             settings = {**noise, "dimension": dimension}
             plan = ddp.calibrate(ddp.AggregateNoiseConfig.from_dict(settings))
-    except (KeyError, TypeError, ValueError) as exc:
+    except PolicyViolation as exc:
+        raise NodeError(str(exc)) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise NodeError(f"the coordinator sent an unusable encoding: {exc}") from None
     return params, plan
 
@@ -97,8 +110,11 @@ class Node:
         progress: Progress | None = None,
         overrides: dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        policy: ParticipantPolicy | None = None,
     ) -> None:
         self.connection = connection
+        # This participant's own rules: every task and round start is checked against them.
+        self.policy = policy
         self.identity = identity
         self.data = data
         self.state_dir = Path(state_dir)
@@ -162,16 +178,16 @@ class Node:
             raise NodeError(f"the adapter is of round {payload.round}, the task announced {task.adapter_round}")
         return payload
 
-    def report(self, round_number: int, adapter_round: int, evaluation, metrics: dict[str, Any]) -> None:
+    def report(self, round_number: int, adapter_round: int) -> None:
+        """The record-level (epsilon, delta) this participant has spent: it follows from the noise,
+        the sampling rate and the steps, not from the records. Nothing else is reported; held-out
+        results travel inside the masked vector (``fedmask.adapter.metrics``)."""
         ledger = self._ledger
         request = fl.ParticipantReport(
             round=round_number,
             adapter_round=adapter_round,
             epsilon=float(ledger.epsilon_spent) if ledger is not None else 0.0,
             delta=float(ledger.delta) if ledger is not None else 0.0,
-            heldout_count=evaluation.count if evaluation else 0,
-            heldout_correct=round(evaluation.accuracy * evaluation.count) if evaluation else 0,
-            metrics_json=json.dumps(metrics),
         )
         self._call("Report", lambda stub: stub.Report(request, metadata=self._metadata(), timeout=30))
 
@@ -196,6 +212,11 @@ class Node:
             )
         except (TypeError, ValueError) as exc:
             raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
+        if self.policy is not None:
+            try:
+                self.policy.check_training(config, local_models=[str(v) for v in self.overrides.values()])
+            except PolicyViolation as exc:
+                raise NodeError(str(exc)) from None
         if self._trainer is None or self._trainer.config != config:
             self._ledger = PrivacyLedger.open(
                 self.state_dir / "privacy_ledger.json",
@@ -204,6 +225,15 @@ class Node:
                 delta=config.target_delta,
             )
             self._trainer = LocalTrainer(config, ledger=self._ledger)
+        if self.policy is not None:
+            plan = self._trainer.plan_for(len(self.data.train))
+            after = self._ledger.projected_epsilon(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+            try:
+                self.policy.check_plan(
+                    steps_per_round=plan.steps_per_round, epsilon_increment=after - self._ledger.epsilon_spent
+                )
+            except PolicyViolation as exc:
+                raise NodeError(str(exc)) from None
         return config, self._trainer
 
     def _evaluate(self, trainer, vector: np.ndarray):
@@ -225,8 +255,9 @@ class Node:
                 payload = self.download(task)
                 _, trainer = self._training(task)
                 evaluation = self._evaluate(trainer, payload.vector)
-                self.report(task.round, payload.round, evaluation, {"final": True})
+                self.report(task.round, payload.round)
                 accuracy = evaluation.accuracy if evaluation else None
+                # Printed here only: the coordinator learns held-out results as sums, inside rounds.
                 self.progress(f"federation finished; final adapter accuracy on my held-out split: {accuracy}")
                 return {"accuracy": accuracy, "epsilon": self._ledger.epsilon_spent if self._ledger else 0.0}
             if task.action != fl.Task.TRAIN:
@@ -238,8 +269,14 @@ class Node:
         config, trainer = self._training(task)
         if trainer.spec.to_json() != payload.layout:
             raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
-        encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size)
+        encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size, self.policy)
         before = self._evaluate(trainer, payload.vector)
+        metrics = RoundMetrics(
+            heldout_correct=round(before.accuracy * before.count) if before else 0,
+            heldout_count=before.count if before else 0,
+            heldout_loss_sum=before.loss * before.count if before else 0.0,
+            train_records=len(self.data.train),
+        )
         self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
         result = train_adapter(
             config, self.data, global_adapter_state=payload.vector, ledger=self._ledger, trainer=trainer
@@ -249,29 +286,23 @@ class Node:
             encoded = encode(update, encoding, SystemRandom())
         else:
             encoded = ddp.encode_with_noise(update, noise_plan, rotation_seed(task.round_id), SystemRandom())
-        self.report(
-            task.round,
-            payload.round,
-            before,
-            {
-                "train_loss": result.report["mean_train_loss"],
-                "steps": result.report["steps"],
-                "update_l2_norm": float(np.linalg.norm(update)),
-                "noise_multiplier": result.report["noise_multiplier"],
-            },
-        )
+        self.report(task.round, payload.round)
         self.progress(f"round {task.round}: epsilon spent {self._ledger.epsilon_spent:.2f}; uploading")
 
         def input_for_round(start):
             if start.round_id != task.round_id:
                 raise ValueError("the coordinator opened another round than the task announced")
-            if start.params.dimension != encoded.size or start.params.modulus_bits != encoding.modulus_bits:
-                raise ValueError("the round's dimension or modulus does not match the encoded update")
             if noise_plan is not None and noise_plan.config.min_survivors > start.params.threshold:
                 # The noise was sized for at least min_survivors shares in any sum; a round that
                 # can complete with fewer would release a sum with less noise than promised.
                 raise ValueError("the round's threshold is below the survivors the noise was calibrated for")
-            return encoded
+            vector = encoded
+            if noise_plan is None:  # metrics ride along as sums (see fedmask.adapter.metrics)
+                participants = len(start.participants)
+                vector = np.concatenate([encoded, encode_metrics(metrics, encoding.modulus_bits, participants)])
+            if start.params.dimension != vector.size or start.params.modulus_bits != encoding.modulus_bits:
+                raise ValueError("the round's dimension or modulus does not match the encoded update")
+            return vector
 
         current = self.get_task()
         if current.action != fl.Task.TRAIN or current.round_id != task.round_id:
@@ -286,7 +317,7 @@ class Node:
         self.state.uploaded_round_ids.append(task.round_id.hex())
         self.state.last_round = task.round
         self.state.save(self.state_dir / "node.json")
-        outcome = take_part(self.connection, self.identity, input_for_round, progress=self.progress)
+        outcome = take_part(self.connection, self.identity, input_for_round, progress=self.progress, policy=self.policy)
         if outcome.completed:
             self.progress(f"round {task.round}: secure aggregation completed")
         else:

@@ -88,7 +88,7 @@ def coordinator() -> None:
 @click.option(
     "--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k (default: complete graph)."
 )
-@click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
+@click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="malicious", show_default=True)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface)."
 )

@@ -1,8 +1,9 @@
 """``fedmask demo``: two hospitals and a bank federate a DP-LoRA adapter, end to end.
 
-With no arguments it makes a temporary federation (CA and certificates), generates non-IID local
-records for ``hospital-a``, ``hospital-b`` and ``bank`` (with PII inside the text, which each
-participant scrubs), starts the coordinator and the three participants as separate processes
+With no arguments it makes a temporary federation (a CA; each party enrols with keys of its own
+and is issued a certificate from its request), generates non-IID local records for
+``hospital-a``, ``hospital-b`` and ``bank`` (with PII inside the text, which each participant
+scrubs), starts the coordinator and the three participants as separate processes
 over mutual-TLS gRPC, runs the rounds, and stops everything. Then it trains each party alone
 under the same DP budget for comparison, and writes the report folder::
 
@@ -162,7 +163,11 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
     help="Kill participant NAME with SIGKILL in the middle of round ROUND (it rejoins afterwards).",
 )
 @click.option(
-    "--security-mode", type=click.Choice(["semi-honest", "malicious"]), default="semi-honest", show_default=True
+    "--security-mode",
+    type=click.Choice(["semi-honest", "malicious"]),
+    default="malicious",
+    show_default=True,
+    help="Malicious: signed keys and envelopes and the consistency check (each party's policy requires it).",
 )
 @click.option(
     "--aggregate-noise",
@@ -216,16 +221,40 @@ def demo(
     from fedmask import pki
     from fedmask.demo.data import generate_records, write_records
 
+    # The operator's directory (CA, coordinator) and one per party, as on separate machines: each
+    # party makes its own keys, the operator issues from the requests and hands back public files.
     federation_dir = work / "federation"
     pki.init_federation(federation_dir, federation_name="demo")
     pki.issue(federation_dir, "coordinator", "main", hosts=["localhost", "127.0.0.1"])
+    party_dirs = {party: work / f"{party}-federation" for party in parties}
     data_paths: dict[str, Path] = {}
     for index, party in enumerate(parties):
-        pki.issue(federation_dir, "participant", party)
+        request = pki.enrol(party_dirs[party], party, organisation=party)
+        pki.issue(federation_dir, "participant", party, request=request)
         data_paths[party] = write_records(
             generate_records(_profile(party), records, seed=seed + index), work / f"{party}.jsonl"
         )
-    click.echo(f"federation CA and certificates in {federation_dir}; {records} records per party generated")
+    for party, party_dir in party_dirs.items():  # once the roster lists everyone
+        pki.export_participant(federation_dir, party, party_dir)
+    # Each party's own policy (the demo plays every party's operator): the members pinned, the
+    # security mode and the budget the demo runs with; the coordinator cannot ask for more.
+    from fedmask.participant.policy import ParticipantPolicy
+    from fedmask.participant.setup import policy_path
+    from fedmask.secagg.params import SecurityMode
+
+    roster = pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir))
+    for party, party_dir in party_dirs.items():
+        ParticipantPolicy.pinned_to(
+            parties,
+            roster.version,
+            security_mode=SecurityMode(security_mode),
+            max_epsilon=epsilon,
+            max_delta=delta,
+        ).save(policy_path(party_dir, party))
+    click.echo(
+        f"federation CA in {federation_dir}; each party enrolled in its own directory (work/NAME-federation) "
+        f"and was issued from its request; {records} records per party generated"
+    )
 
     training = {
         "mode": mode,
@@ -290,7 +319,7 @@ def demo(
                 "participant",
                 "node",
                 "--federation",
-                str(federation_dir),
+                str(party_dirs[party]),
                 "--name",
                 party,
                 "--data",
@@ -320,11 +349,12 @@ def demo(
 
     # The participants' own settings, budget plan included: the baselines spend the same budget.
     from fedmask.coordinator.federation import FederationConfig
-    from fedmask.demo.report import build_report, single_party_baselines, write_report
+    from fedmask.demo.report import build_report, evaluate_global_adapter, single_party_baselines, write_report
 
     participant_training = FederationConfig.from_json(config).training_config()
     baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)
-    report = build_report(final, baselines, federation_s, time.monotonic() - started, config)
+    federated = evaluate_global_adapter(participant_training, work / "coordinator", data_paths)
+    report = build_report(final, baselines, federation_s, time.monotonic() - started, config, federated)
     write_report(report, out_dir, final, participant_training, work / "coordinator")
     click.echo("")
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))

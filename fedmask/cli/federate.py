@@ -28,6 +28,7 @@ from fedmask import pki
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.federation import Federation, FederationConfig, FederationError
 from fedmask.coordinator.round_server import ServerSettings
+from fedmask.durable import write_text_atomic
 
 EXIT_FAILED = 3
 
@@ -111,11 +112,10 @@ def run(
         raise SystemExit(EXIT_FAILED) from None
     final = {
         "ledger": ledger,
-        "final_accuracy": federation.final_accuracy(),
-        "final_reports": {n: vars(r) for n, r in federation.service.final_reports.items()},
+        "final_epsilon": {n: r.epsilon for n, r in sorted(federation.service.final_reports.items())},
     }
-    (state_dir / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n", encoding="utf-8")
-    _echo(f"done: {len(ledger)} rounds committed; final accuracy {federation.final_accuracy()}")
+    write_text_atomic(state_dir / "final.json", json.dumps(final, indent=2, default=str) + "\n")
+    _echo(f"done: {len(ledger)} rounds committed; record-level epsilon spent {final['final_epsilon']}")
     if report_dir is not None:
         _write_report(report_dir, state_dir, config, time.monotonic() - started)
 

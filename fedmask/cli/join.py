@@ -21,18 +21,10 @@ import click
 import numpy as np
 
 from fedmask import pki
-from fedmask.participant.grpc_client import (
-    Connection,
-    Identity,
-    Outcome,
-    mtls_credentials,
-    one_way_tls_credentials,
-    take_part,
-)
-from fedmask.proto import transport, wire
-from fedmask.secagg import prg
-from fedmask.secagg.rand import SeededRandom
-from fedmask.secagg.simulation import random_input
+from fedmask.participant.grpc_client import Outcome, take_part
+from fedmask.participant.policy import PolicyViolation
+from fedmask.participant.setup import SetupError, load_input, load_policy, setup_connection, synthetic_input
+from fedmask.proto import wire
 
 EXIT_ABORTED = 3
 TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
@@ -40,28 +32,6 @@ TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
 
 def _echo(line: str) -> None:
     click.echo(f"{dt.datetime.now():%H:%M:%S} {line}")
-
-
-def load_input(path: Path, start: wire.RoundStart) -> np.ndarray:
-    """An encoded input from a .npy file: d integers in [0, 2^b)."""
-    params = start.params
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from exc
-    if values.shape != (params.dimension,):
-        raise ValueError(f"{path} holds shape {values.shape}, the round needs ({params.dimension},)")
-    if values.dtype.kind not in "iu":
-        raise ValueError(f"{path} holds {values.dtype}, the round needs integers mod 2^{params.modulus_bits}")
-    if values.size and (int(values.min()) < 0 or int(values.max()) >> params.modulus_bits):
-        raise ValueError(f"{path} has values outside [0, 2^{params.modulus_bits})")
-    return values.astype(prg.dtype_for_bits(params.modulus_bits))
-
-
-def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
-    """A uniformly random input mod 2^b from ``seed`` (demos and tests: anyone knowing the seed
-    can recompute it, which is the point there)."""
-    return random_input(SeededRandom.from_int(seed), start.params.dimension, start.params.modulus_bits)
 
 
 @click.command("join")
@@ -116,6 +86,20 @@ def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
     show_default=True,
     help="Seconds one round may take, joining included.",
 )
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="This participant's policy (TOML; default participants/NAME/policy.toml in the federation directory, "
+    "written with safe defaults on first use). Every round start is checked against it.",
+)
+@click.option(
+    "--accept-differencing-risk",
+    is_flag=True,
+    help="With --input and --rounds > 1: send the same input every round anyway (two sums that differ by one "
+    "participant reveal its input).",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated gRPC (loopback experiments only).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line describing each round's outcome.")
 @click.option("-v", "--verbose", is_flag=True, help="Log transport details to stderr.")
@@ -130,6 +114,8 @@ def join(
     tls_server_name: str | None,
     connect_attempts: int,
     round_timeout: float,
+    policy_file: Path | None,
+    accept_differencing_risk: bool,
     insecure: bool,
     as_json: bool,
     verbose: bool,
@@ -145,25 +131,32 @@ def join(
     if (input_path is None) == (synthetic_seed is None):
         raise click.UsageError("give exactly one of --input FILE.npy and --synthetic-seed N")
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
-
-    connection, identity = setup_connection(
-        federation_dir, name, target, token=token, tls_server_name=tls_server_name,
-        connect_attempts=connect_attempts, round_timeout_s=round_timeout, insecure=insecure,
-    )  # fmt: skip
+    try:
+        local = setup_connection(
+            federation_dir, name, target, token=token, tls_server_name=tls_server_name,
+            connect_attempts=connect_attempts, round_timeout_s=round_timeout, insecure=insecure,
+        )  # fmt: skip
+        policy = load_policy(policy_file, federation_dir, name, local.roster, announce=_echo)
+        if input_path is not None:
+            policy.check_repeated_input(rounds, accept_differencing_risk)
+    except (SetupError, PolicyViolation) as exc:
+        raise click.ClickException(str(exc)) from None
 
     def input_for_round(start: wire.RoundStart) -> np.ndarray:
         if input_path is not None:
             return load_input(input_path, start)
+        assert synthetic_seed is not None  # one of the two was given
         return synthetic_input(synthetic_seed, start)
 
     outcomes: list[Outcome] = []
     for index in range(1, rounds + 1):
         prefix = f"[{name} round {index}/{rounds}] " if rounds > 1 else f"[{name}] "
         outcome = take_part(
-            connection,
-            identity,
+            local.connection,
+            local.identity,
             input_for_round,
             progress=lambda line, prefix=prefix: _echo(prefix + line),
+            policy=policy,
         )
         outcomes.append(outcome)
         if outcome.completed:
@@ -180,50 +173,5 @@ def join(
         raise SystemExit(EXIT_ABORTED)
 
 
-def setup_connection(
-    federation_dir: Path,
-    name: str,
-    target: str,
-    *,
-    token: str | None = None,
-    tls_server_name: str | None = None,
-    connect_attempts: int = 8,
-    round_timeout_s: float = 3600.0,
-    insecure: bool = False,
-) -> tuple[Connection, Identity]:
-    """Credentials, call metadata and identity keys from the federation directory."""
-    metadata: tuple[tuple[str, str], ...] = ()
-    try:
-        if insecure:
-            pki.warn_insecure("participant")
-            credentials = None
-            metadata = ((transport.METADATA_PARTICIPANT, name),)
-        elif token:
-            credentials = one_way_tls_credentials(pki.FederationPaths(federation_dir).ca_cert.read_bytes())
-            metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, token))
-        else:
-            credentials = mtls_credentials(pki.load_tls_material(federation_dir, "participant", name))
-        identity_key = None
-        enrolled: dict[str, bytes] = {}
-        # The identity key and the CA-signed roster matter in the malicious-server mode only;
-        # the round start says which mode, so load them when they are there.
-        paths = pki.FederationPaths(federation_dir)
-        if paths.ca_cert.is_file():
-            enrolled = dict(pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir)).identity_keys)
-        if paths.identity_key(name).is_file():
-            identity_key = pki.load_identity_key(federation_dir, name)
-    except (pki.PkiError, OSError) as exc:
-        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from exc
-    connection = Connection(
-        target,
-        credentials,
-        metadata,
-        tls_server_name=tls_server_name,
-        connect_attempts=connect_attempts,
-        round_timeout_s=round_timeout_s,
-    )
-    return connection, Identity(name, identity_key, enrolled)
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m participant.join_cli ...`
+if __name__ == "__main__":  # pragma: no cover - `python -m fedmask.cli.join ...`
     join()

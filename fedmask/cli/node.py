@@ -4,8 +4,9 @@
         --state DIR --coordinator HOST:PORT
 
 Local records are loaded, validated, split and PII-scrubbed here and never leave this process;
-the coordinator gets the record-level epsilon spent, held-out counts, and the update under
-secure aggregation. ``--state`` keeps the privacy ledger across rounds and restarts.
+the coordinator gets the record-level epsilon spent, and the update with the held-out figures
+under secure aggregation. Every task and round start is checked against the participant's
+policy (``--policy``). ``--state`` keeps the privacy ledger across rounds and restarts.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import click
 
-from fedmask.cli.join import TOKEN_ENV, setup_connection
+from fedmask.cli.join import TOKEN_ENV
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
+from fedmask.participant.setup import SetupError, load_policy, setup_connection
 
 
 @click.command("node")
@@ -34,6 +36,14 @@ from fedmask.participant.node import Node, NodeError
 @click.option("--heldout-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--connect-attempts", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="This participant's policy (TOML; default participants/NAME/policy.toml in the federation directory, "
+    "written with safe defaults on first use).",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
 def node(
     federation_dir: Path,
@@ -45,6 +55,7 @@ def node(
     heldout_fraction: float,
     connect_attempts: int,
     token_file: Path | None,
+    policy_file: Path | None,
     insecure: bool,
 ) -> None:
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
@@ -64,17 +75,21 @@ def node(
         raise click.ClickException(str(exc)) from None
     echo(f"{len(data.train)} training and {len(data.heldout)} held-out records; PII scrubbed: {dict(data.pii_counts)}")
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
-    connection, identity = setup_connection(
-        federation_dir,
-        name,
-        target,
-        token=token,
-        tls_server_name=tls_server_name,
-        connect_attempts=connect_attempts,
-        insecure=insecure,
-    )
     try:
-        result = Node(connection, identity, data, state_dir, progress=echo).run()
+        local = setup_connection(
+            federation_dir,
+            name,
+            target,
+            token=token,
+            tls_server_name=tls_server_name,
+            connect_attempts=connect_attempts,
+            insecure=insecure,
+        )
+        policy = load_policy(policy_file, federation_dir, name, local.roster, announce=echo)
+    except SetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        result = Node(local.connection, local.identity, data, state_dir, progress=echo, policy=policy).run()
     except NodeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"name": name, **result}))

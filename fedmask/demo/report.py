@@ -1,8 +1,9 @@
 """The demo's report: per-round table, federated vs. single-party accuracy, plot, global adapter.
 
-Held-out figures come from the participants themselves (each evaluates the global adapter on its
-own held-out split and reports counts); the single-party baselines are trained here, in the demo
-process that generated everyone's data, because only it may see every party's held-out split.
+Per-round held-out figures are what the coordinator learns: the totals over the survivors of each
+round, summed inside the masked vectors (``fedmask.adapter.metrics``), never one party's figure.
+The final adapter and the single-party baselines are evaluated here, in the demo process that
+generated everyone's data, because only it may see every party's held-out split.
 """
 
 from __future__ import annotations
@@ -13,26 +14,33 @@ from pathlib import Path
 from typing import Any
 
 
-def _accuracy_after_rounds(final: Mapping[str, Any]) -> list[dict[str, float]]:
-    """accuracy[r-1][party]: the global adapter after round r on the party's held-out split.
-
-    Participants evaluate the adapter a round starts from, so round r+1's reports describe
-    round r's result; the final reports describe the last one."""
+def _accuracy_after_rounds(final: Mapping[str, Any], federated: float | None) -> list[float | None]:
+    """accuracy[r-1]: the global adapter after round r on the held-out splits of round r+1's
+    survivors together (they evaluate the adapter a round starts from); after the last round,
+    ``federated`` (the demo's own evaluation on the union), if given."""
     ledger = final["ledger"]
-    after = [dict(entry["metrics"].get("accuracy_before", {})) for entry in ledger[1:]]
-    after.append(
-        {
-            name: r["heldout_correct"] / r["heldout_count"]
-            for name, r in final["final_reports"].items()
-            if r["heldout_count"]
-        }
-    )
-    return after
+    after = [(entry["metrics"].get("heldout_before") or {}).get("heldout_accuracy") for entry in ledger[1:]]
+    return [*after, federated]
 
 
-def union_accuracy(reports: Mapping[str, Mapping[str, Any]]) -> float | None:
-    count = sum(r["heldout_count"] for r in reports.values())
-    return sum(r["heldout_correct"] for r in reports.values()) / count if count else None
+def evaluate_global_adapter(
+    training: Mapping[str, Any], state_dir: Path, data_paths: Mapping[str, Path]
+) -> float | None:
+    """The last committed global adapter on the union of every party's held-out split."""
+    from fedmask.adapter.config import TrainingConfig
+    from fedmask.coordinator.store import FederationStore
+    from fedmask.participant.data import load_local_data
+    from fedmask.participant.trainer import LocalTrainer
+
+    with FederationStore(state_dir / "federation.db", read_only=True) as store:
+        last = store.last_committed()
+        if last is None:
+            return None
+        vector, _layout = store.load_checkpoint(last)
+    union = [record for path in data_paths.values() for record in load_local_data(path).heldout]
+    trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
+    trainer.set_adapter_vector(vector)
+    return trainer.evaluate(union).accuracy if union else None
 
 
 def single_party_baselines(
@@ -66,9 +74,10 @@ def build_report(
     federation_s: float,
     total_s: float,
     config: Mapping[str, Any],
+    federated: float | None = None,
 ) -> dict[str, Any]:
     ledger = final["ledger"]
-    accuracy = _accuracy_after_rounds(final)
+    accuracy = _accuracy_after_rounds(final, federated)
     rounds = []
     for entry, after in zip(ledger, accuracy, strict=True):
         rounds.append(
@@ -84,7 +93,6 @@ def build_report(
                 "attempts": entry["attempt"],
             }
         )
-    federated = union_accuracy(final["final_reports"])
     best_party = max(baselines, key=baselines.__getitem__) if baselines else None
     return {
         "rounds": rounds,
@@ -99,17 +107,12 @@ def build_report(
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    parties = sorted({p for r in report["rounds"] for p in (*r["accuracy"], *r["epsilon"])})
-    header = (
-        ["round", "survivors"]
-        + [f"acc {p}" for p in parties]
-        + [f"ε {p}" for p in parties]
-        + ["upload bytes", "wall s"]
-    )
+    parties = sorted({p for r in report["rounds"] for p in r["epsilon"]})
+    header = ["round", "survivors", "held-out acc"] + [f"ε {p}" for p in parties] + ["upload bytes", "wall s"]
     lines = ["# fedmask demo", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rounds"]:
         cells = [str(r["round"]), ", ".join(r["survivors"])]
-        cells += [f"{r['accuracy'][p]:.3f}" if p in r["accuracy"] else "–" for p in parties]
+        cells.append(f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "–")
         cells += [f"{r['epsilon'][p]:.2f}" if p in r["epsilon"] else "–" for p in parties]
         cells += [f"{r['upload_bytes']:,}", f"{r['wall_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -125,8 +128,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
     lines += [
         "",
-        "Accuracy is each party's held-out split evaluated by that party on the global adapter after",
-        "the round; ε is record-level, cumulative, as each party's Opacus accountant reports it.",
+        "Held-out accuracy: the global adapter after the round, on the held-out splits of the next",
+        "round's survivors together (the coordinator learns only these totals, summed under secure",
+        "aggregation); after the last round, on the union of every party's held-out split. ε is",
+        "record-level, cumulative, as each party's Opacus accountant reports it.",
         "",
     ]
     federated = report["federated_accuracy"]
@@ -134,7 +139,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append(
         f"Federated adapter on the union of held-out splits: **{federated:.3f}**"
         if federated is not None
-        else "Federated adapter: no final reports"
+        else "Federated adapter: not evaluated on the union (the coordinator alone holds no held-out data)"
     )
     if best is not None:
         lines.append(
@@ -153,10 +158,10 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rounds = [r["round"] for r in report["rounds"]]
-    parties = sorted({p for r in report["rounds"] for p in r["accuracy"]})
+    parties = sorted({p for r in report["rounds"] for p in r["epsilon"]})
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(rounds, [r["accuracy"] for r in report["rounds"]], marker="o", label="federated")
     for party in parties:
-        left.plot(rounds, [r["accuracy"].get(party) for r in report["rounds"]], marker="o", label=party)
         right.plot(rounds, [r["epsilon"].get(party) for r in report["rounds"]], marker="o", label=party)
     if report["best_single_party_accuracy"] is not None:
         left.axhline(report["best_single_party_accuracy"], linestyle="--", color="grey", label="best party alone")

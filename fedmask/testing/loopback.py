@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +40,31 @@ COORDINATOR_NAME = "main"
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+) ")
 
 
-def make_federation(directory: Path, participants: Iterable[str], *, valid_days: int = 2) -> Path:
-    """A fresh CA, a coordinator certificate for localhost/127.0.0.1, and one certificate and
-    identity key per participant, under ``directory`` (which must not exist or be empty)."""
+def make_federation(
+    directory: Path,
+    participants: Iterable[str],
+    *,
+    valid_days: int = 2,
+    organisations: Mapping[str, str] | None = None,
+) -> Path:
+    """A fresh CA, a coordinator certificate for localhost/127.0.0.1, and every participant
+    enrolled and issued (``add_participant``), under ``directory`` (which must not exist or be
+    empty). ``organisations``: name -> organisation; by default each is its own."""
     pki.init_federation(directory, federation_name="loopback", valid_days=valid_days + 1)
     pki.issue(directory, "coordinator", COORDINATOR_NAME, hosts=("localhost", "127.0.0.1"), valid_days=valid_days)
     for name in participants:
-        pki.issue(directory, "participant", name, valid_days=valid_days)
+        add_participant(directory, name, organisation=(organisations or {}).get(name), valid_days=valid_days)
     return directory
+
+
+def add_participant(
+    directory: Path, name: str, *, organisation: str | None = None, valid_days: int = 2, force: bool = False
+) -> pki.IssuedCertificate:
+    """Enrol ``name`` (its keys made as on its own machine) and issue its certificate from the
+    request, the default path of a real federation. Everything shares one directory here, so
+    the participant's files are in place without a hand-back; ``force`` re-enrols and re-issues."""
+    request = pki.enrol(directory, name, organisation=organisation or name, force=force)
+    return pki.issue(directory, "participant", name, request=request, valid_days=valid_days, force=force)
 
 
 def participant_names(count: int) -> list[str]:
@@ -227,10 +244,24 @@ def start_participant(
         "--synthetic-seed", str(seed),
     ]  # fmt: skip
     if drop_before is None:
-        args = ["-m", "fedmask.cli.join", *common, "--json"]
+        args = ["-m", "fedmask.cli.join", *common, "--policy", str(harness_policy(federation, name)), "--json"]
     else:
         args = ["-m", "fedmask.testing.loopback", "drop-out", *common, "--before", drop_before.value, "--how", drop_how]
     return _spawn(name, [*args, *extra_args], env)
+
+
+def harness_policy(federation: Path, name: str) -> Path:
+    """A participant policy for the harness's rounds, which exercise both security modes with as
+    few as two participants (written once, beside the participant's keys). Not a policy for
+    real participants: ``fedmask participant join`` writes the safe default for those."""
+    from fedmask.participant.policy import ParticipantPolicy
+    from fedmask.participant.setup import policy_path
+    from fedmask.secagg.params import SecurityMode
+
+    path = policy_path(federation, name)
+    if not path.exists():
+        ParticipantPolicy(security_mode=SecurityMode.SEMI_HONEST, min_participants=2, min_organisations=1).save(path)
+    return path
 
 
 def stop_all(processes: Iterable[Process]) -> None:
@@ -246,8 +277,8 @@ def drop_out_main(argv: Sequence[str] | None = None) -> None:
     """``python -m coordinator.loopback drop-out ...``: see the module docstring."""
     import argparse
 
-    from fedmask.cli.join import setup_connection, synthetic_input
     from fedmask.participant.grpc_client import take_part
+    from fedmask.participant.setup import setup_connection, synthetic_input
 
     parser = argparse.ArgumentParser(prog="python -m coordinator.loopback drop-out")
     parser.add_argument("--federation", type=Path, required=True)
@@ -258,7 +289,8 @@ def drop_out_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--how", choices=["stall", "exit"], default="stall")
     args = parser.parse_args(argv)
     phase = Phase(args.before)
-    connection, identity = setup_connection(args.federation, args.name, args.coordinator)
+    local = setup_connection(args.federation, args.name, args.coordinator)
+    connection, identity = local.connection, local.identity
 
     def before_send(sending: Phase) -> None:
         if sending is phase:

@@ -74,7 +74,7 @@ def federation(tmp_path_factory) -> Federation:
     paths = pki.FederationPaths(directory)
     old_cert = paths.tls_cert("participant", SUPERSEDED).read_bytes()
     old_key = paths.tls_key("participant", SUPERSEDED).read_bytes()
-    pki.issue(directory, "participant", SUPERSEDED, force=True, valid_days=2)
+    loopback.add_participant(directory, SUPERSEDED, force=True)
     foreign = loopback.make_federation(root / "foreign", ["alice"])
     yield Federation(directory, old_cert, old_key, foreign)
     shutil.rmtree(root, ignore_errors=True)

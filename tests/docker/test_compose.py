@@ -172,29 +172,37 @@ def test_compose_demo_runs_every_round(engine: Engine, image: str, tmp_path: Pat
         assert (report_dir / "report.png").stat().st_size > 0
         assert (report_dir / "global_adapter" / "adapter_config.json").is_file()
 
-        # Each party's credentials volume holds its own key and the CA certificate, nothing else.
+        # Each participant made its own keys in its own credentials volume; next to them are only
+        # the public files the pki job sent back.
         for party in PARTIES:
-            files = engine.run(
-                "run",
-                "--rm",
-                "-v",
-                f"{project}_{party}-credentials:/c:ro",
-                "--entrypoint",
-                "find",
-                image,
-                "/c",
-                "-type",
-                "f",
-            ).stdout.split()
-            assert sorted(files) == sorted(
+            credentials = _files(engine, image, f"{project}_{party}-credentials")
+            # The participant's policy is written there on first use, when the node has one.
+            credentials.pop(f"participants/{party}/policy.toml", None)
+            assert credentials == {
+                ".gitignore": "644",
+                ".lock": "644",
+                "ca/ca.pem": "644",
+                "roster.json": "644",
+                "roster.sig": "644",
+                f"participants/{party}/tls.pem": "644",
+                f"participants/{party}/tls.key": "600",
+                f"participants/{party}/identity.key": "600",
+            }, credentials
+            # What travelled between the participant and the pki job: its request, public files back.
+            enrolment = _files(engine, image, f"{project}_{party}-enrolment")
+            assert sorted(enrolment) == sorted(
                 [
-                    "/c/.ready",
-                    "/c/ca/ca.pem",
-                    "/c/roster.json",
-                    "/c/roster.sig",
-                    *(f"/c/participants/{party}/{name}" for name in ("tls.pem", "tls.key", "identity.key")),
+                    "request.json",
+                    "issued/.ready",
+                    "issued/ca/ca.pem",
+                    "issued/roster.json",
+                    "issued/roster.sig",
+                    f"issued/participants/{party}/tls.pem",
                 ]
-            ), files
+            ), enrolment
+        # The pki job never wrote a participant's private key: the CA's and the coordinator's only.
+        keys = sorted(path for path in _files(engine, image, f"{project}_pki") if path.endswith(".key"))
+        assert keys == ["federation/ca/ca.key", "federation/coordinator/main.key"], keys
     finally:
         subprocess.run([*compose, "down", "-v"], cwd=ROOT, env=env, capture_output=True, timeout=300)
         if engine.cli == "podman":  # podman-compose 1.0.3 leaves the network behind
@@ -238,6 +246,15 @@ def _extract_volume(engine: Engine, image: str, volume: str, destination: Path) 
     destination.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(destination, filter="data")
+
+
+def _files(engine: Engine, image: str, volume: str) -> dict[str, str]:
+    """Path (relative to the volume) -> octal mode of every file in a volume."""
+    listing = engine.run(
+        "run", "--rm", "-v", f"{volume}:/volume:ro", "--entrypoint", "find", image,
+        "/volume", "-type", "f", "-printf", "%P %m\\n",
+    ).stdout  # fmt: skip
+    return dict(line.rsplit(" ", 1) for line in listing.splitlines())
 
 
 def _exit_code(engine: Engine, container: str) -> int:

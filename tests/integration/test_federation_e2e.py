@@ -28,6 +28,7 @@ pytest.importorskip("grpc")
 from fedmask import pki  # noqa: E402
 from fedmask.coordinator.store import FederationStore  # noqa: E402
 from fedmask.demo.data import PARTIES, generate_records, write_records  # noqa: E402
+from fedmask.testing import loopback  # noqa: E402
 
 ROUNDS = 3
 EPSILON = 8.0
@@ -79,7 +80,7 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
     pki.issue(federation, "coordinator", "main", hosts=["localhost"])
     data = {}
     for index, party in enumerate(PARTIES):
-        pki.issue(federation, "participant", party)
+        loopback.add_participant(federation, party, valid_days=365)
         data[party] = write_records(generate_records(party, 80, seed=index), tmp_path / f"{party}.jsonl")
     config = {
         "participants": list(PARTIES),

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from fedmask.cli.join import setup_connection, synthetic_input
 from fedmask.participant.grpc_client import take_part
+from fedmask.participant.setup import setup_connection, synthetic_input
 from fedmask.secagg.errors import Phase
 
 
@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--before", choices=[p.value for p in Phase], required=True)
     args = parser.parse_args()
     pause_phase = Phase(args.before)
-    connection, identity = setup_connection(args.federation, args.name, args.coordinator)
+    local = setup_connection(args.federation, args.name, args.coordinator)
+    connection, identity = local.connection, local.identity
 
     def before_send(phase: Phase) -> None:
         if phase is pause_phase:

@@ -60,7 +60,7 @@ def make_federation(directory: Path, network: Topology, participants) -> Path:
     pki.init_federation(directory, federation_name="multihost", valid_days=2)
     pki.issue(directory, "coordinator", "main", hosts=(network.address("coordinator"),), valid_days=1)
     for name in participants:
-        pki.issue(directory, "participant", name, valid_days=1)
+        loopback.add_participant(directory, name, valid_days=1)
     return directory
 
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedmask import pki
-from fedmask.cli.join import join, load_input
+from fedmask.cli.join import join
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
@@ -28,6 +28,8 @@ from fedmask.coordinator.round_server import (
 )
 from fedmask.coordinator.transport import mtls_security
 from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, take_part
+from fedmask.participant.policy import ParticipantPolicy
+from fedmask.participant.setup import load_input
 from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
@@ -240,14 +242,27 @@ def test_load_input_checks_shape_type_and_range(tmp_path):
 
 
 def test_join_cli_insecure_warns_and_exits_3_when_nobody_answers(tmp_path):
+    """Without a federation directory there is no roster to pin: the policy is given."""
+    policy = tmp_path / "policy.toml"
+    ParticipantPolicy(security_mode=SecurityMode.SEMI_HONEST, min_participants=2, min_organisations=1).save(policy)
     result = CliRunner().invoke(
         join,
         ["--federation", str(tmp_path), "--name", "alice", "--coordinator", f"127.0.0.1:{free_port()}",
-         "--synthetic-seed", "1", "--insecure", "--connect-attempts", "1"],
+         "--synthetic-seed", "1", "--insecure", "--connect-attempts", "1", "--policy", str(policy)],
     )  # fmt: skip
     assert result.exit_code == 3, result.output
     assert pki.insecure_warning("participant") in result.stderr
     assert "could not join a round" in result.output
+
+
+def test_join_cli_without_a_roster_or_policy_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(
+        join,
+        ["--federation", str(tmp_path), "--name", "alice", "--coordinator", "127.0.0.1:1", "--synthetic-seed", "1",
+         "--insecure"],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no CA-signed roster to pin" in result.output
 
 
 def test_join_cli_needs_exactly_one_input(tmp_path):

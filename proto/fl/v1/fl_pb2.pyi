@@ -64,22 +64,16 @@ class AdapterChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class ParticipantReport(_message.Message):
-    __slots__ = ("round", "adapter_round", "epsilon", "delta", "heldout_count", "heldout_correct", "metrics_json")
+    __slots__ = ("round", "adapter_round", "epsilon", "delta")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ROUND_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
-    HELDOUT_COUNT_FIELD_NUMBER: _ClassVar[int]
-    HELDOUT_CORRECT_FIELD_NUMBER: _ClassVar[int]
-    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     round: int
     adapter_round: int
     epsilon: float
     delta: float
-    heldout_count: int
-    heldout_correct: int
-    metrics_json: str
-    def __init__(self, round: _Optional[int] = ..., adapter_round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., heldout_count: _Optional[int] = ..., heldout_correct: _Optional[int] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ..., adapter_round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ()

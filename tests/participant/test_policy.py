@@ -1,0 +1,104 @@
+"""The participant's policy: what it accepts whatever the coordinator asks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedmask.adapter.config import TrainingConfig
+from fedmask.participant.policy import ParticipantPolicy, PolicyError, PolicyViolation
+from fedmask.secagg.params import SecurityMode
+
+ORGS = {"hospital-a": "st-mary", "hospital-b": "st-john", "bank": "first-bank", "ghost": "st-mary"}
+MEMBERS = ("bank", "hospital-a", "hospital-b")
+
+
+def test_defaults_are_the_safe_choice():
+    policy = ParticipantPolicy()
+    assert policy.security_mode is SecurityMode.MALICIOUS
+    assert (policy.min_participants, policy.min_organisations) == (3, 2)
+    assert policy.max_epsilon == 8.0 and policy.max_delta == 1e-5
+    assert not policy.allow_repeated_input
+
+
+def test_the_file_round_trips_and_bad_keys_are_named(tmp_path: Path):
+    policy = ParticipantPolicy.pinned_to(MEMBERS, roster_version=4, max_epsilon=3.0, max_local_steps=50)
+    path = tmp_path / "policy.toml"
+    policy.save(path)
+    assert ParticipantPolicy.load(path) == policy
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_text('max_epsilon = "lots"\n')
+    with pytest.raises(PolicyError, match="max_epsilon: expected a positive number"):
+        ParticipantPolicy.load(path)
+    path.write_text("max_epsilon = 2\nepsilon = 3\n")
+    with pytest.raises(PolicyError, match="unknown policy settings: epsilon"):
+        ParticipantPolicy.load(path)
+    path.write_text('security_mode = "trusting"\n')
+    with pytest.raises(PolicyError, match="security_mode"):
+        ParticipantPolicy.load(path)
+    with pytest.raises(PolicyError, match="cannot read"):
+        ParticipantPolicy.load(tmp_path / "missing.toml")
+
+
+def test_a_downgrade_to_semi_honest_is_refused():
+    """The issue's downgrade: semi-honest mode, n = 2, [ghost, victim]."""
+    policy = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
+    with pytest.raises(PolicyViolation, match=r"security_mode = malicious.*a semi-honest round"):
+        policy.check_round(SecurityMode.SEMI_HONEST, ["ghost", "hospital-a"], ORGS)
+    with pytest.raises(PolicyViolation, match=r"min_participants = 3.*a round of 2"):
+        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a"], ORGS)
+    with pytest.raises(PolicyViolation, match="participants it does not know: ghost"):
+        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a", "bank"], ORGS)
+    policy.check_round(SecurityMode.MALICIOUS, list(MEMBERS), ORGS)
+
+
+def test_sybils_outside_the_pinned_members_or_one_organisation_are_refused():
+    sybils = {**ORGS, "sybil-1": "st-mary", "sybil-2": "st-mary"}
+    pinned = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
+    with pytest.raises(PolicyViolation, match="sybil-1, sybil-2"):
+        pinned.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils)
+    open_policy = ParticipantPolicy()  # no pinned members: the organisations still count
+    with pytest.raises(PolicyViolation, match=r"min_organisations = 2.*1 organisation"):
+        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils)
+    with pytest.raises(PolicyViolation, match="non-members outsider"):
+        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "bank", "outsider"], sybils)
+    with pytest.raises(PolicyViolation, match="min_roster_version"):
+        ParticipantPolicy.pinned_to(MEMBERS, roster_version=5).check_roster(4)
+
+
+def test_the_coordinator_cannot_raise_the_budget_or_change_the_model():
+    policy = ParticipantPolicy(max_epsilon=4.0, max_delta=1e-6, models=("all-minilm-l6-v2",), adapter_modes=("lora",))
+    with pytest.raises(PolicyViolation, match=r"max_epsilon = 4.*epsilon 1e\+09"):
+        policy.check_training(TrainingConfig.create(target_epsilon=1e9, target_delta=1e-6))
+    with pytest.raises(PolicyViolation, match="max_delta"):
+        policy.check_training(TrainingConfig.create(target_epsilon=2.0, target_delta=1e-5))
+    with pytest.raises(PolicyViolation, match="adapter mode bitfit"):
+        policy.check_training(TrainingConfig.create(target_epsilon=2.0, target_delta=1e-6, mode="bitfit"))
+    with pytest.raises(PolicyViolation, match="model /elsewhere"):
+        policy.check_training(TrainingConfig.create(target_epsilon=2.0, target_delta=1e-6, model_path="/elsewhere"))
+    policy.check_training(
+        TrainingConfig.create(target_epsilon=2.0, target_delta=1e-6, model_path="/opt/m"),
+        local_models=["all-minilm-l6-v2"],
+    )
+    steps = ParticipantPolicy(max_local_steps=10, max_epsilon_per_round=1.0)
+    with pytest.raises(PolicyViolation, match="11 steps a round"):
+        steps.check_plan(steps_per_round=11, epsilon_increment=0.5)
+    with pytest.raises(PolicyViolation, match="epsilon 1.5 this round"):
+        steps.check_plan(steps_per_round=10, epsilon_increment=1.5)
+
+
+def test_required_aggregate_noise_and_repeated_inputs():
+    policy = ParticipantPolicy(aggregate_noise="skellam", max_participant_epsilon=5.0)
+    with pytest.raises(PolicyViolation, match="no aggregate noise"):
+        policy.check_aggregate_noise(None)
+    with pytest.raises(PolicyViolation, match="aggregate noise discrete_gaussian"):
+        policy.check_aggregate_noise({"mechanism": "discrete_gaussian", "epsilon": 1.0})
+    with pytest.raises(PolicyViolation, match="participant-level epsilon 50"):
+        policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": 50.0})
+    policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": 5.0})
+    ParticipantPolicy().check_aggregate_noise(None)
+    with pytest.raises(PolicyViolation, match="accept-differencing-risk"):
+        ParticipantPolicy().check_repeated_input(2, accept_risk=False)
+    ParticipantPolicy().check_repeated_input(2, accept_risk=True)
+    ParticipantPolicy().check_repeated_input(1, accept_risk=False)
