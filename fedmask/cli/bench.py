@@ -14,6 +14,7 @@ class _BenchGroup(LazyGroup):
         "dp": "fedmask.bench.dp_bench:dp",
         "ddp": "fedmask.bench.ddp_bench:ddp",
         "pii": "fedmask.bench.pii_bench:pii",
+        "modes": "fedmask.bench.modes_bench:modes",
     }
 
 
