@@ -348,7 +348,7 @@ def demo(
     final = json.loads((work / "coordinator" / "final.json").read_text(encoding="utf-8"))
 
     # The participants' own settings, budget plan included: the baselines spend the same budget.
-    from fedmask.coordinator.federation import FederationConfig
+    from fedmask.coordinator.config import FederationConfig
     from fedmask.demo.report import build_report, evaluate_global_adapter, single_party_baselines, write_report
 
     participant_training = FederationConfig.from_json(config).training_config()

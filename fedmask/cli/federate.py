@@ -26,7 +26,8 @@ import click
 
 from fedmask import pki
 from fedmask.coordinator import transport as server_transport
-from fedmask.coordinator.federation import Federation, FederationConfig, FederationError
+from fedmask.coordinator.config import FederationConfig, FederationError
+from fedmask.coordinator.federation import Federation
 from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedmask.adapter import payload as adapter_payload
-from fedmask.coordinator.federation import FederationConfig, FederationError, _report_problem
+from fedmask.coordinator.config import FederationConfig, FederationError
+from fedmask.coordinator.service import _report_problem
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 
 PARTIES = ("hospital-a", "hospital-b", "bank")

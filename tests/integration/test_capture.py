@@ -22,8 +22,10 @@ import pytest
 from google.protobuf.message import Message
 
 from fedmask import pki
-from fedmask.coordinator.federation import Federation, FederationConfig, FederationService
+from fedmask.coordinator.config import FederationConfig
+from fedmask.coordinator.federation import Federation
 from fedmask.coordinator.round_server import RoundRunner, ServerSettings
+from fedmask.coordinator.service import FederationService
 from fedmask.coordinator.transport import mtls_security
 from fedmask.demo.data import PARTIES, generate_records, write_records
 from fedmask.participant.data import load_local_data

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fedmask.coordinator.federation import FederationConfig
+from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData
 from fedmask.participant.grpc_client import Connection, Identity
 from fedmask.participant.node import Node, NodeError, NodeState, parse_encoding

@@ -1,0 +1,178 @@
+"""A federation run's settings (``FederationConfig``), validated at start-up and stored with the
+run; what follows from them (encoding, noise plan, protocol parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedmask import ddp
+from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+
+SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+
+
+class FederationError(ValueError):
+    """A federation setting is invalid, or the federation cannot go on (with the reason)."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything a federation run is: validated at start-up and stored with the run.
+
+    ``training`` holds ``participant.training.TrainingConfig`` fields (model, mode, target
+    epsilon and delta, local epochs or steps, learning rate, batch size, sequence length); the
+    participants validate it again on their side. ``clip_norm`` bounds the L2 norm of each
+    participant's update (local - global) before encoding; ``scale`` ``None`` picks the largest
+    power of two that cannot wrap mod 2^modulus_bits for this many participants.
+    """
+
+    participants: tuple[str, ...]
+    rounds: int = 3
+    training: Mapping[str, Any] = field(default_factory=dict)
+    clip_norm: float = 5.0
+    scale: float | None = None
+    modulus_bits: int = 32
+    threshold: int | None = None
+    security_mode: str = SecurityMode.MALICIOUS.value
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    join_timeout_s: float = 900.0  # from a TRAIN task to the round start: local training fits in it
+    phase_timeout_s: float = 60.0
+    # Once the threshold has joined, how long to wait for the rest (None: until join_timeout_s).
+    quorum_grace_s: float | None = None
+    attempts_per_round: int = 3
+    # Rounds of local training the participants' DP budget is planned for beyond ``rounds``: a
+    # round re-run after an abort or a coordinator restart makes them train again.
+    spare_rounds: int = 1
+    # Participant-level DP against the coordinator: each participant adds a share of integer
+    # noise before masking (secagg.ddp); epsilon/delta bound the whole run as seen by the
+    # coordinator, calibrated for the threshold t of survivors.
+    aggregate_noise: str = "none"
+    aggregate_epsilon: float | None = None
+    aggregate_delta: float = 1e-5
+    final_report_wait_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        names = tuple(self.participants)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise FederationError("a federation needs at least 2 distinct participants")
+        object.__setattr__(self, "participants", tuple(sorted(names)))
+        object.__setattr__(self, "training", dict(self.training))
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise FederationError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
+            raise FederationError(f"clip_norm must be positive and finite, got {self.clip_norm}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise FederationError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}")
+        if not (self.server_learning_rate > 0 and math.isfinite(self.server_learning_rate)):
+            raise FederationError("server_learning_rate must be positive")
+        for name in ("join_timeout_s", "phase_timeout_s", "final_report_wait_s"):
+            if not getattr(self, name) > 0:
+                raise FederationError(f"{name} must be positive")
+        if self.quorum_grace_s is not None and not (
+            isinstance(self.quorum_grace_s, int | float) and self.quorum_grace_s > 0
+        ):
+            raise FederationError(f"quorum_grace_s must be positive or null, got {self.quorum_grace_s!r}")
+        if self.attempts_per_round < 1:
+            raise FederationError("attempts_per_round must be at least 1")
+        try:
+            SecurityMode(self.security_mode)
+        except ValueError:
+            raise FederationError(f"unknown security mode {self.security_mode!r}") from None
+        if not isinstance(self.spare_rounds, int) or self.spare_rounds < 0:
+            raise FederationError("spare_rounds must be a non-negative integer")
+        if "planned_rounds" in self.training:
+            raise FederationError("training.planned_rounds is set from rounds + spare_rounds; leave it out")
+        self.protocol_params(dimension=1).validate(len(self.participants))
+        self.encoding().validate(len(self.participants))
+        try:
+            mechanism = ddp.AggregateNoise.parse(self.aggregate_noise)
+        except ValueError as exc:
+            raise FederationError(str(exc)) from None
+        if (mechanism is ddp.AggregateNoise.NONE) != (self.aggregate_epsilon is None):
+            raise FederationError("aggregate_epsilon is needed with aggregate noise, and only then")
+        if mechanism is not ddp.AggregateNoise.NONE:
+            self.noise_plan(dimension=1024)  # refuses targets no dimension could meet early
+
+    # --- derived settings ---------------------------------------------------------------------
+
+    def training_config(self) -> dict[str, Any]:
+        """The participants' training settings, with the budget planned over every round."""
+        return {**self.training, "planned_rounds": self.rounds + self.spare_rounds}
+
+    def encoding(self) -> EncodingParams:
+        n = len(self.participants)
+        scale = self.scale
+        if scale is None:
+            # Largest power of two with n * ceil(C * scale) <= 2^(b-1) - 1: the sum cannot wrap.
+            limit = (2 ** (self.modulus_bits - 1) - 1) / n
+            scale = 2.0 ** math.floor(math.log2((limit - 1) / self.clip_norm))
+        params = EncodingParams(clip_norm=self.clip_norm, scale=scale, modulus_bits=self.modulus_bits)
+        try:
+            params.validate(n)
+        except ValueError as exc:
+            raise FederationError(f"encoding: {exc}") from None
+        return params
+
+    def noise_plan(self, dimension: int) -> ddp.AggregateNoisePlan | None:
+        """The distributed-DP encoding for updates of ``dimension`` values, or None without it."""
+        mechanism = ddp.AggregateNoise.parse(self.aggregate_noise)
+        if mechanism is ddp.AggregateNoise.NONE:
+            return None
+        n = len(self.participants)
+        threshold = self.protocol_params(dimension=1).threshold
+        try:
+            return ddp.calibrate(
+                ddp.AggregateNoiseConfig(
+                    mechanism=mechanism,
+                    clip_norm=float(self.clip_norm),
+                    dimension=dimension,
+                    modulus_bits=self.modulus_bits,
+                    max_participants=n,
+                    min_survivors=threshold,
+                    epsilon=float(self.aggregate_epsilon),
+                    delta=float(self.aggregate_delta),
+                    rounds=self.rounds,
+                    budget_scope=ddp.BudgetScope.RUN,
+                )
+            )
+        except ValueError as exc:
+            raise FederationError(f"aggregate noise: {exc}") from None
+
+    def protocol_params(self, dimension: int) -> ProtocolParams:
+        mode = SecurityMode(self.security_mode)
+        n = len(self.participants)
+        threshold = self.threshold if self.threshold is not None else default_threshold(n, mode)
+        return ProtocolParams(dimension=dimension, modulus_bits=self.modulus_bits, threshold=threshold, mode=mode)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as given, plus (under ``derived``) what follows from them: the
+        participants' training settings and the encoding with its headroom."""
+        data = asdict(self)
+        data["participants"] = list(self.participants)
+        data["training"] = dict(self.training)
+        encoding = self.encoding()
+        data["derived"] = {
+            "training": self.training_config(),
+            "encoding": {
+                "clip_norm": encoding.clip_norm,
+                "scale": encoding.scale,
+                "modulus_bits": encoding.modulus_bits,
+                "headroom_bits": encoding.validate(len(self.participants)).bits,
+            },
+        }
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FederationConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known - {"derived"})
+        if unknown:
+            raise FederationError(f"unknown federation settings: {', '.join(unknown)}")
+        values = {k: v for k, v in data.items() if k in known}
+        values["participants"] = tuple(values.get("participants", ()))
+        return cls(**values)

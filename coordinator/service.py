@@ -1,0 +1,156 @@
+"""The Federation gRPC service: the task board, adapter downloads, and the participants'
+reports of the record-level epsilon they have spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from fedmask import ddp
+from fedmask.adapter import payload as adapter_payload
+from fedmask.coordinator.config import FederationConfig
+from fedmask.proto.fl.v1 import fl_pb2 as fl
+from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
+
+from .transport import AuthError
+
+Progress = Callable[[str], None]
+
+
+CHUNK_BYTES = 1 << 20
+
+
+# --- the task board and the Federation gRPC service -----------------------------------------
+
+
+@dataclass
+class TaskState:
+    action: int = fl.Task.WAIT
+    round: int = 0
+    round_id: bytes = b""
+    adapter: adapter_payload.AdapterPayload | None = None
+    published_at: float = 0.0
+
+
+@dataclass
+class ParticipantReport:
+    """The record-level (epsilon, delta) a participant has spent: all it reports in the clear."""
+
+    name: str
+    round: int
+    adapter_round: int
+    epsilon: float
+    delta: float
+
+
+class FederationService(fl_grpc.FederationServicer):
+    """Tasks, adapter downloads and reports; callers are identified like SecAgg streams."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        authenticator,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        progress: Progress | None = None,
+    ) -> None:
+        self._config = config
+        self._authenticator = authenticator
+        self._clock = clock
+        self._progress = progress or (lambda line: None)
+        self.task = TaskState()
+        self._adapters: dict[str, adapter_payload.AdapterPayload] = {}
+        self.reports: dict[tuple[int, str], ParticipantReport] = {}
+        self.final_reports: dict[str, ParticipantReport] = {}
+        self.report_arrived = asyncio.Event()
+        # Each chunk must fit the server's send limit (sized for the protocol's own messages).
+        self.chunk_bytes = CHUNK_BYTES
+        self.noise_plan: ddp.AggregateNoisePlan | None = None
+        # Participants proven to have misbehaved (from the store): refused on every call.
+        self.excluded: dict[str, str] = {}
+
+    def publish(self, action: int, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload) -> None:
+        self._adapters[adapter.sha256] = adapter
+        self.task = TaskState(action, round_number, round_id, adapter, self._clock())
+
+    async def _identify(self, context) -> str:
+        try:
+            name = self._authenticator.identify(context)
+        except AuthError as exc:
+            await context.abort(exc.code, exc.details)
+        if name not in self._config.participants:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
+        if name in self.excluded:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{name} is excluded from this federation: {self.excluded[name]}"
+            )
+        return name
+
+    async def GetTask(self, request, context):  # noqa: N802 - the gRPC method name
+        await self._identify(context)
+        task = self.task
+        answer = fl.Task(action=task.action, round=task.round, total_rounds=self._config.rounds, retry_after_s=2.0)
+        if task.adapter is None:
+            answer.action = fl.Task.WAIT
+            return answer
+        answer.adapter_sha256 = task.adapter.sha256
+        answer.adapter_bytes = len(task.adapter.data)
+        answer.adapter_round = task.adapter.round
+        answer.training_json = json.dumps(self._config.training_config(), sort_keys=True)
+        encoding = self._config.encoding()
+        answer.encoding_json = json.dumps(
+            {
+                "clip_norm": encoding.clip_norm,
+                "scale": encoding.scale,
+                "modulus_bits": encoding.modulus_bits,
+                "aggregate_noise": self.noise_plan.config.describe() if self.noise_plan else None,
+            },
+            sort_keys=True,
+        )
+        if task.action == fl.Task.TRAIN:
+            answer.round_id = task.round_id
+            remaining = self._config.join_timeout_s - (self._clock() - task.published_at)
+            answer.join_deadline_s = max(0.0, remaining)
+        return answer
+
+    async def DownloadAdapter(self, request, context):  # noqa: N802
+        await self._identify(context)
+        adapter = self._adapters.get(request.sha256)
+        if adapter is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no adapter with that digest is offered")
+        data = adapter.data
+        step = self.chunk_bytes
+        for offset in range(0, len(data), step):
+            yield fl.AdapterChunk(
+                offset=offset, data=data[offset : offset + step], total_bytes=len(data) if offset == 0 else 0
+            )
+
+    async def Report(self, request, context):  # noqa: N802
+        name = await self._identify(context)
+        problem = _report_problem(request, self._config.rounds)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta)
+        if self.task.action == fl.Task.FINISHED and request.adapter_round == self.task.adapter.round:
+            self.final_reports[name] = report
+        else:
+            self.reports[(request.round, name)] = report
+        self.report_arrived.set()
+        return fl.ReportAck()
+
+
+def _report_problem(request, rounds: int) -> str | None:
+    if request.round > rounds or request.adapter_round > rounds:
+        return f"round numbers run from 0 to {rounds}"
+    if not (math.isfinite(request.epsilon) and request.epsilon >= 0):
+        return "epsilon must be finite and non-negative"
+    if not 0 <= request.delta < 1:
+        return "delta must be in [0, 1)"
+    return None
