@@ -193,10 +193,21 @@ class PrivacyLedger:
             )
         return projected
 
-    def charge(self, *, noise_multiplier: float, sample_rate: float, steps: int, note: str = "") -> float:
+    def charge(
+        self,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        note: str = "",
+        release_tag: str | None = None,
+    ) -> float:
         """Charge ``steps`` DP-SGD steps before they run; refuse if the budget would be exceeded.
 
-        Returns the epsilon spent once those steps are taken.
+        Returns the epsilon spent once those steps are taken. With ``release_tag`` the charge is
+        pending until ``mark_released(release_tag)``: the steps' output has not left the
+        participant yet, and if it never does (the process dies, the round moves on), the charge
+        is refunded by ``refund_unreleased``. Without a tag the output counts as released at once.
         """
         projected = self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         for _ in range(steps):
@@ -211,7 +222,46 @@ class PrivacyLedger:
                 "sample_rate": sample_rate,
                 "epsilon_after": projected,
                 "total_steps_after": self.steps,
+                "release_tag": release_tag,
+                "released": release_tag is None,
             }
         )
         self.save()
         return projected
+
+    def mark_released(self, release_tag: str) -> None:
+        """The output of the charges tagged ``release_tag`` is about to leave the participant: from
+        now on they are never refunded. Saved before the caller sends anything."""
+        tagged = [e for e in self.entries if e.get("release_tag") == release_tag]
+        if not tagged:
+            raise LedgerError(f"no charge is tagged {release_tag!r}")
+        for entry in tagged:
+            entry["released"] = True
+        self.save()
+
+    def refund_unreleased(self, release_tag: str | None = None) -> int:
+        """Drop the pending charges (all, or those tagged ``release_tag``) whose output never left
+        the participant; returns the steps refunded. What was never released was never observed,
+        so it costs no privacy; the accountant is rebuilt from the charges that remain."""
+
+        def pending(entry: dict[str, Any]) -> bool:
+            unreleased = entry.get("released", True) is False
+            return unreleased and (release_tag is None or entry.get("release_tag") == release_tag)
+
+        refunded = [e for e in self.entries if pending(e)]
+        if not refunded:
+            return 0
+        kept = [e for e in self.entries if not pending(e)]
+        accountant = create_accountant(mechanism=self.accountant_name)
+        for entry in kept:
+            for _ in range(int(entry["steps"])):
+                accountant.step(noise_multiplier=entry["noise_multiplier"], sample_rate=entry["sample_rate"])
+        self.accountant = accountant
+        self.entries = kept
+        self._epsilon_spent = compute_epsilon(self.accountant_name, self.history, self.delta) if kept else 0.0
+        self.save()
+        return sum(int(e["steps"]) for e in refunded)
+
+    @property
+    def unreleased_tags(self) -> list[str]:
+        return sorted({e["release_tag"] for e in self.entries if e.get("released", True) is False})

@@ -112,3 +112,39 @@ def test_plan_is_fixed_once_set(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="privacy plan is fixed"):
         ledger.set_plan(changed)
     assert _plan().planned_steps == 150
+
+
+def test_an_update_that_never_left_is_refunded_and_a_retrain_is_charged_once(tmp_path):
+    """The issue's double charge: a node killed while training for a round, restarted, trained
+    again for the same round and was charged twice for one contribution. A pending charge (its
+    output not released) is refunded on restart; the accounting stays write-ahead."""
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger.open(path, accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=50, note="round 1", release_tag="r1")
+    ledger.mark_released("r1")
+    after_round_1 = ledger.epsilon_spent
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=50, note="round 2", release_tag="r2")
+    assert ledger.epsilon_spent > after_round_1  # charged before the steps run
+
+    # The process dies while training round 2; a new one opens the ledger from disk.
+    restarted = PrivacyLedger.open(path, accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    assert restarted.unreleased_tags == ["r2"]
+    assert restarted.refund_unreleased() == 50
+    assert restarted.epsilon_spent == pytest.approx(after_round_1, rel=1e-12)
+    assert restarted.steps == 50
+    restarted.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=50, note="round 2 again", release_tag="r2")
+    restarted.mark_released("r2")
+    # One charge per released update: as if round 2 had run once.
+    assert restarted.epsilon_spent == pytest.approx(_reference_epsilon("rdp", 100), rel=1e-9)
+    assert PrivacyLedger.open(path, accountant="rdp", epsilon_budget=8.0, delta=DELTA).refund_unreleased() == 0
+
+
+def test_a_released_update_is_never_refunded(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=50, release_tag="r1")
+    ledger.mark_released("r1")
+    assert ledger.refund_unreleased("r1") == 0 and ledger.steps == 50
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=10)  # untagged: released at once
+    assert ledger.refund_unreleased() == 0 and ledger.steps == 60
+    with pytest.raises(LedgerError, match="no charge is tagged"):
+        ledger.mark_released("r9")
