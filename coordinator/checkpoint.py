@@ -33,7 +33,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,23 +136,32 @@ def save_checkpoint(
     vector: np.ndarray,
     layout: Any,
     optimizer_state: Mapping[str, Any] | None = None,
+    *,
+    before_writing: Callable[[list[str]], None] | None = None,
 ) -> CheckpointRef:
     """Write the global adapter after ``round_number`` (and the optimizer state) durably.
 
     ``vector`` is a non-empty 1-D float32 or float64 array of finite values; ``layout`` any JSON
     value (stored canonically, returned as parsed JSON). ``optimizer_state`` is a
     ``state_dict()`` of a server optimizer: ``np.ndarray`` entries become tensors, every other
-    entry must be JSON. When this returns, both files are durable under their final names.
+    entry must be JSON. ``before_writing(names)`` is called with the files' final names before
+    anything is written (the store records them, so that it deletes only files it knows it
+    wrote). When this returns, both files are durable under their final names.
     """
     _check_round_number(round_number)
     vector = _checked_vector(vector)
     description = {"format": ADAPTER_FORMAT, "round": round_number, "layout": layout}
     adapter_bytes = _encode({_VECTOR_TENSOR: vector}, description)
+    optimizer_bytes = _encode_optimizer_state(round_number, optimizer_state) if optimizer_state is not None else None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if before_writing is not None:
+        names = [file_name(round_number, "adapter", adapter_bytes)]
+        if optimizer_bytes is not None:
+            names.append(file_name(round_number, "optimizer", optimizer_bytes))
+        before_writing(names)
     optimizer_ref = None
-    if optimizer_state is not None:
-        optimizer_bytes = _encode_optimizer_state(round_number, optimizer_state)
+    if optimizer_bytes is not None:
         optimizer_ref = _write_immutable(directory, round_number, "optimizer", optimizer_bytes)
     adapter_ref = _write_immutable(directory, round_number, "adapter", adapter_bytes)
     # One directory fsync makes both renames durable.
@@ -160,9 +169,14 @@ def save_checkpoint(
     return CheckpointRef(round_number, adapter_ref, optimizer_ref)
 
 
+def file_name(round_number: int, kind: str, data: bytes) -> str:
+    """The content-addressed name of a checkpoint file."""
+    return f"round-{round_number:06d}-{hashlib.sha256(data).hexdigest()[:16]}.{kind}.safetensors"
+
+
 def _write_immutable(directory: Path, round_number: int, kind: str, data: bytes) -> FileRef:
     digest = hashlib.sha256(data).hexdigest()
-    name = f"round-{round_number:06d}-{digest[:16]}.{kind}.safetensors"
+    name = file_name(round_number, kind, data)
     # Same name means same content, so replacing an existing file changes nothing.
     write_atomic(directory / name, data, temp_prefix=_TEMP_PREFIX, temp_suffix=_TEMP_SUFFIX, sync_directory=False)
     return FileRef(name, digest, len(data))
@@ -170,7 +184,12 @@ def _write_immutable(directory: Path, round_number: int, kind: str, data: bytes)
 
 def is_checkpoint_file_name(name: str) -> bool:
     """True for the names this module writes, final or temporary (for garbage collection)."""
-    return _FILE_NAME.fullmatch(name) is not None or (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX))
+    return _FILE_NAME.fullmatch(name) is not None or is_temporary_file_name(name)
+
+
+def is_temporary_file_name(name: str) -> bool:
+    """A file this module was writing when it was interrupted: never referenced by anything."""
+    return name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------

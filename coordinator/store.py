@@ -62,7 +62,7 @@ import numpy as np
 
 from fedmask.coordinator import checkpoint as checkpoints
 from fedmask.coordinator.checkpoint import CheckpointError, CheckpointRef, FileRef
-from fedmask.durable import fsync_directory
+from fedmask.durable import fsync_directory, write_text_atomic
 from fedmask.pki import NAME_PATTERN
 
 __all__ = [
@@ -170,7 +170,26 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """CREATE TRIGGER exclusions_append_only_delete BEFORE DELETE ON exclusions
             BEGIN SELECT RAISE(ABORT, 'exclusions are append-only'); END""",
     ),
+    # 3: the store's identity, and every checkpoint file it is about to write (garbage collection
+    # deletes only files recorded here and no longer needed, never a file it does not know).
+    (
+        """CREATE TABLE store_identity (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            federation_id TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE checkpoint_files (
+            name TEXT PRIMARY KEY,
+            round_number INTEGER NOT NULL CHECK (round_number >= 0),
+            recorded_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 ]
+
+# Beside the checkpoints: which federation they belong to. A store whose database is missing or
+# empty next to this file (or next to checkpoint files) refuses to start a new federation there.
+IDENTITY_FILE_NAME = "IDENTITY.json"
+IDENTITY_FORMAT = "fedmask-store-identity/1"
 
 
 def schema_version() -> int:
@@ -432,6 +451,7 @@ class FederationStore:
             row = self._db.execute(
                 "SELECT version, config_json, sha256 FROM federation_config ORDER BY version DESC LIMIT 1"
             ).fetchone()
+            self._check_identity(fresh=row is None)
             if row is not None and row[2] == digest:
                 return int(row[0])
             if row is not None and not allow_config_change:
@@ -445,7 +465,63 @@ class FederationStore:
                 "INSERT INTO federation_config (version, config_json, sha256, created_at) VALUES (?, ?, ?, ?)",
                 (version, text, digest, self._now()),
             )
+            if row is None:
+                self._write_identity(digest)
             return version
+
+    @property
+    def identity_path(self) -> Path:
+        return self.checkpoint_dir / IDENTITY_FILE_NAME
+
+    def federation_id(self) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT federation_id FROM store_identity").fetchone()
+        return None if row is None else str(row[0])
+
+    def _check_identity(self, *, fresh: bool) -> None:
+        """A database with no federation in it must not start one over another federation's
+        checkpoints; one with a federation must match the identity beside its checkpoints."""
+        recorded = self._read_identity()
+        if fresh:
+            leftovers = [
+                e.name
+                for e in os.scandir(self.checkpoint_dir)
+                if checkpoints.is_checkpoint_file_name(e.name) and not checkpoints.is_temporary_file_name(e.name)
+            ]
+            if recorded is not None or leftovers:
+                what = f"federation {recorded['federation_id']}" if recorded else f"{len(leftovers)} checkpoint files"
+                raise StoreError(
+                    f"{self._path} is missing or empty, but {self.checkpoint_dir} holds {what}: refusing to start "
+                    "a new federation over them. Restore the database from a backup (fedmask coordinator backup "
+                    "writes one; docs/durability.md), or move the state directory away to start afresh"
+                )
+            return
+        mine = self.federation_id()
+        if recorded is not None and mine is not None and recorded["federation_id"] != mine:
+            raise StoreError(
+                f"{self._path} belongs to federation {mine}, but {self.checkpoint_dir} to "
+                f"{recorded['federation_id']}: the state directory mixes two federations"
+            )
+
+    def _read_identity(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.identity_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"cannot read {self.identity_path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != IDENTITY_FORMAT or "federation_id" not in data:
+            raise StoreError(f"{self.identity_path} is not a {IDENTITY_FORMAT} file")
+        return data
+
+    def _write_identity(self, config_sha256: str) -> None:
+        federation_id = os.urandom(16).hex()
+        now = self._now()
+        self._db.execute(
+            "INSERT INTO store_identity (id, federation_id, created_at) VALUES (1, ?, ?)", (federation_id, now)
+        )
+        document = {"format": IDENTITY_FORMAT, "federation_id": federation_id, "config_sha256": config_sha256}
+        write_text_atomic(self.identity_path, json.dumps(document, sort_keys=True) + "\n")
 
     def config(self) -> dict[str, Any]:
         """The current federation config."""
@@ -487,9 +563,19 @@ class FederationStore:
                         f"round {round_number} is not open (open round: {open_round}): call begin_round first"
                     )
         try:
-            return checkpoints.save_checkpoint(self.checkpoint_dir, round_number, vector, layout, optimizer_state)
+            return checkpoints.save_checkpoint(
+                self.checkpoint_dir, round_number, vector, layout, optimizer_state, before_writing=self._record_files
+            )
         except CheckpointError as exc:
             raise InvalidRecord(str(exc)) from None
+
+    def _record_files(self, names: list[str]) -> None:
+        round_number = int(names[0].split("-")[1])
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO checkpoint_files (name, round_number, recorded_at) VALUES (?, ?, ?)",
+                [(name, round_number, self._now()) for name in names],
+            )
 
     def load_checkpoint(self, ref: CheckpointRef) -> tuple[np.ndarray, Any]:
         """The verified ``(vector, layout)`` of a checkpoint (``CheckpointCorrupt`` if damaged)."""
@@ -503,9 +589,10 @@ class FederationStore:
         return checkpoints.iter_chunks(self.checkpoint_dir, ref, chunk_bytes)
 
     def collect_garbage(self) -> list[str]:
-        """Remove checkpoint files no committed round refers to (left by an interrupted round)
-        and temporary files; returns their names. Call it at start-up, not between
-        ``save_checkpoint`` and ``commit_round``. Files with other names are left alone."""
+        """Remove checkpoint files this store recorded writing that no committed round refers to
+        (left by an interrupted or re-run round), and temporary files; returns their names. A
+        file the store has no record of is never deleted, whatever its name (after a lost
+        database, say). Call it at start-up, not between ``save_checkpoint`` and ``commit_round``."""
         self._check_writable()
         with self._lock:
             referenced = set()
@@ -513,10 +600,13 @@ class FederationStore:
                 referenced.add(row[1])
                 if row[4] is not None:
                     referenced.add(row[4])
+            written = {name for (name,) in self._db.execute("SELECT name FROM checkpoint_files")}
             removed = []
             for entry in sorted(os.scandir(self.checkpoint_dir), key=lambda e: e.name):
-                ours = entry.is_file() and checkpoints.is_checkpoint_file_name(entry.name)
-                if ours and entry.name not in referenced:
+                if not (entry.is_file() and checkpoints.is_checkpoint_file_name(entry.name)):
+                    continue
+                superseded = entry.name in written and entry.name not in referenced
+                if superseded or checkpoints.is_temporary_file_name(entry.name):
                     os.unlink(entry.path)
                     removed.append(entry.name)
             if removed:
@@ -720,6 +810,46 @@ class FederationStore:
             return [
                 json.loads(row[0]) for row in self._db.execute("SELECT entry_json FROM ledger ORDER BY round_number")
             ]
+
+    def check_files(self) -> list[str]:
+        """Every indexed checkpoint file is there with its recorded size: a cheap check for start-up
+        (``verify`` re-hashes them all)."""
+        with self._lock:
+            refs = [_checkpoint_from_row(row) for row in self._checkpoint_rows()]
+        problems = []
+        for ref in refs:
+            for file in (ref.adapter, ref.optimizer):
+                if file is None:
+                    continue
+                try:
+                    size = (self.checkpoint_dir / file.name).stat().st_size
+                except OSError as exc:
+                    problems.append(f"round {ref.round_number}: {file.name}: {exc.strerror or exc}")
+                    continue
+                if size != file.size_bytes:
+                    problems.append(
+                        f"round {ref.round_number}: {file.name} has {size} bytes, {file.size_bytes} recorded"
+                    )
+        return problems
+
+    def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """A consistent copy of the database (SQLite's online backup), written durably; the
+        checkpoint files it indexes are immutable and stay where they are."""
+        destination = Path(destination)
+        if destination.exists():
+            raise StoreError(f"{destination} exists: choose a new file for the backup")
+        temporary = destination.with_name(f".{destination.name}.tmp")
+        with self._lock:
+            target = sqlite3.connect(str(temporary))
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, destination)
+        fsync_directory(destination.parent)
+        return destination
 
     def verify(self) -> list[str]:
         """Problems found by SQLite's integrity and foreign-key checks and by re-hashing every

@@ -337,7 +337,9 @@ def test_sigkill_at_each_point_of_a_round(tmp_path, point, orphans, committed):
         if first_round_id is not None:
             assert round_two.round_id != first_round_id
         files = sorted(os.listdir(store.checkpoint_dir))
-    assert len(files) == 2 * 4  # adapter + optimizer for rounds 0..3, nothing else
+    # adapter + optimizer for rounds 0..3, and the store's identity; nothing else
+    assert files == ["IDENTITY.json", *sorted(f for f in files if f.startswith("round-"))]
+    assert len(files) == 2 * 4 + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,7 +635,7 @@ def test_the_schema_enforces_the_invariants_itself(store):
 
 
 def test_schema_version_is_recorded(store):
-    assert store.schema_version() == store_module.schema_version() == 2
+    assert store.schema_version() == store_module.schema_version() == 3
 
 
 def test_exclusions_are_recorded_once_and_kept(store):
@@ -700,8 +702,59 @@ def test_garbage_collection_removes_only_unreferenced_checkpoint_files(store):
     removed = store.collect_garbage()
     assert removed == sorted([".fedmask-abc.tmp", orphan.adapter.name, orphan.optimizer.name])
     remaining = sorted(os.listdir(store.checkpoint_dir))
-    assert remaining == sorted(["notes.txt", store.last_committed().adapter.name])
+    assert remaining == sorted(["IDENTITY.json", "notes.txt", store.last_committed().adapter.name])
     assert store.collect_garbage() == []
+
+
+def test_a_lost_database_never_deletes_committed_checkpoints(tmp_path):
+    """The issue's fault: federation.db emptied or deleted. The coordinator started a new
+    federation at round 1 and its garbage collection deleted 12 of 13 committed checkpoints."""
+    path = tmp_path / "fed.db"
+    with FederationStore(path) as store:
+        store.initialise({"name": "unit"})
+        store.commit_initial(store.save_checkpoint(0, small_vector(0), LAYOUT))
+        commit(store, 1)
+        commit(store, 2)
+        kept = sorted(os.listdir(store.checkpoint_dir))
+    for lost in ("deleted", "emptied"):
+        path.unlink()
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        if lost == "emptied":
+            path.write_bytes(b"")
+        with FederationStore(path) as fresh:
+            with pytest.raises(StoreError, match="refusing to start a new federation over them"):
+                fresh.initialise({"name": "unit"})
+            assert fresh.collect_garbage() == []  # it knows none of them: it deletes none
+        assert sorted(os.listdir(path.parent / "fed.checkpoints")) == kept
+
+
+def test_a_backup_restores_the_store(tmp_path):
+    path = tmp_path / "fed.db"
+    with FederationStore(path) as store:
+        store.initialise({"name": "unit"})
+        store.commit_initial(store.save_checkpoint(0, small_vector(0), LAYOUT))
+        commit(store, 1)
+        backup = store.backup(tmp_path / "backup.db")
+        identity = store.federation_id()
+    path.unlink()
+    backup.rename(path)  # the documented recovery: put the backup in place
+    with FederationStore(path) as restored:
+        assert restored.initialise({"name": "unit"}) == 1
+        assert restored.federation_id() == identity
+        assert restored.last_committed().round_number == 1 and restored.verify() == []
+        assert restored.check_files() == []
+
+
+def test_the_cheap_start_up_check_notices_a_truncated_old_checkpoint(store):
+    ref0 = store.save_checkpoint(0, small_vector(0), LAYOUT)
+    store.commit_initial(ref0)
+    commit(store, 1)
+    round_zero = store.checkpoint_dir / ref0.adapter.name
+    round_zero.write_bytes(round_zero.read_bytes()[:-8])
+    assert store.check_files() == [
+        f"round 0: {ref0.adapter.name} has {ref0.adapter.size_bytes - 8} bytes, {ref0.adapter.size_bytes} recorded"
+    ]
 
 
 def test_verify_reports_a_damaged_checkpoint(store):
