@@ -1,0 +1,45 @@
+"""`fedmask coordinator verify` and `backup`: the store checked and copied from the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from fedmask.cli import main
+from fedmask.coordinator.store import FederationStore
+
+
+def _state(tmp_path):
+    state = tmp_path / "state"
+    with FederationStore(state / "federation.db") as store:
+        store.initialise({"name": "cli"})
+        store.commit_initial(store.save_checkpoint(0, np.arange(4, dtype=np.float32), []))
+        store.begin_round(1, b"r1", ["a", "b"])
+        ref = store.save_checkpoint(1, np.ones(4, dtype=np.float32), [])
+        encoding = {"clip_norm": 1.0, "scale": 2.0**16, "modulus_bits": 32}
+        entry = {"survivors": ["a", "b"], "dropped": {}, "encoding": encoding, "epsilon": {"a": 1.0, "b": 1.0}}
+        store.commit_round(1, ref, entry)
+    return state, ref
+
+
+def test_verify_passes_then_names_a_damaged_checkpoint(tmp_path):
+    state, ref = _state(tmp_path)
+    ok = CliRunner().invoke(main, ["coordinator", "verify", "--state", str(state)])
+    assert ok.exit_code == 0, ok.output
+    assert "ok: 1 committed round(s)" in ok.output
+    damaged = state / "federation.checkpoints" / ref.adapter.name
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+    bad = CliRunner().invoke(main, ["coordinator", "verify", "--state", str(state)])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert "round 1: " in bad.output and "Error: 1 problem(s)" in bad.output
+
+
+def test_backup_writes_a_copy_and_refuses_to_overwrite(tmp_path):
+    state, _ = _state(tmp_path)
+    out = tmp_path / "backup.db"
+    first = CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(out)])
+    assert first.exit_code == 0 and out.is_file()
+    with FederationStore(out, read_only=True) as copy:
+        assert copy.last_committed().round_number == 1
+    again = CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(out)])
+    assert again.exit_code == 1 and again.output.strip().startswith("Error:") and "exists" in again.output
