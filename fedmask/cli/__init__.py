@@ -2,6 +2,11 @@
 
 Each area owns its commands in its own module; this file only wires them together, importing
 them lazily so that ``fedmask simulate`` does not pay for importing torch.
+
+Every failure a user can cause or fix (a file that cannot be read or written, a port in use, a
+bad setting, a refused task) ends in one ``Error: ...`` line and a non-zero exit: fedmask's own
+exceptions say why in their message, and so do the operating system's. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +56,31 @@ class LazyGroup(click.Group):
 
 class _RootGroup(LazyGroup):
     commands_by_name = _COMMANDS
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            message = one_line_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """The one line to print for a failure the user can act on, or None for a bug."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Failed to bind to address"):
+        # gRPC's way of saying the port is taken (or the address is not this machine's)
+        address = str(exc).removeprefix("Failed to bind to address ").split(";")[0]
+        return f"cannot listen on {address}: the port is in use, or the address is not this machine's"
+    if type(exc).__module__.startswith("fedmask."):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
 
 
 @click.group(cls=_RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
