@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/fedmask demo
 
-# The default suite: everything not marked slow (under 5 minutes on 2 cores).
+# The default suite: lint, formatting and types first, then everything not marked slow (under
+# 5 minutes on 2 cores).
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PYTHON=$(BIN)/python .ci/typecheck
 	$(BIN)/python -m pytest -m "not slow" -q
 
 # CI's second step: the tests marked slow.

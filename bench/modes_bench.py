@@ -48,7 +48,7 @@ def simulate(participants: int, dim: int, mode: str, seed: int) -> dict[str, Any
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def modes(repeats: int, as_json: bool) -> None:
     """The malicious-mode round next to the semi-honest one (n = 10 and 100, d = 1e5)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for participants, dim in ROWS:
         medians: dict[str, dict[str, float]] = {}
         for mode in MODES:

@@ -123,6 +123,8 @@ class FederationConfig:
         mechanism = ddp.AggregateNoise.parse(self.aggregate_noise)
         if mechanism is ddp.AggregateNoise.NONE:
             return None
+        if self.aggregate_epsilon is None:
+            raise FederationError("aggregate_epsilon is needed with aggregate noise")
         n = len(self.participants)
         threshold = self.protocol_params(dimension=1).threshold
         try:

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fedmask import ddp
 from fedmask.adapter import payload as adapter_payload
@@ -38,12 +39,17 @@ from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import ImplausibleSum, decode_checked_sum
-from fedmask.secagg.params import EncodingParams
+from fedmask.secagg.params import EncodingParams, ProtocolParams
 
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
 from .transport import ServerSecurity
 
+if TYPE_CHECKING:
+    from .aggregation import ServerOptimizer
+
 Progress = Callable[[str], None]
+# The adapter's layout (``fedmask.adapter.vector.VectorSpec.to_json()``).
+Layout = list[dict[str, object]]
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -66,10 +72,10 @@ class RoundRecord:
     # from inside the masked vector (fedmask.adapter.metrics); None under aggregate noise.
     heldout_before: dict[str, Any] | None
     participant_epsilon: float | None = None  # against the coordinator, cumulative (aggregate noise)
-    noise_record: dict | None = None
+    noise_record: dict[str, Any] | None = None
 
 
-def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, list]:
+def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, Layout]:
     """The adapter every participant starts from (LoRA-B at zero): built by the shared model code
     that the participants train with, so that the layouts match."""
     from fedmask.adapter.config import TrainingConfig
@@ -90,7 +96,7 @@ class Federation:
         settings: ServerSettings | None = None,
         progress: Progress | None = None,
         identity_keys: Mapping[str, bytes] | None = None,
-        initial: tuple[np.ndarray, list] | None = None,
+        initial: tuple[np.ndarray, Layout] | None = None,
     ) -> None:
         from .store import FederationStore
 
@@ -108,7 +114,7 @@ class Federation:
         self.server: CoordinatorServer | None = None
         self.records: list[RoundRecord] = []
 
-    async def run(self) -> list[dict]:
+    async def run(self) -> list[dict[str, Any]]:
         """Run every remaining round; returns the ledger."""
         config = self.config
         vector, layout, done, optimizer = self._resume()
@@ -141,7 +147,7 @@ class Federation:
             await self.server.stop()
         return self.store.ledger()
 
-    def _resume(self):
+    def _resume(self) -> tuple[npt.NDArray[np.float32], Layout, int, ServerOptimizer]:
         """The global adapter to go on from, the last committed round, and the optimizer."""
         from .aggregation import server_optimizer_from_config
 
@@ -182,10 +188,20 @@ class Federation:
             return {"name": "fedavg", "server_lr": self.config.server_learning_rate}
         return {"name": "fedadam", "lr": self.config.server_learning_rate}
 
-    async def _run_round(self, round_number, vector, layout, params, optimizer) -> np.ndarray:
+    async def _run_round(
+        self,
+        round_number: int,
+        vector: npt.NDArray[np.float32],
+        layout: Layout,
+        params: ProtocolParams,
+        optimizer: ServerOptimizer,
+    ) -> npt.NDArray[np.float32]:
         """One federated round, re-run (new round id) after an abort or a refused sum, at most
         ``attempts_per_round`` times. A participant proven to misbehave is excluded for good
         (recorded in the store); one accused that did not answer sits out the re-runs."""
+        server = self.server
+        if server is None:
+            raise RuntimeError("the coordinator server is not started (Federation.run starts it)")
         config = self.config
         encoding = config.encoding()
         adapter = adapter_payload.pack(vector, layout, round_number - 1)
@@ -214,7 +230,7 @@ class Federation:
             self.service.excluded = dict(excluded)
             self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
             self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
-            outcome = await self.server.run_round(round_config)
+            outcome = await server.run_round(round_config)
             for name, why in outcome.culprits.items():
                 self.store.exclude(name, round_number, round_id, why)
                 excluded[name] = f"round {round_number}: {why}"
@@ -303,7 +319,7 @@ class Federation:
             heldout_before=metrics.as_dict() if metrics is not None else None,
         )
 
-    def _ledger_entry(self, record: RoundRecord, encoding: EncodingParams) -> dict:
+    def _ledger_entry(self, record: RoundRecord, encoding: EncodingParams) -> dict[str, Any]:
         reports = [r for (rnd, _), r in self.service.reports.items() if rnd == record.round]
         return {
             "survivors": record.survivors,

@@ -37,27 +37,28 @@ refused by gRPC itself).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from fedmask.coordinator.transport import AuthError, ServerSecurity
+from fedmask.coordinator.transport import Authenticator, AuthError, ServerSecurity
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort, Rejection
-from fedmask.secagg.messages import Abort
+from fedmask.secagg.messages import Abort, ModularVector
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.server import Server, ServerConfig, ServerState
 
@@ -69,6 +70,9 @@ DEFAULT_PHASE_TIMEOUT_S = 60.0
 GRPC_MESSAGE_PREFIX_BYTES = 5
 
 Progress = Callable[[str], None]
+# What the round server reads from a stream: each message's size on the wire and the envelope
+# (None when the bytes are not a ClientEnvelope; see ``_sized_envelope``).
+SizedEnvelopes = AsyncIterator[tuple[int, pb.ClientEnvelope | None]]
 
 # The answer to each kind of message the protocol core rejects (it has checked everything).
 REJECTION_STATUS: dict[Rejection, grpc.StatusCode] = {
@@ -144,7 +148,7 @@ class RoundOutcome:
     abort_reason: str | None = None
     survivors: tuple[str, ...] = ()
     dropped: dict[str, str] = field(default_factory=dict)
-    result: np.ndarray | None = field(default=None, repr=False)
+    result: ModularVector | None = field(default=None, repr=False)
     session_id: bytes | None = None
     join_s: float = 0.0  # round opened -> RoundStart sent
     round_s: float = 0.0  # RoundStart sent -> sum computed (or abort)
@@ -156,9 +160,9 @@ class RoundOutcome:
     culprits: dict[str, str] = field(default_factory=dict)
     suspects: dict[str, str] = field(default_factory=dict)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """A JSON-friendly summary; the sum itself only as a digest and a preview."""
-        summary: dict = {
+        summary: dict[str, Any] = {
             "round_id": self.round_id.decode("utf-8", "replace"),
             "completed": self.completed,
             "participants": len(self.participants),
@@ -182,13 +186,22 @@ class RoundOutcome:
         return summary
 
 
+# What the round queues for a stream's call handler to do: write an envelope, end the call with
+# OK, or end it with a status code and details.
+_Outgoing = (
+    tuple[Literal["send"], pb.ServerEnvelope]
+    | tuple[Literal["end"], None]
+    | tuple[Literal["error"], tuple[grpc.StatusCode, str]]
+)
+
+
 class _Connection:
     """One participant's stream in one round. The call handler writes what the round queues."""
 
     def __init__(self, name: str, participant_id: int) -> None:
         self.name = name
         self.participant_id = participant_id
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self.joined = False  # Hello received
         self.closed = False  # no more messages will be read or written
         self.lost_reason: str | None = None
@@ -220,7 +233,7 @@ class RoundRunner:
         self.config = config
         self._ids = config.ids
         self._names = {pid: name for name, pid in self._ids.items()}
-        identity_keys = {}
+        identity_keys: dict[int, bytes] = {}
         if config.params.mode is SecurityMode.MALICIOUS:
             identity_keys = {self._ids[n]: config.identity_keys[n] for n in config.participants}
         self.server = Server(ServerConfig(config.round_id, config.params, tuple(self._ids.values()), identity_keys))
@@ -257,7 +270,7 @@ class RoundRunner:
         self._connections[pid] = connection
         return connection
 
-    async def serve_stream(self, connection: _Connection, requests) -> None:
+    async def serve_stream(self, connection: _Connection, requests: SizedEnvelopes) -> None:
         """Read the participant's messages until its stream ends (runs beside the writer)."""
         try:
             async for size, envelope in requests:
@@ -312,6 +325,7 @@ class RoundRunner:
                 abort = wire.client_from_proto(envelope, sender=pid, params=params)
             except wire.WireError as exc:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"malformed abort: {exc}") from exc
+            assert isinstance(abort, Abort)  # the kind of envelope decided it
             self._progress(f"{connection.name} aborted: {abort.reason}")
             if self.started:
                 async with self._lock:
@@ -324,6 +338,7 @@ class RoundRunner:
             if kind != "hello":
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"the first message must be hello, got {kind}")
             hello = wire.client_from_proto(envelope, sender=pid, params=params)
+            assert isinstance(hello, wire.Hello)  # the kind of envelope decided it
             if hello.protocol_version != wire.PROTOCOL_VERSION:
                 raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -486,7 +501,10 @@ class RoundRunner:
         outcome.result = self.server.result
         outcome.survivors = tuple(self._names[pid] for pid in self.server.u3)
         self._collect()
-        result = wire.server_to_proto(wire.RoundResult(self.server.session_id, tuple(self.server.u3)))
+        session_id = self.server.session_id
+        if session_id is None:
+            raise RuntimeError("a completed round without a session")
+        result = wire.server_to_proto(wire.RoundResult(session_id, tuple(self.server.u3)))
         for connection in self._connections.values():
             connection.send(result)
             connection.finish()
@@ -532,7 +550,7 @@ def _service_handler(service: SecureAggregationService) -> grpc.GenericRpcHandle
 class SecureAggregationService(pb_grpc.SecureAggregationServicer):
     """The gRPC face: authenticates each stream and hands it to the round that is open."""
 
-    def __init__(self, authenticator, *, join_wait_s: float, progress: Progress | None = None) -> None:
+    def __init__(self, authenticator: Authenticator, *, join_wait_s: float, progress: Progress | None = None) -> None:
         self._authenticator = authenticator
         self._join_wait_s = join_wait_s
         self._round: RoundRunner | None = None
@@ -559,7 +577,9 @@ class SecureAggregationService(pb_grpc.SecureAggregationServicer):
             raise Refusal(grpc.StatusCode.UNAVAILABLE, "no round is open for joining; retry later")
         return current
 
-    async def Aggregate(self, request_iterator, context):  # noqa: N802 - the gRPC method name
+    async def Aggregate(  # noqa: N802 - the gRPC method name
+        self, request_iterator: SizedEnvelopes, context: grpc.aio.ServicerContext
+    ) -> None:
         try:
             name = self._authenticator.identify(context)
         except AuthError as exc:
@@ -577,14 +597,14 @@ class SecureAggregationService(pb_grpc.SecureAggregationServicer):
         why = "stream ended"
         try:
             while True:
-                action, payload = await connection.outbox.get()
-                if action == "send":
-                    await context.write(payload)
-                elif action == "end":
+                item = await connection.outbox.get()
+                if item[0] == "send":
+                    await context.write(item[1])
+                elif item[0] == "end":
                     why = connection.lost_reason or "round over"
                     return
                 else:
-                    code, details = payload
+                    code, details = item[1]
                     why = connection.lost_reason or details
                     await context.abort(code, details)
         except asyncio.CancelledError:
@@ -675,6 +695,7 @@ class CoordinatorServer:
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{self.settings.host}:{self.settings.port}"
+        port: int
         if self.security.credentials is None:
             port = self._server.add_insecure_port(address)
         else:
@@ -744,7 +765,7 @@ class BackgroundCoordinator:
         self._thread.start()
         return asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout_s)
 
-    def submit_round(self, config: RoundConfig):
+    def submit_round(self, config: RoundConfig) -> concurrent.futures.Future[RoundOutcome]:
         """Start a round; returns a concurrent.futures.Future of its outcome."""
         return asyncio.run_coroutine_threadsafe(self.server.run_round(config), self._loop)
 
@@ -762,5 +783,5 @@ class BackgroundCoordinator:
         self.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

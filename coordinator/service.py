@@ -8,8 +8,9 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 
@@ -19,7 +20,7 @@ from fedmask.coordinator.config import FederationConfig
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 
-from .transport import AuthError
+from .transport import Authenticator, AuthError
 
 Progress = Callable[[str], None]
 
@@ -32,7 +33,7 @@ CHUNK_BYTES = 1 << 20
 
 @dataclass
 class TaskState:
-    action: int = fl.Task.WAIT
+    action: fl.Task.Action = fl.Task.WAIT
     round: int = 0
     round_id: bytes = b""
     adapter: adapter_payload.AdapterPayload | None = None
@@ -56,7 +57,7 @@ class FederationService(fl_grpc.FederationServicer):
     def __init__(
         self,
         config: FederationConfig,
-        authenticator,
+        authenticator: Authenticator,
         *,
         clock: Callable[[], float] = time.monotonic,
         progress: Progress | None = None,
@@ -76,24 +77,30 @@ class FederationService(fl_grpc.FederationServicer):
         # Participants proven to have misbehaved (from the store): refused on every call.
         self.excluded: dict[str, str] = {}
 
-    def publish(self, action: int, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload) -> None:
+    def publish(
+        self, action: fl.Task.Action, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload
+    ) -> None:
         self._adapters[adapter.sha256] = adapter
         self.task = TaskState(action, round_number, round_id, adapter, self._clock())
 
-    async def _identify(self, context) -> str:
+    async def _identify(self, context: grpc.aio.ServicerContext) -> str:
         try:
             name = self._authenticator.identify(context)
         except AuthError as exc:
-            await context.abort(exc.code, exc.details)
+            await _abort(context, exc.code, exc.details)
         if name not in self._config.participants:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
         if name in self.excluded:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"{name} is excluded from this federation: {self.excluded[name]}"
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{name} is excluded from this federation: {self.excluded[name]}",
             )
         return name
 
-    async def GetTask(self, request, context):  # noqa: N802 - the gRPC method name
+    async def GetTask(  # noqa: N802 - the gRPC method name
+        self, request: fl.TaskRequest, context: grpc.aio.ServicerContext
+    ) -> fl.Task:
         await self._identify(context)
         task = self.task
         answer = fl.Task(action=task.action, round=task.round, total_rounds=self._config.rounds, retry_after_s=2.0)
@@ -120,11 +127,13 @@ class FederationService(fl_grpc.FederationServicer):
             answer.join_deadline_s = max(0.0, remaining)
         return answer
 
-    async def DownloadAdapter(self, request, context):  # noqa: N802
+    async def DownloadAdapter(  # noqa: N802
+        self, request: fl.AdapterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[fl.AdapterChunk]:
         await self._identify(context)
         adapter = self._adapters.get(request.sha256)
         if adapter is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no adapter with that digest is offered")
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "no adapter with that digest is offered")
         data = adapter.data
         step = self.chunk_bytes
         for offset in range(0, len(data), step):
@@ -132,13 +141,16 @@ class FederationService(fl_grpc.FederationServicer):
                 offset=offset, data=data[offset : offset + step], total_bytes=len(data) if offset == 0 else 0
             )
 
-    async def Report(self, request, context):  # noqa: N802
+    async def Report(  # noqa: N802
+        self, request: fl.ParticipantReport, context: grpc.aio.ServicerContext
+    ) -> fl.ReportAck:
         name = await self._identify(context)
         problem = _report_problem(request, self._config.rounds)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta)
-        if self.task.action == fl.Task.FINISHED and request.adapter_round == self.task.adapter.round:
+        final = self.task.adapter if self.task.action == fl.Task.FINISHED else None
+        if final is not None and request.adapter_round == final.round:
             self.final_reports[name] = report
         else:
             self.reports[(request.round, name)] = report
@@ -146,7 +158,13 @@ class FederationService(fl_grpc.FederationServicer):
         return fl.ReportAck()
 
 
-def _report_problem(request, rounds: int) -> str | None:
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End the call with ``code``: ``context.abort`` raises, which grpc's untyped API cannot say."""
+    await context.abort(code, details)
+    raise RuntimeError("grpc's context.abort returned")  # it always raises
+
+
+def _report_problem(request: fl.ParticipantReport, rounds: int) -> str | None:
     if request.round > rounds or request.adapter_round > rounds:
         return f"round numbers run from 0 to {rounds}"
     if not (math.isfinite(request.epsilon) and request.epsilon >= 0):

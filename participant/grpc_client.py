@@ -20,9 +20,9 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
@@ -33,14 +33,19 @@ from fedmask.secagg.errors import Phase
 from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ClientMessage,
     ConsistencySignature,
     EnvelopeOpening,
     MaskedInput,
+    ModularVector,
     ShareKeys,
     UnmaskResponse,
 )
 from fedmask.secagg.params import SecurityMode
 from fedmask.secagg.rand import RandomSource, SystemRandom
+
+if TYPE_CHECKING:
+    from fedmask.pki import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ class Outcome:
     round_s: float = 0.0  # RoundStart received -> RoundResult received
     cpu_s: float = 0.0  # this process's CPU time over the same span
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["round_id"] = self.round_id.decode("utf-8", "replace") if self.round_id else None
         d["abort_phase"] = self.abort_phase.value if self.abort_phase else None
@@ -119,7 +124,7 @@ class Outcome:
         return d
 
 
-InputProvider = Callable[[wire.RoundStart], np.ndarray]
+InputProvider = Callable[[wire.RoundStart], ModularVector]
 Progress = Callable[[str], None]
 BeforeSend = Callable[[Phase], None]
 
@@ -132,7 +137,7 @@ class _RoundNotStarted(Exception):
         self.error = error
 
 
-def mtls_credentials(material) -> grpc.ChannelCredentials:
+def mtls_credentials(material: TlsMaterial) -> grpc.ChannelCredentials:
     """Client-certificate credentials from ``coordinator.pki.load_tls_material(dir, "participant", name)``."""
     return grpc.ssl_channel_credentials(material.ca_cert, material.private_key, material.cert_chain)
 
@@ -211,7 +216,7 @@ class _RoundSession:
         self.rng = rng
         self.progress = progress
         self.outcome = outcome
-        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self._outgoing: queue.SimpleQueue[pb.ClientEnvelope | None] = queue.SimpleQueue()
         self._start: wire.RoundStart | None = None
         self._client: Client | None = None
         self._clock: tuple[float, float] | None = None
@@ -224,7 +229,7 @@ class _RoundSession:
                 return
             yield envelope
 
-    def _send(self, message: object) -> None:
+    def _send(self, message: wire.ClientWireMessage) -> None:
         self.outcome.messages_sent += 1
         self._outgoing.put(wire.client_to_proto(message))
 
@@ -329,7 +334,7 @@ class _RoundSession:
             self._reply(reply, before_send)
         return True
 
-    def _reply(self, reply: object, before_send: BeforeSend | None) -> None:
+    def _reply(self, reply: ClientMessage, before_send: BeforeSend | None) -> None:
         phase = REPLY_PHASE[type(reply)]
         if before_send is not None:
             before_send(phase)

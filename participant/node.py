@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -39,14 +39,26 @@ from fedmask.durable import PRIVATE, write_text_atomic
 from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
+from fedmask.proto.wire import RoundStart
 from fedmask.secagg.encoding import encode
+from fedmask.secagg.messages import ModularVector
 from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SystemRandom
 
 from .data import LocalData
 from .grpc_client import Connection, Identity, _open_channel, take_part
 
+if TYPE_CHECKING:
+    from fedmask.adapter.config import TrainingConfig
+
+    from .ledger import PrivacyLedger
+    from .trainer import Evaluation, LocalTrainer
+    from .training import TrainingResult
+
 Progress = Callable[[str], None]
+# ``participant.training.train_adapter`` (passed in: it is imported only when a node runs).
+TrainAdapter = Callable[..., "TrainingResult"]
+_Result = TypeVar("_Result")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -123,13 +135,13 @@ class Node:
         self.overrides = dict(overrides or {})  # local settings the coordinator may not change
         self.sleep = sleep
         self.state = NodeState.load(self.state_dir / "node.json")
-        self._trainer = None
-        self._ledger = None
+        self._trainer: LocalTrainer | None = None
+        self._ledger: PrivacyLedger | None = None
         self._jitter = random.Random()
 
     # --- RPC helpers ------------------------------------------------------------------------
 
-    def _call(self, what: str, function):
+    def _call(self, what: str, function: Callable[[fl_grpc.FederationStub], _Result]) -> _Result:
         """Call with backoff while the coordinator is unreachable (restarting, partitioned)."""
         attempt = 0
         while True:
@@ -148,19 +160,26 @@ class Node:
             finally:
                 channel.close()
 
-    def _metadata(self):
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         return self.connection.metadata or None
 
     def get_task(self) -> fl.Task:
         request = fl.TaskRequest(last_round=self.state.last_round)
-        return self._call("GetTask", lambda stub: stub.GetTask(request, metadata=self._metadata(), timeout=30))
+
+        def get(stub: fl_grpc.FederationStub) -> fl.Task:
+            task: fl.Task = stub.GetTask(request, metadata=self._metadata(), timeout=30)
+            return task
+
+        return self._call("GetTask", get)
 
     def download(self, task: fl.Task) -> adapter_payload.AdapterPayload:
-        def fetch(stub):
-            chunks, expected = [], 0
-            for chunk in stub.DownloadAdapter(
+        def fetch(stub: fl_grpc.FederationStub) -> bytes:
+            chunks: list[bytes] = []
+            expected = 0
+            stream: Iterator[fl.AdapterChunk] = stub.DownloadAdapter(
                 fl.AdapterRequest(sha256=task.adapter_sha256), metadata=self._metadata(), timeout=300
-            ):
+            )
+            for chunk in stream:
                 if chunk.offset != expected:
                     raise NodeError("adapter chunks arrived out of order")
                 chunks.append(chunk.data)
@@ -193,7 +212,7 @@ class Node:
 
     # --- training ---------------------------------------------------------------------------
 
-    def _training(self, task: fl.Task):
+    def _training(self, task: fl.Task) -> tuple[TrainingConfig, LocalTrainer]:
         from fedmask.adapter.config import TrainingConfig
         from fedmask.participant.trainer import LocalTrainer
 
@@ -217,7 +236,7 @@ class Node:
                 self.policy.check_training(config, local_models=[str(v) for v in self.overrides.values()])
             except PolicyViolation as exc:
                 raise NodeError(str(exc)) from None
-        if self._trainer is None or self._trainer.config != config:
+        if self._trainer is None or self._ledger is None or self._trainer.config != config:
             self._ledger = PrivacyLedger.open(
                 self.state_dir / "privacy_ledger.json",
                 accountant=config.accountant,
@@ -236,7 +255,7 @@ class Node:
                 raise NodeError(str(exc)) from None
         return config, self._trainer
 
-    def _evaluate(self, trainer, vector: np.ndarray):
+    def _evaluate(self, trainer: LocalTrainer, vector: np.ndarray) -> Evaluation | None:
         trainer.set_adapter_vector(vector)
         return trainer.evaluate(self.data.heldout) if self.data.heldout else None
 
@@ -264,9 +283,11 @@ class Node:
                 raise NodeError(f"unknown task action {task.action}")
             self._train_and_upload(task, train_adapter)
 
-    def _train_and_upload(self, task: fl.Task, train_adapter) -> None:
+    def _train_and_upload(self, task: fl.Task, train_adapter: TrainAdapter) -> None:
         payload = self.download(task)
         config, trainer = self._training(task)
+        ledger = self._ledger
+        assert ledger is not None  # ``_training`` opens it with the trainer
         if trainer.spec.to_json() != payload.layout:
             raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
         encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size, self.policy)
@@ -278,18 +299,16 @@ class Node:
             train_records=len(self.data.train),
         )
         self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
-        result = train_adapter(
-            config, self.data, global_adapter_state=payload.vector, ledger=self._ledger, trainer=trainer
-        )
+        result = train_adapter(config, self.data, global_adapter_state=payload.vector, ledger=ledger, trainer=trainer)
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
         if noise_plan is None:
             encoded = encode(update, encoding, SystemRandom())
         else:
             encoded = ddp.encode_with_noise(update, noise_plan, rotation_seed(task.round_id), SystemRandom())
         self.report(task.round, payload.round)
-        self.progress(f"round {task.round}: epsilon spent {self._ledger.epsilon_spent:.2f}; uploading")
+        self.progress(f"round {task.round}: epsilon spent {ledger.epsilon_spent:.2f}; uploading")
 
-        def input_for_round(start):
+        def input_for_round(start: RoundStart) -> ModularVector:
             if start.round_id != task.round_id:
                 raise ValueError("the coordinator opened another round than the task announced")
             if noise_plan is not None and noise_plan.config.min_survivors > start.params.threshold:

@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from fedmask.adapter.config import MODES, TrainingConfig
 from fedmask.durable import PRIVATE, write_text_atomic
@@ -245,7 +245,7 @@ class ParticipantPolicy:
             )
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

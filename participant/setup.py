@@ -16,6 +16,7 @@ from fedmask.participant.grpc_client import Connection, Identity, mtls_credentia
 from fedmask.participant.policy import POLICY_FILE_NAME, ParticipantPolicy, PolicyError, PolicyViolation
 from fedmask.proto import transport, wire
 from fedmask.secagg import prg
+from fedmask.secagg.messages import ModularVector
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
 
@@ -115,13 +116,16 @@ def load_policy(
     return policy
 
 
-def load_input(path: Path, start: wire.RoundStart) -> np.ndarray:
+def load_input(path: Path, start: wire.RoundStart) -> ModularVector:
     """An encoded input from a .npy file: d integers in [0, 2^b)."""
     params = start.params
     try:
         values = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(values, np.ndarray):  # an .npz archive (several arrays)
+        values.close()
+        raise ValueError(f"{path} is not a .npy file holding one array")
     if values.shape != (params.dimension,):
         raise ValueError(f"{path} holds shape {values.shape}, the round needs ({params.dimension},)")
     if values.dtype.kind not in "iu":
@@ -131,7 +135,7 @@ def load_input(path: Path, start: wire.RoundStart) -> np.ndarray:
     return values.astype(prg.dtype_for_bits(params.modulus_bits))
 
 
-def synthetic_input(seed: int, start: wire.RoundStart) -> np.ndarray:
+def synthetic_input(seed: int, start: wire.RoundStart) -> ModularVector:
     """A uniformly random input mod 2^b from ``seed`` (demos and tests: anyone knowing the seed
     can recompute it, which is the point there)."""
     return random_input(SeededRandom.from_int(seed), start.params.dimension, start.params.modulus_bits)

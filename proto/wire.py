@@ -15,6 +15,7 @@ Vectors travel as packed little-endian bytes: 4 bytes a value when modulus_bits 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from fedmask.secagg.errors import ParameterError, Phase
 from fedmask.secagg.messages import (
     Abort,
     AdvertiseKeys,
+    ClientMessage,
     Complaint,
     ComplaintKind,
     ConsistencyRequest,
@@ -33,7 +35,9 @@ from fedmask.secagg.messages import (
     EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    ModularVector,
     OpenRequest,
+    ServerMessage,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -87,6 +91,11 @@ class RoundResult:
     survivors: tuple[int, ...]
 
 
+# Everything a participant's stream carries, and everything the coordinator's carries.
+ClientWireMessage = Hello | ClientMessage
+ServerWireMessage = RoundStart | RoundResult | ServerMessage
+
+
 # --- vectors and parameters -----------------------------------------------------------------
 
 
@@ -97,11 +106,11 @@ def value_bytes(modulus_bits: int) -> int:
     return 4 if modulus_bits <= 32 else 8
 
 
-def vector_dtype(modulus_bits: int) -> np.dtype:
+def vector_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
     return np.dtype("<u4") if value_bytes(modulus_bits) == 4 else np.dtype("<u8")
 
 
-def pack_vector(vector: np.ndarray) -> bytes:
+def pack_vector(vector: ModularVector) -> bytes:
     """A 1-D uint32 or uint64 vector as packed little-endian bytes."""
     vector = np.asarray(vector)
     if vector.ndim != 1 or vector.dtype.kind != "u" or vector.dtype.itemsize not in (4, 8):
@@ -109,7 +118,7 @@ def pack_vector(vector: np.ndarray) -> bytes:
     return vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def unpack_vector(data: bytes, dimension: int, modulus_bits: int) -> np.ndarray:
+def unpack_vector(data: bytes, dimension: int, modulus_bits: int) -> ModularVector:
     """A read-only view of ``data`` as ``dimension`` little-endian values; exact length only."""
     dtype = vector_dtype(modulus_bits)
     expected = dimension * dtype.itemsize
@@ -136,7 +145,7 @@ _PHASES = {
     Phase.ABORTED: pb.PHASE_ABORTED,
     Phase.COMPLAINTS: pb.PHASE_COMPLAINTS,
 }
-_PHASES_BACK = {v: k for k, v in _PHASES.items()}
+_PHASES_BACK: dict[int, Phase] = {v: k for k, v in _PHASES.items()}
 
 
 def params_to_proto(params: ProtocolParams) -> pb.ProtocolParams:
@@ -175,7 +184,7 @@ def _participant_id(value: int, what: str) -> int:
     return value
 
 
-def _ids(values, what: str) -> tuple[int, ...]:
+def _ids(values: Iterable[int], what: str) -> tuple[int, ...]:
     return tuple(_participant_id(v, what) for v in values)
 
 
@@ -205,7 +214,7 @@ _COMPLAINT_KINDS = {
     ComplaintKind.BAD_ENVELOPE: pb.COMPLAINT_KIND_BAD_ENVELOPE,
     ComplaintKind.BAD_SIGNATURE: pb.COMPLAINT_KIND_BAD_SIGNATURE,
 }
-_COMPLAINT_KINDS_BACK = {v: k for k, v in _COMPLAINT_KINDS.items()}
+_COMPLAINT_KINDS_BACK: dict[int, ComplaintKind] = {v: k for k, v in _COMPLAINT_KINDS.items()}
 
 
 def _complaint_kind(value: int) -> ComplaintKind:
@@ -219,7 +228,7 @@ def _commitment(data: bytes, what: str) -> bytes:
     return _exact(data, keys.COMMITMENT_BYTES, what)
 
 
-def _envelope(sender: int, recipient: int, body) -> EncryptedShare:
+def _envelope(sender: int, recipient: int, body: pb.EncryptedShareTo | pb.EncryptedShareFrom) -> EncryptedShare:
     """An envelope's fields, checked; ``body`` is an EncryptedShareTo or EncryptedShareFrom."""
     return EncryptedShare(
         sender,
@@ -232,7 +241,7 @@ def _envelope(sender: int, recipient: int, body) -> EncryptedShare:
     )
 
 
-def _envelope_fields(share: EncryptedShare) -> dict:
+def _envelope_fields(share: EncryptedShare) -> dict[str, bytes]:
     return {
         "ciphertext": share.ciphertext,
         "ephemeral_key": share.ephemeral_key,
@@ -255,13 +264,14 @@ def clean_reason(reason: str) -> str:
     return printable + ("..." if len(reason) > MAX_REASON_CHARS else "")
 
 
-def _body(envelope, allowed: dict[str, str]) -> tuple[str, object]:
-    kind = envelope.WhichOneof("body")
+def _kind(envelope: pb.ClientEnvelope | pb.ServerEnvelope, allowed: Collection[str]) -> str:
+    """The name of the message in the envelope's ``body``."""
+    kind: str | None = envelope.WhichOneof("body")  # the stubs type the field name as Any
     if kind is None:
         raise WireError("empty envelope (no message in it)")
     if kind not in allowed:  # pragma: no cover - the oneof only holds these
         raise WireError(f"unexpected message {kind}")
-    return kind, getattr(envelope, kind)
+    return kind
 
 
 # --- participant -> coordinator ---------------------------------------------------------------
@@ -279,7 +289,7 @@ CLIENT_FIELDS: dict[type, str] = {
 }
 
 
-def client_to_proto(message: object) -> pb.ClientEnvelope:
+def client_to_proto(message: ClientWireMessage) -> pb.ClientEnvelope:
     """Encode a participant's message. Its ``sender`` is left out: the coordinator takes the
     sender from the TLS identity of the stream."""
     if isinstance(message, Hello):
@@ -336,63 +346,69 @@ def client_to_proto(message: object) -> pb.ClientEnvelope:
     raise TypeError(f"not a participant message: {type(message).__name__}")
 
 
-def client_from_proto(envelope: pb.ClientEnvelope, *, sender: int, params: ProtocolParams) -> object:
+def client_from_proto(envelope: pb.ClientEnvelope, *, sender: int, params: ProtocolParams) -> ClientWireMessage:
     """Decode a participant's message, attributing it to ``sender`` (from the TLS identity).
 
     Raises WireError when a field does not fit the format."""
-    kind, body = _body(envelope, {v: k for k, v in CLIENT_FIELDS.items()})
+    kind = _kind(envelope, CLIENT_FIELDS.values())
     if kind == "hello":
-        return Hello(body.protocol_version)
+        return Hello(envelope.hello.protocol_version)
     if kind == "advertise_keys":
+        advertisement = envelope.advertise_keys
         return AdvertiseKeys(
             sender=sender,
-            round_id=_round_id(body.round_id),
-            encryption_key=_exact(body.encryption_key, keys.PUBLIC_KEY_BYTES, "encryption key"),
-            masking_key=_exact(body.masking_key, keys.PUBLIC_KEY_BYTES, "masking key"),
-            signature=_signature(body.signature, "key advertisement signature", optional=True),
+            round_id=_round_id(advertisement.round_id),
+            encryption_key=_exact(advertisement.encryption_key, keys.PUBLIC_KEY_BYTES, "encryption key"),
+            masking_key=_exact(advertisement.masking_key, keys.PUBLIC_KEY_BYTES, "masking key"),
+            signature=_signature(advertisement.signature, "key advertisement signature", optional=True),
         )
     if kind == "share_keys":
-        shares = tuple(_envelope(sender, _participant_id(s.recipient, "share recipient"), s) for s in body.shares)
-        commitment = _commitment(body.self_mask_commitment, "self-mask commitment")
-        return ShareKeys(sender, _session_id(body.session_id), shares, commitment)
+        share_keys = envelope.share_keys
+        shares = tuple(_envelope(sender, _participant_id(s.recipient, "share recipient"), s) for s in share_keys.shares)
+        commitment = _commitment(share_keys.self_mask_commitment, "self-mask commitment")
+        return ShareKeys(sender, _session_id(share_keys.session_id), shares, commitment)
     if kind == "masked_input":
-        vector = unpack_vector(body.masked, params.dimension, params.modulus_bits)
+        masked_input = envelope.masked_input
+        vector = unpack_vector(masked_input.masked, params.dimension, params.modulus_bits)
         complaints = tuple(
             Complaint(
                 _participant_id(c.accused, "accused participant"),
                 _complaint_kind(c.kind),
                 _signature(c.signature, "complaint signature", optional=True),
             )
-            for c in body.complaints
+            for c in masked_input.complaints
         )
-        return MaskedInput(sender, _session_id(body.session_id), vector, complaints)
+        return MaskedInput(sender, _session_id(masked_input.session_id), vector, complaints)
     if kind == "envelope_opening":
+        opening = envelope.envelope_opening
         openings = tuple(
             (
                 _participant_id(o.holder, "envelope holder"),
                 _exact(o.ephemeral_secret, keys.PRIVATE_KEY_BYTES, "ephemeral secret"),
             )
-            for o in body.openings
+            for o in opening.openings
         )
-        return EnvelopeOpening(sender, _session_id(body.session_id), openings)
+        return EnvelopeOpening(sender, _session_id(opening.session_id), openings)
     if kind == "consistency_signature":
+        consistency = envelope.consistency_signature
         return ConsistencySignature(
             sender,
-            _session_id(body.session_id),
-            _signature(body.signature, "consistency signature", optional=False),
+            _session_id(consistency.session_id),
+            _signature(consistency.signature, "consistency signature", optional=False),
         )
     if kind == "unmask_response":
+        response = envelope.unmask_response
         return UnmaskResponse(
             sender,
-            _session_id(body.session_id),
-            _owner_shares(body.self_mask_shares),
-            _owner_shares(body.key_shares),
+            _session_id(response.session_id),
+            _owner_shares(response.self_mask_shares),
+            _owner_shares(response.key_shares),
         )
     assert kind == "abort"
-    return Abort(_phase(body.phase), clean_reason(body.reason), sender=sender)
+    return Abort(_phase(envelope.abort.phase), clean_reason(envelope.abort.reason), sender=sender)
 
 
-def _owner_shares(shares) -> tuple[tuple[int, bytes], ...]:
+def _owner_shares(shares: Iterable[pb.OwnerShare]) -> tuple[tuple[int, bytes], ...]:
     return tuple(
         (_participant_id(s.owner, "share owner"), _exact(s.share, shamir.SHARE_BYTES, "Shamir share")) for s in shares
     )
@@ -412,7 +428,7 @@ SERVER_FIELDS: dict[type, str] = {
 }
 
 
-def server_to_proto(message: object) -> pb.ServerEnvelope:
+def server_to_proto(message: ServerWireMessage) -> pb.ServerEnvelope:
     """Encode a coordinator message. A ShareBundle's recipient is the stream's participant and
     is not repeated on the wire."""
     if isinstance(message, RoundStart):
@@ -479,18 +495,19 @@ def server_to_proto(message: object) -> pb.ServerEnvelope:
     raise TypeError(f"not a coordinator message: {type(message).__name__}")
 
 
-def server_from_proto(envelope: pb.ServerEnvelope, *, recipient: int | None) -> object:
+def server_from_proto(envelope: pb.ServerEnvelope, *, recipient: int | None) -> ServerWireMessage:
     """Decode a coordinator message for participant ``recipient`` (None before RoundStart, which
     is the only message that may come then). Raises WireError when a field does not fit."""
-    kind, body = _body(envelope, {v: k for k, v in SERVER_FIELDS.items()})
+    kind = _kind(envelope, SERVER_FIELDS.values())
     if kind == "round_start":
-        return _round_start(body)
+        return _round_start(envelope.round_start)
     if kind == "abort":
-        return Abort(_phase(body.phase), clean_reason(body.reason))
+        return Abort(_phase(envelope.abort.phase), clean_reason(envelope.abort.reason))
     if recipient is None:
         raise WireError(f"{kind} before the round started")
     if kind == "key_roster":
-        round_id = _round_id(body.round_id)
+        roster = envelope.key_roster
+        round_id = _round_id(roster.round_id)
         return KeyRoster(
             round_id,
             tuple(
@@ -501,44 +518,49 @@ def server_from_proto(envelope: pb.ServerEnvelope, *, recipient: int | None) -> 
                     masking_key=_exact(ad.masking_key, keys.PUBLIC_KEY_BYTES, "masking key"),
                     signature=_signature(ad.signature, "key advertisement signature", optional=True),
                 )
-                for ad in body.advertisements
+                for ad in roster.advertisements
             ),
         )
     if kind == "share_bundle":
-        shares = tuple(_envelope(_participant_id(s.sender, "share sender"), recipient, s) for s in body.shares)
+        bundle = envelope.share_bundle
+        shares = tuple(_envelope(_participant_id(s.sender, "share sender"), recipient, s) for s in bundle.shares)
         commitments = tuple(
             (_participant_id(c.sender, "dealer"), _commitment(c.commitment, "self-mask commitment"))
-            for c in body.self_mask_commitments
+            for c in bundle.self_mask_commitments
         )
-        return ShareBundle(recipient, _session_id(body.session_id), shares, commitments)
+        return ShareBundle(recipient, _session_id(bundle.session_id), shares, commitments)
     if kind == "open_request":
+        open_request = envelope.open_request
         return OpenRequest(
-            _session_id(body.session_id),
+            _session_id(open_request.session_id),
             tuple(
                 (
                     _participant_id(c.complainer, "complainer"),
                     _signature(c.signature, "complaint signature", optional=True),
                 )
-                for c in body.complaints
+                for c in open_request.complaints
             ),
         )
     if kind == "consistency_request":
-        return ConsistencyRequest(_session_id(body.session_id), _ids(body.survivors, "survivor"))
+        consistency = envelope.consistency_request
+        return ConsistencyRequest(_session_id(consistency.session_id), _ids(consistency.survivors, "survivor"))
     if kind == "unmask_request":
+        unmask = envelope.unmask_request
         return UnmaskRequest(
-            _session_id(body.session_id),
-            _ids(body.survivors, "survivor"),
-            _ids(body.dropped, "dropped participant"),
+            _session_id(unmask.session_id),
+            _ids(unmask.survivors, "survivor"),
+            _ids(unmask.dropped, "dropped participant"),
             tuple(
                 (
                     _participant_id(s.signer, "signer"),
                     _signature(s.signature, "consistency signature", optional=False),
                 )
-                for s in body.signatures
+                for s in unmask.signatures
             ),
         )
     assert kind == "round_result"
-    return RoundResult(_session_id(body.session_id), _ids(body.survivors, "survivor"))
+    result = envelope.round_result
+    return RoundResult(_session_id(result.session_id), _ids(result.survivors, "survivor"))
 
 
 def _round_start(body: pb.RoundStart) -> RoundStart:

@@ -28,6 +28,7 @@ import enum
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,6 +39,7 @@ from .machine import Branch
 from .messages import (
     Abort,
     AdvertiseKeys,
+    ClientMessage,
     Complaint,
     ComplaintKind,
     ConsistencyRequest,
@@ -46,6 +48,7 @@ from .messages import (
     EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    ModularVector,
     OpenRequest,
     ShareBundle,
     ShareKeys,
@@ -95,7 +98,7 @@ class ClientConfig:
 
 
 class Client:
-    def __init__(self, config: ClientConfig, rng: RandomSource, input_vector: np.ndarray | None = None) -> None:
+    def __init__(self, config: ClientConfig, rng: RandomSource, input_vector: ModularVector | None = None) -> None:
         self.config = config
         self.me = config.participant_id
         self.params = config.params
@@ -103,7 +106,7 @@ class Client:
         self._dtype = prg.dtype_for_bits(self.params.modulus_bits)
         self.state = ClientState.READY
         self.abort_reason: str | None = None
-        self._input: np.ndarray | None = None
+        self._input: ModularVector | None = None
         if input_vector is not None:
             self.set_input(input_vector)
         self._encryption = keys.AgreementKeyPair.generate(rng)
@@ -130,7 +133,7 @@ class Client:
     def session_id(self) -> bytes | None:
         return self._session.session_id if self._session else None
 
-    def set_input(self, vector: np.ndarray) -> None:
+    def set_input(self, vector: ModularVector) -> None:
         """The encoded input (integers mod 2^b); needed before the shares arrive."""
         vector = np.asarray(vector)
         if vector.shape != (self.params.dimension,):
@@ -160,7 +163,7 @@ class Client:
             self.me, self.config.round_id, self._encryption.public_bytes, self._masking.public_bytes, signature
         )
 
-    def receive(self, message: object) -> object | None:
+    def receive(self, message: object) -> ClientMessage | None:
         """Feed one server message; returns the reply (or an Abort), or None."""
         if self.state in (ClientState.COMPLETED, ClientState.ABORTED):
             return None
@@ -241,12 +244,13 @@ class Client:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"participant {v} advertised an unusable key: {exc}") from exc
 
         self._self_mask_secret = self._rng.random_bytes(shamir.SECRET_BYTES)
-        shares = shamir.split(
+        split = shamir.split(
             [self._self_mask_secret, self._masking.private_bytes],
             threshold=params.threshold,
             holders=holders,
             rng=self._rng,
         )
+        shares = {holder: (b_share, s_share) for holder, (b_share, s_share) in split.items()}
         self._held_shares[self.me] = shares[self.me]
         sid = session.session_id
         commitment = keys.self_mask_commitment(self._self_mask_secret, session_id=sid, owner=self.me)
@@ -319,8 +323,12 @@ class Client:
         if self._input is None:
             raise ProtocolAbort(Phase.MASKED_INPUT, "no input was set before the masked-input phase")
 
+        if self._self_mask_secret is None:
+            raise ProtocolAbort(Phase.MASKED_INPUT, "no self-mask secret: the key roster was not handled")
+
         masked = self._input.copy()
-        add, subtract = [keys.self_mask_seed(self._self_mask_secret, session.session_id)], []
+        add = [keys.self_mask_seed(self._self_mask_secret, session.session_id)]
+        subtract: list[bytes] = []
         for v in sorted(survivors - {self.me}):
             # u adds PRG(s_uv) for v > u and subtracts it for v < u: the pair cancels in the sum.
             (add if v > self.me else subtract).append(self._pairwise_seeds[v])
@@ -396,14 +404,14 @@ class Client:
 
     def _on_consistency_request(self, request: ConsistencyRequest) -> ConsistencySignature:
         session = self._require_session(request.session_id, Phase.CONSISTENCY_CHECK)
-        survivors = self._check_survivors(request.survivors, (), Phase.CONSISTENCY_CHECK)
+        survivors = self._check_survivors(session, request.survivors, (), Phase.CONSISTENCY_CHECK)
         self._signed_survivors = survivors
         payload = keys.consistency_payload(session.session_id, survivors)
         return ConsistencySignature(self.me, session.session_id, keys.sign(self._identity_key(), payload))
 
     def _on_unmask_request(self, request: UnmaskRequest) -> UnmaskResponse:
         session = self._require_session(request.session_id, Phase.UNMASK)
-        survivors = self._check_survivors(request.survivors, request.dropped, Phase.UNMASK)
+        survivors = self._check_survivors(session, request.survivors, request.dropped, Phase.UNMASK)
         dropped = tuple(sorted(request.dropped))
         if self.params.mode is SecurityMode.MALICIOUS:
             if survivors != self._signed_survivors:
@@ -452,11 +460,12 @@ class Client:
             return None
         return b_share, s_share
 
-    def _check_survivors(self, survivors: tuple[int, ...], dropped: tuple[int, ...], phase: Phase) -> tuple[int, ...]:
+    def _check_survivors(
+        self, session: Session, survivors: tuple[int, ...], dropped: tuple[int, ...], phase: Phase
+    ) -> tuple[int, ...]:
         """The survivor list must be a plausible U3: no duplicates, disjoint from the dropped
         list, a subset of U2 as far as this client can see, at least t long (overall and among
         this client's share holders), and consistent with every neighbour it got shares from."""
-        session = self._session
         t = self.params.threshold
         if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
             raise ProtocolAbort(phase, "the survivor or dropped list repeats a participant")
@@ -541,7 +550,8 @@ _AFTER_MASKED_INPUT: Branch[Client, ClientState] = Branch(
     },
 )
 
-Handler = Callable[[Client, object], object]
+# A handler takes the message of its row's type: ``receive`` looks rows up by ``type(message)``.
+Handler = Callable[[Client, Any], ClientMessage]
 
 # (state, message type) -> (handler, next state or a Branch choosing it)
 TRANSITIONS: dict[tuple[ClientState, type], tuple[Handler, ClientState | Branch[Client, ClientState]]] = {

@@ -18,8 +18,12 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import Phase
+
+# A vector of integers mod 2^b: uint32 when b <= 32, else uint64 (``prg.dtype_for_bits``).
+ModularVector = npt.NDArray[np.unsignedinteger]
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class MaskedInput:
 
     sender: int
     session_id: bytes
-    masked: np.ndarray = field(repr=False)
+    masked: ModularVector = field(repr=False)
     complaints: tuple[Complaint, ...] = ()
 
 

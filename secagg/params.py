@@ -80,7 +80,7 @@ class ProtocolParams:
         )
         return hashlib.sha256(b"fedmask/secagg/v1/params" + packed).digest()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, int | str]:
         return {
             "dimension": self.dimension,
             "modulus_bits": self.modulus_bits,
@@ -147,5 +147,5 @@ class EncodingParams:
             )
         return headroom
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, float]:
         return {"clip_norm": self.clip_norm, "scale": self.scale, "modulus_bits": self.modulus_bits}

@@ -23,7 +23,7 @@ import enum
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection
 from .machine import Branch
 from .messages import (
     AdvertiseKeys,
+    ClientMessage,
     Complaint,
     ComplaintKind,
     ConsistencyRequest,
@@ -40,7 +41,9 @@ from .messages import (
     EnvelopeOpening,
     KeyRoster,
     MaskedInput,
+    ModularVector,
     OpenRequest,
+    ServerMessage,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -48,6 +51,8 @@ from .messages import (
 )
 from .params import ProtocolParams, SecurityMode
 from .session import Session, check_advertisement, compute_session_id
+
+_Message = TypeVar("_Message")
 
 _SHARE_PLAINTEXT = keys.SHARE_PLAINTEXT
 
@@ -94,17 +99,18 @@ class Server:
         self.abort_reason: str | None = None
         self.dropped_reasons: dict[int, str] = {}
         self._expected: set[int] = set(config.participants)
-        self._received: dict[int, object] = {}
+        # Each sender's message of this phase (True for a masked input: it is in the sum already).
+        self._received: dict[int, ClientMessage | bool] = {}
         self._accepted_types: dict[int, set[type]] = {}  # what each sender has sent so far, by phase
         self._advertisements: dict[int, AdvertiseKeys] = {}
         self._session: Session | None = None
         self._share_keys: dict[int, ShareKeys] = {}
-        self._accumulator: np.ndarray | None = None
+        self._accumulator: ModularVector | None = None
         self.u1: tuple[int, ...] = ()
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
         self._signers: dict[int, bytes] = {}
-        self._result: np.ndarray | None = None
+        self._result: ModularVector | None = None
         # (dealer, holder) -> the envelope, and dealer -> its commitment to b: for the checks at
         # unmask time and for deciding complaints
         self._envelopes: dict[tuple[int, int], EncryptedShare] = {}
@@ -137,7 +143,7 @@ class Server:
         return tuple(sorted(set(self.u2) - set(self.u3)))
 
     @property
-    def result(self) -> np.ndarray:
+    def result(self) -> ModularVector:
         """The sum of the survivors' inputs mod 2^b, once COMPLETED."""
         if self._result is None:
             raise RuntimeError(f"no result in state {self.state.name}")
@@ -148,7 +154,7 @@ class Server:
         ``kind`` says why, so that a shell can answer without re-checking anything."""
         phase = self.state.phase
         spec = PHASES.get(self.state)
-        sender = getattr(message, "sender", None)
+        sender: int | None = getattr(message, "sender", None)
 
         def reject(kind: Rejection, reason: str) -> InvalidMessage:
             return InvalidMessage(phase, reason, sender=sender, kind=kind)
@@ -156,14 +162,15 @@ class Server:
         if spec is None:
             raise reject(Rejection.ROUND_OVER, f"the round is {self.state.name.lower()}")
         # A repeat is named as such even when its phase has closed in the meantime.
-        if type(message) in self._accepted_types.get(sender, ()) or (
-            isinstance(message, spec.accepts) and sender in self._received
-        ):
+        sent_before = self._accepted_types.get(sender, set()) if sender is not None else set()
+        if type(message) in sent_before or (isinstance(message, spec.accepts) and sender in self._received):
             raise reject(Rejection.DUPLICATE, f"duplicate {type(message).__name__}")
         if not isinstance(message, spec.accepts):
             raise reject(Rejection.WRONG_PHASE, f"expected {spec.accepts.__name__}, got {type(message).__name__}")
         if sender not in self._expected:
-            why = self.dropped_reasons.get(sender, "not a participant of this phase")
+            why = "not a participant of this phase"
+            if sender is not None:
+                why = self.dropped_reasons.get(sender, why)
             raise reject(Rejection.NOT_EXPECTED, f"sender {sender!r} is not expected: {why}")
         if isinstance(message, AdvertiseKeys):
             if message.round_id != self.config.round_id:
@@ -176,7 +183,8 @@ class Server:
         self._accepted_types.setdefault(sender, set()).add(type(message))
         self._received[sender] = message
         if isinstance(message, MaskedInput):
-            np.add(self._accumulator, message.masked, out=self._accumulator)
+            accumulator = self._sum_so_far()
+            np.add(accumulator, message.masked, out=accumulator)
             self._received[sender] = True  # the vector is in the sum; do not keep it
             if message.complaints:
                 self._complaints[sender] = message.complaints
@@ -188,7 +196,7 @@ class Server:
             self._expected.discard(participant)
             self.dropped_reasons[participant] = f"[{self.state.phase.value}] {reason}"
 
-    def close_phase(self) -> dict[int, object]:
+    def close_phase(self) -> dict[int, ServerMessage]:
         """End the current phase: returns {recipient: message}, or raises ProtocolAbort."""
         spec = PHASES.get(self.state)
         if spec is None:
@@ -225,7 +233,7 @@ class Server:
         return problem
 
     def _validate_share_keys(self, message: ShareKeys) -> str | None:
-        expected = self._session.neighbours(message.sender)
+        expected = self._current_session().neighbours(message.sender)
         recipients = [s.recipient for s in message.shares]
         if len(set(recipients)) != len(recipients) or set(recipients) != expected:
             return f"expected exactly one share for each of its {len(expected)} neighbours"
@@ -262,7 +270,8 @@ class Server:
         identity = self.config.identity_keys.get(message.sender)
         if identity is not None:
             try:
-                keys.verify(identity, message.signature, keys.consistency_payload(self.session_id, self.u3))
+                payload = keys.consistency_payload(self._current_session().session_id, self.u3)
+                keys.verify(identity, message.signature, payload)
             except CryptoError:
                 return "signature on the survivor list does not verify"
         elif len(message.signature) != keys.SIGNATURE_BYTES:
@@ -270,7 +279,7 @@ class Server:
         return None
 
     def _validate_unmask_response(self, message: UnmaskResponse) -> str | None:
-        session = self._session
+        session = self._current_session()
         held_owners = session.holders(message.sender)  # whose secrets the sender holds
         alive = set(self.u3)
         want_b = held_owners & alive
@@ -301,7 +310,9 @@ class Server:
                 return "unknown complaint kind"
             if self.params.mode is SecurityMode.MALICIOUS:
                 identity = self.config.identity_keys.get(complainer)
-                payload = keys.complaint_payload(self.session_id, complainer, complaint.accused, complaint.kind.value)
+                payload = keys.complaint_payload(
+                    self._current_session().session_id, complainer, complaint.accused, complaint.kind.value
+                )
                 try:
                     if identity is None:
                         raise CryptoError("no enrolled identity key")
@@ -323,7 +334,7 @@ class Server:
 
     # --- phase endings ------------------------------------------------------------------------
 
-    def _close_keys(self, responders: tuple[int, ...]) -> dict[int, object]:
+    def _close_keys(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
         roster = tuple(self._advertisements[u] for u in responders)
         self._session = Session.from_roster(self.config.round_id, self.params, roster)
         assert self._session.session_id == compute_session_id(self.config.round_id, self.params, roster)
@@ -334,18 +345,18 @@ class Server:
         message = KeyRoster(self.config.round_id, roster)
         return {u: message for u in responders}
 
-    def _close_shares(self, responders: tuple[int, ...]) -> dict[int, object]:
+    def _close_shares(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
         self.u2 = responders
         inbox: dict[int, list[EncryptedShare]] = {u: [] for u in responders}
         for sender in responders:
-            message: ShareKeys = self._received[sender]
+            message = self._message_of(sender, ShareKeys)
             self._self_mask_commitments[sender] = message.self_mask_commitment
             for share in message.shares:
                 self._envelopes[(sender, share.recipient)] = share
                 if share.recipient in inbox:
                     inbox[share.recipient].append(share)
         self._accumulator = np.zeros(self.params.dimension, dtype=self._dtype)
-        sid = self.session_id
+        sid = self._current_session().session_id
         return {
             u: ShareBundle(
                 u, sid, tuple(shares), tuple((s.sender, self._self_mask_commitments[s.sender]) for s in shares)
@@ -353,24 +364,26 @@ class Server:
             for u, shares in inbox.items()
         }
 
-    def _close_masked_inputs(self, responders: tuple[int, ...]) -> dict[int, object]:
+    def _close_masked_inputs(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
         self.u3 = responders
         if self._complaints:
             return self._start_complaints()
+        sid = self._current_session().session_id
+        request: ConsistencyRequest | UnmaskRequest
         if self.params.mode is SecurityMode.MALICIOUS:
-            request = ConsistencyRequest(self.session_id, self.u3)
+            request = ConsistencyRequest(sid, self.u3)
         else:
-            request = UnmaskRequest(self.session_id, self.u3, self.dropped)
+            request = UnmaskRequest(sid, self.u3, self.dropped)
         return {u: request for u in responders}
 
-    def _close_signatures(self, responders: tuple[int, ...]) -> dict[int, object]:
-        signatures = tuple((u, self._received[u].signature) for u in responders)
-        request = UnmaskRequest(self.session_id, self.u3, self.dropped, signatures)
+    def _close_signatures(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
+        signatures = tuple((u, self._message_of(u, ConsistencySignature).signature) for u in responders)
+        request = UnmaskRequest(self._current_session().session_id, self.u3, self.dropped, signatures)
         return {u: request for u in responders}
 
     # --- complaints -----------------------------------------------------------------------------
 
-    def _start_complaints(self) -> dict[int, object]:
+    def _start_complaints(self) -> dict[int, ServerMessage]:
         """Decide what can be decided now (signatures, on the envelopes the server received) and
         ask each participant accused of a bad envelope to open it. The round cannot complete any
         more: it aborts once the complaints are decided."""
@@ -383,7 +396,7 @@ class Server:
                     to_open.setdefault(complaint.accused, []).append((complainer, complaint.signature))
         if not to_open:
             raise ProtocolAbort(Phase.COMPLAINTS, self._complaints_reason(), culprits=self.culprits)
-        sid = self.session_id
+        sid = self._current_session().session_id
         self._open_requests = {accused: OpenRequest(sid, tuple(pairs)) for accused, pairs in to_open.items()}
         return dict(self._open_requests)
 
@@ -391,7 +404,7 @@ class Server:
         envelope = self._envelopes[(accused, complainer)]
         identity = self.config.identity_keys.get(accused)
         payload = keys.envelope_payload(
-            self.session_id,
+            self._current_session().session_id,
             accused,
             complainer,
             ephemeral_key=envelope.ephemeral_key,
@@ -413,7 +426,8 @@ class Server:
     def _open_envelope(self, accused: int, holder: int, ephemeral_secret: bytes) -> str | None:
         """What is wrong with the envelope ``accused`` sent ``holder``, given its opening, or None."""
         envelope = self._envelopes[(accused, holder)]
-        sid = self.session_id
+        session = self._current_session()
+        sid = session.session_id
         try:
             ephemeral = keys.AgreementKeyPair.from_private_bytes(ephemeral_secret)
         except CryptoError:
@@ -421,7 +435,7 @@ class Server:
         if ephemeral.public_bytes != envelope.ephemeral_key:
             return "opened it with a secret that does not match the envelope"
         try:
-            secret = keys.exchange(ephemeral.private_key, self._session.advertisements[holder].encryption_key)
+            secret = keys.exchange(ephemeral.private_key, session.advertisements[holder].encryption_key)
             key = keys.envelope_key(
                 secret, session_id=sid, sender=accused, receiver=holder, ephemeral_key=envelope.ephemeral_key
             )
@@ -439,9 +453,9 @@ class Server:
             return "sent shares that do not match its own commitments"
         return None
 
-    def _close_openings(self, responders: tuple[int, ...]) -> dict[int, object]:
+    def _close_openings(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
         for accused, request in sorted(self._open_requests.items()):
-            opening: EnvelopeOpening | None = self._received.get(accused)
+            opening = self._message_of(accused, EnvelopeOpening) if accused in self._received else None
             opened = dict(opening.openings) if opening is not None else {}
             for complainer, _ in request.complaints:
                 if complainer not in opened:
@@ -466,11 +480,11 @@ class Server:
     ) -> tuple[dict[int, dict[int, int]], dict[int, dict[int, int]]]:
         """The revealed shares that match their dealers' commitments; holders that revealed
         anything else are culprits, and their shares are left out."""
-        sid = self.session_id
+        sid = self._current_session().session_id
         b_shares: dict[int, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[int, dict[int, int]] = {v: {} for v in self.dropped}
         for holder in responders:
-            response: UnmaskResponse = self._received[holder]
+            response = self._message_of(holder, UnmaskResponse)
             for secret, shares, into in (
                 ("b", response.self_mask_shares, b_shares),
                 ("s", response.key_shares, s_shares),
@@ -489,18 +503,19 @@ class Server:
                         self.culprits[holder] = f"revealed a share of participant {owner}'s {what} it was never dealt"
                         continue
                     into[owner][holder] = shamir.decode_share(share)
-        for shares in (*b_shares.values(), *s_shares.values()):
+        for by_holder in (*b_shares.values(), *s_shares.values()):
             for culprit in self.culprits:
-                shares.pop(culprit, None)  # one bad share: trust none of that holder's
+                by_holder.pop(culprit, None)  # one bad share: trust none of that holder's
         return b_shares, s_shares
 
-    def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, object]:
-        session = self._session
+    def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
+        session = self._current_session()
         t = self.params.threshold
         b_shares, s_shares = self._checked_shares(responders)
         cache = shamir.LagrangeCache()
         sid = session.session_id
-        add_back, take_away = [], []
+        add_back: list[bytes] = []
+        take_away: list[bytes] = []
         for u, shares in b_shares.items():
             secret = self._rebuild(shares, t, cache, f"the self mask of participant {u}")
             if keys.self_mask_commitment(secret, session_id=sid, owner=u) != self._self_mask_commitments[u]:
@@ -517,7 +532,7 @@ class Server:
                 seed = keys.pairwise_mask_seed(pair.private_key, session.advertisements[u].masking_key, sid)
                 # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
                 (take_away if v > u else add_back).append(seed)
-        total = self._accumulator
+        total = self._sum_so_far()
         prg.add_masks(total, add_back, take_away)
         self._result = prg.reduce_modulus(total, self.params.modulus_bits)
         self._accumulator = None
@@ -531,6 +546,25 @@ class Server:
                 culprits=self.culprits,
             )
         return shamir.reconstruct(shares, threshold=threshold, cache=cache)
+
+    def _current_session(self) -> Session:
+        """The session agreed when the key roster closed (every later phase has one)."""
+        if self._session is None:
+            raise RuntimeError(f"no session yet in state {self.state.name}")
+        return self._session
+
+    def _sum_so_far(self) -> ModularVector:
+        """The accumulator of masked inputs, from the end of the share phase to the unmask."""
+        if self._accumulator is None:
+            raise RuntimeError(f"no accumulator in state {self.state.name}")
+        return self._accumulator
+
+    def _message_of(self, sender: int, kind: type[_Message]) -> _Message:
+        """``sender``'s message of this phase, which ``receive`` accepted as a ``kind``."""
+        message = self._received[sender]
+        if not isinstance(message, kind):
+            raise RuntimeError(f"participant {sender} has no {kind.__name__} in state {self.state.name}")
+        return message
 
     def _abort(
         self, reason: str, *, culprits: Mapping[int, str] | None = None, suspects: Mapping[int, str] | None = None
@@ -559,16 +593,18 @@ _AFTER_MASKED_INPUTS: Branch[Server, ServerState] = Branch(
 
 
 @dataclass(frozen=True)
-class PhaseSpec:
-    accepts: type
-    validate: Callable[[Server, object], str | None]
-    close: Callable[[Server, tuple[int, ...]], dict[int, object]]
+class PhaseSpec(Generic[_Message]):
+    accepts: type[_Message]
+    validate: Callable[[Server, _Message], str | None]
+    close: Callable[[Server, tuple[int, ...]], dict[int, ServerMessage]]
     next_state: ServerState | Branch[Server, ServerState]
     needs_threshold: bool = True  # the phase aborts when fewer than t participants answer it
 
 
 # The transition table: what each state accepts, how it validates, how it ends, what follows.
-PHASES: dict[ServerState, PhaseSpec] = {
+# Each row is checked on its own (``validate`` takes what the row ``accepts``); ``receive`` calls
+# ``validate`` only with a message that is an instance of ``accepts``.
+PHASES: dict[ServerState, PhaseSpec[Any]] = {
     ServerState.COLLECTING_KEYS: PhaseSpec(
         AdvertiseKeys, Server._validate_advertisement, Server._close_keys, ServerState.COLLECTING_SHARES
     ),

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -32,6 +33,11 @@ TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
 
 def _echo(line: str) -> None:
     click.echo(f"{dt.datetime.now():%H:%M:%S} {line}")
+
+
+def _prefixed(prefix: str) -> Callable[[str], None]:
+    """``_echo`` with ``prefix`` before every line."""
+    return lambda line: _echo(prefix + line)
 
 
 @click.command("join")
@@ -155,7 +161,7 @@ def join(
             local.connection,
             local.identity,
             input_for_round,
-            progress=lambda line, prefix=prefix: _echo(prefix + line),
+            progress=_prefixed(prefix),
             policy=policy,
         )
         outcomes.append(outcome)

@@ -28,11 +28,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
 from fedmask import pki
 from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import ModularVector
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
 
@@ -72,9 +74,9 @@ def participant_names(count: int) -> list[str]:
     return [f"participant-{i:0{width}d}" for i in range(1, count + 1)]
 
 
-def expected_sum(seeds: Iterable[int], dimension: int, modulus_bits: int = 32) -> np.ndarray:
+def expected_sum(seeds: Iterable[int], dimension: int, modulus_bits: int = 32) -> ModularVector:
     """The plaintext sum of the synthetic inputs of ``seeds`` (``join --synthetic-seed``)."""
-    total = np.zeros(dimension, dtype=np.uint64 if modulus_bits > 32 else np.uint32)
+    total: ModularVector = np.zeros(dimension, dtype=np.uint64 if modulus_bits > 32 else np.uint32)
     for seed in seeds:
         total += random_input(SeededRandom.from_int(seed), dimension, modulus_bits)
     if modulus_bits not in (32, 64):
@@ -87,16 +89,19 @@ class Process:
     """A child process whose combined stdout/stderr is collected line by line."""
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _eof: bool = False
 
     def __post_init__(self) -> None:
-        threading.Thread(target=self._pump, name=f"output-{self.name}", daemon=True).start()
+        output = self.popen.stdout
+        if output is None:
+            raise ValueError(f"{self.name}: the process's output is not piped to this one")
+        threading.Thread(target=self._pump, args=(output,), name=f"output-{self.name}", daemon=True).start()
 
-    def _pump(self) -> None:
-        for raw in self.popen.stdout:
+    def _pump(self, output: IO[str]) -> None:
+        for raw in output:
             with self._changed:
                 self.lines.append(raw.rstrip("\n"))
                 self._changed.notify_all()
@@ -104,7 +109,7 @@ class Process:
             self._eof = True
             self._changed.notify_all()
 
-    def wait_for_line(self, pattern: str | re.Pattern, timeout_s: float) -> re.Match:
+    def wait_for_line(self, pattern: str | re.Pattern[str], timeout_s: float) -> re.Match[str]:
         """The first output line matching ``pattern``; TimeoutError (with the output) otherwise."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout_s
@@ -134,11 +139,14 @@ class Process:
         with self._changed:
             return "\n".join(self.lines)
 
-    def json_summary(self) -> dict:
+    def json_summary(self) -> dict[str, Any]:
         """The JSON object on the last line (``--json``)."""
         for line in reversed(self.lines):
             if line.startswith("{"):
-                return json.loads(line)
+                summary = json.loads(line)
+                if not isinstance(summary, dict):
+                    raise ValueError(f"{self.name} printed JSON that is not an object: {line[:200]}")
+                return summary
         raise ValueError(f"{self.name} printed no JSON summary:\n{self.output()}")
 
     def kill(self) -> None:
@@ -160,13 +168,16 @@ class Process:
 class CoordinatorProcess(Process):
     port: int = 0
 
-    def summary(self, timeout_s: float = 120.0) -> dict:
+    def summary(self, timeout_s: float = 120.0) -> dict[str, Any]:
         self.wait(timeout_s)
         self.wait_for_line(r"^\{", 5)
         return self.json_summary()
 
 
-def _spawn(name: str, args: Sequence[str], env: dict[str, str] | None, cls=Process) -> Process:
+_P = TypeVar("_P", bound=Process)
+
+
+def _spawn(name: str, args: Sequence[str], env: dict[str, str] | None, cls: type[_P]) -> _P:
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -247,7 +258,7 @@ def start_participant(
         args = ["-m", "fedmask.cli.join", *common, "--policy", str(harness_policy(federation, name)), "--json"]
     else:
         args = ["-m", "fedmask.testing.loopback", "drop-out", *common, "--before", drop_before.value, "--how", drop_how]
-    return _spawn(name, [*args, *extra_args], env)
+    return _spawn(name, [*args, *extra_args], env, Process)
 
 
 def harness_policy(federation: Path, name: str) -> Path:
