@@ -5,8 +5,11 @@ run; what follows from them (encoding, noise plan, protocol parameters).
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedmask import ddp
@@ -87,6 +90,7 @@ class FederationConfig:
             raise FederationError("spare_rounds must be a non-negative integer")
         if "planned_rounds" in self.training:
             raise FederationError("training.planned_rounds is set from rounds + spare_rounds; leave it out")
+        check_training_settings(self.training_config())
         self.protocol_params(dimension=1).validate(len(self.participants))
         self.encoding().validate(len(self.participants))
         try:
@@ -171,10 +175,75 @@ class FederationConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FederationConfig:
+        """From parsed JSON, every key and type checked; errors name the key (``rounds: ...``)."""
+        if not isinstance(data, Mapping):
+            raise FederationError("the federation config must be a JSON object")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known - {"derived"})
         if unknown:
             raise FederationError(f"unknown federation settings: {', '.join(unknown)}")
         values = {k: v for k, v in data.items() if k in known}
-        values["participants"] = tuple(values.get("participants", ()))
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if name not in ("participants", "training"):
+                _check_type(name, value, hints[name])
+        participants = values.get("participants", ())
+        if not isinstance(participants, list | tuple) or not all(isinstance(p, str) for p in participants):
+            raise FederationError("participants: expected a list of names")
+        if not isinstance(values.get("training", {}), Mapping):
+            raise FederationError("training: expected an object of training settings")
+        values["participants"] = tuple(participants)
         return cls(**values)
+
+
+def check_training_settings(settings: Mapping[str, Any]) -> None:
+    """The participants' training settings, as ``TrainingConfig`` will read them: every key
+    known, every value of the right type and in range; errors name the key (``training.epochs``)."""
+    from fedmask.adapter.config import ConfigError, TrainingConfig
+
+    hints = typing.get_type_hints(TrainingConfig)
+    unknown = sorted(set(settings) - set(hints))
+    if unknown:
+        raise FederationError(f"training.{unknown[0]}: unknown training setting (known: {', '.join(sorted(hints))})")
+    for name, value in settings.items():
+        _check_type(f"training.{name}", value, hints[name])
+    values = dict(settings)
+    if isinstance(values.get("lora_targets"), list):
+        values["lora_targets"] = tuple(values["lora_targets"])
+    try:
+        TrainingConfig.create(**values)
+    except ConfigError as exc:
+        raise FederationError(f"training: {exc}") from None
+    model = values.get("model_path")
+    if model is not None and not (Path(model) / "config.json").is_file():
+        # The coordinator builds the initial adapter from it: it must be a model directory here.
+        raise FederationError(f"training.model_path: no model directory at {model} (a folder with config.json)")
+
+
+def _check_type(key: str, value: object, annotation: object) -> None:
+    """``value`` fits ``annotation`` (the plain types settings use), or a one-line error."""
+    allowed = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (types.UnionType, typing.Union)
+        else (annotation,)
+    )
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+        if (
+            typing.get_origin(kind) is tuple
+            and isinstance(value, list | tuple)
+            and all(isinstance(v, str) for v in value)
+        ):
+            return
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    expected = " or ".join(names.get(k, "a list of strings") for k in allowed)
+    raise FederationError(f"{key}: expected {expected}, got {value!r}")

@@ -84,6 +84,10 @@ def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, Layout]:
     return build_initial_adapter(TrainingConfig.create(**dict(training)))
 
 
+class RoundFailed(Exception):
+    """Every attempt of a round failed; it is recorded as failed and the federation goes on."""
+
+
 class Federation:
     """Runs a federation to completion on a started ``CoordinatorServer``; resumable."""
 
@@ -97,9 +101,17 @@ class Federation:
         progress: Progress | None = None,
         identity_keys: Mapping[str, bytes] | None = None,
         initial: tuple[np.ndarray, Layout] | None = None,
+        allow_config_change: bool = False,
     ) -> None:
         from .store import FederationStore
 
+        if security.roster is not None:
+            outside = sorted(set(config.participants) - set(security.roster.entries))
+            if outside:  # refused before anything is written: the round would wait for them in vain
+                raise FederationError(
+                    f"participants not in the CA-signed roster: {', '.join(outside)} "
+                    "(issue their certificates first, or remove them from the config)"
+                )
         self.config = config
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +120,7 @@ class Federation:
         self.progress = progress or (lambda line: None)
         self.identity_keys = dict(identity_keys or {})
         self.store = FederationStore(self.state_dir / "federation.db")
-        self.store.initialise(config.to_json())
+        self.store.initialise(config.to_json(), allow_config_change=allow_config_change)
         self._initial = initial
         self.service = FederationService(config, security.authenticator, progress=self.progress)
         self.server: CoordinatorServer | None = None
@@ -117,7 +129,7 @@ class Federation:
     async def run(self) -> list[dict[str, Any]]:
         """Run every remaining round; returns the ledger."""
         config = self.config
-        vector, layout, done, optimizer = self._resume()
+        vector, layout, _last_committed, optimizer = self._resume()
         self.noise_plan = config.noise_plan(vector.size)
         self.service.noise_plan = self.noise_plan
         self.accountant = self._replay_accountant()
@@ -137,8 +149,13 @@ class Federation:
         port = await self.server.start()
         self.progress(f"coordinator listening on {self.settings.host}:{port}")
         try:
-            for round_number in range(done + 1, config.rounds + 1):
-                vector = await self._run_round(round_number, vector, layout, params, optimizer)
+            # A failed round is history: the next is the one after the last finished (or the
+            # interrupted one), not the one after the last committed.
+            for round_number in range(self.store.next_round_number(), config.rounds + 1):
+                try:
+                    vector = await self._run_round(round_number, vector, layout, params, optimizer)
+                except RoundFailed as exc:
+                    self.progress(f"round {round_number} failed ({exc}); the global adapter stays as it was")
             final = adapter_payload.pack(vector, layout, config.rounds)
             self.service.publish(fl.Task.FINISHED, config.rounds, b"", final)
             self.progress(f"federation finished after {config.rounds} rounds; waiting for final reports")
@@ -250,7 +267,8 @@ class Federation:
             self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
         if decoded is None:
             self.store.fail_round(round_number, reason)
-            raise FederationError(f"round {round_number} failed; last: {reason}")
+            self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
+            raise RoundFailed(f"every attempt failed; last: {reason}")
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
         mean_update, noise_record, metrics = decoded
         survivors = list(outcome.survivors)

@@ -458,7 +458,8 @@ class FederationStore:
                 changes = _describe_changes(json.loads(row[1]), json.loads(text))
                 raise ConfigMismatch(
                     f"{self._path} belongs to a federation with a different config ({changes}); "
-                    "start with the same config to resume it, or allow the change explicitly"
+                    "start with the same config to resume it, or allow the change explicitly "
+                    "(coordinator run --allow-config-change)"
                 )
             version = 1 if row is None else int(row[0]) + 1
             self._db.execute(

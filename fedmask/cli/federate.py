@@ -72,6 +72,11 @@ def _echo(line: str) -> None:
     default=None,
     help="Also write the report (per-round table, plot, global adapter) here and print it.",
 )
+@click.option(
+    "--allow-config-change",
+    is_flag=True,
+    help="Resume a state directory with a changed config (it becomes the next config version).",
+)
 def run(
     federation_dir: Path,
     name: str,
@@ -83,13 +88,14 @@ def run(
     token_auth: bool,
     insecure: bool,
     report_dir: Path | None,
+    allow_config_change: bool,
 ) -> None:
     """Run every round of the federation described by --config."""
     started = time.monotonic()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     try:
         config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, FederationError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, FederationError) as exc:
         raise click.ClickException(f"{config_path}: {exc}") from None
     try:
         if insecure:
@@ -103,10 +109,16 @@ def run(
         raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
     settings = ServerSettings(host=host, port=port, health_port=health_port)
+    federation = Federation(
+        config,
+        state_dir,
+        security,
+        settings=settings,
+        progress=_echo,
+        identity_keys=identity_keys,
+        allow_config_change=allow_config_change,
+    )
     try:
-        federation = Federation(
-            config, state_dir, security, settings=settings, progress=_echo, identity_keys=identity_keys
-        )
         ledger = asyncio.run(federation.run())
     except FederationError as exc:
         _echo(f"stopped: {exc}")

@@ -137,3 +137,97 @@ class TestAggregateNoise:
             FederationConfig(participants=PARTIES, aggregate_noise="skellam")
         with pytest.raises(FederationError):
             FederationConfig(participants=PARTIES, aggregate_noise="laplace", aggregate_epsilon=1.0)
+
+
+class TestConfigFromJson:
+    """A config file's mistakes are refused by key, before any state is written."""
+
+    @pytest.mark.parametrize(
+        "changes, message",
+        [
+            ({"rounds": "3"}, r"rounds: expected an integer, got '3'"),
+            ({"clip_norm": True}, r"clip_norm: expected a number"),
+            ({"participants": "bank"}, r"participants: expected a list of names"),
+            ({"training": []}, r"training: expected an object"),
+            ({"training": {"epoch": 1}}, r"training\.epoch: unknown training setting"),
+            ({"training": {"epochs": "two"}}, r"training\.epochs: expected a number or null"),
+            ({"training": {"lora_targets": "q_proj"}}, r"training\.lora_targets: expected a list of strings"),
+            ({"training": {"batch_size": 0}}, r"training: .*batch_size"),
+            ({"training": {"model_path": "/nonexistent/model"}}, r"training\.model_path: no model directory"),
+        ],
+    )
+    def test_bad_values_name_their_key(self, changes, message):
+        data = {**FederationConfig(participants=PARTIES).to_json(), **changes}
+        with pytest.raises(FederationError, match=message):
+            FederationConfig.from_json(data)
+
+    def test_not_an_object(self):
+        with pytest.raises(FederationError, match="JSON object"):
+            FederationConfig.from_json([1, 2])  # type: ignore[arg-type]
+
+
+class _Roster:
+    def __init__(self, names):
+        self.entries = {name: object() for name in names}
+
+
+def _insecure(roster=None):
+    from fedmask.coordinator.transport import InsecureAuthenticator, ServerSecurity
+
+    return ServerSecurity(None, InsecureAuthenticator(), roster)
+
+
+def _tiny_initial():
+    layout = {"tensors": [{"name": "lora.weight", "shape": [8], "dtype": "float32"}]}
+    return np.zeros(8, dtype=np.float32), layout
+
+
+class TestFederationStart:
+    def test_participants_outside_the_roster_are_refused_before_anything_is_written(self, tmp_path):
+        from fedmask.coordinator.federation import Federation
+
+        config = FederationConfig(participants=PARTIES)
+        with pytest.raises(FederationError, match="not in the CA-signed roster: hospital-b"):
+            Federation(config, tmp_path / "state", _insecure(_Roster(["hospital-a", "bank"])))
+        assert not (tmp_path / "state" / "federation.db").exists()
+
+    def test_a_failed_round_is_history_and_a_restart_goes_on_with_the_next(self, tmp_path, monkeypatch):
+        import asyncio
+
+        from fedmask.coordinator import federation as federation_module
+        from fedmask.coordinator.federation import Federation, RoundFailed
+        from fedmask.coordinator.round_server import ServerSettings
+
+        config = FederationConfig(participants=PARTIES, rounds=3, final_report_wait_s=0.01)
+        attempted: list[int] = []
+
+        class Stop(Exception):
+            pass
+
+        async def fail_first_then_stop(self, round_number, vector, layout, params, optimizer):
+            attempted.append(round_number)
+            if round_number == 1:
+                self.store.begin_round(1, b"round-one", PARTIES)
+                self.store.fail_round(1, "fewer than t survivors")
+                raise RoundFailed("every attempt failed")
+            raise Stop  # a crash before round 2 began
+
+        def start():
+            return Federation(
+                config,
+                tmp_path / "state",
+                _insecure(),
+                settings=ServerSettings(host="127.0.0.1", port=0),
+                initial=_tiny_initial(),
+            )
+
+        monkeypatch.setattr(federation_module.Federation, "_run_round", fail_first_then_stop)
+        first = start()
+        with pytest.raises(Stop):
+            asyncio.run(first.run())
+        first.store.close()  # the crash: the process and its writer lock are gone
+        assert attempted == [1, 2]  # round 1 failed, the federation went on to round 2
+        attempted.clear()
+        with pytest.raises(Stop):
+            asyncio.run(start().run())
+        assert attempted == [2]  # the failed round is not run again, nor skipped past
