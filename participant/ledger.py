@@ -8,12 +8,20 @@ run.
 Steps are charged *before* they are taken (write-ahead): :meth:`PrivacyLedger.charge` adds them
 to the accountant, checks the budget and saves the file atomically, and only then does training
 start. A crash mid-round can therefore only over-count the privacy spent, never under-count it.
+
+A charge made for a round's upload is *pending* until just before the update leaves (the node
+calls :meth:`PrivacyLedger.mark_released`, saved before anything is sent). A pending charge whose
+output never left (a crash mid-training, a round the coordinator abandoned) is refunded by
+:meth:`PrivacyLedger.refund_unreleased`: nothing observed, nothing spent. So a crash and a
+retrain of the same round is charged once, and a crash after release is never refunded.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +93,7 @@ class PrivacyLedger:
         self.plan: PrivacyPlan | None = None
         self.entries: list[dict[str, Any]] = []
         self._epsilon_spent = 0.0
+        self._pending_tag: str | None = None
 
     # ------------------------------------------------------------------ persistence
 
@@ -209,6 +218,8 @@ class PrivacyLedger:
         participant yet, and if it never does (the process dies, the round moves on), the charge
         is refunded by ``refund_unreleased``. Without a tag the output counts as released at once.
         """
+        if release_tag is None:
+            release_tag = self._pending_tag
         projected = self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         for _ in range(steps):
             self.accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
@@ -228,6 +239,18 @@ class PrivacyLedger:
         )
         self.save()
         return projected
+
+    @contextmanager
+    def pending_release(self, release_tag: str) -> Iterator[None]:
+        """Every charge made inside is pending under ``release_tag`` (as if passed to ``charge``),
+        so a caller that does not make the charges itself (a trainer) still tags them."""
+        if not release_tag:
+            raise LedgerError("a release tag must be a non-empty string")
+        previous, self._pending_tag = self._pending_tag, release_tag
+        try:
+            yield
+        finally:
+            self._pending_tag = previous
 
     def mark_released(self, release_tag: str) -> None:
         """The output of the charges tagged ``release_tag`` is about to leave the participant: from

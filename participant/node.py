@@ -5,7 +5,8 @@
         WAIT      -> ask again later
         TRAIN r   -> check the task against the participant's policy, download the global adapter
                      (SHA-256 checked), evaluate it on the held-out split, train with DP-SGD (the
-                     privacy ledger is charged first and persisted), report the epsilon spent,
+                     privacy ledger is charged first and persisted, pending until the update is
+                     masked; refunded if it never is), report the epsilon spent,
                      then upload local - global, with the held-out figures appended, through
                      secure aggregation
         FINISHED  -> download the final adapter, evaluate it locally, report the epsilon, stop
@@ -243,6 +244,7 @@ class Node:
                 epsilon_budget=config.target_epsilon,
                 delta=config.target_delta,
             )
+            self._refund_unreleased(self._ledger)
             self._trainer = LocalTrainer(config, ledger=self._ledger)
         if self.policy is not None:
             plan = self._trainer.plan_for(len(self.data.train))
@@ -254,6 +256,16 @@ class Node:
             except PolicyViolation as exc:
                 raise NodeError(str(exc)) from None
         return config, self._trainer
+
+    def _refund_unreleased(self, ledger: PrivacyLedger, release_tag: str | None = None, why: str = "") -> None:
+        tags = [t for t in ledger.unreleased_tags if release_tag is None or t == release_tag]
+        steps = ledger.refund_unreleased(release_tag)
+        if steps:
+            rounds = ", ".join(t[:12] for t in tags)
+            self.progress(
+                f"privacy ledger: refunded {steps} DP-SGD steps of round {rounds} {why or 'from before a restart'}"
+                f" (that update never left this node); epsilon spent now {ledger.epsilon_spent:.2f}"
+            )
 
     def _evaluate(self, trainer: LocalTrainer, vector: np.ndarray) -> Evaluation | None:
         trainer.set_adapter_vector(vector)
@@ -299,7 +311,12 @@ class Node:
             train_records=len(self.data.train),
         )
         self.progress(f"round {task.round}/{task.total_rounds}: training on {len(self.data.train)} records")
-        result = train_adapter(config, self.data, global_adapter_state=payload.vector, ledger=ledger, trainer=trainer)
+        # Charged now, pending until the masked update is built: if it never is, it is refunded.
+        release_tag = task.round_id.hex()
+        with ledger.pending_release(release_tag):
+            result = train_adapter(
+                config, self.data, global_adapter_state=payload.vector, ledger=ledger, trainer=trainer
+            )
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
         if noise_plan is None:
             encoded = encode(update, encoding, SystemRandom())
@@ -321,6 +338,8 @@ class Node:
                 vector = np.concatenate([encoded, encode_metrics(metrics, encoding.modulus_bits, participants)])
             if start.params.dimension != vector.size or start.params.modulus_bits != encoding.modulus_bits:
                 raise ValueError("the round's dimension or modulus does not match the encoded update")
+            if release_tag in ledger.unreleased_tags:
+                ledger.mark_released(release_tag)  # saved before the update enters the protocol
             return vector
 
         current = self.get_task()
@@ -328,11 +347,12 @@ class Node:
             # The coordinator restarted or re-ran the round while this node trained: the update
             # belongs to a round that no longer exists. Drop it; the next task says what to do.
             self.progress(f"round {task.round}: the coordinator moved on while training; update discarded")
+            self._refund_unreleased(ledger, release_tag, why="the coordinator abandoned")
             self.state.uploaded_round_ids.append(task.round_id.hex())
             self.state.save(self.state_dir / "node.json")
             return
-        # Recorded before joining: if this node dies mid-round and restarts, it must not train
-        # again (charging the budget twice) for a round that has already started without it.
+        # Recorded before joining: a node that dies mid-round and restarts must not train again
+        # for a round that has already begun without it (a pending charge is refunded instead).
         self.state.uploaded_round_ids.append(task.round_id.hex())
         self.state.last_round = task.round
         self.state.save(self.state_dir / "node.json")
@@ -341,3 +361,5 @@ class Node:
             self.progress(f"round {task.round}: secure aggregation completed")
         else:
             self.progress(f"round {task.round}: left the round: {outcome.reason}")
+        # Left before its update was masked: nothing of it was released.
+        self._refund_unreleased(ledger, release_tag, why="that ended before this node's upload")

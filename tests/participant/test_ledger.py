@@ -148,3 +148,15 @@ def test_a_released_update_is_never_refunded(tmp_path):
     assert ledger.refund_unreleased() == 0 and ledger.steps == 60
     with pytest.raises(LedgerError, match="no charge is tagged"):
         ledger.mark_released("r9")
+
+
+def test_charges_inside_pending_release_are_tagged(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    with ledger.pending_release("r1"):
+        ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=20)  # as a trainer would
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=10)  # outside: released at once
+    assert ledger.unreleased_tags == ["r1"]
+    assert ledger.refund_unreleased() == 20 and ledger.steps == 10
+    with pytest.raises(LedgerError, match="non-empty"):
+        with ledger.pending_release(""):
+            pass

@@ -4,9 +4,12 @@ tests/integration/test_federation_e2e.py)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from fedmask.adapter.metrics import METRIC_COORDINATES
 from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData
 from fedmask.participant.grpc_client import Connection, Identity
@@ -107,3 +110,104 @@ def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
     encoding = {"clip_norm": 5.0, "scale": 2.0**20, "modulus_bits": 32, "aggregate_noise": None}
     with pytest.raises(NodeError, match="no aggregate noise"):
         parse_encoding(json.dumps(encoding), 300, policy)
+
+
+# --- the privacy ledger across crashes and abandoned rounds: each round's update charged once ---
+
+LEDGER_TRAINING = {"target_epsilon": 4.0, "target_delta": 1e-5}
+LAYOUT = {"tensors": [{"name": "lora.weight", "shape": [4], "dtype": "float32"}]}
+STEPS = 5
+
+
+class _Crash(Exception):
+    """The process dies here."""
+
+
+class _Trainer:
+    def __init__(self, config, *, ledger):
+        self.config = config
+        self.ledger = ledger
+        self.spec = SimpleNamespace(to_json=lambda: LAYOUT)
+
+
+def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None) -> tuple[Node, list[str]]:
+    from fedmask.participant import node as node_module
+    from fedmask.participant import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "LocalTrainer", _Trainer)
+    logs: list[str] = []
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    node = Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path, progress=logs.append)
+    payload = SimpleNamespace(vector=np.zeros(4, dtype=np.float32), layout=LAYOUT, round=0)
+    monkeypatch.setattr(node, "download", lambda task: payload)
+    monkeypatch.setattr(node, "report", lambda round_number, adapter_round: None)
+    monkeypatch.setattr(node, "_evaluate", lambda trainer, vector: None)
+    monkeypatch.setattr(node, "get_task", lambda: task_now or _task(LEDGER_TRAINING))
+
+    def joins_and_finishes(connection, identity, input_for_round, **kwargs):
+        params = SimpleNamespace(threshold=2, dimension=4 + METRIC_COORDINATES, modulus_bits=32)
+        input_for_round(SimpleNamespace(round_id=b"r1", participants=PARTIES, params=params))
+        return SimpleNamespace(completed=True, reason="")
+
+    monkeypatch.setattr(node_module, "take_part", take_part or joins_and_finishes)
+    return node, logs
+
+
+def _train(*, crash: bool = False):
+    def train_adapter(config, data, *, global_adapter_state, ledger, trainer):
+        ledger.charge(noise_multiplier=1.1, sample_rate=0.05, steps=STEPS, note="local training")
+        if crash:
+            raise _Crash
+        return SimpleNamespace(vector=global_adapter_state + np.float32(0.01))
+
+    return train_adapter
+
+
+def _ledger_steps(tmp_path) -> tuple[int, list[bool]]:
+    data = json.loads((tmp_path / "privacy_ledger.json").read_text())
+    return sum(e["steps"] for e in data["entries"]), [e["released"] for e in data["entries"]]
+
+
+def test_a_crash_mid_training_and_the_retrain_are_charged_once(tmp_path, monkeypatch):
+    node, _ = _ledger_node(tmp_path, monkeypatch)
+    with pytest.raises(_Crash):
+        node._train_and_upload(_task(LEDGER_TRAINING), _train(crash=True))
+    assert _ledger_steps(tmp_path) == (STEPS, [False])  # charged before training, still pending
+
+    restarted, logs = _ledger_node(tmp_path, monkeypatch)
+    restarted._train_and_upload(_task(LEDGER_TRAINING), _train())
+    assert any(f"refunded {STEPS} DP-SGD steps" in line for line in logs)
+    assert _ledger_steps(tmp_path) == (STEPS, [True])  # once, and released with the upload
+
+
+def test_a_crash_after_the_update_entered_the_round_is_never_refunded(tmp_path, monkeypatch):
+    def joins_then_dies(connection, identity, input_for_round, **kwargs):
+        params = SimpleNamespace(threshold=2, dimension=4 + METRIC_COORDINATES, modulus_bits=32)
+        input_for_round(SimpleNamespace(round_id=b"r1", participants=PARTIES, params=params))
+        raise _Crash
+
+    node, _ = _ledger_node(tmp_path, monkeypatch, take_part=joins_then_dies)
+    with pytest.raises(_Crash):
+        node._train_and_upload(_task(LEDGER_TRAINING), _train())
+    restarted, logs = _ledger_node(tmp_path, monkeypatch)
+    restarted._training(_task(LEDGER_TRAINING))
+    assert not any("refunded" in line for line in logs)
+    assert _ledger_steps(tmp_path) == (STEPS, [True])
+
+
+def test_an_update_that_never_left_is_refunded(tmp_path, monkeypatch):
+    moved_on = fl.Task(action=fl.Task.WAIT, round=2)
+    node, logs = _ledger_node(tmp_path, monkeypatch, task_now=moved_on)
+    node._train_and_upload(_task(LEDGER_TRAINING), _train())
+    assert any("coordinator abandoned" in line for line in logs)
+    assert _ledger_steps(tmp_path) == (0, [])
+
+    def round_ends_before_the_input(connection, identity, input_for_round, **kwargs):
+        return SimpleNamespace(completed=False, reason="the round was aborted during key advertising")
+
+    other = tmp_path / "other"
+    other.mkdir()
+    node, logs = _ledger_node(other, monkeypatch, take_part=round_ends_before_the_input)
+    node._train_and_upload(_task(LEDGER_TRAINING), _train())
+    assert any("ended before this node's upload" in line for line in logs)
+    assert _ledger_steps(other) == (0, [])
