@@ -46,7 +46,9 @@ class FederationConfig:
     join_timeout_s: float = 900.0  # from a TRAIN task to the round start: local training fits in it
     phase_timeout_s: float = 60.0
     # Once the threshold has joined, how long to wait for the rest (None: until join_timeout_s).
-    quorum_grace_s: float | None = None
+    # Long enough for a slower machine's training, short enough that one absent party cannot
+    # hold a round for the whole join timeout. (A party whose stream ends is not waited for.)
+    quorum_grace_s: float | None = 300.0
     attempts_per_round: int = 3
     # Rounds of local training the participants' DP budget is planned for beyond ``rounds``: a
     # round re-run after an abort or a coordinator restart makes them train again.

@@ -300,6 +300,8 @@ class RoundRunner:
     def _lost(self, connection: _Connection, reason: str) -> None:
         if connection.lost_reason is None:
             connection.lost_reason = reason
+            if connection.joined and not self.started and not self.finished:
+                self._progress(f"{connection.name} left before the round started ({reason}); not waiting for it")
         connection.closed = True
         self._changed.set()  # the round drops it at its next look (see _apply_disconnects)
 
@@ -402,21 +404,57 @@ class RoundRunner:
     def _joined_count(self) -> int:
         return sum((c := self._live(pid)) is not None and c.joined for pid in self._ids.values())
 
+    def roster(self) -> dict[str, str]:
+        """Each selected participant's standing in this round, for status displays:
+        ``waiting`` (no stream), ``connected`` (no Hello yet), ``joined``, ``gone`` (its stream
+        ended), ``dropped`` (the protocol dropped it) or ``in`` (still in a started round)."""
+        dropped = set(self.server.dropped) if self.started else set()
+        standing = {}
+        for name, pid in self._ids.items():
+            connection = self._connections.get(pid)
+            if pid in dropped:
+                standing[name] = "dropped"
+            elif connection is None:
+                standing[name] = "waiting"
+            elif connection.closed:
+                standing[name] = "gone"
+            elif self.started:
+                standing[name] = "in"
+            else:
+                standing[name] = "joined" if connection.joined else "connected"
+        return standing
+
+    def _gone(self, pid: int) -> bool:
+        """Joined, then its stream ended: known to be gone (unless it reconnects before the start)."""
+        connection = self._connections.get(pid)
+        return connection is not None and connection.joined and connection.closed
+
+    def _ready_to_start(self) -> bool:
+        """Everyone is in; or the threshold is, and everyone else is known to be gone (their
+        streams ended after joining), so waiting longer would be waiting for nobody."""
+        if self._all_joined():
+            return True
+        everyone_accounted = all(
+            ((c := self._live(pid)) is not None and c.joined) or self._gone(pid) for pid in self._ids.values()
+        )
+        return everyone_accounted and self._joined_count() >= self.config.params.threshold
+
     async def _wait_for_joins(self) -> None:
-        """Until everyone has joined or the join deadline passes; with a quorum grace period,
-        until that long after ``threshold`` participants are in (and still in)."""
+        """Until everyone has joined (or the threshold has, and the rest are known to be gone) or
+        the join deadline passes; with a quorum grace period, until that long after ``threshold``
+        participants are in (and still in)."""
         config, t = self.config, self.config.params.threshold
         deadline = time.perf_counter() + config.join_timeout_s
         if config.quorum_grace_s is None:
-            await self._wait(self._all_joined, config.join_timeout_s)
+            await self._wait(self._ready_to_start, config.join_timeout_s)
             return
-        while (remaining := deadline - time.perf_counter()) > 0 and not self._all_joined():
-            await self._wait(lambda: self._all_joined() or self._joined_count() >= t, remaining)
-            if self._all_joined() or self._joined_count() < t:
-                continue  # everyone is in, or the deadline passed below the threshold
+        while (remaining := deadline - time.perf_counter()) > 0 and not self._ready_to_start():
+            await self._wait(lambda: self._ready_to_start() or self._joined_count() >= t, remaining)
+            if self._ready_to_start() or self._joined_count() < t:
+                continue  # ready, or the deadline passed below the threshold
             grace = min(config.quorum_grace_s, max(0.0, deadline - time.perf_counter()))
             self._progress(f"{self._joined_count()} joined (threshold {t}); waiting up to {grace:.0f} s for the rest")
-            await self._wait(self._all_joined, grace)
+            await self._wait(self._ready_to_start, grace)
             if self._joined_count() >= t:
                 return
 
@@ -440,7 +478,8 @@ class RoundRunner:
         outcome.joined = tuple(self._names[pid] for pid in joined)
         for pid in self._ids.values():
             if pid not in joined:
-                self.server.drop(pid, "did not join in time")
+                gone = self._connections.get(pid) if self._gone(pid) else None
+                self.server.drop(pid, f"left before the start: {gone.lost_reason}" if gone else "did not join in time")
                 if (connection := self._live(pid)) is not None:
                     connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "[join] no hello in time")
         outcome.join_s = time.perf_counter() - opened
@@ -556,6 +595,10 @@ class SecureAggregationService(pb_grpc.SecureAggregationServicer):
         self._round: RoundRunner | None = None
         self._round_changed = asyncio.Condition()
         self._progress = progress or (lambda line: None)
+
+    @property
+    def current(self) -> RoundRunner | None:
+        return self._round
 
     async def set_round(self, runner: RoundRunner | None) -> None:
         async with self._round_changed:
@@ -729,6 +772,11 @@ class CoordinatorServer:
             return await runner.run()
         finally:
             await self._service.set_round(None)
+
+    def round_roster(self) -> dict[str, str]:
+        """The open round's roster (see ``RoundRunner.roster``); empty between rounds."""
+        current = self._service.current if self._service is not None else None
+        return current.roster() if current is not None else {}
 
     async def stop(self) -> None:
         if self._health is not None:

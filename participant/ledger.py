@@ -285,6 +285,19 @@ class PrivacyLedger:
         self.save()
         return sum(int(e["steps"]) for e in refunded)
 
+    @staticmethod
+    def was_released(path: str | Path, release_tag: str) -> bool:
+        """Whether the ledger at ``path`` holds a released charge tagged ``release_tag`` (read
+        without opening the accountant; a missing file has released nothing)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return False
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from None
+        entries = data.get("entries", []) if isinstance(data, dict) else []
+        return any(e.get("release_tag") == release_tag and e.get("released", True) for e in entries)
+
     @property
     def unreleased_tags(self) -> list[str]:
         return sorted({e["release_tag"] for e in self.entries if e.get("released", True) is False})

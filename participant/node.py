@@ -139,6 +139,7 @@ class Node:
         self._trainer: LocalTrainer | None = None
         self._ledger: PrivacyLedger | None = None
         self._jitter = random.Random()
+        self._rejoin_tried: set[str] = set()  # rounds this process has tried to rejoin
 
     # --- RPC helpers ------------------------------------------------------------------------
 
@@ -277,9 +278,7 @@ class Node:
 
         while True:
             task = self.get_task()
-            if task.action == fl.Task.WAIT or (
-                task.action == fl.Task.TRAIN and task.round_id.hex() in self.state.uploaded_round_ids
-            ):
+            if task.action == fl.Task.WAIT or (task.action == fl.Task.TRAIN and self._already_in(task)):
                 self.sleep(max(0.2, min(task.retry_after_s or 2.0, 10.0)))
                 continue
             if task.action == fl.Task.FINISHED:
@@ -294,6 +293,24 @@ class Node:
             if task.action != fl.Task.TRAIN:
                 raise NodeError(f"unknown task action {task.action}")
             self._train_and_upload(task, train_adapter)
+
+    def _already_in(self, task: fl.Task) -> bool:
+        """Whether this node has taken part in the task's round. A round it joined before a
+        restart, whose update never entered the protocol (its charge was never released), may be
+        tried once more: if the round has not started, it joins afresh (new keys, new update)."""
+        from .ledger import PrivacyLedger
+
+        round_id = task.round_id.hex()
+        if round_id not in self.state.uploaded_round_ids:
+            return False
+        if round_id in self._rejoin_tried or PrivacyLedger.was_released(
+            self.state_dir / "privacy_ledger.json", round_id
+        ):
+            return True
+        self._rejoin_tried.add(round_id)
+        self.state.uploaded_round_ids.remove(round_id)
+        self.progress(f"round {task.round}: joined before a restart, update never sent; trying to rejoin")
+        return False
 
     def _train_and_upload(self, task: fl.Task, train_adapter: TrainAdapter) -> None:
         payload = self.download(task)

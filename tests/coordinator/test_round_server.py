@@ -5,6 +5,7 @@ plaintext sum of the survivors' inputs, computed here out of band."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -570,3 +571,38 @@ def test_tampered_envelopes_get_their_sender_convicted_and_reveal_nothing(round_
     assert outcome.result is None
     honest = harness.honest_outcomes()
     assert all(not o.completed and "complaints about share envelopes" in o.reason for o in honest.values())
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _join_then_die(harness) -> None:
+    """Mallory joins (the server has its Hello), then its process dies."""
+    stream = harness.raw(MALLORY)
+    stream.send(wire.Hello())
+    _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "joined")
+    stream.close()
+    _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "gone")
+
+
+def test_a_participant_gone_after_joining_is_not_waited_for(round_harness):
+    """The issue's stall: a participant killed just after joining kept the round waiting the
+    whole join timeout (900 s by default). Its stream's end is news: the round starts without it."""
+    harness = round_harness(join_timeout_s=600.0)  # far beyond how long outcome() waits
+    _join_then_die(harness)
+    harness.start_honest(HONEST)
+    outcome = harness.outcome(timeout_s=60.0)
+    assert outcome.joined == HONEST
+    assert_exact(outcome, HONEST)
+    assert "left before the start" in outcome.dropped[MALLORY]
+
+
+def test_a_participant_that_left_may_rejoin_before_the_start(round_harness):
+    harness = round_harness(join_timeout_s=600.0)
+    _join_then_die(harness)
+    harness.start_honest(ALL)  # mallory's restarted process joins again with fresh keys
+    assert_exact(harness.outcome(timeout_s=60.0), ALL)

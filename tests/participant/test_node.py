@@ -211,3 +211,27 @@ def test_an_update_that_never_left_is_refunded(tmp_path, monkeypatch):
     node._train_and_upload(_task(LEDGER_TRAINING), _train())
     assert any("ended before this node's upload" in line for line in logs)
     assert _ledger_steps(other) == (0, [])
+
+
+def test_a_restarted_node_tries_once_to_rejoin_a_round_its_update_never_entered(tmp_path, monkeypatch):
+    def dies_while_waiting_for_the_start(connection, identity, input_for_round, **kwargs):
+        raise _Crash
+
+    task = _task(LEDGER_TRAINING)
+    node, _ = _ledger_node(tmp_path, monkeypatch, take_part=dies_while_waiting_for_the_start)
+    with pytest.raises(_Crash):  # joined (recorded), then died before its update was masked
+        node._train_and_upload(task, _train())
+
+    restarted, logs = _ledger_node(tmp_path, monkeypatch)
+    assert not restarted._already_in(task)  # may rejoin: nothing of it was released
+    assert any("trying to rejoin" in line for line in logs)
+    restarted.state.uploaded_round_ids.append(task.round_id.hex())  # as the rejoin attempt records
+    assert restarted._already_in(task)  # once per process: no retrain loop while the round runs
+
+
+def test_a_node_whose_update_was_released_never_rejoins(tmp_path, monkeypatch):
+    task = _task(LEDGER_TRAINING)
+    node, _ = _ledger_node(tmp_path, monkeypatch)
+    node._train_and_upload(task, _train())
+    restarted, _ = _ledger_node(tmp_path, monkeypatch)
+    assert restarted._already_in(task)
