@@ -116,6 +116,11 @@ class FederationConfig:
         if scale is None:
             # Largest power of two with n * ceil(C * scale) <= 2^(b-1) - 1: the sum cannot wrap.
             limit = (2 ** (self.modulus_bits - 1) - 1) / n
+            if limit <= 1:
+                raise FederationError(
+                    f"modulus_bits: {self.modulus_bits} bits cannot hold the sum of {n} updates "
+                    f"(need at least {(n + 1).bit_length() + 1}; 32 is the usual choice)"
+                )
             scale = 2.0 ** math.floor(math.log2((limit - 1) / self.clip_norm))
         params = EncodingParams(clip_norm=self.clip_norm, scale=scale, modulus_bits=self.modulus_bits)
         try:

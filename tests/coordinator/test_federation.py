@@ -50,6 +50,7 @@ class TestFederationConfig:
             ({"threshold": 1}, "threshold"),
             ({"quorum_grace_s": 0}, "quorum_grace_s"),
             ({"quorum_grace_s": "1"}, "quorum_grace_s"),
+            ({"modulus_bits": 2}, r"modulus_bits: 2 bits cannot hold the sum of 3 updates \(need at least 4"),
         ],
     )
     def test_refused(self, changes, message):
