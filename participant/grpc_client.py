@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
 import random
 import time
@@ -77,6 +78,31 @@ class Connection:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 8.0
     round_timeout_s: float = 3600.0  # the whole round, joining included
+    rpc_timeout_s: float = 30.0  # a small call (GetTask, Report); transfers add size / bandwidth
+    # The slowest link a transfer deadline allows for (250 kB/s = 2 Mbit/s).
+    min_bandwidth_bytes_per_s: float = 250_000.0
+    # How long a node keeps retrying while the coordinator is unreachable (restarts, outages).
+    outage_tolerance_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "initial_backoff_s",
+            "max_backoff_s",
+            "round_timeout_s",
+            "rpc_timeout_s",
+            "min_bandwidth_bytes_per_s",
+            "outage_tolerance_s",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds (or bytes/s), got {value!r}")
+        if self.connect_attempts < 1:
+            raise ValueError(f"connect_attempts must be at least 1, got {self.connect_attempts}")
+
+    def transfer_deadline_s(self, size_bytes: int) -> float:
+        """How long a transfer of ``size_bytes`` may take: a call's time plus the bytes at the
+        slowest link allowed (a 100 MB adapter at 2 Mbit/s: 430 s)."""
+        return self.rpc_timeout_s + max(0, size_bytes) / self.min_bandwidth_bytes_per_s
 
     def backoff_s(self, attempt: int, rng: random.Random) -> float:
         """The pause after failed attempt ``attempt`` (1-based): exponential, capped, with

@@ -123,6 +123,7 @@ class Node:
         progress: Progress | None = None,
         overrides: dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         policy: ParticipantPolicy | None = None,
     ) -> None:
         self.connection = connection
@@ -135,6 +136,7 @@ class Node:
         self.progress = progress or (lambda line: None)
         self.overrides = dict(overrides or {})  # local settings the coordinator may not change
         self.sleep = sleep
+        self.clock = clock
         self.state = NodeState.load(self.state_dir / "node.json")
         self._trainer: LocalTrainer | None = None
         self._ledger: PrivacyLedger | None = None
@@ -146,6 +148,8 @@ class Node:
     def _call(self, what: str, function: Callable[[fl_grpc.FederationStub], _Result]) -> _Result:
         """Call with backoff while the coordinator is unreachable (restarting, partitioned)."""
         attempt = 0
+        first_failure: float | None = None
+        tolerance = self.connection.outage_tolerance_s
         while True:
             channel = _open_channel(self.connection)
             try:
@@ -154,8 +158,13 @@ class Node:
                 if exc.code() not in _RETRYABLE:
                     raise NodeError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
                 attempt += 1
-                if attempt > max(self.connection.connect_attempts, 1) * 4:
-                    raise NodeError(f"coordinator unreachable for {what}: {exc.details()}") from None
+                now = self.clock()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure >= tolerance:
+                    raise NodeError(
+                        f"coordinator unreachable for {what} for {now - first_failure:.0f} s "
+                        f"(outage tolerance {tolerance:g} s): {exc.details()}"
+                    ) from None
                 delay = self.connection.backoff_s(min(attempt, 6), self._jitter)
                 self.progress(f"coordinator unreachable ({exc.code().name}); retrying in {delay:.1f} s")
                 self.sleep(delay)
@@ -169,7 +178,7 @@ class Node:
         request = fl.TaskRequest(last_round=self.state.last_round)
 
         def get(stub: fl_grpc.FederationStub) -> fl.Task:
-            task: fl.Task = stub.GetTask(request, metadata=self._metadata(), timeout=30)
+            task: fl.Task = stub.GetTask(request, metadata=self._metadata(), timeout=self.connection.rpc_timeout_s)
             return task
 
         return self._call("GetTask", get)
@@ -179,7 +188,9 @@ class Node:
             chunks: list[bytes] = []
             expected = 0
             stream: Iterator[fl.AdapterChunk] = stub.DownloadAdapter(
-                fl.AdapterRequest(sha256=task.adapter_sha256), metadata=self._metadata(), timeout=300
+                fl.AdapterRequest(sha256=task.adapter_sha256),
+                metadata=self._metadata(),
+                timeout=self.connection.transfer_deadline_s(task.adapter_bytes),
             )
             for chunk in stream:
                 if chunk.offset != expected:
@@ -210,7 +221,8 @@ class Node:
             epsilon=float(ledger.epsilon_spent) if ledger is not None else 0.0,
             delta=float(ledger.delta) if ledger is not None else 0.0,
         )
-        self._call("Report", lambda stub: stub.Report(request, metadata=self._metadata(), timeout=30))
+        timeout = self.connection.rpc_timeout_s
+        self._call("Report", lambda stub: stub.Report(request, metadata=self._metadata(), timeout=timeout))
 
     # --- training ---------------------------------------------------------------------------
 

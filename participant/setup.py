@@ -42,6 +42,8 @@ def setup_connection(
     connect_attempts: int = 8,
     round_timeout_s: float = 3600.0,
     insecure: bool = False,
+    min_bandwidth_bytes_per_s: float = 250_000.0,
+    outage_tolerance_s: float = 3600.0,
 ) -> LocalSetup:
     """Credentials, call metadata, identity key and the CA-signed roster from the federation
     directory. The roster is what the participant checks every round against, in every mode."""
@@ -70,6 +72,8 @@ def setup_connection(
         tls_server_name=tls_server_name,
         connect_attempts=connect_attempts,
         round_timeout_s=round_timeout_s,
+        min_bandwidth_bytes_per_s=min_bandwidth_bytes_per_s,
+        outage_tolerance_s=outage_tolerance_s,
     )
     enrolled = dict(roster.identity_keys) if roster is not None else {}
     organisations = roster.organisations() if roster is not None else {}

@@ -35,6 +35,20 @@ from fedmask.participant.setup import SetupError, load_policy, setup_connection
 @click.option("--tls-server-name", default=None, help="The coordinator's certificate host, if not the target's.")
 @click.option("--heldout-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--connect-attempts", type=click.IntRange(1), default=30, show_default=True)
+@click.option(
+    "--outage-tolerance",
+    type=click.FloatRange(1.0, min_open=False),
+    default=3600.0,
+    show_default=True,
+    help="Seconds to keep retrying while the coordinator is unreachable before giving up.",
+)
+@click.option(
+    "--min-bandwidth",
+    type=click.FloatRange(0.01),
+    default=2.0,
+    show_default=True,
+    help="The slowest link (Mbit/s) transfer deadlines allow for (adapter download: 30 s + size / this).",
+)
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 @click.option(
     "--policy",
@@ -54,6 +68,8 @@ def node(
     tls_server_name: str | None,
     heldout_fraction: float,
     connect_attempts: int,
+    outage_tolerance: float,
+    min_bandwidth: float,
     token_file: Path | None,
     policy_file: Path | None,
     insecure: bool,
@@ -84,6 +100,8 @@ def node(
             tls_server_name=tls_server_name,
             connect_attempts=connect_attempts,
             insecure=insecure,
+            min_bandwidth_bytes_per_s=min_bandwidth * 1e6 / 8,
+            outage_tolerance_s=outage_tolerance,
         )
         policy = load_policy(policy_file, federation_dir, name, local.roster, announce=echo)
     except SetupError as exc:

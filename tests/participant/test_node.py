@@ -235,3 +235,58 @@ def test_a_node_whose_update_was_released_never_rejoins(tmp_path, monkeypatch):
     node._train_and_upload(task, _train())
     restarted, _ = _ledger_node(tmp_path, monkeypatch)
     assert restarted._already_in(task)
+
+
+# --- deadlines that scale -------------------------------------------------------------------------
+
+
+def test_a_node_rides_out_an_outage_up_to_its_tolerance_then_says_so(tmp_path):
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    connection = Connection("127.0.0.1:1", None, outage_tolerance_s=60.0, max_backoff_s=8.0)  # nothing listens
+    node = Node(connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(NodeError, match=r"unreachable for GetTask for \d+ s \(outage tolerance 60 s\)"):
+        node.get_task()
+    assert 60.0 <= sum(slept) < 60.0 + 8.0  # retried for the whole tolerance, and no longer
+
+
+def test_transfer_deadlines_grow_with_the_payload():
+    connection = Connection("h:1", None, rpc_timeout_s=30.0, min_bandwidth_bytes_per_s=250_000.0)
+    assert connection.transfer_deadline_s(0) == 30.0
+    assert connection.transfer_deadline_s(100_000_000) == 30.0 + 400.0  # 100 MB at 2 Mbit/s
+
+
+@pytest.mark.parametrize("field", ["rpc_timeout_s", "min_bandwidth_bytes_per_s", "outage_tolerance_s"])
+def test_connection_settings_are_validated(field):
+    with pytest.raises(ValueError, match=field):
+        Connection("h:1", None, **{field: 0})
+
+
+def test_the_adapter_download_deadline_follows_the_announced_size(tmp_path, monkeypatch):
+    from fedmask.adapter import payload as adapter_payload
+    from fedmask.participant import node as node_module
+
+    packed = adapter_payload.pack(np.zeros(4, dtype=np.float32), LAYOUT, 0)
+    timeouts: list[float] = []
+
+    class Stub:
+        def __init__(self, channel):
+            pass
+
+        def DownloadAdapter(self, request, *, metadata, timeout):  # noqa: N802 - the gRPC name
+            timeouts.append(timeout)
+            yield fl.AdapterChunk(offset=0, data=packed.data)
+
+    monkeypatch.setattr(node_module.fl_grpc, "FederationStub", Stub)
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    connection = Connection("127.0.0.1:1", None, rpc_timeout_s=30.0, min_bandwidth_bytes_per_s=1000.0)
+    node = Node(connection, Identity("hospital-a"), data, tmp_path)
+    task = fl.Task(adapter_sha256=packed.sha256, adapter_bytes=len(packed.data), adapter_round=0)
+    assert node.download(task).vector.tolist() == [0.0] * 4
+    assert timeouts == [30.0 + len(packed.data) / 1000.0]
