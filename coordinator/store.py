@@ -389,14 +389,7 @@ class FederationStore:
         return db
 
     def _take_writer_lock(self) -> None:
-        lock_path = self._path.with_name(self._path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(f"{self._path} is already open for writing (a running coordinator?)") from None
-        self._lock_file = fd
+        self._lock_file = _writer_lock(self._path)
 
     def _release_writer_lock(self) -> None:
         if self._lock_file is not None:
@@ -991,6 +984,77 @@ def _round_id_must_be_new() -> Iterator[None]:
 def _checkpoint_from_row(row: tuple[Any, ...]) -> CheckpointRef:
     optimizer = None if row[4] is None else FileRef(row[4], row[5], int(row[6]))
     return CheckpointRef(int(row[0]), FileRef(row[1], row[2], int(row[3])), optimizer)
+
+
+def _writer_lock(path: Path) -> int:
+    """The exclusive flock beside the database at ``path`` (held while the descriptor is open)."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(f"{path} is already open for writing (a running coordinator?)") from None
+    return fd
+
+
+def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str]) -> list[str]:
+    """Put the database ``backup`` (from :meth:`FederationStore.backup`) in place of the one at
+    ``path``, with the coordinator stopped; returns :meth:`FederationStore.verify`'s problems
+    with the restored store. Refused, with nothing changed, if the coordinator runs, the backup is
+    damaged or of a newer schema, or it belongs to another federation than the checkpoints
+    beside ``path``. Rounds committed after the backup are run again after the restore."""
+    backup, path = Path(backup), Path(path)
+    if not backup.is_file():
+        raise StoreError(f"no backup at {backup}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _writer_lock(path)
+    try:
+        try:
+            source = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the backup {backup}: {exc}") from None
+        try:
+            try:
+                check = [message for (message,) in source.execute("PRAGMA integrity_check")]
+                version = _stored_schema_version(source)
+                row = source.execute("SELECT federation_id FROM store_identity").fetchone() if version >= 3 else None
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{backup} is not a usable federation store backup: {exc}") from None
+            if check != ["ok"]:
+                raise StoreError(f"{backup} is damaged: {'; '.join(check[:3])}")
+            if version > schema_version():
+                raise SchemaError(f"{backup} has schema version {version}; this fedmask knows {schema_version()}")
+            identity_path = path.parent / f"{path.stem}.checkpoints" / IDENTITY_FILE_NAME
+            if identity_path.is_file():
+                try:
+                    recorded = json.loads(identity_path.read_text(encoding="utf-8")).get("federation_id")
+                except (OSError, json.JSONDecodeError, AttributeError) as exc:
+                    raise StoreError(f"cannot read {identity_path}: {exc}") from None
+                if row is None or row[0] != recorded:
+                    theirs = "no federation" if row is None else f"federation {row[0]}"
+                    raise StoreError(
+                        f"{backup} holds {theirs}, but the checkpoints beside {path} belong to federation {recorded}"
+                    )
+            temporary = path.with_name(f".{path.name}.restore.tmp")
+            temporary.unlink(missing_ok=True)
+            target = sqlite3.connect(str(temporary))
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        # The old database's write-ahead log must not be replayed into the restored one.
+        for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    finally:
+        os.close(lock)
+    with FederationStore(path) as store:  # migrates an older backup, then checks every file
+        return store.verify()
 
 
 def _stored_schema_version(db: sqlite3.Connection) -> int:

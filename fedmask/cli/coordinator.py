@@ -325,8 +325,27 @@ def backup_command(state_dir: Path, out_path: Path) -> None:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
-        f"backup written to {written}; to restore, stop the coordinator and copy it to {state_dir}/federation.db"
+        f"backup written to {written}; to restore: fedmask coordinator restore --state {state_dir} --from {written}"
     )
+
+
+@coordinator.command("restore")
+@_state_option
+@click.option("--from", "backup_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+def restore_command(state_dir: Path, backup_path: Path) -> None:
+    """Put a backup in place of the store's database (stop the coordinator first). Rounds
+    committed after the backup are run again."""
+    from fedmask.coordinator.store import StoreError, restore_backup
+
+    try:
+        problems = restore_backup(backup_path, state_dir / "federation.db")
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    if problems:
+        raise click.ClickException(f"restored, but {len(problems)} problem(s) remain in {state_dir}")
+    click.echo(f"restored {state_dir}/federation.db from {backup_path}; every indexed checkpoint intact")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m fedmask.cli.coordinator serve ...`

@@ -1,12 +1,13 @@
-"""`fedmask coordinator verify` and `backup`: the store checked and copied from the command line."""
+"""`fedmask coordinator verify`, `backup` and `restore`: the store checked and copied from the command line."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from fedmask.cli import main
-from fedmask.coordinator.store import FederationStore
+from fedmask.coordinator.store import FederationStore, StoreError
 
 
 def _state(tmp_path):
@@ -43,3 +44,45 @@ def test_backup_writes_a_copy_and_refuses_to_overwrite(tmp_path):
         assert copy.last_committed().round_number == 1
     again = CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(out)])
     assert again.exit_code == 1 and again.output.strip().startswith("Error:") and "exists" in again.output
+
+
+def test_a_lost_database_is_refused_then_restored_from_a_backup(tmp_path):
+    """The issue's worst fault: federation.db emptied or deleted. The coordinator refuses to start
+    a new federation over the checkpoints; `restore` puts the backup back, nothing lost."""
+    state, ref = _state(tmp_path)
+    out = tmp_path / "backup.db"
+    assert CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(out)]).exit_code == 0
+    files = sorted(p.name for p in (state / "federation.checkpoints").iterdir())
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"federation.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="missing or empty"):
+        with FederationStore(state / "federation.db") as store:
+            store.initialise({"name": "cli"})
+    (state / "federation.db").unlink()
+
+    restored = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(state), "--from", str(out)])
+    assert restored.exit_code == 0, restored.output
+    assert "every indexed checkpoint intact" in restored.output
+    with FederationStore(state / "federation.db") as store:
+        store.initialise({"name": "cli"})  # resumes: same federation, same config
+        assert store.last_committed().version == ref.version
+        assert store.collect_garbage() == []
+    assert sorted(p.name for p in (state / "federation.checkpoints").iterdir()) == files
+
+
+def test_restore_refuses_another_federations_backup_and_a_running_coordinator(tmp_path):
+    state, _ = _state(tmp_path)
+    other, _ = _state(tmp_path / "other")
+    foreign = tmp_path / "foreign.db"
+    assert (
+        CliRunner().invoke(main, ["coordinator", "backup", "--state", str(other), "--out", str(foreign)]).exit_code == 0
+    )
+    before = (state / "federation.db").read_bytes()
+    refused = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(state), "--from", str(foreign)])
+    assert refused.exit_code == 1 and "belong to federation" in refused.output
+    assert (state / "federation.db").read_bytes() == before  # nothing changed
+    own = tmp_path / "own.db"
+    assert CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(own)]).exit_code == 0
+    with FederationStore(state / "federation.db"):  # the coordinator is running
+        busy = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(state), "--from", str(own)])
+    assert busy.exit_code == 1 and "already open for writing" in busy.output
