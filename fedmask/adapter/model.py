@@ -31,7 +31,8 @@ _HEAD_NAMES = ("classifier", "score", "lm_head")
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off, for loads whose notices are expected here."""
     # Loading a classification head prints a "newly initialized" report; it is expected here.
     from transformers.utils import logging as hf_logging
 
@@ -47,11 +48,18 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def local_model_directory(path: str) -> str:
+    """``path`` if it is a model directory here (models are never downloaded), or a ConfigError."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"no model directory at {path} (a folder with config.json; models are never downloaded)")
+    return path
+
+
 def load_tokenizer(config: TrainingConfig) -> Any:
     from transformers import AutoTokenizer
 
-    path = config.resolved_model_path
-    with _quiet_transformers():
+    path = local_model_directory(config.resolved_model_path)
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
@@ -67,7 +75,7 @@ def load_base_model(config: TrainingConfig, pad_token_id: int) -> nn.Module:
     path = config.resolved_model_path
     if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ConfigError(f"model path {path} does not exist (and the hub is offline)")
-    with _quiet_transformers():
+    with quiet_transformers():
         if config.task == "classification":
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=config.num_labels, dtype=torch.float32
@@ -228,5 +236,5 @@ def load_trained_model(config: TrainingConfig, adapter_dir: str | Path) -> nn.Mo
 
     tokenizer = load_tokenizer(config)
     base = load_base_model(config, tokenizer.pad_token_id)
-    with _quiet_transformers():
+    with quiet_transformers():
         return PeftModel.from_pretrained(base, str(adapter_dir)).eval()

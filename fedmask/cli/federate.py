@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +33,22 @@ from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
 
 EXIT_FAILED = 3
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error now if ``host:port`` cannot be listened on, rather than a failure after
+    the federation's state has been written."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _echo(line: str) -> None:
@@ -108,6 +125,9 @@ def run(
     except (pki.PkiError, OSError) as exc:
         raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
+    for listen_port in (port, health_port):
+        if listen_port:  # refused before the store is written (the server binds after loading it)
+            check_port_free(host, listen_port)
     settings = ServerSettings(host=host, port=port, health_port=health_port)
     federation = Federation(
         config,

@@ -1,0 +1,144 @@
+"""Every bad input an operator was seen to hit ends in one ``Error:`` line, a non-zero exit, no
+traceback, and nothing written (issue: 14 of 48 bad inputs ended in a traceback).
+
+A read-only directory is played by a path under a regular file: the tests run as root, for whom
+permission bits do not stop a write, but nobody can create a directory inside a file."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedmask.cli import main
+from fedmask.coordinator.config import FederationConfig
+
+PARTIES = ["hospital-a", "hospital-b", "bank"]
+
+
+@pytest.fixture
+def blocked(tmp_path) -> Path:
+    """A path no directory can be made at (its parent is a regular file)."""
+    parent = tmp_path / "a-file"
+    parent.write_text("not a directory\n")
+    return parent / "out"
+
+
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    from fedmask.testing.loopback import make_federation
+
+    return make_federation(tmp_path_factory.mktemp("pki") / "fed", PARTIES)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "bank.jsonl"
+    result = CliRunner().invoke(main, ["data", "generate", "--party", "bank", "--records", "40", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _config(tmp_path, **changes) -> Path:
+    data = {"participants": PARTIES, "rounds": 1, **changes}
+    path = tmp_path / "federation.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_one_line_error(result, *words: str) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), f"not handled: {result.exception!r}"
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: "), result.output
+    for word in words:
+        assert word in last, last
+    return last
+
+
+def _coordinator_run(tmp_path, config: Path, federation: Path, *extra: str) -> list[str]:
+    return ["coordinator", "run", "--federation", str(federation), "--state", str(tmp_path / "state"),
+            "--config", str(config), "--insecure", "--port", "0", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "training, words",
+    [
+        ({"target_epsilon": 0}, ["training:", "target_epsilon"]),
+        ({"epsilon": 4.0}, ["training.epsilon: unknown training setting"]),
+        ({"epochs": "one"}, ["training.epochs: expected a number or null, got 'one'"]),
+        ({"model_path": "/nonexistent"}, ["training.model_path: no model directory at /nonexistent"]),
+    ],
+)
+def test_federation_config_errors_name_the_key_before_any_state_is_written(tmp_path, federation, training, words):
+    result = CliRunner().invoke(main, _coordinator_run(tmp_path, _config(tmp_path, training=training), federation))
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_changed_config_names_the_flag_that_allows_it(tmp_path, federation):
+    from fedmask.coordinator.store import FederationStore
+
+    with FederationStore(tmp_path / "state" / "federation.db") as store:
+        store.initialise(FederationConfig(participants=tuple(PARTIES), rounds=2).to_json())
+    result = CliRunner().invoke(main, _coordinator_run(tmp_path, _config(tmp_path), federation))
+    assert_one_line_error(result, "rounds", "--allow-config-change")
+
+
+def test_a_state_directory_that_cannot_be_made(tmp_path, federation, blocked):
+    args = _coordinator_run(tmp_path, _config(tmp_path), federation)
+    args[args.index("--state") + 1] = str(blocked)
+    assert_one_line_error(CliRunner().invoke(main, args), "Not a directory", str(blocked))
+
+
+def test_coordinator_run_on_a_port_in_use(tmp_path, federation, port_in_use):
+    args = _coordinator_run(tmp_path, _config(tmp_path), federation)
+    args[args.index("--port") + 1] = str(port_in_use)
+    assert_one_line_error(CliRunner().invoke(main, args), f"cannot listen on 127.0.0.1:{port_in_use}")
+    assert not (tmp_path / "state").exists()
+
+
+def test_coordinator_serve_on_a_port_in_use(federation, port_in_use):
+    args = ["coordinator", "serve", "--federation", str(federation), "--insecure", "--dim", "4"]
+    args += ["--participants", ",".join(PARTIES)]
+    args += ["--port", str(port_in_use)]
+    assert_one_line_error(CliRunner().invoke(main, args), f"127.0.0.1:{port_in_use}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "generate", "--party", "bank", "--records", "10", "--out", "{blocked}/x.jsonl"],
+        ["pki", "init", "--dir", "{blocked}"],
+        ["demo", "--out", "{blocked}"],
+    ],
+    ids=["data-generate", "pki-init", "demo"],
+)
+def test_an_output_directory_that_cannot_be_made(blocked, command):
+    args = [part.format(blocked=blocked) for part in command]
+    assert_one_line_error(CliRunner().invoke(main, args), str(blocked.parent))
+
+
+def test_participant_node_with_a_state_directory_that_cannot_be_made(federation, blocked, records):
+    args = ["participant", "node", "--federation", str(federation), "--name", "bank", "--data", str(records),
+            "--state", str(blocked), "--insecure", "--coordinator", "127.0.0.1:1"]  # fmt: skip
+    assert_one_line_error(CliRunner().invoke(main, args), str(blocked))
+
+
+def test_participant_train_with_a_model_that_is_not_there(tmp_path, records):
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--model", "/nonexistent", "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), "no model directory at /nonexistent")
