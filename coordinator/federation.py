@@ -20,6 +20,7 @@ again (``coordinator/store.py``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -84,6 +85,27 @@ def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, Layout]:
     return build_initial_adapter(TrainingConfig.create(**dict(training)))
 
 
+def noise_cost_lines(plan: ddp.AggregateNoisePlan, rounds: int) -> list[str]:
+    """What the distributed noise costs the model: the decoded mean's expected error against the
+    clip norm (a mean update's largest norm), and a warning when the noise swamps the signal
+    even after ``rounds`` rounds (noise adds up as sqrt(rounds), a steady signal as rounds)."""
+    low, high = plan.config.min_survivors, plan.config.max_participants
+    clip = plan.config.clip_norm
+    lines = [
+        f"aggregate noise: expected error norm of each round's decoded mean {plan.expected_noise_norm(high):.3g} "
+        f"with {high} survivors, {plan.expected_noise_norm(low):.3g} with {low} (an update's norm is at most "
+        f"{clip:g}); participant-level epsilon {plan.planned_epsilon:.3g} over the planned rounds"
+    ]
+    accumulated = plan.noise_to_clip(high) / math.sqrt(rounds)
+    if accumulated > 1:
+        lines.append(
+            f"WARNING: even with every participant, after {rounds} rounds the noise is {accumulated:.1f}x the "
+            "largest signal: the global model will learn little. Raise aggregate_epsilon, add participants or "
+            "rounds, or use no aggregate noise (record-level DP-SGD still protects each record)"
+        )
+    return lines
+
+
 class RoundFailed(Exception):
     """Every attempt of a round failed; it is recorded as failed and the federation goes on."""
 
@@ -132,6 +154,9 @@ class Federation:
         vector, layout, _last_committed, optimizer = self._resume()
         self.noise_plan = config.noise_plan(vector.size)
         self.service.noise_plan = self.noise_plan
+        if self.noise_plan is not None:
+            for line in noise_cost_lines(self.noise_plan, config.rounds):
+                self.progress(line)
         self.accountant = self._replay_accountant()
         # Without aggregate noise the held-out metrics ride along as sums after the update.
         dimension = self.noise_plan.padded_dimension if self.noise_plan else vector.size + METRIC_COORDINATES
@@ -356,6 +381,10 @@ class Federation:
                 "wall_s": record.wall_s,
                 "attempts": record.attempts,
                 "update_l2_norm": record.update_l2_norm,
+                # Of update_l2_norm, how much the distributed noise is expected to be.
+                "expected_noise_norm": (
+                    self.noise_plan.expected_noise_norm(len(record.survivors)) if self.noise_plan else None
+                ),
                 "noise_record": record.noise_record,
                 "aggregate_delta": self.config.aggregate_delta if record.noise_record else None,
             },

@@ -270,6 +270,17 @@ class AggregateNoisePlan:
         clipped updates: (noise + rounding) / (gamma^2 s), rounding variance at most 1/4."""
         return (self.local_variance + 0.25) / (self.scale**2 * survivors)
 
+    def expected_noise_norm(self, survivors: int) -> float:
+        """Expected L2 norm of the error in the decoded mean: sqrt(dimension * expected_mse)
+        (the rotation spreads the noise evenly, and decoding drops the padding's share). A
+        clipped update, and so the mean, has norm at most ``clip_norm``: their ratio says whether
+        the noise swamps the signal."""
+        return math.sqrt(self.config.dimension * self.expected_mse(survivors))
+
+    def noise_to_clip(self, survivors: int) -> float:
+        """The decoded mean's expected error norm over the clip norm (above 1: noise swamps signal)."""
+        return self.expected_noise_norm(survivors) / self.config.clip_norm
+
     def check_survivors(self, survivors: int) -> None:
         low, high = self.config.min_survivors, self.config.max_participants
         if not (isinstance(survivors, int) and low <= survivors <= high):
@@ -301,6 +312,8 @@ class AggregateNoisePlan:
             "planned_epsilon": self.planned_epsilon,
             "expected_mse_at_min_survivors": self.expected_mse(self.config.min_survivors),
             "expected_mse_at_max_participants": self.expected_mse(self.config.max_participants),
+            "noise_to_clip_at_min_survivors": self.noise_to_clip(self.config.min_survivors),
+            "noise_to_clip_at_max_participants": self.noise_to_clip(self.config.max_participants),
         }
 
 

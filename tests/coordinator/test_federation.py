@@ -232,3 +232,26 @@ class TestFederationStart:
         with pytest.raises(Stop):
             asyncio.run(start().run())
         assert attempted == [2]  # the failed round is not run again, nor skipped past
+
+
+class TestNoiseCost:
+    """The coordinator says up front what distributed noise costs (the issue: a decoded mean
+    update of norm 424 against a clip of 5, reported without a word)."""
+
+    def test_noise_that_swamps_the_signal_is_announced_with_a_warning(self):
+        from fedmask.coordinator.federation import noise_cost_lines
+
+        config = FederationConfig(participants=PARTIES, rounds=3, aggregate_noise="skellam", aggregate_epsilon=10.0)
+        plan = config.noise_plan(200_000)
+        lines = noise_cost_lines(plan, config.rounds)
+        assert f"{plan.expected_noise_norm(3):.3g} with 3 survivors" in lines[0]
+        assert plan.noise_to_clip(3) / math.sqrt(3) > 1 and lines[1].startswith("WARNING")
+
+    def test_a_meaningful_setting_has_no_warning(self):
+        from fedmask.coordinator.federation import noise_cost_lines
+
+        parties = tuple(f"party-{i}" for i in range(50))
+        config = FederationConfig(participants=parties, rounds=4, aggregate_noise="skellam", aggregate_epsilon=10.0)
+        plan = config.noise_plan(1000)
+        lines = noise_cost_lines(plan, config.rounds)
+        assert len(lines) == 1 and plan.noise_to_clip(50) < 1

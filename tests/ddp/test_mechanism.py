@@ -199,6 +199,9 @@ def test_masked_round_recovers_the_survivors_mean_within_the_predicted_error(pla
     else:
         # noise-dominated: the mean of 700 squared errors is within 5 standard errors
         assert abs(mse / expected - 1) < 5 * math.sqrt(2 / 700)
+        # the error norm the coordinator announces: the same statistic, over the decoded coordinates
+        norm_ratio = float(np.linalg.norm(average - truth)) / plan.expected_noise_norm(3)
+        assert abs(norm_ratio**2 - 1) < 5 * math.sqrt(2 / 700)
 
 
 def test_wrap_around_never_happens_inside_validated_parameters():
