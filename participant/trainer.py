@@ -21,6 +21,7 @@ from torch import nn
 
 from fedmask.adapter.config import ConfigError, TrainingConfig
 from fedmask.adapter.model import _is_head_parameter, build_adapter_model
+from fedmask.adapter.scores import DEFAULT_RESAMPLES, DEFAULT_SEED, causal_lm_scores, classification_scores
 from fedmask.adapter.vector import (
     VectorSpec,
     load_model_vector,
@@ -53,12 +54,44 @@ class LocalTrainingResult:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Held-out quality. For causal LMs, ``accuracy`` is next-token accuracy."""
+    """Held-out quality. For causal LMs, ``accuracy`` is next-token accuracy.
+
+    The per-record arrays (in the order of the records evaluated) are what :meth:`scores` needs:
+    for classification the labels and the predicted probabilities, for causal LMs each record's
+    summed next-token loss, predicted tokens and correct predictions.
+    """
 
     accuracy: float
     majority_baseline: float  # accuracy of the best constant prediction on the same records
     loss: float
     count: int  # records (classification) or predicted tokens (causal LM)
+    task: str = "classification"
+    labels: np.ndarray | None = field(default=None, compare=False, repr=False)  # (records,)
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)  # (records, labels)
+    record_loss_sums: np.ndarray | None = field(default=None, compare=False, repr=False)
+    record_token_counts: np.ndarray | None = field(default=None, compare=False, repr=False)
+    record_correct_counts: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def scores(self, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+        """Majority baseline, balanced accuracy, macro-F1, AUROC... with bootstrap intervals
+        (classification), or perplexity and next-token accuracy (causal LM):
+        :mod:`fedmask.adapter.scores`."""
+        if self.task == "classification":
+            assert self.labels is not None and self.probabilities is not None
+            return classification_scores(self.labels, self.probabilities, resamples=resamples, seed=seed)
+        assert (
+            self.record_loss_sums is not None
+            and self.record_token_counts is not None
+            and self.record_correct_counts is not None
+        )
+        return causal_lm_scores(
+            self.record_loss_sums,
+            self.record_token_counts,
+            self.record_correct_counts,
+            majority_baseline=self.majority_baseline,
+            resamples=resamples,
+            seed=seed,
+        )
 
 
 @dataclass
@@ -592,55 +625,67 @@ class LocalTrainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, records: Sequence[Record], *, batch_size: int = 64) -> Evaluation:
-        """Accuracy, loss and the majority baseline of the current adapter on ``records``."""
+        """Accuracy, loss and the majority baseline of the current adapter on ``records``, with the
+        per-record probabilities (or token counts) that :meth:`Evaluation.scores` turns into scores."""
         with torch.no_grad():
             return self._evaluate(records, batch_size)
 
     def _evaluate(self, records: Sequence[Record], batch_size: int) -> Evaluation:
         encoded = self.encode(records)
+        # Batches of similar lengths pad little; results go back to the records' own order.
         order = sorted(range(len(records)), key=lambda i: len(encoded.input_ids[i]))
         collate = _collate(self.tokenizer.pad_token_id)
         was_training = self.model.training
         self.model.eval()
-        correct = 0
-        count = 0
-        loss_sum = 0.0
+        classification = self.config.task == "classification"
+        probabilities = np.zeros((len(records), self.config.num_labels)) if classification else None
+        loss_sums = np.zeros(len(records))
+        token_counts = np.zeros(len(records), dtype=np.int64)
+        correct_counts = np.zeros(len(records), dtype=np.int64)
         target_counts: dict[int, int] = {}
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 batch = collate([(encoded.input_ids[i], encoded.labels[i]) for i in idx])
                 logits = self.model(input_ids=batch[0], attention_mask=batch[1]).logits
-                if self.config.task == "classification":
+                if classification:
+                    assert probabilities is not None
                     labels = batch[2]
-                    correct += int((logits.argmax(-1) == labels).sum())
-                    loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                    count += len(idx)
+                    probabilities[idx] = torch.softmax(logits.double(), dim=-1).numpy()
+                    loss_sums[idx] = F.cross_entropy(logits, labels, reduction="none").double().numpy()
+                    correct_counts[idx] = (logits.argmax(-1) == labels).long().numpy()
+                    token_counts[idx] = 1
                     flat_targets = labels
                 else:
                     targets = causal_lm_targets(batch[0], batch[1])
                     valid = targets != -100
                     predictions = logits[:, :-1].argmax(-1)
-                    correct += int(((predictions == targets) & valid).sum())
-                    loss_sum += float(
-                        F.cross_entropy(
-                            logits[:, :-1].reshape(-1, logits.shape[-1]),
-                            targets.reshape(-1),
-                            ignore_index=-100,
-                            reduction="sum",
-                        )
-                    )
-                    count += int(valid.sum())
+                    token_loss = F.cross_entropy(
+                        logits[:, :-1].reshape(-1, logits.shape[-1]),
+                        targets.reshape(-1),
+                        ignore_index=-100,
+                        reduction="none",
+                    ).view(targets.shape)
+                    loss_sums[idx] = token_loss.double().sum(dim=1).numpy()
+                    correct_counts[idx] = ((predictions == targets) & valid).sum(dim=1).numpy()
+                    token_counts[idx] = valid.sum(dim=1).numpy()
                     flat_targets = targets[valid]
                 for value, n in zip(*torch.unique(flat_targets, return_counts=True), strict=True):
                     target_counts[int(value)] = target_counts.get(int(value), 0) + int(n)
         finally:
             self.model.train(was_training)
+        count = int(token_counts.sum())
         if count == 0:
             raise ValueError("nothing to evaluate")
         return Evaluation(
-            accuracy=correct / count,
+            accuracy=int(correct_counts.sum()) / count,
             majority_baseline=max(target_counts.values()) / count,
-            loss=loss_sum / count,
+            loss=float(loss_sums.sum()) / count,
             count=count,
+            task=self.config.task,
+            labels=np.asarray(encoded.labels, dtype=np.int64) if classification else None,
+            probabilities=probabilities,
+            record_loss_sums=loss_sums,
+            record_token_counts=token_counts,
+            record_correct_counts=correct_counts,
         )
