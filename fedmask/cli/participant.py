@@ -63,7 +63,7 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
     "out_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output directory: adapter/ (PEFT format) and report.json.",
+    help="Output directory: adapter/ (PEFT format), model/ (sentence-transformers) and report.json.",
 )
 @click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
 @click.option(
@@ -132,6 +132,22 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
 )
 @click.option("--no-scrub", is_flag=True, help="Do not scrub PII (reported).")
 @click.option(
+    "--label-names",
+    default=None,
+    help="Comma-separated names of the labels 0, 1, ... for the exported model [default: the numbers].",
+)
+@click.option(
+    "--base-model-name",
+    default=None,
+    help="Public name of --model for the model card and adapter config "
+    "[default: sentence-transformers/all-MiniLM-L6-v2 for the bundled model].",
+)
+@click.option(
+    "--no-export",
+    is_flag=True,
+    help="Do not write OUT/model/ (the classifier as a sentence-transformers folder).",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -170,20 +186,30 @@ def train(
     heldout_fraction: float,
     ledger_path: Path | None,
     no_scrub: bool,
+    label_names: str | None,
+    base_model_name: str | None,
+    no_export: bool,
     seed: int,
     reproducible_noise: int | None,
 ) -> None:
-    """Train a DP adapter on local records; write OUT/adapter/ and OUT/report.json."""
+    """Train a DP adapter on local records; write OUT/adapter/, OUT/model/ and OUT/report.json.
+
+    OUT/model/ (classifiers) loads with sentence-transformers alone: see docs/dp-training.md.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedmask.adapter.config import ConfigError, TrainingConfig
+    from fedmask.adapter.export import ExportError
+    from fedmask.adapter.scores import summary_line
     from fedmask.participant.data import DataError, load_local_data
     from fedmask.participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
     from fedmask.participant.training import configure_threads, train_adapter, write_training_outputs
 
     console = Console(stderr=True)
+    names = _parse_label_names(label_names, num_labels)
+    export = task == "classification" and not no_export
     try:
         config = TrainingConfig.create(
             model_path=model_path,
@@ -252,15 +278,41 @@ def train(
         except (ConfigError, DataError, LedgerError) as exc:
             raise click.ClickException(str(exc)) from None
 
-    write_training_outputs(result, out_dir)
+    try:
+        write_training_outputs(
+            result,
+            out_dir,
+            export=export,
+            label_names=names,
+            base_model_name=base_model_name,
+            data_description=f"{len(data.train)} training records from {data_path.name} "
+            f"({len(data.heldout)} held out: {data.heldout_source})",
+        )
+    except ExportError as exc:
+        raise click.ClickException(f"the adapter and report are written; the export failed: {exc}") from None
     report = result.report
     console.print(
         f"epsilon {report['epsilon']:.4g} (delta {report['delta']:g}, {report['accountant']}), "
         f"noise multiplier {report['noise_multiplier']:.4g}, {report['steps']} steps, "
-        f"clipping {report['clipping']}; held-out accuracy {report['accuracy']:.4f} "
-        f"(majority baseline {report['majority_baseline']:.4f})"
+        f"clipping {report['clipping']}"
     )
-    click.echo(json.dumps({"adapter": str(out_dir / "adapter"), "report": str(out_dir / "report.json")}))
+    if report["scores"] is not None:
+        click.echo(summary_line(report["scores"], names), err=True)  # one line, never wrapped
+    paths = {"adapter": str(out_dir / "adapter"), "report": str(out_dir / "report.json")}
+    if export:
+        paths["model"] = str(out_dir / "model")
+    click.echo(json.dumps(paths))
+
+
+def _parse_label_names(value: str | None, num_labels: int) -> list[str]:
+    if value is None:
+        return [str(index) for index in range(num_labels)]
+    names = [name.strip() for name in value.split(",")]
+    if len(names) != num_labels or not all(names) or len(set(names)) != len(names):
+        raise click.BadParameter(
+            f"give {num_labels} distinct, non-empty names, comma-separated; got {value!r}", param_hint="--label-names"
+        )
+    return names
 
 
 from fedmask.cli.join import join  # noqa: E402 - `fedmask participant join` lives with the gRPC client

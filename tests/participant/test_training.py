@@ -111,6 +111,19 @@ def test_train_report_and_export(
     assert report["epsilon"] == pytest.approx(compute_epsilon("rdp", history, 1e-5), rel=1e-9)
     assert 7.5 < report["epsilon"] <= 8.0  # the whole budget is planned for this one round
     assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 < report["majority_baseline"] <= 1.0
+    scores = report["scores"]
+    assert scores["count"] == len(heldout) and scores["bootstrap"]["resamples"] == 1000
+    if task == "classification":
+        # The same held-out predictions behind both: the old fields and the scores agree.
+        assert scores["accuracy"] == pytest.approx(report["accuracy"], rel=1e-12)
+        assert scores["majority_baseline"] == pytest.approx(report["majority_baseline"], rel=1e-12)
+        for name in ("balanced_accuracy", "macro_f1", "auroc"):
+            low, high = scores["ci95"][name]
+            assert 0.0 <= low <= scores[name] <= high <= 1.0, name
+    else:
+        assert scores["next_token_accuracy"] == pytest.approx(report["accuracy"], rel=1e-12)
+        assert scores["perplexity"] == pytest.approx(np.exp(report["heldout_loss"]), rel=1e-6)
+        assert scores["tokens"] == report["heldout_count"]
     assert set(report["pii_counts"]) == set(PII_TYPES)
     assert sum(report["pii_counts"].values()) == 0  # demo_records are scrubbed already
     assert report["train_records"] == 50 and report["heldout_records"] == len(heldout)
@@ -118,6 +131,14 @@ def test_train_report_and_export(
     # The export loads with plain peft and computes what the trained model computes.
     out = write_training_outputs(result, tmp_path / "out")
     assert json.loads((out / "report.json").read_text())["epsilon"] == report["epsilon"]
+    # The adapter folder names the base model without this machine's paths, and says how to rebuild it.
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert not Path(adapter_config["base_model_name_or_path"]).is_absolute()
+    if model == "minilm":
+        assert adapter_config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    settings = json.loads((out / "adapter" / "training_config.json").read_text())
+    assert TrainingConfig.from_dict(settings).portable_dict() == config.portable_dict()
+    assert "fedmask predict" in (out / "adapter" / "README.md").read_text()
     reloaded = load_trained_model(config, out / "adapter")  # PeftModel.from_pretrained
     batch = trainer.tokenizer([r.text for r in heldout[:4]], padding=True, return_tensors="pt")
     trainer.model.eval()
