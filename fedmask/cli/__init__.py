@@ -24,6 +24,7 @@ _COMMANDS: dict[str, str] = {
     "participant": "fedmask.cli.participant:participant",
     "data": "fedmask.cli.data:data",
     "demo": "fedmask.cli.demo:demo",
+    "predict": "fedmask.cli.predict:predict",
 }
 
 
