@@ -32,6 +32,7 @@ from typing import TypedDict
 from fedmask.participant.pii import IBAN_LENGTHS, cn_resident_id_check_char, luhn_valid
 
 PARTIES: tuple[str, ...] = ("hospital-a", "hospital-b", "bank")
+LABEL_NAMES: tuple[str, ...] = ("routine", "urgent")  # label 0, label 1
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
-"""The demo's report: per-round table, federated vs. single-party accuracy, plot, global adapter.
+"""The demo's report: per-round table, the final models' scores, plot, global adapter and exported model.
 
 Per-round held-out figures are what the coordinator learns: the totals over the survivors of each
 round, summed inside the masked vectors (``fedmask.adapter.metrics``), never one party's figure.
 The final adapter and the single-party baselines are evaluated here, in the demo process that
-generated everyone's data, because only it may see every party's held-out split.
+generated everyone's data, because only it may see every party's held-out split: each with the
+scores of :mod:`fedmask.adapter.scores` (majority baseline, balanced accuracy, macro-F1, AUROC,
+bootstrap intervals) on the union of the held-out splits.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fedmask.adapter.scores import CLASSIFICATION_METRICS, METRIC_TITLES, format_with_interval
+
+if TYPE_CHECKING:
+    from fedmask.participant.data import Record
 
 
 def _accuracy_after_rounds(final: Mapping[str, Any], federated: float | None) -> list[float | None]:
@@ -23,13 +30,19 @@ def _accuracy_after_rounds(final: Mapping[str, Any], federated: float | None) ->
     return [*after, federated]
 
 
+def heldout_union(data_paths: Mapping[str, Path]) -> list[Record]:
+    """Every party's held-out split, PII-scrubbed as the parties scrub them, in party order."""
+    from fedmask.participant.data import load_local_data
+
+    return [record for path in data_paths.values() for record in load_local_data(path).heldout]
+
+
 def evaluate_global_adapter(
-    training: Mapping[str, Any], state_dir: Path, data_paths: Mapping[str, Path]
-) -> float | None:
-    """The last committed global adapter on the union of every party's held-out split."""
+    training: Mapping[str, Any], state_dir: Path, heldout: Sequence[Record]
+) -> dict[str, Any] | None:
+    """Scores of the last committed global adapter on ``heldout`` (the union of the held-out splits)."""
     from fedmask.adapter.config import TrainingConfig
     from fedmask.coordinator.store import FederationStore
-    from fedmask.participant.data import load_local_data
     from fedmask.participant.trainer import LocalTrainer
 
     with FederationStore(state_dir / "federation.db", read_only=True) as store:
@@ -37,18 +50,21 @@ def evaluate_global_adapter(
         if last is None:
             return None
         vector, _layout = store.load_checkpoint(last)
-    union = [record for path in data_paths.values() for record in load_local_data(path).heldout]
+    if not heldout:
+        return None
     trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
     trainer.set_adapter_vector(vector)
-    return trainer.evaluate(union).accuracy if union else None
+    scores: dict[str, Any] = trainer.evaluate(heldout).scores()
+    return scores
 
 
 def single_party_baselines(
     training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int, echo: Callable[[str], None]
-) -> dict[str, float]:
+) -> dict[str, dict[str, Any]]:
     """Each party trained alone with the same DP budget and the same local training per round,
-    evaluated on the union of every party's held-out split."""
+    scored on the union of every party's held-out split."""
     from fedmask.adapter.config import TrainingConfig
+    from fedmask.adapter.scores import format_with_interval
     from fedmask.participant.data import load_local_data
     from fedmask.participant.trainer import LocalTrainer
     from fedmask.participant.training import configure_threads, train_adapter
@@ -57,27 +73,51 @@ def single_party_baselines(
     config = TrainingConfig.create(**dict(training))
     data = {party: load_local_data(path) for party, path in data_paths.items()}
     union = [record for local in data.values() for record in local.heldout]
-    accuracy: dict[str, float] = {}
+    scores: dict[str, dict[str, Any]] = {}
     for party, local in data.items():
         echo(f"baseline: training {party} alone ({rounds} rounds of local DP training, same budget)")
         trainer = LocalTrainer(config)
         for _ in range(rounds):
             train_adapter(config, local, trainer=trainer)
-        accuracy[party] = trainer.evaluate(union).accuracy
-        echo(f"baseline: {party} alone reaches {accuracy[party]:.3f} on the union of held-out splits")
-    return accuracy
+        scores[party] = trainer.evaluate(union).scores()
+        echo(
+            f"baseline: {party} alone on the union of held-out splits: macro-F1 "
+            f"{format_with_interval(scores[party], 'macro_f1')}, balanced accuracy "
+            f"{format_with_interval(scores[party], 'balanced_accuracy')}"
+        )
+    return scores
+
+
+def _result(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's figures of one model: the four scores, their intervals, the record count."""
+    return {
+        **{name: scores[name] for name in CLASSIFICATION_METRICS},
+        "ci95": {name: scores["ci95"][name] for name in CLASSIFICATION_METRICS},
+        "count": scores["count"],
+    }
 
 
 def build_report(
     final: Mapping[str, Any],
-    baselines: Mapping[str, float],
+    baselines: Mapping[str, Mapping[str, Any]],
     federation_s: float,
     total_s: float,
     config: Mapping[str, Any],
-    federated: float | None = None,
+    federated: Mapping[str, Any] | None = None,
+    majority: Mapping[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """The report: ``rounds`` (what the coordinator learnt), ``results`` (``federated``,
+    ``party_alone.<name>`` and ``majority``: accuracy, balanced accuracy, macro-F1 and AUROC with
+    ``ci95`` intervals, on the union of the held-out splits), timings and the config.
+
+    ``baselines``, ``federated`` and ``majority`` are :func:`fedmask.adapter.scores.classification_scores`
+    results. The accuracy-only keys of earlier reports (``federated_accuracy``,
+    ``best_single_party_accuracy``, ...) are kept for the programs that read them.
+    """
     ledger = final["ledger"]
-    accuracy = _accuracy_after_rounds(final, federated)
+    federated_accuracy = federated["accuracy"] if federated is not None else None
+    accuracy = _accuracy_after_rounds(final, federated_accuracy)
     rounds = []
     for entry, after in zip(ledger, accuracy, strict=True):
         rounds.append(
@@ -93,13 +133,26 @@ def build_report(
                 "attempts": entry["attempt"],
             }
         )
-    best_party = max(baselines, key=baselines.__getitem__) if baselines else None
+    single_accuracy = {party: scores["accuracy"] for party, scores in baselines.items()}
+    best_party = max(single_accuracy, key=single_accuracy.__getitem__) if single_accuracy else None
+    results: dict[str, Any] = {
+        "federated": _result(federated) if federated is not None else None,
+        "party_alone": {party: _result(scores) for party, scores in baselines.items()},
+        "majority": _result(majority) if majority is not None else None,
+    }
+    if majority is not None:
+        names = list(label_names) if label_names else None
+        label = majority["majority_label"]
+        results["majority"]["label"] = names[label] if names else label
+    if federated is not None:
+        results["bootstrap"] = federated["bootstrap"]
     return {
         "rounds": rounds,
-        "federated_accuracy": federated,
-        "best_single_party_accuracy": baselines[best_party] if best_party else None,
+        "results": results,
+        "federated_accuracy": federated_accuracy,
+        "best_single_party_accuracy": single_accuracy[best_party] if best_party else None,
         "best_single_party": best_party,
-        "single_party_accuracy": dict(baselines),
+        "single_party_accuracy": single_accuracy,
         "federation_wall_s": round(federation_s, 1),
         "total_wall_s": round(total_s, 1),
         "config": dict(config),
@@ -128,27 +181,68 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
     lines += [
         "",
-        "Held-out accuracy: the global adapter after the round, on the held-out splits of the next",
-        "round's survivors together (the coordinator learns only these totals, summed under secure",
-        "aggregation); after the last round, on the union of every party's held-out split. ε is",
-        "record-level, cumulative, as each party's Opacus accountant reports it.",
+        "Held-out acc: the global adapter after the round, on the held-out splits of the next round's",
+        "survivors together (the coordinator learns only these totals, summed under secure aggregation);",
+        "after the last round, on the union of every party's held-out split. ε is record-level,",
+        "cumulative, as each party's Opacus accountant reports it.",
         "",
     ]
-    federated = report["federated_accuracy"]
-    best = report["best_single_party_accuracy"]
-    lines.append(
-        f"Federated adapter on the union of held-out splits: **{federated:.3f}**"
-        if federated is not None
-        else "Federated adapter: not evaluated on the union (the coordinator alone holds no held-out data)"
-    )
-    if best is not None:
-        lines.append(
-            f"Best single party trained alone with the same DP budget ({report['best_single_party']}): **{best:.3f}**"
-        )
-        for party, value in sorted(report["single_party_accuracy"].items()):
-            lines.append(f"- {party} alone: {value:.3f}")
+    lines += _results_markdown(report)
     lines += ["", f"Federation wall time {report['federation_wall_s']} s; whole demo {report['total_wall_s']} s."]
     return "\n".join(lines) + "\n"
+
+
+def _results_markdown(report: Mapping[str, Any]) -> list[str]:
+    results = report.get("results") or {}
+    federated, alone, majority = results.get("federated"), results.get("party_alone") or {}, results.get("majority")
+    if federated is None:
+        return ["Final adapter: not evaluated (the coordinator alone holds no held-out data)."]
+    header = ["model", *(METRIC_TITLES[name] for name in CLASSIFICATION_METRICS)]
+    lines = [
+        f"## The final models on the union of held-out splits ({federated['count']} records)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    rows = [("**federated adapter**", federated)]
+    rows += [(f"{party} alone, same DP budget", figures) for party, figures in sorted(alone.items())]
+    if majority is not None:
+        rows.append((f"always {majority['label']!r} (majority baseline)", majority))
+    for title, figures in rows:
+        lines.append(
+            "| " + " | ".join([title, *(format_with_interval(figures, m) for m in CLASSIFICATION_METRICS)]) + " |"
+        )
+    boot = results.get("bootstrap") or {}
+    chance = 0.5 if majority is None else majority["balanced_accuracy"]
+    lines += [
+        "",
+        f"95% intervals: {boot.get('method', 'percentile bootstrap over records')} ({boot.get('resamples')} "
+        f"resamples, seed {boot.get('seed')}). Balanced accuracy is the mean recall over the labels: always "
+        f"answering one label gets {chance:.3f}, whatever the label mix.",
+        "",
+    ]
+    low = (federated["ci95"].get("balanced_accuracy") or [federated["balanced_accuracy"]])[0]
+    lines.append(
+        f"The federated adapter beats the majority baseline (its balanced-accuracy interval lies above {chance:.3f})."
+        if low > chance
+        else f"The federated adapter does NOT beat the majority baseline: its balanced-accuracy interval reaches "
+        f"{chance:.3f}, what always answering one label gets."
+    )
+    if alone:
+        best = max(alone, key=lambda party: alone[party]["macro_f1"])
+        lines.append(
+            f"Best party alone by macro-F1: {best}, {format_with_interval(alone[best], 'macro_f1')}, against the "
+            f"federated adapter's {format_with_interval(federated, 'macro_f1')} (the intervals overlap: "
+            "this held-out sample does not clearly separate the two)."
+            if _overlap(alone[best]["ci95"]["macro_f1"], federated["ci95"]["macro_f1"])
+            else f"Best party alone by macro-F1: {best}, {format_with_interval(alone[best], 'macro_f1')}, against "
+            f"the federated adapter's {format_with_interval(federated, 'macro_f1')}."
+        )
+    return lines
+
+
+def _overlap(first: Sequence[float] | None, second: Sequence[float] | None) -> bool:
+    return bool(first and second and first[0] <= second[1] and second[0] <= first[1])
 
 
 def plot(report: Mapping[str, Any], path: Path) -> None:
@@ -177,21 +271,55 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
 
 
 def write_report(
-    report: Mapping[str, Any], out_dir: Path, final: Mapping[str, Any], training: Mapping[str, Any], state_dir: Path
+    report: Mapping[str, Any],
+    out_dir: Path,
+    final: Mapping[str, Any],
+    training: Mapping[str, Any],
+    state_dir: Path,
+    *,
+    heldout: Sequence[Record] | None = None,
+    label_names: Sequence[str] | None = None,
+    data_description: str = "",
 ) -> None:
+    """``report.json``, ``report.md``, ``report.png``, ``global_adapter/`` (PEFT) and, when the
+    held-out records are given, ``global_model/``: the federated classifier exported for standard
+    libraries (:mod:`fedmask.adapter.export`), verified and scored on those records."""
     from fedmask.adapter.config import TrainingConfig
+    from fedmask.adapter.export import TrainingFacts, export_classifier
     from fedmask.coordinator.store import FederationStore
-    from fedmask.participant.training import export_adapter
+    from fedmask.participant.training import export_adapter, heldout_row
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     plot(report, out_dir / "report.png")
-    store = FederationStore(state_dir / "federation.db", read_only=True)
-    try:
+    with FederationStore(state_dir / "federation.db", read_only=True) as store:
         last = store.last_committed()
-        if last is not None:
-            vector, _layout = store.load_checkpoint(last)
-            export_adapter(TrainingConfig.create(**dict(training)), vector, out_dir / "global_adapter")
-    finally:
-        store.close()
+        if last is None:
+            return
+        vector, _layout = store.load_checkpoint(last)
+    config = TrainingConfig.create(**dict(training))
+    export_adapter(config, vector, out_dir / "global_adapter")
+    if not heldout or config.task != "classification":
+        return
+    ledger = final["ledger"]
+    spent = final.get("final_epsilon") or (ledger[-1]["epsilon"] if ledger else {})
+    parties = sorted({party for entry in ledger for party in entry["epsilon"]})
+    facts = TrainingFacts(
+        parties=len(parties),
+        rounds=len(ledger),
+        epsilon=max(spent.values()) if spent else float("nan"),
+        delta=config.target_delta,
+        accountant=config.accountant,
+        data=data_description or f"the records of {', '.join(parties)}",
+        participant_level_epsilon=ledger[-1].get("participant_epsilon") if ledger else None,
+        secure_aggregation=True,
+    )
+    export_classifier(
+        config,
+        vector,
+        out_dir / "global_model",
+        heldout=[heldout_row(record) for record in heldout],
+        label_names=list(label_names) if label_names else [str(i) for i in range(config.num_labels)],
+        facts=facts,
+    )

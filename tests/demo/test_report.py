@@ -1,0 +1,171 @@
+"""The demo's report: the final models' scores with intervals next to the majority baseline, and the exported model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmask.adapter.scores import classification_scores, majority_scores
+from fedmask.demo.report import build_report, render_markdown
+
+METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "auroc")
+
+
+def _final(parties: list[str], rounds: int) -> dict:
+    ledger = []
+    for number in range(1, rounds + 1):
+        ledger.append(
+            {
+                "round": number,
+                "survivors": parties,
+                "dropped": {},
+                "epsilon": {p: 2.0 * number for p in parties},
+                "participant_epsilon": None,
+                "metrics": {
+                    "upload_bytes": {p: 1000 for p in parties},
+                    "wall_s": 1.5,
+                    "heldout_before": {"heldout_accuracy": 0.6},
+                },
+                "attempt": 1,
+            }
+        )
+    return {"ledger": ledger, "final_epsilon": {p: 2.0 * rounds for p in parties}}
+
+
+def _scores(labels: np.ndarray, skill: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    p1 = np.clip(0.4 + skill * (labels - 0.4) + rng.normal(0, 0.2, labels.size), 0.01, 0.99)
+    return classification_scores(labels, p1)
+
+
+def test_the_report_puts_every_model_next_to_the_majority_baseline() -> None:
+    labels = (np.random.default_rng(0).random(300) < 0.357).astype(int)  # about 64% routine
+    federated = _scores(labels, 0.6, seed=1)
+    alone = {"bank": _scores(labels, 0.2, seed=2), "hospital-a": _scores(labels, 0.4, seed=3)}
+    majority = majority_scores(labels, 2)
+    report = build_report(
+        _final(["bank", "hospital-a"], 2), alone, 10.0, 20.0, {"rounds": 2}, federated, majority, ["routine", "urgent"]
+    )
+    results = report["results"]
+    for figures in (results["federated"], *results["party_alone"].values(), results["majority"]):
+        assert set(METRICS) <= set(figures) and set(figures["ci95"]) == set(METRICS)
+        for name in METRICS:
+            low, high = figures["ci95"][name]
+            assert low <= figures[name] <= high
+    assert results["federated"]["macro_f1"] == federated["macro_f1"]
+    assert results["party_alone"]["bank"]["auroc"] == alone["bank"]["auroc"]
+    assert results["majority"]["balanced_accuracy"] == 0.5 and results["majority"]["auroc"] == 0.5
+    assert (
+        results["majority"]["accuracy"] == majority["majority_baseline"] and results["majority"]["label"] == "routine"
+    )
+    assert results["bootstrap"]["resamples"] == 1000
+    # The accuracy-only keys stay for the programs that read them.
+    assert report["federated_accuracy"] == federated["accuracy"]
+    assert report["single_party_accuracy"] == {p: s["accuracy"] for p, s in alone.items()}
+    assert report["rounds"][-1]["accuracy"] == federated["accuracy"]
+    json.dumps(report)  # JSON-ready
+
+    markdown = render_markdown(report)
+    assert "| model | accuracy | balanced accuracy | macro-F1 | AUROC |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| **federated adapter**"))
+    low, high = federated["ci95"]["macro_f1"]
+    assert f"{federated['macro_f1']:.3f} [{low:.3f}, {high:.3f}]" in row
+    assert "| always 'routine' (majority baseline) |" in markdown
+    assert "| bank alone, same DP budget |" in markdown and "| hospital-a alone, same DP budget |" in markdown
+    assert "The federated adapter beats the majority baseline" in markdown
+    assert "Best party alone by macro-F1: hospital-a" in markdown
+
+
+def test_the_report_says_plainly_when_the_federated_adapter_does_not_beat_the_majority() -> None:
+    labels = (np.random.default_rng(4).random(300) < 0.357).astype(int)
+    constant = majority_scores(labels, 2)  # a federated adapter that always says "routine"
+    report = build_report(
+        _final(["bank"], 1), {}, 1.0, 2.0, {}, constant, majority_scores(labels, 2), ["routine", "urgent"]
+    )
+    assert "does NOT beat the majority baseline" in render_markdown(report)
+    # A coordinator alone (fedmask coordinator run --report) has nothing to evaluate on.
+    alone = build_report(_final(["bank"], 1), {}, 1.0, 2.0, {})
+    assert alone["results"] == {"federated": None, "party_alone": {}, "majority": None}
+    assert "not evaluated" in render_markdown(alone)
+
+
+def test_the_demo_report_scores_and_exports_the_federated_model(minilm_path: str, tmp_path: Path, demo_records) -> None:
+    from fedmask.coordinator.store import FederationStore
+    from fedmask.demo.data import LABEL_NAMES, generate_records, write_records
+    from fedmask.demo.report import evaluate_global_adapter, heldout_union, write_report
+    from fedmask.participant.trainer import LocalTrainer
+
+    training = {
+        "model_path": minilm_path,
+        "mode": "lora",
+        "max_seq_len": 32,
+        "lora_rank": 4,
+        "batch_size": 1,
+        "local_steps": 1,
+        "accountant": "rdp",
+        "noise_seed": 0,
+    }
+    data_paths = {
+        party: write_records(generate_records(party, 50, seed=i), tmp_path / f"{party}.jsonl")
+        for i, party in enumerate(("hospital-a", "bank"))
+    }
+    heldout = heldout_union(data_paths)
+    # Both parties' held-out splits, in party order, scrubbed as the parties scrub them.
+    assert [r.meta["party"] for r in heldout] == ["hospital-a"] * 10 + ["bank"] * 10
+    raw = [json.loads(line) for path in data_paths.values() for line in path.read_text().splitlines()]
+    assert any("@" in row["text"] for row in raw if row["split"] == "heldout")
+    assert not any("@" in r.text for r in heldout)
+    # A committed global adapter: round 0's, with the head moved so that it predicts both labels.
+    from fedmask.adapter.config import TrainingConfig
+
+    trainer = LocalTrainer(TrainingConfig.create(**training))
+    vector = trainer.initial_vector + np.random.default_rng(0).normal(0, 0.05, trainer.initial_vector.size).astype(
+        np.float32
+    )
+    state = tmp_path / "coordinator"
+    with FederationStore(state / "federation.db") as store:
+        store.initialise({"participants": ["hospital-a", "bank"]})
+        store.commit_initial(store.save_checkpoint(0, vector, trainer.spec.to_json()))
+
+    federated = evaluate_global_adapter(training, state, heldout)
+    assert federated is not None and federated["count"] == 20
+    trainer.set_adapter_vector(vector)
+    assert federated["accuracy"] == trainer.evaluate(heldout).accuracy
+    labels = [r.label for r in heldout]
+    majority = majority_scores(labels, 2)
+    report = build_report(_final(["bank", "hospital-a"], 1), {}, 1.0, 2.0, {}, federated, majority, LABEL_NAMES)
+    out = tmp_path / "report"
+    write_report(
+        report, out, _final(["bank", "hospital-a"], 1), training, state, heldout=heldout, label_names=LABEL_NAMES
+    )
+    assert json.loads((out / "report.json").read_text())["results"]["federated"]["count"] == 20
+    assert (out / "global_adapter" / "adapter_config.json").is_file()
+    manifest = json.loads((out / "global_model" / "fedmask_export.json").read_text())
+    assert manifest["scores"]["accuracy"] == pytest.approx(federated["accuracy"], abs=0.005)
+    assert manifest["training"]["parties"] == 2 and manifest["training"]["secure_aggregation"]
+    card = (out / "global_model" / "README.md").read_text()
+    assert "federated by 2 parties over 1 rounds under secure aggregation" in card
+    rows = [json.loads(line) for line in (out / "global_model" / "heldout.jsonl").read_text().splitlines()]
+    assert {row["party"] for row in rows} == {"hospital-a", "bank"} and len(rows) == 20
+
+
+# Slow (about 25 s cold on 2 cores: two trainings): the default suite keeps the report and export test above.
+@pytest.mark.slow
+def test_each_party_alone_is_trained_and_scored_on_the_union(minilm_path: str, tmp_path: Path) -> None:
+    from fedmask.demo.data import generate_records, write_records
+    from fedmask.demo.report import single_party_baselines
+
+    training = {"model_path": minilm_path, "max_seq_len": 32, "lora_rank": 4, "batch_size": 1, "local_steps": 1}
+    training |= {"accountant": "rdp", "noise_seed": 0}
+    data_paths = {
+        party: write_records(generate_records(party, 50, seed=i), tmp_path / f"{party}.jsonl")
+        for i, party in enumerate(("hospital-a", "bank"))
+    }
+    messages: list[str] = []
+    alone = single_party_baselines(training, data_paths, 1, messages.append)
+    assert set(alone) == {"hospital-a", "bank"} and all(s["count"] == 20 for s in alone.values())
+    assert alone["bank"]["ci95"]["macro_f1"] is not None
+    assert any("bank alone on the union of held-out splits: macro-F1" in m for m in messages)
