@@ -15,22 +15,39 @@ The coordinator never sees an individual update: only the sum the secure-aggrega
 yields. A round that aborts (fewer than t survivors) is recorded as failed and run again with a
 new round id; a coordinator killed mid-round finds the interrupted round on restart and runs it
 again (``coordinator/store.py``).
+
+For the operator (docs/operations.md): every progress line is a record of the
+``fedmask.coordinator`` logger (``coordinator/observability.py``); ``STATE/status.json`` says what
+is happening now (``coordinator/status.py``); the rounds, drops, aborts, durations and reported
+epsilons are counted in Prometheus series (``coordinator/metrics.py``). With a ``roster_loader``
+the CA-signed roster is reloaded before every attempt, so ``fedmask pki revoke`` and ``issue``
+take effect at the next round: a revoked participant is never selected again, and its calls are
+refused. ``request_stop`` (SIGTERM/SIGINT, ``fedmask coordinator stop``) finishes the attempt in
+progress and then stops, or aborts it at once; either way a stopped coordinator leaves the
+current round open, to be run again when it restarts on the same state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import math
+import os
+import signal
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-from fedmask import ddp
+from fedmask import ddp, pki
 from fedmask.adapter import payload as adapter_payload
 from fedmask.adapter.metrics import METRIC_COORDINATES, RoundMetrics, decode_metrics
 from fedmask.coordinator.config import FederationConfig, FederationError
@@ -42,8 +59,26 @@ from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import ImplausibleSum, decode_checked_sum
 from fedmask.secagg.params import EncodingParams, ProtocolParams
 
+from .metrics import FederationMetrics, MetricsEndpoint
+from .observability import PROGRESS_LOGGER, progress_to_log
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
-from .transport import ServerSecurity
+from .service import ParticipantReport
+from .status import (
+    DEFAULT_HEARTBEAT_S,
+    LIVE_STANDINGS,
+    CoordinatorState,
+    CoordinatorStatus,
+    ParticipantStatus,
+    RoundStatus,
+    StatusWriter,
+    StopRequest,
+    process_started_at,
+    status_path,
+    stop_request_path,
+    take_stop_request,
+)
+from .store import StoreError
+from .transport import Authenticator, MtlsAuthenticator, ServerSecurity
 
 if TYPE_CHECKING:
     from .aggregation import ServerOptimizer
@@ -51,6 +86,16 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 # The adapter's layout (``fedmask.adapter.vector.VectorSpec.to_json()``).
 Layout = list[dict[str, object]]
+# Loads the CA-signed roster afresh (``pki.load_roster`` on the federation directory).
+RosterLoader = Callable[[], pki.Roster]
+
+# ``coordinator run`` exit statuses.
+EXIT_FINISHED = 0
+EXIT_ERROR = 1  # an error outside the federation's own rules (a disk, a bug): the one-line error says which
+EXIT_FAILED = 3  # the federation could not go on (FederationError)
+EXIT_STOPPED = 4  # stopped by the operator before the last round; restart on the same state to resume
+# While revocations leave too few participants for a round, how often to look at the roster again.
+ROSTER_POLL_S = 5.0
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -110,6 +155,66 @@ class RoundFailed(Exception):
     """Every attempt of a round failed; it is recorded as failed and the federation goes on."""
 
 
+class StoppedByOperator(Exception):
+    """The operator stopped the coordinator before the round could finish; it stays open."""
+
+
+class LiveAuthenticator:
+    """The transport's authenticator with a roster that can be replaced between rounds (mutual
+    TLS checks each peer certificate against the roster; tokens are looked up on disk at every
+    call, so ``pki revoke`` already removes them; insecure mode trusts names, and the service
+    and round selection refuse revoked ones)."""
+
+    def __init__(self, inner: Authenticator) -> None:
+        self._inner = inner
+
+    @property
+    def description(self) -> str:
+        return self._inner.description
+
+    def identify(self, context: grpc.ServicerContext) -> str:
+        return self._inner.identify(context)
+
+    def use_roster(self, roster: pki.Roster) -> None:
+        if isinstance(self._inner, MtlsAuthenticator):
+            self._inner = dataclasses.replace(self._inner, roster=roster)
+
+
+def roster_changes(old: pki.Roster | None, new: pki.Roster, participants: tuple[str, ...]) -> list[str]:
+    """What a reloaded roster changes for this federation, one line per participant."""
+    before = dict(old.entries) if old is not None else {}
+    after = dict(new.entries)
+    header = f"roster reloaded: version {old.version if old is not None else '?'} -> {new.version}"
+    lines = []
+    for name in sorted(set(before) - set(after)):
+        what = "not selected from the next round on" if name in participants else "not a participant here"
+        lines.append(f"{name} was revoked (removed from the roster): {what}")
+    for name in sorted(set(after) - set(before)):
+        what = "selected again from the next round on" if name in participants else "not a participant here"
+        lines.append(f"{name} was added to the roster: {what}")
+    for name in sorted(set(before) & set(after)):
+        if before[name].tls_cert_sha256 != after[name].tls_cert_sha256:
+            lines.append(f"{name} was re-issued (a new certificate; the old one is refused)")
+        elif before[name].identity_public_key != after[name].identity_public_key:
+            lines.append(f"{name} has a new identity key")
+    return [header + (f": {len(lines)} change(s)" if lines else ": no change for this federation"), *lines]
+
+
+def _previously_selected(state_dir: Path) -> set[str]:
+    """Everyone selected for a round of the federation already in ``state_dir`` (none if there
+    is none): a config participant missing from the roster but in here was revoked."""
+    from .store import FederationStore, StoreError
+
+    database = state_dir / "federation.db"
+    if not database.is_file():
+        return set()
+    try:
+        with FederationStore(database, read_only=True) as store:
+            return {name for record in store.rounds() for name in record.selected}
+    except StoreError:
+        return set()  # the writable open below says what is wrong with it
+
+
 class Federation:
     """Runs a federation to completion on a started ``CoordinatorServer``; resumable."""
 
@@ -124,32 +229,110 @@ class Federation:
         identity_keys: Mapping[str, bytes] | None = None,
         initial: tuple[np.ndarray, Layout] | None = None,
         allow_config_change: bool = False,
+        roster_loader: RosterLoader | None = None,
+        metrics: FederationMetrics | None = None,
+        metrics_endpoint: tuple[str, int] | None = None,
+        log_file: Path | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        handle_signals: bool = False,
     ) -> None:
+        """``progress`` receives every progress line (as well as the ``fedmask.coordinator``
+        logger). ``roster_loader`` reloads the CA-signed roster before each attempt (without it
+        the roster in ``security`` stays as it was). ``metrics_endpoint`` (host, port) serves
+        ``/metrics`` while the federation runs. ``handle_signals``: SIGTERM and SIGINT stop the
+        coordinator cleanly (``request_stop``); only for the main thread of a process."""
         from .store import FederationStore
 
+        state_dir = Path(state_dir)
         if security.roster is not None:
-            outside = sorted(set(config.participants) - set(security.roster.entries))
-            if outside:  # refused before anything is written: the round would wait for them in vain
+            outside = set(config.participants) - set(security.roster.entries)
+            # One selected before and missing now was revoked: it is simply not selected again.
+            revoked = outside & _previously_selected(state_dir)
+            if outside - revoked:  # refused before anything is written: a round would wait in vain
                 raise FederationError(
-                    f"participants not in the CA-signed roster: {', '.join(outside)} "
+                    f"participants not in the CA-signed roster: {', '.join(sorted(outside - revoked))} "
                     "(issue their certificates first, or remove them from the config)"
                 )
+            self._revoked_at_start = sorted(revoked)
+        else:
+            self._revoked_at_start = []
         self.config = config
-        self.state_dir = Path(state_dir)
+        self.state_dir = state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.security = security
+        self._authenticator = LiveAuthenticator(security.authenticator)
+        self.security = dataclasses.replace(security, authenticator=self._authenticator)
+        self.roster = security.roster
+        self._roster_loader = roster_loader
+        # Every organisation a roster has named, kept after a revocation for the operator's view.
+        self._organisations = dict(self.roster.organisations()) if self.roster is not None else {}
         self.settings = settings or ServerSettings()
-        self.progress = progress or (lambda line: None)
+        self._round_status: RoundStatus | None = None
+        self._status_writer: StatusWriter | None = None
+        # Each progress line is logged, handed to ``progress``, and refreshes the status file.
+        self._log_progress = progress_to_log(logging.getLogger(PROGRESS_LOGGER), also=progress, fields=self._log_fields)
         self.identity_keys = dict(identity_keys or {})
         self.store = FederationStore(self.state_dir / "federation.db")
         self.store.initialise(config.to_json(), allow_config_change=allow_config_change)
+        self.federation_id = self.store.federation_id()
         self._initial = initial
-        self.service = FederationService(config, security.authenticator, progress=self.progress)
+        self.service = FederationService(
+            config, self._authenticator, progress=self.progress, on_report=self._report_arrived
+        )
+        if self.roster is not None:
+            self.service.roster_names = frozenset(self.roster.entries)
         self.server: CoordinatorServer | None = None
         self.records: list[RoundRecord] = []
+        self.metrics = metrics or FederationMetrics()
+        self.metrics.rounds_total.set(config.rounds)
+        self._metrics_endpoint_address = metrics_endpoint
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self._log_file = log_file
+        self._heartbeat_s = heartbeat_s
+        self._handle_signals = handle_signals
+        # The operator's view: what is happening now (status.json) and how the run ended.
+        self._state: CoordinatorState = "starting"
+        self._last_event: str | None = None
+        self._last_committed = self._committed_facts()
+        self._excluded = self.store.exclusions()
+        self._started_at = time.time()
+        self._process_started_at = process_started_at(os.getpid()) or 0.0
+        self._listening: str | None = None
+        # Stopping: what was asked, and an event the waits watch ("now" also cancels the round).
+        self.stop_request: StopRequest | None = None
+        self._stop_asked = asyncio.Event()
+        self._abort_now = asyncio.Event()
+        self.exit_code: int | None = None
+        self.exit_message: str | None = None
+
+    def progress(self, line: str) -> None:
+        """Report a step of the federation: to the log, the caller's ``progress``, the status."""
+        self._log_progress(line)
+        self._publish_status(line)
 
     async def run(self) -> list[dict[str, Any]]:
-        """Run every remaining round; returns the ledger."""
+        """Run every remaining round; returns the ledger. Stopped by the operator, it returns
+        early (``stop_request`` says how) with the current round left open."""
+        self._status_writer = StatusWriter(status_path(self.state_dir))
+        self._discard_stale_stop_request()
+        self._publish_status("starting")
+        heartbeat = asyncio.create_task(self._heartbeat())
+        self._install_signal_handlers()
+        error: BaseException | None = None
+        try:
+            return await self._run()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._remove_signal_handlers()
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.close()
+            self._finish_status(error)
+
+    async def _run(self) -> list[dict[str, Any]]:
         config = self.config
         vector, layout, _last_committed, optimizer = self._resume()
         self.noise_plan = config.noise_plan(vector.size)
@@ -171,19 +354,39 @@ class Federation:
             progress=self.progress,
             extra_services=[lambda s: fl_grpc.add_FederationServicer_to_server(self.service, s)],
         )
+        if self._metrics_endpoint_address is not None:
+            self.metrics_endpoint = self.metrics.serve(*self._metrics_endpoint_address)
+            self.progress(f"metrics on {self.metrics_endpoint.url}")
         port = await self.server.start()
+        self._listening = f"{self.settings.host}:{port}"
+        self._state = "running"
         self.progress(f"coordinator listening on {self.settings.host}:{port}")
+        if self._revoked_at_start:
+            self.progress(f"not in the roster (revoked), so not selected: {', '.join(self._revoked_at_start)}")
         try:
             # A failed round is history: the next is the one after the last finished (or the
             # interrupted one), not the one after the last committed.
             for round_number in range(self.store.next_round_number(), config.rounds + 1):
+                if self.stop_request is not None:
+                    break
                 try:
                     vector = await self._run_round(round_number, vector, layout, params, optimizer)
                 except RoundFailed as exc:
                     self.progress(f"round {round_number} failed ({exc}); the global adapter stays as it was")
+                except StoppedByOperator as exc:
+                    self.progress(str(exc))
+                    break
+                finally:
+                    self._round_status = None
+            if self.store.next_round_number() <= config.rounds:  # stopped before the last round
+                last = self.store.last_committed()
+                adapter = adapter_payload.pack(vector, layout, last.round_number if last else 0)
+                self.service.publish(fl.Task.WAIT, self.store.next_round_number(), b"", adapter)
+                return self.store.ledger()
             final = adapter_payload.pack(vector, layout, config.rounds)
             self.service.publish(fl.Task.FINISHED, config.rounds, b"", final)
             self.progress(f"federation finished after {config.rounds} rounds; waiting for final reports")
+            self._state = "finishing"
             await self._wait_final_reports()
         finally:
             await self.server.stop()
@@ -252,8 +455,13 @@ class Federation:
         skipped: dict[str, str] = {}
         reason = "no attempt could start"
         decoded = None
+        self.metrics.current_round.set(round_number)
         for attempt in range(1, config.attempts_per_round + 1):
-            selected = tuple(p for p in config.participants if p not in excluded and p not in skipped)
+            if self.stop_request is not None:
+                # A stop lets the attempt in progress finish but starts no other.
+                self._abandon_round(round_number, adapter, "no further attempt is started")
+            self._reload_roster()
+            selected = await self._selectable(round_number, attempt, excluded, skipped, params.threshold, adapter)
             round_id = new_round_id()
             try:
                 round_config = RoundConfig(
@@ -267,33 +475,54 @@ class Federation:
                 )
             except ValueError as exc:
                 reason = f"only {len(selected)} participants are left to select ({exc})"
+                self.metrics.record_attempt(join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_reason=reason)
                 break
             self.store.begin_round(round_number, round_id, list(selected))
             self.service.excluded = dict(excluded)
             self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
+            now = time.time()
+            self._round_status = RoundStatus(round_number, attempt, "join", now, now, list(selected))
             self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
-            outcome = await server.run_round(round_config)
+            outcome = await self._attempt(server, round_config, round_number, attempt, adapter)
             for name, why in outcome.culprits.items():
                 self.store.exclude(name, round_number, round_id, why)
                 excluded[name] = f"round {round_number}: {why}"
                 self.progress(f"{name} is excluded from the federation: it {why}")
+            self._excluded = dict(excluded)
             for name, why in outcome.suspects.items():
                 skipped[name] = why
                 self.progress(f"{name} sits out the re-runs of round {round_number}: it {why}")
             if outcome.completed:
+                self._set_phase("decode")
                 try:
                     decoded = self._decode(outcome, round_id, encoding)
+                    self.metrics.record_attempt(
+                        join_s=outcome.join_s,
+                        phase_s=outcome.phase_s,
+                        dropped=self._all_dropped(outcome),
+                        bytes_received=outcome.bytes_received,
+                        abort_reason=None,
+                    )
                     break
                 except (ImplausibleSum, ddp.WrapAroundDetected) as exc:
                     reason = f"the sum was refused: {exc}"
             else:
                 # The round stays open: the next attempt re-runs it with a new round id.
                 reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
+            self.metrics.record_attempt(
+                join_s=outcome.join_s,
+                phase_s=outcome.phase_s,
+                dropped=self._all_dropped(outcome),
+                bytes_received=outcome.bytes_received,
+                abort_reason=reason,
+            )
             self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
         if decoded is None:
             self.store.fail_round(round_number, reason)
             self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
+            self.metrics.record_failed(wall_s=time.monotonic() - started)
             raise RoundFailed(f"every attempt failed; last: {reason}")
+        self._set_phase("commit")
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
         mean_update, noise_record, metrics = decoded
         survivors = list(outcome.survivors)
@@ -304,8 +533,12 @@ class Federation:
         record.noise_record = asdict(noise_record) if noise_record else None
         record.participant_epsilon = self.accountant.get_epsilon() if noise_record else None
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
-        self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
+        ledger_record = self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
         self.records.append(record)
+        self._last_committed = {"round": round_number, "at": ledger_record["finished_at"]}
+        self.metrics.record_committed(
+            wall_s=time.monotonic() - started, survivors=len(survivors), selected=len(outcome.participants)
+        )
         self.progress(
             f"round {round_number}/{config.rounds} committed: survivors {', '.join(survivors)}"
             + (f"; dropped {', '.join(outcome.dropped)}" if outcome.dropped else "")
@@ -317,6 +550,118 @@ class Federation:
             )
         )
         return new_vector
+
+    async def _attempt(
+        self,
+        server: CoordinatorServer,
+        round_config: RoundConfig,
+        round_number: int,
+        attempt: int,
+        adapter: adapter_payload.AdapterPayload,
+    ) -> RoundOutcome:
+        """One secure-aggregation round, cancelled when the operator asks to abort now."""
+        round_task = asyncio.ensure_future(server.run_round(round_config))
+        abort_wait = asyncio.ensure_future(self._abort_now.wait())
+        try:
+            await asyncio.wait({round_task, abort_wait}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            round_task.cancel()  # the federation itself is being cancelled: take the round down too
+            raise
+        finally:
+            abort_wait.cancel()
+        if round_task.done():
+            return round_task.result()
+        # Cancelled, the round tells every participant it is over (RoundRunner.run).
+        round_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await round_task
+        self.metrics.record_attempt(
+            join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_reason="stopped by the operator"
+        )
+        self._abandon_round(round_number, adapter, f"attempt {attempt} was aborted")
+
+    def _abandon_round(self, round_number: int, adapter: adapter_payload.AdapterPayload, what: str) -> NoReturn:
+        """Stop in the middle of a round: participants are told to wait, the round stays open."""
+        self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
+        request = self.stop_request
+        why = f" ({request.reason})" if request is not None and request.reason else ""
+        raise StoppedByOperator(
+            f"round {round_number}: {what} on the operator's request{why}; the round stays open and "
+            "runs again when the coordinator restarts on the same state"
+        )
+
+    async def _selectable(
+        self,
+        round_number: int,
+        attempt: int,
+        excluded: Mapping[str, str],
+        skipped: Mapping[str, str],
+        threshold: int,
+        adapter: adapter_payload.AdapterPayload,
+    ) -> tuple[str, ...]:
+        """Who may be selected: the config's participants, less those excluded, sitting out, or
+        not in the roster. While revocations alone leave fewer than ``threshold``, wait for the
+        roster to change (or a stop) rather than fail every remaining round at once."""
+        announced = False
+        while True:
+            eligible = [p for p in self.config.participants if p not in excluded and p not in skipped]
+            selected = tuple(p for p in eligible if self.roster is None or p in self.roster.entries)
+            if len(selected) >= threshold or len(eligible) < threshold:
+                return selected
+            if not announced:
+                self._round_status = RoundStatus(
+                    round_number, attempt, "waiting for roster", time.time(), time.time(), list(selected)
+                )
+                self.progress(
+                    f"WARNING: round {round_number} cannot start: only {len(selected)} of the participants are in "
+                    f"the roster (threshold {threshold}); waiting for certificates to be issued (fedmask pki issue) "
+                    "or a stop"
+                )
+                announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_asked.wait(), ROSTER_POLL_S)
+            if self.stop_request is not None:
+                self._abandon_round(round_number, adapter, "it had not started")
+            self._reload_roster()
+
+    def _reload_roster(self) -> None:
+        """Take up the roster as it is on disk now: revocations, re-issues and additions count
+        from this attempt on. An unreadable roster, or one older than the one in use (a replay
+        that would re-admit someone revoked), is refused and the current one kept."""
+        if self._roster_loader is None:
+            return
+        current = self.roster
+        try:
+            loaded = self._roster_loader()
+        except (pki.PkiError, OSError) as exc:
+            self.progress(f"WARNING: the roster could not be reloaded ({exc}); keeping the one in use")
+            return
+        if current is not None and loaded.fingerprint() == current.fingerprint():
+            return
+        if current is not None and loaded.version < current.version:
+            self.progress(
+                f"WARNING: the roster on disk is version {loaded.version}, older than version {current.version} "
+                "in use; keeping the one in use"
+            )
+            return
+        for line in roster_changes(current, loaded, self.config.participants):
+            self.progress(line)
+        self.roster = loaded
+        self._organisations.update(loaded.organisations())
+        self._authenticator.use_roster(loaded)
+        self.service.roster_names = frozenset(loaded.entries)
+        self.identity_keys = dict(loaded.identity_keys)
+
+    @staticmethod
+    def _all_dropped(outcome: RoundOutcome) -> dict[str, str]:
+        """Everyone selected and not a survivor, with why (one that never joined dropped too)."""
+        if outcome.completed:
+            return {
+                name: outcome.dropped.get(name, "did not take part")
+                for name in outcome.participants
+                if name not in outcome.survivors
+            }
+        return dict(outcome.dropped)
 
     def _decode(
         self, outcome: RoundOutcome, round_id: bytes, encoding: EncodingParams
@@ -349,11 +694,7 @@ class Federation:
             round_id=outcome.round_id.decode("ascii", "replace"),
             survivors=list(outcome.survivors),
             # Everyone selected is accounted for: a participant that never joined dropped too.
-            dropped={
-                name: outcome.dropped.get(name, "did not take part")
-                for name in outcome.participants
-                if name not in outcome.survivors
-            },
+            dropped=self._all_dropped(outcome),
             attempts=attempts,
             update_l2_norm=float(np.linalg.norm(mean_update)),
             upload_bytes=dict(outcome.bytes_received),
@@ -391,18 +732,226 @@ class Federation:
         }
 
     async def _wait_final_reports(self) -> None:
+        """Until every participant still in the federation (in the roster, not excluded) has sent
+        its final report, ``final_report_wait_s`` passed, or the operator asked to stop."""
+        expected = {
+            name
+            for name in self.config.participants
+            if name not in self._excluded and (self.roster is None or name in self.roster.entries)
+        }
         deadline = time.monotonic() + self.config.final_report_wait_s
-        while len(self.service.final_reports) < len(self.config.participants):
+        while not expected <= set(self.service.final_reports):
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                missing = sorted(set(self.config.participants) - set(self.service.final_reports))
+            if remaining <= 0 or self.stop_request is not None:
+                missing = sorted(expected - set(self.service.final_reports))
                 self.progress(f"no final report from {', '.join(missing)}")
                 return
             self.service.report_arrived.clear()
+            waits = [
+                asyncio.ensure_future(self.service.report_arrived.wait()),
+                asyncio.ensure_future(self._stop_asked.wait()),
+            ]
             try:
-                await asyncio.wait_for(self.service.report_arrived.wait(), remaining)
-            except TimeoutError:
-                continue
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+
+    # --- the operator's view and controls ------------------------------------------------------
+
+    def request_stop(self, request: StopRequest) -> None:
+        """Stop the federation (call on the event loop's thread): ``after-round`` lets the attempt
+        in progress finish (a committed round stays committed) and starts no other; ``now``
+        aborts it at once, telling every participant. Either way the coordinator then exits and
+        the current round stays open, to run again on restart. A ``now`` after an
+        ``after-round`` escalates; anything else repeats what was asked."""
+        current = self.stop_request
+        if current is not None and (current.mode == "now" or request.mode == current.mode):
+            return
+        if current is not None and request.reason is None:
+            request = dataclasses.replace(request, reason=current.reason)  # escalated: the why still holds
+        self.stop_request = request
+        self._stop_asked.set()
+        round_status = self._round_status
+        why = f" ({request.reason})" if request.reason else ""
+        if request.mode == "now":
+            self._abort_now.set()
+        if round_status is None:
+            self.progress(f"stop requested: stopping before the next round{why}")
+        elif request.mode == "now":
+            self.progress(f"stop requested: aborting round {round_status.number} now{why}")
+        else:
+            self.progress(
+                f"stop requested: finishing the attempt of round {round_status.number} in progress, then stopping"
+                f"{why}; `fedmask coordinator stop --now` aborts it at once"
+            )
+        self._state = "stopping"
+        self._publish_status()
+
+    def _on_signal(self, name: str) -> None:
+        """SIGTERM/SIGINT: what ``fedmask coordinator stop`` asked for (its request file), or,
+        without one, finish the round -- and abort it at the second signal."""
+        request = take_stop_request(self.state_dir)
+        if request is None:
+            first = self.stop_request is None
+            # A repeated signal escalates and keeps the reason given first.
+            request = StopRequest(
+                "after-round" if first else "now", f"{name} received" if first else None, requested_by=0
+            )
+        self.request_stop(request)
+
+    def _install_signal_handlers(self) -> None:
+        if not self._handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signal.Signals(signum).name)
+
+    def _remove_signal_handlers(self) -> None:
+        if not self._handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    def _discard_stale_stop_request(self) -> None:
+        """A stop request left from before this start was meant for a coordinator that is gone."""
+        if stop_request_path(self.state_dir).exists():
+            stale = take_stop_request(self.state_dir)
+            if stale is not None:
+                self.progress(f"removed a stop request left from an earlier run ({stale.describe()})")
+
+    async def _heartbeat(self) -> None:
+        """Rewrite the status every ``heartbeat_s`` (proof the event loop serves), and pick up a
+        stop request whose signal did not arrive (e.g. sent by a user not allowed to signal)."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if stop_request_path(self.state_dir).exists():
+                request = take_stop_request(self.state_dir)
+                if request is not None:
+                    self.request_stop(request)
+            self._publish_status()
+
+    def _report_arrived(self, report: ParticipantReport) -> None:
+        self.metrics.record_epsilon(report.name, report.epsilon)
+        self._publish_status()
+
+    def _set_phase(self, phase: str) -> None:
+        if self._round_status is not None and self._round_status.phase != phase:
+            self._round_status.phase = phase
+            self._round_status.phase_since = time.time()
+        self._publish_status()
+
+    def _log_fields(self) -> dict[str, Any]:
+        """The structured fields of a progress record (JSON logs): the round, attempt and phase."""
+        current = self._round_status
+        if current is None:
+            return {}
+        phase = self.server.round_phase() if self.server is not None else None
+        return {"round": current.number, "attempt": current.attempt, "phase": phase or current.phase}
+
+    def _committed_facts(self) -> dict[str, Any] | None:
+        """The last committed round and when (from the store)."""
+        committed = [r for r in self.store.rounds() if r.state.value == "committed"]
+        if not committed:
+            return None
+        return {"round": committed[-1].round_number, "at": committed[-1].finished_at}
+
+    def _participants_status(self, standing: Mapping[str, str], now: float) -> dict[str, ParticipantStatus]:
+        roster = self.roster
+        participants = {}
+        for name in self.config.participants:
+            if standing.get(name) in LIVE_STANDINGS:  # a secure-aggregation stream is open
+                self.service.last_seen[name] = now
+            reported = self.service.latest_epsilon.get(name)
+            participants[name] = ParticipantStatus(
+                name=name,
+                organisation=self._organisations.get(name),
+                in_roster=roster is None or name in roster.entries,
+                excluded=self._excluded.get(name),
+                last_seen=self.service.last_seen.get(name),
+                epsilon=reported[1] if reported else None,
+                epsilon_round=reported[0] if reported else None,
+            )
+        return participants
+
+    def _publish_status(self, event: str | None = None) -> None:
+        """Hand the current status to the writer thread (it never waits for the disk)."""
+        writer = self._status_writer
+        if writer is None:
+            return
+        if event is not None:
+            self._last_event = event
+        now = time.time()
+        round_status = self._round_status
+        standing: dict[str, str] = {}
+        if round_status is not None and self.server is not None:
+            standing = self.server.round_roster()
+            if standing:
+                round_status.standing = standing
+                phase = self.server.round_phase()
+                if phase is not None and phase != round_status.phase:
+                    round_status.phase, round_status.phase_since = phase, now
+        request = self.stop_request
+        status = CoordinatorStatus(
+            pid=os.getpid(),
+            pid_started_at=self._process_started_at,
+            started_at=self._started_at,
+            heartbeat_at=now,
+            heartbeat_interval_s=self._heartbeat_s,
+            state=self._state,
+            rounds_total=self.config.rounds,
+            federation_id=self.federation_id,
+            listening=self._listening,
+            metrics_url=self.metrics_endpoint.url if self.metrics_endpoint is not None else None,
+            log_file=str(self._log_file) if self._log_file is not None else None,
+            roster_version=self.roster.version if self.roster is not None else None,
+            round=dataclasses.replace(
+                round_status, standing=dict(round_status.standing), selected=list(round_status.selected)
+            )
+            if round_status
+            else None,
+            last_committed=self._last_committed,
+            participants=self._participants_status(standing, now),
+            stop_request={"mode": request.mode, "reason": request.reason, "at": request.requested_at}
+            if request
+            else None,
+            exit={"code": self.exit_code, "message": self.exit_message} if self.exit_code is not None else None,
+            last_event=self._last_event,
+        )
+        writer.publish(status.to_json())
+
+    def _finish_status(self, error: BaseException | None) -> None:
+        """How the run ended, in the status file (read by ``fedmask coordinator stop``/``status``)."""
+        if self.exit_code is None:
+            try:
+                next_round = self.store.next_round_number()
+            except (StoreError, sqlite3.Error, OSError):
+                next_round = 0  # the store is what failed: the error says so
+            if isinstance(error, asyncio.CancelledError):
+                self._state, self.exit_code = "stopped", EXIT_STOPPED
+                self.exit_message = f"cancelled; restart with the same --state to resume at round {next_round}"
+            elif error is not None:
+                self._state = "failed"
+                self.exit_code = EXIT_FAILED if isinstance(error, FederationError) else EXIT_ERROR
+                self.exit_message = f"stopped by an error: {' '.join(str(error).split()) or type(error).__name__}"
+            elif next_round <= self.config.rounds:
+                self._state, self.exit_code = "stopped", EXIT_STOPPED
+                request = self.stop_request
+                why = f" ({request.reason})" if request is not None and request.reason else ""
+                committed = self._last_committed
+                self.exit_message = (
+                    f"stopped on the operator's request{why}"
+                    + (f" after committing round {committed['round']}" if committed else "")
+                    + f"; restart with the same --state to resume at round {next_round}"
+                )
+            else:
+                self._state, self.exit_code = "finished", EXIT_FINISHED
+                self.exit_message = f"finished: {self.config.rounds} round(s) run"
+        self._round_status = None
+        self._publish_status(self.exit_message)
+        if self._status_writer is not None:
+            self._status_writer.close()
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -424,6 +424,10 @@ class RoundRunner:
                 standing[name] = "joined" if connection.joined else "connected"
         return standing
 
+    def phase(self) -> str:
+        """``join`` until the round starts, then the protocol phase it is in."""
+        return self.server.phase.value if self.started else "join"
+
     def _gone(self, pid: int) -> bool:
         """Joined, then its stream ended: known to be gone (unless it reconnects before the start)."""
         connection = self._connections.get(pid)
@@ -777,6 +781,11 @@ class CoordinatorServer:
         """The open round's roster (see ``RoundRunner.roster``); empty between rounds."""
         current = self._service.current if self._service is not None else None
         return current.roster() if current is not None else {}
+
+    def round_phase(self) -> str | None:
+        """The open round's phase (see ``RoundRunner.phase``); None between rounds."""
+        current = self._service.current if self._service is not None else None
+        return current.phase() if current is not None else None
 
     async def stop(self) -> None:
         if self._health is not None:

@@ -1,5 +1,10 @@
 """The Federation gRPC service: the task board, adapter downloads, and the participants'
 reports of the record-level epsilon they have spent.
+
+It also keeps what the operator's status shows of each participant: when it last called
+(``last_seen``, wall-clock time) and the epsilon it last reported (``latest_epsilon``); and it
+refuses participants no longer in the CA-signed roster (``roster_names``, kept current by the
+federation loop) whatever the transport's authentication.
 """
 
 from __future__ import annotations
@@ -60,12 +65,17 @@ class FederationService(fl_grpc.FederationServicer):
         authenticator: Authenticator,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         progress: Progress | None = None,
+        on_report: Callable[[ParticipantReport], None] | None = None,
     ) -> None:
+        """``on_report`` is called with every accepted report (for metrics and the status)."""
         self._config = config
         self._authenticator = authenticator
         self._clock = clock
+        self._wall_clock = wall_clock
         self._progress = progress or (lambda line: None)
+        self._on_report = on_report
         self.task = TaskState()
         self._adapters: dict[str, adapter_payload.AdapterPayload] = {}
         self.reports: dict[tuple[int, str], ParticipantReport] = {}
@@ -76,6 +86,11 @@ class FederationService(fl_grpc.FederationServicer):
         self.noise_plan: ddp.AggregateNoisePlan | None = None
         # Participants proven to have misbehaved (from the store): refused on every call.
         self.excluded: dict[str, str] = {}
+        # The names in the CA-signed roster as last loaded (None: no roster to check against);
+        # a revoked participant is refused here even where the transport does not check.
+        self.roster_names: frozenset[str] | None = None
+        self.last_seen: dict[str, float] = {}
+        self.latest_epsilon: dict[str, tuple[int, float]] = {}  # name -> (round, epsilon)
 
     def publish(
         self, action: fl.Task.Action, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload
@@ -90,12 +105,17 @@ class FederationService(fl_grpc.FederationServicer):
             await _abort(context, exc.code, exc.details)
         if name not in self._config.participants:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"{name} is not a participant of this federation")
+        if self.roster_names is not None and name not in self.roster_names:
+            await _abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, f"{name} is not in the federation's roster (revoked)"
+            )
         if name in self.excluded:
             await _abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{name} is excluded from this federation: {self.excluded[name]}",
             )
+        self.last_seen[name] = self._wall_clock()
         return name
 
     async def GetTask(  # noqa: N802 - the gRPC method name
@@ -154,7 +174,12 @@ class FederationService(fl_grpc.FederationServicer):
             self.final_reports[name] = report
         else:
             self.reports[(request.round, name)] = report
+        latest = self.latest_epsilon.get(name)
+        if latest is None or request.round >= latest[0]:
+            self.latest_epsilon[name] = (request.round, request.epsilon)
         self.report_arrived.set()
+        if self._on_report is not None:
+            self._on_report(report)
         return fl.ReportAck()
 
 

@@ -282,6 +282,11 @@ from fedmask.cli.federate import run  # noqa: E402 - `fedmask coordinator run` l
 
 coordinator.add_command(run)
 
+from fedmask.cli.operations import OPERATIONS_COMMANDS  # noqa: E402 - the operator's view of a running federation
+
+for _command in OPERATIONS_COMMANDS:
+    coordinator.add_command(_command)
+
 
 _state_option = click.option(
     "--state",

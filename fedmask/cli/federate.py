@@ -10,14 +10,23 @@ ledger and the participants' final held-out figures; with ``--report DIR`` the c
 writes the demo's report there (report.md with the per-round table, report.json, report.png,
 global_adapter/ in PEFT format; no single-party baselines: the coordinator holds no records) and
 prints report.md.
-Exit status: 0 when every round committed, 3 when a round failed every attempt, 1 on a setup error.
+
+For the operator (docs/operations.md): progress goes to stderr and to ``--log-file`` (default
+``STATE/coordinator.log``) as text or JSON lines (``--log-format``); ``STATE/status.json`` says what
+is happening now (``fedmask coordinator status``); ``--metrics-port`` serves Prometheus metrics.
+SIGTERM or SIGINT (``fedmask coordinator stop``) finishes the attempt in progress and stops; a
+second one aborts it at once.
+
+Exit status: 0 when the federation finished, 3 when it could not go on, 4 when it was stopped on
+request before its last round (restart with the same ``--state`` to resume), 1 on a setup error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import functools
 import json
+import logging
 import socket
 import time
 import warnings
@@ -28,11 +37,12 @@ import click
 from fedmask import pki
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.config import FederationConfig, FederationError
-from fedmask.coordinator.federation import Federation
+from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation
+from fedmask.coordinator.observability import LOG_FORMATS, PROGRESS_LOGGER, LogFormat, start_logging
 from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
 
-EXIT_FAILED = 3
+LOG_FILE_NAME = "coordinator.log"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -52,7 +62,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def _echo(line: str) -> None:
-    click.echo(f"{dt.datetime.now():%H:%M:%S} coordinator: {line}", err=True)
+    """A line of the coordinator's log (stderr and the log file, in the chosen format)."""
+    logging.getLogger(PROGRESS_LOGGER).info(line)
 
 
 @click.command("run")
@@ -94,6 +105,31 @@ def _echo(line: str) -> None:
     is_flag=True,
     help="Resume a state directory with a changed config (it becomes the next config version).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text: one line per event; json: one JSON object per line (for log shippers).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=f"Also write the log here (appended; rotated files are followed) [default: STATE/{LOG_FILE_NAME}].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port at /metrics (off by default; 0 picks a free port).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint listens on.",
+)
 def run(
     federation_dir: Path,
     name: str,
@@ -106,6 +142,10 @@ def run(
     insecure: bool,
     report_dir: Path | None,
     allow_config_change: bool,
+    log_format: LogFormat,
+    log_file: Path | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run every round of the federation described by --config."""
     started = time.monotonic()
@@ -122,27 +162,49 @@ def run(
             security = server_transport.token_security(federation_dir, name)
         else:
             security = server_transport.mtls_security(federation_dir, name)
+        # The roster is read again before every round: `fedmask pki revoke`/`issue` need no restart.
+        roster_loader = None
+        if security.roster is not None:
+            roster_loader = functools.partial(pki.load_roster, federation_dir, pki.load_ca_certificate(federation_dir))
     except (pki.PkiError, OSError) as exc:
         raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
-    for listen_port in (port, health_port):
+    for listen_host, listen_port in ((host, port), (host, health_port), (metrics_host, metrics_port)):
         if listen_port:  # refused before the store is written (the server binds after loading it)
-            check_port_free(host, listen_port)
+            check_port_free(listen_host, listen_port)
     settings = ServerSettings(host=host, port=port, health_port=health_port)
+    log_file = log_file or state_dir / LOG_FILE_NAME
     federation = Federation(
         config,
         state_dir,
         security,
         settings=settings,
-        progress=_echo,
         identity_keys=identity_keys,
         allow_config_change=allow_config_change,
+        roster_loader=roster_loader,
+        metrics_endpoint=(metrics_host, metrics_port) if metrics_port is not None else None,
+        log_file=log_file,
+        handle_signals=True,
     )
+    # Logging starts once the federation is set up: a refused start writes no log file.
+    logs = start_logging(log_format, log_file)
+    try:
+        _run_federation(federation, state_dir, config, report_dir, started)
+    finally:
+        logs.close()
+
+
+def _run_federation(
+    federation: Federation, state_dir: Path, config: FederationConfig, report_dir: Path | None, started: float
+) -> None:
     try:
         ledger = asyncio.run(federation.run())
     except FederationError as exc:
         _echo(f"stopped: {exc}")
         raise SystemExit(EXIT_FAILED) from None
+    if federation.exit_code not in (None, EXIT_FINISHED):
+        _echo(federation.exit_message or "stopped")
+        raise SystemExit(federation.exit_code)
     final = {
         "ledger": ledger,
         "final_epsilon": {n: r.epsilon for n, r in sorted(federation.service.final_reports.items())},

@@ -1,0 +1,228 @@
+"""Prometheus metrics of a running federation (``coordinator run --metrics-port N``).
+
+Every series lives in the federation's own ``CollectorRegistry`` (never the process-global
+one), so that tests and several federations in one process do not share counters. Labels are
+bounded: phases come from the protocol's fixed list, reasons are mapped onto the small fixed set
+``DROP_REASON_KINDS`` / ``ABORT_REASON_KINDS`` (the free text is in the log and the ledger), and
+participant names come from the CA-signed roster. No label or value carries a key, a token or a
+participant's data.
+
+Series (``fedmask_`` prefix; see docs/operations.md for what each answers):
+
+    fedmask_rounds_committed_total                      counter
+    fedmask_rounds_failed_total                         counter
+    fedmask_round_attempts_aborted_total{reason_kind}   counter
+    fedmask_round_duration_seconds{outcome}             histogram: first attempt opened -> committed/failed
+    fedmask_round_phase_duration_seconds{phase}         histogram: join, then each protocol phase
+    fedmask_round_survivors                             gauge: survivors of the last committed round
+    fedmask_round_selected                              gauge: participants selected for the last committed round
+    fedmask_participants_dropped_total{reason_kind}     counter
+    fedmask_received_bytes_total{participant}           counter: secure-aggregation bytes received
+    fedmask_participant_epsilon{participant}            gauge: record-level epsilon as last reported
+    fedmask_current_round                               gauge: the round being run (0 before the first)
+    fedmask_rounds_total                                gauge: rounds the federation is configured for
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+# Why a participant missed a round, as a bounded label (``drop_reason_kind``).
+DROP_REASON_KINDS = (
+    "deadline",  # missed a phase deadline
+    "not_joined",  # never joined before the round started
+    "left",  # joined, then its stream ended before the start
+    "disconnected",  # its stream ended (or was never open) during the round
+    "refused",  # sent a message the coordinator refused
+    "participant_abort",  # aborted the round itself (its policy, an error)
+    "other",
+)
+# Why an attempt of a round aborted (``abort_reason_kind``).
+ABORT_REASON_KINDS = (
+    "below_threshold",  # too few participants joined or answered
+    "misbehaviour",  # a participant was proven to, or accused of, sending bad messages
+    "implausible_sum",  # the sum could not come from clipped, encoded updates
+    "too_few_selectable",  # exclusions and revocations left too few to select
+    "operator",  # stopped by the operator
+    "other",
+)
+# Phases of a round, as a bounded label: "join" and the secure-aggregation phases.
+PHASES = ("join", "advertise-keys", "share-keys", "masked-input", "consistency-check", "complaints", "unmask")
+
+_PHASE_PREFIX = re.compile(r"^\s*\[[a-z-]+\]\s*")
+_DROP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"deadline"), "deadline"),
+    (re.compile(r"did not join|did not take part|no hello"), "not_joined"),
+    (re.compile(r"left before the start"), "left"),
+    (re.compile(r"refused \("), "refused"),
+    (re.compile(r"^aborted"), "participant_abort"),
+    (re.compile(r"disconnect|closed its stream|not connected|stream ended|cancelled"), "disconnected"),
+)
+_ABORT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"left to select"), "too_few_selectable"),
+    (re.compile(r"the sum was refused|implausible|wrap"), "implausible_sum"),
+    (re.compile(r"shutting down|operator"), "operator"),
+    (re.compile(r"complaint|envelope|misbehav|dealt shares|revealed a share"), "misbehaviour"),
+    (re.compile(r"threshold"), "below_threshold"),
+)
+
+ROUND_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+PHASE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+
+def _strip_phase(reason: str) -> str:
+    return _PHASE_PREFIX.sub("", reason.strip().lower())
+
+
+def drop_reason_kind(reason: str) -> str:
+    """The bounded kind of a drop reason, e.g. ``[share-keys] missed the share-keys deadline
+    (60 s)`` -> ``deadline``; anything unrecognised is ``other``."""
+    text = _strip_phase(reason)
+    for pattern, kind in _DROP_RULES:
+        if pattern.search(text):
+            return kind
+    return "other"
+
+
+def abort_reason_kind(reason: str) -> str:
+    """The bounded kind of why an attempt aborted, e.g. ``advertise-keys: only 1 of 3 participants
+    joined, threshold is 2`` -> ``below_threshold``."""
+    text = reason.strip().lower()
+    for pattern, kind in _ABORT_RULES:
+        if pattern.search(text):
+            return kind
+    return "other"
+
+
+@dataclass
+class FederationMetrics:
+    """The federation's series in their own registry; the federation loop calls the ``record_*``
+    methods, ``serve`` exposes them over HTTP."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        registry = self.registry
+        self.rounds_committed = Counter("fedmask_rounds_committed", "Rounds committed.", registry=registry)
+        self.rounds_failed = Counter("fedmask_rounds_failed", "Rounds whose every attempt failed.", registry=registry)
+        self.attempts_aborted = Counter(
+            "fedmask_round_attempts_aborted",
+            "Attempts of a round that aborted, by kind of reason.",
+            ["reason_kind"],
+            registry=registry,
+        )
+        self.round_duration = Histogram(
+            "fedmask_round_duration_seconds",
+            "Wall time of a round, from its first attempt to its commit or failure.",
+            ["outcome"],
+            buckets=ROUND_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.phase_duration = Histogram(
+            "fedmask_round_phase_duration_seconds",
+            "Wall time of each phase of an attempt (join: task published to round start).",
+            ["phase"],
+            buckets=PHASE_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.survivors = Gauge("fedmask_round_survivors", "Survivors of the last committed round.", registry=registry)
+        self.selected = Gauge(
+            "fedmask_round_selected", "Participants selected for the last committed round.", registry=registry
+        )
+        self.dropped = Counter(
+            "fedmask_participants_dropped",
+            "Participants that missed an attempt of a round, by kind of reason.",
+            ["reason_kind"],
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "fedmask_received_bytes",
+            "Secure-aggregation message bytes received from each participant.",
+            ["participant"],
+            registry=registry,
+        )
+        self.epsilon = Gauge(
+            "fedmask_participant_epsilon",
+            "Record-level epsilon each participant last reported (cumulative, its own accounting).",
+            ["participant"],
+            registry=registry,
+        )
+        self.current_round = Gauge(
+            "fedmask_current_round", "The round being run (0 before the first).", registry=registry
+        )
+        self.rounds_total = Gauge("fedmask_rounds_total", "Rounds the federation is configured for.", registry=registry)
+        # Every kind appears from the start (at 0), so a dashboard's rate() has a series to read.
+        for kind in ABORT_REASON_KINDS:
+            self.attempts_aborted.labels(reason_kind=kind)
+        for kind in DROP_REASON_KINDS:
+            self.dropped.labels(reason_kind=kind)
+
+    def record_attempt(
+        self,
+        *,
+        join_s: float,
+        phase_s: Mapping[str, float],
+        dropped: Mapping[str, str],
+        bytes_received: Mapping[str, int],
+        abort_reason: str | None,
+    ) -> None:
+        """One attempt of a round is over (completed or aborted)."""
+        self.phase_duration.labels(phase="join").observe(join_s)
+        for phase, seconds in phase_s.items():
+            if phase in PHASES:
+                self.phase_duration.labels(phase=phase).observe(seconds)
+        for reason in dropped.values():
+            self.dropped.labels(reason_kind=drop_reason_kind(reason)).inc()
+        for participant, received in bytes_received.items():
+            if received > 0:
+                self.received_bytes.labels(participant=participant).inc(received)
+        if abort_reason is not None:
+            self.attempts_aborted.labels(reason_kind=abort_reason_kind(abort_reason)).inc()
+
+    def record_committed(self, *, wall_s: float, survivors: int, selected: int) -> None:
+        self.rounds_committed.inc()
+        self.round_duration.labels(outcome="committed").observe(wall_s)
+        self.survivors.set(survivors)
+        self.selected.set(selected)
+
+    def record_failed(self, *, wall_s: float) -> None:
+        self.rounds_failed.inc()
+        self.round_duration.labels(outcome="failed").observe(wall_s)
+
+    def record_epsilon(self, participant: str, epsilon: float) -> None:
+        self.epsilon.labels(participant=participant).set(epsilon)
+
+    def exposition(self) -> str:
+        """The scrape text, as ``/metrics`` serves it."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def serve(self, host: str, port: int) -> MetricsEndpoint:
+        """Serve ``/metrics`` on ``host:port`` (0: a free port) from a daemon thread."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsEndpoint(host, int(server.server_port), server, thread)
+
+
+@dataclass
+class MetricsEndpoint:
+    """A listening ``/metrics`` endpoint; ``close`` stops it."""
+
+    host: str
+    port: int
+    _server: WSGIServer = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
