@@ -62,7 +62,7 @@ _DROP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"left before the start"), "left"),
     (re.compile(r"refused \("), "refused"),
     (re.compile(r"^aborted"), "participant_abort"),
-    (re.compile(r"disconnect|closed its stream|not connected|stream ended|cancelled"), "disconnected"),
+    (re.compile(r"disconnect|not connected|stream ended|cancelled"), "disconnected"),
 )
 _ABORT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"left to select"), "too_few_selectable"),

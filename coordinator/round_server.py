@@ -287,7 +287,9 @@ class RoundRunner:
                     await self._refuse(connection, exc.code, exc.details)
                     break
             else:
-                self._lost(connection, "closed its stream")
+                # grpc.aio ends the request iterator without an error both when the participant
+                # half-closes and when its connection is reset, so the two read the same here.
+                self._lost(connection, "disconnected (its stream ended)")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the transport failed under us: a disconnect

@@ -179,13 +179,6 @@ def test_reset_in_the_middle_of_a_masked_input_drops_only_that_participant(round
     assert all(o.completed for o in cut.others.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator/round_server.py RoundRunner.serve_stream records a TCP reset as 'closed its stream' (a "
-    "clean end of the request stream): grpc.aio ends the request iterator without an error when the connection "
-    "is reset (context.cancelled() is still False then), and the handler's 'disconnected (call cancelled)' "
-    "comes second, which _lost ignores",
-)
 def test_a_reset_is_reported_as_a_disconnect(round_harness, participants):
     cut = run_with_reset_mid_masked_input(round_harness, participants)
     assert_exact(cut.outcome, HONEST)
