@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -26,6 +27,16 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
     if not names:
         raise click.BadParameter("give at least one module name, comma-separated")
     return names
+
+
+def _check_output_directory(out_dir: Path) -> None:
+    """Make ``out_dir`` and write a scratch file in it, or end in one line saying why not."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the output directory {out_dir}: {exc.strerror or exc}") from None
 
 
 @participant.command()
@@ -250,6 +261,7 @@ def train(
         )
     except (ConfigError, DataError, LedgerError) as exc:
         raise click.ClickException(str(exc)) from None
+    _check_output_directory(out_dir)  # before training: minutes of work are not lost at the end
 
     threads = configure_threads()
     console.print(

@@ -111,6 +111,12 @@ def test_coordinator_run_on_a_port_in_use(tmp_path, federation, port_in_use):
     assert not (tmp_path / "state").exists()
 
 
+def test_participant_train_refuses_an_output_directory_it_cannot_write_before_training(blocked, records):
+    args = ["participant", "train", "--data", str(records), "--out", str(blocked), "--epochs", "1"]
+    last = assert_one_line_error(CliRunner().invoke(main, args), "cannot write the output directory", str(blocked))
+    assert "Not a directory" in last
+
+
 def test_coordinator_serve_on_a_port_in_use(federation, port_in_use):
     args = ["coordinator", "serve", "--federation", str(federation), "--insecure", "--dim", "4"]
     args += ["--participants", ",".join(PARTIES)]
