@@ -28,20 +28,25 @@ _STREET_WORD = r"(?:[A-Z][a-z]+(?:['’]s)?|\d{1,3}(?:st|nd|rd|th)|[NSEW])"
 _STREET_SUFFIX = (
     r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Court|Ct|Close|Way|Place|Pl|Boulevard|Blvd|Crescent"
     r"|Cres|Terrace|Gardens|Grove|Square|Sq|Parade|Row|Mews|Parkway|Pkwy|Highway|Hwy|Walk|View|Rise|Hill"
-    r"|Park|Circle|Cir|Trail|Green|Gate|Wharf|Quay)"
+    r"|Park|Circle|Cir|Trail|Green|Gate|Wharf|Quay|Approach|Broadway|Esplanade|Embankment|Heights|Chase"
+    r"|Croft|Vale|Meadows?|Ridge|Yard|Alley|Loop|Causeway|Turnpike|Pike|Mall)"
 )
 _UNIT = r"(?:Flat|Apt|Apartment|Unit|Suite|Ste)\.? ?[0-9][0-9A-Za-z]{0,4}"
 _UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})"
 _US_STATE_ZIP = r"(?:[A-Z]{2} \d{5}(?:-\d{4})?)"
+_AU_STATE_POSTCODE = r"(?:(?:NSW|VIC|QLD|SA|WA|TAS|ACT|NT) \d{4})"
 _PLACE = r"(?:[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})"
 _STREET = (
-    rf"(?:{_UNIT},? )?{_HOUSE_NUMBER},? (?:{_STREET_WORD} ){{1,3}}{_STREET_SUFFIX}\.?"
+    # "Unit 4/22 George St": the unit word straight before a unit/house number.
+    rf"(?:{_UNIT},? |(?:Flat|Apt|Apartment|Unit|Suite|Ste)\.? ?(?=\d{{1,5}}[A-Za-z]?/))?"
+    rf"{_HOUSE_NUMBER},? (?:{_STREET_WORD} ){{1,3}}{_STREET_SUFFIX}\.?"
     r"(?: (?:NW|NE|SW|SE|N|S|E|W)(?![A-Za-z]))?"
 )
 _PO_BOX = r"P\.? ?O\.? Box \d{1,6}"
 _ADDRESS_EN = re.compile(
     rf"(?<![A-Za-z0-9])(?:{_STREET}|{_PO_BOX})"
-    rf"(?:,? {_UNIT})?(?:, {_PLACE}){{0,2}}(?:,? (?:{_US_STATE_ZIP}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
+    rf"(?:,? {_UNIT})?(?:, {_PLACE}){{0,2}}"
+    rf"(?:,? (?:{_US_STATE_ZIP}|{_AU_STATE_POSTCODE}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
 )
 _POSTCODE_ALONE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2}(?![A-Za-z0-9])")
 
@@ -55,19 +60,22 @@ def find_english_addresses(text: str) -> Iterator[Candidate]:
 # --------------------------------------------------------------------------- Chinese
 
 _HAN = "\u4e00-\u9fff"
+_ROAD_SECTION = "(?:[一二三四五六七八九十0-9]{1,3}段)?"  # 人民南路四段
 _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("province", rf"[{_HAN}]{{2,7}}(?:省|自治区)"),
     ("city", rf"[{_HAN}]{{1,6}}(?:市|州|盟|地区)"),
     ("district", rf"[{_HAN}]{{1,6}}(?:区|县|旗|市)"),
     ("town", rf"[{_HAN}]{{1,6}}(?:街道|镇|乡)"),
     ("village", rf"[{_HAN}]{{1,6}}村"),
-    ("road", rf"[{_HAN}0-9]{{1,10}}(?:大道|大街|路|街|巷|弄|胡同)(?:[一二三四五六七八九十0-9]{{1,3}}段)?"),
+    # A bare 道 (高新南七道) only before a house number: 食道, 气道 and 呼吸道 are no roads.
+    ("road", rf"[{_HAN}0-9]{{1,10}}(?:大道|大街|路|街|巷|弄|胡同|道(?=\d{{1,5}}号)){_ROAD_SECTION}"),
     ("number", r"\d{1,5}(?:-\d{1,4})?号院?"),
-    ("estate", rf"[{_HAN}]{{2,8}}(?:小区|花园|大厦|公寓|新村|家园|苑|广场)"),
+    ("estate", rf"[{_HAN}]{{2,8}}(?:小区|花园|大厦|公寓|新村|家园|苑|广场|写字楼|大楼|商厦|华庭|家属院|宿舍)"),
     ("building", r"\d{1,3}(?:号楼|栋|幢|座)"),
     ("entrance", r"\d{1,2}单元"),
     ("floor", r"\d{1,3}(?:楼|层)"),
-    ("room", r"\d{1,5}(?:室|房)"),
+    # "2单元301": after an entrance or a building the room needs no 室.
+    ("room", r"\d{1,5}(?:室|房)|(?:(?<=单元)|(?<=号楼)|(?<=[栋幢座]))\d{3,4}(?![0-9])"),
 )
 _NAMED_COMPONENTS = frozenset(("province", "city", "district", "town", "village", "road", "estate"))
 # Every component is optional; the lookahead skips positions where none can start.

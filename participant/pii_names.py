@@ -75,17 +75,30 @@ _INITIAL = r"(?:[A-Z]\.)"
 _CAPITALISED_RUN = re.compile(rf"(?<![A-Za-z'’-])(?:{_WORD}|{_INITIAL})(?: (?:{_WORD}|{_INITIAL}))*(?![A-Za-z])")
 _TOKEN = re.compile(rf"{_WORD}|{_INITIAL}")
 # "Surname, Given": the surname may be written in capitals, as record systems do.
-_SURNAME_FIRST = re.compile(rf"(?<![A-Za-z])(?P<surname>{_WORD}|[A-Z]{{2,}}), (?P<given>{_WORD})(?![A-Za-z])")
+# A middle initial may follow ("SMITH, John A.").
+_SURNAME_FIRST = re.compile(
+    rf"(?<![A-Za-z])(?P<surname>{_WORD}|[A-Z]{{2,}}), (?P<given>{_WORD})(?: [A-Z]\.(?![A-Za-z]))?(?![A-Za-z])"
+)
 
 _TITLES = ("Mr", "Mrs", "Ms", "Miss", "Mx", "Dr", "Prof", "Professor", "Nurse", "Sister", "Rev", "Doctor", "Madam")
 _TITLE_BEFORE = re.compile(r"(?:\b(?:" + "|".join(_TITLES) + r")\.? +)$")
+# Surnames with a lower-case particle after a title ("Mrs. van der Berg", "Dr de la Cruz").
+_PARTICLE = r"(?:van|von|de|der|den|da|di|del|della|du|dos|das|le|la|ter|ten|bin|ibn|al|el)"
+_TITLE_AND_PARTICLE_NAME = re.compile(
+    r"\b(?:" + "|".join(_TITLES) + rf")\.? +(?P<name>{_PARTICLE}(?:[ -]{_PARTICLE})?[ -]{_WORD})(?![A-Za-z])"
+)
 # Context that introduces a person: whatever capitalised words follow are taken as the name.
 _PERSON_CONTEXT_BEFORE = re.compile(
     r"(?i)(?:\b(?:name|patient|pt|signed(?: by)?|my name is|this is|i am|i'm|dear|hi|hello|account holder"
     r"|card ?holder|payee(?: name)?|beneficiary(?: name)?|next of kin|nok|attending|regards|thanks|thank you"
     r"|on behalf of|reviewed by|seen by|referred by|discussed with|spoke (?:to|with)|son|daughter|wife"
     r"|husband|partner|mother|father|mum|mom|dad|brother|sister|carer|guardian|grandson|granddaughter"
-    r"|niece|nephew|friend|neighbour|neighbor)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+    r"|niece|nephew|friend|neighbour|neighbor|named|called)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+)
+# Relatives: after these, even a given name that is also a word is a name ("son Mark", "wife May").
+_KIN_BEFORE = re.compile(
+    r"(?i)\b(?:son|daughter|wife|husband|partner|mother|father|mum|mom|dad|brother|sister|grandson"
+    r"|granddaughter|niece|nephew|named|called)[ \t]*[:,(]?[ \t]*$"
 )
 _EPONYM_AFTER = re.compile(r"(?:['’]s?)?(?: [A-Z][A-Za-z-]*)? (?P<noun>[A-Za-z]+)")  # "Glasgow Coma Scale"
 # Saints and royals lend their names to hospitals and wards: "St Mary's", "Queen Elizabeth".
@@ -135,6 +148,8 @@ def _name_in_segment(text: str, segment: list[re.Match[str]]) -> list[re.Match[s
     if _PERSON_CONTEXT_BEFORE.search(before):
         if len(segment) == 1 and (words[0] in ambiguous or words[0] not in given | family):
             # "Patient Will attend", "Dear Customer": one word that may be an ordinary one.
+            if words[0] in ambiguous and _KIN_BEFORE.search(before):
+                return segment  # "son Mark"
             return segment if words[0] in given - ambiguous or words[0] in family else None
         return segment[:4]
     # No context: start at the first common given name, or at an initial before a common surname.
@@ -158,6 +173,8 @@ def find_english_names(text: str) -> Iterator[Candidate]:
             name = _name_in_segment(text, segment)
             if name and not _is_eponym(text, name):
                 yield Candidate(name[0].start(), name[-1].end(), "name", RANK_NAME)
+    for match in _TITLE_AND_PARTICLE_NAME.finditer(text):
+        yield Candidate(match.start("name"), match.end("name"), "name", RANK_NAME)
     given, family = first_names(), surnames()
     for match in _SURNAME_FIRST.finditer(text):
         if match["surname"].title() in family and match["given"] in given:
@@ -186,7 +203,9 @@ _ZH_CONTEXT = "|".join(
         "兄弟|姐妹|哥哥|姐姐|弟弟|妹妹",
         # staff
         "主治医生|主治医师|经治医生|经治医师|上级医生|上级医师|管床医生|值班医生|医生|医师|护士长|护士",
-        "记录者|记录人|签名|签字人|签字",
+        "记录者|记录人|签名|签字人|签字|报告人|审核人|经手人|送检人",
+        # people named on forms
+        "就诊人|办理人|经办人|代办人|陪同人|取药人|投保人|被保险人|受益人|收件人|收货人|寄件人|发件人",
         # bank customers and payees
         "客户|持卡人|户名|收款人|付款人|开户人|账户名|申请人|委托人|代理人|转账给|汇款给|汇给|转给",
         # introducing oneself
@@ -294,14 +313,16 @@ def find_chinese_names(text: str) -> Iterator[Candidate]:
         if not _is_cjk(char) or not _at_boundary(text, position):
             continue
         surname = _surname_at(text, position)
-        if not surname or (surname == 1 and char in _word_like_surnames()):
+        if not surname:
             continue
+        # 高, 全, 明 ...: only with a full given name before "，男，70岁" ("高建国，男，70岁").
+        word_like = surname == 1 and char in _word_like_surnames()
         given = _given_name_length(text, position + surname)
-        for length in range(given, 0, -1):
+        for length in range(given, 1 if word_like else 0, -1):
             end = position + surname + length
             sentence_start = position == 0 or text[position - 1] in _ZH_SENTENCE_START
             if _ZH_DEMOGRAPHICS_AFTER.match(text, end) or (
-                sentence_start and end < len(text) and text[end] in _ZH_NAME_FOLLOWERS
+                not word_like and sentence_start and end < len(text) and text[end] in _ZH_NAME_FOLLOWERS
             ):
                 yield Candidate(position, end, "name", RANK_NAME)
                 break

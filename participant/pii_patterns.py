@@ -72,7 +72,8 @@ def find_emails(text: str) -> Iterator[Candidate]:
 
 # Two letters, two check digits, then groups of up to four, spaced, hyphenated or run together;
 # upper or lower case.
-_IBAN = re.compile(_NOT_ALNUM_BEFORE + r"[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{1,4}){3,8}")
+# Also straight after the word "IBAN" in Chinese text ("IBANFR14..."), where no space is usual.
+_IBAN = re.compile(r"(?:(?<![A-Za-z0-9])|(?<=IBAN)|(?<=iban))[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{1,4}){3,8}")
 _IBAN_CONTEXT = re.compile(r"(?i)\b(?:IBAN|account|acct)\b|账户|账号")
 
 
@@ -320,6 +321,7 @@ DEFAULT_MRN_CONTEXT: tuple[str, ...] = (
     "就诊卡号",
     "登记号",
     "档案号",
+    "(?:门诊|住院|就诊)ID号?",
     "患者ID号?",
     "病人ID号?",
     "ID号",
@@ -331,7 +333,7 @@ DEFAULT_MRN_PATTERNS: tuple[str, ...] = (r"(?<![A-Za-z0-9])MRN\d{5,12}(?![A-Za-z
 # optional letters, then a run of digits, letters and hyphens ("00481236", "RXH-0045123",
 # "PT-2023-004512", "556612-B"); it must hold at least four digits.
 _MRN_VALUE = r"(?P<value>\d{3,4}(?: \d{3,4}){1,3}(?![0-9])|[A-Za-z]{0,4}-?\d[0-9A-Za-z]*(?:-[0-9A-Za-z]+)*)"
-_MRN_SEPARATOR = r"\s*(?:is|为|是|:|#|=|No\.?)?\s*[:#]?\s*"
+_MRN_SEPARATOR = r"\s*(?:is|为|是|:|#|=|No\.?)?\s*[:#(]?\s*"  # "住院号（1120334）": full-width folds to "("
 
 
 def compile_mrn_context(words: Sequence[str]) -> re.Pattern[str]:
