@@ -1,5 +1,5 @@
 """PII scrubbing: each detector on true positives, the look-alikes it must leave alone, and the
-labelled benchmark (bench/data/pii_cases.jsonl) held to its targets."""
+labelled benchmark (bench/pii_cases.jsonl) held to its targets."""
 
 from __future__ import annotations
 
