@@ -232,6 +232,7 @@ class Federation:
         roster_loader: RosterLoader | None = None,
         metrics: FederationMetrics | None = None,
         metrics_endpoint: tuple[str, int] | None = None,
+        dashboard_url: str | None = None,
         log_file: Path | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         handle_signals: bool = False,
@@ -239,8 +240,10 @@ class Federation:
         """``progress`` receives every progress line (as well as the ``fedmask.coordinator``
         logger). ``roster_loader`` reloads the CA-signed roster before each attempt (without it
         the roster in ``security`` stays as it was). ``metrics_endpoint`` (host, port) serves
-        ``/metrics`` while the federation runs. ``handle_signals``: SIGTERM and SIGINT stop the
-        coordinator cleanly (``request_stop``); only for the main thread of a process."""
+        ``/metrics`` while the federation runs; ``dashboard_url``, where the caller serves the
+        dashboard (``fedmask.coordinator.dashboard``), goes into the status. ``handle_signals``:
+        SIGTERM and SIGINT stop the coordinator cleanly (``request_stop``); only for the main
+        thread of a process."""
         from .store import FederationStore
 
         state_dir = Path(state_dir)
@@ -286,6 +289,7 @@ class Federation:
         self.metrics.rounds_total.set(config.rounds)
         self._metrics_endpoint_address = metrics_endpoint
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.dashboard_url = dashboard_url
         self._log_file = log_file
         self._heartbeat_s = heartbeat_s
         self._handle_signals = handle_signals
@@ -357,6 +361,8 @@ class Federation:
         if self._metrics_endpoint_address is not None:
             self.metrics_endpoint = self.metrics.serve(*self._metrics_endpoint_address)
             self.progress(f"metrics on {self.metrics_endpoint.url}")
+        if self.dashboard_url is not None:
+            self.progress(f"dashboard on {self.dashboard_url}")
         port = await self.server.start()
         self._listening = f"{self.settings.host}:{port}"
         self._state = "running"
@@ -904,6 +910,7 @@ class Federation:
             federation_id=self.federation_id,
             listening=self._listening,
             metrics_url=self.metrics_endpoint.url if self.metrics_endpoint is not None else None,
+            dashboard_url=self.dashboard_url,
             log_file=str(self._log_file) if self._log_file is not None else None,
             roster_version=self.roster.version if self.roster is not None else None,
             round=dataclasses.replace(

@@ -99,6 +99,7 @@ class CoordinatorStatus:
     federation_id: str | None = None
     listening: str | None = None
     metrics_url: str | None = None
+    dashboard_url: str | None = None
     log_file: str | None = None
     roster_version: int | None = None
     round: RoundStatus | None = None

@@ -13,7 +13,8 @@ prints report.md.
 
 For the operator (docs/operations.md): progress goes to stderr and to ``--log-file`` (default
 ``STATE/coordinator.log``) as text or JSON lines (``--log-format``); ``STATE/status.json`` says what
-is happening now (``fedmask coordinator status``); ``--metrics-port`` serves Prometheus metrics.
+is happening now (``fedmask coordinator status``); ``--metrics-port`` serves Prometheus metrics;
+``--dashboard-port`` serves a read-only web dashboard (loopback only unless ``--dashboard-public``).
 SIGTERM or SIGINT (``fedmask coordinator stop``) finishes the attempt in progress and stops; a
 second one aborts it at once.
 
@@ -24,19 +25,26 @@ request before its last round (restart with the same ``--state`` to resume), 1 o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from fedmask import pki
+from fedmask.adapter.config import TrainingConfig
+from fedmask.cli.operations import ledger_document, open_store, participants_json, rounds_document, status_document
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.config import FederationConfig, FederationError
+from fedmask.coordinator.dashboard import DashboardError, is_loopback, serve_dashboard
 from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation
 from fedmask.coordinator.observability import LOG_FORMATS, PROGRESS_LOGGER, LogFormat, start_logging
 from fedmask.coordinator.round_server import ServerSettings
@@ -59,6 +67,39 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def federation_document(state_dir: Path) -> dict[str, Any]:
+    """The federation's fixed facts the dashboard shows beside the live ones: its participants,
+    rounds and privacy budget (the training target epsilon every participant trains to)."""
+    with open_store(state_dir) as store:
+        federation_id = store.federation_id()
+        config = store.config()
+    training = config.get("training") or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    return {
+        "state_dir": str(state_dir),
+        "federation_id": federation_id,
+        "participants": list(config.get("participants", [])),
+        "rounds": config.get("rounds"),
+        "target_epsilon": training.get("target_epsilon", defaults["target_epsilon"]),
+        "target_delta": training.get("target_delta", defaults["target_delta"]),
+        "aggregate_noise": config.get("aggregate_noise", "none"),
+        "aggregate_epsilon": config.get("aggregate_epsilon"),
+    }
+
+
+def dashboard_documents(state_dir: Path) -> dict[str, Callable[[], Any]]:
+    """What the dashboard serves at /api/NAME.json: the documents ``fedmask coordinator
+    status|rounds|participants|ledger --json`` print, built by the same functions, and the
+    federation's budget."""
+    return {
+        "status": lambda: status_document(state_dir),
+        "rounds": lambda: rounds_document(state_dir),
+        "participants": lambda: participants_json(state_dir),
+        "ledger": lambda: ledger_document(state_dir),
+        "federation": lambda: federation_document(state_dir),
+    }
 
 
 def _echo(line: str) -> None:
@@ -130,6 +171,23 @@ def _echo(line: str) -> None:
     show_default=True,
     help="Address the metrics endpoint listens on.",
 )
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve a read-only web dashboard on this port (off by default; 0 picks a free port).",
+)
+@click.option(
+    "--dashboard-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the dashboard listens on (loopback unless --dashboard-public).",
+)
+@click.option(
+    "--dashboard-public",
+    is_flag=True,
+    help="Allow a --dashboard-host that is not loopback (it has no authentication: put it behind your own TLS).",
+)
 def run(
     federation_dir: Path,
     name: str,
@@ -146,9 +204,17 @@ def run(
     log_file: Path | None,
     metrics_port: int | None,
     metrics_host: str,
+    dashboard_port: int | None,
+    dashboard_host: str,
+    dashboard_public: bool,
 ) -> None:
     """Run every round of the federation described by --config."""
     started = time.monotonic()
+    if dashboard_port is not None and not dashboard_public and not is_loopback(dashboard_host):
+        raise click.ClickException(
+            f"--dashboard-host {dashboard_host} is not loopback and the dashboard has no authentication: "
+            "add --dashboard-public to serve it there (behind your own TLS and authentication)"
+        )
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     try:
         config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
@@ -169,29 +235,40 @@ def run(
     except (pki.PkiError, OSError) as exc:
         raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
-    for listen_host, listen_port in ((host, port), (host, health_port), (metrics_host, metrics_port)):
+    listeners = ((host, port), (host, health_port), (metrics_host, metrics_port), (dashboard_host, dashboard_port))
+    for listen_host, listen_port in listeners:
         if listen_port:  # refused before the store is written (the server binds after loading it)
             check_port_free(listen_host, listen_port)
     settings = ServerSettings(host=host, port=port, health_port=health_port)
     log_file = log_file or state_dir / LOG_FILE_NAME
-    federation = Federation(
-        config,
-        state_dir,
-        security,
-        settings=settings,
-        identity_keys=identity_keys,
-        allow_config_change=allow_config_change,
-        roster_loader=roster_loader,
-        metrics_endpoint=(metrics_host, metrics_port) if metrics_port is not None else None,
-        log_file=log_file,
-        handle_signals=True,
-    )
-    # Logging starts once the federation is set up: a refused start writes no log file.
-    logs = start_logging(log_format, log_file)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        dashboard_url = None
+        if dashboard_port is not None:  # it reads the state directory per request: no store needed yet
+            try:
+                dashboard = serve_dashboard(
+                    dashboard_documents(state_dir), dashboard_host, dashboard_port, public=dashboard_public
+                )
+            except DashboardError as exc:
+                raise click.ClickException(str(exc)) from None
+            cleanup.callback(dashboard.close)
+            dashboard_url = dashboard.url
+        federation = Federation(
+            config,
+            state_dir,
+            security,
+            settings=settings,
+            identity_keys=identity_keys,
+            allow_config_change=allow_config_change,
+            roster_loader=roster_loader,
+            metrics_endpoint=(metrics_host, metrics_port) if metrics_port is not None else None,
+            dashboard_url=dashboard_url,
+            log_file=log_file,
+            handle_signals=True,
+        )
+        # Logging starts once the federation is set up: a refused start writes no log file.
+        logs = start_logging(log_format, log_file)
+        cleanup.callback(logs.close)
         _run_federation(federation, state_dir, config, report_dir, started)
-    finally:
-        logs.close()
 
 
 def _run_federation(

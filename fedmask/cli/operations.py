@@ -193,6 +193,7 @@ def coordinator_facts(status: CoordinatorStatus | None, alive: Liveness | None) 
         "heartbeat_age_s": round(alive.heartbeat_age_s, 1),
         "listening": status.listening,
         "metrics_url": status.metrics_url,
+        "dashboard_url": status.dashboard_url,
         "log_file": status.log_file,
         "roster_version": status.roster_version,
         "stop_request": status.stop_request,
@@ -210,6 +211,8 @@ def print_status(document: Mapping[str, Any], now: float) -> None:
         line += f"; listening {coordinator.get('listening') or '-'}"
         if coordinator.get("metrics_url"):
             line += f"; metrics {coordinator['metrics_url']}"
+        if coordinator.get("dashboard_url"):
+            line += f"; dashboard {coordinator['dashboard_url']}"
     click.echo(line)
     if coordinator.get("stop_request") and coordinator.get("running"):
         request = coordinator["stop_request"]
@@ -281,20 +284,27 @@ def round_document(record: RoundRecord, entry: Mapping[str, Any] | None, running
     }
 
 
-@click.command("rounds")
-@state_option
-@json_option
-def rounds_command(state_dir: Path, as_json: bool) -> None:
-    """Every round: committed, failed or open; attempts, survivors, who dropped and why, wall time."""
-    now = time.time()
+def rounds_document(state_dir: Path, now: float | None = None) -> dict[str, Any]:
+    """What ``rounds --json`` prints (and the dashboard's ``/api/rounds.json``)."""
+    now = time.time() if now is None else now
     with open_store(state_dir) as store:
         records = store.rounds()
         ledger = {entry["round"]: entry for entry in store.ledger()}
     _, alive = live_status(state_dir)
     running = alive is not None and alive.running
     rounds = [round_document(r, ledger.get(r.round_number), running, now) for r in records]
+    return {"state_dir": str(state_dir), "rounds": rounds}
+
+
+@click.command("rounds")
+@state_option
+@json_option
+def rounds_command(state_dir: Path, as_json: bool) -> None:
+    """Every round: committed, failed or open; attempts, survivors, who dropped and why, wall time."""
+    document = rounds_document(state_dir)
+    rounds = document["rounds"]
     if as_json:
-        emit_json({"state_dir": str(state_dir), "rounds": rounds})
+        emit_json(document)
         return
     if not rounds:
         click.echo("no rounds yet")
@@ -367,6 +377,12 @@ def participants_document(state_dir: Path, federation_dir: Path | None, now: flo
     return participants
 
 
+def participants_json(state_dir: Path, federation_dir: Path | None = None, now: float | None = None) -> dict[str, Any]:
+    """What ``participants --json`` prints (and the dashboard's ``/api/participants.json``)."""
+    now = time.time() if now is None else now
+    return {"state_dir": str(state_dir), "participants": participants_document(state_dir, federation_dir, now)}
+
+
 def load_roster(federation_dir: Path) -> pki.Roster:
     try:
         return pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir))
@@ -388,10 +404,10 @@ def load_roster(federation_dir: Path) -> pki.Roster:
 def participants_command(state_dir: Path, federation_dir: Path | None, as_json: bool) -> None:
     """The federation's participants: organisation, online and last seen, the epsilon each last
     reported, and whether it is revoked or excluded."""
-    now = time.time()
-    participants = participants_document(state_dir, federation_dir, now)
+    document = participants_json(state_dir, federation_dir)
+    participants = document["participants"]
     if as_json:
-        emit_json({"state_dir": str(state_dir), "participants": participants})
+        emit_json(document)
         return
     rows = []
     for item in participants:
@@ -420,15 +436,22 @@ def participants_command(state_dir: Path, federation_dir: Path | None, as_json: 
 # --- ledger ----------------------------------------------------------------------------------------
 
 
+def ledger_document(state_dir: Path) -> dict[str, Any]:
+    """What ``ledger --json`` prints (and the dashboard's ``/api/ledger.json``): the entries as stored."""
+    with open_store(state_dir) as store:
+        ledger = store.ledger()
+    return {"state_dir": str(state_dir), "ledger": ledger}
+
+
 @click.command("ledger")
 @state_option
 @json_option
 def ledger_command(state_dir: Path, as_json: bool) -> None:
     """The committed ledger entries, oldest first (with --json: exactly as stored)."""
-    with open_store(state_dir) as store:
-        ledger = store.ledger()
+    document = ledger_document(state_dir)
+    ledger = document["ledger"]
     if as_json:
-        emit_json({"state_dir": str(state_dir), "ledger": ledger})
+        emit_json(document)
         return
     if not ledger:
         click.echo("no committed rounds yet")
