@@ -18,15 +18,19 @@ import logging
 import math
 import queue
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
+from fedmask.pki.preflight import own_certificate_problem, probe_tls
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.secagg.client import Client, ClientConfig, ClientState
@@ -67,6 +71,16 @@ AGGREGATE_METHOD = f"/{transport.SERVICE}/Aggregate"
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where the participant's TLS files are: the federation CA it trusts, and its own
+    certificate and key (None with one-way TLS)."""
+
+    ca_cert: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class Connection:
     """Where and how to reach the coordinator."""
 
@@ -83,6 +97,9 @@ class Connection:
     min_bandwidth_bytes_per_s: float = 250_000.0
     # How long a node keeps retrying while the coordinator is unreachable (restarts, outages).
     outage_tolerance_s: float = 3600.0
+    # The TLS files behind ``credentials``, for telling apart who refused whose certificate when
+    # the connection fails (gRPC reports both as UNAVAILABLE); None: guessed from gRPC's details.
+    tls_files: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -174,6 +191,64 @@ def one_way_tls_credentials(ca_cert: bytes) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=ca_cert)
 
 
+# How gRPC (BoringSSL) words a failed TLS handshake in a status's details.
+_VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED:?\s*([^:]*)")
+_CLOSED_IN_HANDSHAKE = ("Socket closed", "Connection reset", "TLSV1_ALERT", "SSLV3_ALERT", "handshake failed")
+
+
+def explain_unavailable(connection: Connection, details: str | None) -> str | None:
+    """Which side refused which certificate, when a TLS connection failed as UNAVAILABLE.
+
+    With ``connection.tls_files`` one TLS handshake is made with Python's ``ssl`` module and
+    classified (``fedmask.pki.preflight.probe_tls``); without, gRPC's details are read. None when
+    the TLS handshake is not what failed (the coordinator answered, or nothing is listening).
+    """
+    files = connection.tls_files
+    if files is not None:
+        try:
+            ca_pem = files.ca_cert.read_bytes()
+        except OSError:
+            ca_pem = None
+        if ca_pem is not None:
+            probe = probe_tls(
+                connection.target,
+                ca_pem,
+                cert_file=files.cert,
+                key_file=files.key,
+                server_name=connection.tls_server_name,
+                timeout_s=min(5.0, connection.rpc_timeout_s),
+            )
+            if probe.outcome == "peer-refused" and files.cert is not None:
+                try:
+                    ca_cert: x509.Certificate | None = x509.load_pem_x509_certificate(ca_pem)
+                except ValueError:
+                    ca_cert = None
+                own = own_certificate_problem("participant", "NAME", files.cert, ca_cert)
+                return probe.summary + (
+                    f"; {own}"
+                    if own is not None
+                    else "; its certificate is valid by this machine's clock and issued by the CA it holds: check "
+                    "the coordinator's clock, and that the coordinator serves this federation"
+                )
+            if probe.outcome in ("refused-peer", "peer-refused", "no-answer"):
+                return probe.summary.replace("this side refused", "this participant refused")
+            return None
+    text = details or ""
+    verify = _VERIFY_FAILED.search(text)
+    if verify is not None:
+        why = verify.group(1).strip() or "verification failed"
+        return (
+            f"this participant refused the coordinator's TLS certificate: {why}; check that ca/ca.pem and the "
+            "coordinator's certificate come from the same federation, and that it is valid for this host name"
+        )
+    if any(marker.lower() in text.lower() for marker in _CLOSED_IN_HANDSHAKE):
+        return (
+            "the coordinator closed the connection during the TLS handshake: it most likely refused this "
+            "participant's TLS certificate (`fedmask doctor participant` tells)"
+        )
+    return None
+
+
 def take_part(
     connection: Connection,
     identity: Identity,
@@ -213,8 +288,10 @@ def take_part(
                 outcome.status = code.name
                 outcome.reason = f"could not join a round at {connection.target}: {code.name}: {details}"
                 if code is grpc.StatusCode.UNAVAILABLE and connection.credentials is not None:
-                    # A TLS refusal looks the same as a coordinator that is down.
-                    outcome.reason += " (if the coordinator is up, it refused this participant's TLS certificate)"
+                    # A TLS refusal, either way, looks the same as a coordinator that is down.
+                    hint = explain_unavailable(connection, details)
+                    if hint is not None:
+                        outcome.reason += f" ({hint})"
                 return outcome
             delay = connection.backoff_s(attempt, jitter)
             progress(f"coordinator not reachable or no round open ({code.name}); retrying in {delay:.2f} s")

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from fedmask import pki
-from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, one_way_tls_credentials
+from fedmask.participant.grpc_client import (
+    Connection,
+    Identity,
+    TlsFiles,
+    mtls_credentials,
+    one_way_tls_credentials,
+)
 from fedmask.participant.policy import POLICY_FILE_NAME, ParticipantPolicy, PolicyError, PolicyViolation
 from fedmask.proto import transport, wire
 from fedmask.secagg import prg
@@ -48,17 +54,22 @@ def setup_connection(
     """Credentials, call metadata, identity key and the CA-signed roster from the federation
     directory. The roster is what the participant checks every round against, in every mode."""
     metadata: tuple[tuple[str, str], ...] = ()
+    tls_files: TlsFiles | None = None
+    paths = pki.FederationPaths(federation_dir)
     try:
         if insecure:
             pki.warn_insecure("participant")
             credentials = None
             metadata = ((transport.METADATA_PARTICIPANT, name),)
         elif token:
-            credentials = one_way_tls_credentials(pki.FederationPaths(federation_dir).ca_cert.read_bytes())
+            credentials = one_way_tls_credentials(paths.ca_cert.read_bytes())
             metadata = ((transport.METADATA_PARTICIPANT, name), (transport.METADATA_TOKEN, token))
+            tls_files = TlsFiles(paths.ca_cert)
         else:
+            # Refuses an expired (or not yet valid, or foreign) certificate of this participant
+            # here, in one line, before any connection is attempted.
             credentials = mtls_credentials(pki.load_tls_material(federation_dir, "participant", name))
-        paths = pki.FederationPaths(federation_dir)
+            tls_files = TlsFiles(paths.ca_cert, paths.tls_cert("participant", name), paths.tls_key("participant", name))
         roster = None
         if paths.ca_cert.is_file():
             roster = pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir))
@@ -74,6 +85,7 @@ def setup_connection(
         round_timeout_s=round_timeout_s,
         min_bandwidth_bytes_per_s=min_bandwidth_bytes_per_s,
         outage_tolerance_s=outage_tolerance_s,
+        tls_files=tls_files,
     )
     enrolled = dict(roster.identity_keys) if roster is not None else {}
     organisations = roster.organisations() if roster is not None else {}

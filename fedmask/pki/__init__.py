@@ -3,7 +3,9 @@
 Modules: ``layout`` (the directory, file writes, names), ``roster``, ``enrolment`` (a participant's
 own keys and its request; the public files handed back), ``issuance`` (CA, certificates),
 ``peers`` (identity from a verified certificate), ``tokens``, ``loaders`` (what the gRPC layer
-loads). This package re-exports their public API.
+loads), ``preflight`` (a party's checks of its own certificates; the TLS handshake probe that
+tells which side refused which certificate). This package re-exports their public API, except
+``preflight``'s, which is imported from there.
 
 Who makes which key: the operator (``init_federation``, ``issue``) makes the CA key and the
 coordinator's TLS key. A participant makes its own TLS key and Ed25519 identity key with

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import NamedTuple, TextIO
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -20,6 +21,7 @@ from fedmask.pki.layout import (
     _read_private_key,
     _require_ca,
 )
+from fedmask.pki.preflight import own_certificate_problem
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role:
 
     Server: ``grpc.ssl_server_credentials([(m.private_key, m.cert_chain)], m.ca_cert, True)``.
     Client: ``grpc.ssl_channel_credentials(m.ca_cert, m.private_key, m.cert_chain)``.
-    Never reads the CA private key.
+    Never reads the CA private key. Refuses (PkiError, one line) a certificate of this party
+    that is expired, not yet valid, or not issued by the CA next to it: each side names its own
+    certificate problem before it connects or listens.
     """
     role = _check_role(role)
     _check_name(name)
@@ -58,8 +62,16 @@ def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role:
     if not cert_path.is_file():
         how = f"fedmask pki issue {role} {name}" if role == "coordinator" else "fedmask participant enrol"
         raise PkiError(f"no {role} certificate for {name!r} in {paths.root}: run `{how}` first")
+    ca_pem = paths.ca_cert.read_bytes()
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise PkiError(f"the federation CA certificate {paths.ca_cert} is not a PEM certificate ({exc})") from exc
+    problem = own_certificate_problem(role, name, cert_path, ca_cert)
+    if problem is not None:
+        raise PkiError(problem)
     # Leaves are issued directly by the root, so the chain is the leaf alone.
-    return TlsMaterial(paths.ca_cert.read_bytes(), cert_path.read_bytes(), _read_private_key(paths.tls_key(role, name)))
+    return TlsMaterial(ca_pem, cert_path.read_bytes(), _read_private_key(paths.tls_key(role, name)))
 
 
 def load_identity_key(directory: str | os.PathLike[str] | FederationPaths, name: str) -> ed25519.Ed25519PrivateKey:

@@ -979,7 +979,9 @@ def test_init_refuses_to_replace_a_ca_unless_forced(fresh: Federation) -> None:
     new_ca = pki.load_ca_certificate(fresh.paths)
     assert pki.load_roster(fresh.paths.roster, new_ca).names == ()
     with pytest.raises(pki.PeerIdentityError):
-        pki.identity_from_peer_cert(fresh.material("participant", "bank").cert_chain, new_ca)
+        pki.identity_from_peer_cert(fresh.paths.tls_cert("participant", "bank").read_bytes(), new_ca)
+    with pytest.raises(pki.PkiError, match="not issued by the federation CA it holds"):
+        fresh.material("participant", "bank")  # refused where it is held, before any connection
 
 
 def test_issue_needs_an_initialised_directory(tmp_path: Path) -> None:
