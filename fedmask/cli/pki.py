@@ -44,9 +44,15 @@ def _pki_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _days_left(not_after: dt.datetime) -> str:
-    days = (not_after - dt.datetime.now(dt.UTC)).days
-    return "EXPIRED" if days < 0 else f"{days} days left"
+def _days_left(not_after: dt.datetime, not_before: dt.datetime | None = None) -> str:
+    now = dt.datetime.now(dt.UTC)
+    if not_before is not None and now < not_before:
+        return f"NOT YET VALID until {not_before:%Y-%m-%d %H:%M} UTC"
+    return "EXPIRED" if now > not_after else f"{(not_after - now).days} days left"
+
+
+def _not_valid(status: str) -> bool:
+    return status.startswith(("EXPIRED", "NOT YET VALID"))
 
 
 @click.group("pki")
@@ -254,15 +260,21 @@ def revoke_command(name: str, directory: Path) -> None:
 @_dir_option
 @_pki_errors
 def show_command(directory: Path) -> None:
-    """Verify the roster; list the CA, coordinators, participants with organisation and expiry."""
+    """Verify the roster; list the CA, coordinators, participants with organisation and expiry.
+
+    Exits 1 when a certificate shown is expired or not yet valid.
+    """
     paths = pkilib.FederationPaths(directory)
     ca_cert = pkilib.load_ca_certificate(paths)
     roster = pkilib.load_roster(paths.roster, ca_cert)
+    invalid: list[str] = []
     click.echo(f"federation {roster.federation!r} in {paths.root.resolve()} (roster v{roster.version}, signature OK)")
     click.echo(f"roster sha256 {roster.fingerprint()}")
+    status = _days_left(ca_cert.not_valid_after_utc, ca_cert.not_valid_before_utc)
+    invalid += ["the CA"] if _not_valid(status) else []
     click.echo(
         f"CA: sha256 {pkilib.certificate_fingerprint(ca_cert)}  "
-        f"expires {ca_cert.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca_cert.not_valid_after_utc)})"
+        f"expires {ca_cert.not_valid_after_utc:%Y-%m-%d} ({status})"
     )
     coordinator_certs = sorted((paths.root / "coordinator").glob("*.pem"))
     click.echo(f"coordinators: {len(coordinator_certs)}")
@@ -270,17 +282,24 @@ def show_command(directory: Path) -> None:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         hosts = [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
+        status = _days_left(cert.not_valid_after_utc, cert.not_valid_before_utc)
+        invalid += [f"coordinator {cert_path.stem}"] if _not_valid(status) else []
         click.echo(
-            f"  {cert_path.stem:<20} expires {cert.not_valid_after_utc:%Y-%m-%d} "
-            f"({_days_left(cert.not_valid_after_utc)})  hosts {', '.join(hosts)}"
+            f"  {cert_path.stem:<20} expires {cert.not_valid_after_utc:%Y-%m-%d} ({status})  hosts {', '.join(hosts)}"
         )
     organisations = roster.organisations()
     click.echo(f"participants: {len(roster.entries)} from {len(set(organisations.values()))} organisation(s)")
     for name in roster.names:
         entry = roster.entries[name]
         not_after = dt.datetime.strptime(entry.tls_not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        status = _days_left(not_after)
+        invalid += [f"participant {name}"] if _not_valid(status) else []
         click.echo(
             f"  {name:<20} organisation {entry.organisation:<16} expires {not_after:%Y-%m-%d} "
-            f"({_days_left(not_after)})  "
+            f"({status})  "
             f"cert {entry.tls_cert_sha256[:16]}…  ed25519 {entry.identity_public_key.hex()[:16]}…"
+        )
+    if invalid:
+        raise click.ClickException(
+            f"not valid now: {', '.join(invalid)}; re-issue with `fedmask pki issue ROLE NAME --force`"
         )
