@@ -93,7 +93,12 @@ _PERSON_CONTEXT_BEFORE = re.compile(
     r"|card ?holder|payee(?: name)?|beneficiary(?: name)?|next of kin|nok|attending|regards|thanks|thank you"
     r"|on behalf of|reviewed by|seen by|referred by|discussed with|spoke (?:to|with)|son|daughter|wife"
     r"|husband|partner|mother|father|mum|mom|dad|brother|sister|carer|guardian|grandson|granddaughter"
-    r"|niece|nephew|friend|neighbour|neighbor|named|called)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+    r"|niece|nephew|friend|neighbour|neighbor|named|called|customer|client|caller|applicant|claimant|tenant"
+    r"|policyholder|resident)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+)
+# Words that say a name follows: there "Surname, Given" is a name without the gazetteers.
+_NAME_FIELD_BEFORE = re.compile(
+    r"(?i)\b(?:name|full name|surname|account holder|card ?holder|payee|beneficiary)[ \t]*[:.-]?[ \t]*$"
 )
 # Relatives: after these, even a given name that is also a word is a name ("son Mark", "wife May").
 _KIN_BEFORE = re.compile(
@@ -177,7 +182,8 @@ def find_english_names(text: str) -> Iterator[Candidate]:
         yield Candidate(match.start("name"), match.end("name"), "name", RANK_NAME)
     given, family = first_names(), surnames()
     for match in _SURNAME_FIRST.finditer(text):
-        if match["surname"].title() in family and match["given"] in given:
+        named = _NAME_FIELD_BEFORE.search(text, max(0, match.start() - 30), match.start())
+        if named or (match["surname"].title() in family and match["given"] in given):
             yield Candidate(match.start(), match.end(), "name", RANK_NAME)
 
 

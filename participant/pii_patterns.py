@@ -310,7 +310,7 @@ DEFAULT_MRN_CONTEXT: tuple[str, ...] = (
     r"\bchart (?:number|no\b\.?|#)",
     r"\brecord (?:number|no\b\.?|#)",
     r"\bcase (?:number|no\b\.?)",
-    r"\bpatient (?:ID|identifier|number|no\b\.?)",
+    r"\b(?:patient|pt\.?) (?:ID|identifier|number|no\b\.?)",
     r"\bPID\b",
     "住院病历号",
     "病历号",
@@ -329,10 +329,10 @@ DEFAULT_MRN_CONTEXT: tuple[str, ...] = (
 # Record numbers that carry their own label ("MRN00913377") need no context word.
 DEFAULT_MRN_PATTERNS: tuple[str, ...] = (r"(?<![A-Za-z0-9])MRN\d{5,12}(?![A-Za-z0-9])",)
 
-# The value after the context word: groups of digits with single spaces ("123 456 7890"), or
+# The value after the context word: groups of digits with single spaces ("12 345 678"), or
 # optional letters, then a run of digits, letters and hyphens ("00481236", "RXH-0045123",
 # "PT-2023-004512", "556612-B"); it must hold at least four digits.
-_MRN_VALUE = r"(?P<value>\d{3,4}(?: \d{3,4}){1,3}(?![0-9])|[A-Za-z]{0,4}-?\d[0-9A-Za-z]*(?:-[0-9A-Za-z]+)*)"
+_MRN_VALUE = r"(?P<value>\d{1,4}(?: \d{3,4}){1,3}(?![0-9])|[A-Za-z]{0,4}-?\d[0-9A-Za-z]*(?:-[0-9A-Za-z]+)*)"
 _MRN_SEPARATOR = r"\s*(?:is|为|是|:|#|=|No\.?)?\s*[:#(]?\s*"  # "住院号（1120334）": full-width folds to "("
 
 

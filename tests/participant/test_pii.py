@@ -224,6 +224,16 @@ def test_addresses(text: str, expected: str) -> None:
         ("现住广东省深圳市南山区科技园南区高新南七道12号", "现住[ADDRESS]"),
         ("地址：天津市和平区南京路219号天津中心写字楼18层", "地址：[ADDRESS]"),
         ("家住西安市雁塔区小寨东路1号院5号楼2单元301", "家住[ADDRESS]"),
+        # "Pt ID", record numbers grouped 2-3-3, "Surname, Given" after a name field, customers
+        ("Pt ID 993120044 - allergy band applied.", "Pt ID [MRN] - allergy band applied."),
+        ("MRN:12 345 678", "MRN:[MRN]"),
+        ("Name: O'Sullivan, Niamh", "Name: [NAME]"),
+        ("customer Paulo Santos reachable by email", "customer [NAME] reachable by email"),
+        # a named building before the street, continental streets
+        ("Home visit: Flat 12, Orchard Court, 5 High Street, Oxford OX1 4AA", "Home visit: [ADDRESS]"),
+        ("16 rue Victor Hugo, Lyon (French address on file)", "[ADDRESS] (French address on file)"),
+        ("Moved to Hauptstraße 5, 10115 Berlin", "Moved to [ADDRESS]"),
+        ("lives at Via Roma 12, Milano", "lives at [ADDRESS]"),
     ],
 )
 def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
@@ -275,6 +285,7 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "上呼吸道感染3天，食道裂孔疝，气道通畅。",
         "Will call patient tomorrow; Mark as urgent. Son to visit on Monday.",
         "Mrs. smith's chart was de-duplicated; Dr. de facto lead.",
+        "Patient: Alert, Oriented. Given 5 Avenue Health leaflets; 3 place settings.",
     ],
 )
 def test_leaves_look_alikes_alone(text: str) -> None:
