@@ -25,6 +25,7 @@ _COMMANDS: dict[str, str] = {
     "data": "fedmask.cli.data:data",
     "demo": "fedmask.cli.demo:demo",
     "predict": "fedmask.cli.predict:predict",
+    "doctor": "fedmask.cli.doctor:doctor",
 }
 
 

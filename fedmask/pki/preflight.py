@@ -25,9 +25,11 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from fedmask.pki.layout import _utcnow
+from fedmask.pki.layout import RosterError, _utcnow, certificate_fingerprint
+from fedmask.pki.roster import load_roster
 
 ProbeOutcome = Literal["tcp-failed", "refused-peer", "peer-refused", "no-answer", "ok"]
 
@@ -241,3 +243,290 @@ def probe_tls(
             if not answer:
                 return TlsProbe("peer-refused", "it closed the connection right after the handshake", peer)
             return TlsProbe("ok", f"{tls.version()} to {host}:{port}", peer)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks (``fedmask doctor``): each is one line, ``ok|warn|FAIL  <check>: <what, what to do>``
+
+Level = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: ``level`` ok, warn or FAIL; ``check`` what was checked; ``message`` what
+    was found and, unless ok, what to do."""
+
+    level: Level
+    check: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.check}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"level": self.level, "check": self.check, "message": self.message}
+
+
+def _days(delta: dt.timedelta) -> str:
+    days = delta.total_seconds() / 86400
+    return f"{days:.0f} days" if days >= 1 else f"{delta.total_seconds() / 3600:.1f} hours"
+
+
+def validity_check(
+    check: str, what: str, cert: x509.Certificate, warn_days: float, fix: str, now: dt.datetime
+) -> Check:
+    """FAIL when ``cert`` is not valid at ``now``, warn when it expires within ``warn_days``."""
+    problem = certificate_problem(cert, now)
+    if problem is not None:
+        return Check("FAIL", check, f"{what} {problem}: {fix}")
+    left = cert.not_valid_after_utc - now
+    if left < dt.timedelta(days=warn_days):
+        return Check("warn", check, f"{what} expires on {_when(cert.not_valid_after_utc)}, in {_days(left)}: {fix}")
+    return Check("ok", check, f"{what} valid until {_when(cert.not_valid_after_utc)} ({_days(left)} left)")
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def certificate_checks(
+    role: str,
+    name: str,
+    cert_path: Path,
+    key_path: Path,
+    ca_path: Path,
+    *,
+    warn_days: float,
+    now: dt.datetime | None = None,
+) -> tuple[list[Check], x509.Certificate | None, x509.Certificate | None]:
+    """This party's certificate (present, parses, valid now, not about to expire), its key (present,
+    private, the certificate's half) and the CA (present, valid, issued the certificate).
+
+    Returns the checks, the certificate and the CA certificate (None where they could not be read).
+    """
+    now = now or _utcnow()
+    checks: list[Check] = []
+    reissue = (
+        f"ask the federation operator to re-issue it (`fedmask pki issue participant {name} --force --request ...`)"
+        if role == "participant"
+        else f"re-issue it (`fedmask pki issue coordinator {name} --force`) and restart the coordinator"
+    )
+    cert: x509.Certificate | None = None
+    if not cert_path.is_file():
+        how = (
+            "`fedmask participant enrol`, then copy in the files the operator sends back"
+            if role == "participant"
+            else (f"`fedmask pki issue coordinator {name}`")
+        )
+        checks.append(Check("FAIL", "certificate", f"no {role} certificate at {cert_path}: {how}"))
+    else:
+        try:
+            cert = _load_certificate(cert_path)
+        except ValueError as exc:
+            checks.append(Check("FAIL", "certificate", f"{cert_path} is not a PEM certificate ({exc}): {reissue}"))
+        else:
+            checks.append(validity_check("certificate", str(cert_path), cert, warn_days, reissue, now))
+
+    if not key_path.is_file():
+        checks.append(Check("FAIL", "key", f"no private key at {key_path}: it is made with the certificate request"))
+    elif cert is not None:
+        try:
+            matches = key_matches(cert, key_path.read_bytes())
+        except (ValueError, TypeError) as exc:
+            checks.append(Check("FAIL", "key", f"{key_path} is not a readable PEM private key ({exc})"))
+        else:
+            mode = key_path.stat().st_mode & 0o777
+            if not matches:
+                checks.append(
+                    Check(
+                        "FAIL",
+                        "key",
+                        f"{key_path} is not the key of {cert_path}: the two come from different "
+                        "requests; restore the matching key or have the certificate re-issued for this one",
+                    )
+                )
+            elif mode & 0o077:
+                checks.append(
+                    Check(
+                        "warn", "key", f"{key_path} matches the certificate but has mode {mode:o}: chmod 600 {key_path}"
+                    )
+                )
+            else:
+                checks.append(Check("ok", "key", f"{key_path} matches the certificate (mode {mode:o})"))
+
+    ca_cert: x509.Certificate | None = None
+    if not ca_path.is_file():
+        checks.append(Check("FAIL", "ca", f"no federation CA certificate at {ca_path}: the operator sends ca/ca.pem"))
+    else:
+        try:
+            ca_cert = _load_certificate(ca_path)
+        except ValueError as exc:
+            checks.append(Check("FAIL", "ca", f"{ca_path} is not a PEM certificate ({exc})"))
+    if ca_cert is not None:
+        ca_validity = validity_check(
+            "ca", f"the federation CA {organisation_of(ca_cert)!r}", ca_cert, warn_days,
+            "the operator must make a new CA (`fedmask pki init --force`) and re-issue every certificate", now,
+        )  # fmt: skip
+        if ca_validity.level == "FAIL" or cert is None:
+            checks.append(ca_validity)
+        elif not issued_by(cert, ca_cert):
+            checks.append(
+                Check(
+                    "FAIL",
+                    "ca",
+                    f"{cert_path} was not issued by the CA in {ca_path} ({_two_cas(cert, ca_cert)}): "
+                    "the certificate and ca/ca.pem must come from the same federation",
+                )
+            )
+        else:
+            issuer = f"{cert_path.name} was issued by the CA in {ca_path}"
+            checks.append(Check(ca_validity.level, "ca", f"{issuer}; {ca_validity.message}"))
+    return checks, cert, ca_cert
+
+
+def roster_checks(
+    federation_dir: Path,
+    ca_cert: x509.Certificate | None,
+    *,
+    participant: str | None,
+    cert: x509.Certificate | None,
+    identity_key_path: Path | None,
+    warn_days: float,
+    now: dt.datetime | None = None,
+) -> list[Check]:
+    """The roster's CA signature; for a participant, that it is named in it with this certificate,
+    and that its identity key is the one enrolled; for the coordinator, members whose
+    certificates expired or are about to."""
+    now = now or _utcnow()
+    if ca_cert is None:
+        return [Check("FAIL", "roster", "not checked: there is no readable CA certificate to verify it with")]
+    try:
+        roster = load_roster(federation_dir, ca_cert)
+    except RosterError as exc:
+        return [Check("FAIL", "roster", f"{exc}: copy in the roster.json and roster.sig the operator last sent")]
+    signed = f"v{roster.version} of {roster.federation!r}, signed by the CA, {len(roster.entries)} participant(s)"
+    if participant is None:
+        checks = [Check("ok", "roster", signed)]
+        soon = now + dt.timedelta(days=warn_days)
+        late: list[str] = []
+        for name, member in sorted(roster.entries.items()):
+            not_after = dt.datetime.strptime(member.tls_not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            if not_after < soon:
+                late.append(f"{name} ({'expired' if not_after < now else 'expires'} {not_after:%Y-%m-%d})")
+        if late:
+            checks.append(
+                Check(
+                    "warn",
+                    "members",
+                    f"certificates expired or expiring within {warn_days:g} days: "
+                    f"{', '.join(late)}; re-issue them (`fedmask pki issue participant NAME --force --request ...`)",
+                )
+            )
+        return checks
+    entry = roster.entries.get(participant)
+    if entry is None:
+        return [
+            Check(
+                "FAIL",
+                "roster",
+                f"{signed}, but {participant!r} is not in it: enrolled under another name, "
+                "revoked, or this roster is older than its enrolment; ask the operator for the current one",
+            )
+        ]
+    checks = []
+    if cert is not None and entry.tls_cert_sha256 != certificate_fingerprint(cert):
+        checks.append(
+            Check(
+                "FAIL",
+                "roster",
+                f"{signed}; it lists another certificate for {participant!r} than this one: "
+                "copy in the certificate and roster the operator last sent together",
+            )
+        )
+    else:
+        checks.append(
+            Check("ok", "roster", f"{signed}; {participant!r} enrolled (organisation {entry.organisation!r})")
+        )
+    if identity_key_path is not None:
+        checks.append(_identity_check(identity_key_path, entry.identity_public_key))
+    return checks
+
+
+def _identity_check(path: Path, enrolled: bytes) -> Check:
+    if not path.is_file():
+        return Check(
+            "warn",
+            "identity key",
+            f"no identity key at {path}: rounds in malicious-coordinator mode "
+            "(the default policy) will be refused; it is made by `fedmask participant enrol`",
+        )
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        return Check("FAIL", "identity key", f"{path} is not a readable PEM private key ({exc})")
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        return Check("FAIL", "identity key", f"{path} is not an Ed25519 key")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if raw != enrolled:
+        return Check(
+            "FAIL",
+            "identity key",
+            f"{path} is not the identity key the roster enrols for this participant: "
+            "restore the enrolled key, or enrol again and have the operator re-issue",
+        )
+    return Check("ok", "identity key", f"{path} is the Ed25519 key the roster enrols")
+
+
+def reachability_check(probe: TlsProbe, target: str) -> Check:
+    """The coordinator check from one handshake probe, in the words ``fedmask doctor`` uses."""
+    if probe.outcome == "tcp-failed":
+        return Check(
+            "FAIL",
+            "coordinator",
+            f"TCP connect failed: {probe.detail}; is the coordinator running and "
+            f"listening on {target}, and does the firewall let this machine through?",
+        )
+    if probe.outcome == "refused-peer":
+        if "not signed by your federation CA" in probe.detail:
+            return Check(
+                "FAIL",
+                "coordinator",
+                "TLS: the coordinator's certificate is not signed by your federation CA "
+                f"(you refused it): {probe.detail.split(': ', 1)[-1]}",
+            )
+        return Check("FAIL", "coordinator", f"TLS: you refused the coordinator's certificate: {probe.detail}")
+    if probe.outcome == "peer-refused":
+        return Check(
+            "FAIL",
+            "coordinator",
+            f"TLS: the coordinator refused your certificate ({probe.detail}): check "
+            "the FAIL lines above; if there are none, the coordinator serves another federation or its "
+            "clock is off",
+        )
+    if probe.outcome == "no-answer":
+        return Check("FAIL", "coordinator", f"TLS: {probe.detail}: is {target} a fedmask coordinator?")
+    return Check("ok", "coordinator", f"TLS handshake accepted both ways ({probe.detail})")
+
+
+def clock_check(peer: x509.Certificate | None, whose: str, now: dt.datetime | None = None) -> Check:
+    """Clock skew, as far as a certificate tells: a clock before the moment ``peer`` was issued
+    is behind. A clock ahead cannot be seen this way (fedmask's peers do not publish their time)."""
+    now = now or _utcnow()
+    if peer is None:
+        return Check(
+            "warn", "clock", f"not checked: {whose} certificate could not be read (this clock reads {_when(now)})"
+        )
+    issued = peer.not_valid_before_utc
+    if now < issued:
+        return Check(
+            "FAIL",
+            "clock",
+            f"this clock reads {_when(now)}, before {whose} certificate was issued "
+            f"({_when(issued)}): it is behind by at least {_days(issued - now)}; set it right (NTP)",
+        )
+    return Check(
+        "ok",
+        "clock",
+        f"not behind ({_when(now)} is after {whose} certificate's issue at {_when(issued)}); "
+        "a clock ahead is not checked: the peers do not publish their time",
+    )
