@@ -169,6 +169,9 @@ def _unverified_peer_certificate(host: str, port: int, server_name: str, timeout
         return None
 
 
+_NOT_OUR_CA = "it is not signed by your federation CA"
+
+
 def _describe_untrusted(
     verify_message: str, peer: x509.Certificate | None, ca_cert: x509.Certificate | None, now: dt.datetime
 ) -> str:
@@ -177,8 +180,7 @@ def _describe_untrusted(
     problem = certificate_problem(peer, now)
     if ca_cert is not None and not issued_by(peer, ca_cert):
         return (
-            f"it is not signed by your federation CA ({_two_cas(peer, ca_cert)}): the coordinator or your "
-            "ca/ca.pem belongs to another federation"
+            f"{_NOT_OUR_CA}: {_two_cas(peer, ca_cert)}; the coordinator or your ca/ca.pem belongs to another federation"
         )
     if problem is not None:
         return f"its certificate {problem} ({verify_message}): the operator must re-issue it"
@@ -487,12 +489,12 @@ def reachability_check(probe: TlsProbe, target: str) -> Check:
             f"listening on {target}, and does the firewall let this machine through?",
         )
     if probe.outcome == "refused-peer":
-        if "not signed by your federation CA" in probe.detail:
+        if probe.detail.startswith(_NOT_OUR_CA):
             return Check(
                 "FAIL",
                 "coordinator",
                 "TLS: the coordinator's certificate is not signed by your federation CA "
-                f"(you refused it): {probe.detail.split(': ', 1)[-1]}",
+                f"(you refused it): {probe.detail.removeprefix(_NOT_OUR_CA + ': ')}",
             )
         return Check("FAIL", "coordinator", f"TLS: you refused the coordinator's certificate: {probe.detail}")
     if probe.outcome == "peer-refused":
