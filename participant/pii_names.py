@@ -80,6 +80,13 @@ _SURNAME_FIRST = re.compile(
     rf"(?<![A-Za-z])(?P<surname>{_WORD}|[A-Z]{{2,}}), (?P<given>{_WORD})(?: [A-Z]\.(?![A-Za-z]))?(?![A-Za-z])"
 )
 
+# Roles on forms: followed by a colon or a dash, the capitalised words after them are a name.
+_ROLE_LABEL = (
+    r"(?i:\b(?:coordinator|consultant|surgeon|physician|anaesthetist|anesthetist|clinician|therapist|physio"
+    r"|pharmacist|midwife|nurse|rn|gp|doctor|registrar|intern|worker|officer|manager|clerk|informant|witness"
+    r"|interpreter|contact|author|practitioner|specialist|keyworker|key worker|advocate|chaplain|dietitian"
+    r"|radiographer|technician|paramedic|student|supervisor|sonographer|examiner|requester))[ \t]*[:\u2013-][ \t]*$"
+)
 _TITLES = ("Mr", "Mrs", "Ms", "Miss", "Mx", "Dr", "Prof", "Professor", "Nurse", "Sister", "Rev", "Doctor", "Madam")
 _TITLE_BEFORE = re.compile(r"(?:\b(?:" + "|".join(_TITLES) + r")\.? +)$")
 # Surnames with a lower-case particle after a title ("Mrs. van der Berg", "Dr de la Cruz").
@@ -94,11 +101,20 @@ _PERSON_CONTEXT_BEFORE = re.compile(
     r"|on behalf of|reviewed by|seen by|referred by|discussed with|spoke (?:to|with)|son|daughter|wife"
     r"|husband|partner|mother|father|mum|mom|dad|brother|sister|carer|guardian|grandson|granddaughter"
     r"|niece|nephew|friend|neighbour|neighbor|named|called|customer|client|caller|applicant|claimant|tenant"
-    r"|policyholder|resident)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+    r"|policyholder|resident|name is|(?:patient|pt) is|known as|goes by|(?:performed|reported|verified|authori[sz]ed"
+    r"|approved|completed|taken|dictated|transcribed|witnessed|accompanied|escorted|requested|ordered|written"
+    r"|prepared|checked) by|handed over to|handover (?:given )?to)\b)[ \t]*[:,(-]?[ \t]*(?:my [a-z]+,? )?$"
+    # or a role written as a form label: "Care coordinator: ", "RN: ", "Physician - "
+    rf"|{_ROLE_LABEL}"
+)
+# After these the next capitalised word is a name even when no gazetteer knows it ("her name is Rosa").
+_STRONG_CONTEXT_BEFORE = re.compile(
+    r"(?i)\b(?:name is|named|called|known as|goes by|i am|i'm|this is)[ \t]*$|(?i:\bname)[ \t]*:[ \t]*$"
 )
 # Words that say a name follows: there "Surname, Given" is a name without the gazetteers.
 _NAME_FIELD_BEFORE = re.compile(
     r"(?i)\b(?:name|full name|surname|account holder|card ?holder|payee|beneficiary)[ \t]*[:.-]?[ \t]*$"
+    rf"|{_ROLE_LABEL}"
 )
 # Relatives: after these, even a given name that is also a word is a name ("son Mark", "wife May").
 _KIN_BEFORE = re.compile(
@@ -155,6 +171,8 @@ def _name_in_segment(text: str, segment: list[re.Match[str]]) -> list[re.Match[s
             # "Patient Will attend", "Dear Customer": one word that may be an ordinary one.
             if words[0] in ambiguous and _KIN_BEFORE.search(before):
                 return segment  # "son Mark"
+            if is_word[0] and _STRONG_CONTEXT_BEFORE.search(before):
+                return segment  # "her name is Rosa", "Name: Okonkwo"
             return segment if words[0] in given - ambiguous or words[0] in family else None
         return segment[:4]
     # No context: start at the first common given name, or at an initial before a common surname.
@@ -219,7 +237,9 @@ _ZH_CONTEXT = "|".join(
     )
 )
 # In a lookahead, so that overlapping context words are all tried ("其妻子孙秀兰": 其妻, then 妻子).
-_ZH_CONTEXT_BEFORE = re.compile(rf"(?=(?P<context>(?:{_ZH_CONTEXT})[:\s]*))")
+# Besides the words above, any form label that ends in 人, 员, 者 or 师 and a colon ("护理人员：",
+# "汇款人：", "检查者：").
+_ZH_CONTEXT_BEFORE = re.compile(rf"(?=(?P<context>(?:{_ZH_CONTEXT})[:\s]*|(?<=[{_CJK}])[人员者师]:\s*))")
 _ZH_TITLES = re.compile(r"先生|女士|小姐|医生|医师|大夫|护士长|护士|主任|教授|老师|阿姨|叔叔|师傅|经理|院长|同志")
 # Before a lone surname and a title, the character before must not make a word with the
 # surname ("责任护士" is not nurse 任): it must be no Chinese character, or one of these.

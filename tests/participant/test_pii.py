@@ -234,6 +234,13 @@ def test_addresses(text: str, expected: str) -> None:
         ("16 rue Victor Hugo, Lyon (French address on file)", "[ADDRESS] (French address on file)"),
         ("Moved to Hauptstraße 5, 10115 Berlin", "Moved to [ADDRESS]"),
         ("lives at Via Roma 12, Milano", "lives at [ADDRESS]"),
+        # roles written as form labels, "name is", and Chinese labels ending in 人/员/者/师
+        ("Care coordinator: Nadia Rahman", "Care coordinator: [NAME]"),
+        ("Physician: Chen, Li", "Physician: [NAME]"),
+        ("Pt states her name is Rosa.", "Pt states her name is [NAME]."),
+        ("Pt is Anna-Maria Kowalczyk, 34.", "Pt is [NAME], 34."),
+        ("护理人员：邓婷", "护理人员：[NAME]"),
+        ("汇款人：齐白石", "汇款人：[NAME]"),
     ],
 )
 def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
@@ -286,6 +293,8 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "Will call patient tomorrow; Mark as urgent. Son to visit on Monday.",
         "Mrs. smith's chart was de-duplicated; Dr. de facto lead.",
         "Patient: Alert, Oriented. Given 5 Avenue Health leaflets; 3 place settings.",
+        "Seen by Dermatology; Discussed with Microbiology. Nurse: see care plan.",
+        "出生：1975年（年份不详）；检查者：见签名栏；经手人签字栏空白。",
     ],
 )
 def test_leaves_look_alikes_alone(text: str) -> None:
