@@ -47,7 +47,7 @@ from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SystemRandom
 
 from .data import LocalData
-from .grpc_client import Connection, Identity, _open_channel, take_part
+from .grpc_client import Connection, Identity, _open_channel, explain_unavailable, take_part
 
 if TYPE_CHECKING:
     from fedmask.adapter.config import TrainingConfig
@@ -150,6 +150,7 @@ class Node:
         attempt = 0
         first_failure: float | None = None
         tolerance = self.connection.outage_tolerance_s
+        hint = ""  # which side refused which TLS certificate, worked out once per outage
         while True:
             channel = _open_channel(self.connection)
             try:
@@ -159,14 +160,18 @@ class Node:
                     raise NodeError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
                 attempt += 1
                 now = self.clock()
-                first_failure = now if first_failure is None else first_failure
+                if first_failure is None:
+                    first_failure = now
+                    if self.connection.credentials is not None:
+                        explained = explain_unavailable(self.connection, exc.details())
+                        hint = f" ({explained})" if explained else ""
                 if now - first_failure >= tolerance:
                     raise NodeError(
                         f"coordinator unreachable for {what} for {now - first_failure:.0f} s "
-                        f"(outage tolerance {tolerance:g} s): {exc.details()}"
+                        f"(outage tolerance {tolerance:g} s): {exc.details()}{hint}"
                     ) from None
                 delay = self.connection.backoff_s(min(attempt, 6), self._jitter)
-                self.progress(f"coordinator unreachable ({exc.code().name}); retrying in {delay:.1f} s")
+                self.progress(f"coordinator unreachable ({exc.code().name}){hint}; retrying in {delay:.1f} s")
                 self.sleep(delay)
             finally:
                 channel.close()

@@ -4,6 +4,7 @@ which certificate, and ``pki show`` exits non-zero on a certificate that is not 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import socket
@@ -161,3 +162,23 @@ def test_pki_show_exits_non_zero_on_an_expired_certificate(federations):
     assert expired.exit_code == 1
     assert "EXPIRED" in expired.output
     assert "Error: not valid now: participant alice" in expired.output
+
+
+def test_a_node_says_which_side_refused_while_it_retries_and_when_it_gives_up(federations, coordinator, tmp_path):
+    from fedmask.participant.data import LocalData
+    from fedmask.participant.node import Node, NodeError
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    setup = setup_connection(federations["other"], "alice", f"127.0.0.1:{coordinator.server.port}")
+    connection = dataclasses.replace(setup.connection, outage_tolerance_s=5.0, max_backoff_s=1.0)
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    logs: list[str] = []
+    node = Node(connection, Identity("alice"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=logs.append)
+    with pytest.raises(NodeError) as gave_up:
+        node.get_task()
+    assert "this participant refused the coordinator's TLS certificate" in str(gave_up.value)
+    assert "this participant refused the coordinator's TLS certificate" in logs[0]
