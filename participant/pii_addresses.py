@@ -45,6 +45,10 @@ _STREET = (
     r"(?: (?:NW|NE|SW|SE|N|S|E|W)(?![A-Za-z]))?"
 )
 _PO_BOX = r"P\.? ?O\.? Box \d{1,6}"
+# "4 The Paddocks, Thornbury, Bristol BS35 1AA": a street without a suffix, only with a postcode.
+_THE_STREET = (
+    rf"{_HOUSE_NUMBER},? The (?:[A-Z][a-z]+ )?[A-Z][a-z]+(?=(?:, {_PLACE}){{1,2}},? {_UK_POSTCODE}(?![A-Za-z0-9]))"
+)
 # Continental streets: "16 rue Victor Hugo", "15 rue de la Paix", "Via Roma 12", "Hauptstraße 5".
 # Avenue, place and boulevard only in lower case, as French writes them ("5 Avenue Health" is no street).
 _LOWER_EU = "a-zà-öø-ÿß"
@@ -57,7 +61,7 @@ _CONTINENTAL = (
     rf"|[A-Z][{_LOWER_EU}]+(?:straße|strasse|weg|gasse|platz|allee|ring|damm) \d{{1,4}}[a-z]?"
 )
 _ADDRESS_EN = re.compile(
-    rf"(?<![A-Za-z0-9])(?:{_STREET}|{_PO_BOX}|{_CONTINENTAL})"
+    rf"(?<![A-Za-z0-9])(?:{_STREET}|{_PO_BOX}|{_THE_STREET}|{_CONTINENTAL})"
     rf"(?:,? {_UNIT})?(?:, (?:\d{{4,5}} )?{_PLACE}){{0,2}}"  # "Hauptstraße 5, 10115 Berlin"
     rf"(?:,? (?:{_US_STATE_ZIP}|{_AU_STATE_POSTCODE}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
 )

@@ -190,7 +190,22 @@ def _name_in_segment(text: str, segment: list[re.Match[str]]) -> list[re.Match[s
     return None
 
 
+# "spoke with john smith": lower case, taken only after a context word and when both words are in
+# the gazetteers.
+_LOWER_PAIR = re.compile(r"(?<![A-Za-z])(?P<given>[a-z]{2,}) (?P<family>[a-z]{2,})(?![A-Za-z])")
+
+
+def _lower_case_names(text: str) -> Iterator[Candidate]:
+    given, ambiguous, family = first_names(), ambiguous_first_names(), surnames()
+    for match in _LOWER_PAIR.finditer(text):
+        first, last = match["given"].title(), match["family"].title()
+        if first in given and first not in ambiguous and last in family:
+            if _PERSON_CONTEXT_BEFORE.search(text, max(0, match.start() - 40), match.start()):
+                yield Candidate(match.start(), match.end(), "name", RANK_NAME)
+
+
 def find_english_names(text: str) -> Iterator[Candidate]:
+    yield from _lower_case_names(text)
     for run in _CAPITALISED_RUN.finditer(text):
         for segment in _segments(text, run):
             name = _name_in_segment(text, segment)

@@ -263,7 +263,7 @@ _DATE = (
 # "first-born" and "newborn" are no context; "[DOB]", a placeholder, is none either.
 _DOB_BEFORE = re.compile(
     r"(?i)(?:(?<!\[)\bD\.?O\.?B\b\.?|\bdate of birth\b|\bbirth ?date\b|\bbirthday\b|(?<![A-Za-z-])born\b(?: on)?"
-    r"|\bb\.(?= ?\d)|出生日期|出生年月日?|出生时间|出生于|出生|生日|生于)(?: in)?"
+    r"|\bb\.(?= ?\d)|出生日期|出生年月日?|出生时间|出生于|出生|生日|生于)(?: in)?,?"  # "DOB, 12/03/1984"
     r"(?P<gap>[^0-9\n.;。；!?,]{0,20}?)"
     r"(?P<date>" + _DATE + r")",
 )

@@ -241,6 +241,10 @@ def test_addresses(text: str, expected: str) -> None:
         ("Pt is Anna-Maria Kowalczyk, 34.", "Pt is [NAME], 34."),
         ("护理人员：邓婷", "护理人员：[NAME]"),
         ("汇款人：齐白石", "汇款人：[NAME]"),
+        # limits lifted: a comma after the birth word, names in lower case, "The ..." streets
+        ("DOB, 12/03/1984", "DOB, [DOB]"),
+        ("spoke with john smith on the ward", "spoke with [NAME] on the ward"),
+        ("Home: 4 The Paddocks, Thornbury, Bristol BS35 1AA", "Home: [ADDRESS]"),
     ],
 )
 def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
@@ -294,6 +298,7 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "Mrs. smith's chart was de-duplicated; Dr. de facto lead.",
         "Patient: Alert, Oriented. Given 5 Avenue Health leaflets; 3 place settings.",
         "Seen by Dermatology; Discussed with Microbiology. Nurse: see care plan.",
+        "Born, raised and schooled in Leeds; spoke with the team about 3 The Lancet papers.",
         "出生：1975年（年份不详）；检查者：见签名栏；经手人签字栏空白。",
     ],
 )
