@@ -266,7 +266,7 @@ PAGE_HTML = """<!doctype html>
   <h2>Rounds</h2>
   <table id="rounds">
     <thead><tr><th>round</th><th>state</th><th>attempts</th><th>survivors</th><th>dropped</th>
-    <th>held-out accuracy</th><th>wall</th></tr></thead>
+    <th>held-out accuracy at start</th><th>wall</th></tr></thead>
     <tbody></tbody>
   </table>
 </section>
@@ -303,6 +303,7 @@ header { display: flex; justify-content: space-between; align-items: baseline; f
 section > h2 { margin-top: 18px; }
 table { width: 100%; border-collapse: collapse; background: var(--card); border: 1px solid var(--line); }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+td.text { overflow-wrap: anywhere; }
 th { font-weight: 600; color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .03em; }
 td.num, td.eps { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .state-committed { color: var(--ok); font-weight: 600; } .state-failed { color: var(--bad); font-weight: 600; }
@@ -368,7 +369,7 @@ PAGE_JS = (
     const state = coordinator.running ? coordinator.state : (coordinator.state || "not running");
     badge.textContent = state;
     badge.className = "badge " + String(state).replace(/[^a-z]/g, "");
-    setText("coordinator-summary", coordinator.summary);
+    setText("coordinator-summary", String(coordinator.summary || "").replace(/^running, /, ""));
     const stop = $("stop-request");
     if (coordinator.running && coordinator.stop_request) {
       const request = coordinator.stop_request;
@@ -425,9 +426,9 @@ PAGE_JS = (
       bar.title = "epsilon " + fixed(p.epsilon, 3) + " of " + fixed(budget, 2);
       const label = el("span", "bar-label", fixed(p.epsilon, 3) + " / " + fixed(budget, 2) +
         (p.epsilon_round ? " (round " + p.epsilon_round + ")" : ""));
-      const row = el("tr", "", el("td", "", p.name), el("td", "", p.organisation),
+      const row = el("tr", "", el("td", "", p.name), el("td", "text", p.organisation),
         el("td", "", p.online ? "yes" : "no"), el("td", "num", ago(p.last_seen_ago_s)),
-        el("td", "eps", bar, label), el("td", "", standing));
+        el("td", "eps", bar, label), el("td", "text", standing));
       row.dataset.participant = p.name;
       return row;
     });
@@ -450,7 +451,7 @@ PAGE_JS = (
       const accuracy = accuracyOf(entries.get(r.round));
       const row = el("tr", "", el("td", "num", r.round), el("td", "state-" + r.state, state),
         el("td", "num", r.attempts), el("td", "", names(r.survivors)),
-        el("td", "", dropped.length ? String(dropped.length) : "0", reasons),
+        el("td", "text", dropped.length ? String(dropped.length) : "0", reasons),
         el("td", "num", accuracy === null ? "-" : (100 * accuracy).toFixed(1) + " %"),
         el("td", "num", duration(r.wall_s)));
       row.dataset.round = String(r.round);
@@ -494,6 +495,7 @@ PAGE_JS = (
     for (const [round, value] of points) {
       chart.appendChild(svg("circle", { class: "dot", cx: x(round).toFixed(1), cy: y(value).toFixed(1), r: 3 }));
       chart.appendChild(svg("text", { x: x(round) - 6, y: bottom + 12 }, "r" + round));
+      chart.appendChild(svg("text", { x: x(round) + 5, y: y(value) - 5 }, (100 * value).toFixed(1) + "%"));
     }
   }
 
