@@ -300,8 +300,8 @@ def _ends_cleanly(text: str, position: int) -> bool:
 
 def _name_after_context(text: str, position: int) -> tuple[int, int] | None:
     surname = _surname_at(text, position)
-    if not surname:
-        return None
+    if not surname or any(text.startswith(word, position) for word in gazetteer("zh", "clinical_words")):
+        return None  # 医师查房, 患者查体
     given = _given_name_length(text, position + surname)
     if given == 0:
         return None

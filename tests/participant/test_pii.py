@@ -300,6 +300,7 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "Seen by Dermatology; Discussed with Microbiology. Nurse: see care plan.",
         "Born, raised and schooled in Leeds; spoke with the team about 3 The Lancet papers.",
         "出生：1975年（年份不详）；检查者：见签名栏；经手人签字栏空白。",
+        "上级医师查房后指示继续治疗；主任医师查房意见：同意出院；护士查看伤口。",
     ],
 )
 def test_leaves_look_alikes_alone(text: str) -> None:
