@@ -604,5 +604,9 @@ def test_a_participant_gone_after_joining_is_not_waited_for(round_harness):
 def test_a_participant_that_left_may_rejoin_before_the_start(round_harness):
     harness = round_harness(join_timeout_s=600.0)
     _join_then_die(harness)
-    harness.start_honest(ALL)  # mallory's restarted process joins again with fresh keys
+    # mallory's restarted process joins again with fresh keys. It goes first: were the others in
+    # before it, the round would rightly start without it (threshold in, everyone else gone).
+    harness.start_honest((MALLORY,))
+    _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "joined")
+    harness.start_honest(HONEST)
     assert_exact(harness.outcome(timeout_s=60.0), ALL)
