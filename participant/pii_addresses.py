@@ -35,6 +35,7 @@ _UNIT = r"(?:Flat|Apt|Apartment|Unit|Suite|Ste)\.? ?[0-9][0-9A-Za-z]{0,4}"
 _UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})"
 _US_STATE_ZIP = r"(?:[A-Z]{2} \d{5}(?:-\d{4})?)"
 _AU_STATE_POSTCODE = r"(?:(?:NSW|VIC|QLD|SA|WA|TAS|ACT|NT) \d{4})"
+_CA_PROVINCE_POSTCODE = r"(?:(?:AB|BC|MB|NB|NL|NS|NT|NU|ON|PE|QC|SK|YT),? [A-Z]\d[A-Z] ?\d[A-Z]\d)"
 _PLACE = r"(?:[A-Z][a-z]+(?: [A-Z][a-z]+){0,2})"
 # A named building between the flat and the street ("Flat 12, Orchard Court, 5 High Street").
 _BUILDING = r"(?:[A-Z][a-z]+ ){1,2}(?:House|Court|Lodge|Mansions|Tower|Apartments|Cottages?|Hall|Buildings?|Block)"
@@ -49,21 +50,24 @@ _PO_BOX = r"P\.? ?O\.? Box \d{1,6}"
 _THE_STREET = (
     rf"{_HOUSE_NUMBER},? The (?:[A-Z][a-z]+ )?[A-Z][a-z]+(?=(?:, {_PLACE}){{1,2}},? {_UK_POSTCODE}(?![A-Za-z0-9]))"
 )
-# Continental streets: "16 rue Victor Hugo", "15 rue de la Paix", "Via Roma 12", "Hauptstraße 5".
+# Continental streets: "16 rue Victor Hugo", "15 rue de la Paix", "Via Roma 12", "Hauptstraße 5",
+# "Laan van Meerdervoort 12", "Kalverstraat 92".
 # Avenue, place and boulevard only in lower case, as French writes them ("5 Avenue Health" is no street).
 _LOWER_EU = "a-zà-öø-ÿß"
 _PARTICLES = r"(?:de|la|du|des|d'|del|della|di|do|da|von|van)"
 _EU_WORD = rf"[A-ZÀ-ÖØ-Þ][{_LOWER_EU}]+(?:-[A-ZÀ-ÖØ-Þ][{_LOWER_EU}]+)*"
+_STREET_ENDING = "(?:straße|strasse|weg|gasse|platz|allee|damm|straat|laan|plein|gracht|kade|gatan|vägen)"
 _CONTINENTAL = (
     rf"{_HOUSE_NUMBER},? (?:[Rr]ue|avenue|boulevard|[Aa]llée|[Cc]hemin|quai|[Ii]mpasse|place)"
     rf"(?: (?:{_PARTICLES}|{_EU_WORD})){{0,4}} {_EU_WORD}"
-    rf"|(?:Via|Viale|Calle|Avenida|Rua|Piazza|Corso) (?:{_PARTICLES} )?{_EU_WORD}(?: {_EU_WORD})?,? \d{{1,4}}"
-    rf"|[A-Z][{_LOWER_EU}]+(?:straße|strasse|weg|gasse|platz|allee|ring|damm) \d{{1,4}}[a-z]?"
+    rf"|(?:Via|Viale|Calle|Avenida|Rua|Piazza|Corso|Laan|Plein) (?:{_PARTICLES} )?{_EU_WORD}(?: {_EU_WORD})?"
+    r",? \d{1,4}"
+    rf"|[A-Z][{_LOWER_EU}]+{_STREET_ENDING} \d{{1,4}}[a-z]?(?! ?(?:mg|g|kg|ml|mL|mmol|units?|%|cm|mm|km)\b)"
 )
 _ADDRESS_EN = re.compile(
     rf"(?<![A-Za-z0-9])(?:{_STREET}|{_PO_BOX}|{_THE_STREET}|{_CONTINENTAL})"
     rf"(?:,? {_UNIT})?(?:, (?:\d{{4,5}} )?{_PLACE}){{0,2}}"  # "Hauptstraße 5, 10115 Berlin"
-    rf"(?:,? (?:{_US_STATE_ZIP}|{_AU_STATE_POSTCODE}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
+    rf"(?:,? (?:{_US_STATE_ZIP}|{_AU_STATE_POSTCODE}|{_CA_PROVINCE_POSTCODE}|{_UK_POSTCODE}))?(?![A-Za-z0-9])"
 )
 _POSTCODE_ALONE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2}(?![A-Za-z0-9])")
 

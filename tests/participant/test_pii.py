@@ -245,6 +245,10 @@ def test_addresses(text: str, expected: str) -> None:
         ("DOB, 12/03/1984", "DOB, [DOB]"),
         ("spoke with john smith on the ward", "spoke with [NAME] on the ward"),
         ("Home: 4 The Paddocks, Thornbury, Bristol BS35 1AA", "Home: [ADDRESS]"),
+        # Canadian provinces and postal codes, Dutch and Scandinavian streets
+        ("Last known address 56 Hillcrest Ave, Toronto, ON M4X 1V3", "Last known address [ADDRESS]"),
+        ("Now living at Laan van Meerdervoort 12, Den Haag.", "Now living at [ADDRESS]."),
+        ("Drottninggatan 5, Stockholm", "[ADDRESS]"),
     ],
 )
 def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
@@ -301,6 +305,7 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "Born, raised and schooled in Leeds; spoke with the team about 3 The Lancet papers.",
         "出生：1975年（年份不详）；检查者：见签名栏；经手人签字栏空白。",
         "上级医师查房后指示继续治疗；主任医师查房意见：同意出院；护士查看伤口。",
+        "Eisenring 2 mg daily; Spring 2024 review; Fire Brigade 2 attended.",
     ],
 )
 def test_leaves_look_alikes_alone(text: str) -> None:
