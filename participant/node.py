@@ -61,6 +61,7 @@ Progress = Callable[[str], None]
 TrainAdapter = Callable[..., "TrainingResult"]
 _Result = TypeVar("_Result")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+UNREACHABLE_REPORT_S = 30.0  # while the coordinator is unreachable, a line this often
 
 
 class NodeError(RuntimeError):
@@ -151,10 +152,14 @@ class Node:
         first_failure: float | None = None
         tolerance = self.connection.outage_tolerance_s
         hint = ""  # which side refused which TLS certificate, worked out once per outage
+        reports = 0  # lines said about this outage
         while True:
             channel = _open_channel(self.connection)
             try:
-                return function(fl_grpc.FederationStub(channel))
+                result = function(fl_grpc.FederationStub(channel))
+                if reports and first_failure is not None:
+                    self.progress(f"coordinator reachable again after {self.clock() - first_failure:.0f} s")
+                return result
             except grpc.RpcError as exc:
                 if exc.code() not in _RETRYABLE:
                     raise NodeError(f"{what} refused: {exc.code().name}: {exc.details()}") from None
@@ -171,7 +176,15 @@ class Node:
                         f"(outage tolerance {tolerance:g} s): {exc.details()}{hint}"
                     ) from None
                 delay = self.connection.backoff_s(min(attempt, 6), self._jitter)
-                self.progress(f"coordinator unreachable ({exc.code().name}){hint}; retrying in {delay:.1f} s")
+                # One line when the outage starts, then one every UNREACHABLE_REPORT_S: a coordinator
+                # that is still starting is not worth a line per retry.
+                if now >= first_failure + UNREACHABLE_REPORT_S * reports:
+                    waited = f" for {now - first_failure:.0f} s" if reports else ""
+                    self.progress(
+                        f"coordinator unreachable{waited} ({exc.code().name}){hint}; retrying "
+                        f"(giving up after {tolerance:g} s)"
+                    )
+                    reports += 1
                 self.sleep(delay)
             finally:
                 channel.close()

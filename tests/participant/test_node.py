@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import grpc
 import numpy as np
 import pytest
 
@@ -254,6 +255,50 @@ def test_a_node_rides_out_an_outage_up_to_its_tolerance_then_says_so(tmp_path):
     with pytest.raises(NodeError, match=r"unreachable for GetTask for \d+ s \(outage tolerance 60 s\)"):
         node.get_task()
     assert 60.0 <= sum(slept) < 60.0 + 8.0  # retried for the whole tolerance, and no longer
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection refused"
+
+
+def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_path):
+    now = [0.0]
+    lines: list[str] = []
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    def unavailable_until(seconds: float):
+        def call(stub):
+            if now[0] < seconds:
+                raise _Unavailable()
+            return "task"
+
+        return call
+
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    connection = Connection("127.0.0.1:1", None, outage_tolerance_s=100.0, max_backoff_s=8.0)
+    node = Node(
+        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
+    )
+    assert node._call("GetTask", unavailable_until(75.0)) == "task"
+    # Lines at the start of the outage and after 30 and 60 s (not one per retry), then the end of it.
+    assert len(slept) > 10
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("coordinator unreachable (UNAVAILABLE)") and "giving up after 100 s" in lines[0]
+    assert lines[1].startswith("coordinator unreachable for 3") and lines[2].startswith("coordinator unreachable for 6")
+    waited = lines[3].removeprefix("coordinator reachable again after ").removesuffix(" s")
+    assert 75 <= int(waited) < 75 + 8  # at the first retry after the outage ended (backoff at most 8 s)
+
+    lines.clear()
+    assert node._call("GetTask", unavailable_until(0.0)) == "task"
+    assert lines == []  # nothing to say when nothing failed
 
 
 def test_transfer_deadlines_grow_with_the_payload():
