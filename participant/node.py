@@ -62,6 +62,7 @@ TrainAdapter = Callable[..., "TrainingResult"]
 _Result = TypeVar("_Result")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 UNREACHABLE_REPORT_S = 30.0  # while the coordinator is unreachable, a line this often
+TRAINING_REPORT_S = 5.0  # while training, a progress line this often
 
 
 class NodeError(RuntimeError):
@@ -342,6 +343,20 @@ class Node:
         self.progress(f"round {task.round}: joined before a restart, update never sent; trying to rejoin")
         return False
 
+    def _training_progress(self, round_number: int) -> Callable[[int, int, float], None]:
+        """A DP-SGD step callback that says how far training is, at most every TRAINING_REPORT_S.
+        The loss is not printed: it is a figure of the records, and this line may reach a log
+        the coordinator's operator reads."""
+        last = [self.clock()]
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            now = self.clock()
+            if now - last[0] >= TRAINING_REPORT_S and step < total:
+                last[0] = now
+                self.progress(f"round {round_number}: DP-SGD step {step}/{total}")
+
+        return on_step
+
     def _train_and_upload(self, task: fl.Task, train_adapter: TrainAdapter) -> None:
         payload = self.download(task)
         config, trainer = self._training(task)
@@ -362,7 +377,12 @@ class Node:
         release_tag = task.round_id.hex()
         with ledger.pending_release(release_tag):
             result = train_adapter(
-                config, self.data, global_adapter_state=payload.vector, ledger=ledger, trainer=trainer
+                config,
+                self.data,
+                global_adapter_state=payload.vector,
+                ledger=ledger,
+                trainer=trainer,
+                on_step=self._training_progress(task.round),
             )
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
         if noise_plan is None:

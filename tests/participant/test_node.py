@@ -155,10 +155,12 @@ def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None) -> tup
 
 
 def _train(*, crash: bool = False):
-    def train_adapter(config, data, *, global_adapter_state, ledger, trainer):
+    def train_adapter(config, data, *, global_adapter_state, ledger, trainer, on_step):
         ledger.charge(noise_multiplier=1.1, sample_rate=0.05, steps=STEPS, note="local training")
         if crash:
             raise _Crash
+        for step in range(1, STEPS + 1):
+            on_step(step, STEPS, 0.5)
         return SimpleNamespace(vector=global_adapter_state + np.float32(0.01))
 
     return train_adapter
@@ -255,6 +257,22 @@ def test_a_node_rides_out_an_outage_up_to_its_tolerance_then_says_so(tmp_path):
     with pytest.raises(NodeError, match=r"unreachable for GetTask for \d+ s \(outage tolerance 60 s\)"):
         node.get_task()
     assert 60.0 <= sum(slept) < 60.0 + 8.0  # retried for the whole tolerance, and no longer
+
+
+def test_training_says_how_far_it_is_every_few_seconds_without_the_loss(tmp_path):
+    now = [0.0]
+    lines: list[str] = []
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    node = Node(
+        Connection("127.0.0.1:1", None), Identity("bank"), data, tmp_path, clock=lambda: now[0], progress=lines.append
+    )
+    on_step = node._training_progress(3)
+    for step in range(1, 101):
+        now[0] += 0.3  # 30 s of training, a step every 0.3 s
+        on_step(step, 100, 0.6931)
+    assert 5 <= len(lines) <= 6, lines  # every 5 s, not every step
+    assert lines[0] == "round 3: DP-SGD step 17/100"
+    assert not any("0.69" in line for line in lines)  # the loss is a figure of the records: not printed
 
 
 class _Unavailable(grpc.RpcError):
