@@ -50,6 +50,18 @@ def _part_of_longer_number(text: str, start: int, end: int) -> bool:
     return bool(_DIGIT_AFTER.match(text, end) or _DIGIT_BEFORE.search(text, max(0, start - 2), start))
 
 
+# Words that say the number after them is a document's, not a person's: no phone or shape-only
+# ID right after them ("Order number 445-221-9988", "结算单号440106202403150001").
+_NOT_PERSONAL_NUMBER_BEFORE = re.compile(
+    r"(?i)(?:\b(?:order|invoice|batch|lot|tracking|transaction|receipt|ticket|serial|specimen|accession"
+    r"|confirmation)\b(?: ?(?:number|no\.?|#|id))?|订单号?|发票号码?|单号|流水号|批号|标本号|检查号|条码)[ \t:#.=]*$"
+)
+
+
+def _document_number(text: str, start: int) -> bool:
+    return _NOT_PERSONAL_NUMBER_BEFORE.search(text, max(0, start - 30), start) is not None
+
+
 def _context_before(text: str, start: int, pattern: re.Pattern[str], window: int = 24) -> bool:
     """True when ``pattern`` matches in the ``window`` characters before ``start``."""
     return pattern.search(text, max(0, start - window), start) is not None
@@ -147,7 +159,7 @@ _NHS_WITH_CONTEXT = re.compile(
     r"(?i)\bNHS(?: number| no\.?| #)?\s*(?:is|:|#)?\s*(?P<value>\d{3}[ -]?\d{3}[ -]?\d{4})(?![0-9])"
 )
 _PASSPORT_WITH_CONTEXT = re.compile(
-    r"(?i)(?:\bpassport(?: number| no\.?| #)?|护照(?:号码|号)?)\s*(?:is|为|是|:|#)?\s*"
+    r"(?i)(?:\bpassport(?: number| no\.?| #)?|护照(?:号码|号)?|通行证(?:号码|号)?)\s*(?:is|为|是|:|#)?\s*"
     r"(?P<value>[A-Z]{0,2}\d{6,9})" + _NOT_ALNUM_AFTER
 )
 _NINO_WITH_CONTEXT = re.compile(
@@ -167,7 +179,7 @@ def find_national_ids(text: str) -> Iterator[Candidate]:
     # part is no date is an ID only when the text says so ("身份证", "ID").
     for match in _CN_ID_18.finditer(text):
         dated = plausible_birth_date(int(match["year"]), int(match["month"]), int(match["day"]))
-        if dated or _context_before(text, match.start(), _ID_CONTEXT):
+        if _context_before(text, match.start(), _ID_CONTEXT) or (dated and not _document_number(text, match.start())):
             yield Candidate(match.start(), match.end(), "national_id", RANK_CN_ID)
     for match in _CN_ID_15.finditer(text):
         dated = plausible_birth_date(1900 + int(match["year"]), int(match["month"]), int(match["day"]))
@@ -226,6 +238,8 @@ def find_phones(text: str) -> Iterator[Candidate]:
                 continue
             # "+44 ..." may follow a digit ("ext 2 +44 ..."); a national number may not.
             if _DIGIT_AFTER.match(text, end) if international else _part_of_longer_number(text, start, end):
+                continue
+            if not international and _document_number(text, start):
                 continue
             yield Candidate(start, end, "phone", RANK_PHONE)
     for match in _LOCAL_PHONE.finditer(text):

@@ -249,6 +249,8 @@ def test_addresses(text: str, expected: str) -> None:
         ("Last known address 56 Hillcrest Ave, Toronto, ON M4X 1V3", "Last known address [ADDRESS]"),
         ("Now living at Laan van Meerdervoort 12, Den Haag.", "Now living at [ADDRESS]."),
         ("Drottninggatan 5, Stockholm", "[ADDRESS]"),
+        # travel permits (港澳通行证) like passports
+        ("港澳通行证号C12345678", "港澳通行证号[NATIONAL_ID]"),
     ],
 )
 def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
@@ -306,6 +308,9 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "出生：1975年（年份不详）；检查者：见签名栏；经手人签字栏空白。",
         "上级医师查房后指示继续治疗；主任医师查房意见：同意出院；护士查看伤口。",
         "Eisenring 2 mg daily; Spring 2024 review; Fire Brigade 2 attended.",
+        # A document's number has a phone's or an ID's shape: the word before it says what it is.
+        "Order number 445-221-9988 shipped to pharmacy.",
+        "医保结算单号440106202403150001，订单号13912345678。",
     ],
 )
 def test_leaves_look_alikes_alone(text: str) -> None:
