@@ -59,9 +59,11 @@ class DashboardError(Exception):
     """The dashboard cannot listen as asked (the message says why, in one line)."""
 
 
-def is_loopback(host: str) -> bool:
+def is_loopback(host: str, *, resolve: bool = True) -> bool:
     """``host`` (a name or an address) only reaches this machine: ``localhost``, 127.0.0.0/8,
-    ``::1``. A name other than ``localhost`` counts when every address it resolves to does."""
+    ``::1``. With ``resolve``, a name other than ``localhost`` counts when every address it
+    resolves to does (for an address to listen on; never for a Host header, whose name a
+    rebinding attacker points at 127.0.0.1)."""
     name = host.strip().strip("[]")
     if not name:
         return False  # "" listens on every interface
@@ -71,6 +73,8 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         pass
+    if not resolve:
+        return False
     try:
         infos = socket.getaddrinfo(name, None)
     except OSError:
@@ -135,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", b"read-only: GET and HEAD only\n", True)
 
     def _answer(self, body: bool) -> None:
-        if not self.server.public and not is_loopback(_host_of(self.headers.get("Host", ""))):
+        if not self.server.public and not is_loopback(_host_of(self.headers.get("Host", "")), resolve=False):
             # A page elsewhere that rebinds its name to 127.0.0.1 must not read the dashboard.
             self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain; charset=utf-8", b"loopback only\n", body)
             return

@@ -204,8 +204,14 @@ def test_every_response_carries_the_security_headers(dashboard, path):
     assert headers["cache-control"] == "no-store"
 
 
-def test_a_foreign_host_header_is_refused_on_loopback(dashboard):
-    """A page whose name was rebound to 127.0.0.1 sends its own Host: it gets nothing."""
+def test_a_foreign_host_header_is_refused_on_loopback(dashboard, monkeypatch):
+    """A page whose name was rebound to 127.0.0.1 sends its own Host: it gets nothing, though
+    the name resolves to loopback now (the Host header is never resolved)."""
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real("127.0.0.1", *args, **kwargs))
+    assert is_loopback("evil.example") and not is_loopback("evil.example", resolve=False)
     assert request(dashboard, "GET", "/api/status.json", host="evil.example:8080")[0] == 421
     assert request(dashboard, "GET", "/", host=f"localhost:{dashboard.port}")[0] == 200
     assert request(dashboard, "GET", "/", host=f"[::1]:{dashboard.port}")[0] == 200
