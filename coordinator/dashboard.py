@@ -126,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(header, value)
         super().end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
