@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmask.adapter.config import ConfigError, TrainingConfig
-from fedmask.adapter.model import _is_head_parameter, build_adapter_model
+from fedmask.adapter.config import STEP_NOISE, ConfigError, TrainingConfig, noise_calibrated_learning_rate
+from fedmask.adapter.model import ClassificationHead, _is_head_parameter, build_adapter_model, classification_head
 from fedmask.adapter.scores import DEFAULT_RESAMPLES, DEFAULT_SEED, causal_lm_scores, classification_scores
 from fedmask.adapter.vector import (
     VectorSpec,
@@ -30,6 +32,8 @@ from fedmask.adapter.vector import (
 )
 from fedmask.participant.data import Record
 from fedmask.participant.ledger import PrivacyLedger, PrivacyPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class LocalTrainingResult:
     empty_batches: int  # Poisson batches with no records (noise-only steps)
     mean_loss: float  # mean training loss over the non-empty batches of this call
     seconds: float
+    probe_steps: int = 0  # of ``steps``, how many trained the head alone on pooled features
+    learning_rates: dict[str, float] = field(default_factory=dict)  # the rates that ran: "head", "adapter"
+    final_loss: float = float("nan")  # mean batch loss over the last quarter of the steps
+    diverged: str = ""  # one line saying how training diverged; "" when it did not
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class _Private:
     clipping: str  # the grad-sample mode that runs: "ew", "hooks" or "ghost"
     sampling_generator: torch.Generator
     noise_generator: torch.Generator
+    encoded: _Encoded | None = None  # the training records, for the head's probe steps
 
 
 @dataclass
@@ -182,13 +191,170 @@ def per_sequence_loss(task: str, logits: torch.Tensor, batch: tuple[torch.Tensor
     return token_loss.sum(dim=1) / valid
 
 
+# --------------------------------------------------------------------------- probe and guards
+
+
+class FeatureCache:
+    """Pooled features of records under one encoder state, shared by trainers of one process.
+
+    The head's probe steps need every training record's pooled features under the encoder as the
+    round starts. While the encoder is unchanged (the initial adapter: LoRA-B at zero, BiTFiT's
+    biases as loaded) they are the same for every trainer of the same base model, so the demo's
+    comparison runs compute each record's features once. Keys: the encoder state (model, sequence
+    length and the adapter's encoder tensors, hashed) and the record's text. Only the features
+    of the ``max_states`` encoder states used last are kept: a participant's encoder changes
+    every round, and features of past rounds are never read again.
+    """
+
+    def __init__(self, max_states: int = 2) -> None:
+        if max_states < 1:
+            raise ValueError(f"max_states must be >= 1, got {max_states}")
+        self.max_states = max_states
+        self._features: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(by_text) for by_text in self._features.values())
+
+    def get(self, encoder_state: str, text: str) -> torch.Tensor | None:
+        by_text = self._features.get(encoder_state)
+        return None if by_text is None else by_text.get(text)
+
+    def put(self, encoder_state: str, text: str, features: torch.Tensor) -> None:
+        by_text = self._features.pop(encoder_state, {})
+        by_text[text] = features
+        self._features[encoder_state] = by_text  # the most recently used state last
+        while len(self._features) > self.max_states:
+            del self._features[next(iter(self._features))]
+
+
+def loss_divergence(losses: Sequence[float]) -> str:
+    """Why a run of per-step losses diverged, in a few words; "" when it did not.
+
+    Diverged: a non-finite loss, or a last quarter whose mean is both twice the first quarter's
+    and a nat above it (cross-entropy of a run that learns falls or stays level; DP noise moves a
+    quarter's mean by far less than that).
+    """
+    values = [value for value in losses if not math.isnan(value)]
+    if any(not math.isfinite(value) for value in values):
+        return "the loss became infinite"
+    if len(values) < 4:
+        return ""
+    window = max(1, len(values) // 4)
+    first, last = float(np.mean(values[:window])), float(np.mean(values[-window:]))
+    if last > max(2.0 * first, first + 1.0):
+        return f"the loss rose from {first:.3g} (first {window} steps) to {last:.3g} (last {window})"
+    return ""
+
+
+def _final_loss(losses: Sequence[float]) -> float:
+    values = [value for value in losses if not math.isnan(value)]
+    if not values:
+        return float("nan")
+    return float(np.mean(values[-max(1, len(values) // 4) :]))
+
+
+@dataclass
+class _ProbeRun:
+    """The head's probe steps of one round: the batch losses (NaN for empty batches), the empty
+    batches, and the step at which parameters stopped being finite (-1: never)."""
+
+    losses: list[float]
+    empty: int
+    nonfinite_at: int
+
+
+def linear_probe(
+    head: nn.Linear,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    sample_rate: float,
+    learning_rate: float,
+    momentum: float,
+    noise_multiplier: float | None,
+    max_grad_norm: float,
+    sampling: torch.Generator,
+    noise: torch.Generator,
+    on_step: Callable[[int, float], None] | None = None,
+) -> _ProbeRun:
+    """Train ``head`` on fixed ``features`` with DP-SGD, exactly as Opacus would on the head alone.
+
+    Each step: Poisson sampling at ``sample_rate`` (``torch.rand(n) < q``, as Opacus's sampler),
+    per-record gradients of the cross-entropy (for a linear layer: the error times the input,
+    computed in closed form), each clipped to ``max_grad_norm`` (weight and bias together),
+    summed, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added, divided by the
+    expected batch size, then SGD with momentum. ``noise_multiplier`` ``None``: no clipping and no
+    noise (the non-private reference). The head ends at the mean of its iterates over the second
+    half of the steps: averaging is post-processing, and cuts the noise a final iterate carries.
+    """
+    count = int(features.shape[0])
+    expected_batch = max(count * sample_rate, 1e-12)
+    weight, bias = head.weight, head.bias
+    velocity_w, velocity_b = torch.zeros_like(weight), torch.zeros_like(bias)
+    sum_w, sum_b, averaged = torch.zeros_like(weight), torch.zeros_like(bias), 0
+    onehot = F.one_hot(labels, num_classes=weight.shape[0]).to(features.dtype)
+    input_norms = features.pow(2).sum(dim=1).add(1.0).sqrt()  # |[x, 1]|: the bias sees a constant 1
+    losses: list[float] = []
+    empty = 0
+    nonfinite_at = -1
+    start_w, start_b = weight.detach().clone(), bias.detach().clone()
+    with torch.no_grad():
+        for step in range(steps):
+            chosen = torch.rand(count, generator=sampling) < sample_rate
+            x, y = features[chosen], onehot[chosen]
+            if x.shape[0] == 0:
+                empty += 1
+                losses.append(float("nan"))
+                grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
+            else:
+                logits = x @ weight.T + bias
+                losses.append(float(F.cross_entropy(logits, y.argmax(dim=1))))
+                error = torch.softmax(logits, dim=1) - y
+                if noise_multiplier is not None:
+                    norms = error.norm(dim=1) * input_norms[chosen]
+                    error = error * (max_grad_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1)
+                grad_w, grad_b = error.T @ x, error.sum(dim=0)
+            if noise_multiplier is not None:
+                std = noise_multiplier * max_grad_norm
+                grad_w = grad_w + torch.normal(0.0, std, size=grad_w.shape, generator=noise)
+                grad_b = grad_b + torch.normal(0.0, std, size=grad_b.shape, generator=noise)
+            velocity_w.mul_(momentum).add_(grad_w / expected_batch)
+            velocity_b.mul_(momentum).add_(grad_b / expected_batch)
+            weight.sub_(learning_rate * velocity_w)
+            bias.sub_(learning_rate * velocity_b)
+            if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+                # Acting on the parameters only (post-processing of what DP released): back to
+                # where the probe started, and no more steps on these features.
+                weight.copy_(start_w)
+                bias.copy_(start_b)
+                nonfinite_at = step + 1
+                return _ProbeRun(losses, empty, nonfinite_at)
+            if step >= steps // 2:
+                sum_w.add_(weight)
+                sum_b.add_(bias)
+                averaged += 1
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
+        if averaged:
+            weight.copy_(sum_w / averaged)
+            bias.copy_(sum_b / averaged)
+    return _ProbeRun(losses, empty, nonfinite_at)
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
 class LocalTrainer:
     """Base model + adapter + privacy ledger for one participant. See the module docstring."""
 
-    def __init__(self, config: TrainingConfig, *, ledger: PrivacyLedger | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        *,
+        ledger: PrivacyLedger | None = None,
+        feature_cache: FeatureCache | None = None,
+    ) -> None:
         self.config = config
         if ledger is None:
             ledger = PrivacyLedger(
@@ -220,6 +386,12 @@ class LocalTrainer:
         }
         self._private: _Private | None = None
         self.clipping_note = ""  # why the auto mode fell back to hooks, when it did
+        # The head the probe steps train (encoders with mean pooling); None: no probe steps.
+        self.head: ClassificationHead | None = (
+            classification_head(self.model, self.pooling) if config.task == "classification" else None
+        )
+        self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
+        self._head_names = {name for name in self.spec.names if _is_head_parameter(name)}
 
     # ------------------------------------------------------------------ adapter values
 
@@ -342,6 +514,7 @@ class LocalTrainer:
                 self.clipping_note = f"ew failed on this model ({type(exc).__name__}: {exc})"
                 self._private = self._make_private("hooks", dataset, plan, key)
                 self._probe(dataset[: min(2, len(dataset))])
+        self._private.encoded = encoded
         self.ledger.set_plan(plan)
         return plan
 
@@ -405,10 +578,10 @@ class LocalTrainer:
         for name, p in trainable_named_parameters(self.model):
             (head if _is_head_parameter(name) else adapter).append(p)
         groups = [
-            {"params": group, "lr": lr}
-            for group, lr in (
-                (adapter, self.config.resolved_learning_rate),
-                (head, self.config.resolved_head_learning_rate),
+            {"params": group, "lr": lr, "role": role}
+            for role, group, lr in (
+                ("adapter", adapter, self.config.resolved_learning_rate),
+                ("head", head, self.config.resolved_head_learning_rate),
             )
             if group
         ]
@@ -438,7 +611,7 @@ class LocalTrainer:
             raise RuntimeError("call prepare(train_records) first")
         return self._private.clipping
 
-    # ------------------------------------------------------------------ DP steps
+    # ------------------------------------------------------------------ batches
 
     def _forward_logits(self, module: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         input_ids, mask, _ = batch
@@ -489,6 +662,96 @@ class LocalTrainer:
                 seed = int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
             generator.manual_seed(seed)
 
+    # ------------------------------------------------------------------ step sizes and features
+
+    def step_sizes(self, noise_multiplier: float, expected_batch_size: float) -> dict[str, float]:
+        """The learning rate of each parameter group ("adapter", "head") for DP-SGD at this noise.
+
+        A rate left unset in the config is scaled to the noise (SGD:
+        :func:`~fedmask.adapter.config.noise_calibrated_learning_rate`, so a step's noise moves each
+        group about as far at every record count, batch and epsilon); a rate given is used as it is.
+        """
+        sizes = {"adapter": 0, "head": 0}
+        for name, spec in zip(self.spec.names, self.spec.tensors, strict=True):
+            sizes["head" if name in self._head_names else "adapter"] += spec.numel
+        given = {"adapter": self.config.learning_rate, "head": self.config.head_learning_rate}
+        caps = {"adapter": self.config.resolved_learning_rate, "head": self.config.resolved_head_learning_rate}
+        rates: dict[str, float] = {}
+        for role in ("adapter", "head"):
+            if not sizes[role]:
+                continue
+            value = given[role]
+            if value is None and self.config.optimizer == "sgd":
+                value = noise_calibrated_learning_rate(
+                    caps[role],
+                    STEP_NOISE[role],
+                    noise_multiplier=noise_multiplier,
+                    max_grad_norm=self.config.max_grad_norm,
+                    expected_batch_size=expected_batch_size,
+                    parameters=sizes[role],
+                )
+            rates[role] = float(value if value is not None else caps[role])
+        return rates
+
+    def _encoder_state(self) -> str:
+        """A fingerprint of everything the pooled features depend on: the base model, the sequence
+        length and the adapter's encoder tensors (not the head)."""
+        digest = hashlib.sha256(f"{self.config.resolved_model_path}|{self.config.max_seq_len}|".encode())
+        for name, p in trainable_named_parameters(self.model):
+            if name not in self._head_names:
+                digest.update(name.encode())
+                digest.update(p.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    def pooled_features(self, records: Sequence[Record], encoded: _Encoded | None = None) -> torch.Tensor:
+        """What the head reads for each record under the current encoder: shape (records, hidden).
+
+        Taken from the feature cache where this encoder state has seen the text before."""
+        if self.head is None:
+            raise ValueError("this model has no head that reads one pooled vector per record")
+        encoded = encoded if encoded is not None else self.encode(records)
+        state = self._encoder_state()
+        found = [self.feature_cache.get(state, r.text) for r in records]
+        missing = [i for i, value in enumerate(found) if value is None]
+        if missing:
+            captured: list[torch.Tensor] = []
+
+            def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
+                captured.append(args[0].detach())
+
+            hook = self.head.module.register_forward_pre_hook(capture)
+            was_training = self.model.training
+            self.model.eval()
+            collate = _collate(self.tokenizer.pad_token_id)
+            order = sorted(missing, key=lambda i: len(encoded.input_ids[i]))  # little padding
+            try:
+                with torch.no_grad():
+                    for start in range(0, len(order), 64):
+                        idx = order[start : start + 64]
+                        batch = collate([(encoded.input_ids[i], 0) for i in idx])
+                        captured.clear()
+                        self.model(input_ids=batch[0], attention_mask=batch[1])
+                        for i, row in zip(idx, captured[0], strict=True):
+                            found[i] = row.clone()
+                            self.feature_cache.put(state, records[i].text, found[i])
+            finally:
+                hook.remove()
+                self.model.train(was_training)
+        return torch.stack([value for value in found if value is not None])
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in trainable_named_parameters(self.model)}
+
+    def _restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in trainable_named_parameters(self.model):
+                p.copy_(snapshot[name])
+
+    def _parameters_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for _, p in trainable_named_parameters(self.model))
+
+    # ------------------------------------------------------------------ DP steps
+
     def train(
         self,
         records: Sequence[Record],
@@ -500,15 +763,23 @@ class LocalTrainer:
         """Run DP-SGD on ``records`` (the plan's steps per round unless ``steps`` is given).
 
         The steps are charged to the ledger first; :class:`~participant.ledger.PrivacyBudgetExceeded`
-        is raised (before any training) when they would exceed the epsilon budget.
-        ``on_step(step, total, loss)`` is called after every step (loss is NaN on empty batches).
+        is raised (before any training) when they would exceed the epsilon budget. The first
+        ``config.probe_steps(steps)`` train the head alone on the pooled features (when the model
+        has such a head), the rest the adapter and head, through Opacus. ``on_step(step, total,
+        loss)`` is called after every step (loss is NaN on empty batches).
+
+        Guards: parameters that stop being finite are put back to where that phase started and
+        the round's remaining steps are skipped (a decision on the released values alone, so the
+        guarantee holds; the steps stay charged); a loss that explodes is reported in
+        ``diverged`` (and logged), never acted on, since the loss is not privatised.
         """
         plan = self.prepare(records)
         priv = self._private
-        assert priv is not None
+        assert priv is not None and priv.encoded is not None
         n_steps = plan.steps_per_round if steps is None else int(steps)
         if n_steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        probe_steps = self.config.probe_steps(n_steps) if self.head is not None else 0
         self._seed_round()
         epsilon = self.ledger.charge(
             noise_multiplier=plan.noise_multiplier,
@@ -516,37 +787,78 @@ class LocalTrainer:
             steps=n_steps,
             note=note,
         )
+        rates = self.step_sizes(plan.noise_multiplier, plan.sample_rate * plan.num_records)
         optimizer = priv.optimizer
         optimizer.original_optimizer.state.clear()  # fresh moments each round
-        run_steps_before = len(priv.engine.accountant)
+        for group in optimizer.param_groups:
+            group["lr"] = rates[group["role"]]
         history_before = sum(h[2] for h in priv.engine.accountant.history)
-        self.model.train()
         start = time.perf_counter()
         losses: list[float] = []
         empty = 0
-        batches = self._batches(priv.loader)
-        for step in range(n_steps):
-            batch = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            if batch[0].shape[0] == 0:
-                empty += 1
-                self._empty_batch_gradients()
-                loss = float("nan")
-            else:
-                loss = self._backward(batch)
-                losses.append(loss)
-            optimizer.step()
+        diverged = ""
+
+        def report_step(step: int, loss: float) -> None:
             if on_step is not None:
-                on_step(step + 1, n_steps, loss)
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - start
-        # Every step must have gone through the noise + accountant path of the DP optimizer.
-        counted = sum(h[2] for h in priv.engine.accountant.history) - history_before
-        if counted != n_steps:
-            raise RuntimeError(
-                f"Opacus accounted {counted} steps for {n_steps} taken "
-                f"(history entries {run_steps_before} -> {len(priv.engine.accountant)})"
+                on_step(step, n_steps, loss)
+
+        if probe_steps:
+            assert self.head is not None
+            features = self.pooled_features(records, priv.encoded)
+            probe = linear_probe(
+                self.head.layer,
+                features,
+                torch.tensor(priv.encoded.labels, dtype=torch.long),
+                steps=probe_steps,
+                sample_rate=plan.sample_rate,
+                learning_rate=rates["head"],
+                momentum=0.9,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=plan.max_grad_norm,
+                sampling=priv.sampling_generator,
+                noise=priv.noise_generator,
+                on_step=report_step,
             )
+            losses += probe.losses
+            empty += probe.empty
+            if probe.nonfinite_at >= 0:
+                diverged = f"the head's parameters became non-finite at step {probe.nonfinite_at}"
+        self.model.train()
+        finetune_steps = 0
+        if not diverged:
+            snapshot = self._snapshot()
+            batches = self._batches(priv.loader)
+            for step in range(probe_steps, n_steps):
+                batch = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                if batch[0].shape[0] == 0:
+                    empty += 1
+                    self._empty_batch_gradients()
+                    loss = float("nan")
+                else:
+                    loss = self._backward(batch)
+                losses.append(loss)
+                optimizer.step()
+                finetune_steps += 1
+                if not self._parameters_finite():
+                    self._restore(snapshot)
+                    diverged = f"the parameters became non-finite at step {step + 1}"
+                    break
+                report_step(step + 1, loss)
+            optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        # Every fine-tuning step must have gone through the noise + accountant path of the DP
+        # optimizer (the probe steps add their noise above; the ledger charged all of them).
+        counted = sum(h[2] for h in priv.engine.accountant.history) - history_before
+        if counted != finetune_steps:
+            raise RuntimeError(f"Opacus accounted {counted} steps for the {finetune_steps} fine-tuning steps taken")
+        if diverged:
+            diverged += "; the adapter was put back to where that phase started and the rest of the round skipped"
+        else:
+            diverged = loss_divergence(losses)
+        if diverged:
+            log.warning("training diverged: %s", diverged)
+        finite = [loss for loss in losses if not math.isnan(loss)]
         return LocalTrainingResult(
             vector=self.adapter_vector(),
             epsilon=epsilon,
@@ -560,8 +872,105 @@ class LocalTrainer:
             accountant=self.config.accountant,
             clipping=priv.clipping,
             empty_batches=empty,
-            mean_loss=float(np.mean(losses)) if losses else float("nan"),
+            mean_loss=float(np.mean(finite)) if finite else float("nan"),
             seconds=seconds,
+            probe_steps=probe_steps,
+            learning_rates=rates,
+            final_loss=_final_loss(losses),
+            diverged=diverged,
+        )
+
+    def train_non_private(self, records: Sequence[Record], *, steps: int | None = None) -> LocalTrainingResult:
+        """The same recipe without clipping or noise, nothing charged: a non-private reference
+        to compare DP results with (what the records could teach this model). The same schedule
+        (Poisson batches at the config's sample rate, probe steps, then adapter and head) and the
+        rates a noiseless step uses; batches seeded from ``config.seed``.
+
+        Refused on a trainer prepared for DP training: its model is wrapped by Opacus.
+        """
+        if self._private is not None:
+            raise RuntimeError("this trainer trains with DP; make another for the non-private reference")
+        encoded = self.encode(records)
+        count = len(records)
+        sample_rate = self.config.sample_rate(count)
+        n_steps = self.config.steps_per_round(count) if steps is None else int(steps)
+        probe_steps = self.config.probe_steps(n_steps) if self.head is not None else 0
+        rates = self.step_sizes(0.0, sample_rate * count)
+        sampling = torch.Generator().manual_seed(self.config.seed)
+        start = time.perf_counter()
+        losses: list[float] = []
+        empty = 0
+        diverged = ""
+        if probe_steps:
+            assert self.head is not None
+            probe = linear_probe(
+                self.head.layer,
+                self.pooled_features(records, encoded),
+                torch.tensor(encoded.labels, dtype=torch.long),
+                steps=probe_steps,
+                sample_rate=sample_rate,
+                learning_rate=rates["head"],
+                momentum=0.9,
+                noise_multiplier=None,
+                max_grad_norm=self.config.max_grad_norm,
+                sampling=sampling,
+                noise=sampling,
+            )
+            losses += probe.losses
+            empty += probe.empty
+            if probe.nonfinite_at >= 0:
+                diverged = f"the head's parameters became non-finite at step {probe.nonfinite_at}"
+        optimizer = self.build_optimizer()
+        for group in optimizer.param_groups:
+            group["lr"] = rates[group["role"]]
+        collate = _collate(self.tokenizer.pad_token_id)
+        self.model.train()
+        if not diverged:
+            snapshot = self._snapshot()
+            for step in range(probe_steps, n_steps):
+                chosen = torch.nonzero(torch.rand(count, generator=sampling) < sample_rate).flatten().tolist()
+                if not chosen:
+                    empty += 1
+                    losses.append(float("nan"))
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                batch = collate([(encoded.input_ids[i], encoded.labels[i]) for i in chosen])
+                loss = per_sequence_loss(self.config.task, self._forward_logits(self.model, batch), batch)
+                # Sum over the batch / expected batch size: the same scale as the DP optimizer's.
+                (loss.sum() / (sample_rate * count)).backward()
+                optimizer.step()
+                losses.append(float(loss.detach().mean()))
+                if not self._parameters_finite():
+                    self._restore(snapshot)
+                    diverged = f"the parameters became non-finite at step {step + 1}"
+                    break
+            optimizer.zero_grad(set_to_none=True)
+        if diverged:
+            diverged += "; the adapter was put back to where that phase started and the rest of the round skipped"
+        else:
+            diverged = loss_divergence(losses)
+        if diverged:
+            log.warning("training diverged: %s", diverged)
+        finite = [loss for loss in losses if not math.isnan(loss)]
+        return LocalTrainingResult(
+            vector=self.adapter_vector(),
+            epsilon=float("inf"),
+            delta=0.0,
+            steps=n_steps,
+            total_steps=n_steps,
+            noise_multiplier=0.0,
+            sample_rate=sample_rate,
+            expected_batch_size=int(sample_rate * count),
+            max_grad_norm=float("inf"),
+            accountant="none",
+            clipping="none",
+            empty_batches=empty,
+            mean_loss=float(np.mean(finite)) if finite else float("nan"),
+            seconds=time.perf_counter() - start,
+            probe_steps=probe_steps,
+            learning_rates=rates,
+            final_loss=_final_loss(losses),
+            diverged=diverged,
         )
 
     @staticmethod

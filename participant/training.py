@@ -57,6 +57,7 @@ import torch
 
 from fedmask.adapter.config import TrainingConfig
 from fedmask.adapter.export import TrainingFacts, export_classifier, public_model_name
+from fedmask.adapter.scores import beats_majority
 from fedmask.adapter.vector import (
     VectorLayoutError,
     VectorSpec,
@@ -66,7 +67,9 @@ from fedmask.adapter.vector import (
 from fedmask.participant.data import LocalData, Record, scrub_records
 from fedmask.participant.ledger import PrivacyLedger
 from fedmask.participant.pii import empty_counts
-from fedmask.participant.trainer import LocalTrainer
+from fedmask.participant.trainer import FeatureCache, LocalTrainer
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- library API
 
@@ -128,6 +131,7 @@ def train_adapter(
     scrub_pii: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
     note: str = "",
+    feature_cache: FeatureCache | None = None,
 ) -> TrainingResult:
     """Train the adapter with DP-SGD on a participant's records: one local round.
 
@@ -138,6 +142,12 @@ def train_adapter(
     before training: the coordinator's adapter of this round. The steps are charged to
     ``ledger`` first (:class:`~participant.ledger.PrivacyBudgetExceeded` when they would exceed
     its budget); without one, a fresh in-memory ledger with the config's budget is used.
+    ``feature_cache`` lets trainers of one process share the pooled features of the records they
+    have in common (see :class:`~participant.trainer.FeatureCache`).
+
+    The report's ``warnings`` say, one line each, when training diverged and when the held-out
+    balanced accuracy's interval does not lie above what always answering one label gets; each
+    is also logged (``logging``, level WARNING).
     """
     if isinstance(records, LocalData):
         if heldout is not None:
@@ -162,7 +172,7 @@ def train_adapter(
             steps=ledger.plan.steps_per_round,
         )
     if trainer is None:
-        trainer = LocalTrainer(config, ledger=ledger)
+        trainer = LocalTrainer(config, ledger=ledger, feature_cache=feature_cache)
     elif trainer.config != config or (ledger is not None and trainer.ledger is not ledger):
         raise ValueError("the trainer passed in was built with another config or ledger")
     if global_adapter_state is not None:
@@ -174,6 +184,10 @@ def train_adapter(
     plan = trainer.ledger.plan
     assert plan is not None
     vector = local.vector
+    scores = evaluation.scores() if evaluation else None
+    warnings = training_warnings(local.diverged, scores)
+    for line in warnings[1 if local.diverged else 0 :]:  # the trainer has logged the divergence
+        log.warning("%s", line)
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         # record-level privacy, over every step this ledger has charged (all rounds so far)
@@ -202,7 +216,9 @@ def train_adapter(
         "heldout_source": heldout_source,
         "accuracy_unit": "records" if config.task == "classification" else "next tokens",
         # majority baseline, balanced accuracy, macro-F1, AUROC... with bootstrap intervals
-        "scores": evaluation.scores() if evaluation else None,
+        "scores": scores,
+        "beats_majority": beats_majority(scores) if scores and scores["task"] == "classification" else None,
+        "warnings": warnings,
         # data
         "train_records": len(train_records),
         "heldout_records": len(heldout_records),
@@ -210,6 +226,10 @@ def train_adapter(
         "pii_counts": dict(pii_counts),
         # training
         "mean_train_loss": local.mean_loss,
+        "final_train_loss": local.final_loss,  # mean batch loss over the last quarter of the steps
+        "probe_steps": local.probe_steps,  # of "steps", those that trained the head alone
+        "step_sizes": local.learning_rates,  # the learning rates that ran, per parameter group
+        "diverged": local.diverged or None,
         "train_seconds": round(local.seconds, 3),
         "adapter": {
             "tensors": len(trainer.spec.tensors),
@@ -230,6 +250,23 @@ def train_adapter(
         trainer=trainer,
         heldout=tuple(heldout_records),
     )
+
+
+def training_warnings(diverged: str, scores: Mapping[str, Any] | None) -> list[str]:
+    """The lines a person must not miss: training diverged, or the held-out scores do not show
+    that the model beats always answering the majority label."""
+    lines = []
+    if diverged:
+        lines.append(f"training diverged: {diverged}")
+    if scores is not None and scores["task"] == "classification" and not beats_majority(scores):
+        chance = 1.0 / scores["num_labels"]
+        interval = scores["ci95"].get("balanced_accuracy") or [scores["balanced_accuracy"]] * 2
+        lines.append(
+            f"the model does NOT beat the majority baseline: held-out balanced accuracy "
+            f"{scores['balanced_accuracy']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}] does not lie above "
+            f"{chance:.3f}, what always answering one label gets ({scores['count']} held-out records)"
+        )
+    return lines
 
 
 def write_training_outputs(

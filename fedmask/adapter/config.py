@@ -42,17 +42,47 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "gemma2": ("q_proj", "v_proj"),
 }
 
-# Learning rates when the config leaves them unset, per optimizer: for the adapter's tensors, and
-# for a classification head (a new, randomly initialised layer). The head's rate is far higher
-# because under DP noise it is what learns first: at epsilon 8 on a few thousand records the
-# noise drowns the small LoRA gradients, while the head's gradient on mean-pooled features is
-# large and consistent (docs/dp-training.md has the sweep). SGD rather than Adam: Adam scales
-# every coordinate to unit size, so where the gradient is mostly noise it takes full-size random
-# steps.
+# Step sizes when the config leaves them unset, per optimizer: the most a step may move the
+# adapter's tensors, and a classification head's (a new, randomly initialised layer; under DP
+# noise it is what learns first). Under DP the rate actually used is smaller where the noise is
+# larger (see :func:`noise_calibrated_learning_rate`); these caps are what a step without noise
+# uses. SGD rather than Adam: Adam scales every coordinate to unit size, so where the gradient is
+# mostly noise it takes full-size random steps. docs/dp-training.md has the sweeps.
 DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
     "sgd": {"lora": 0.01, "bitfit": 0.01, "head": 2.0},
     "adamw": {"lora": 1e-3, "bitfit": 1e-3, "head": 1e-2},
 }
+
+# How far the noise of one DP-SGD step may move a parameter group, in L2 norm (before momentum):
+# the calibrated rate is ``min(cap, STEP_NOISE * B / (sigma * C * sqrt(d)))``. The noise added to
+# the averaged gradient of d parameters has norm sigma * C * sqrt(d) / B (B the expected batch),
+# so a fixed rate that is safe at B = 64 and sigma = 0.6 moves the head 10x further per step at
+# B = 16 and sigma = 2.4 -- the divergence seen at small data and small epsilon. With the rate
+# scaled, each step's noise displacement stays the same at every (records, epsilon, batch).
+STEP_NOISE: dict[str, float] = {"head": 0.3, "adapter": 0.02}
+
+# The share of a round's DP-SGD steps that train the classification head alone on the frozen
+# encoder's pooled features (a linear probe) before the adapter and head train together. Probe
+# steps reuse one forward pass over the records, so they cost almost nothing; the head they leave
+# gives the adapter's steps a useful gradient from the first step on.
+DEFAULT_PROBE_FRACTION = 0.75
+
+
+def noise_calibrated_learning_rate(
+    cap: float,
+    step_noise: float,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    parameters: int,
+) -> float:
+    """The SGD rate whose step moves ``parameters`` coordinates by about ``step_noise`` (L2) of
+    pure DP noise, at most ``cap`` (what a noiseless step uses)."""
+    noise_norm = noise_multiplier * max_grad_norm * math.sqrt(max(1, parameters)) / max(expected_batch_size, 1e-12)
+    if noise_norm <= 0:
+        return cap
+    return min(cap, step_noise / noise_norm)
 
 
 class ConfigError(ValueError):
@@ -78,10 +108,14 @@ class TrainingConfig:
     """Everything that determines a participant's local DP training. Validated on creation.
 
     ``model_path`` ``None`` means the offline MiniLM (classification only). Exactly one of
-    ``local_steps`` (per round) and ``epochs`` (per round, in expected passes over the data) is
-    used: ``local_steps`` wins when both are given. ``learning_rate`` (the adapter's) and
-    ``head_learning_rate`` (a classification head's) ``None`` pick the optimizer's defaults
-    (:data:`DEFAULT_LEARNING_RATES`); the effective values are reported.
+    ``local_steps`` (DP-SGD steps per round) and ``epochs`` (per round, in expected passes over
+    the data) is used: ``local_steps`` wins when both are given. Of each round's steps, the first
+    ``probe_fraction`` train only the classification head on the frozen encoder's pooled features
+    (encoders with mean pooling; at least one step is left for the adapter), the rest the adapter
+    and head together, clipped jointly. ``learning_rate`` (the adapter's) and
+    ``head_learning_rate`` (a classification head's) ``None`` scale each step to the DP noise
+    (:func:`noise_calibrated_learning_rate`, capped by :data:`DEFAULT_LEARNING_RATES`); a value
+    given is used as it is. The effective values are reported.
     """
 
     model_path: str | None = None
@@ -97,7 +131,8 @@ class TrainingConfig:
     batch_size: int = 64
     max_seq_len: int = 64
     local_steps: int | None = None
-    epochs: float | None = 3.0
+    epochs: float | None = 4.0
+    probe_fraction: float = DEFAULT_PROBE_FRACTION
     target_epsilon: float = 8.0
     target_delta: float = 1e-5
     planned_rounds: int = 1
@@ -162,6 +197,10 @@ class TrainingConfig:
         if self.epochs is not None:
             need(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         need(
+            0.0 <= self.probe_fraction < 1.0,
+            f"probe_fraction must be in [0, 1) (the adapter needs steps too), got {self.probe_fraction}",
+        )
+        need(
             self.target_epsilon > 0 and math.isfinite(self.target_epsilon),
             f"target_epsilon must be positive and finite, got {self.target_epsilon}",
         )
@@ -183,15 +222,21 @@ class TrainingConfig:
 
     @property
     def resolved_learning_rate(self) -> float:
+        """The adapter's rate as given, or the cap a noiseless step uses."""
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LEARNING_RATES[self.optimizer][self.mode]
 
     @property
     def resolved_head_learning_rate(self) -> float:
+        """The head's rate as given, or the cap a noiseless step uses."""
         if self.head_learning_rate is not None:
             return self.head_learning_rate
         return DEFAULT_LEARNING_RATES[self.optimizer]["head"]
+
+    def probe_steps(self, steps: int) -> int:
+        """How many of a round's ``steps`` train the head alone (the rest train the adapter too)."""
+        return max(0, min(steps - 1, math.floor(self.probe_fraction * steps)))
 
     def sample_rate(self, num_records: int) -> float:
         """Poisson sampling rate, as Opacus derives it from the data loader (1 / batches)."""
@@ -224,9 +269,9 @@ class TrainingConfig:
         return data
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings with the model's path here; learning rates ``None`` mean "scaled to the
+        noise" (a training report holds the rates that ran, under ``step_sizes``)."""
         data = asdict(self)
         data["model_path"] = self.resolved_model_path
-        data["learning_rate"] = self.resolved_learning_rate
-        data["head_learning_rate"] = self.resolved_head_learning_rate
         data["lora_targets"] = list(self.lora_targets) if self.lora_targets else None
         return data

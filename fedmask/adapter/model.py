@@ -190,6 +190,31 @@ def _is_head_parameter(name: str) -> bool:
     return any(f".{head}.modules_to_save." in name for head in _HEAD_NAMES)
 
 
+@dataclass(frozen=True)
+class ClassificationHead:
+    """A classifier's head that reads one pooled vector per record: ``layer`` is the trainable
+    Linear (peft's ``modules_to_save`` copy), ``module`` the module the model calls with the pooled
+    features (a forward pre-hook on it sees them)."""
+
+    module: nn.Module
+    layer: nn.Linear
+
+
+def classification_head(model: nn.Module, pooling: str) -> ClassificationHead | None:
+    """The head of a classifier that pools to one vector per record before it (encoders with mean
+    pooling: ``classifier(pooled)``); ``None`` for other models (decoders score every position and
+    pick the last token afterwards, so their head's input is not one vector per record)."""
+    if pooling != "mean":
+        return None
+    for name, module in model.named_modules():
+        if name.split(".")[-1] not in _HEAD_NAMES or not hasattr(module, "modules_to_save"):
+            continue
+        layer = module.modules_to_save["default"]
+        if isinstance(layer, nn.Linear):
+            return ClassificationHead(module=module, layer=layer)
+    return None
+
+
 def _is_bitfit_trainable(name: str) -> bool:
     if ".beft_bias." in name:
         return False  # stays zero while training; filled with the delta on export

@@ -88,7 +88,7 @@ def _check_output_directory(out_dir: Path) -> None:
     "--epochs",
     type=float,
     default=None,
-    help="Local training per round, in expected passes over the data [default: 3].",
+    help="Local training per round, in expected passes over the data [default: 4].",
 )
 @click.option("--local-steps", type=int, default=None, help="Local DP-SGD steps per round (instead of --epochs).")
 @click.option(
