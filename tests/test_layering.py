@@ -2,7 +2,7 @@
 
 Layers, outermost first; a module may import its own layer and the layers below it, never above:
 
-    entry points   fedmask.cli, fedmask.bench, fedmask.demo, fedmask.testing
+    entry points   fedmask.cli, fedmask.bench, fedmask.demo, fedmask.testing, fedmask.audit
     roles          fedmask.coordinator, fedmask.participant (and neither imports the other)
     shared         fedmask.pki, fedmask.adapter, fedmask.proto, fedmask.durable
     ddp            fedmask.ddp
@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("fedmask.cli", "fedmask.bench", "fedmask.demo", "fedmask.testing"),
+    ("fedmask.cli", "fedmask.bench", "fedmask.demo", "fedmask.testing", "fedmask.audit"),
     ("fedmask.coordinator", "fedmask.participant"),
     ("fedmask.pki", "fedmask.adapter", "fedmask.proto", "fedmask.durable"),
     ("fedmask.ddp",),
