@@ -127,8 +127,12 @@ class Node:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         policy: ParticipantPolicy | None = None,
+        task: str = "classification",
     ) -> None:
+        """``task`` is what this participant's records are for (``classification`` or
+        ``causal_lm``): a coordinator that asks for the other kind of training is refused."""
         self.connection = connection
+        self.task = task
         # This participant's own rules: every task and round start is checked against them.
         self.policy = policy
         self.identity = identity
@@ -264,6 +268,11 @@ class Node:
             )
         except (TypeError, ValueError) as exc:
             raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
+        if config.task != self.task:
+            raise NodeError(
+                f"the coordinator asks for {config.task} training; this participant's records are for "
+                f"{self.task} (participant node --task)"
+            )
         if self.policy is not None:
             try:
                 self.policy.check_training(config, local_models=[str(v) for v in self.overrides.values()])

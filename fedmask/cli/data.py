@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fedmask.demo.data import PARTIES, generate_records, write_records
+from fedmask.demo.data import PARTIES, generate_notes, generate_records, write_records
 
 
 @click.group()
@@ -38,8 +38,21 @@ def data() -> None:
 @click.option(
     "--heldout-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True
 )
-def generate(party: str, count: int, out_path: Path, seed: int, heldout_fraction: float) -> None:
-    """Write N labelled records for PARTY (label 1: needs urgent human follow-up)."""
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "causal_lm"]),
+    default="classification",
+    show_default=True,
+    help="classification: labelled messages; causal_lm: notes that end in what was done (Plan: ...).",
+)
+def generate(party: str, count: int, out_path: Path, seed: int, heldout_fraction: float, task: str) -> None:
+    """Write N records for PARTY: labelled (label 1: needs urgent human follow-up), or notes to continue."""
+    if task == "causal_lm":
+        notes = generate_notes(party, count, seed=seed, heldout_fraction=heldout_fraction)
+        write_records(notes, out_path)
+        held = sum(1 for note in notes if note["split"] == "heldout")
+        click.echo(f"{out_path}: {len(notes)} notes for {party} ({len(notes) - held} train, {held} held out)")
+        return
     records = generate_records(party, count, seed=seed, heldout_fraction=heldout_fraction)
     write_records(records, out_path)
     splits = Counter(str(r["split"]) for r in records)

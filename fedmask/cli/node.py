@@ -58,6 +58,13 @@ from fedmask.participant.setup import SetupError, load_policy, setup_connection
     help="This participant's policy (TOML; default participants/NAME/policy.toml in the federation directory, "
     "written with safe defaults on first use).",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "causal_lm"]),
+    default="classification",
+    show_default=True,
+    help="What the records are for: labelled classification, or text for causal-LM training.",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC (prints a warning). Never in production.")
 def node(
     federation_dir: Path,
@@ -72,6 +79,7 @@ def node(
     min_bandwidth: float,
     token_file: Path | None,
     policy_file: Path | None,
+    task: str,
     insecure: bool,
 ) -> None:
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
@@ -86,7 +94,7 @@ def node(
         click.echo(f"{dt.datetime.now():%H:%M:%S} {name}: {line}", err=True)
 
     try:
-        data = load_local_data(data_path, heldout_fraction=heldout_fraction)
+        data = load_local_data(data_path, task=task, heldout_fraction=heldout_fraction)
     except (DataError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     echo(f"{len(data.train)} training and {len(data.heldout)} held-out records; PII scrubbed: {dict(data.pii_counts)}")
@@ -107,7 +115,7 @@ def node(
     except SetupError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        result = Node(local.connection, local.identity, data, state_dir, progress=echo, policy=policy).run()
+        result = Node(local.connection, local.identity, data, state_dir, progress=echo, policy=policy, task=task).run()
     except NodeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"name": name, **result}))

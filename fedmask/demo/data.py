@@ -474,6 +474,44 @@ def generate_records(
     return records
 
 
+# What a note goes on to say, by who wrote it and whether it was urgent: the continuation a causal
+# LM learns. The phrasing is each party's own, so a model of one party's notes continues the
+# others' poorly (the same non-IID split as the classification task).
+_PLANS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "hospital-a": (
+        ("repeat ECG in the morning clinic", "continue current meds, review at next visit", "discharge with GP letter"),
+        ("page the cardiology registrar now", "activate the cath lab pathway", "move to resus, troponin stat"),
+    ),
+    "hospital-b": (
+        ("keep the next oncology clinic slot", "routine follow-up with the ward pharmacist", "send the letter home"),
+        (
+            "call the on-call psychiatrist now",
+            "start the sepsis bundle within the hour",
+            "paediatric team to review stat",
+        ),
+    ),
+    "bank": (
+        ("reply within five working days", "send the standard statement letter", "close the ticket after reply"),
+        ("freeze the card and call the customer", "escalate to the fraud desk now", "vulnerable customer team today"),
+    ),
+}
+
+
+def generate_notes(party: str, n: int, *, seed: int = 0, heldout_fraction: float = 0.2) -> list[dict[str, str]]:
+    """``n`` notes for ``party`` for causal-LM training: a message of the classification task (PII
+    included) followed by ``Plan:`` and what was done, which depends on the party and on the
+    message's urgency. Records have ``id``, ``party``, ``split`` and ``text`` (no label)."""
+    records = generate_records(party, n, seed=seed, heldout_fraction=heldout_fraction, label_noise=0.0)
+    rng = random.Random(f"fedmask-notes:{party}:{seed}")
+    routine, urgent = _PLANS[party]
+    notes = []
+    for record in records:
+        plan = rng.choice(urgent if record["label"] else routine)
+        text = f"{record['text']} Plan: {plan}."
+        notes.append({"id": record["id"], "party": record["party"], "split": record["split"], "text": text})
+    return notes
+
+
 def write_records(records: Iterable[Mapping[str, object]], path: str | Path) -> Path:
     """Write records as JSONL (one object per line, UTF-8)."""
     path = Path(path)

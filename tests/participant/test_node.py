@@ -103,6 +103,17 @@ def test_a_coordinator_cannot_raise_the_participants_budget(tmp_path):
         node._training(_task({"target_epsilon": 4.0, "target_delta": 0.01}))
 
 
+def test_the_coordinator_cannot_switch_the_task_the_records_are_for(tmp_path):
+    node = _node(tmp_path, ParticipantPolicy())
+    with pytest.raises(
+        NodeError, match=r"asks for causal_lm training; this participant's records are for classification"
+    ):
+        node._training(
+            _task({"target_epsilon": 4.0, "target_delta": 1e-5, "task": "causal_lm", "model_path": "/srv/qwen2"})
+        )
+    assert not (tmp_path / "privacy_ledger.json").exists()  # refused before anything is charged
+
+
 def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
     node = _node(tmp_path, ParticipantPolicy(models=("all-minilm-l6-v2",)))
     with pytest.raises(NodeError, match="model /srv/other"):
