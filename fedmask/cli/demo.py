@@ -109,6 +109,20 @@ def _profile(name: str) -> str:
     return next(party for party in PARTIES if name == party or name.startswith(party + "-"))
 
 
+def _tiny_causal_lm(directory: Path, parties: list[str], seed: int) -> Path:
+    """A tiny random Qwen2 whose tokenizer learnt from notes generated apart from the parties'
+    (other seeds): a stand-in for a public base model, so the demo runs offline."""
+    from fedmask.demo.data import generate_notes
+    from fedmask.testing.tiny_models import build_tiny_qwen2
+
+    texts = [
+        note["text"]
+        for index, party in enumerate(parties)
+        for note in generate_notes(_profile(party), 300, seed=10_000 + seed + index)
+    ]
+    return build_tiny_qwen2(directory, texts, seed=seed)
+
+
 def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> dict[str, int]:
     drops: dict[str, int] = {}
     for value in values:
@@ -148,6 +162,14 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
 )
 @click.option("--mode", type=click.Choice(["lora", "bitfit"]), default="lora", show_default=True)
 @click.option(
+    "--task",
+    type=click.Choice(["classification", "causal_lm"]),
+    default="classification",
+    show_default=True,
+    help="classification: triage labels on the bundled MiniLM; causal_lm: note continuation on a "
+    "causal LM (--model, a local Qwen2-architecture directory; without it a tiny random Qwen2 is built).",
+)
+@click.option(
     "--epsilon",
     type=click.FloatRange(0.1, 100),
     default=8.0,
@@ -184,7 +206,11 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
     show_default=True,
     help="Participant-level ε of the whole run against the coordinator (with --aggregate-noise).",
 )
-@click.option("--skip-baseline", is_flag=True, help="Do not train the single-party baselines.")
+@click.option(
+    "--skip-baseline",
+    is_flag=True,
+    help="Do not train the baselines (each party alone; all records pooled, with and without DP).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
 def demo(
     out_dir: Path | None,
@@ -192,6 +218,7 @@ def demo(
     participant_count: int,
     records: int,
     mode: str,
+    task: str,
     epsilon: float,
     delta: float,
     model_path: str | None,
@@ -220,7 +247,7 @@ def demo(
     click.echo(f"fedmask demo: report folder {out_dir}")
 
     from fedmask import pki
-    from fedmask.demo.data import generate_records, write_records
+    from fedmask.demo.data import generate_notes, generate_records, write_records
 
     # The operator's directory (CA, coordinator) and one per party, as on separate machines: each
     # party makes its own keys, the operator issues from the requests and hands back public files.
@@ -232,9 +259,12 @@ def demo(
     for index, party in enumerate(parties):
         request = pki.enrol(party_dirs[party], party, organisation=party)
         pki.issue(federation_dir, "participant", party, request=request)
-        data_paths[party] = write_records(
-            generate_records(_profile(party), records, seed=seed + index), work / f"{party}.jsonl"
+        generated = (
+            generate_notes(_profile(party), records, seed=seed + index)
+            if task == "causal_lm"
+            else generate_records(_profile(party), records, seed=seed + index)
         )
+        data_paths[party] = write_records(generated, work / f"{party}.jsonl")
     for party, party_dir in party_dirs.items():  # once the roster lists everyone
         pki.export_participant(federation_dir, party, party_dir)
     # Each party's own policy (the demo plays every party's operator): the members pinned, the
@@ -257,7 +287,14 @@ def demo(
         f"and was issued from its request; {records} records per party generated"
     )
 
+    if task == "causal_lm" and not model_path:
+        model_path = str(_tiny_causal_lm(work / "model", parties, seed))
+        click.echo(
+            f"no --model for the causal LM: built a tiny Qwen2 with random weights in {model_path} (its tokenizer "
+            "learnt from separately generated notes); the figures show the pipeline at work, not a useful model"
+        )
     training = {
+        "task": task,
         "mode": mode,
         "target_epsilon": epsilon,
         "target_delta": delta,
@@ -329,6 +366,8 @@ def demo(
                 str(work / party),
                 "--coordinator",
                 f"localhost:{port}",
+                "--task",
+                task,
             ],
             work / f"{party}.log",
             echo,
@@ -356,15 +395,21 @@ def demo(
         build_report,
         evaluate_global_adapter,
         heldout_union,
+        pooled_baselines,
         single_party_baselines,
         write_report,
     )
 
     participant_training = FederationConfig.from_json(config).training_config()
-    heldout = heldout_union(data_paths)
+    heldout = heldout_union(data_paths, task)
     baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)
+    pooled = {} if skip_baseline else pooled_baselines(participant_training, data_paths, rounds, echo)
     federated = evaluate_global_adapter(participant_training, work / "coordinator", heldout)
-    majority = majority_scores([int(r.label) for r in heldout if r.label is not None], len(LABEL_NAMES))
+    majority = (
+        majority_scores([int(r.label) for r in heldout if r.label is not None], len(LABEL_NAMES))
+        if task == "classification"
+        else None
+    )
     report = build_report(
         final,
         baselines,
@@ -374,6 +419,7 @@ def demo(
         federated,
         majority=majority,
         label_names=LABEL_NAMES,
+        pooled=pooled,
     )
     write_report(
         report,
@@ -392,7 +438,12 @@ def demo(
     click.echo((out_dir / "report.md").read_text(encoding="utf-8"))
     click.echo(
         f"report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'report.png'}, "
-        f"{out_dir / 'global_adapter'}, {out_dir / 'global_model'} (sentence-transformers; see its README.md)"
+        f"{out_dir / 'global_adapter'} (PEFT)"
+        + (
+            f", {out_dir / 'global_model'} (sentence-transformers; see its README.md)"
+            if task == "classification"
+            else ""
+        )
     )
 
 

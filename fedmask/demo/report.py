@@ -2,8 +2,9 @@
 
 Per-round held-out figures are what the coordinator learns: the totals over the survivors of each
 round, summed inside the masked vectors (``fedmask.adapter.metrics``), never one party's figure.
-The final adapter and the single-party baselines are evaluated here, in the demo process that
-generated everyone's data, because only it may see every party's held-out split: each with the
+The final adapter and the baselines (each party alone, all records pooled with and without DP)
+are evaluated here, in the demo process that generated everyone's data, because only it may see
+every party's records: each with the
 scores of :mod:`fedmask.adapter.scores` (majority baseline, balanced accuracy, macro-F1, AUROC,
 bootstrap intervals) on the union of the held-out splits.
 """
@@ -17,8 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 from fedmask.adapter.scores import CLASSIFICATION_METRICS, METRIC_TITLES, format_with_interval
 
+# Causal LMs: held-out perplexity (lower is better) and next-token accuracy.
+CAUSAL_LM_METRICS: tuple[str, ...] = ("perplexity", "next_token_accuracy")
+TITLES: dict[str, str] = {**METRIC_TITLES, "perplexity": "perplexity", "next_token_accuracy": "next-token accuracy"}
+
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
+
+
+# The pooled baselines (one party holding every party's training records) and their table titles.
+POOLED: dict[str, str] = {
+    "pooled_dp": "pooled records, same DP budget",
+    "pooled_non_private": "pooled records, no DP (ceiling)",
+}
 
 
 def _accuracy_after_rounds(final: Mapping[str, Any], federated: float | None) -> list[float | None]:
@@ -30,11 +42,11 @@ def _accuracy_after_rounds(final: Mapping[str, Any], federated: float | None) ->
     return [*after, federated]
 
 
-def heldout_union(data_paths: Mapping[str, Path]) -> list[Record]:
+def heldout_union(data_paths: Mapping[str, Path], task: str = "classification") -> list[Record]:
     """Every party's held-out split, PII-scrubbed as the parties scrub them, in party order."""
     from fedmask.participant.data import load_local_data
 
-    return [record for path in data_paths.values() for record in load_local_data(path).heldout]
+    return [record for path in data_paths.values() for record in load_local_data(path, task=task).heldout]
 
 
 def evaluate_global_adapter(
@@ -64,14 +76,13 @@ def single_party_baselines(
     """Each party trained alone with the same DP budget and the same local training per round,
     scored on the union of every party's held-out split."""
     from fedmask.adapter.config import TrainingConfig
-    from fedmask.adapter.scores import format_with_interval
     from fedmask.participant.data import load_local_data
     from fedmask.participant.trainer import LocalTrainer
     from fedmask.participant.training import configure_threads, train_adapter
 
     configure_threads()  # the participants have exited: every core is free for the baselines
     config = TrainingConfig.create(**dict(training))
-    data = {party: load_local_data(path) for party, path in data_paths.items()}
+    data = {party: load_local_data(path, task=config.task) for party, path in data_paths.items()}
     union = [record for local in data.values() for record in local.heldout]
     scores: dict[str, dict[str, Any]] = {}
     for party, local in data.items():
@@ -80,21 +91,70 @@ def single_party_baselines(
         for _ in range(rounds):
             train_adapter(config, local, trainer=trainer)
         scores[party] = trainer.evaluate(union).scores()
-        echo(
-            f"baseline: {party} alone on the union of held-out splits: macro-F1 "
-            f"{format_with_interval(scores[party], 'macro_f1')}, balanced accuracy "
-            f"{format_with_interval(scores[party], 'balanced_accuracy')}"
-        )
+        echo(f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])}")
     return scores
 
 
+def pooled_baselines(
+    training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int, echo: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """One party holding every party's training records, scored on the union of the held-out
+    splits: ``pooled_dp`` with the same DP budget and local training per round as the
+    participants (what federation would give if secure aggregation and DP on the sum cost
+    nothing), and ``pooled_non_private`` with the same recipe without clipping or noise -- the
+    ceiling, which only the demo can compute because only it holds everyone's records."""
+    from dataclasses import replace
+
+    from fedmask.adapter.config import TrainingConfig
+    from fedmask.participant.data import load_local_data
+    from fedmask.participant.trainer import FeatureCache, LocalTrainer
+    from fedmask.participant.training import configure_threads, train_adapter
+
+    configure_threads()
+    config = TrainingConfig.create(**dict(training))
+    data = [load_local_data(path, task=config.task) for path in data_paths.values()]
+    union = [record for local in data for record in local.heldout]
+    pooled = replace(data[0], train=[record for local in data for record in local.train], heldout=[])
+    features = FeatureCache()  # both models start from the same encoder: its features once
+    scores: dict[str, dict[str, Any]] = {}
+    echo(f"baseline: pooled records ({len(pooled.train)}), {rounds} rounds of DP training, same budget")
+    private = LocalTrainer(config, feature_cache=features)
+    for _ in range(rounds):
+        train_adapter(config, pooled, trainer=private)
+    scores["pooled_dp"] = private.evaluate(union).scores()
+    echo(f"baseline: pooled records, no DP ({rounds} rounds of the same recipe without clipping or noise)")
+    ceiling = LocalTrainer(config, feature_cache=features)
+    for _ in range(rounds):
+        ceiling.train_non_private(pooled.train)
+    scores["pooled_non_private"] = ceiling.evaluate(union).scores()
+    for name, figures in scores.items():
+        echo(f"baseline: {name} on the union of held-out splits: {_headline(figures)}")
+    return scores
+
+
+def _metrics(scores: Mapping[str, Any]) -> tuple[str, ...]:
+    return CLASSIFICATION_METRICS if scores.get("task", "classification") == "classification" else CAUSAL_LM_METRICS
+
+
+def _headline(scores: Mapping[str, Any]) -> str:
+    """The two figures a progress line names, with their intervals."""
+    return ", ".join(f"{TITLES[name]} {format_with_interval(scores, name)}" for name in _metrics(scores)[-2:][::-1])
+
+
 def _result(scores: Mapping[str, Any]) -> dict[str, Any]:
-    """The report's figures of one model: the four scores, their intervals, the record count."""
+    """The report's figures of one model: its scores, their intervals, the record count."""
+    names = _metrics(scores)
     return {
-        **{name: scores[name] for name in CLASSIFICATION_METRICS},
-        "ci95": {name: scores["ci95"][name] for name in CLASSIFICATION_METRICS},
+        "task": scores.get("task", "classification"),
+        **{name: scores[name] for name in names},
+        "ci95": {name: scores["ci95"][name] for name in names},
         "count": scores["count"],
     }
+
+
+def _accuracy(scores: Mapping[str, Any]) -> float:
+    """Accuracy of records (classification) or of next tokens (causal LM)."""
+    return float(scores["accuracy"] if "accuracy" in scores else scores["next_token_accuracy"])
 
 
 def build_report(
@@ -106,17 +166,21 @@ def build_report(
     federated: Mapping[str, Any] | None = None,
     majority: Mapping[str, Any] | None = None,
     label_names: Sequence[str] | None = None,
+    pooled: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report: ``rounds`` (what the coordinator learnt), ``results`` (``federated``,
-    ``party_alone.<name>`` and ``majority``: accuracy, balanced accuracy, macro-F1 and AUROC with
-    ``ci95`` intervals, on the union of the held-out splits), timings and the config.
+    ``party_alone.<name>``, ``pooled_dp``, ``pooled_non_private`` and ``majority``: accuracy,
+    balanced accuracy, macro-F1 and AUROC with ``ci95`` intervals, on the union of the held-out
+    splits), timings and the config.
 
-    ``baselines``, ``federated`` and ``majority`` are :func:`fedmask.adapter.scores.classification_scores`
-    results. The accuracy-only keys of earlier reports (``federated_accuracy``,
-    ``best_single_party_accuracy``, ...) are kept for the programs that read them.
+    ``baselines``, ``federated``, ``majority`` and the values of ``pooled`` (keys ``pooled_dp``,
+    ``pooled_non_private``; see :func:`pooled_baselines`) are
+    :func:`fedmask.adapter.scores.classification_scores` results. The accuracy-only keys of
+    earlier reports (``federated_accuracy``, ``best_single_party_accuracy``, ...) are kept for the
+    programs that read them.
     """
     ledger = final["ledger"]
-    federated_accuracy = federated["accuracy"] if federated is not None else None
+    federated_accuracy = _accuracy(federated) if federated is not None else None
     accuracy = _accuracy_after_rounds(final, federated_accuracy)
     rounds = []
     for entry, after in zip(ledger, accuracy, strict=True):
@@ -133,13 +197,16 @@ def build_report(
                 "attempts": entry["attempt"],
             }
         )
-    single_accuracy = {party: scores["accuracy"] for party, scores in baselines.items()}
+    single_accuracy = {party: _accuracy(scores) for party, scores in baselines.items()}
     best_party = max(single_accuracy, key=single_accuracy.__getitem__) if single_accuracy else None
     results: dict[str, Any] = {
         "federated": _result(federated) if federated is not None else None,
         "party_alone": {party: _result(scores) for party, scores in baselines.items()},
         "majority": _result(majority) if majority is not None else None,
     }
+    for name in POOLED:
+        figures = (pooled or {}).get(name)
+        results[name] = _result(figures) if figures is not None else None
     if majority is not None:
         names = list(label_names) if label_names else None
         label = majority["majority_label"]
@@ -197,7 +264,8 @@ def _results_markdown(report: Mapping[str, Any]) -> list[str]:
     federated, alone, majority = results.get("federated"), results.get("party_alone") or {}, results.get("majority")
     if federated is None:
         return ["Final adapter: not evaluated (the coordinator alone holds no held-out data)."]
-    header = ["model", *(METRIC_TITLES[name] for name in CLASSIFICATION_METRICS)]
+    metrics = _metrics(federated)
+    header = ["model", *(TITLES[name] for name in metrics)]
     lines = [
         f"## The final models on the union of held-out splits ({federated['count']} records)",
         "",
@@ -205,14 +273,21 @@ def _results_markdown(report: Mapping[str, Any]) -> list[str]:
         "|" + "---|" * len(header),
     ]
     rows = [("**federated adapter**", federated)]
+    rows += [(title, results[name]) for name, title in POOLED.items() if results.get(name) is not None]
     rows += [(f"{party} alone, same DP budget", figures) for party, figures in sorted(alone.items())]
     if majority is not None:
         rows.append((f"always {majority['label']!r} (majority baseline)", majority))
     for title, figures in rows:
-        lines.append(
-            "| " + " | ".join([title, *(format_with_interval(figures, m) for m in CLASSIFICATION_METRICS)]) + " |"
-        )
+        lines.append("| " + " | ".join([title, *(format_with_interval(figures, m) for m in metrics)]) + " |")
     boot = results.get("bootstrap") or {}
+    if metrics == CAUSAL_LM_METRICS:
+        return [
+            *lines,
+            "",
+            f"95% intervals: {boot.get('method', 'percentile bootstrap over records')} ({boot.get('resamples')} "
+            f"resamples, seed {boot.get('seed')}). Perplexity: exp of the mean next-token cross-entropy over "
+            "every predicted token (lower is better).",
+        ]
     chance = 0.5 if majority is None else majority["balanced_accuracy"]
     lines += [
         "",
@@ -228,6 +303,12 @@ def _results_markdown(report: Mapping[str, Any]) -> list[str]:
         else f"The federated adapter does NOT beat the majority baseline: its balanced-accuracy interval reaches "
         f"{chance:.3f}, what always answering one label gets."
     )
+    ceiling = results.get("pooled_non_private")
+    if ceiling is not None and ceiling["macro_f1"] > 0:
+        lines.append(
+            f"The federated adapter reaches {federated['macro_f1'] / ceiling['macro_f1']:.2f} of the pooled "
+            f"non-private ceiling's macro-F1 ({format_with_interval(ceiling, 'macro_f1')})."
+        )
     if alone:
         best = max(alone, key=lambda party: alone[party]["macro_f1"])
         lines.append(
@@ -246,24 +327,47 @@ def _overlap(first: Sequence[float] | None, second: Sequence[float] | None) -> b
 
 
 def plot(report: Mapping[str, Any], path: Path) -> None:
+    """Left: macro-F1 (next-token accuracy for causal LMs) with its 95% interval of every model in
+    ``results`` on the union of the held-out splits. Right: each party's cumulative record-level
+    ε per round, with the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = report.get("results") or {}
+    bars: list[tuple[str, Mapping[str, Any]]] = []
+    if results.get("federated") is not None:
+        bars.append(("federated", results["federated"]))
+    bars += [(name.replace("_", " "), results[name]) for name in POOLED if results.get(name) is not None]
+    bars += [(f"{party} alone", figures) for party, figures in sorted((results.get("party_alone") or {}).items())]
+    if results.get("majority") is not None:
+        bars.append(("majority", results["majority"]))
     rounds = [r["round"] for r in report["rounds"]]
     parties = sorted({p for r in report["rounds"] for p in r["epsilon"]})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(rounds, [r["accuracy"] for r in report["rounds"]], marker="o", label="federated")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    metric = "macro_f1" if not bars or "macro_f1" in bars[0][1] else "next_token_accuracy"
+    if bars:
+        values = [figures[metric] for _, figures in bars]
+        intervals = [figures["ci95"].get(metric) or [figures[metric]] * 2 for _, figures in bars]
+        errors = [
+            [value - low for value, (low, _) in zip(values, intervals, strict=True)],
+            [high - value for value, (_, high) in zip(values, intervals, strict=True)],
+        ]
+        positions = list(range(len(bars)))
+        left.bar(positions, values, yerr=errors, capsize=4, color=["tab:blue"] + ["tab:grey"] * (len(bars) - 1))
+        left.set_xticks(positions, [title for title, _ in bars], rotation=30, ha="right")
+        left.set_ylim(0, 1)
+    left.set(title=f"{TITLES[metric]} on the union of held-out splits (95% CI)", ylabel=TITLES[metric])
     for party in parties:
         right.plot(rounds, [r["epsilon"].get(party) for r in report["rounds"]], marker="o", label=party)
-    if report["best_single_party_accuracy"] is not None:
-        left.axhline(report["best_single_party_accuracy"], linestyle="--", color="grey", label="best party alone")
-    left.set(title="Global adapter, held-out accuracy", xlabel="round", ylabel="accuracy")
+    budget = ((report.get("config") or {}).get("training") or {}).get("target_epsilon")
+    if budget is not None:
+        right.axhline(budget, linestyle="--", color="grey", label=f"budget ε = {budget:g}")
     right.set(title="Record-level ε spent (cumulative)", xlabel="round", ylabel="ε")
+    right.set_xticks(rounds)
+    right.legend()
     for axis in (left, right):
-        axis.set_xticks(rounds)
-        axis.legend()
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

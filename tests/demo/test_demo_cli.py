@@ -109,3 +109,33 @@ def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path
     assert "| round | survivors |" in run.stdout
     assert (out / "report.png").stat().st_size > 0
     assert (out / "global_adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_causal_lm_demo_federates_a_qwen2_adapter_and_reports_perplexity(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--task", "causal_lm", "--participants", "3", "--rounds", "2", "--records", "60"]
+    run = subprocess.run(
+        [sys.executable, "-m", "fedmask.cli", "demo", *args, "--skip-baseline"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "built a tiny Qwen2 with random weights" in run.stdout
+    config = json.loads((out / "work" / "federation.json").read_text())
+    assert config["training"]["task"] == "causal_lm"
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert all(r["survivors"] == ["bank", "hospital-a", "hospital-b"] for r in report["rounds"])
+    federated = report["results"]["federated"]
+    assert federated["task"] == "causal_lm" and federated["perplexity"] > 1.0
+    low, high = federated["ci95"]["next_token_accuracy"]
+    assert 0.0 <= low <= federated["next_token_accuracy"] <= high <= 1.0
+    assert report["results"]["majority"] is None
+    assert "| model | perplexity | next-token accuracy |" in run.stdout
+    adapter = json.loads((out / "global_adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]  # LoRA on Qwen2's q and v projections
+    assert not (out / "global_model").exists()  # the sentence-transformers export is for classifiers

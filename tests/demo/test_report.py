@@ -46,17 +46,29 @@ def test_the_report_puts_every_model_next_to_the_majority_baseline() -> None:
     federated = _scores(labels, 0.6, seed=1)
     alone = {"bank": _scores(labels, 0.2, seed=2), "hospital-a": _scores(labels, 0.4, seed=3)}
     majority = majority_scores(labels, 2)
+    pooled = {"pooled_dp": _scores(labels, 0.65, seed=5), "pooled_non_private": _scores(labels, 0.9, seed=6)}
     report = build_report(
-        _final(["bank", "hospital-a"], 2), alone, 10.0, 20.0, {"rounds": 2}, federated, majority, ["routine", "urgent"]
+        _final(["bank", "hospital-a"], 2),
+        alone,
+        10.0,
+        20.0,
+        {"rounds": 2},
+        federated,
+        majority,
+        ["routine", "urgent"],
+        pooled=pooled,
     )
     results = report["results"]
-    for figures in (results["federated"], *results["party_alone"].values(), results["majority"]):
+    models = (results["federated"], results["pooled_dp"], results["pooled_non_private"], results["majority"])
+    for figures in (*models, *results["party_alone"].values()):
         assert set(METRICS) <= set(figures) and set(figures["ci95"]) == set(METRICS)
         for name in METRICS:
             low, high = figures["ci95"][name]
             assert low <= figures[name] <= high
     assert results["federated"]["macro_f1"] == federated["macro_f1"]
     assert results["party_alone"]["bank"]["auroc"] == alone["bank"]["auroc"]
+    assert results["pooled_non_private"]["macro_f1"] == pooled["pooled_non_private"]["macro_f1"]
+    assert results["pooled_dp"]["ci95"]["auroc"] == pooled["pooled_dp"]["ci95"]["auroc"]
     assert results["majority"]["balanced_accuracy"] == 0.5 and results["majority"]["auroc"] == 0.5
     assert (
         results["majority"]["accuracy"] == majority["majority_baseline"] and results["majority"]["label"] == "routine"
@@ -77,6 +89,9 @@ def test_the_report_puts_every_model_next_to_the_majority_baseline() -> None:
     assert "| bank alone, same DP budget |" in markdown and "| hospital-a alone, same DP budget |" in markdown
     assert "The federated adapter beats the majority baseline" in markdown
     assert "Best party alone by macro-F1: hospital-a" in markdown
+    assert "| pooled records, same DP budget |" in markdown and "| pooled records, no DP (ceiling) |" in markdown
+    share = federated["macro_f1"] / pooled["pooled_non_private"]["macro_f1"]
+    assert f"The federated adapter reaches {share:.2f} of the pooled non-private ceiling's macro-F1" in markdown
 
 
 def test_the_report_says_plainly_when_the_federated_adapter_does_not_beat_the_majority() -> None:
@@ -88,8 +103,42 @@ def test_the_report_says_plainly_when_the_federated_adapter_does_not_beat_the_ma
     assert "does NOT beat the majority baseline" in render_markdown(report)
     # A coordinator alone (fedmask coordinator run --report) has nothing to evaluate on.
     alone = build_report(_final(["bank"], 1), {}, 1.0, 2.0, {})
-    assert alone["results"] == {"federated": None, "party_alone": {}, "majority": None}
+    assert alone["results"] == {
+        "federated": None,
+        "party_alone": {},
+        "majority": None,
+        "pooled_dp": None,
+        "pooled_non_private": None,
+    }
     assert "not evaluated" in render_markdown(alone)
+
+
+def test_a_causal_lm_report_shows_perplexity_and_next_token_accuracy(tmp_path: Path) -> None:
+    from fedmask.adapter.scores import causal_lm_scores
+    from fedmask.demo.report import plot
+
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(5, 40, size=60)
+
+    def scores(loss_per_token: float) -> dict:
+        correct = rng.binomial(tokens, 0.3)
+        return causal_lm_scores(tokens * loss_per_token + rng.normal(0, 1, tokens.size), tokens, correct)
+
+    federated, alone = scores(3.0), {"bank": scores(3.5)}
+    pooled = {"pooled_dp": scores(2.9), "pooled_non_private": scores(2.5)}
+    report = build_report(_final(["bank", "hospital-a"], 2), alone, 1.0, 2.0, {}, federated, None, pooled=pooled)
+    results = report["results"]
+    assert results["federated"]["task"] == "causal_lm" and results["majority"] is None
+    assert results["federated"]["perplexity"] == federated["perplexity"]
+    assert set(results["pooled_non_private"]["ci95"]) == {"perplexity", "next_token_accuracy"}
+    assert report["federated_accuracy"] == federated["next_token_accuracy"]
+    markdown = render_markdown(report)
+    assert "| model | perplexity | next-token accuracy |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| **federated adapter**"))
+    assert f"{federated['perplexity']:.3f}" in row
+    assert "| pooled records, no DP (ceiling) |" in markdown and "majority" not in markdown
+    plot(report, tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 0
 
 
 def test_the_demo_report_scores_and_exports_the_federated_model(minilm_path: str, tmp_path: Path, demo_records) -> None:
@@ -169,3 +218,23 @@ def test_each_party_alone_is_trained_and_scored_on_the_union(minilm_path: str, t
     assert set(alone) == {"hospital-a", "bank"} and all(s["count"] == 20 for s in alone.values())
     assert alone["bank"]["ci95"]["macro_f1"] is not None
     assert any("bank alone on the union of held-out splits: macro-F1" in m for m in messages)
+
+
+# Slow (two trainings on the pooled records): the default suite keeps the report tests above.
+@pytest.mark.slow
+def test_pooled_baselines_train_on_every_party_s_records_with_and_without_dp(minilm_path: str, tmp_path: Path) -> None:
+    from fedmask.demo.data import generate_records, write_records
+    from fedmask.demo.report import pooled_baselines
+
+    training = {"model_path": minilm_path, "max_seq_len": 32, "lora_rank": 4, "batch_size": 8, "local_steps": 4}
+    training |= {"accountant": "rdp", "noise_seed": 0}
+    data_paths = {
+        party: write_records(generate_records(party, 50, seed=i), tmp_path / f"{party}.jsonl")
+        for i, party in enumerate(("hospital-a", "bank"))
+    }
+    messages: list[str] = []
+    pooled = pooled_baselines(training, data_paths, 1, messages.append)
+    assert set(pooled) == {"pooled_dp", "pooled_non_private"}
+    assert all(scores["count"] == 20 for scores in pooled.values())  # the union of the held-out splits
+    assert any("pooled records (80)" in m for m in messages)  # both parties' training splits
+    assert any("pooled_non_private on the union of held-out splits: macro-F1" in m for m in messages)
