@@ -27,6 +27,7 @@ from pathlib import Path
 
 import click
 
+from fedmask.cli.quiet import quiet_libraries
 from fedmask.demo.data import PARTIES
 
 # Small enough for 2 CPU cores in a few minutes, large enough that federation matters.
@@ -230,6 +231,7 @@ def demo(
     seed: int,
 ) -> None:
     """Run a federation of two hospitals and a bank on this machine and report on it."""
+    quiet_libraries("baseline: %(message)s")  # this process trains the baselines
     parties = party_names(participant_count)
     drop_at = _parse_drops(drops, rounds, parties)
     if drop_at and participant_count - 1 < demo_threshold(participant_count):

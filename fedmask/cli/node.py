@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import click
 
 from fedmask.cli.join import TOKEN_ENV
+from fedmask.cli.quiet import quiet_libraries
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
 from fedmask.participant.setup import SetupError, load_policy, setup_connection
@@ -83,12 +82,7 @@ def node(
     insecure: bool,
 ) -> None:
     """Follow the coordinator's federation: train, report, upload under secure aggregation."""
-    logging.basicConfig(level=logging.WARNING)
-    # Library chatter that says nothing about this run (deprecations; Opacus's note that its
-    # noise comes from torch's generator, which fedmask seeds from os.urandom).
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="Secure RNG turned off")
-    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    quiet_libraries(f"{name}: %(message)s")
 
     def echo(line: str) -> None:
         click.echo(f"{dt.datetime.now():%H:%M:%S} {name}: {line}", err=True)
