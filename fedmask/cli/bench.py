@@ -15,6 +15,7 @@ class _BenchGroup(LazyGroup):
         "ddp": "fedmask.bench.ddp_bench:ddp",
         "pii": "fedmask.bench.pii_bench:pii",
         "modes": "fedmask.bench.modes_bench:modes",
+        "recipe": "fedmask.bench.recipe_bench:recipe",
     }
 
 
