@@ -305,9 +305,11 @@ def train(
     report = result.report
     console.print(
         f"epsilon {report['epsilon']:.4g} (delta {report['delta']:g}, {report['accountant']}), "
-        f"noise multiplier {report['noise_multiplier']:.4g}, {report['steps']} steps, "
-        f"clipping {report['clipping']}"
+        f"noise multiplier {report['noise_multiplier']:.4g}, {report['steps']} steps "
+        f"({report['probe_steps']} of them the head's linear probe), clipping {report['clipping']}"
     )
+    if report["diverged"]:
+        click.echo(f"WARNING: training diverged: {report['diverged']}", err=True)
     if report["scores"] is not None:
         click.echo(summary_line(report["scores"], names), err=True)  # one line, never wrapped
     paths = {"adapter": str(out_dir / "adapter"), "report": str(out_dir / "report.json")}
