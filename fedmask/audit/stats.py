@@ -205,16 +205,22 @@ def epsilon_lower_bound(
     choose: ArrayLike,
 ) -> EpsilonAudit:
     """The empirical epsilon lower bound: the threshold that gives the highest bound on the
-    candidates where ``choose`` is true, measured on the others."""
+    candidates where ``choose`` is true, measured on the others (:func:`stratified_half` draws
+    ``choose`` with as many members on both sides)."""
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(members, dtype=bool)
     c = np.asarray(choose, dtype=bool)
     roc = roc_points(s[c], m[c])
-    bounds = [
-        epsilon_from_counts(int(tp), roc.members, int(fp), roc.non_members, delta=delta)
+    # the highest bound; among equal bounds (all 0 on a weak attack) the highest bound at 50%
+    # confidence, which still discounts a threshold that only a handful of records pass
+    ranked = [
+        (
+            epsilon_from_counts(int(tp), roc.members, int(fp), roc.non_members, delta=delta),
+            epsilon_from_counts(int(tp), roc.members, int(fp), roc.non_members, delta=delta, confidence=0.5),
+        )
         for tp, fp in zip(roc.true_positives, roc.false_positives, strict=True)
     ]
-    threshold = float(roc.thresholds[int(np.argmax(bounds))])
+    threshold = float(roc.thresholds[max(range(len(ranked)), key=ranked.__getitem__)])
     inside, outside = _split(s[~c], m[~c])
     tp, fp = int((inside >= threshold).sum()), int((outside >= threshold).sum())
     return EpsilonAudit(
@@ -226,6 +232,16 @@ def epsilon_lower_bound(
         false_positives=fp,
         non_members=len(outside),
     )
+
+
+def stratified_half(members: ArrayLike, rng: np.random.Generator) -> NDArray[np.bool_]:
+    """A random half of the members and a random half of the non-members, as a mask."""
+    m = np.asarray(members, dtype=bool)
+    chosen = np.zeros(len(m), dtype=bool)
+    for side in (m, ~m):
+        where = np.flatnonzero(side)
+        chosen[rng.choice(where, size=len(where) // 2, replace=False)] = True
+    return chosen
 
 
 def dp_tpr_bound(fpr: float, epsilon: float, delta: float) -> float:
@@ -268,6 +284,21 @@ def logit_confidence(losses: ArrayLike) -> NDArray[np.float64]:
     return np.asarray(-loss - np.log(-np.expm1(-loss)), dtype=np.float64)
 
 
+def confidence_from_probabilities(probabilities: ArrayLike, labels: ArrayLike) -> NDArray[np.float64]:
+    """log(p_y / (1 - p_y)) from per-record class probabilities (records, classes), with 1 - p_y
+    summed over the other classes: exact where the loss would round to 0 (a float32 loss of a
+    confident record takes only a few values, and ties hide the tail the attack lives in)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(y))
+    true = p[rows, y]
+    other = np.ones_like(p, dtype=bool)
+    other[rows, y] = False
+    others = np.where(other, p, 0.0).sum(axis=1)  # not 1 - p_y: that rounds to 0
+    tiny = np.finfo(np.float64).tiny
+    return np.asarray(np.log(np.maximum(true, tiny)) - np.log(np.maximum(others, tiny)), dtype=np.float64)
+
+
 def _global_fit(
     values: NDArray[np.float64], mask: NDArray[np.bool_]
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], float]:
@@ -281,19 +312,20 @@ def _global_fit(
 
 
 def lira_scores(
-    target_losses: ArrayLike, shadow_losses: ArrayLike, shadow_members: ArrayLike
+    target_confidence: ArrayLike, shadow_confidence: ArrayLike, shadow_members: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """LiRA's offline and online scores for every candidate.
+    """LiRA's offline and online scores for every candidate, from logit confidences
+    (:func:`logit_confidence`, :func:`confidence_from_probabilities`).
 
-    ``shadow_losses`` and ``shadow_members`` are (shadows, candidates). Per candidate, the mean
-    of the logit confidence over the shadows that did not (offline) / did and did not (online)
-    train on it; one variance over all candidates per side, as the LiRA paper advises for few
-    shadows. A candidate that no shadow left out (or took in) uses the mean over all candidates
-    of that side's deviation from the overall mean.
+    ``shadow_confidence`` and ``shadow_members`` are (shadows, candidates). Per candidate, the
+    mean confidence over the shadows that did not (offline) / did and did not (online) train on
+    it; one variance over all candidates per side, as the LiRA paper advises for few shadows. A
+    candidate that no shadow left out (or took in) gets the overall mean of the shadows plus that
+    side's mean deviation from it.
     Offline: (phi - mu_out) / sigma_out. Online: log N(phi; mu_in, sigma_in) - log N(phi; mu_out, sigma_out).
     """
-    phi = logit_confidence(target_losses)
-    shadows = logit_confidence(shadow_losses)
+    phi = np.asarray(target_confidence, dtype=np.float64)
+    shadows = np.asarray(shadow_confidence, dtype=np.float64)
     taken = np.asarray(shadow_members, dtype=bool)
     if shadows.shape != taken.shape or shadows.shape[1:] != phi.shape:
         raise ValueError("shadow arrays must be (shadows, candidates) and match the target's candidates")

@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "demo": "fedmask.cli.demo:demo",
     "predict": "fedmask.cli.predict:predict",
     "doctor": "fedmask.cli.doctor:doctor",
+    "audit": "fedmask.cli.audit:audit",
 }
 
 

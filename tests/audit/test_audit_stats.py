@@ -10,6 +10,7 @@ import pytest
 from fedmask.audit.stats import (
     chance_exposure,
     clopper_pearson,
+    confidence_from_probabilities,
     dp_tpr_bound,
     epsilon_from_counts,
     epsilon_lower_bound,
@@ -17,6 +18,7 @@ from fedmask.audit.stats import (
     lira_scores,
     logit_confidence,
     roc_auc,
+    stratified_half,
     tpr_at_fpr,
 )
 
@@ -126,6 +128,13 @@ def test_logit_confidence() -> None:
     assert logit_confidence(-np.log(p)) == pytest.approx(np.log(p / (1 - p)))
 
 
+def test_confidence_from_probabilities_keeps_the_tail() -> None:
+    # p_y = 1 - 1e-20 is 1.0 in float64, but the other class's 1e-20 is kept
+    probabilities = np.array([[1e-20, 1.0], [0.25, 0.75], [0.2, 0.3]])
+    phi = confidence_from_probabilities(probabilities, [1, 0, 1])
+    assert phi == pytest.approx([20 * math.log(10), math.log(0.25 / 0.75), math.log(0.3 / 0.2)])
+
+
 def test_lira_separates_what_the_shadows_predict() -> None:
     # Candidates differ in how hard they are (their own mean); membership adds a fixed shift.
     rng = np.random.default_rng(3)
@@ -136,11 +145,23 @@ def test_lira_separates_what_the_shadows_predict() -> None:
     target_members = rng.random(candidates) < 0.5
     target_phi = hardness + 1.0 * target_members + rng.normal(scale=0.3, size=candidates)
 
-    def loss(confidence: np.ndarray) -> np.ndarray:
-        return np.log1p(np.exp(-confidence))
-
-    offline, online = lira_scores(loss(target_phi), loss(phi), shadow_members)
-    plain = roc_auc(-loss(target_phi), target_members)
+    offline, online = lira_scores(target_phi, phi, shadow_members)
+    plain = roc_auc(target_phi, target_members)
     assert plain < 0.7  # the loss alone is swamped by the hardness
     assert roc_auc(offline, target_members) > 0.9
     assert roc_auc(online, target_members) > 0.9
+
+
+def test_stratified_half_halves_each_side() -> None:
+    members = np.arange(101) < 40
+    chosen = stratified_half(members, np.random.default_rng(0))
+    assert int((chosen & members).sum()) == 20
+    assert int((chosen & ~members).sum()) == 30
+
+
+def test_a_weak_attack_still_picks_a_finite_threshold() -> None:
+    members = np.arange(20) < 10
+    scores = np.where(members, 1.0, 0.0) + np.arange(20) * 0.01
+    audit = epsilon_lower_bound(scores, members, delta=1e-5, choose=stratified_half(members, np.random.default_rng(1)))
+    assert math.isfinite(audit.threshold)
+    assert audit.true_positives == 5 and audit.false_positives == 0
