@@ -107,10 +107,7 @@ def train_model(settings: AuditSettings, records: Sequence[Record]) -> tuple[Loc
     config = settings.config()
     if settings.non_private:
         trainer = LocalTrainer(config)
-        train_non_private = getattr(trainer, "train_non_private", None)
-        if train_non_private is None:
-            raise RuntimeError("this installation's LocalTrainer has no non-private training")
-        train_non_private(list(records))
+        trainer.train_non_private(list(records))
         return trainer, math.inf
     result = train_adapter(config, list(records), scrub_pii=False)
     return result.trainer, float(result.report["epsilon"])

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from fedmask.cli.quiet import quiet_libraries
+
 
 @click.command()
 @click.option(
@@ -68,6 +70,7 @@ def audit(
     models, canary exposure) and print AUC, TPR at low FPR and the empirical epsilon lower bound
     next to the accounted epsilon's bound."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries("audit: %(message)s")
     from fedmask.audit.experiment import AuditSettings, format_table, run_audit
     from fedmask.participant.data import load_records
 
