@@ -300,7 +300,7 @@ def demo(
         "mode": mode,
         "target_epsilon": epsilon,
         "target_delta": delta,
-        "epochs": 1.0,
+        "epochs": 4.0,  # per round; the first 3/4 of the steps are cheap linear-probe steps
         "batch_size": 64,
         "max_seq_len": 64,
     }
