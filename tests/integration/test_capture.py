@@ -162,7 +162,9 @@ def _run_round(tmp: Path, model_path: str, seed: int, monkeypatch) -> tuple[list
         data = load_local_data(write_records(records, tmp / f"{party}.jsonl"))
         local = setup_connection(federation, party, f"localhost:{listening[0]}")
         policy = ParticipantPolicy.pinned_to(roster.entries, roster.version)
-        node = Node(local.connection, local.identity, data, tmp / party, progress=logs.append, policy=policy)
+        node = Node(
+            local.connection, local.identity, data, tmp / party, progress=logs.append, policy=policy, task="causal_lm"
+        )
 
         def follow(node: Node = node, party: str = party) -> None:
             try:

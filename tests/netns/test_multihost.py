@@ -190,6 +190,8 @@ def test_link_cut_in_masked_input_leaves_the_exact_sum_of_the_survivors(make_net
         assert outcome["completed"] and len(outcome["survivors"]) == len(survivors)
 
 
+# Slow (about 35 s: two rounds and a partition); the link-cut test stays in the default suite.
+@pytest.mark.slow
 def test_partitioned_coordinator_participants_back_off_and_join_the_next_round(make_network, tmp_path):
     names = ["bank", "hospital-a", "hospital-b"]
     network = make_network(names)

@@ -73,6 +73,8 @@ def _random_patterns(trials):
         _check(n, t, drop_at, SecurityMode.SEMI_HONEST, seed=trial, dimension=4)
 
 
+# Slow (about 20 s): the exhaustive small-n tests above stay in the default suite.
+@pytest.mark.slow
 def test_random_patterns_with_50_participants():
     _random_patterns(25)
 
