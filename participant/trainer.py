@@ -246,6 +246,18 @@ def loss_divergence(losses: Sequence[float]) -> str:
     return ""
 
 
+def _divergence_verdict(guarded: str, losses: Sequence[float]) -> str:
+    """How a round diverged ("" if it did not), logged: the non-finite guard's finding
+    (``guarded``, which acted) or else what the losses show (which is only reported)."""
+    if guarded:
+        verdict = f"{guarded}; the adapter was put back to where that phase started and the rest of the round skipped"
+    else:
+        verdict = loss_divergence(losses)
+    if verdict:
+        log.warning("training diverged: %s", verdict)
+    return verdict
+
+
 def _final_loss(losses: Sequence[float]) -> float:
     values = [value for value in losses if not math.isnan(value)]
     if not values:
@@ -852,12 +864,7 @@ class LocalTrainer:
         counted = sum(h[2] for h in priv.engine.accountant.history) - history_before
         if counted != finetune_steps:
             raise RuntimeError(f"Opacus accounted {counted} steps for the {finetune_steps} fine-tuning steps taken")
-        if diverged:
-            diverged += "; the adapter was put back to where that phase started and the rest of the round skipped"
-        else:
-            diverged = loss_divergence(losses)
-        if diverged:
-            log.warning("training diverged: %s", diverged)
+        diverged = _divergence_verdict(diverged, losses)
         finite = [loss for loss in losses if not math.isnan(loss)]
         return LocalTrainingResult(
             vector=self.adapter_vector(),
@@ -945,12 +952,7 @@ class LocalTrainer:
                     diverged = f"the parameters became non-finite at step {step + 1}"
                     break
             optimizer.zero_grad(set_to_none=True)
-        if diverged:
-            diverged += "; the adapter was put back to where that phase started and the rest of the round skipped"
-        else:
-            diverged = loss_divergence(losses)
-        if diverged:
-            log.warning("training diverged: %s", diverged)
+        diverged = _divergence_verdict(diverged, losses)
         finite = [loss for loss in losses if not math.isnan(loss)]
         return LocalTrainingResult(
             vector=self.adapter_vector(),
