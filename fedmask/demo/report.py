@@ -138,7 +138,8 @@ def _metrics(scores: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _headline(scores: Mapping[str, Any]) -> str:
     """The two figures a progress line names, with their intervals."""
-    return ", ".join(f"{TITLES[name]} {format_with_interval(scores, name)}" for name in _metrics(scores)[-2:][::-1])
+    names = ("macro_f1", "balanced_accuracy") if _metrics(scores) == CLASSIFICATION_METRICS else CAUSAL_LM_METRICS
+    return ", ".join(f"{TITLES[name]} {format_with_interval(scores, name)}" for name in names)
 
 
 def _result(scores: Mapping[str, Any]) -> dict[str, Any]:

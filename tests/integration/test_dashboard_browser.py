@@ -240,18 +240,25 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
             page.screenshot(path=screenshot, full_page=True)
             assert Path(screenshot).stat().st_size < 300_000
 
-        # A stop with a hostile reason: shown as text, nothing runs.
+        # A stop with a hostile reason. The after-round stop lets round 2 (the last) finish, so the
+        # coordinator may exit before the page's next refresh: the text is checked when the page
+        # caught it (test_free_text_from_the_store_and_the_status_is_shown_as_text always checks it).
         stop = CliRunner().invoke(
             main, ["coordinator", "stop", "--state", str(state), "--no-wait", "--reason", HOSTILE_STOP_REASON]
         )
         assert stop.exit_code == 0, stop.output
-        page.wait_for_selector("#stop-request:not([hidden])", timeout=30_000)
-        assert page.inner_text("#stop-request") == f"stop requested (after-round): {HOSTILE_STOP_REASON}"
+        deadline = time.monotonic() + 90
+        while not page.is_visible("#stop-request") and coordinator.poll() is None:
+            assert time.monotonic() < deadline, f"the page never showed the stop request\n{_tails(logs)}"
+            time.sleep(0.5)
+        if page.is_visible("#stop-request"):
+            assert page.inner_text("#stop-request") == f"stop requested (after-round): {HOSTILE_STOP_REASON}"
         _assert_nothing_ran(page)
-
-        now = CliRunner().invoke(main, ["coordinator", "stop", "--state", str(state), "--now", "--timeout", "60"])
-        assert now.exit_code == 0, now.output
-        assert coordinator.wait(30) == 4
+        if coordinator.poll() is None:
+            now = CliRunner().invoke(main, ["coordinator", "stop", "--state", str(state), "--now", "--timeout", "60"])
+            assert now.exit_code == 0, now.output
+        # 4: the escalated stop aborted round 2; 0: round 2 finished under the after-round stop.
+        assert coordinator.wait(30) in (0, 4)
         # The coordinator is gone, and its dashboard with it: the page says so.
         page.wait_for_selector("#banner:not([hidden])", timeout=20_000)
         assert "Cannot read the federation's documents" in page.inner_text("#banner")
