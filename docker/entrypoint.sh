@@ -9,7 +9,8 @@
 #                         copy the coordinator's credentials into /var/lib/fedmask/export/coordinator;
 #                         then exit. It never makes or sees a participant's private key.
 #   coordinator [ARGS]    wait for the credentials, run `fedmask coordinator run` (every round) and
-#                         write the report into /var/lib/fedmask/report
+#                         write the report into /var/lib/fedmask/report, scored on public evaluation
+#                         records (FEDMASK_EVALUATION, or demo records generated with another seed)
 #   participant NAME      make its own keys (`fedmask participant enrol`) in /var/lib/fedmask/credentials,
 #                         put its request in /var/lib/fedmask/enrolment, wait for the public files the
 #                         pki job publishes there, generate demo records if none are there yet, and run
@@ -131,8 +132,31 @@ role_pki() {
     log "federation ready: ${#participants[@]} participants issued from their requests, $exported coordinator volume filled"
 }
 
+# public_evaluation_records: the public records the report scores the global adapter on
+# (FEDMASK_EVALUATION, or demo records of each kind of party drawn with another seed than the
+# participants' own, generated once into the state volume). Never a participant's data.
+public_evaluation_records() {
+    if [ -n "${FEDMASK_EVALUATION:-}" ]; then
+        echo "$FEDMASK_EVALUATION"
+        return
+    fi
+    local records=$HOME_DIR/state/evaluation/records.jsonl new=$HOME_DIR/state/evaluation/.new
+    if [ ! -f "$records" ]; then
+        mkdir -p "$new"
+        for kind in hospital-a hospital-b bank; do
+            fedmask data generate --party "$kind" --records "${FEDMASK_EVALUATION_RECORDS:-100}" \
+                --seed "${FEDMASK_EVALUATION_SEED:-1}" --out "$new/$kind.jsonl" >&2
+        done
+        cat "$new"/*.jsonl > "$new/records.jsonl"
+        mv -f "$new/records.jsonl" "$records"
+    fi
+    echo "$records"
+}
+
 role_coordinator() {
     wait_for_credentials
+    local evaluation
+    evaluation=$(public_evaluation_records)
     exec fedmask coordinator run \
         --federation "$CREDENTIALS" \
         --name "${FEDMASK_COORDINATOR_NAME:-main}" \
@@ -140,6 +164,7 @@ role_coordinator() {
         --config "${FEDMASK_CONFIG:-/etc/fedmask/federation.json}" \
         --host 0.0.0.0 --port "${FEDMASK_PORT:-7443}" --health-port "${FEDMASK_HEALTH_PORT:-8081}" \
         --report "$HOME_DIR/report" \
+        --evaluate "$evaluation" \
         "$@"
 }
 

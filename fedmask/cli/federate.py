@@ -35,7 +35,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -49,6 +49,9 @@ from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federatio
 from fedmask.coordinator.observability import LOG_FORMATS, PROGRESS_LOGGER, LogFormat, start_logging
 from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
+
+if TYPE_CHECKING:
+    from fedmask.participant.data import Record
 
 LOG_FILE_NAME = "coordinator.log"
 
@@ -142,6 +145,14 @@ def _echo(line: str) -> None:
     help="Also write the report (per-round table, plot, global adapter) here and print it.",
 )
 @click.option(
+    "--evaluate",
+    "evaluate_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Public records the coordinator holds (JSONL or CSV, the participants' format; never a party's own "
+    "data): the --report scores the global adapter on every one of them, next to the majority class.",
+)
+@click.option(
     "--allow-config-change",
     is_flag=True,
     help="Resume a state directory with a changed config (it becomes the next config version).",
@@ -199,6 +210,7 @@ def run(
     token_auth: bool,
     insecure: bool,
     report_dir: Path | None,
+    evaluate_path: Path | None,
     allow_config_change: bool,
     log_format: LogFormat,
     log_file: Path | None,
@@ -220,6 +232,8 @@ def run(
         config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, FederationError) as exc:
         raise click.ClickException(f"{config_path}: {exc}") from None
+    # Read before any round runs: a bad evaluation file must not surface after hours of training.
+    evaluation = _evaluation_records(evaluate_path, report_dir, config) if evaluate_path is not None else None
     try:
         if insecure:
             pki.warn_insecure("coordinator")
@@ -268,11 +282,40 @@ def run(
         # Logging starts once the federation is set up: a refused start writes no log file.
         logs = start_logging(log_format, log_file)
         cleanup.callback(logs.close)
-        _run_federation(federation, state_dir, config, report_dir, started)
+        _run_federation(federation, state_dir, config, report_dir, started, evaluation)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """The coordinator's own public evaluation records (scrubbed as participants scrub theirs)."""
+
+    path: Path
+    records: list[Record]
+
+
+def _evaluation_records(path: Path, report_dir: Path | None, config: FederationConfig) -> _Evaluation:
+    from fedmask.participant.data import DataError, load_records, scrub_records
+
+    if report_dir is None:
+        raise click.UsageError("--evaluate scores the global adapter for the report: add --report DIR")
+    training = TrainingConfig.create(**config.training_config())
+    try:
+        records = load_records(path, task=training.task, num_labels=training.num_labels)
+    except (DataError, OSError) as exc:
+        raise click.ClickException(f"--evaluate {path}: {exc}") from None
+    if not records:
+        raise click.ClickException(f"--evaluate {path}: the file has no records")
+    scrubbed, _counts = scrub_records(records)
+    return _Evaluation(path, scrubbed)
 
 
 def _run_federation(
-    federation: Federation, state_dir: Path, config: FederationConfig, report_dir: Path | None, started: float
+    federation: Federation,
+    state_dir: Path,
+    config: FederationConfig,
+    report_dir: Path | None,
+    started: float,
+    evaluation: _Evaluation | None = None,
 ) -> None:
     try:
         ledger = asyncio.run(federation.run())
@@ -289,15 +332,43 @@ def _run_federation(
     write_text_atomic(state_dir / "final.json", json.dumps(final, indent=2, default=str) + "\n")
     _echo(f"done: {len(ledger)} rounds committed; record-level epsilon spent {final['final_epsilon']}")
     if report_dir is not None:
-        _write_report(report_dir, state_dir, config, time.monotonic() - started)
+        _write_report(report_dir, state_dir, config, time.monotonic() - started, evaluation)
 
 
-def _write_report(report_dir: Path, state_dir: Path, config: FederationConfig, wall_s: float) -> None:
-    """The demo's report from STATE/final.json (round-tripped through JSON, as the demo reads it)."""
-    from fedmask.demo.report import build_report, write_report
+def _write_report(
+    report_dir: Path, state_dir: Path, config: FederationConfig, wall_s: float, evaluation: _Evaluation | None
+) -> None:
+    """The demo's report from STATE/final.json (round-tripped through JSON, as the demo reads it);
+    with ``evaluation``, the global adapter's scores on those records and the majority class's."""
+    from fedmask.adapter.scores import majority_scores
+    from fedmask.demo.data import LABEL_NAMES
+    from fedmask.demo.report import build_report, evaluate_global_adapter, write_report
 
     final = json.loads((state_dir / "final.json").read_text(encoding="utf-8"))
-    report = build_report(final, {}, wall_s, wall_s, config.to_json())
-    write_report(report, report_dir, final, config.training, state_dir)
+    training = config.training_config()
+    records = evaluation.records if evaluation is not None else []
+    federated = evaluate_global_adapter(training, state_dir, records) if records else None
+    labels = [int(r.label) for r in records if r.label is not None]
+    settings = TrainingConfig.create(**training)
+    majority = majority_scores(labels, settings.num_labels) if settings.task == "classification" and labels else None
+    label_names = LABEL_NAMES if settings.num_labels == len(LABEL_NAMES) else None
+    report = build_report(
+        final, {}, wall_s, wall_s, config.to_json(), federated, majority=majority, label_names=label_names
+    )
+    description = (
+        f"{len(records)} public evaluation records held by the coordinator ({evaluation.path.name})"
+        if evaluation is not None
+        else ""
+    )
+    write_report(
+        report,
+        report_dir,
+        final,
+        training,
+        state_dir,
+        heldout=records or None,
+        label_names=label_names,
+        data_description=description,
+    )
     click.echo((report_dir / "report.md").read_text(encoding="utf-8"))
     _echo(f"report: {report_dir / 'report.md'}, report.json, report.png, global_adapter/")

@@ -111,6 +111,23 @@ def test_coordinator_run_on_a_port_in_use(tmp_path, federation, port_in_use):
     assert not (tmp_path / "state").exists()
 
 
+def test_coordinator_evaluation_records_without_a_report(tmp_path, federation, records):
+    args = _coordinator_run(tmp_path, _config(tmp_path), federation, "--evaluate", str(records))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--evaluate" in result.output and "--report" in result.output, result.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_coordinator_evaluation_records_that_do_not_parse_fail_before_any_round(tmp_path, federation):
+    bad = tmp_path / "public.jsonl"
+    bad.write_text('{"text": "fine", "label": 0}\n{"text": "no label"}\n')
+    args = _coordinator_run(
+        tmp_path, _config(tmp_path), federation, "--report", str(tmp_path / "report"), "--evaluate", str(bad)
+    )
+    assert_one_line_error(CliRunner().invoke(main, args), f"--evaluate {bad}", "label")
+    assert not (tmp_path / "state").exists()
+
+
 def test_participant_train_refuses_an_output_directory_it_cannot_write_before_training(blocked, records):
     args = ["participant", "train", "--data", str(records), "--out", str(blocked), "--epochs", "1"]
     last = assert_one_line_error(CliRunner().invoke(main, args), "cannot write the output directory", str(blocked))

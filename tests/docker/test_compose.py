@@ -168,7 +168,11 @@ def test_compose_demo_runs_every_round(engine: Engine, image: str, tmp_path: Pat
             for party in PARTIES:  # record-level epsilon only grows, within each party's budget
                 assert epsilon_before[party] < round_["epsilon"][party] <= FEDERATION["training"]["target_epsilon"]
                 epsilon_before[party] = round_["epsilon"][party]
+        # Scored on the coordinator's public evaluation records (3 kinds of party x 100), never on a
+        # participant's held-out split, next to the majority class.
+        assert report["results"]["federated"]["count"] == 300
         assert 0.0 <= report["federated_accuracy"] <= 1.0
+        assert report["results"]["majority"]["count"] == 300
         assert (report_dir / "report.png").stat().st_size > 0
         assert (report_dir / "global_adapter" / "adapter_config.json").is_file()
 
