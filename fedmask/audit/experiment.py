@@ -48,14 +48,28 @@ RESULT_FORMAT = "fedmask-audit/1"
 FPR_TARGETS = (0.001, 0.01)
 
 
+# The memorising control's recipe: every step trains the adapter and the head together (no probe
+# steps), with AdamW at ten times its usual step sizes. It is meant to overfit: a control the
+# audit must detect, not a model anyone should ship.
+MEMORISING_RECIPE: dict[str, Any] = {
+    "probe_fraction": 0.0,
+    "optimizer": "adamw",
+    "learning_rate": 3e-3,
+    "head_learning_rate": 3e-2,
+}
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """What one audit trains. ``epsilon`` and ``delta`` are the DP target (unused with
-    ``non_private``); ``epochs`` and ``max_seq_len`` go into the training config."""
+    ``non_private``); ``epochs`` and ``max_seq_len`` go into the training config. ``memorise``
+    (only with ``non_private``) trains with :data:`MEMORISING_RECIPE` instead of the DP recipe's
+    schedule."""
 
     epsilon: float = 8.0
     delta: float = 1e-5
     non_private: bool = False
+    memorise: bool = False
     canaries: int = 64
     canary_repeats: int = 1
     shadows: int = 4
@@ -63,13 +77,24 @@ class AuditSettings:
     max_seq_len: int = 32
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.memorise and not self.non_private:
+            raise ValueError("the memorising recipe is for the non-private control only")
+
     def config(self) -> TrainingConfig:
         return TrainingConfig.create(
             target_epsilon=self.epsilon,
             target_delta=self.delta,
             epochs=self.epochs,
             max_seq_len=self.max_seq_len,
+            **(MEMORISING_RECIPE if self.memorise else {}),
         )
+
+    @property
+    def description(self) -> str:
+        if self.memorise:
+            return "non-private memorising control (no clipping, no noise, AdamW, no probe steps)"
+        return "non-private control (no clipping, no noise)" if self.non_private else "DP-SGD"
 
 
 def make_canaries(count: int, *, num_labels: int, rng: random.Random) -> list[Record]:
@@ -245,7 +270,7 @@ def run_audit(
         "format": RESULT_FORMAT,
         "settings": asdict(settings),
         "config": settings.config().to_dict(),
-        "privacy": "non-private (no clipping, no noise)" if settings.non_private else "DP-SGD",
+        "privacy": settings.description,
         "accounted_epsilon": epsilon,
         "shadow_epsilons": epsilons[1:],
         "delta": delta,
@@ -278,7 +303,7 @@ def format_table(result: dict[str, Any]) -> str:
     settings = result["settings"]
     epsilon, delta = result["accounted_epsilon"], result["delta"]
     if math.isinf(epsilon):
-        privacy = "non-private control (no clipping, no noise): no bound"
+        privacy = f"{result['privacy']}: no bound"
     else:
         privacy = f"DP-SGD, accounted epsilon {epsilon:.2f} (delta {delta:g})"
     canaries = result["canaries"]

@@ -32,6 +32,11 @@ from fedmask.cli.quiet import quiet_libraries
     is_flag=True,
     help="Train without clipping or noise (the control that shows the audit has power).",
 )
+@click.option(
+    "--memorise",
+    is_flag=True,
+    help="With --non-private: a recipe meant to overfit (AdamW, no probe steps): the control the audit must detect.",
+)
 @click.option("--canaries", type=click.IntRange(min=0), default=64, show_default=True)
 @click.option(
     "--canary-repeats",
@@ -57,6 +62,7 @@ def audit(
     epsilon: float,
     delta: float,
     non_private: bool,
+    memorise: bool,
     canaries: int,
     canary_repeats: int,
     shadows: int,
@@ -69,18 +75,24 @@ def audit(
     half of the canaries) with the DP recipe, then attack it (loss threshold, LiRA with shadow
     models, canary exposure) and print AUC, TPR at low FPR and the empirical epsilon lower bound
     next to the accounted epsilon's bound."""
+    if memorise and not non_private:
+        raise click.UsageError("--memorise is a recipe for the non-private control: add --non-private")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_libraries("audit: %(message)s")
     from fedmask.audit.experiment import AuditSettings, format_table, run_audit
-    from fedmask.participant.data import load_records
+    from fedmask.participant.data import DataError, load_records
 
-    pool = load_records(data_path)
+    try:
+        pool = load_records(data_path)
+    except (DataError, OSError) as exc:
+        raise click.ClickException(f"--data {data_path}: {exc}") from None
     if records is not None:
         pool = pool[:records]
     settings = AuditSettings(
         epsilon=epsilon,
         delta=delta,
         non_private=non_private,
+        memorise=memorise,
         canaries=canaries,
         canary_repeats=canary_repeats,
         shadows=shadows,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedmask.audit.experiment import AuditSettings, format_table, make_canaries, run_audit
+from fedmask.audit.experiment import MEMORISING_RECIPE, AuditSettings, format_table, make_canaries, run_audit
+from fedmask.cli import main
 
 
 def test_canaries_are_random_secrets_with_random_labels() -> None:
@@ -20,11 +21,39 @@ def test_canaries_are_random_secrets_with_random_labels() -> None:
     assert make_canaries(3, num_labels=2, rng=random.Random(5)) == make_canaries(3, num_labels=2, rng=random.Random(5))
 
 
+def test_the_memorising_recipe_is_only_for_the_non_private_control(tmp_path: Path) -> None:
+    config = AuditSettings(non_private=True, memorise=True).config()
+    assert (config.probe_fraction, config.optimizer) == (0.0, "adamw")
+    assert (config.learning_rate, config.head_learning_rate) == (3e-3, 3e-2)
+    assert AuditSettings(non_private=True).config().probe_fraction > 0  # the DP recipe's schedule
+    with pytest.raises(ValueError, match="non-private control only"):
+        AuditSettings(memorise=True)
+    ran = CliRunner().invoke(main, ["audit", "--data", __file__, "--memorise", "--out", str(tmp_path / "a")])
+    assert ran.exit_code == 2 and "add --non-private" in ran.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_data_file_that_does_not_parse_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "records.jsonl"
+    bad.write_text('{"text": "no label"}\n')
+    ran = CliRunner().invoke(main, ["audit", "--data", str(bad), "--out", str(tmp_path / "a")])
+    assert ran.exit_code == 1 and "Traceback" not in ran.output, ran.output
+    assert ran.output.strip().splitlines()[-1].startswith(f"Error: --data {bad}:")
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.slow
 def test_the_memorising_control_is_detected(demo_records) -> None:
     records = demo_records("hospital-a", 80, split=None)[:40]
     settings = AuditSettings(
-        non_private=True, canaries=32, canary_repeats=8, shadows=0, epochs=8, max_seq_len=24, seed=1
+        non_private=True,
+        memorise=True,
+        canaries=32,
+        canary_repeats=8,
+        shadows=0,
+        epochs=8,
+        max_seq_len=24,
+        seed=1,
     )
     lines: list[str] = []
     result = run_audit(records, settings, progress=lines.append)
@@ -34,13 +63,12 @@ def test_the_memorising_control_is_detected(demo_records) -> None:
     assert canaries["exposure_mean"] > canaries["exposure_chance"] + 1.0
     assert result["attacks"]["canaries: loss"]["auc"] > 0.85
     table = format_table(result)
-    assert "non-private control" in table and "canary exposure" in table
+    assert "non-private memorising control" in table and "canary exposure" in table
+    assert result["config"]["optimizer"] == MEMORISING_RECIPE["optimizer"]
 
 
 @pytest.mark.slow
 def test_the_command_writes_the_table_and_json(tmp_path: Path) -> None:
-    from fedmask.cli import main
-
     data = tmp_path / "records.jsonl"
     runner = CliRunner()
     generated = runner.invoke(main, ["data", "generate", "--party", "bank", "--records", "40", "--out", str(data)])
