@@ -70,7 +70,7 @@ class AuditSettings:
     delta: float = 1e-5
     non_private: bool = False
     memorise: bool = False
-    canaries: int = 64
+    canaries: int = 200
     canary_repeats: int = 1
     shadows: int = 4
     epochs: float = 4.0
