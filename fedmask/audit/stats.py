@@ -36,7 +36,8 @@ def _binomial_tail(x: int, n: int, p: float, *, upper: bool) -> float:
 
 
 def _bisect(tail: float, x: int, n: int, *, upper: bool) -> float:
-    # P(X >= x) rises with p; P(X <= x) falls with p. 80 halvings: far below any printed digit.
+    """The reference root finder: 80 halvings of [0, 1], far below any printed digit."""
+    # P(X >= x) rises with p; P(X <= x) falls with p.
     lo, hi = 0.0, 1.0
     for _ in range(80):
         mid = (lo + hi) / 2
@@ -48,14 +49,46 @@ def _bisect(tail: float, x: int, n: int, *, upper: bool) -> float:
     return (lo + hi) / 2
 
 
+def _log_binomial_term(x: int, n: int, p: float) -> float:
+    """log of C(n, x) p^x (1 - p)^(n - x)."""
+    lf = _log_factorials(n)
+    return float(lf[n] - lf[x] - lf[n - x] + x * math.log(p) + (n - x) * math.log1p(-p))
+
+
+def _solve(tail: float, x: int, n: int, *, upper: bool) -> float:
+    """The p where P(X >= x) (``upper``) or P(X <= x) equals ``tail``: Newton steps kept inside
+    a bracket that shrinks at every step, with a halving whenever Newton would leave it; the
+    same root as :func:`_bisect` in about ten tail evaluations instead of 80.
+
+    The derivative is the binomial term itself: d/dp P(X >= x) = (x / p) C(n, x) p^x (1-p)^(n-x)
+    and d/dp P(X <= x) = -((n - x) / (1 - p)) C(n, x) p^x (1-p)^(n-x)."""
+    lo, hi = 0.0, 1.0
+    p = min(max(x / n, 1e-12), 1 - 1e-12)
+    for _ in range(200):
+        value = _binomial_tail(x, n, p, upper=upper)
+        if (value < tail) == upper:
+            lo = p
+        else:
+            hi = p
+        term = math.exp(_log_binomial_term(x, n, p))
+        slope = term * x / p if upper else -term * (n - x) / (1 - p)
+        step = p - (value - tail) / slope if slope != 0 else math.nan
+        if not lo < step < hi:
+            step = (lo + hi) / 2
+        if hi - lo <= 4 * math.ulp(hi) or abs(step - p) <= 4 * math.ulp(p):
+            return step
+        p = step
+    return (lo + hi) / 2
+
+
 @lru_cache(maxsize=65536)
 def clopper_pearson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The exact (Clopper-Pearson) two-sided interval for a binomial proportion."""
     if trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
     tail = (1.0 - confidence) / 2
-    lower = 0.0 if successes == 0 else _bisect(tail, successes, trials, upper=True)
-    upper = 1.0 if successes == trials else _bisect(tail, successes, trials, upper=False)
+    lower = 0.0 if successes == 0 else _solve(tail, successes, trials, upper=True)
+    upper = 1.0 if successes == trials else _solve(tail, successes, trials, upper=False)
     return lower, upper
 
 

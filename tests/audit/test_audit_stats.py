@@ -46,6 +46,20 @@ def test_clopper_pearson_closed_forms() -> None:
         assert clopper_pearson(n, n)[0] == pytest.approx(0.025 ** (1 / n), rel=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 150, 2000])
+def test_the_fast_root_finder_lands_on_the_bisection_s_root(n: int) -> None:
+    from fedmask.audit.stats import _bisect, _solve
+
+    for x in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        for upper in (True, False):
+            if (upper and x == 0) or (not upper and x == n):
+                continue  # the closed ends: 0 and 1, never solved for
+            for tail in (0.025, 0.25):
+                reference, fast = _bisect(tail, x, n, upper=upper), _solve(tail, x, n, upper=upper)
+                # both bracket one root of a monotone function to a few float64 ulps
+                assert fast == pytest.approx(reference, rel=1e-13, abs=1e-300), (x, n, upper, tail)
+
+
 def test_clopper_pearson_refuses_impossible_counts() -> None:
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
