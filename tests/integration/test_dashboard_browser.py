@@ -20,8 +20,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,29 +124,6 @@ def test_free_text_from_the_store_and_the_status_is_shown_as_text(page, tmp_path
 # --- a live run --------------------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedmask.cli", *args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-
-
-def _tails(logs: list[Path]) -> str:
-    return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}" for log in logs if log.exists())
-
-
 def _free_port() -> int:
     import socket
 
@@ -167,6 +142,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
     from fedmask.cli import main
     from fedmask.demo.data import PARTIES, generate_records, write_records
     from fedmask.testing import loopback
+    from fedmask.testing.processes import log_tails, spawn_cli
 
     federation = tmp_path / "federation"
     pki.init_federation(federation, federation_name="dashboard")
@@ -189,7 +165,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
     state = tmp_path / "coordinator"
     port = _free_port()
     logs = [tmp_path / "coordinator.out", *(tmp_path / f"{party}.out" for party in PARTIES)]
-    coordinator = _spawn(
+    coordinator = spawn_cli(
         ["coordinator", "run", "--federation", str(federation), "--state", str(state),
          "--config", str(tmp_path / "federation.json"), "--port", str(port), "--dashboard-port", "0"],
         logs[0],
@@ -200,7 +176,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
             args = ["participant", "node", "--federation", str(federation), "--name", party,
                     "--data", str(data[party]), "--state", str(tmp_path / party),
                     "--coordinator", f"localhost:{port}"]  # fmt: skip
-            processes.append(_spawn(args, log))
+            processes.append(spawn_cli(args, log))
 
         deadline = time.monotonic() + 120
         url = None
@@ -208,7 +184,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
             if (state / "status.json").exists():
                 url = json.loads((state / "status.json").read_text()).get("dashboard_url")
             time.sleep(0.2)
-        assert url is not None and url.startswith("http://127.0.0.1:"), _tails(logs)
+        assert url is not None and url.startswith("http://127.0.0.1:"), log_tails(logs)
 
         page.goto(url)
         page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
@@ -217,7 +193,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
             page.wait_for_selector('#rounds tr[data-round="1"][data-state="committed"]', timeout=300_000)
             page.wait_for_selector('#rounds tr[data-round="2"]', timeout=60_000)
         except Exception as exc:
-            raise AssertionError(f"round 1 not shown committed: {exc}\n{_tails(logs)}") from None
+            raise AssertionError(f"round 1 not shown committed: {exc}\n{log_tails(logs)}") from None
 
         status = json.loads((state / "status.json").read_text())
         assert f"dashboard on {url}" in logs[0].read_text()  # said at start
@@ -249,7 +225,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
         assert stop.exit_code == 0, stop.output
         deadline = time.monotonic() + 90
         while not page.is_visible("#stop-request") and coordinator.poll() is None:
-            assert time.monotonic() < deadline, f"the page never showed the stop request\n{_tails(logs)}"
+            assert time.monotonic() < deadline, f"the page never showed the stop request\n{log_tails(logs)}"
             time.sleep(0.5)
         if page.is_visible("#stop-request"):
             assert page.inner_text("#stop-request") == f"stop requested (after-round): {HOSTILE_STOP_REASON}"

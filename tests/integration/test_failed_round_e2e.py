@@ -7,11 +7,9 @@ store records each round failed once and stays consistent."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ pytest.importorskip("grpc")
 from fedmask import pki  # noqa: E402
 from fedmask.cli import main  # noqa: E402
 from fedmask.testing import loopback  # noqa: E402
+from fedmask.testing.processes import spawn_cli  # noqa: E402
 
 PARTIES = ("hospital-a", "hospital-b", "bank")
 
@@ -35,17 +34,9 @@ def _free_port() -> int:
 
 
 def _coordinator(federation: Path, state: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     args = ["coordinator", "run", "--federation", str(federation), "--state", str(state), "--config", str(config),
             "--port", str(_free_port())]  # fmt: skip
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedmask.cli", *args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+    return spawn_cli(args, log)
 
 
 def _rounds(state: Path) -> list[dict]:

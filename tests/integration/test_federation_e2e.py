@@ -12,11 +12,9 @@ and that the participants' record-level epsilon only grows and stays within budg
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from fedmask import pki  # noqa: E402
 from fedmask.coordinator.store import FederationStore  # noqa: E402
 from fedmask.demo.data import PARTIES, generate_records, write_records  # noqa: E402
 from fedmask.testing import loopback  # noqa: E402
+from fedmask.testing.processes import spawn_cli  # noqa: E402
 
 ROUNDS = 3
 EPSILON = 8.0
@@ -38,25 +37,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    handle = log.open("a")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedmask.cli", *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
 
 
 def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -118,10 +98,10 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
     log = tmp_path / "coordinator.log"
     processes = []
     try:
-        coordinator = _spawn(coordinator_args, log)
+        coordinator = spawn_cli(coordinator_args, log)
         processes.append(coordinator)
         nodes = {
-            party: _spawn(
+            party: spawn_cli(
                 [
                     "participant",
                     "node",
@@ -155,7 +135,7 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
         assert interrupted is not None and interrupted.round_number == 2
         assert committed_before.round_number == 1
 
-        restarted = _spawn(coordinator_args, log)
+        restarted = spawn_cli(coordinator_args, log)
         processes.append(restarted)
         _wait_for_line(log, "round 2 was interrupted by a restart; running it again", restarted, 120)
         _wait_for_line(log, "resuming after committed round 1", restarted, 120)

@@ -11,9 +11,6 @@ says afterwards: the coordinator gone, round 2 open for a restart, round 1 in th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -30,28 +27,10 @@ from fedmask import pki  # noqa: E402
 from fedmask.cli import main  # noqa: E402
 from fedmask.demo.data import PARTIES, generate_records, write_records  # noqa: E402
 from fedmask.testing import loopback  # noqa: E402
+from fedmask.testing.processes import spawn_cli  # noqa: E402
 
 REVOKED = "bank"
 _T = TypeVar("_T")
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fedmask.cli", *args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
 
 
 def _wait_until(what: str, check: Callable[[], _T | None], timeout_s: float, logs: list[Path]) -> _T:
@@ -115,7 +94,7 @@ def test_operator_commands_revocation_metrics_and_stop(tmp_path: Path) -> None:
     state = tmp_path / "coordinator"
     port = _free_port()
     logs = [tmp_path / "coordinator.out", *(tmp_path / f"{party}.out" for party in PARTIES)]
-    coordinator = _spawn(
+    coordinator = spawn_cli(
         ["coordinator", "run", "--federation", str(federation), "--state", str(state),
          "--config", str(tmp_path / "federation.json"), "--port", str(port), "--metrics-port", "0",
          "--log-format", "json"],
@@ -127,7 +106,7 @@ def test_operator_commands_revocation_metrics_and_stop(tmp_path: Path) -> None:
             args = ["participant", "node", "--federation", str(federation), "--name", party,
                     "--data", str(data[party]), "--state", str(tmp_path / party),
                     "--coordinator", f"localhost:{port}", "--policy", str(policies[party])]  # fmt: skip
-            processes.append(_spawn(args, log))
+            processes.append(spawn_cli(args, log))
 
         # --- round 1 runs: status, participants, metrics; the revocation ------------------------------
         def round_open(number: int) -> dict[str, Any] | None:
