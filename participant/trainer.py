@@ -511,11 +511,18 @@ class LocalTrainer:
                     "is per dataset (make a new trainer and ledger for new data)"
                 )
             return self._private.plan
+        from fedmask.participant import bias_grad  # imports Opacus: only when training privately
+
         encoded = self.encode(records)
         plan = self.plan_for(len(records))
         dataset = list(zip(encoded.input_ids, encoded.labels, strict=True))
         if self.config.clipping != "auto":
             self._private = self._make_private(self.config.clipping, dataset, plan, key)
+        elif any(bias_grad.is_bias_only(module) for module in self.model.modules()):
+            # DP-BiTFiT: hooks with bias-only grad samplers keep no layer inputs (bias_grad.py);
+            # expanded weights would keep one per layer, half again the plain step's memory.
+            self._private = self._make_private("hooks", dataset, plan, key)
+            self._probe(dataset[: min(2, len(dataset))])
         else:
             self._private = self._make_private("ew", dataset, plan, key)
             try:
@@ -536,6 +543,8 @@ class LocalTrainer:
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader
 
+        from fedmask.participant import bias_grad
+
         # Which records are sampled and the noise must be secret; Opacus's secure_mode (which
         # needs torchcsprng) is unavailable, so both come from generators seeded per round.
         sampling = torch.Generator()
@@ -546,6 +555,8 @@ class LocalTrainer:
             collate_fn=_collate(self.tokenizer.pad_token_id),
             generator=sampling,
         )
+        if mode == "hooks":
+            bias_grad.use_bias_only_grad_samplers(self.model)
         optimizer = self.build_optimizer()
         engine = PrivacyEngine(accountant=self.config.accountant)
         criterion = None
