@@ -512,20 +512,28 @@ class Server:
         session = self._current_session()
         t = self.params.threshold
         b_shares, s_shares = self._checked_shares(responders)
-        cache = shamir.LagrangeCache()
+        for owner, shares in b_shares.items():
+            self._check_enough(shares, t, f"the self mask of participant {owner}")
+        for owner, shares in s_shares.items():
+            self._check_enough(shares, t, f"the masking key of dropped participant {owner}")
+        # Every secret at once: the Lagrange coefficients of all holder sets are one computation.
+        secrets = shamir.reconstruct_many([*b_shares.values(), *s_shares.values()], threshold=t)
+        rebuilt_b = dict(zip(b_shares, secrets[: len(b_shares)], strict=True))
+        rebuilt_s = dict(zip(s_shares, secrets[len(b_shares) :], strict=True))
         sid = session.session_id
         add_back: list[bytes] = []
         take_away: list[bytes] = []
-        for u, shares in b_shares.items():
-            secret = self._rebuild(shares, t, cache, f"the self mask of participant {u}")
-            if keys.self_mask_commitment(secret, session_id=sid, owner=u) != self._self_mask_commitments[u]:
+        for u, secret in rebuilt_b.items():
+            if (
+                secret is None
+                or keys.self_mask_commitment(secret, session_id=sid, owner=u) != self._self_mask_commitments[u]
+            ):
                 self.culprits[u] = "dealt shares that do not rebuild the self-mask seed it committed to"
                 raise ProtocolAbort(Phase.UNMASK, f"participant {u} {self.culprits[u]}", culprits=self.culprits)
             take_away.append(keys.self_mask_seed(secret, sid))
-        for v, shares in s_shares.items():
-            secret = self._rebuild(shares, t, cache, f"the masking key of dropped participant {v}")
-            pair = keys.AgreementKeyPair.from_private_bytes(secret)
-            if pair.public_bytes != session.advertisements[v].masking_key:
+        for v, secret in rebuilt_s.items():
+            pair = None if secret is None else keys.AgreementKeyPair.from_private_bytes(secret)
+            if pair is None or pair.public_bytes != session.advertisements[v].masking_key:
                 self.culprits[v] = "dealt shares that do not rebuild the masking key it advertised"
                 raise ProtocolAbort(Phase.UNMASK, f"participant {v} {self.culprits[v]}", culprits=self.culprits)
             for u in sorted(session.neighbours(v) & set(self.u3)):
@@ -538,14 +546,13 @@ class Server:
         self._accumulator = None
         return {}
 
-    def _rebuild(self, shares: dict[int, int], threshold: int, cache: shamir.LagrangeCache, what: str) -> bytes:
+    def _check_enough(self, shares: dict[int, int], threshold: int, what: str) -> None:
         if len(shares) < threshold:
             raise ProtocolAbort(
                 Phase.UNMASK,
                 f"{what} has {len(shares)} good shares, threshold is {threshold}",
                 culprits=self.culprits,
             )
-        return shamir.reconstruct(shares, threshold=threshold, cache=cache)
 
     def _current_session(self) -> Session:
         """The session agreed when the key roster closed (every later phase has one)."""

@@ -3,7 +3,7 @@
 p is the smallest prime above 2^256, so every 32-byte string is a field element and nothing is
 truncated. A share is (x, y) with x the holder's participant id (>= 1) and y < p, carried as
 33 big-endian bytes. Reconstruction interpolates at 0 with Lagrange coefficients computed once
-per responder set (``LagrangeCache``): in a round most secrets are rebuilt from the same holders.
+per holder set, for all of a round's holder sets at once (``reconstruct_many``).
 """
 
 from __future__ import annotations
@@ -77,73 +77,116 @@ def split(
     return {int(x): tuple(int(v) for v in row) for x, row in zip(holders, acc, strict=True)}
 
 
-class LagrangeCache:
-    """Lagrange coefficients at x = 0, memoised by the (sorted) tuple of x-coordinates."""
+def lagrange_at_zero(point_sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """Lagrange coefficients at x = 0 for many point sets of one size t: an object array (sets, t)
+    with lambda_j = prod_{m != j} x_m / (x_m - x_j) mod p.
 
-    def __init__(self) -> None:
-        self._by_points: dict[tuple[int, ...], tuple[int, ...]] = {}
-
-    def coefficients(self, xs: tuple[int, ...]) -> tuple[int, ...]:
-        cached = self._by_points.get(xs)
-        if cached is None:
-            cached = _lagrange_at_zero(xs)
-            self._by_points[xs] = cached
-        return cached
-
-
-def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """lambda_j = prod_{m != j} x_m / (x_m - x_j) mod p.
-
-    The x are small ints (participant ids), so the O(t^2) denominator products run on machine-
-    sized factors and are reduced once; the t inversions share one modular exponentiation
-    (Montgomery's batch inversion). SecAgg+ gives nearly every participant its own holder set,
-    so this runs once per rebuilt secret and used to dominate the server's unmask at n = 1000."""
-    p = FIELD_PRIME
-    count = len(xs)
-    # prod_{m != j} x_m from prefix and suffix products.
-    prefix = [1] * (count + 1)
-    for i, x in enumerate(xs):
-        prefix[i + 1] = prefix[i] * x % p
-    suffix = [1] * (count + 1)
-    for i in range(count - 1, -1, -1):
-        suffix[i] = suffix[i + 1] * xs[i] % p
-    # xs are distinct (checked by the callers), so "xm != xj" skips exactly m == j.
-    denominators = [math.prod([xm - xj for xm in xs if xm != xj]) % p for xj in xs]
-    inverses = _batch_inverse(denominators)
-    return tuple(prefix[j] * suffix[j + 1] % p * inverses[j] % p for j in range(count))
-
-
-def _batch_inverse(values: list[int]) -> list[int]:
-    """Inverses mod p of nonzero field elements with one exponentiation and 3(n-1) products."""
-    p = FIELD_PRIME
-    running = [1] * (len(values) + 1)
-    for i, v in enumerate(values):
-        running[i + 1] = running[i] * v % p
-    inverse = pow(running[-1], -1, p)
-    result = [0] * len(values)
-    for i in range(len(values) - 1, -1, -1):
-        result[i] = inverse * running[i] % p
-        inverse = inverse * values[i] % p
-    return result
-
-
-def reconstruct(shares: Mapping[int, int], *, threshold: int, cache: LagrangeCache | None = None) -> bytes:
-    """Rebuild a 32-byte secret from at least ``threshold`` shares {x: y}.
-
-    Uses the ``threshold`` smallest x so that secrets shared with the same holders reuse one set
-    of coefficients. Raises ShamirError on too few shares or on shares that do not come from a
-    32-byte secret.
+    SecAgg+ gives nearly every participant its own holder set (909 sets of 72 at n = 1000), so
+    this is vectorised across sets. Written as lambda_j = P / c_j with P = prod_m x_m and
+    c_j = x_j * prod_{m != j} (x_m - x_j), every c_j is a product of t integers below 2^bits
+    (ids and their differences; bits <= 32): numpy multiplies them exactly in groups of
+    62 // bits in int64, Python integers multiply the group products, and one modular inversion
+    (Montgomery's trick) serves every c_j of the call.
     """
-    if len(shares) < threshold:
-        raise ShamirError(f"need {threshold} shares, have {len(shares)}")
-    xs = tuple(sorted(shares)[:threshold])
-    _check_holders(xs, threshold)
-    for x in xs:
-        if not 0 <= shares[x] < FIELD_PRIME:
-            raise ShamirError("share value is outside the field")
-    lambdas = (cache or LagrangeCache()).coefficients(xs)
+    sets = np.array(point_sets, dtype=np.int64)
+    if sets.ndim != 2 or sets.shape[1] == 0:
+        raise ShamirError("point sets must be non-empty and of one size")
+    if sets.shape[0] == 0:
+        return np.empty((0, sets.shape[1]), dtype=object)
+    for xs in point_sets:
+        _check_holders(xs, len(xs))
+    count, size = sets.shape
+    bits = int(sets.max()).bit_length()  # |x_m - x_j| < max x and x_j <= max x: both < 2^bits
+    group = max(1, 62 // bits)  # |a product of `group` such factors| < 2^62: exact in int64
+    padded = -(-size // group) * group
     p = FIELD_PRIME
-    secret = sum(lam * shares[x] for lam, x in zip(lambdas, xs, strict=True)) % p
-    if secret >> (8 * SECRET_BYTES):
+    denominators = np.empty((count, size), dtype=object)
+    # Sets in chunks, so that the (sets, t, t) difference tensor stays near 16 MB.
+    chunk = max(1, (1 << 21) // (size * padded))
+    for first in range(0, count, chunk):
+        block = sets[first : first + chunk]
+        factors = block[:, None, :] - block[:, :, None]  # [s, j, m] = x_m - x_j
+        diagonal = np.arange(size)
+        factors[:, diagonal, diagonal] = block  # x_j in place of x_j - x_j = 0
+        if padded > size:
+            factors = np.concatenate([factors, np.ones((*factors.shape[:2], padded - size), np.int64)], axis=2)
+        grouped = factors[..., 0::group].copy()  # group i: factors i, i + padded/group, ...
+        for member in range(1, group):
+            grouped *= factors[..., member::group]
+        denominators[first : first + chunk] = grouped.astype(object).prod(axis=-1) % p
+    numerators = sets.astype(object).prod(axis=1) % p
+    coefficients: np.ndarray = numerators[:, None] * _batch_inverse(denominators) % p
+    return coefficients
+
+
+def _batch_inverse(values: np.ndarray) -> np.ndarray:
+    """Inverses mod p of nonzero field elements (object array, any shape) with one modular
+    inversion: Montgomery's trick run down the rows of a roughly square table, each step one
+    vectorised product over a row."""
+    p = FIELD_PRIME
+    flat = values.reshape(-1)
+    total = flat.shape[0]
+    width = max(1, math.isqrt(total))
+    rows = -(-total // width)
+    padded = np.ones(rows * width, dtype=object)
+    padded[:total] = flat
+    table = padded.reshape(rows, width)
+    running = np.empty_like(table)  # running[i] = table[0] * ... * table[i], per column
+    running[0] = table[0]
+    for i in range(1, rows):
+        running[i] = running[i - 1] * table[i] % p
+    # One inversion for the whole table: Montgomery's trick across the last row's columns.
+    column_products = [int(v) for v in running[-1]]
+    prefix = [1] * (width + 1)
+    for i, v in enumerate(column_products):
+        prefix[i + 1] = prefix[i] * v % p
+    inverse = pow(prefix[-1], -1, p)
+    column_inverses = [0] * width
+    for i in range(width - 1, -1, -1):
+        column_inverses[i] = inverse * prefix[i] % p
+        inverse = inverse * column_products[i] % p
+    # Back up the rows: inverse[i] = (running[i])^-1, and table[i]^-1 = running[i-1] * inverse[i].
+    result = np.empty_like(table)
+    inverse_row = np.array(column_inverses, dtype=object)
+    for i in range(rows - 1, 0, -1):
+        result[i] = running[i - 1] * inverse_row % p
+        inverse_row = inverse_row * table[i] % p
+    result[0] = inverse_row
+    return result.reshape(-1)[:total].reshape(values.shape)
+
+
+def reconstruct_many(shares: Sequence[Mapping[int, int]], *, threshold: int) -> list[bytes | None]:
+    """Rebuild many 32-byte secrets, each from the ``threshold`` smallest x of its shares {x: y}.
+
+    Secrets rebuilt from the same holders share one row of coefficients, and the coefficients of
+    all holder sets are computed together (``lagrange_at_zero``). An entry is ``None`` where the
+    shares interpolate to a field element that is not a 32-byte string: they were not dealt
+    from one secret. Raises ShamirError on too few shares or values outside the field.
+    """
+    point_sets: dict[tuple[int, ...], int] = {}
+    rows: list[int] = []
+    values: list[list[int]] = []
+    for by_holder in shares:
+        if len(by_holder) < threshold:
+            raise ShamirError(f"need {threshold} shares, have {len(by_holder)}")
+        xs = tuple(sorted(by_holder)[:threshold])
+        ys = [by_holder[x] for x in xs]
+        if any(not 0 <= y < FIELD_PRIME for y in ys):
+            raise ShamirError("share value is outside the field")
+        rows.append(point_sets.setdefault(xs, len(point_sets)))
+        values.append(ys)
+    if not values:
+        return []
+    coefficients = lagrange_at_zero(list(point_sets))
+    secrets = (coefficients[rows] * np.array(values, dtype=object)).sum(axis=1) % FIELD_PRIME
+    return [None if secret >> (8 * SECRET_BYTES) else int(secret).to_bytes(SECRET_BYTES, "big") for secret in secrets]
+
+
+def reconstruct(shares: Mapping[int, int], *, threshold: int) -> bytes:
+    """Rebuild one 32-byte secret from at least ``threshold`` shares {x: y} (its ``threshold``
+    smallest x). Raises ShamirError on too few shares or on shares that do not come from a
+    32-byte secret."""
+    (secret,) = reconstruct_many([shares], threshold=threshold)
+    if secret is None:
         raise ShamirError("shares are inconsistent: the interpolated value is not a 32-byte secret")
-    return secret.to_bytes(SECRET_BYTES, "big")
+    return secret

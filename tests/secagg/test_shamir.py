@@ -1,5 +1,6 @@
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,12 +35,18 @@ def test_all_subsets_of_a_small_sharing():
     secrets = [b"\xff" * 32, b"\x00" * 32]  # the extremes of the secret space
     holders = [3, 5, 8, 13, 21]
     shares = shamir.split(secrets, threshold=3, holders=holders, rng=SeededRandom.from_int(7))
-    cache = shamir.LagrangeCache()
     for size in (3, 4, 5):
         for subset in itertools.combinations(holders, size):
             for index, secret in enumerate(secrets):
-                rebuilt = shamir.reconstruct({x: shares[x][index] for x in subset}, threshold=3, cache=cache)
-                assert rebuilt == secret
+                assert shamir.reconstruct({x: shares[x][index] for x in subset}, threshold=3) == secret
+    # All at once: every subset and secret in one call (one coefficient row per subset).
+    requests = [
+        ({x: shares[x][index] for x in subset}, secret)
+        for size in (3, 4, 5)
+        for subset in itertools.combinations(holders, size)
+        for index, secret in enumerate(secrets)
+    ]
+    assert shamir.reconstruct_many([shares for shares, _ in requests], threshold=3) == [s for _, s in requests]
 
 
 def test_fewer_than_threshold_shares_are_consistent_with_every_secret():
@@ -98,7 +105,50 @@ def test_inconsistent_shares_are_usually_detected():
         pass
 
 
-def test_lagrange_cache_reuses_coefficients():
-    cache = shamir.LagrangeCache()
-    first = cache.coefficients((1, 2, 3))
-    assert cache.coefficients((1, 2, 3)) is first
+def _lagrange_reference(xs: list[int]) -> list[int]:
+    """lambda_j = prod_{m != j} x_m / (x_m - x_j) mod p, one modular inverse per factor."""
+    p = shamir.FIELD_PRIME
+    result = []
+    for xj in xs:
+        value = 1
+        for xm in xs:
+            if xm != xj:
+                value = value * xm * pow(xm - xj, -1, p) % p
+        result.append(value)
+    return result
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=40),
+    # Small ids (seven int64 factors per group), ids near 2^32 (one per group), and between.
+    largest=st.sampled_from([50, 1_000, 70_000, 2**31, 2**32 - 1]),
+    count=st.integers(min_value=1, max_value=6),
+    data=st.data(),
+)
+def test_lagrange_coefficients_equal_the_definition(size, largest, count, data):
+    ids = st.lists(st.integers(1, max(largest, size)), min_size=size, max_size=size, unique=True)
+    sets = [data.draw(ids) for _ in range(count)]
+    got = shamir.lagrange_at_zero(sets)
+    assert got.shape == (count, size)
+    assert [[int(v) for v in row] for row in got] == [_lagrange_reference(xs) for xs in sets]
+
+
+def test_batch_inverse_of_any_shape():
+    p = shamir.FIELD_PRIME
+    for total in (1, 2, 3, 17, 1000):
+        values = np.array([(7**i + i) % p or 1 for i in range(total)], dtype=object).reshape(-1, 1)
+        inverses = shamir._batch_inverse(values)
+        assert inverses.shape == values.shape
+        assert all(int(v) * int(w) % p == 1 for v, w in zip(values.flat, inverses.flat, strict=True))
+
+
+def test_inconsistent_shares_rebuild_to_none_in_a_batch():
+    shares = shamir.split([b"\x01" * 32], threshold=2, holders=[1, 2], rng=SeededRandom.from_int(5))
+    good = {x: shares[x][0] for x in (1, 2)}
+    # Shares on the line through (0, 2^256) interpolate to the field element 2^256: not 32 bytes.
+    p = shamir.FIELD_PRIME
+    outside = {1: ((1 << 256) + 5) % p, 2: ((1 << 256) + 10) % p}
+    assert shamir.reconstruct_many([good, outside, good], threshold=2) == [b"\x01" * 32, None, b"\x01" * 32]
+    with pytest.raises(ShamirError, match="not a 32-byte secret"):
+        shamir.reconstruct(outside, threshold=2)
