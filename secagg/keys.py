@@ -165,10 +165,23 @@ def self_mask_commitment(self_mask_secret: bytes, *, session_id: bytes, owner: i
 def share_commitment(share: bytes, *, session_id: bytes, owner: int, holder: int, secret: str) -> bytes:
     """SHA-256 commitment to the share of ``owner``'s ``secret`` ("b": self-mask seed, "s":
     masking key) that ``holder`` holds. A single share is uniformly random, so it stays hidden."""
-    if secret not in ("b", "s"):
-        raise ValueError(f"secret is 'b' or 's', got {secret!r}")
-    tag = secret.encode()
-    return hashlib.sha256(LABEL_SHARE_COMMITMENT + tag + session_id + _u32(owner) + _u32(holder) + share).digest()
+    return ShareCommitter(session_id=session_id, owner=owner, secret=secret).commit(holder, share)
+
+
+class ShareCommitter:
+    """``share_commitment`` for the shares of one owner's secret: the common prefix (label,
+    secret, session, owner) is hashed once, and each share costs one copy and one update (the
+    server checks about 90,000 of them per round at n = 1000)."""
+
+    def __init__(self, *, session_id: bytes, owner: int, secret: str) -> None:
+        if secret not in ("b", "s"):
+            raise ValueError(f"secret is 'b' or 's', got {secret!r}")
+        self._prefix = hashlib.sha256(LABEL_SHARE_COMMITMENT + secret.encode() + session_id + _u32(owner))
+
+    def commit(self, holder: int, share: bytes) -> bytes:
+        digest = self._prefix.copy()
+        digest.update(_u32(holder) + share)
+        return digest.digest()
 
 
 # --- signatures (malicious-server mode) -------------------------------------------------------

@@ -483,6 +483,7 @@ class Server:
         sid = self._current_session().session_id
         b_shares: dict[int, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[int, dict[int, int]] = {v: {} for v in self.dropped}
+        committers: dict[tuple[str, int], keys.ShareCommitter] = {}
         for holder in responders:
             response = self._message_of(holder, UnmaskResponse)
             for secret, shares, into in (
@@ -490,19 +491,23 @@ class Server:
                 ("s", response.key_shares, s_shares),
             ):
                 for owner, share in shares:
+                    # Validated on receipt: a share is 33 bytes and a field element.
+                    value = int.from_bytes(share, "big")
                     if holder == owner:
-                        expected = None  # its own share: nothing was sent, nothing to check against
-                    else:
-                        envelope = self._envelopes[(owner, holder)]
-                        expected = (
-                            envelope.self_mask_share_commitment if secret == "b" else envelope.key_share_commitment
+                        into[owner][holder] = value  # its own share: nothing was sent to check
+                        continue
+                    envelope = self._envelopes[(owner, holder)]
+                    expected = envelope.self_mask_share_commitment if secret == "b" else envelope.key_share_commitment
+                    committer = committers.get((secret, owner))
+                    if committer is None:
+                        committer = committers[(secret, owner)] = keys.ShareCommitter(
+                            session_id=sid, owner=owner, secret=secret
                         )
-                    got = keys.share_commitment(share, session_id=sid, owner=owner, holder=holder, secret=secret)
-                    if expected is not None and got != expected:
+                    if committer.commit(holder, share) != expected:
                         what = "self-mask seed" if secret == "b" else "masking key"
                         self.culprits[holder] = f"revealed a share of participant {owner}'s {what} it was never dealt"
                         continue
-                    into[owner][holder] = shamir.decode_share(share)
+                    into[owner][holder] = value
         for by_holder in (*b_shares.values(), *s_shares.values()):
             for culprit in self.culprits:
                 by_holder.pop(culprit, None)  # one bad share: trust none of that holder's
