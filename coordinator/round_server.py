@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -54,12 +55,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from fedmask.coordinator.transport import Authenticator, AuthError, ServerSecurity
+from fedmask.parallel import default_mask_runner
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort, Rejection
 from fedmask.secagg.messages import Abort, ModularVector
 from fedmask.secagg.params import ProtocolParams, SecurityMode
+from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.server import Server, ServerConfig, ServerState
 
 log = logging.getLogger(__name__)
@@ -226,6 +229,12 @@ class _Connection:
             self.outbox.put_nowait(("error", (code, details)))
 
 
+@functools.cache
+def _mask_runner() -> PartRunner | None:
+    """One thread pool per coordinator process for every round's unmask (a part per core)."""
+    return default_mask_runner()
+
+
 class RoundRunner:
     """Runs one round: admits streams, feeds the state machine, enforces the deadlines."""
 
@@ -236,7 +245,15 @@ class RoundRunner:
         identity_keys: dict[int, bytes] = {}
         if config.params.mode is SecurityMode.MALICIOUS:
             identity_keys = {self._ids[n]: config.identity_keys[n] for n in config.participants}
-        self.server = Server(ServerConfig(config.round_id, config.params, tuple(self._ids.values()), identity_keys))
+        self.server = Server(
+            ServerConfig(
+                config.round_id,
+                config.params,
+                tuple(self._ids.values()),
+                identity_keys,
+                mask_runner=_mask_runner(),
+            )
+        )
         self._connections: dict[int, _Connection] = {}
         self._changed = asyncio.Event()
         # Held around every use of self.server: a phase may be closing in a worker thread.

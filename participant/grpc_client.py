@@ -14,6 +14,7 @@ passes another source.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import queue
@@ -29,6 +30,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedmask.parallel import default_mask_runner
 from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
 from fedmask.pki.preflight import own_certificate_problem, probe_tls
 from fedmask.proto import transport, wire
@@ -47,6 +49,7 @@ from fedmask.secagg.messages import (
     UnmaskResponse,
 )
 from fedmask.secagg.params import SecurityMode
+from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.rand import RandomSource, SystemRandom
 
 if TYPE_CHECKING:
@@ -68,6 +71,12 @@ REPLY_PHASE: dict[type, Phase] = {
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 GRPC_MESSAGE_PREFIX_BYTES = 5  # gRPC frames every message with a flag byte and a 4-byte length
 AGGREGATE_METHOD = f"/{transport.SERVICE}/Aggregate"
+
+
+@functools.cache
+def _mask_runner() -> PartRunner | None:
+    """One thread pool per participant process for its masking (a part per core)."""
+    return default_mask_runner()
 
 
 @dataclass(frozen=True)
@@ -493,6 +502,7 @@ class _RoundSession:
                     params,
                     identity.identity_key if params.mode is SecurityMode.MALICIOUS else None,
                     identity_keys,
+                    mask_runner=_mask_runner(),
                 ),
                 self.rng,
             )

@@ -78,12 +78,14 @@ class ServerState(enum.Enum):
 class ServerConfig:
     """``participants``: the ids selected for the round. ``identity_keys`` (enrolled Ed25519
     public keys) let the server drop badly signed messages early in the malicious-server mode;
-    clients check signatures themselves either way."""
+    clients check signatures themselves either way. ``mask_runner`` (optional) runs the unmask's
+    mask removal in parts, one per core (the result is the same bit for bit)."""
 
     round_id: bytes
     params: ProtocolParams
     participants: tuple[int, ...]
     identity_keys: Mapping[int, bytes] = field(default_factory=dict)
+    mask_runner: prg.PartRunner | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(set(self.participants)) != len(self.participants):
@@ -546,7 +548,7 @@ class Server:
                 # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
                 (take_away if v > u else add_back).append(seed)
         total = self._sum_so_far()
-        prg.add_masks(total, add_back, take_away)
+        prg.add_masks(total, add_back, take_away, runner=self.config.mask_runner)
         self._result = prg.reduce_modulus(total, self.params.modulus_bits)
         self._accumulator = None
         return {}

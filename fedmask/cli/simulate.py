@@ -8,8 +8,10 @@ import time
 
 import click
 
+from fedmask.parallel import ThreadPartRunner
 from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshold, simulation
 from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.rand import SeededRandom, random_below
 from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig
 
@@ -30,6 +32,7 @@ def build_config(
     threshold: int | None,
     modulus_bits: int,
     seed: int,
+    mask_runner: PartRunner | None = None,
 ) -> SimulationConfig:
     neighbours = None if graph == "complete" else int(graph)
     params_probe = ProtocolParams(dim, modulus_bits, 2, mode, neighbours)
@@ -42,7 +45,7 @@ def build_config(
     count = round(dropout * participants)
     pool = list(range(1, participants + 1))
     chosen = [pool.pop(random_below(rng, len(pool))) for _ in range(count)]
-    return SimulationConfig(params, participants, dict.fromkeys(chosen, drop_phase), seed=seed)
+    return SimulationConfig(params, participants, dict.fromkeys(chosen, drop_phase), seed=seed, mask_runner=mask_runner)
 
 
 @click.command()
@@ -81,6 +84,13 @@ def build_config(
     show_default=True,
     help="Seeds the simulation's CSPRNG (simulations only; real rounds use the OS CSPRNG).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Threads per mask addition (server unmask and each client's masking), each on a part of the vector.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def simulate(
     participants: int,
@@ -92,6 +102,7 @@ def simulate(
     threshold: int | None,
     modulus_bits: int,
     seed: int,
+    workers: int,
     as_json: bool,
 ) -> None:
     """Run one secure-aggregation round in memory and check the sum bit for bit."""
@@ -108,6 +119,7 @@ def simulate(
             threshold,
             modulus_bits,
             seed,
+            ThreadPartRunner(workers) if workers > 1 else None,
         )
     except ParameterError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -125,6 +137,7 @@ def simulate_round(config: SimulationConfig) -> dict[str, int | float | bool | s
     result = simulation.simulate(config, clock=time.perf_counter).as_dict()
     result["graph"] = "complete" if config.params.neighbours is None else f"harary-{config.params.neighbours}"
     result["mode"] = config.params.mode.value
+    result["mask_workers"] = 1 if config.mask_runner is None else config.mask_runner.parts
     # The whole simulation runs in one process, so this bounds the server's peak from above.
     result["server_peak_rss_mb"] = round(peak_rss_mb(), 1)
     return result

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from fedmask.parallel import ThreadPartRunner
 from fedmask.secagg import prg
 
 
@@ -26,17 +27,47 @@ def test_expand_reduces_modulo_2_to_the_b():
         assert int(mask.max()) >= 1 << (bits - 1)  # the top bit is used
 
 
+class _RecordingRunner:
+    """Runs the jobs one after another (last first, so no part relies on the order) and
+    records how many there were."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self.calls: list[int] = []
+
+    def __call__(self, jobs):
+        self.calls.append(len(jobs))
+        for job in reversed(jobs):
+            job()
+
+
 @pytest.mark.parametrize("dimension", [1, 7, prg._CHUNK_VALUES - 1, prg._CHUNK_VALUES, 3 * prg._CHUNK_VALUES + 5])
-def test_add_masks_equals_sum_of_expansions_across_chunk_boundaries(dimension):
+@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("runner", [None, "threads-2", "threads-3", "reversed-4"])
+def test_add_masks_equals_sum_of_expansions_across_chunk_boundaries(dimension, bits, runner):
+    """Bit for bit, whether the vector is masked whole or in parts (each part's keystream starts
+    at its offset: a wrong counter would give a different mask in every part but the first)."""
+    runners = {"threads-2": ThreadPartRunner(2), "threads-3": ThreadPartRunner(3), "reversed-4": _RecordingRunner(4)}
+    dtype = prg.dtype_for_bits(bits)
     seeds = [bytes([i]) * 32 for i in range(1, 6)]
-    acc = np.arange(dimension, dtype=np.uint32)
-    prg.add_masks(acc, seeds[:3], seeds[3:])
-    expected = np.arange(dimension, dtype=np.uint32)
+    acc = np.arange(dimension, dtype=dtype)
+    prg.add_masks(acc, seeds[:3], seeds[3:], runner=runners.get(runner))
+    expected = np.arange(dimension, dtype=dtype)
     for s in seeds[:3]:
-        expected += prg.expand(s, dimension, 32)
+        expected += prg.expand(s, dimension, bits)
     for s in seeds[3:]:
-        expected -= prg.expand(s, dimension, 32)
+        expected -= prg.expand(s, dimension, bits)
     assert np.array_equal(acc, expected)
+    if runner == "reversed-4":  # four parts of the vector (4 chunks) or of the five masks
+        assert runners[runner].calls == [4]
+
+
+def test_bad_seeds_are_refused_before_any_part_runs():
+    runner = _RecordingRunner(2)
+    acc = np.zeros(3 * prg._CHUNK_VALUES, dtype=np.uint32)
+    with pytest.raises(ValueError, match="32 bytes"):
+        prg.add_masks(acc, [b"a" * 32, b"short"], runner=runner)
+    assert runner.calls == [] and not acc.any()  # nothing half-masked
 
 
 def test_add_then_subtract_cancels_exactly():
