@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import keys, machine, prg, shamir
 from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
@@ -528,8 +529,7 @@ class Server:
         rebuilt_b = dict(zip(b_shares, secrets[: len(b_shares)], strict=True))
         rebuilt_s = dict(zip(s_shares, secrets[len(b_shares) :], strict=True))
         sid = session.session_id
-        add_back: list[bytes] = []
-        take_away: list[bytes] = []
+        self_mask_seeds: list[bytes] = []
         for u, secret in rebuilt_b.items():
             if (
                 secret is None
@@ -537,21 +537,44 @@ class Server:
             ):
                 self.culprits[u] = "dealt shares that do not rebuild the self-mask seed it committed to"
                 raise ProtocolAbort(Phase.UNMASK, f"participant {u} {self.culprits[u]}", culprits=self.culprits)
-            take_away.append(keys.self_mask_seed(secret, sid))
+            self_mask_seeds.append(keys.self_mask_seed(secret, sid))
+        dropped_keys: list[tuple[int, keys.AgreementKeyPair]] = []
         for v, secret in rebuilt_s.items():
             pair = None if secret is None else keys.AgreementKeyPair.from_private_bytes(secret)
             if pair is None or pair.public_bytes != session.advertisements[v].masking_key:
                 self.culprits[v] = "dealt shares that do not rebuild the masking key it advertised"
                 raise ProtocolAbort(Phase.UNMASK, f"participant {v} {self.culprits[v]}", culprits=self.culprits)
-            for u in sorted(session.neighbours(v) & set(self.u3)):
-                seed = keys.pairwise_mask_seed(pair.private_key, session.advertisements[u].masking_key, sid)
-                # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
-                (take_away if v > u else add_back).append(seed)
+            dropped_keys.append((v, pair))
         total = self._sum_so_far()
-        prg.add_masks(total, add_back, take_away, runner=self.config.mask_runner)
+        self._remove_masks(total, self_mask_seeds, dropped_keys)
         self._result = prg.reduce_modulus(total, self.params.modulus_bits)
         self._accumulator = None
         return {}
+
+    def _remove_masks(
+        self,
+        total: np.ndarray,
+        self_mask_seeds: list[bytes],
+        dropped_keys: list[tuple[int, keys.AgreementKeyPair]],
+    ) -> None:
+        """Subtract the survivors' self masks and undo their masks shared with the dropped."""
+        session = self._current_session()
+        survivors = set(self.u3)
+        masking_keys: dict[int, X25519PublicKey] = {}  # parsed once per survivor, used by every dropped neighbour
+
+        add_back: list[bytes] = []
+        take_away: list[bytes] = []
+        for v, pair in dropped_keys:
+            for u in sorted(session.neighbours(v) & survivors):
+                public = masking_keys.get(u)
+                if public is None:
+                    public = masking_keys[u] = keys.check_public_key(session.advertisements[u].masking_key)
+                seed = keys.pairwise_mask_seed(pair.private_key, public, session.session_id)
+                # Survivor u added +PRG(s_uv) if v > u, -PRG(s_uv) if v < u: undo exactly that.
+                (take_away if v > u else add_back).append(seed)
+        # All key agreements first: they hold the GIL, and a mask thread waiting for it behind
+        # X25519 would stall its keystreams by milliseconds at a time.
+        prg.add_masks(total, add_back, take_away + self_mask_seeds, runner=self.config.mask_runner)
 
     def _check_enough(self, shares: dict[int, int], threshold: int, what: str) -> None:
         if len(shares) < threshold:
