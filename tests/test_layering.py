@@ -4,7 +4,7 @@ Layers, outermost first; a module may import its own layer and the layers below 
 
     entry points   fedmask.cli, fedmask.bench, fedmask.demo, fedmask.testing, fedmask.audit
     roles          fedmask.coordinator, fedmask.participant (and neither imports the other)
-    shared         fedmask.pki, fedmask.adapter, fedmask.proto, fedmask.durable
+    shared         fedmask.pki, fedmask.adapter, fedmask.proto, fedmask.durable, fedmask.parallel
     ddp            fedmask.ddp
     core           fedmask.secagg (no grpc, torch, sockets, clocks or global randomness:
                    tests/secagg/test_imports.py)
@@ -27,13 +27,20 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("fedmask.cli", "fedmask.bench", "fedmask.demo", "fedmask.testing", "fedmask.audit"),
     ("fedmask.coordinator", "fedmask.participant"),
-    ("fedmask.pki", "fedmask.adapter", "fedmask.proto", "fedmask.durable"),
+    ("fedmask.pki", "fedmask.adapter", "fedmask.proto", "fedmask.durable", "fedmask.parallel"),
     ("fedmask.ddp",),
     ("fedmask.secagg",),
 )
 INDEPENDENT: tuple[tuple[str, str], ...] = (("fedmask.coordinator", "fedmask.participant"),)
 # The shared layers and below run on the coordinator too: no ML stack there.
-NO_ML_BELOW: tuple[str, ...] = ("fedmask.pki", "fedmask.proto", "fedmask.durable", "fedmask.ddp", "fedmask.secagg")
+NO_ML_BELOW: tuple[str, ...] = (
+    "fedmask.pki",
+    "fedmask.proto",
+    "fedmask.durable",
+    "fedmask.parallel",
+    "fedmask.ddp",
+    "fedmask.secagg",
+)
 ML_MODULES = frozenset({"torch", "transformers", "peft", "opacus"})
 
 
