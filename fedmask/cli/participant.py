@@ -82,7 +82,10 @@ def _check_output_directory(out_dir: Path) -> None:
     type=click.Choice(["auto", "ew", "hooks", "ghost"]),
     default="auto",
     show_default=True,
-    help="Per-sample gradient mode; auto = expanded weights, hooks if ew cannot run.",
+    help=(
+        "Per-sample gradient mode; auto = expanded weights for LoRA (hooks if ew cannot run), "
+        "hooks with bias-only grad samplers for BiTFiT (no layer inputs kept)."
+    ),
 )
 @click.option(
     "--epochs",
