@@ -20,7 +20,6 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 SEED_BYTES = 32
-_NONCE = b"\x00" * 16
 # Values per chunk: 128 K (512 KiB at 32 bits). AES-CTR runs fastest on this machine type from
 # about 512 KiB per call (6.4 GB/s against 5.4 at 64 KiB), more than the cache it costs.
 _CHUNK_VALUES = 131072
