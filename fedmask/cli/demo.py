@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,6 +105,49 @@ def party_names(count: int) -> list[str]:
 def demo_threshold(count: int) -> int:
     """Two thirds of the participants (at least 2): a third may drop out of any round."""
     return max(2, -(-2 * count // 3))
+
+
+def federation_settings(
+    parties: list[str],
+    rounds: int,
+    *,
+    task: str = "classification",
+    mode: str = "lora",
+    epsilon: float = 8.0,
+    delta: float = 1e-5,
+    model_path: str | None = None,
+    security_mode: str = "malicious",
+    aggregate_noise: str = "none",
+    aggregate_epsilon: float | None = None,
+) -> dict[str, Any]:
+    """The demo's federation config (``coordinator run --config``), also what ``fedmask bench
+    round`` times a round of."""
+    training: dict[str, Any] = {
+        "task": task,
+        "mode": mode,
+        "target_epsilon": epsilon,
+        "target_delta": delta,
+        "epochs": 4.0,  # per round; the first 3/4 of the steps are cheap linear-probe steps
+        "batch_size": 64,
+        "max_seq_len": 64,
+    }
+    if model_path:
+        training["model_path"] = str(model_path)
+    # A participant killed by --drop after it joined is waited for 60 s, not the whole join timeout.
+    return {
+        "participants": parties,
+        "rounds": rounds,
+        "training": training,
+        "clip_norm": 5.0,
+        "threshold": demo_threshold(len(parties)),
+        "security_mode": security_mode,
+        "join_timeout_s": 900.0,
+        "phase_timeout_s": 60.0,
+        "quorum_grace_s": 60.0,
+        "final_report_wait_s": 300.0,
+        "aggregate_noise": aggregate_noise,
+        "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None,
+    }
 
 
 def _profile(name: str) -> str:
@@ -295,33 +339,18 @@ def demo(
             f"no --model for the causal LM: built a tiny Qwen2 with random weights in {model_path} (its tokenizer "
             "learnt from separately generated notes); the figures show the pipeline at work, not a useful model"
         )
-    training = {
-        "task": task,
-        "mode": mode,
-        "target_epsilon": epsilon,
-        "target_delta": delta,
-        "epochs": 4.0,  # per round; the first 3/4 of the steps are cheap linear-probe steps
-        "batch_size": 64,
-        "max_seq_len": 64,
-    }
-    if model_path:
-        training["model_path"] = str(model_path)
-    threshold = demo_threshold(len(parties))
-    # A participant killed by --drop after it joined is waited for 60 s, not the whole join timeout.
-    config = {
-        "participants": parties,
-        "rounds": rounds,
-        "training": training,
-        "clip_norm": 5.0,
-        "threshold": threshold,
-        "security_mode": security_mode,
-        "join_timeout_s": 900.0,
-        "phase_timeout_s": 60.0,
-        "quorum_grace_s": 60.0,
-        "final_report_wait_s": 300.0,
-        "aggregate_noise": aggregate_noise,
-        "aggregate_epsilon": aggregate_epsilon if aggregate_noise != "none" else None,
-    }
+    config = federation_settings(
+        parties,
+        rounds,
+        task=task,
+        mode=mode,
+        epsilon=epsilon,
+        delta=delta,
+        model_path=model_path,
+        security_mode=security_mode,
+        aggregate_noise=aggregate_noise,
+        aggregate_epsilon=aggregate_epsilon,
+    )
     config_path = work / "federation.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
@@ -377,7 +406,7 @@ def demo(
 
     nodes = {party: start_node(party) for party in parties}
     try:
-        _supervise(coordinator, nodes, drop_at, start_node, threshold)
+        _supervise(coordinator, nodes, drop_at, start_node, config["threshold"])
         code = coordinator.wait(timeout=60 * 60)
         for node in nodes.values():
             node.wait(timeout=120)
