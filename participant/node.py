@@ -385,6 +385,8 @@ class Node:
         # Charged now, pending until the masked update is built: if it never is, it is refunded.
         release_tag = task.round_id.hex()
         with ledger.pending_release(release_tag):
+            # The held-out split scores the global adapter (above, summed under masking), not the
+            # local one: the upload waits for nothing the federation does not use.
             result = train_adapter(
                 config,
                 self.data,
@@ -392,6 +394,7 @@ class Node:
                 ledger=ledger,
                 trainer=trainer,
                 on_step=self._training_progress(task.round),
+                score_heldout=False,
             )
         update = result.vector.astype(np.float64) - payload.vector.astype(np.float64)
         if noise_plan is None:

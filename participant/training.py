@@ -132,6 +132,7 @@ def train_adapter(
     on_step: Callable[[int, int, float], None] | None = None,
     note: str = "",
     feature_cache: FeatureCache | None = None,
+    score_heldout: bool = True,
 ) -> TrainingResult:
     """Train the adapter with DP-SGD on a participant's records: one local round.
 
@@ -143,7 +144,9 @@ def train_adapter(
     ``ledger`` first (:class:`~participant.ledger.PrivacyBudgetExceeded` when they would exceed
     its budget); without one, a fresh in-memory ledger with the config's budget is used.
     ``feature_cache`` lets trainers of one process share the pooled features of the records they
-    have in common (see :class:`~participant.trainer.FeatureCache`).
+    have in common (see :class:`~participant.trainer.FeatureCache`). ``score_heldout=False``
+    skips scoring the trained adapter on the held-out records (a federated node: its update is
+    one term of a sum, and its upload should not wait for a score of it).
 
     The report's ``warnings`` say, one line each, when training diverged and when the held-out
     balanced accuracy's interval does not lie above what always answering one label gets; each
@@ -180,7 +183,7 @@ def train_adapter(
     start_vector = trainer.adapter_vector()
 
     local = trainer.train(train_records, on_step=on_step, note=note)
-    evaluation = trainer.evaluate(heldout_records) if heldout_records else None
+    evaluation = trainer.evaluate(heldout_records) if heldout_records and score_heldout else None
     plan = trainer.ledger.plan
     assert plan is not None
     vector = local.vector

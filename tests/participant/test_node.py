@@ -166,7 +166,8 @@ def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None) -> tup
 
 
 def _train(*, crash: bool = False):
-    def train_adapter(config, data, *, global_adapter_state, ledger, trainer, on_step):
+    def train_adapter(config, data, *, global_adapter_state, ledger, trainer, on_step, score_heldout):
+        assert not score_heldout  # the upload does not wait for a score of the local adapter
         ledger.charge(noise_multiplier=1.1, sample_rate=0.05, steps=STEPS, note="local training")
         if crash:
             raise _Crash

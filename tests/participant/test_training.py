@@ -203,6 +203,26 @@ def test_global_adapter_state_is_loaded_before_training(tiny_qwen2_path: str, de
         train_adapter(config, records, trainer=trainer, global_adapter_state={"x": state[trainer.spec.names[0]]})
 
 
+def test_a_node_can_train_without_scoring_the_local_adapter(tiny_qwen2_path: str, demo_records, monkeypatch) -> None:
+    config = _small_config(tiny_qwen2_path, "classification", "bitfit", planned_rounds=2)
+    records = demo_records("bank", 80, seed=2)
+    trainer = LocalTrainer(config)
+    scored: list[int] = []
+    evaluate = trainer.evaluate
+
+    def counting_evaluate(heldout, **kwargs):
+        scored.append(len(heldout))
+        return evaluate(heldout, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", counting_evaluate)
+    result = train_adapter(config, records[:50], heldout=records[50:], trainer=trainer, score_heldout=False)
+    assert scored == [] and result.report["accuracy"] is None and result.report["scores"] is None
+    heldout = len(records[50:])
+    assert heldout > 0 and result.report["heldout_records"] == heldout  # still counted, just not scored
+    result = train_adapter(config, records[:50], heldout=records[50:], trainer=trainer)
+    assert scored == [heldout] and result.report["scores"] is not None
+
+
 def test_noise_comes_from_os_entropy_unless_a_seed_is_given(tiny_qwen2_path: str, demo_records) -> None:
     records = demo_records("hospital-a", 80, seed=5)[:50]
     config = _small_config(tiny_qwen2_path, "causal_lm", "lora", noise_seed=None)
