@@ -16,6 +16,7 @@ class _BenchGroup(LazyGroup):
         "pii": "fedmask.bench.pii_bench:pii",
         "modes": "fedmask.bench.modes_bench:modes",
         "recipe": "fedmask.bench.recipe_bench:recipe",
+        "round": "fedmask.bench.round_bench:round_bench",
     }
 
 
