@@ -55,7 +55,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from fedmask.coordinator.transport import Authenticator, AuthError, ServerSecurity
-from fedmask.parallel import default_mask_runner
+from fedmask.parallel import default_runner
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
@@ -230,9 +230,9 @@ class _Connection:
 
 
 @functools.cache
-def _mask_runner() -> PartRunner | None:
+def _runner() -> PartRunner | None:
     """One thread pool per coordinator process for every round's unmask (a part per core)."""
-    return default_mask_runner()
+    return default_runner()
 
 
 class RoundRunner:
@@ -251,7 +251,7 @@ class RoundRunner:
                 config.params,
                 tuple(self._ids.values()),
                 identity_keys,
-                mask_runner=_mask_runner(),
+                runner=_runner(),
             )
         )
         self._connections: dict[int, _Connection] = {}

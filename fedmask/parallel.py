@@ -45,7 +45,7 @@ class ThreadPartRunner:
             self._pool.shutdown(wait=True)
 
 
-def default_mask_runner() -> ThreadPartRunner | None:
+def default_runner() -> ThreadPartRunner | None:
     """One part per usable core; ``None`` (no threads) on a single core."""
     cpus = usable_cpus()
     return ThreadPartRunner(cpus) if cpus > 1 else None

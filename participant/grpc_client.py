@@ -30,7 +30,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedmask.parallel import default_mask_runner
+from fedmask.parallel import default_runner
 from fedmask.participant.policy import ParticipantPolicy, PolicyViolation
 from fedmask.pki.preflight import own_certificate_problem, probe_tls
 from fedmask.proto import transport, wire
@@ -74,9 +74,9 @@ AGGREGATE_METHOD = f"/{transport.SERVICE}/Aggregate"
 
 
 @functools.cache
-def _mask_runner() -> PartRunner | None:
+def _runner() -> PartRunner | None:
     """One thread pool per participant process for its masking (a part per core)."""
-    return default_mask_runner()
+    return default_runner()
 
 
 @dataclass(frozen=True)
@@ -502,7 +502,7 @@ class _RoundSession:
                     params,
                     identity.identity_key if params.mode is SecurityMode.MALICIOUS else None,
                     identity_keys,
-                    mask_runner=_mask_runner(),
+                    runner=_runner(),
                 ),
                 self.rng,
             )

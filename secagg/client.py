@@ -81,7 +81,7 @@ class ClientState(enum.Enum):
 @dataclass(frozen=True)
 class ClientConfig:
     """``identity_key`` and ``identity_keys`` (the enrolled Ed25519 public keys of the whole
-    federation, by participant id) are required in the malicious-server mode. ``mask_runner``
+    federation, by participant id) are required in the malicious-server mode. ``runner``
     (optional) runs the masking in parts, one per core (the result is the same bit for bit)."""
 
     participant_id: int
@@ -89,7 +89,7 @@ class ClientConfig:
     params: ProtocolParams
     identity_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     identity_keys: Mapping[int, bytes] = field(default_factory=dict)
-    mask_runner: prg.PartRunner | None = field(default=None, compare=False, repr=False)
+    runner: prg.PartRunner | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.params.mode is SecurityMode.MALICIOUS:
@@ -334,7 +334,7 @@ class Client:
         for v in sorted(survivors - {self.me}):
             # u adds PRG(s_uv) for v > u and subtracts it for v < u: the pair cancels in the sum.
             (add if v > self.me else subtract).append(self._pairwise_seeds[v])
-        prg.add_masks(masked, add, subtract, runner=self.config.mask_runner)
+        prg.add_masks(masked, add, subtract, runner=self.config.runner)
         prg.reduce_modulus(masked, self.params.modulus_bits)
         self._input = None  # neither the plaintext input nor the agreements are needed any more
         self._pairwise_seeds.clear()

@@ -79,14 +79,14 @@ class ServerState(enum.Enum):
 class ServerConfig:
     """``participants``: the ids selected for the round. ``identity_keys`` (enrolled Ed25519
     public keys) let the server drop badly signed messages early in the malicious-server mode;
-    clients check signatures themselves either way. ``mask_runner`` (optional) runs the unmask's
+    clients check signatures themselves either way. ``runner`` (optional) runs the unmask's
     mask removal in parts, one per core (the result is the same bit for bit)."""
 
     round_id: bytes
     params: ProtocolParams
     participants: tuple[int, ...]
     identity_keys: Mapping[int, bytes] = field(default_factory=dict)
-    mask_runner: prg.PartRunner | None = field(default=None, compare=False, repr=False)
+    runner: prg.PartRunner | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(set(self.participants)) != len(self.participants):
@@ -574,7 +574,7 @@ class Server:
                 (take_away if v > u else add_back).append(seed)
         # All key agreements first: they hold the GIL, and a mask thread waiting for it behind
         # X25519 would stall its keystreams by milliseconds at a time.
-        prg.add_masks(total, add_back, take_away + self_mask_seeds, runner=self.config.mask_runner)
+        prg.add_masks(total, add_back, take_away + self_mask_seeds, runner=self.config.runner)
 
     def _check_enough(self, shares: dict[int, int], threshold: int, what: str) -> None:
         if len(shares) < threshold:

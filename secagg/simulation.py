@@ -54,7 +54,7 @@ class SimulationConfig:
     drop_at: Mapping[int, Phase] = field(default_factory=dict)  # participant id -> phase it drops in
     seed: int = 0
     round_id: bytes = b"simulated-round"
-    mask_runner: prg.PartRunner | None = None  # runs mask additions in parts (server and clients)
+    runner: prg.PartRunner | None = None  # runs mask additions in parts (server and clients)
 
 
 @dataclass
@@ -149,10 +149,10 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
             identity_keys[u] = private.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
-    server = Server(ServerConfig(config.round_id, params, ids, identity_keys, config.mask_runner))
+    server = Server(ServerConfig(config.round_id, params, ids, identity_keys, config.runner))
     clients = {
         u: Client(
-            ClientConfig(u, config.round_id, params, identity_private.get(u), identity_keys, config.mask_runner),
+            ClientConfig(u, config.round_id, params, identity_private.get(u), identity_keys, config.runner),
             rng=root.spawn(),
         )
         for u in ids

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from fedmask.parallel import ThreadPartRunner, default_mask_runner, usable_cpus
+from fedmask.parallel import ThreadPartRunner, default_runner, usable_cpus
 
 
 def test_jobs_run_on_separate_threads_and_all_finish() -> None:
@@ -41,5 +41,5 @@ def test_one_part_runs_inline_and_zero_parts_are_refused() -> None:
 
 
 def test_the_default_runner_has_a_part_per_usable_core() -> None:
-    runner = default_mask_runner()
+    runner = default_runner()
     assert (runner is None) if usable_cpus() == 1 else (runner is not None and runner.parts == usable_cpus())

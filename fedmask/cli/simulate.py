@@ -32,7 +32,7 @@ def build_config(
     threshold: int | None,
     modulus_bits: int,
     seed: int,
-    mask_runner: PartRunner | None = None,
+    runner: PartRunner | None = None,
 ) -> SimulationConfig:
     neighbours = None if graph == "complete" else int(graph)
     params_probe = ProtocolParams(dim, modulus_bits, 2, mode, neighbours)
@@ -45,7 +45,7 @@ def build_config(
     count = round(dropout * participants)
     pool = list(range(1, participants + 1))
     chosen = [pool.pop(random_below(rng, len(pool))) for _ in range(count)]
-    return SimulationConfig(params, participants, dict.fromkeys(chosen, drop_phase), seed=seed, mask_runner=mask_runner)
+    return SimulationConfig(params, participants, dict.fromkeys(chosen, drop_phase), seed=seed, runner=runner)
 
 
 @click.command()
@@ -137,7 +137,7 @@ def simulate_round(config: SimulationConfig) -> dict[str, int | float | bool | s
     result = simulation.simulate(config, clock=time.perf_counter).as_dict()
     result["graph"] = "complete" if config.params.neighbours is None else f"harary-{config.params.neighbours}"
     result["mode"] = config.params.mode.value
-    result["mask_workers"] = 1 if config.mask_runner is None else config.mask_runner.parts
+    result["mask_workers"] = 1 if config.runner is None else config.runner.parts
     # The whole simulation runs in one process, so this bounds the server's peak from above.
     result["server_peak_rss_mb"] = round(peak_rss_mb(), 1)
     return result
