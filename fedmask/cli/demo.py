@@ -423,6 +423,7 @@ def demo(
     from fedmask.coordinator.config import FederationConfig
     from fedmask.demo.data import LABEL_NAMES
     from fedmask.demo.report import (
+        baseline_feature_cache,
         build_report,
         evaluate_global_adapter,
         heldout_union,
@@ -433,8 +434,14 @@ def demo(
 
     participant_training = FederationConfig.from_json(config).training_config()
     heldout = heldout_union(data_paths, task)
-    baselines = {} if skip_baseline else single_party_baselines(participant_training, data_paths, rounds, echo)
-    pooled = {} if skip_baseline else pooled_baselines(participant_training, data_paths, rounds, echo)
+    pooled: dict[str, dict[str, Any]] = {}
+    baselines: dict[str, dict[str, Any]] = {}
+    if not skip_baseline:
+        # The pooled baselines first: every party's records are among theirs, so the parties
+        # alone find their first round's features in the cache.
+        features = baseline_feature_cache(len(parties), rounds)
+        pooled = pooled_baselines(participant_training, data_paths, rounds, echo, features)
+        baselines = single_party_baselines(participant_training, data_paths, rounds, echo, features)
     federated = evaluate_global_adapter(participant_training, work / "coordinator", heldout)
     majority = (
         majority_scores([int(r.label) for r in heldout if r.label is not None], len(LABEL_NAMES))

@@ -24,6 +24,7 @@ TITLES: dict[str, str] = {**METRIC_TITLES, "perplexity": "perplexity", "next_tok
 
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
+    from fedmask.participant.trainer import FeatureCache
 
 
 # The pooled baselines (one party holding every party's training records) and their table titles.
@@ -70,11 +71,25 @@ def evaluate_global_adapter(
     return scores
 
 
+def baseline_feature_cache(parties: int, rounds: int) -> FeatureCache:
+    """One feature cache for every baseline of a demo, with room for every encoder state they
+    use: all of them start from the same encoder, whose features of a record are then computed
+    once (the pooled baselines first, and each party's records are among the pooled ones)."""
+    from fedmask.participant.trainer import FeatureCache
+
+    return FeatureCache(max_states=rounds * (parties + 2) + 1)
+
+
 def single_party_baselines(
-    training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int, echo: Callable[[str], None]
+    training: Mapping[str, Any],
+    data_paths: Mapping[str, Path],
+    rounds: int,
+    echo: Callable[[str], None],
+    feature_cache: FeatureCache | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each party trained alone with the same DP budget and the same local training per round,
-    scored on the union of every party's held-out split."""
+    scored on the union of every party's held-out split (only at the end: scoring between
+    rounds would change nothing and cost a pass over the held-out split each time)."""
     from fedmask.adapter.config import TrainingConfig
     from fedmask.participant.data import load_local_data
     from fedmask.participant.trainer import LocalTrainer
@@ -87,16 +102,20 @@ def single_party_baselines(
     scores: dict[str, dict[str, Any]] = {}
     for party, local in data.items():
         echo(f"baseline: training {party} alone ({rounds} rounds of local DP training, same budget)")
-        trainer = LocalTrainer(config)
+        trainer = LocalTrainer(config, feature_cache=feature_cache)
         for _ in range(rounds):
-            train_adapter(config, local, trainer=trainer)
+            train_adapter(config, local, trainer=trainer, score_heldout=False)
         scores[party] = trainer.evaluate(union).scores()
         echo(f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])}")
     return scores
 
 
 def pooled_baselines(
-    training: Mapping[str, Any], data_paths: Mapping[str, Path], rounds: int, echo: Callable[[str], None]
+    training: Mapping[str, Any],
+    data_paths: Mapping[str, Path],
+    rounds: int,
+    echo: Callable[[str], None],
+    feature_cache: FeatureCache | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One party holding every party's training records, scored on the union of the held-out
     splits: ``pooled_dp`` with the same DP budget and local training per round as the
@@ -115,7 +134,8 @@ def pooled_baselines(
     data = [load_local_data(path, task=config.task) for path in data_paths.values()]
     union = [record for local in data for record in local.heldout]
     pooled = replace(data[0], train=[record for local in data for record in local.train], heldout=[])
-    features = FeatureCache()  # both models start from the same encoder: its features once
+    # Both models start from the same encoder: its features once.
+    features = feature_cache if feature_cache is not None else FeatureCache(max_states=2 * rounds + 1)
     scores: dict[str, dict[str, Any]] = {}
     echo(f"baseline: pooled records ({len(pooled.train)}), {rounds} rounds of DP training, same budget")
     private = LocalTrainer(config, feature_cache=features)

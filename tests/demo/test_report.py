@@ -201,30 +201,11 @@ def test_the_demo_report_scores_and_exports_the_federated_model(minilm_path: str
     assert {row["party"] for row in rows} == {"hospital-a", "bank"} and len(rows) == 20
 
 
-# Slow (about 25 s cold on 2 cores: two trainings): the default suite keeps the report and export test above.
+# Slow (four small trainings): the default suite keeps the report and export tests above.
 @pytest.mark.slow
-def test_each_party_alone_is_trained_and_scored_on_the_union(minilm_path: str, tmp_path: Path) -> None:
+def test_the_baselines_train_on_the_pooled_records_and_on_each_party_alone(minilm_path: str, tmp_path: Path) -> None:
     from fedmask.demo.data import generate_records, write_records
-    from fedmask.demo.report import single_party_baselines
-
-    training = {"model_path": minilm_path, "max_seq_len": 32, "lora_rank": 4, "batch_size": 1, "local_steps": 1}
-    training |= {"accountant": "rdp", "noise_seed": 0}
-    data_paths = {
-        party: write_records(generate_records(party, 50, seed=i), tmp_path / f"{party}.jsonl")
-        for i, party in enumerate(("hospital-a", "bank"))
-    }
-    messages: list[str] = []
-    alone = single_party_baselines(training, data_paths, 1, messages.append)
-    assert set(alone) == {"hospital-a", "bank"} and all(s["count"] == 20 for s in alone.values())
-    assert alone["bank"]["ci95"]["macro_f1"] is not None
-    assert any("bank alone on the union of held-out splits: macro-F1" in m for m in messages)
-
-
-# Slow (two trainings on the pooled records): the default suite keeps the report tests above.
-@pytest.mark.slow
-def test_pooled_baselines_train_on_every_party_s_records_with_and_without_dp(minilm_path: str, tmp_path: Path) -> None:
-    from fedmask.demo.data import generate_records, write_records
-    from fedmask.demo.report import pooled_baselines
+    from fedmask.demo.report import baseline_feature_cache, pooled_baselines, single_party_baselines
 
     training = {"model_path": minilm_path, "max_seq_len": 32, "lora_rank": 4, "batch_size": 8, "local_steps": 4}
     training |= {"accountant": "rdp", "noise_seed": 0}
@@ -233,8 +214,21 @@ def test_pooled_baselines_train_on_every_party_s_records_with_and_without_dp(min
         for i, party in enumerate(("hospital-a", "bank"))
     }
     messages: list[str] = []
-    pooled = pooled_baselines(training, data_paths, 1, messages.append)
+    features = baseline_feature_cache(parties=2, rounds=1)
+    pooled = pooled_baselines(training, data_paths, 1, messages.append, features)
     assert set(pooled) == {"pooled_dp", "pooled_non_private"}
     assert all(scores["count"] == 20 for scores in pooled.values())  # the union of the held-out splits
     assert any("pooled records (80)" in m for m in messages)  # both parties' training splits
     assert any("pooled_non_private on the union of held-out splits: macro-F1" in m for m in messages)
+
+    # Every party's records are pooled ones, and every baseline starts from the same encoder:
+    # the parties alone (one round) find all their features in the cache.
+    looked_up, computed = [], []
+    get, put = features.get, features.put
+    features.get = lambda state, text: looked_up.append(get(state, text)) or looked_up[-1]  # type: ignore[method-assign]
+    features.put = lambda *args: computed.append(put(*args))  # type: ignore[method-assign]
+    alone = single_party_baselines(training, data_paths, 1, messages.append, features)
+    assert len(looked_up) == 80 and all(f is not None for f in looked_up) and computed == []
+    assert set(alone) == {"hospital-a", "bank"} and all(s["count"] == 20 for s in alone.values())
+    assert alone["bank"]["ci95"]["macro_f1"] is not None
+    assert any("bank alone on the union of held-out splits: macro-F1" in m for m in messages)
