@@ -528,15 +528,25 @@ class RoundRunner:
                     self.server.drop(pid, reason)
                     if (connection := self._live(pid)) is not None:
                         connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"[{state.phase.value}] {reason}")
-                responders = sorted(c.name for c in self._connections.values() if c.submitted_in is state)
+                dropped_before = set(self.server.dropped_reasons)
                 try:
-                    # The unmask regenerates masks: CPU-bound, kept off the event loop so that
-                    # keepalives and health checks are still answered.
+                    # The unmask regenerates masks and a phase's end checks its signatures:
+                    # CPU-bound, kept off the event loop so that keepalives and health checks
+                    # are still answered.
                     outgoing = await asyncio.to_thread(self.server.close_phase)
                 except ProtocolAbort as exc:
                     outcome.round_s = time.perf_counter() - wall_start
                     outcome.coordinator_cpu_s = time.process_time() - cpu_start
                     return self._finish_aborted(exc.phase, exc.reason)
+                # Refused at the phase's end (a signature that does not verify): told at once.
+                for pid in sorted(set(self.server.dropped_reasons) - dropped_before):
+                    if (connection := self._live(pid)) is not None:
+                        connection.refuse(grpc.StatusCode.INVALID_ARGUMENT, self.server.dropped_reasons[pid])
+                responders = sorted(
+                    c.name
+                    for pid, c in self._connections.items()
+                    if c.submitted_in is state and pid not in self.server.dropped_reasons
+                )
             outcome.phase_s[state.phase.value] = time.perf_counter() - phase_start
             self._progress(f"{state.phase.value} closed: {len(responders)}/{n} in: {_names(responders)}")
             for pid, message in outgoing.items():

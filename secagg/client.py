@@ -57,7 +57,7 @@ from .messages import (
 )
 from .params import ProtocolParams, SecurityMode
 from .rand import RandomSource
-from .session import Session, check_advertisement, check_roster_keys_distinct
+from .session import Session, check_advertisement, check_roster_keys_distinct, signature_check, unsigned_keys
 
 _SHARE_PLAINTEXT = keys.SHARE_PLAINTEXT
 
@@ -227,20 +227,30 @@ class Client:
                 Phase.ADVERTISE_KEYS,
                 f"threshold {params.threshold} does not exceed half of the {len(holders)} share holders",
             )
-        for v in session.neighbours(self.me):
-            ad = session.advertisements[v]
+        neighbours = sorted(session.neighbours(self.me))
+        for v in neighbours:
             problem = check_advertisement(
-                ad,
+                session.advertisements[v],
                 round_id=self.config.round_id,
                 params=params,
                 identity_keys=self.config.identity_keys,
                 probe_points=False,
+                verify_signature=False,
             )
             if problem:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+        if params.mode is SecurityMode.MALICIOUS:
+            checks = [
+                signature_check(session.advertisements[v], self.config.round_id, self.config.identity_keys[v])
+                for v in neighbours
+            ]
+            for v, valid in zip(neighbours, keys.verify_many(checks, self.config.runner), strict=True):
+                if not valid:
+                    raise ProtocolAbort(Phase.ADVERTISE_KEYS, unsigned_keys(v))
+        for v in neighbours:
             try:
                 self._pairwise_seeds[v] = keys.pairwise_mask_seed(
-                    self._masking.private_key, ad.masking_key, session.session_id
+                    self._masking.private_key, session.advertisements[v].masking_key, session.session_id
                 )
             except CryptoError as exc:
                 raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"participant {v} advertised an unusable key: {exc}") from exc
@@ -501,24 +511,23 @@ class Client:
         self, session: Session, survivors: tuple[int, ...], signatures: tuple[tuple[int, bytes], ...]
     ) -> None:
         payload = keys.consistency_payload(session.session_id, survivors)
-        valid: set[int] = set()
+        t = self.params.threshold
+        # One signature per enrolled survivor (the first listed), checked t at a time: t distinct
+        # valid signatures are the guarantee; more cost time and add nothing.
+        candidates: dict[int, bytes] = {}
         for signer, signature in signatures:
-            if len(valid) == self.params.threshold:
-                break  # t distinct valid signatures are the guarantee; more cost time, add nothing
-            if signer in valid or signer not in survivors:
-                continue
-            identity = self.config.identity_keys.get(signer)
-            if identity is None:
-                continue
-            try:
-                keys.verify(identity, signature, payload)
-            except CryptoError:
-                continue
-            valid.add(signer)
-        if len(valid) < self.params.threshold:
+            if signer in survivors and signer in self.config.identity_keys:
+                candidates.setdefault(signer, signature)
+        pending = list(candidates.items())
+        valid = 0
+        while valid < t and pending:
+            batch, pending = pending[: t - valid], pending[t - valid :]
+            checks = [(self.config.identity_keys[signer], signature, payload) for signer, signature in batch]
+            valid += sum(keys.verify_many(checks, self.config.runner))
+        if valid < t:
             raise ProtocolAbort(
                 Phase.UNMASK,
-                f"only {len(valid)} valid signatures on the survivor list, threshold is {self.params.threshold}",
+                f"only {valid} valid signatures on the survivor list, threshold is {t}",
             )
 
     def _abort(self, reason: str) -> Abort:

@@ -51,7 +51,7 @@ from .messages import (
     UnmaskResponse,
 )
 from .params import ProtocolParams, SecurityMode
-from .session import Session, check_advertisement, compute_session_id
+from .session import Session, check_advertisement, compute_session_id, signature_check, unsigned_keys
 
 _Message = TypeVar("_Message")
 
@@ -204,6 +204,11 @@ class Server:
         spec = PHASES.get(self.state)
         if spec is None:
             raise RuntimeError(f"close_phase() in state {self.state.name}")
+        for sender, reason in (spec.screen(self) if spec.screen else {}).items():
+            del self._received[sender]
+            self._advertisements.pop(sender, None)
+            self._expected.discard(sender)
+            self.dropped_reasons[sender] = f"[{self.state.phase.value}] {reason}"
         responders = tuple(sorted(self._received))
         for silent in self._expected - set(responders):
             self.dropped_reasons.setdefault(silent, f"[{self.state.phase.value}] sent nothing before the deadline")
@@ -222,8 +227,13 @@ class Server:
     # --- validation, per phase ----------------------------------------------------------------
 
     def _validate_advertisement(self, ad: AdvertiseKeys) -> str | None:
+        # The signature is checked at the phase's end, with everyone's (_screen_advertisements).
         problem = check_advertisement(
-            ad, round_id=self.config.round_id, params=self.params, identity_keys=self.config.identity_keys
+            ad,
+            round_id=self.config.round_id,
+            params=self.params,
+            identity_keys=self.config.identity_keys,
+            verify_signature=False,
         )
         if problem is None:
             keys_in_use = {
@@ -270,16 +280,34 @@ class Server:
         return None
 
     def _validate_signature(self, message: ConsistencySignature) -> str | None:
-        identity = self.config.identity_keys.get(message.sender)
-        if identity is not None:
-            try:
-                payload = keys.consistency_payload(self._current_session().session_id, self.u3)
-                keys.verify(identity, message.signature, payload)
-            except CryptoError:
-                return "signature on the survivor list does not verify"
-        elif len(message.signature) != keys.SIGNATURE_BYTES:
+        # Verified at the phase's end, with everyone's (_screen_signatures).
+        if len(message.signature) != keys.SIGNATURE_BYTES:
             return "malformed signature"
         return None
+
+    # --- checks at a phase's end, many at once --------------------------------------------------
+
+    def _screen_advertisements(self) -> dict[int, str]:
+        if self.params.mode is not SecurityMode.MALICIOUS:
+            return {}
+        senders = sorted(self._received)
+        checks = [
+            signature_check(self._advertisements[u], self.config.round_id, self.config.identity_keys[u])
+            for u in senders
+        ]
+        valid = keys.verify_many(checks, self.config.runner)
+        return {u: unsigned_keys(u) for u, ok in zip(senders, valid, strict=True) if not ok}
+
+    def _screen_signatures(self) -> dict[int, str]:
+        payload = keys.consistency_payload(self._current_session().session_id, self.u3)
+        senders = sorted(u for u in self._received if u in self.config.identity_keys)
+        checks = [
+            (self.config.identity_keys[u], self._message_of(u, ConsistencySignature).signature, payload)
+            for u in senders
+        ]
+        valid = keys.verify_many(checks, self.config.runner)
+        bad = "signature on the survivor list does not verify"
+        return {u: bad for u, ok in zip(senders, valid, strict=True) if not ok}
 
     def _validate_unmask_response(self, message: UnmaskResponse) -> str | None:
         session = self._current_session()
@@ -636,6 +664,9 @@ class PhaseSpec(Generic[_Message]):
     close: Callable[[Server, tuple[int, ...]], dict[int, ServerMessage]]
     next_state: ServerState | Branch[Server, ServerState]
     needs_threshold: bool = True  # the phase aborts when fewer than t participants answer it
+    # Checks made on the whole phase at its end, many at once (signatures, in parts on the
+    # runner): sender -> why its message is refused. Those senders are dropped before ``close``.
+    screen: Callable[[Server], dict[int, str]] | None = None
 
 
 # The transition table: what each state accepts, how it validates, how it ends, what follows.
@@ -643,7 +674,11 @@ class PhaseSpec(Generic[_Message]):
 # ``validate`` only with a message that is an instance of ``accepts``.
 PHASES: dict[ServerState, PhaseSpec[Any]] = {
     ServerState.COLLECTING_KEYS: PhaseSpec(
-        AdvertiseKeys, Server._validate_advertisement, Server._close_keys, ServerState.COLLECTING_SHARES
+        AdvertiseKeys,
+        Server._validate_advertisement,
+        Server._close_keys,
+        ServerState.COLLECTING_SHARES,
+        screen=Server._screen_advertisements,
     ),
     ServerState.COLLECTING_SHARES: PhaseSpec(
         ShareKeys, Server._validate_share_keys, Server._close_shares, ServerState.COLLECTING_MASKED_INPUTS
@@ -656,6 +691,7 @@ PHASES: dict[ServerState, PhaseSpec[Any]] = {
         Server._validate_signature,
         Server._close_signatures,
         ServerState.COLLECTING_UNMASK_RESPONSES,
+        screen=Server._screen_signatures,
     ),
     ServerState.COLLECTING_UNMASK_RESPONSES: PhaseSpec(
         UnmaskResponse, Server._validate_unmask_response, Server._close_unmask, ServerState.COMPLETED

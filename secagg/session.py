@@ -43,6 +43,7 @@ def check_advertisement(
     identity_keys: Mapping[int, bytes],
     probe_points: bool = True,
     verify_keys: bool = True,
+    verify_signature: bool = True,
 ) -> str | None:
     """Why ``ad`` is unacceptable, or None. Shared by server (on receipt) and client (on roster).
 
@@ -52,7 +53,9 @@ def check_advertisement(
     ``verify_keys``: parse the keys and, in malicious mode, verify the signature. A client does
     this for its neighbours only: it never uses another participant's keys, and at n = 1000 with
     SecAgg+ checking everyone would cost it ten times its real work. The shape checks (id, round,
-    key sizes) run for every entry, since all of them feed the session id."""
+    key sizes) run for every entry, since all of them feed the session id.
+    ``verify_signature=False`` leaves the signature to the caller, which checks many at once
+    (``signature_check`` and ``keys.verify_many``); an enrolled identity key is still required."""
     if not isinstance(ad, AdvertiseKeys):
         return f"expected AdvertiseKeys, got {type(ad).__name__}"
     if not isinstance(ad.sender, int) or not 1 <= ad.sender <= MAX_PARTICIPANT_ID:
@@ -77,12 +80,18 @@ def check_advertisement(
         identity = identity_keys.get(ad.sender)
         if identity is None:
             return f"participant {ad.sender} has no enrolled identity key"
-        payload = keys.advertisement_payload(round_id, ad.sender, ad.encryption_key, ad.masking_key)
-        try:
-            keys.verify(identity, ad.signature, payload)
-        except CryptoError:
-            return f"the keys of participant {ad.sender} are not signed by its enrolled identity"
+        if verify_signature and not keys.verify_many([signature_check(ad, round_id, identity)])[0]:
+            return unsigned_keys(ad.sender)
     return None
+
+
+def signature_check(ad: AdvertiseKeys, round_id: bytes, identity: bytes) -> tuple[bytes, bytes, bytes]:
+    """What ``keys.verify_many`` takes to check the signature on ``ad``'s keys."""
+    return identity, ad.signature, keys.advertisement_payload(round_id, ad.sender, ad.encryption_key, ad.masking_key)
+
+
+def unsigned_keys(sender: int) -> str:
+    return f"the keys of participant {sender} are not signed by its enrolled identity"
 
 
 @dataclass(frozen=True)

@@ -461,36 +461,55 @@ def test_plaintext_health_port_for_probes(federation):
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_malicious_mode_round_with_enrolled_identity_keys(federation):
+def _malicious_round(federation, identity_key_of=None):
+    """A malicious-mode round of HONEST and MALLORY with the enrolled identity keys; each signs
+    with ``identity_key_of(name)`` (default: its own). Returns (coordinator, participants) outcomes."""
     roster = pki.load_roster(federation.directory, federation.ca_cert)
     params = ProtocolParams(DIM, 32, 3, SecurityMode.MALICIOUS)  # t = 3 > 4/2 holders
     names = (*HONEST, MALLORY)
     server = CoordinatorServer(
         mtls_security(federation.directory, loopback.COORDINATOR_NAME), MessageLimits.for_round(params, len(names))
     )
+    signing_key = identity_key_of or (lambda name: pki.load_identity_key(federation.directory, name))
     with BackgroundCoordinator(server) as background:
         future = background.submit_round(
             RoundConfig(new_round_id(), params, names, join_timeout_s=20, identity_keys=dict(roster.identity_keys))
         )
-
-        def identity(name):
-            return Identity(name, pki.load_identity_key(federation.directory, name), dict(roster.identity_keys))
-
         with ThreadPoolExecutor(len(names)) as pool:
-            futures = [
-                pool.submit(
+            futures = {
+                name: pool.submit(
                     take_part,
                     Connection(f"127.0.0.1:{background.server.port}", federation.credentials(name)),
-                    identity(name),
+                    Identity(name, signing_key(name), dict(roster.identity_keys)),
                     lambda s, n=name: input_of(n),
                 )
                 for name in names
-            ]
-            outcomes = [f.result(60) for f in futures]
-        outcome = future.result(60)
-    assert all(o.completed for o in outcomes), [o.reason for o in outcomes]
-    assert_exact(outcome, names)
+            }
+            outcomes = {name: f.result(60) for name, f in futures.items()}
+        return future.result(60), outcomes
+
+
+def test_malicious_mode_round_with_enrolled_identity_keys(federation):
+    outcome, participants = _malicious_round(federation)
+    assert all(o.completed for o in participants.values()), [o.reason for o in participants.values()]
+    assert_exact(outcome, (*HONEST, MALLORY))
     assert "consistency-check" in outcome.phase_s
+
+
+def test_keys_signed_by_another_identity_are_refused_and_the_round_goes_on(federation):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    impostor = Ed25519PrivateKey.generate()  # not the identity key the roster enrols for MALLORY
+
+    def identity_key_of(name):
+        return impostor if name == MALLORY else pki.load_identity_key(federation.directory, name)
+
+    outcome, participants = _malicious_round(federation, identity_key_of)
+    mallory = participants[MALLORY]
+    assert mallory.status == "INVALID_ARGUMENT" and "not signed by its enrolled identity" in mallory.reason
+    assert "not signed by its enrolled identity" in outcome.dropped[MALLORY]
+    assert all(participants[name].completed for name in HONEST)
+    assert_exact(outcome, HONEST)
 
 
 def test_bytes_that_are_not_an_envelope_are_refused_clearly(round_harness, federation):

@@ -56,6 +56,35 @@ def test_ed25519_rfc8032_test_1():
         keys.verify(public, signature, b"x")
 
 
+class _InlineRunner:
+    """A PartRunner that runs its jobs one after the other and counts them."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self.jobs: list[int] = []
+
+    def __call__(self, jobs) -> None:
+        self.jobs.append(len(jobs))
+        for job in jobs:
+            job()
+
+
+def test_verify_many_agrees_with_verify_in_every_part():
+    signer = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    public = signer.public_key().public_bytes(*RAW)
+    checks = [(public, keys.sign(signer, bytes([i])), bytes([i])) for i in range(9)]
+    checks[2] = (public, checks[2][1], b"another payload")
+    checks[7] = (public, bytes(64), checks[7][2])
+    checks[8] = (public, checks[8][1][:63], checks[8][2])  # malformed: not 64 bytes
+    expected = [i not in (2, 7, 8) for i in range(9)]
+    assert keys.verify_many(checks) == expected
+    runner = _InlineRunner(parts=3)
+    assert keys.verify_many(checks, runner) == expected
+    assert runner.jobs == [3]
+    few = _InlineRunner(parts=3)
+    assert keys.verify_many(checks[:3], few) == expected[:3] and few.jobs == []  # too few to split
+
+
 @pytest.mark.parametrize(
     "point",
     [
