@@ -1,7 +1,9 @@
 """``fedmask bench modes``: the malicious-coordinator round next to the semi-honest one.
 
 Malicious mode adds signed key advertisements, signed share envelopes and the consistency check
-(each participant signs the survivor list and checks t signatures). Both modes carry the
+(each participant signs the survivor list and checks t signatures). Both modes run with
+``--workers`` threads per party (default: the usable cores), as the coordinator and the
+participants do: masks are added, and a phase's signatures checked, in parts. Both modes carry the
 commitments that let the coordinator check every share and name a liar. Each row runs both modes
 ``--repeats`` times (``fedmask simulate --json`` in a fresh process, 10% dropout at the masked
 input) and reports medians:
@@ -31,9 +33,9 @@ MODES = ("semi-honest", "malicious")
 FIGURES = ("round_parallel_s", "round_s", "server_unmask_s", "client_share_s", "client_mask_s")
 
 
-def simulate(participants: int, dim: int, mode: str, seed: int) -> dict[str, Any]:
+def simulate(participants: int, dim: int, mode: str, seed: int, workers: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "fedmask.cli", "simulate", "-n", str(participants), "-d", str(dim)]
-    command += ["--dropout", "0.1", "--mode", mode, "--seed", str(seed), "--json"]
+    command += ["--dropout", "0.1", "--mode", mode, "--seed", str(seed), "--workers", str(workers), "--json"]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise click.ClickException(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
@@ -45,9 +47,18 @@ def simulate(participants: int, dim: int, mode: str, seed: int) -> dict[str, Any
 
 @click.command("modes")
 @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Threads for each party's parallel parts (masks, signature checks). Default: the usable cores.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def modes(repeats: int, as_json: bool) -> None:
+def modes(repeats: int, workers: int | None, as_json: bool) -> None:
     """The malicious-mode round next to the semi-honest one (n = 10 and 100, d = 1e5)."""
+    from fedmask.parallel import usable_cpus
+
+    workers = workers or usable_cpus()
     rows: list[dict[str, Any]] = []
     for participants, dim in ROWS:
         medians: dict[str, dict[str, float]] = {}
@@ -56,7 +67,7 @@ def modes(repeats: int, as_json: bool) -> None:
             for repeat in range(repeats):
                 if not as_json:
                     click.echo(f"n={participants} d={dim:.0e} {mode} run {repeat + 1}/{repeats} ...", err=True)
-                runs.append(simulate(participants, dim, mode, seed=repeat))
+                runs.append(simulate(participants, dim, mode, seed=repeat, workers=workers))
             medians[mode] = {figure: statistics.median(r[figure] for r in runs) for figure in FIGURES}
         ratio = medians["malicious"]["round_parallel_s"] / medians["semi-honest"]["round_parallel_s"]
         serial = medians["malicious"]["round_s"] / medians["semi-honest"]["round_s"]
@@ -70,12 +81,13 @@ def modes(repeats: int, as_json: bool) -> None:
                 "target_met": ratio <= 1.2,
             }
         )
-    report = {"repeats": repeats, "cpus": os.cpu_count(), "rows": rows}
+    report = {"repeats": repeats, "cpus": os.cpu_count(), "workers": workers, "rows": rows}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     lines = [
-        f"medians of {repeats} runs; 10% dropout; round = slowest participant + coordinator, per phase",
+        f"medians of {repeats} runs; 10% dropout; {workers} worker thread(s) per party; "
+        "round = slowest participant + coordinator, per phase",
         "",
         "| n | d | mode | round s | serial round s | coordinator unmask s | participant share s | participant mask s |",
         "|---|---|---|---|---|---|---|---|",
