@@ -139,6 +139,8 @@ def federation_settings(
         "rounds": rounds,
         "training": training,
         "clip_norm": 5.0,
+        # Twice the mean update: measured on the demo task (docs/federation.md, the demo's server step).
+        "server_learning_rate": 2.0,
         "threshold": demo_threshold(len(parties)),
         "security_mode": security_mode,
         "join_timeout_s": 900.0,
