@@ -18,6 +18,7 @@ retrain of the same round is charged once, and a crash after release is never re
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -63,8 +64,16 @@ def compute_epsilon(accountant: str, history: list[tuple[float, float, int]], de
     """Epsilon of a Poisson-subsampled Gaussian history under the named Opacus accountant."""
     if not history:
         return 0.0
+    return _epsilon(accountant, tuple((float(s), float(q), int(n)) for s, q, n in history), delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    # A pure function of its arguments, and seconds a call under PRV: a round asks it twice for
+    # the same history (the policy's projection, then the charge), and trainers with the same
+    # plan (the demo's baselines) ask it for the same histories.
     acc = create_accountant(mechanism=accountant)
-    acc.history = [tuple(h) for h in history]
+    acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))
 
 

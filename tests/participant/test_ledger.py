@@ -160,3 +160,28 @@ def test_charges_inside_pending_release_are_tagged(tmp_path):
     with pytest.raises(LedgerError, match="non-empty"):
         with ledger.pending_release(""):
             pass
+
+
+def test_epsilon_of_a_history_is_computed_once(monkeypatch) -> None:
+    from fedmask.participant import ledger as ledger_module
+
+    created: list[str] = []
+    create = ledger_module.create_accountant
+
+    def counting_create(mechanism: str):
+        created.append(mechanism)
+        return create(mechanism)
+
+    monkeypatch.setattr(ledger_module, "create_accountant", counting_create)
+    ledger_module._epsilon.cache_clear()
+    history = [(NOISE, RATE, 37)]
+    first = compute_epsilon("rdp", history, DELTA)
+    assert first == _reference_epsilon("rdp", 37)
+    # The same history again (as Opacus keeps it, or as tuples): the accountant is not asked twice.
+    assert compute_epsilon("rdp", [(NOISE, RATE, 37)], DELTA) == first
+    assert compute_epsilon("rdp", [[NOISE, RATE, 37]], DELTA) == first
+    assert created == ["rdp"]
+    # Anything that changes epsilon is another entry.
+    assert compute_epsilon("rdp", [(NOISE, RATE, 38)], DELTA) > first
+    assert compute_epsilon("rdp", history, DELTA * 10) < first
+    assert created == ["rdp"] * 3
