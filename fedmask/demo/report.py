@@ -12,6 +12,7 @@ bootstrap intervals) on the union of the held-out splits.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,11 +103,15 @@ def single_party_baselines(
     scores: dict[str, dict[str, Any]] = {}
     for party, local in data.items():
         echo(f"baseline: training {party} alone ({rounds} rounds of local DP training, same budget)")
+        started = time.perf_counter()
         trainer = LocalTrainer(config, feature_cache=feature_cache)
         for _ in range(rounds):
             train_adapter(config, local, trainer=trainer, score_heldout=False)
         scores[party] = trainer.evaluate(union).scores()
-        echo(f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])}")
+        echo(
+            f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
     return scores
 
 
@@ -137,18 +142,23 @@ def pooled_baselines(
     # Both models start from the same encoder: its features once.
     features = feature_cache if feature_cache is not None else FeatureCache(max_states=2 * rounds + 1)
     scores: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
     echo(f"baseline: pooled records ({len(pooled.train)}), {rounds} rounds of DP training, same budget")
+    started = time.perf_counter()
     private = LocalTrainer(config, feature_cache=features)
     for _ in range(rounds):
         train_adapter(config, pooled, trainer=private)
     scores["pooled_dp"] = private.evaluate(union).scores()
+    seconds["pooled_dp"] = time.perf_counter() - started
     echo(f"baseline: pooled records, no DP ({rounds} rounds of the same recipe without clipping or noise)")
+    started = time.perf_counter()
     ceiling = LocalTrainer(config, feature_cache=features)
     for _ in range(rounds):
         ceiling.train_non_private(pooled.train)
     scores["pooled_non_private"] = ceiling.evaluate(union).scores()
+    seconds["pooled_non_private"] = time.perf_counter() - started
     for name, figures in scores.items():
-        echo(f"baseline: {name} on the union of held-out splits: {_headline(figures)}")
+        echo(f"baseline: {name} on the union of held-out splits: {_headline(figures)} ({seconds[name]:.0f} s)")
     return scores
 
 
