@@ -78,9 +78,10 @@ class ServerState(enum.Enum):
 @dataclass(frozen=True)
 class ServerConfig:
     """``participants``: the ids selected for the round. ``identity_keys`` (enrolled Ed25519
-    public keys) let the server drop badly signed messages early in the malicious-server mode;
-    clients check signatures themselves either way. ``runner`` (optional) runs the unmask's
-    mask removal in parts, one per core (the result is the same bit for bit)."""
+    public keys) let the server drop badly signed messages in the malicious-server mode (checked
+    together when their phase closes); clients check signatures themselves either way.
+    ``runner`` (optional) runs the unmask's mask removal and a phase's signature checks in parts,
+    one per core (the result is the same bit for bit)."""
 
     round_id: bytes
     params: ProtocolParams
