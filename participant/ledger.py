@@ -21,18 +21,21 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from opacus.accountants import IAccountant, create_accountant
 
 from fedmask.adapter.config import ACCOUNTANTS
 from fedmask.durable import PRIVATE, write_atomic
 
 LEDGER_FORMAT = "fedmask-privacy-ledger/1"
+CALIBRATION_NOTE = "calibration release"  # the note of the charge for fedmask.adapter.calibration
 
 
 class LedgerError(ValueError):
@@ -54,6 +57,9 @@ class PrivacyPlan:
     num_records: int
     expected_batch_size: int
     max_grad_norm: float
+    # The final calibration release's Gaussian noise multiplier (fedmask.adapter.calibration),
+    # planned into the budget with the steps; None: no calibration.
+    calibration_noise_multiplier: float | None = None
 
     @property
     def planned_steps(self) -> int:
@@ -74,7 +80,17 @@ def _epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], del
     # plan (the demo's baselines) ask it for the same histories.
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta))
+    with unsampled_events_allowed():
+        return float(acc.get_epsilon(delta=delta))
+
+
+@contextmanager
+def unsampled_events_allowed() -> Iterator[None]:
+    """An unsampled Gaussian event (sample rate 1: the calibration release) makes Opacus' PRV
+    accountant take log(1 - q) = log(0) on the way to a correct result; numpy warns about it."""
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 class PrivacyLedger:
@@ -306,6 +322,11 @@ class PrivacyLedger:
             raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from None
         entries = data.get("entries", []) if isinstance(data, dict) else []
         return any(e.get("release_tag") == release_tag and e.get("released", True) for e in entries)
+
+    @property
+    def training_charges(self) -> int:
+        """Charges made for training rounds (the calibration release is not one)."""
+        return sum(1 for entry in self.entries if entry.get("note") != CALIBRATION_NOTE)
 
     @property
     def unreleased_tags(self) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmask.adapter import calibration
 from fedmask.adapter.config import STEP_NOISE, ConfigError, TrainingConfig, noise_calibrated_learning_rate
 from fedmask.adapter.model import ClassificationHead, _is_head_parameter, build_adapter_model, classification_head
 from fedmask.adapter.scores import DEFAULT_RESAMPLES, DEFAULT_SEED, causal_lm_scores, classification_scores
@@ -31,7 +32,14 @@ from fedmask.adapter.vector import (
     trainable_named_parameters,
 )
 from fedmask.participant.data import Record
-from fedmask.participant.ledger import PrivacyLedger, PrivacyPlan
+from fedmask.participant.ledger import (
+    CALIBRATION_NOTE,
+    PrivacyLedger,
+    PrivacyPlan,
+    compute_epsilon,
+    unsampled_events_allowed,
+)
+from fedmask.secagg.rand import RandomSource, SystemRandom
 
 log = logging.getLogger(__name__)
 
@@ -129,26 +137,69 @@ class _Encoded:
 
 
 @functools.lru_cache(maxsize=64)
-def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+def noise_multiplier_for(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    also: tuple[tuple[float, float, int], ...] = (),
+) -> float:
     """The smallest noise multiplier (to 1% of epsilon) that keeps ``steps`` Poisson-sampled
-    steps at ``sample_rate`` within (epsilon, delta) under the named Opacus accountant.
+    steps at ``sample_rate`` within (epsilon, delta) under the named Opacus accountant, together
+    with the events in ``also`` ((noise multiplier, sample rate, steps), e.g. the calibration
+    release).
 
     Plan the whole schedule at once (rounds x local steps): noise set per round from the
     budget left would spend most of it in the first rounds. Cached: the search calls the
     accountant a dozen times, seconds each at large sample rates.
     """
-    from opacus.accountants.utils import get_noise_multiplier
+    if not also:
+        from opacus.accountants.utils import get_noise_multiplier
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.01 * epsilon,
-        )
-    )
+        with unsampled_events_allowed():
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                    epsilon_tolerance=0.01 * epsilon,
+                )
+            )
+
+    def spent(noise: float) -> float:
+        return compute_epsilon(accountant, [(noise, sample_rate, steps), *also], delta)
+
+    if compute_epsilon(accountant, list(also), delta) >= epsilon:
+        raise ConfigError(f"the budget epsilon={epsilon:g} is spent by {also} before any step")
+    # The other events only add to epsilon: the steps alone need at least Opacus' multiplier,
+    # which spends at least 0.99 epsilon; if the events still fit, it is the answer. Otherwise
+    # widen by 5% until within budget, then bisect.
+    low = noise_multiplier_for(epsilon, delta, sample_rate, steps, accountant)
+    if spent(low) <= epsilon:
+        return low
+    high = low * 1.05
+    while spent(high) > epsilon:
+        low, high = high, high * 1.05
+        if high > 1e6:
+            raise ConfigError(f"no noise multiplier keeps {steps} steps within epsilon={epsilon:g}")
+    for _ in range(100):  # bisection halves the interval each time: 100 is far beyond float precision
+        if epsilon - spent(high) <= 0.01 * epsilon:
+            break
+        middle = (low + high) / 2
+        low, high = (low, middle) if spent(middle) <= epsilon else (middle, high)
+    return high
+
+
+def calibration_noise_multiplier(config: TrainingConfig) -> float | None:
+    """The calibration release's noise multiplier: priced alone, it costs BUDGET_SHARE of the
+    epsilon budget (``None`` when the config plans no calibration)."""
+    if not config.calibrates:
+        return None
+    share = calibration.BUDGET_SHARE * config.target_epsilon
+    return noise_multiplier_for(share, config.target_delta, 1.0, 1, config.accountant)
 
 
 # --------------------------------------------------------------------------- batches and loss
@@ -415,6 +466,48 @@ class LocalTrainer:
         """Load adapter values (e.g. the global adapter of this round) from a flat vector."""
         load_model_vector(self.model, vector, self.spec)
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether the config plans a calibration and the model has a head bias to shift."""
+        return self.config.calibrates and calibration.has_head_bias(self.spec.to_json())
+
+    def shift_decision(self, shift: float) -> None:
+        """Move the two-class head's decision threshold: class 1 is predicted at a margin
+        ``shift`` higher (:func:`fedmask.adapter.calibration.shifted`)."""
+        self.set_adapter_vector(calibration.shifted(self.adapter_vector(), self.spec.to_json(), shift))
+
+    def calibration_release(self, records: Sequence[Record], rng: RandomSource) -> np.ndarray:
+        """The noised calibration statistic of ``records`` (this holder's training records) under
+        the current adapter, charged to the ledger before it is computed
+        (:mod:`fedmask.adapter.calibration`). Inside ``ledger.pending_release`` the charge stays
+        pending until the caller marks it released."""
+        plan = self.plan_for(len(records))
+        noise = plan.calibration_noise_multiplier
+        if noise is None:
+            raise calibration.CalibrationError(
+                "this training plan reserves no budget for calibration (two-class classification, "
+                "calibrate: true, from the first round)"
+            )
+        self.ledger.charge(noise_multiplier=noise, sample_rate=1.0, steps=1, note=CALIBRATION_NOTE)
+        return calibration.noised_release(self.margin_statistic(records), noise, rng)
+
+    def margin_statistic(self, records: Sequence[Record]) -> np.ndarray:
+        """The exact calibration statistic of ``records`` under the current adapter -- private:
+        only :meth:`calibration_release` (noised, charged) or a non-private reference uses it."""
+        evaluation = self.evaluate(records)
+        assert evaluation.probabilities is not None and evaluation.labels is not None
+        with np.errstate(divide="ignore"):  # a saturated probability is an infinite margin: an end bin
+            logs = np.log(evaluation.probabilities)
+        return calibration.margin_histogram(logs[:, 1] - logs[:, 0], evaluation.labels)
+
+    def calibrate(self, records: Sequence[Record], rng: RandomSource | None = None) -> calibration.Calibration:
+        """Calibrate the decision threshold on this holder's own training records alone (a party
+        training by itself; a federation sums the releases under secure aggregation instead)."""
+        release = self.calibration_release(records, rng if rng is not None else SystemRandom())
+        solved = calibration.solve_shift(release)
+        self.shift_decision(solved.shift)
+        return solved
+
     def save_adapter(self, directory: str | Path) -> Path:
         """Save the adapter in PEFT's format (``PeftModel.from_pretrained`` loads it)."""
         directory = Path(directory)
@@ -484,12 +577,14 @@ class LocalTrainer:
             return plan
         sample_rate = self.config.sample_rate(num_records)
         steps_per_round = self.config.steps_per_round(num_records)
+        calibration_noise = calibration_noise_multiplier(self.config) if self.calibrates else None
         noise = noise_multiplier_for(
             self.config.target_epsilon,
             self.config.target_delta,
             sample_rate,
             steps_per_round * self.config.planned_rounds,
             self.config.accountant,
+            also=((calibration_noise, 1.0, 1),) if calibration_noise is not None else (),
         )
         return PrivacyPlan(
             noise_multiplier=float(noise),
@@ -499,6 +594,7 @@ class LocalTrainer:
             num_records=num_records,
             expected_batch_size=int(num_records * sample_rate),
             max_grad_norm=self.config.max_grad_norm,
+            calibration_noise_multiplier=calibration_noise,
         )
 
     def prepare(self, records: Sequence[Record]) -> PrivacyPlan:

@@ -133,6 +133,7 @@ def train_adapter(
     note: str = "",
     feature_cache: FeatureCache | None = None,
     score_heldout: bool = True,
+    calibrate: bool = False,
 ) -> TrainingResult:
     """Train the adapter with DP-SGD on a participant's records: one local round.
 
@@ -146,7 +147,10 @@ def train_adapter(
     ``feature_cache`` lets trainers of one process share the pooled features of the records they
     have in common (see :class:`~participant.trainer.FeatureCache`). ``score_heldout=False``
     skips scoring the trained adapter on the held-out records (a federated node: its update is
-    one term of a sum, and its upload should not wait for a score of it).
+    one term of a sum, and its upload should not wait for a score of it). ``calibrate`` (after
+    the last round of a party training alone, when the config plans it) shifts the decision
+    threshold from one DP release over the training records before scoring
+    (:meth:`~participant.trainer.LocalTrainer.calibrate`); the report's ``calibration`` says how.
 
     The report's ``warnings`` say, one line each, when training diverged and when the held-out
     balanced accuracy's interval does not lie above what always answering one label gets; each
@@ -183,10 +187,11 @@ def train_adapter(
     start_vector = trainer.adapter_vector()
 
     local = trainer.train(train_records, on_step=on_step, note=note)
+    calibrated = trainer.calibrate(train_records) if calibrate and trainer.calibrates else None
     evaluation = trainer.evaluate(heldout_records) if heldout_records and score_heldout else None
     plan = trainer.ledger.plan
     assert plan is not None
-    vector = local.vector
+    vector = trainer.adapter_vector() if calibrated is not None else local.vector
     scores = evaluation.scores() if evaluation else None
     warnings = training_warnings(local.diverged, scores)
     for line in warnings[1 if local.diverged else 0 :]:  # the trainer has logged the divergence
@@ -194,7 +199,7 @@ def train_adapter(
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         # record-level privacy, over every step this ledger has charged (all rounds so far)
-        "epsilon": local.epsilon,
+        "epsilon": trainer.ledger.epsilon_spent if calibrated is not None else local.epsilon,
         "delta": local.delta,
         "epsilon_budget": trainer.ledger.epsilon_budget,
         "accountant": local.accountant,
@@ -231,6 +236,8 @@ def train_adapter(
         "mean_train_loss": local.mean_loss,
         "final_train_loss": local.final_loss,  # mean batch loss over the last quarter of the steps
         "probe_steps": local.probe_steps,  # of "steps", those that trained the head alone
+        # the decision threshold's DP calibration (fedmask.adapter.calibration), when it ran
+        "calibration": calibrated.as_dict() if calibrated is not None else None,
         "step_sizes": local.learning_rates,  # the learning rates that ran, per parameter group
         "diverged": local.diverged or None,
         "train_seconds": round(local.seconds, 3),

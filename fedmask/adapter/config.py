@@ -115,7 +115,9 @@ class TrainingConfig:
     and head together, clipped jointly. ``learning_rate`` (the adapter's) and
     ``head_learning_rate`` (a classification head's) ``None`` scale each step to the DP noise
     (:func:`noise_calibrated_learning_rate`, capped by :data:`DEFAULT_LEARNING_RATES`); a value
-    given is used as it is. The effective values are reported.
+    given is used as it is. The effective values are reported. ``calibrate`` (two-class
+    classification only) reserves part of the budget for a final calibration of the decision
+    threshold (:mod:`fedmask.adapter.calibration`).
     """
 
     model_path: str | None = None
@@ -139,6 +141,10 @@ class TrainingConfig:
     accountant: str = "prv"
     max_grad_norm: float = 1.0
     clipping: str = "auto"
+    # Two-class classifiers: after the last round, shift the head's decision threshold to the
+    # class balance from one DP release over the training records (fedmask.adapter.calibration);
+    # planned into the privacy budget from the first round.
+    calibrate: bool = True
     seed: int = 0
     # None: Poisson sampling and DP noise are seeded from os.urandom (what privacy needs). An
     # integer makes them reproducible -- for tests only: whoever knows it can remove the noise.
@@ -205,6 +211,7 @@ class TrainingConfig:
             f"target_epsilon must be positive and finite, got {self.target_epsilon}",
         )
         need(0 < self.target_delta < 1, f"target_delta must be in (0, 1), got {self.target_delta}")
+        need(isinstance(self.calibrate, bool), f"calibrate must be true or false, got {self.calibrate!r}")
         need(self.planned_rounds >= 1, f"planned_rounds must be >= 1, got {self.planned_rounds}")
         need(
             self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
@@ -215,6 +222,11 @@ class TrainingConfig:
                 isinstance(self.noise_seed, int) and self.noise_seed >= 0,
                 f"noise_seed must be a non-negative integer or None, got {self.noise_seed!r}",
             )
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether a calibration release is planned (asked for, and a two-class classifier)."""
+        return self.calibrate and self.task == "classification" and self.num_labels == 2
 
     @property
     def resolved_model_path(self) -> str:

@@ -287,7 +287,9 @@ def train(
             progress.update(bar, completed=step, total=total, loss=shown)
 
         try:
-            result = train_adapter(config, data, ledger=ledger, on_step=on_step)
+            # The last planned round ends with the decision threshold's calibration.
+            last_round = ledger.training_charges + 1 >= config.planned_rounds
+            result = train_adapter(config, data, ledger=ledger, on_step=on_step, calibrate=last_round)
         except PrivacyBudgetExceeded as exc:
             raise click.ClickException(str(exc)) from None
         except (ConfigError, DataError, LedgerError) as exc:
@@ -311,6 +313,11 @@ def train(
         f"noise multiplier {report['noise_multiplier']:.4g}, {report['steps']} steps "
         f"({report['probe_steps']} of them the head's linear probe), clipping {report['clipping']}"
     )
+    if report["calibration"] is not None:
+        console.print(
+            f"decision threshold calibrated from one DP release over the training records: margin shift "
+            f"{report['calibration']['shift']:+.3f} (included in the epsilon above)"
+        )
     if report["diverged"]:
         click.echo(f"WARNING: training diverged: {report['diverged']}", err=True)
     if report["scores"] is not None:

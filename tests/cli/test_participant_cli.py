@@ -90,7 +90,13 @@ def test_train_writes_adapter_report_and_ledger_then_refuses_past_budget(tmp_pat
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     ledger = json.loads((out / "ledger.json").read_text())
-    assert ledger["accountant_state"]["history"] == [[report["noise_multiplier"], report["sample_rate"], 2]]
+    # The run's two steps, then (its last planned round) the calibration release as one Gaussian event.
+    calibration_noise = ledger["plan"]["calibration_noise_multiplier"]
+    assert ledger["accountant_state"]["history"] == [
+        [report["noise_multiplier"], report["sample_rate"], 2],
+        [calibration_noise, 1.0, 1],
+    ]
+    assert report["calibration"] is not None and report["epsilon"] == ledger["epsilon_spent"] <= 8.0
 
     # The whole budget was planned for one run: the same ledger refuses a second one.
     again = runner.invoke(main, args)

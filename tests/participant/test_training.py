@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedmask.adapter import calibration
 from fedmask.adapter.config import ConfigError, TrainingConfig
 from fedmask.adapter.model import load_trained_model
-from fedmask.participant.ledger import PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
+from fedmask.participant.ledger import CALIBRATION_NOTE, PrivacyBudgetExceeded, PrivacyLedger, compute_epsilon
 from fedmask.participant.pii import PII_TYPES
 from fedmask.participant.trainer import LocalTrainer
 from fedmask.participant.training import train_adapter, write_training_outputs
@@ -185,6 +186,41 @@ def test_rounds_accumulate_epsilon_and_stop_at_the_budget(tiny_qwen2_path: str, 
     assert open_ledger().steps == 4
     entries = json.loads(ledger_path.read_text())["entries"]
     assert [e["note"] for e in entries] == ["round 1", "round 2"]
+
+
+def test_the_last_round_calibrates_within_the_planned_budget(
+    minilm_path: str, tiny_qwen2_path: str, demo_records
+) -> None:
+    # Qwen2's classification head has no bias: nothing to shift, no budget set aside.
+    no_bias = LocalTrainer(_small_config(tiny_qwen2_path, "classification", "bitfit", planned_rounds=2))
+    assert not no_bias.calibrates and no_bias.plan_for(50).calibration_noise_multiplier is None
+
+    config = _small_config(minilm_path, "classification", "bitfit", planned_rounds=2)
+    records = demo_records("bank", 80, seed=2)
+    ledger = PrivacyLedger(accountant="rdp", epsilon_budget=8.0, delta=1e-5)
+    trainer = LocalTrainer(config, ledger=ledger)
+    plan = trainer.plan_for(50)
+    calibration_noise = plan.calibration_noise_multiplier
+    # Priced alone the release costs at most a tenth of the budget; the steps' noise leaves room for it.
+    assert compute_epsilon("rdp", [(calibration_noise, 1.0, 1)], 1e-5) <= 0.1 * 8.0
+    planned = [(plan.noise_multiplier, plan.sample_rate, plan.planned_steps), (calibration_noise, 1.0, 1)]
+    assert 0.99 * 8.0 <= compute_epsilon("rdp", planned, 1e-5) <= 8.0
+
+    first = train_adapter(config, records[:50], trainer=trainer, ledger=ledger, score_heldout=False)
+    result = train_adapter(config, records[:50], heldout=records[50:], trainer=trainer, ledger=ledger, calibrate=True)
+    assert first.report["calibration"] is None and result.report["calibration"]["shift"] != 0.0
+    assert [e["note"] for e in ledger.entries][-1] == CALIBRATION_NOTE
+    assert ledger.history[-1] == (calibration_noise, 1.0, 1)
+    assert result.report["epsilon"] == ledger.epsilon_spent <= 8.0
+    np.testing.assert_array_equal(result.vector, trainer.adapter_vector())  # the shifted adapter is the result
+
+    # The shift moves the class-1 bias of the head and nothing else.
+    before = trainer.adapter_vector()
+    trainer.shift_decision(0.75)
+    head_bias = calibration.head_bias_offset(trainer.spec.to_json())
+    moved = trainer.adapter_vector()
+    assert np.flatnonzero(moved != before).tolist() == [head_bias + 1]
+    assert moved[head_bias + 1] == before[head_bias + 1] + np.float32(0.75)
 
 
 def test_global_adapter_state_is_loaded_before_training(tiny_qwen2_path: str, demo_records) -> None:
