@@ -10,10 +10,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedmask import ddp
 from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+
+if TYPE_CHECKING:
+    from fedmask.adapter.config import TrainingConfig
 
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
 
@@ -110,6 +113,22 @@ class FederationConfig:
         """The participants' training settings, with the budget planned over every round."""
         return {**self.training, "planned_rounds": self.rounds + self.spare_rounds}
 
+    @property
+    def calibration_round(self) -> int | None:
+        """The round after the last training round in which the participants release their
+        calibration statistics (``fedmask.adapter.calibration``), or ``None``: the training
+        settings plan no calibration, or aggregate noise promises a participant-level guarantee
+        that the record-level release would fall outside of."""
+        training = training_config_of(self.training_config())
+        if not training.calibrates or ddp.AggregateNoise.parse(self.aggregate_noise) is not ddp.AggregateNoise.NONE:
+            return None
+        return self.rounds + 1
+
+    @property
+    def last_round_number(self) -> int:
+        """The number of the federation's last round: the calibration round, if there is one."""
+        return self.calibration_round or self.rounds
+
     def encoding(self) -> EncodingParams:
         n = len(self.participants)
         scale = self.scale
@@ -203,6 +222,16 @@ class FederationConfig:
         return cls(**values)
 
 
+def training_config_of(settings: Mapping[str, Any]) -> TrainingConfig:
+    """The ``TrainingConfig`` of JSON training settings (a list of LoRA targets is a tuple)."""
+    from fedmask.adapter.config import TrainingConfig
+
+    values = dict(settings)
+    if isinstance(values.get("lora_targets"), list):
+        values["lora_targets"] = tuple(values["lora_targets"])
+    return TrainingConfig.create(**values)
+
+
 def check_training_settings(settings: Mapping[str, Any]) -> None:
     """The participants' training settings, as ``TrainingConfig`` will read them: every key
     known, every value of the right type and in range; errors name the key (``training.epochs``)."""
@@ -214,14 +243,11 @@ def check_training_settings(settings: Mapping[str, Any]) -> None:
         raise FederationError(f"training.{unknown[0]}: unknown training setting (known: {', '.join(sorted(hints))})")
     for name, value in settings.items():
         _check_type(f"training.{name}", value, hints[name])
-    values = dict(settings)
-    if isinstance(values.get("lora_targets"), list):
-        values["lora_targets"] = tuple(values["lora_targets"])
     try:
-        TrainingConfig.create(**values)
+        training_config_of(settings)
     except ConfigError as exc:
         raise FederationError(f"training: {exc}") from None
-    model = values.get("model_path")
+    model = settings.get("model_path")
     if model is not None and not (Path(model) / "config.json").is_file():
         # The coordinator builds the initial adapter from it: it must be a model directory here.
         raise FederationError(f"training.model_path: no model directory at {model} (a folder with config.json)")

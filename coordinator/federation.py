@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedmask import ddp, pki
+from fedmask.adapter import calibration
 from fedmask.adapter import payload as adapter_payload
 from fedmask.adapter.metrics import METRIC_COORDINATES, RoundMetrics, decode_metrics
 from fedmask.coordinator.config import FederationConfig, FederationError
@@ -119,6 +120,7 @@ class RoundRecord:
     heldout_before: dict[str, Any] | None
     participant_epsilon: float | None = None  # against the coordinator, cumulative (aggregate noise)
     noise_record: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # the calibration round's solution (fedmask.adapter.calibration)
 
 
 def initial_adapter(training: Mapping[str, Any]) -> tuple[np.ndarray, Layout]:
@@ -340,6 +342,7 @@ class Federation:
         config = self.config
         vector, layout, _last_committed, optimizer = self._resume()
         self.noise_plan = config.noise_plan(vector.size)
+        self._has_head_bias = calibration.has_head_bias(layout)  # a head without bias: nothing to calibrate
         self.service.noise_plan = self.noise_plan
         if self.noise_plan is not None:
             for line in noise_cost_lines(self.noise_plan, config.rounds):
@@ -384,19 +387,51 @@ class Federation:
                     break
                 finally:
                     self._round_status = None
-            if self.store.next_round_number() <= config.rounds:  # stopped before the last round
+            if self._calibration_due() and self.stop_request is None:
+                vector = await self._calibrate(config.rounds + 1, vector, layout, optimizer)
+            if self.store.next_round_number() <= config.rounds or self._calibration_due():  # stopped before the end
                 last = self.store.last_committed()
                 adapter = adapter_payload.pack(vector, layout, last.round_number if last else 0)
                 self.service.publish(fl.Task.WAIT, self.store.next_round_number(), b"", adapter)
                 return self.store.ledger()
-            final = adapter_payload.pack(vector, layout, config.rounds)
-            self.service.publish(fl.Task.FINISHED, config.rounds, b"", final)
+            last = self.store.last_committed()
+            final = adapter_payload.pack(vector, layout, last.round_number if last else 0)
+            self.service.publish(fl.Task.FINISHED, final.round, b"", final)
             self.progress(f"federation finished after {config.rounds} rounds; waiting for final reports")
             self._state = "finishing"
             await self._wait_final_reports()
         finally:
             await self.server.stop()
         return self.store.ledger()
+
+    def _calibration_due(self) -> bool:
+        """Whether the calibration round is next: it follows the training rounds once, if one of
+        them committed (a failed calibration round is history, like a failed training round)."""
+        trained = self.store.last_committed()
+        return (
+            self.config.calibration_round is not None
+            and self._has_head_bias
+            and self.store.next_round_number() == self.config.calibration_round
+            and trained is not None
+            and trained.round_number > 0
+        )
+
+    async def _calibrate(
+        self, round_number: int, vector: npt.NDArray[np.float32], layout: Layout, optimizer: ServerOptimizer
+    ) -> npt.NDArray[np.float32]:
+        """The calibration round: the participants' noised calibration statistics of the final
+        adapter, summed under secure aggregation, move the head's decision threshold
+        (``fedmask.adapter.calibration``). A failed calibration leaves the adapter as it is."""
+        params = self.config.protocol_params(dimension=calibration.CALIBRATION_COORDINATES)
+        try:
+            return await self._run_round(round_number, vector, layout, params, optimizer, calibrating=True)
+        except RoundFailed as exc:
+            self.progress(f"calibration failed ({exc}); the final adapter keeps its decision threshold")
+        except StoppedByOperator as exc:
+            self.progress(str(exc))
+        finally:
+            self._round_status = None
+        return vector
 
     def _resume(self) -> tuple[npt.NDArray[np.float32], Layout, int, ServerOptimizer]:
         """The global adapter to go on from, the last committed round, and the optimizer."""
@@ -446,10 +481,13 @@ class Federation:
         layout: Layout,
         params: ProtocolParams,
         optimizer: ServerOptimizer,
+        *,
+        calibrating: bool = False,
     ) -> npt.NDArray[np.float32]:
-        """One federated round, re-run (new round id) after an abort or a refused sum, at most
-        ``attempts_per_round`` times. A participant proven to misbehave is excluded for good
-        (recorded in the store); one accused that did not answer sits out the re-runs."""
+        """One federated round (or, ``calibrating``, the calibration round), re-run (new round id)
+        after an abort or a refused sum, at most ``attempts_per_round`` times. A participant proven
+        to misbehave is excluded for good (recorded in the store); one accused that did not answer
+        sits out the re-runs."""
         server = self.server
         if server is None:
             raise RuntimeError("the coordinator server is not started (Federation.run starts it)")
@@ -461,6 +499,7 @@ class Federation:
         skipped: dict[str, str] = {}
         reason = "no attempt could start"
         decoded = None
+        retry, begun = True, False
         self.metrics.current_round.set(round_number)
         for attempt in range(1, config.attempts_per_round + 1):
             if self.stop_request is not None:
@@ -484,11 +523,16 @@ class Federation:
                 self.metrics.record_attempt(join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_reason=reason)
                 break
             self.store.begin_round(round_number, round_id, list(selected))
+            begun = True
             self.service.excluded = dict(excluded)
-            self.service.publish(fl.Task.TRAIN, round_number, round_id, adapter)
+            action = fl.Task.CALIBRATE if calibrating else fl.Task.TRAIN
+            self.service.publish(action, round_number, round_id, adapter)
             now = time.time()
             self._round_status = RoundStatus(round_number, attempt, "join", now, now, list(selected))
-            self.progress(f"round {round_number}/{config.rounds} (attempt {attempt}): training task published")
+            self.progress(
+                f"{_round_name(round_number, config.rounds)} (attempt {attempt}): "
+                f"{'calibration' if calibrating else 'training'} task published"
+            )
             outcome = await self._attempt(server, round_config, round_number, attempt, adapter)
             for name, why in outcome.culprits.items():
                 self.store.exclude(name, round_number, round_id, why)
@@ -501,7 +545,11 @@ class Federation:
             if outcome.completed:
                 self._set_phase("decode")
                 try:
-                    decoded = self._decode(outcome, round_id, encoding)
+                    decoded = (
+                        self._decode_calibration(outcome, encoding)
+                        if calibrating
+                        else self._decode(outcome, round_id, encoding)
+                    )
                     self.metrics.record_attempt(
                         join_s=outcome.join_s,
                         phase_s=outcome.phase_s,
@@ -512,6 +560,9 @@ class Federation:
                     break
                 except (ImplausibleSum, ddp.WrapAroundDetected) as exc:
                     reason = f"the sum was refused: {exc}"
+                except calibration.CalibrationError as exc:
+                    # An honest sum with nothing to calibrate: running again would only spend more.
+                    reason, retry = f"calibration: {exc}", False
             else:
                 # The round stays open: the next attempt re-runs it with a new round id.
                 reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
@@ -523,19 +574,30 @@ class Federation:
                 abort_reason=reason,
             )
             self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
+            if not retry:
+                break
         if decoded is None:
+            if not begun:  # no attempt could start: the round is still recorded, as failed
+                self.store.begin_round(round_number, new_round_id(), list(selected or config.participants))
             self.store.fail_round(round_number, reason)
             self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
             self.metrics.record_failed(wall_s=time.monotonic() - started)
             raise RoundFailed(f"every attempt failed; last: {reason}")
         self._set_phase("commit")
         self.service.publish(fl.Task.WAIT, round_number, b"", adapter)
-        mean_update, noise_record, metrics = decoded
         survivors = list(outcome.survivors)
-        if noise_record is not None:
-            self.accountant.step(noise_record)
-        new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
+        solved: calibration.Calibration | None = None
+        if isinstance(decoded, calibration.Calibration):
+            solved = decoded
+            new_vector = calibration.shifted(vector, layout, solved.shift).astype(np.float32)
+            mean_update, noise_record, metrics = new_vector.astype(np.float64) - vector, None, None
+        else:
+            mean_update, noise_record, metrics = decoded
+            if noise_record is not None:
+                self.accountant.step(noise_record)
+            new_vector = optimizer.apply(vector.astype(np.float64), mean_update).astype(np.float32)
         record = self._record(round_number, outcome, attempt, mean_update, time.monotonic() - started, metrics)
+        record.calibration = solved.as_dict() if solved is not None else None
         record.noise_record = asdict(noise_record) if noise_record else None
         record.participant_epsilon = self.accountant.get_epsilon() if noise_record else None
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
@@ -545,8 +607,14 @@ class Federation:
         self.metrics.record_committed(
             wall_s=time.monotonic() - started, survivors=len(survivors), selected=len(outcome.participants)
         )
+        if solved is not None:
+            self.progress(
+                f"calibration: the decision margin moves by {solved.shift:+.3f}"
+                + (" (clamped: the release is mostly noise)" if solved.clamped else "")
+                + f" (noised: {solved.positives:.0f} positives among {solved.records:.0f} training records)"
+            )
         self.progress(
-            f"round {round_number}/{config.rounds} committed: survivors {', '.join(survivors)}"
+            f"{_round_name(round_number, config.rounds)} committed: survivors {', '.join(survivors)}"
             + (f"; dropped {', '.join(outcome.dropped)}" if outcome.dropped else "")
             + f"; epsilon {_fmt(record.epsilon)}"
             + (
@@ -685,6 +753,16 @@ class Federation:
         mean = ddp.decode_sum(outcome.result, self.noise_plan, rotation_seed(round_id), survivors)
         return mean, self.noise_plan.noise_record(survivors), None
 
+    def _decode_calibration(self, outcome: RoundOutcome, encoding: EncodingParams) -> calibration.Calibration:
+        """The shift solved from the survivors' summed calibration releases; refuses a sum no
+        honest releases produce (``ImplausibleSum``) or one with nothing to calibrate."""
+        if outcome.result is None:
+            raise RuntimeError("a completed round without a sum")
+        total = calibration.decode_release(
+            outcome.result, encoding.modulus_bits, len(outcome.participants), len(outcome.survivors)
+        )
+        return calibration.solve_shift(total)
+
     def _record(
         self,
         round_number: int,
@@ -733,6 +811,7 @@ class Federation:
                     self.noise_plan.expected_noise_norm(len(record.survivors)) if self.noise_plan else None
                 ),
                 "noise_record": record.noise_record,
+                "calibration": record.calibration,
                 "aggregate_delta": self.config.aggregate_delta if record.noise_record else None,
             },
         }
@@ -959,6 +1038,10 @@ class Federation:
         self._publish_status(self.exit_message)
         if self._status_writer is not None:
             self._status_writer.close()
+
+
+def _round_name(round_number: int, rounds: int) -> str:
+    return f"round {round_number}/{rounds}" if round_number <= rounds else "calibration round"
 
 
 def _fmt(values: Mapping[str, float]) -> str:

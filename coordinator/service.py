@@ -141,7 +141,7 @@ class FederationService(fl_grpc.FederationServicer):
             },
             sort_keys=True,
         )
-        if task.action == fl.Task.TRAIN:
+        if task.action in (fl.Task.TRAIN, fl.Task.CALIBRATE):
             answer.round_id = task.round_id
             remaining = self._config.join_timeout_s - (self._clock() - task.published_at)
             answer.join_deadline_s = max(0.0, remaining)
@@ -165,7 +165,7 @@ class FederationService(fl_grpc.FederationServicer):
         self, request: fl.ParticipantReport, context: grpc.aio.ServicerContext
     ) -> fl.ReportAck:
         name = await self._identify(context)
-        problem = _report_problem(request, self._config.rounds)
+        problem = _report_problem(request, self._config.last_round_number)
         if problem:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         report = ParticipantReport(name, request.round, request.adapter_round, request.epsilon, request.delta)

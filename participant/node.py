@@ -9,6 +9,9 @@
                      masked; refunded if it never is), report the epsilon spent,
                      then upload local - global, with the held-out figures appended, through
                      secure aggregation
+        CALIBRATE -> (after the last round, two-class classifiers) score the final adapter on
+                     the training records and upload, in place of an update, the noised
+                     calibration statistic (fedmask.adapter.calibration), charged like an update
         FINISHED  -> download the final adapter, evaluate it locally, report the epsilon, stop
 
 The records never leave this process. What leaves it: the record-level (epsilon, delta) spent
@@ -249,7 +252,7 @@ class Node:
 
     # --- training ---------------------------------------------------------------------------
 
-    def _training(self, task: fl.Task) -> tuple[TrainingConfig, LocalTrainer]:
+    def _training(self, task: fl.Task, *, plan_check: bool = True) -> tuple[TrainingConfig, LocalTrainer]:
         from fedmask.adapter.config import TrainingConfig
         from fedmask.participant.trainer import LocalTrainer
 
@@ -287,7 +290,7 @@ class Node:
             )
             self._refund_unreleased(self._ledger)
             self._trainer = LocalTrainer(config, ledger=self._ledger)
-        if self.policy is not None:
+        if self.policy is not None and plan_check:
             plan = self._trainer.plan_for(len(self.data.train))
             after = self._ledger.projected_epsilon(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
             try:
@@ -318,7 +321,8 @@ class Node:
 
         while True:
             task = self.get_task()
-            if task.action == fl.Task.WAIT or (task.action == fl.Task.TRAIN and self._already_in(task)):
+            joins_round = task.action in (fl.Task.TRAIN, fl.Task.CALIBRATE)
+            if task.action == fl.Task.WAIT or (joins_round and self._already_in(task)):
                 self.sleep(max(0.2, min(task.retry_after_s or 2.0, 10.0)))
                 continue
             if task.action == fl.Task.FINISHED:
@@ -330,6 +334,9 @@ class Node:
                 # Printed here only: the coordinator learns held-out results as sums, inside rounds.
                 self.progress(f"federation finished; final adapter accuracy on my held-out split: {accuracy}")
                 return {"accuracy": accuracy, "epsilon": self._ledger.epsilon_spent if self._ledger else 0.0}
+            if task.action == fl.Task.CALIBRATE:
+                self._calibrate_and_upload(task)
+                continue
             if task.action != fl.Task.TRAIN:
                 raise NodeError(f"unknown task action {task.action}")
             self._train_and_upload(task, train_adapter)
@@ -421,8 +428,19 @@ class Node:
                 ledger.mark_released(release_tag)  # saved before the update enters the protocol
             return vector
 
+        self._join(task, ledger, release_tag, input_for_round)
+
+    def _join(
+        self,
+        task: fl.Task,
+        ledger: PrivacyLedger,
+        release_tag: str,
+        input_for_round: Callable[[RoundStart], ModularVector],
+    ) -> None:
+        """Join the task's secure-aggregation round with what ``input_for_round`` masks; a charge
+        under ``release_tag`` whose output never entered the protocol is refunded."""
         current = self.get_task()
-        if current.action != fl.Task.TRAIN or current.round_id != task.round_id:
+        if current.action != task.action or current.round_id != task.round_id:
             # The coordinator restarted or re-ran the round while this node trained: the update
             # belongs to a round that no longer exists. Drop it; the next task says what to do.
             self.progress(f"round {task.round}: the coordinator moved on while training; update discarded")
@@ -442,3 +460,52 @@ class Node:
             self.progress(f"round {task.round}: left the round: {outcome.reason}")
         # Left before its update was masked: nothing of it was released.
         self._refund_unreleased(ledger, release_tag, why="that ended before this node's upload")
+
+    def _calibrate_and_upload(self, task: fl.Task) -> None:
+        """The calibration round after the last training round: this node releases the noised
+        calibration statistic of its training records under the final adapter (charged to its
+        ledger, pending until masked) in place of an update (:mod:`fedmask.adapter.calibration`)."""
+        from fedmask.adapter import calibration
+
+        from .ledger import PrivacyBudgetExceeded
+
+        payload = self.download(task)
+        config, trainer = self._training(task, plan_check=False)
+        ledger = self._ledger
+        assert ledger is not None  # ``_training`` opens it with the trainer
+        if not trainer.calibrates:
+            raise NodeError(
+                "the coordinator asks for a calibration this participant's training settings and model do not plan"
+            )
+        if trainer.spec.to_json() != payload.layout:
+            raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
+        encoding, noise_plan = parse_encoding(task.encoding_json, calibration.CALIBRATION_COORDINATES, self.policy)
+        if noise_plan is not None:
+            # The release is record-level DP only; under aggregate noise it would fall outside the
+            # participant-level guarantee the federation announced.
+            raise NodeError("the coordinator asks for a calibration release under aggregate noise; refused")
+        trainer.set_adapter_vector(payload.vector)
+        release_tag = task.round_id.hex()
+        self.progress(f"calibration: scoring the final adapter on {len(self.data.train)} training records")
+        try:
+            with ledger.pending_release(release_tag):
+                release = trainer.calibration_release(self.data.train, SystemRandom())
+        except PrivacyBudgetExceeded as exc:
+            self.progress(f"calibration: not taking part: {exc}")
+            self.state.uploaded_round_ids.append(release_tag)
+            self.state.save(self.state_dir / "node.json")
+            return
+        self.report(task.round, payload.round)
+        self.progress(f"calibration: epsilon spent {ledger.epsilon_spent:.2f}; uploading")
+
+        def input_for_round(start: RoundStart) -> ModularVector:
+            if start.round_id != task.round_id:
+                raise ValueError("the coordinator opened another round than the task announced")
+            vector = calibration.encode_release(release, encoding.modulus_bits, len(start.participants))
+            if start.params.dimension != vector.size or start.params.modulus_bits != encoding.modulus_bits:
+                raise ValueError("the round's dimension or modulus does not match the calibration release")
+            if release_tag in ledger.unreleased_tags:
+                ledger.mark_released(release_tag)  # saved before the release enters the protocol
+            return vector
+
+        self._join(task, ledger, release_tag, input_for_round)

@@ -330,7 +330,9 @@ def _run_federation(
         "final_epsilon": {n: r.epsilon for n, r in sorted(federation.service.final_reports.items())},
     }
     write_text_atomic(state_dir / "final.json", json.dumps(final, indent=2, default=str) + "\n")
-    _echo(f"done: {len(ledger)} rounds committed; record-level epsilon spent {final['final_epsilon']}")
+    calibrated = any(entry["round"] > config.rounds for entry in ledger)
+    committed = f"{len(ledger) - calibrated} rounds" + (" and the calibration round" if calibrated else "")
+    _echo(f"done: {committed} committed; record-level epsilon spent {final['final_epsilon']}")
     if report_dir is not None:
         _write_report(report_dir, state_dir, config, time.monotonic() - started, evaluation)
 

@@ -105,8 +105,8 @@ def single_party_baselines(
         echo(f"baseline: training {party} alone ({rounds} rounds of local DP training, same budget)")
         started = time.perf_counter()
         trainer = LocalTrainer(config, feature_cache=feature_cache)
-        for _ in range(rounds):
-            train_adapter(config, local, trainer=trainer, score_heldout=False)
+        for number in range(1, rounds + 1):
+            train_adapter(config, local, trainer=trainer, score_heldout=False, calibrate=number == rounds)
         scores[party] = trainer.evaluate(union).scores()
         echo(
             f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])} "
@@ -129,6 +129,7 @@ def pooled_baselines(
     ceiling, which only the demo can compute because only it holds everyone's records."""
     from dataclasses import replace
 
+    from fedmask.adapter.calibration import solve_shift
     from fedmask.adapter.config import TrainingConfig
     from fedmask.participant.data import load_local_data
     from fedmask.participant.trainer import FeatureCache, LocalTrainer
@@ -146,8 +147,8 @@ def pooled_baselines(
     echo(f"baseline: pooled records ({len(pooled.train)}), {rounds} rounds of DP training, same budget")
     started = time.perf_counter()
     private = LocalTrainer(config, feature_cache=features)
-    for _ in range(rounds):
-        train_adapter(config, pooled, trainer=private)
+    for number in range(1, rounds + 1):
+        train_adapter(config, pooled, trainer=private, score_heldout=False, calibrate=number == rounds)
     scores["pooled_dp"] = private.evaluate(union).scores()
     seconds["pooled_dp"] = time.perf_counter() - started
     echo(f"baseline: pooled records, no DP ({rounds} rounds of the same recipe without clipping or noise)")
@@ -155,6 +156,8 @@ def pooled_baselines(
     ceiling = LocalTrainer(config, feature_cache=features)
     for _ in range(rounds):
         ceiling.train_non_private(pooled.train)
+    if config.calibrates:  # the same recipe's last step, without noise
+        ceiling.shift_decision(solve_shift(ceiling.margin_statistic(pooled.train)).shift)
     scores["pooled_non_private"] = ceiling.evaluate(union).scores()
     seconds["pooled_non_private"] = time.perf_counter() - started
     for name, figures in scores.items():
@@ -226,6 +229,8 @@ def build_report(
                 "upload_bytes": sum(entry["metrics"]["upload_bytes"].values()),
                 "wall_s": entry["metrics"]["wall_s"],
                 "attempts": entry["attempt"],
+                # the calibration round's shift of the decision margin (fedmask.adapter.calibration)
+                "calibration": entry["metrics"].get("calibration"),
             }
         )
     single_accuracy = {party: _accuracy(scores) for party, scores in baselines.items()}
@@ -262,7 +267,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     header = ["round", "survivors", "held-out acc"] + [f"ε {p}" for p in parties] + ["upload bytes", "wall s"]
     lines = ["# fedmask demo", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rounds"]:
-        cells = [str(r["round"]), ", ".join(r["survivors"])]
+        cells = ["calibration" if r.get("calibration") else str(r["round"]), ", ".join(r["survivors"])]
         cells.append(f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "–")
         cells += [f"{r['epsilon'][p]:.2f}" if p in r["epsilon"] else "–" for p in parties]
         cells += [f"{r['upload_bytes']:,}", f"{r['wall_s']:.1f}"]
@@ -271,6 +276,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if dropped:
         lines += ["", "Dropped (the round completed without them):"]
         lines += [f"- round {rnd}: {name}: {why}" for rnd, name, why in dropped]
+    for r in report["rounds"]:
+        if r.get("calibration"):
+            solved = r["calibration"]
+            lines += [
+                "",
+                f"Calibration: the decision margin moved by {solved['shift']:+.3f}, from the survivors' "
+                f"noised counts summed under secure aggregation ({solved['positives']:.0f} positives among "
+                f"{solved['records']:.0f} training records).",
+            ]
     if any(r.get("participant_level_epsilon") is not None for r in report["rounds"]):
         lines += [
             "",

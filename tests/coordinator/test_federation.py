@@ -179,7 +179,7 @@ def _insecure(roster=None):
 
 
 def _tiny_initial():
-    layout = {"tensors": [{"name": "lora.weight", "shape": [8], "dtype": "float32"}]}
+    layout = [{"name": "lora.weight", "shape": [8], "dtype": "float32"}]
     return np.zeros(8, dtype=np.float32), layout
 
 
@@ -191,6 +191,28 @@ class TestFederationStart:
         with pytest.raises(FederationError, match="not in the CA-signed roster: hospital-b"):
             Federation(config, tmp_path / "state", _insecure(_Roster(["hospital-a", "bank"])))
         assert not (tmp_path / "state" / "federation.db").exists()
+
+    def test_a_round_no_attempt_could_start_is_recorded_as_failed(self, tmp_path):
+        """Malicious mode without enrolled identity keys: nobody can be selected. The round is
+        recorded as failed (the state can be resumed), not a crash on an unbegun round."""
+        import asyncio
+
+        from fedmask.coordinator.federation import Federation
+        from fedmask.coordinator.round_server import ServerSettings
+
+        config = FederationConfig(participants=PARTIES, rounds=1, threshold=2, final_report_wait_s=0.01)
+        lines: list[str] = []
+        federation = Federation(
+            config,
+            tmp_path / "state",
+            _insecure(),
+            settings=ServerSettings(host="127.0.0.1", port=0),
+            initial=_tiny_initial(),
+            progress=lines.append,
+        )
+        asyncio.run(federation.run())
+        assert federation.store.next_round_number() == 2 and not federation.store.ledger()
+        assert any("round 1 failed" in line and "no enrolled identity key" in line for line in lines)
 
     def test_a_failed_round_is_history_and_a_restart_goes_on_with_the_next(self, tmp_path, monkeypatch):
         import asyncio
@@ -255,3 +277,81 @@ class TestNoiseCost:
         plan = config.noise_plan(1000)
         lines = noise_cost_lines(plan, config.rounds)
         assert len(lines) == 1 and plan.noise_to_clip(50) < 1
+
+
+HEAD_BIAS = "base_model.model.classifier.modules_to_save.default.bias"
+
+
+class TestCalibrationRound:
+    """After the last training round the summed calibration releases move the head's bias."""
+
+    @staticmethod
+    def _run(tmp_path, monkeypatch, releases):
+        import asyncio
+
+        from fedmask.adapter.calibration import encode_release
+        from fedmask.adapter.metrics import METRIC_COORDINATES
+        from fedmask.coordinator.federation import Federation
+        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome, ServerSettings
+
+        layout = [
+            {"name": "lora.weight", "shape": [4], "dtype": "float32"},
+            {"name": HEAD_BIAS, "shape": [2], "dtype": "float32"},
+        ]
+        config = FederationConfig(
+            participants=PARTIES, rounds=1, threshold=2, security_mode="semi-honest", final_report_wait_s=0.01
+        )
+        federation = Federation(
+            config,
+            tmp_path / "state",
+            _insecure(),
+            settings=ServerSettings(host="127.0.0.1", port=0),
+            initial=(np.zeros(6, dtype=np.float32), layout),
+        )
+        published: list[tuple[int, int]] = []
+
+        async def run_round(server, round_config):
+            task = federation.service.task
+            published.append((task.action, task.round))
+            if task.action == fl.Task.TRAIN:  # a zero update with zero held-out figures
+                total = np.zeros(round_config.params.dimension, dtype=np.uint32)
+                assert total.size == 6 + METRIC_COORDINATES
+            else:
+                encoded = [encode_release(r, 32, len(PARTIES)).astype(np.uint64) for r in releases]
+                total = (sum(encoded) % (1 << 32)).astype(np.uint32)
+            return RoundOutcome(
+                round_config.round_id, PARTIES, joined=PARTIES, completed=True, survivors=PARTIES, result=total
+            )
+
+        monkeypatch.setattr(CoordinatorServer, "run_round", run_round)
+        asyncio.run(federation.run())
+        return federation, published
+
+    def test_the_summed_releases_set_the_final_adapters_threshold(self, tmp_path, monkeypatch):
+        from fedmask.adapter.calibration import BINS, solve_shift
+
+        counts = np.zeros(BINS)
+        counts[6:12] = [30, 60, 80, 60, 40, 20]
+        releases = [np.concatenate(([40.0], counts)), np.concatenate(([25.0], counts / 2)), np.full(BINS + 1, -3.0)]
+        federation, published = self._run(tmp_path, monkeypatch, releases)
+        assert published == [(fl.Task.TRAIN, 1), (fl.Task.CALIBRATE, 2)]
+        expected = solve_shift(np.sum(releases, axis=0))
+        ledger = federation.store.ledger()
+        assert [entry["round"] for entry in ledger] == [1, 2]
+        assert ledger[1]["metrics"]["calibration"] == expected.as_dict()
+        vector, _ = federation.store.load_checkpoint(federation.store.last_committed())
+        np.testing.assert_array_equal(vector, np.array([0, 0, 0, 0, 0, expected.shift], dtype=np.float32))
+        final = federation.service.task
+        assert final.action == fl.Task.FINISHED and final.adapter.round == 2
+
+    def test_a_release_with_nothing_to_calibrate_is_not_run_again(self, tmp_path, monkeypatch):
+        from fedmask.adapter.calibration import BINS
+
+        nothing = [np.concatenate(([0.0], np.full(BINS, 5.0)))] * 3  # no positives: no threshold to set
+        federation, published = self._run(tmp_path, monkeypatch, nothing)
+        # One attempt: another would make the participants release (and spend) again for nothing.
+        assert published == [(fl.Task.TRAIN, 1), (fl.Task.CALIBRATE, 2)]
+        assert [entry["round"] for entry in federation.store.ledger()] == [1]
+        vector, _ = federation.store.load_checkpoint(federation.store.last_committed())
+        assert not vector.any()  # the training round's adapter is the final one
+        assert federation.service.task.action == fl.Task.FINISHED and federation.service.task.adapter.round == 1

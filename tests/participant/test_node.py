@@ -10,10 +10,12 @@ import grpc
 import numpy as np
 import pytest
 
+from fedmask.adapter.calibration import CALIBRATION_COORDINATES, encode_release
 from fedmask.adapter.metrics import METRIC_COORDINATES
 from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData
 from fedmask.participant.grpc_client import Connection, Identity
+from fedmask.participant.ledger import CALIBRATION_NOTE
 from fedmask.participant.node import Node, NodeError, NodeState, parse_encoding
 from fedmask.participant.policy import ParticipantPolicy
 from fedmask.proto.fl.v1 import fl_pb2 as fl
@@ -142,11 +144,11 @@ class _Trainer:
         self.spec = SimpleNamespace(to_json=lambda: LAYOUT)
 
 
-def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None) -> tuple[Node, list[str]]:
+def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None, trainer=_Trainer) -> tuple[Node, list[str]]:
     from fedmask.participant import node as node_module
     from fedmask.participant import trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "LocalTrainer", _Trainer)
+    monkeypatch.setattr(trainer_module, "LocalTrainer", trainer)
     logs: list[str] = []
     data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
     node = Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path, progress=logs.append)
@@ -250,6 +252,74 @@ def test_a_node_whose_update_was_released_never_rejoins(tmp_path, monkeypatch):
     node._train_and_upload(task, _train())
     restarted, _ = _ledger_node(tmp_path, monkeypatch)
     assert restarted._already_in(task)
+
+
+# --- the calibration round: one noised release, charged, pending until masked --------------------
+
+RELEASE = np.arange(CALIBRATION_COORDINATES, dtype=np.float64) - 5.0
+
+
+class _CalibratingTrainer(_Trainer):
+    @property
+    def calibrates(self):
+        return self.config.calibrates  # and the model has a head bias
+
+    def set_adapter_vector(self, vector):
+        self.loaded = vector
+
+    def calibration_release(self, records, rng):
+        assert self.ledger._pending_tag  # charged pending: refunded if the release never leaves
+        self.ledger.charge(noise_multiplier=4.0, sample_rate=1.0, steps=1, note=CALIBRATION_NOTE)
+        return RELEASE
+
+
+def _calibration_task(training: dict, encoding: dict | None = None) -> fl.Task:
+    task = _task(training, encoding)
+    task.action, task.round, task.round_id = fl.Task.CALIBRATE, 4, b"r4"
+    return task
+
+
+def _joins_with(inputs: list[np.ndarray]):
+    def joins(connection, identity, input_for_round, **kwargs):
+        params = SimpleNamespace(threshold=2, dimension=CALIBRATION_COORDINATES, modulus_bits=32)
+        inputs.append(input_for_round(SimpleNamespace(round_id=b"r4", participants=PARTIES, params=params)))
+        return SimpleNamespace(completed=True, reason="")
+
+    return joins
+
+
+def test_the_calibration_release_is_charged_and_leaves_only_inside_the_masked_input(tmp_path, monkeypatch):
+    task = _calibration_task(LEDGER_TRAINING)
+    inputs: list[np.ndarray] = []
+    node, _ = _ledger_node(
+        tmp_path, monkeypatch, task_now=task, take_part=_joins_with(inputs), trainer=_CalibratingTrainer
+    )
+    node._calibrate_and_upload(task)
+    np.testing.assert_array_equal(inputs[0], encode_release(RELEASE, 32, len(PARTIES)))
+    entries = json.loads((tmp_path / "privacy_ledger.json").read_text())["entries"]
+    assert [(e["note"], e["sample_rate"], e["released"]) for e in entries] == [(CALIBRATION_NOTE, 1.0, True)]
+    assert node._already_in(task)  # a restart does not release a second time
+
+
+def test_a_coordinator_cannot_ask_for_a_calibration_the_training_settings_did_not_plan(tmp_path, monkeypatch):
+    """Without ``calibrate`` the budget holds no reserve for the release: a coordinator asking for
+    it anyway would have the participant spend epsilon it planned for nothing else."""
+    task = _calibration_task({**LEDGER_TRAINING, "calibrate": False})
+    node, _ = _ledger_node(tmp_path, monkeypatch, task_now=task, trainer=_CalibratingTrainer)
+    with pytest.raises(NodeError, match="do not plan"):
+        node._calibrate_and_upload(task)
+    assert not (tmp_path / "privacy_ledger.json").exists()  # nothing charged
+
+
+def test_a_calibration_under_aggregate_noise_is_refused(tmp_path, monkeypatch):
+    """Aggregate noise promises participant-level DP; a record-level release would fall outside it."""
+    config = FederationConfig(participants=PARTIES, threshold=2, aggregate_noise="skellam", aggregate_epsilon=5.0)
+    task = _calibration_task(LEDGER_TRAINING)
+    task.encoding_json = _announced(config, CALIBRATION_COORDINATES)
+    node, _ = _ledger_node(tmp_path, monkeypatch, task_now=task, trainer=_CalibratingTrainer)
+    with pytest.raises(NodeError, match="under aggregate noise; refused"):
+        node._calibrate_and_upload(task)
+    assert not (tmp_path / "privacy_ledger.json").exists()
 
 
 # --- deadlines that scale -------------------------------------------------------------------------

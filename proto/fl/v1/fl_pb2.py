@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64mask/proto/fl/v1/fl.proto\x12\rfedmask.fl.v1\"!\n\x0bTaskRequest\x12\x12\n\nlast_round\x18\x01 \x01(\r\"\xd2\x02\n\x04Task\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.fedmask.fl.v1.Task.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\r\x12\x10\n\x08round_id\x18\x04 \x01(\x0c\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18\x05 \x01(\t\x12\x15\n\radapter_bytes\x18\x06 \x01(\x04\x12\x15\n\radapter_round\x18\x07 \x01(\r\x12\x15\n\rtraining_json\x18\x08 \x01(\t\x12\x15\n\rencoding_json\x18\t \x01(\t\x12\x15\n\rretry_after_s\x18\n \x01(\x01\x12\x17\n\x0fjoin_deadline_s\x18\x0b \x01(\x01\"C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\" \n\x0e\x41\x64\x61pterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"A\n\x0c\x41\x64\x61pterChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x99\x01\n\x11ParticipantReport\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\radapter_round\x18\x02 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\rheldout_countR\x0fheldout_correctR\x0cmetrics_json\"\x0b\n\tReportAck2\xdf\x01\n\nFederation\x12:\n\x07GetTask\x12\x1a.fedmask.fl.v1.TaskRequest\x1a\x13.fedmask.fl.v1.Task\x12O\n\x0f\x44ownloadAdapter\x12\x1d.fedmask.fl.v1.AdapterRequest\x1a\x1b.fedmask.fl.v1.AdapterChunk0\x01\x12\x44\n\x06Report\x12 .fedmask.fl.v1.ParticipantReport\x1a\x18.fedmask.fl.v1.ReportAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64mask/proto/fl/v1/fl.proto\x12\rfedmask.fl.v1\"!\n\x0bTaskRequest\x12\x12\n\nlast_round\x18\x01 \x01(\r\"\xe1\x02\n\x04Task\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.fedmask.fl.v1.Task.Action\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\r\x12\x10\n\x08round_id\x18\x04 \x01(\x0c\x12\x16\n\x0e\x61\x64\x61pter_sha256\x18\x05 \x01(\t\x12\x15\n\radapter_bytes\x18\x06 \x01(\x04\x12\x15\n\radapter_round\x18\x07 \x01(\r\x12\x15\n\rtraining_json\x18\x08 \x01(\t\x12\x15\n\rencoding_json\x18\t \x01(\t\x12\x15\n\rretry_after_s\x18\n \x01(\x01\x12\x17\n\x0fjoin_deadline_s\x18\x0b \x01(\x01\"R\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x0c\n\x08\x46INISHED\x10\x03\x12\r\n\tCALIBRATE\x10\x04\" \n\x0e\x41\x64\x61pterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"A\n\x0c\x41\x64\x61pterChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x99\x01\n\x11ParticipantReport\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\radapter_round\x18\x02 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\rheldout_countR\x0fheldout_correctR\x0cmetrics_json\"\x0b\n\tReportAck2\xdf\x01\n\nFederation\x12:\n\x07GetTask\x12\x1a.fedmask.fl.v1.TaskRequest\x1a\x13.fedmask.fl.v1.Task\x12O\n\x0f\x44ownloadAdapter\x12\x1d.fedmask.fl.v1.AdapterRequest\x1a\x1b.fedmask.fl.v1.AdapterChunk0\x01\x12\x44\n\x06Report\x12 .fedmask.fl.v1.ParticipantReport\x1a\x18.fedmask.fl.v1.ReportAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREQUEST']._serialized_start=47
   _globals['_TASKREQUEST']._serialized_end=80
   _globals['_TASK']._serialized_start=83
-  _globals['_TASK']._serialized_end=421
+  _globals['_TASK']._serialized_end=436
   _globals['_TASK_ACTION']._serialized_start=354
-  _globals['_TASK_ACTION']._serialized_end=421
-  _globals['_ADAPTERREQUEST']._serialized_start=423
-  _globals['_ADAPTERREQUEST']._serialized_end=455
-  _globals['_ADAPTERCHUNK']._serialized_start=457
-  _globals['_ADAPTERCHUNK']._serialized_end=522
-  _globals['_PARTICIPANTREPORT']._serialized_start=525
-  _globals['_PARTICIPANTREPORT']._serialized_end=678
-  _globals['_REPORTACK']._serialized_start=680
-  _globals['_REPORTACK']._serialized_end=691
-  _globals['_FEDERATION']._serialized_start=694
-  _globals['_FEDERATION']._serialized_end=917
+  _globals['_TASK_ACTION']._serialized_end=436
+  _globals['_ADAPTERREQUEST']._serialized_start=438
+  _globals['_ADAPTERREQUEST']._serialized_end=470
+  _globals['_ADAPTERCHUNK']._serialized_start=472
+  _globals['_ADAPTERCHUNK']._serialized_end=537
+  _globals['_PARTICIPANTREPORT']._serialized_start=540
+  _globals['_PARTICIPANTREPORT']._serialized_end=693
+  _globals['_REPORTACK']._serialized_start=695
+  _globals['_REPORTACK']._serialized_end=706
+  _globals['_FEDERATION']._serialized_start=709
+  _globals['_FEDERATION']._serialized_end=932
 # @@protoc_insertion_point(module_scope)

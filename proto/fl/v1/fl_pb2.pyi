@@ -19,10 +19,12 @@ class Task(_message.Message):
         WAIT: _ClassVar[Task.Action]
         TRAIN: _ClassVar[Task.Action]
         FINISHED: _ClassVar[Task.Action]
+        CALIBRATE: _ClassVar[Task.Action]
     ACTION_UNSPECIFIED: Task.Action
     WAIT: Task.Action
     TRAIN: Task.Action
     FINISHED: Task.Action
+    CALIBRATE: Task.Action
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
