@@ -386,7 +386,8 @@ PAGE_JS = (
     const current = status.round;
     const phases = $("phases");
     if (current) {
-      setText("round-number", current.number + " of " + status.rounds_total);
+      const calibrating = current.number > status.rounds_total;  // the round after the last training round
+      setText("round-number", calibrating ? "calibration" : current.number + " of " + status.rounds_total);
       setText("round-summary", "attempt " + current.attempt + ": " + current.phase + " for " +
         duration(current.phase_for_s) + " (open " + duration(current.open_for_s) + ")");
       const index = PHASES.indexOf(current.phase);

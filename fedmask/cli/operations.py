@@ -146,12 +146,16 @@ def status_document(state_dir: Path, now: float | None = None) -> dict[str, Any]
     status, alive = live_status(state_dir)
     committed = [r for r in rounds if r.state.value == "committed"]
     open_rounds = [r for r in rounds if r.state.value == "open"]
+    total = config.get("rounds")
+    # The round after the last training round is the calibration round (docs/federation.md).
+    calibration = [r for r in rounds if isinstance(total, int) and r.round_number > total]
     document: dict[str, Any] = {
         "state_dir": str(state_dir),
         "federation_id": federation_id,
-        "rounds_total": config.get("rounds"),
-        "rounds_committed": len(committed),
-        "rounds_failed": sum(1 for r in rounds if r.state.value == "failed"),
+        "rounds_total": total,
+        "rounds_committed": sum(1 for r in committed if r not in calibration),
+        "rounds_failed": sum(1 for r in rounds if r.state.value == "failed" and r not in calibration),
+        "calibration": calibration[-1].state.value if calibration else None,
         "last_committed": (
             {"round": committed[-1].round_number, "at": committed[-1].finished_at} if committed else None
         ),
@@ -236,6 +240,8 @@ def print_status(document: Mapping[str, Any], now: float) -> None:
     summary = (
         f"{document['rounds_committed']} of {document['rounds_total']} committed, {document['rounds_failed']} failed"
     )
+    if document.get("calibration"):
+        summary += f"; calibration round {document['calibration']}"
     if last is not None:
         at = last["at"]
         click.echo(f"last committed: round {last['round']} at {local_time(at)} ({ago(now - at)}); {summary}")

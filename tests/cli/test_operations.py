@@ -115,6 +115,22 @@ def write_live_status(state: Path, **changes: object) -> CoordinatorStatus:
 # --- status ------------------------------------------------------------------------------------------
 
 
+def test_the_calibration_round_is_counted_apart_from_the_training_rounds(tmp_path):
+    state = tmp_path / "state"
+    with FederationStore(state / "federation.db") as store:
+        store.initialise({"participants": PARTIES, "rounds": 1})
+        store.commit_initial(store.save_checkpoint(0, np.zeros(4, dtype=np.float32), []))
+        for number in (1, 2):  # round 2 is the calibration round of a 1-round federation
+            store.begin_round(number, f"r{number}".encode(), PARTIES)
+            entry = {"survivors": list(PARTIES), "dropped": {}, "encoding": ENCODING, "epsilon": {}, "metrics": {}}
+            store.commit_round(number, store.save_checkpoint(number, np.ones(4, dtype=np.float32), []), entry)
+    document = invoke_json("status", "--state", str(state))
+    assert document["rounds_committed"] == 1 and document["rounds_total"] == 1
+    assert document["calibration"] == "committed"
+    result = CliRunner().invoke(main, ["coordinator", "status", "--state", str(state)])
+    assert "1 of 1 committed, 0 failed; calibration round committed" in result.output
+
+
 def test_status_of_a_running_coordinator(state):
     write_live_status(state)
     document = invoke_json("status", "--state", str(state))
