@@ -37,7 +37,6 @@ from fedmask.participant.ledger import (
     PrivacyLedger,
     PrivacyPlan,
     compute_epsilon,
-    unsampled_events_allowed,
 )
 from fedmask.secagg.rand import RandomSource, SystemRandom
 
@@ -151,45 +150,57 @@ def noise_multiplier_for(
     release).
 
     Plan the whole schedule at once (rounds x local steps): noise set per round from the
-    budget left would spend most of it in the first rounds. Cached: the search calls the
-    accountant a dozen times, seconds each at large sample rates.
+    budget left would spend most of it in the first rounds. Cached, and searched with few calls
+    of the accountant (a second or so each under PRV): the RDP accountant's answer (milliseconds
+    a call) starts the search, since its epsilon bounds PRV's from above.
     """
-    if not also:
-        from opacus.accountants.utils import get_noise_multiplier
-
-        with unsampled_events_allowed():
-            return float(
-                get_noise_multiplier(
-                    target_epsilon=epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=0.01 * epsilon,
-                )
-            )
-
-    def spent(noise: float) -> float:
-        return compute_epsilon(accountant, [(noise, sample_rate, steps), *also], delta)
-
     if compute_epsilon(accountant, list(also), delta) >= epsilon:
         raise ConfigError(f"the budget epsilon={epsilon:g} is spent by {also} before any step")
-    # The other events only add to epsilon: the steps alone need at least Opacus' multiplier,
-    # which spends at least 0.99 epsilon; if the events still fit, it is the answer. Otherwise
-    # widen by 5% until within budget, then bisect.
-    low = noise_multiplier_for(epsilon, delta, sample_rate, steps, accountant)
-    if spent(low) <= epsilon:
-        return low
-    high = low * 1.05
-    while spent(high) > epsilon:
-        low, high = high, high * 1.05
+
+    def spent_under(name: str) -> Callable[[float], float]:
+        return lambda noise: compute_epsilon(name, [(noise, sample_rate, steps), *also], delta)
+
+    try:
+        start = _smallest_noise(spent_under("rdp"), epsilon, 10.0)
+    except ConfigError:
+        if accountant == "rdp":
+            raise
+        start = 10.0  # RDP's orders cannot show so small an epsilon (a lone release at 0.1); PRV can
+    return start if accountant == "rdp" else _smallest_noise(spent_under(accountant), epsilon, start)
+
+
+def _smallest_noise(spent: Callable[[float], float], epsilon: float, guess: float) -> float:
+    """The smallest noise multiplier z with ``epsilon - spent(z)`` in [0, 1% of epsilon], for a
+    ``spent`` that decreases with z: a bracket around ``guess``, then regula falsi on epsilon
+    against log z (Illinois: an end kept twice has its weight halved, so neither end sticks)."""
+    high, spent_high = guess, spent(guess)
+    while spent_high > epsilon:  # widen until within budget
+        high, spent_high = high * 1.5, spent(high * 1.5)
         if high > 1e6:
-            raise ConfigError(f"no noise multiplier keeps {steps} steps within epsilon={epsilon:g}")
-    for _ in range(100):  # bisection halves the interval each time: 100 is far beyond float precision
-        if epsilon - spent(high) <= 0.01 * epsilon:
+            raise ConfigError(f"no noise multiplier keeps the steps within epsilon={epsilon:g}")
+    low, spent_low = high, spent_high
+    while spent_low <= epsilon:  # and down until over it
+        if epsilon - spent_low <= 0.01 * epsilon:
+            return low
+        high, spent_high = low, spent_low
+        low, spent_low = low / 1.2, spent(low / 1.2)
+    target = 0.995 * epsilon
+    over, under = spent_low - target, spent_high - target  # > 0 at the low end, < 0 at the high end
+    kept = 0
+    for _ in range(60):
+        if epsilon - spent_high <= 0.01 * epsilon:
             break
-        middle = (low + high) / 2
-        low, high = (low, middle) if spent(middle) <= epsilon else (middle, high)
+        log_low, log_high = math.log(low), math.log(high)
+        middle = math.exp(log_low + over / (over - under) * (log_high - log_low))
+        value = spent(middle)
+        if value > epsilon:
+            low, spent_low, over = middle, value, value - target
+            under = under / 2 if kept == -1 else under
+            kept = -1
+        else:
+            high, spent_high, under = middle, value, value - target
+            over = over / 2 if kept == 1 else over
+            kept = 1
     return high
 
 

@@ -15,8 +15,10 @@ A federated participant keeps the trainer between rounds::
 DP-SGD is Opacus's: ``PrivacyEngine.make_private`` with Poisson sampling, per-sample gradients
 from the configured grad-sample mode (``auto`` = ``ew``, falling back to ``hooks`` when
 expanded weights cannot run the model; or ``hooks``, ``ew``, ``ghost``), flat clipping at
-``max_grad_norm`` and Gaussian noise whose multiplier comes from ``get_noise_multiplier`` for the
-whole planned schedule (``planned_rounds`` x steps per round) at the target (epsilon, delta).
+``max_grad_norm`` and Gaussian noise whose multiplier is searched (``noise_multiplier_for``, to
+1% of epsilon, as Opacus' ``get_noise_multiplier`` but in a few accountant calls) for the whole
+planned schedule (``planned_rounds`` x steps per round, and the calibration release) at the
+target (epsilon, delta).
 
 Choices that matter for the guarantee or for correctness:
 

@@ -13,7 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedmask.adapter.config import DEFAULT_LEARNING_RATES, STEP_NOISE, TrainingConfig, noise_calibrated_learning_rate
+from fedmask.adapter.config import (
+    DEFAULT_LEARNING_RATES,
+    STEP_NOISE,
+    ConfigError,
+    TrainingConfig,
+    noise_calibrated_learning_rate,
+)
 from fedmask.participant.data import Record
 from fedmask.participant.ledger import PrivacyLedger, compute_epsilon
 from fedmask.participant.trainer import FeatureCache, LocalTrainer, linear_probe, loss_divergence
@@ -279,3 +285,26 @@ def test_non_finite_parameters_in_fine_tuning_are_put_back(tiny_qwen2_path: str,
     assert result.diverged.startswith("the parameters became non-finite at step")
     assert (trainer.adapter_vector() == before).all()
     assert trainer.ledger.steps == 3
+
+
+# --- the privacy plan's noise search ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize("epsilon", [1.0, 8.0])
+def test_the_noise_search_lands_within_one_percent_below_the_budget(accountant: str, epsilon: float) -> None:
+    from fedmask.participant.trainer import noise_multiplier_for
+
+    rate, steps, release = 1 / 7, 112, (5.0, 1.0, 1)
+    alone = noise_multiplier_for(epsilon, 1e-5, rate, steps, accountant)
+    assert 0.99 * epsilon <= compute_epsilon(accountant, [(alone, rate, steps)], 1e-5) <= epsilon
+    composed = noise_multiplier_for(epsilon, 1e-5, rate, steps, accountant, also=(release,))
+    assert composed > alone  # the release takes part of the budget
+    assert 0.99 * epsilon <= compute_epsilon(accountant, [(composed, rate, steps), release], 1e-5) <= epsilon
+
+
+def test_a_budget_the_other_events_already_spend_is_refused() -> None:
+    from fedmask.participant.trainer import noise_multiplier_for
+
+    with pytest.raises(ConfigError, match="spent by"):
+        noise_multiplier_for(1.0, 1e-5, 0.1, 10, "rdp", also=((0.5, 1.0, 1),))
