@@ -87,13 +87,17 @@ def test_a_small_demo_goes_on_without_a_dropped_party_and_reports(tmp_path: Path
     assert run.returncode == 0, run.stderr[-3000:]
     assert "demo: killed bank (SIGKILL) while it trained for round 1" in run.stdout + run.stderr
     report = json.loads((out / "report.json").read_text())
-    first, second = report["rounds"]
-    assert (first["round"], second["round"]) == (1, 2)
+    first, second, calibration = report["rounds"]
+    assert (first["round"], second["round"], calibration["round"]) == (1, 2, 3)
+    # After the two training rounds, the calibration round moved the decision threshold.
+    assert first["calibration"] is second["calibration"] is None
+    assert calibration["calibration"]["records"] > 0 and "| calibration |" in run.stdout
     # Round 1 went on without the bank; the restarted bank took part in round 2.
     assert first["survivors"] == ["hospital-a", "hospital-b"] and list(first["dropped"]) == ["bank"]
     assert second["survivors"] == ["bank", "hospital-a", "hospital-b"] and second["dropped"] == {}
     assert set(first["epsilon"]) == {"hospital-a", "hospital-b"}
     assert set(second["epsilon"]) == {"bank", "hospital-a", "hospital-b"}
+    assert calibration["survivors"] == ["bank", "hospital-a", "hospital-b"]
     # held-out accuracy arrives only as a sum over the survivors: one figure per round
     assert all(r["accuracy"] is None or 0.0 <= r["accuracy"] <= 1.0 for r in report["rounds"])
     assert 0 < first["epsilon"]["hospital-a"] < second["epsilon"]["hospital-a"] <= 8.0

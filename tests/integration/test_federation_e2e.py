@@ -147,11 +147,13 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path):
             ledger = store.ledger()
             rounds = store.rounds()
             assert store.verify() == []
-        assert [entry["round"] for entry in ledger] == [1, 2, 3]
+        # Three training rounds, then the calibration round (docs/federation.md).
+        assert [entry["round"] for entry in ledger] == [1, 2, 3, 4]
+        assert ledger[3]["metrics"]["calibration"] is not None and ledger[2]["metrics"]["calibration"] is None
         assert ledger[0] == ledger_before[0]  # (a) the committed round is untouched
         assert ledger[1]["attempt"] >= 2  # (c) the interrupted round ran again, with a new round id
         assert ledger[1]["round_id"] != interrupted.round_id.hex()
-        assert [r.state.value for r in rounds] == ["committed"] * 3
+        assert [r.state.value for r in rounds] == ["committed"] * 4
         for entry in ledger:
             assert sorted(entry["survivors"]) == sorted(PARTIES)
             assert set(entry["epsilon"]) == set(PARTIES)
