@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmask.adapter.calibration import CalibrationError
 from fedmask.adapter.config import TrainingConfig
 from fedmask.adapter.export import TrainingFacts, export_classifier, public_model_name
 from fedmask.adapter.scores import beats_majority
@@ -189,13 +190,18 @@ def train_adapter(
     start_vector = trainer.adapter_vector()
 
     local = trainer.train(train_records, on_step=on_step, note=note)
-    calibrated = trainer.calibrate(train_records) if calibrate and trainer.calibrates else None
+    calibrated, not_calibrated = None, ""
+    if calibrate and trainer.calibrates:
+        try:
+            calibrated = trainer.calibrate(train_records)
+        except CalibrationError as exc:  # e.g. one label only: the release was charged, nothing moves
+            not_calibrated = f"the decision threshold was not calibrated: {exc}"
     evaluation = trainer.evaluate(heldout_records) if heldout_records and score_heldout else None
     plan = trainer.ledger.plan
     assert plan is not None
     vector = trainer.adapter_vector() if calibrated is not None else local.vector
     scores = evaluation.scores() if evaluation else None
-    warnings = training_warnings(local.diverged, scores)
+    warnings = training_warnings(local.diverged, scores) + ([not_calibrated] if not_calibrated else [])
     for line in warnings[1 if local.diverged else 0 :]:  # the trainer has logged the divergence
         log.warning("%s", line)
     report: dict[str, Any] = {

@@ -189,7 +189,7 @@ def test_rounds_accumulate_epsilon_and_stop_at_the_budget(tiny_qwen2_path: str, 
 
 
 def test_the_last_round_calibrates_within_the_planned_budget(
-    minilm_path: str, tiny_qwen2_path: str, demo_records
+    minilm_path: str, tiny_qwen2_path: str, demo_records, monkeypatch
 ) -> None:
     # Qwen2's classification head has no bias: nothing to shift, no budget set aside.
     no_bias = LocalTrainer(_small_config(tiny_qwen2_path, "classification", "bitfit", planned_rounds=2))
@@ -213,6 +213,20 @@ def test_the_last_round_calibrates_within_the_planned_budget(
     assert ledger.history[-1] == (calibration_noise, 1.0, 1)
     assert result.report["epsilon"] == ledger.epsilon_spent <= 8.0
     np.testing.assert_array_equal(result.vector, trainer.adapter_vector())  # the shifted adapter is the result
+
+    # A release with nothing to calibrate (say, the noise drove the positives below zero) is said
+    # in the report, and the adapter stays as trained: no traceback after minutes of training.
+    def nothing_to_calibrate(release):
+        raise calibration.CalibrationError("the release shows 0 positives among 50 records: nothing to calibrate")
+
+    monkeypatch.setattr(calibration, "solve_shift", nothing_to_calibrate)
+    alone = LocalTrainer(config)
+    unsolved = train_adapter(config, records[:50], trainer=alone, score_heldout=False, calibrate=True)
+    assert unsolved.report["calibration"] is None
+    assert any("not calibrated: the release shows 0 positives" in line for line in unsolved.report["warnings"])
+    np.testing.assert_array_equal(unsolved.vector, alone.adapter_vector())
+    assert alone.ledger.entries[-1]["note"] == CALIBRATION_NOTE  # the release was charged all the same
+    monkeypatch.undo()
 
     # The shift moves the class-1 bias of the head and nothing else.
     before = trainer.adapter_vector()
