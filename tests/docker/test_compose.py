@@ -154,14 +154,17 @@ def test_compose_demo_runs_every_round(engine: Engine, image: str, tmp_path: Pat
         header = "| round | survivors |"
         assert header in output, output[-6000:]
         table = output[output.index(header) :].splitlines()
-        rows = [line for line in table[2 : 2 + FEDERATION["rounds"]] if "|" in line]
-        assert [row.split("|")[1].strip() for row in rows] == [str(r) for r in range(1, FEDERATION["rounds"] + 1)]
+        # The training rounds, then the calibration round that sets the decision threshold.
+        rows = [line for line in table[2 : 3 + FEDERATION["rounds"]] if "|" in line]
+        labels = [str(r) for r in range(1, FEDERATION["rounds"] + 1)] + ["calibration"]
+        assert [row.split("|")[1].strip() for row in rows] == labels
 
         # The report, read out of its volume.
         report_dir = tmp_path / "report"
         _extract_volume(engine, image, f"{project}_report", report_dir)
         report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
-        assert [r["round"] for r in report["rounds"]] == list(range(1, FEDERATION["rounds"] + 1))
+        assert [r["round"] for r in report["rounds"]] == list(range(1, FEDERATION["rounds"] + 2))
+        assert report["rounds"][-1]["calibration"] is not None
         epsilon_before = dict.fromkeys(PARTIES, 0.0)
         for round_ in report["rounds"]:
             assert sorted(round_["survivors"]) == PARTIES and round_["dropped"] == {}
