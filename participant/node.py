@@ -490,10 +490,13 @@ class Node:
         try:
             with ledger.pending_release(release_tag):
                 release = trainer.calibration_release(self.data.train, SystemRandom())
-        except PrivacyBudgetExceeded as exc:
+        except (PrivacyBudgetExceeded, calibration.CalibrationError) as exc:
+            # Out of budget, or a ledger whose plan predates calibration (no reserve for it):
+            # this node sits the round out; the others' releases still calibrate the model.
             self.progress(f"calibration: not taking part: {exc}")
             self.state.uploaded_round_ids.append(release_tag)
             self.state.save(self.state_dir / "node.json")
+            self._rejoin_tried.add(release_tag)  # declined, not interrupted: no retry in this process
             return
         self.report(task.round, payload.round)
         self.progress(f"calibration: epsilon spent {ledger.epsilon_spent:.2f}; uploading")

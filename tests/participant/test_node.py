@@ -322,6 +322,26 @@ def test_a_calibration_under_aggregate_noise_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "privacy_ledger.json").exists()
 
 
+def test_a_node_whose_plan_reserves_no_calibration_sits_the_round_out(tmp_path, monkeypatch):
+    """A ledger planned before calibration existed holds no reserve for the release: the node says
+    so in one line and records the round as done, instead of failing in the coordinator's face."""
+    from fedmask.adapter.calibration import CalibrationError
+
+    class _UnplannedTrainer(_CalibratingTrainer):
+        def calibration_release(self, records, rng):
+            raise CalibrationError("this training plan reserves no budget for calibration")
+
+    task = _calibration_task(LEDGER_TRAINING)
+    inputs: list[np.ndarray] = []
+    node, logs = _ledger_node(
+        tmp_path, monkeypatch, task_now=task, take_part=_joins_with(inputs), trainer=_UnplannedTrainer
+    )
+    node._calibrate_and_upload(task)
+    assert inputs == []  # nothing sent
+    assert any("calibration: not taking part: this training plan reserves no budget" in line for line in logs)
+    assert node._already_in(task)  # not asked again after a restart
+
+
 # --- deadlines that scale -------------------------------------------------------------------------
 
 
