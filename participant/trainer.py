@@ -205,12 +205,12 @@ def _smallest_noise(spent: Callable[[float], float], epsilon: float, guess: floa
 
 
 def calibration_noise_multiplier(config: TrainingConfig) -> float | None:
-    """The calibration release's noise multiplier: priced alone, it costs BUDGET_SHARE of the
-    epsilon budget (``None`` when the config plans no calibration)."""
+    """The calibration release's noise multiplier, BUDGET_SHARE of the budget in Gaussian-DP
+    terms (:func:`fedmask.adapter.calibration.calibration_noise`); ``None`` when the config plans
+    no calibration."""
     if not config.calibrates:
         return None
-    share = calibration.BUDGET_SHARE * config.target_epsilon
-    return noise_multiplier_for(share, config.target_delta, 1.0, 1, config.accountant)
+    return calibration.calibration_noise(config.target_epsilon, config.target_delta)
 
 
 # --------------------------------------------------------------------------- batches and loss
