@@ -70,11 +70,9 @@ def gaussian_dp_mu(epsilon: float, delta: float) -> float:
     if not (epsilon > 0 and 0 < delta < 1):
         raise ValueError(f"need epsilon > 0 and 0 < delta < 1, got {epsilon}, {delta}")
 
-    def phi(x: float) -> float:
-        return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
     def delta_of(mu: float) -> float:
-        return phi(-epsilon / mu + mu / 2) - math.exp(epsilon) * phi(-epsilon / mu - mu / 2)
+        # In logs: e^eps alone overflows past eps ~ 709, and Phi underflows far in its tail.
+        return math.exp(_log_phi(-epsilon / mu + mu / 2)) - math.exp(epsilon + _log_phi(-epsilon / mu - mu / 2))
 
     low, high = 1e-6, 1.0
     while delta_of(high) < delta:
@@ -83,6 +81,16 @@ def gaussian_dp_mu(epsilon: float, delta: float) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if delta_of(middle) < delta else (low, middle)
     return low
+
+
+def _log_phi(x: float) -> float:
+    """log of the standard normal CDF; below -30 (where erfc nears underflow) its asymptotic
+    series, whose next term is below 1e-9 relative there."""
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    inverse_square = 1.0 / (x * x)
+    series = 1.0 - inverse_square + 3.0 * inverse_square**2 - 15.0 * inverse_square**3
+    return -x * x / 2.0 - math.log(-x) - 0.5 * math.log(2.0 * math.pi) + math.log(series)
 
 
 def calibration_noise(epsilon: float, delta: float) -> float:

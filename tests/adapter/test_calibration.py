@@ -108,6 +108,15 @@ def test_the_solved_shift_matches_predicted_positives_to_the_labels():
     assert solve_shift(np.concatenate(([100.0], counts))).shift < balanced.shift
 
 
+def test_any_finite_budget_gets_a_calibration_noise():
+    """A config accepts any finite epsilon; e^eps overflows a float past 709, so the conversion
+    works in logs. mu grows with epsilon and the release's noise shrinks, never to zero."""
+    epsilons = [8.0, 700.0, 1000.0, 1e9]
+    mus = [calibration.gaussian_dp_mu(epsilon, 1e-5) for epsilon in epsilons]
+    assert all(math.isfinite(mu) for mu in mus) and mus == sorted(mus) and len(set(mus)) == len(mus)
+    assert 0 < calibration.calibration_noise(1e9, 1e-5) < calibration.calibration_noise(8.0, 1e-5)
+
+
 def test_noise_on_empty_bins_adds_no_phantom_records():
     """Over many noised releases of one histogram (half its bins empty) the mean shift stays near
     the noiseless one. The root of an unbiased equation is unbiased to first order only (here
