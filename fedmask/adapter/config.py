@@ -66,6 +66,10 @@ STEP_NOISE: dict[str, float] = {"head": 0.3, "adapter": 0.02}
 # steps reuse one forward pass over the records, so they cost almost nothing; the head they leave
 # gives the adapter's steps a useful gradient from the first step on.
 DEFAULT_PROBE_FRACTION = 0.75
+# A record-level epsilon beyond this promises nothing (e^100 > 1e43), is far more likely a typo
+# for a small one, and sends the PRV accountant's search for a tiny noise multiplier into
+# minutes of work.
+MAX_TARGET_EPSILON = 100.0
 
 
 def noise_calibrated_learning_rate(
@@ -207,8 +211,8 @@ class TrainingConfig:
             f"probe_fraction must be in [0, 1) (the adapter needs steps too), got {self.probe_fraction}",
         )
         need(
-            self.target_epsilon > 0 and math.isfinite(self.target_epsilon),
-            f"target_epsilon must be positive and finite, got {self.target_epsilon}",
+            0 < self.target_epsilon <= MAX_TARGET_EPSILON,
+            f"target_epsilon must be positive and at most {MAX_TARGET_EPSILON:g}, got {self.target_epsilon}",
         )
         need(0 < self.target_delta < 1, f"target_delta must be in (0, 1), got {self.target_delta}")
         need(isinstance(self.calibrate, bool), f"calibrate must be true or false, got {self.calibrate!r}")

@@ -96,10 +96,11 @@ def _node(tmp_path, policy: ParticipantPolicy) -> Node:
 
 def test_a_coordinator_cannot_raise_the_participants_budget(tmp_path):
     """The issue's attack: the node took target_epsilon from the task, so a coordinator could
-    raise a hospital's record-level epsilon at will (1e9 was accepted)."""
+    raise a hospital's record-level epsilon at will (1e9 was accepted). 50 is a budget a
+    training config allows (at most 100): only the participant's policy stands in the way."""
     node = _node(tmp_path, ParticipantPolicy(max_epsilon=8.0))
-    with pytest.raises(NodeError, match=r"max_epsilon = 8.*epsilon 1e\+09"):
-        node._training(_task({"target_epsilon": 1e9, "target_delta": 1e-5}))
+    with pytest.raises(NodeError, match=r"max_epsilon = 8.*epsilon 50"):
+        node._training(_task({"target_epsilon": 50.0, "target_delta": 1e-5}))
     assert not (tmp_path / "privacy_ledger.json").exists()  # refused before anything is charged
     with pytest.raises(NodeError, match="max_delta"):
         node._training(_task({"target_epsilon": 4.0, "target_delta": 0.01}))
