@@ -169,9 +169,8 @@ def solve_shift(release: np.ndarray) -> Calibration:
     leave half the bins empty, and each empty bin clipped gains E[max(0, noise)] = 0.4 std of
     phantom records, mostly where sigmoid is near 1 (simulated at eps = 1 with three parties and
     demo-like margins: a shift biased by -0.35 with an RMS error of 0.46, against 0.00 and 0.40
-    unclipped). With negative counts the
-    predicted count need not increase everywhere; bisection still ends at a root, since the two
-    ends of [-MAX_SHIFT, MAX_SHIFT] bracket one.
+    unclipped). With negative counts the predicted count need not increase everywhere; bisection
+    still ends at a root, since the two ends of [-MAX_SHIFT, MAX_SHIFT] bracket one.
     """
     release = np.asarray(release, dtype=np.float64)
     if release.shape != (CALIBRATION_COORDINATES,) or not np.all(np.isfinite(release)):
