@@ -20,6 +20,8 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,21 @@ pytestmark = pytest.mark.slow
 SCREENSHOT_ENV = "FEDMASK_DASHBOARD_SCREENSHOT"
 CHROMIUM_ENV = "FEDMASK_CHROMIUM"
 HOSTILE_STOP_REASON = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+def _last_committed(state: Path) -> int:
+    """The last committed round in the coordinator's status file (0: none yet or no file)."""
+    try:
+        last = json.loads((state / "status.json").read_text()).get("last_committed")
+    except (OSError, ValueError):
+        return 0  # not written yet, or caught mid-replace
+    return int(last["round"]) if last else 0
+
+
+def _signal_all(processes: list[subprocess.Popen[bytes]], signum: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signum)
 
 
 def _chromium() -> str | None:
@@ -189,10 +206,19 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
         page.goto(url)
         page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
         assert page.inner_text("#coordinator-state") in ("starting", "running")
+        # Round 2 and the calibration round take seconds on 40 records, less than the page's
+        # refresh: the participants are paused once round 1 is committed, so the page is read
+        # while round 2 is open, and resumed after.
+        deadline = time.monotonic() + 300
+        while _last_committed(state) < 1:
+            assert time.monotonic() < deadline and coordinator.poll() is None, log_tails(logs)
+            time.sleep(0.05)
+        _signal_all(processes[1:], signal.SIGSTOP)
         try:
-            page.wait_for_selector('#rounds tr[data-round="1"][data-state="committed"]', timeout=300_000)
+            page.wait_for_selector('#rounds tr[data-round="1"][data-state="committed"]', timeout=60_000)
             page.wait_for_selector('#rounds tr[data-round="2"]', timeout=60_000)
         except Exception as exc:
+            _signal_all(processes[1:], signal.SIGCONT)
             raise AssertionError(f"round 1 not shown committed: {exc}\n{log_tails(logs)}") from None
 
         status = json.loads((state / "status.json").read_text())
@@ -215,6 +241,7 @@ def test_the_dashboard_during_a_live_run(page, tmp_path):
         if screenshot:
             page.screenshot(path=screenshot, full_page=True)
             assert Path(screenshot).stat().st_size < 300_000
+        _signal_all(processes[1:], signal.SIGCONT)
 
         # A stop with a hostile reason. The after-round stop lets round 2 (the last) finish, so the
         # coordinator may exit before the page's next refresh: the text is checked when the page
