@@ -109,6 +109,12 @@ class NeighbourGraph:
         return self._ids
 
     @property
+    def cycle(self) -> tuple[int, ...]:
+        """The participants in an order where neighbourhoods change little from one to the next:
+        a Harary graph's cycle order; the ids ascending for any other graph."""
+        return self._ring if self._ring is not None else self._ids
+
+    @property
     def degree(self) -> int:
         """Neighbours per participant (the same for all)."""
         return self._degree

@@ -121,6 +121,10 @@ class Server:
         self._self_mask_commitments: dict[int, bytes] = {}
         self._complaints: dict[int, tuple[Complaint, ...]] = {}  # complainer -> its complaints
         self._open_requests: dict[int, OpenRequest] = {}  # accused -> what it is asked to open
+        # Unmask responses, checked against the dealers' commitments as they arrive (while the
+        # others are still on their way): holder -> why one of its shares is not the one dealt.
+        self._share_faults: dict[int, str] = {}
+        self._share_committers: dict[tuple[str, int], keys.ShareCommitter] = {}
         # Participants proven to have misbehaved, and those that did not answer a complaint.
         self.culprits: dict[int, str] = {}
         self.suspects: dict[int, str] = {}
@@ -192,6 +196,10 @@ class Server:
             self._received[sender] = True  # the vector is in the sum; do not keep it
             if message.complaints:
                 self._complaints[sender] = message.complaints
+        elif isinstance(message, UnmaskResponse):
+            fault = self._uncommitted_share(message)
+            if fault is not None:
+                self._share_faults[sender] = fault
 
     def drop(self, participant: int, reason: str) -> None:
         """A participant disconnected or missed the deadline. A message already accepted in this
@@ -507,42 +515,47 @@ class Server:
 
     # --- unmask ---------------------------------------------------------------------------------
 
+    def _uncommitted_share(self, response: UnmaskResponse) -> str | None:
+        """Why one of ``response``'s shares is not the share its dealer committed to, or None."""
+        holder = response.sender
+        sid = self._current_session().session_id
+        for secret, shares in (("b", response.self_mask_shares), ("s", response.key_shares)):
+            for owner, share in shares:
+                if owner == holder:
+                    continue  # its own share: nothing was sent, nothing to check
+                envelope = self._envelopes[(owner, holder)]
+                expected = envelope.self_mask_share_commitment if secret == "b" else envelope.key_share_commitment
+                committer = self._share_committers.get((secret, owner))
+                if committer is None:
+                    committer = self._share_committers[(secret, owner)] = keys.ShareCommitter(
+                        session_id=sid, owner=owner, secret=secret
+                    )
+                if committer.commit(holder, share) != expected:
+                    what = "self-mask seed" if secret == "b" else "masking key"
+                    return f"revealed a share of participant {owner}'s {what} it was never dealt"
+        return None
+
     def _checked_shares(
         self, responders: tuple[int, ...]
     ) -> tuple[dict[int, dict[int, int]], dict[int, dict[int, int]]]:
-        """The revealed shares that match their dealers' commitments; holders that revealed
-        anything else are culprits, and their shares are left out."""
-        sid = self._current_session().session_id
+        """The revealed shares, by owner and holder, from the holders whose shares all match
+        their dealers' commitments (checked on receipt); the others are culprits, and none of
+        their shares is used."""
         b_shares: dict[int, dict[int, int]] = {u: {} for u in self.u3}
         s_shares: dict[int, dict[int, int]] = {v: {} for v in self.dropped}
-        committers: dict[tuple[str, int], keys.ShareCommitter] = {}
         for holder in responders:
+            fault = self._share_faults.get(holder)
+            if fault is not None:
+                self.culprits[holder] = fault
+                continue
             response = self._message_of(holder, UnmaskResponse)
-            for secret, shares, into in (
-                ("b", response.self_mask_shares, b_shares),
-                ("s", response.key_shares, s_shares),
-            ):
+            for shares, into in ((response.self_mask_shares, b_shares), (response.key_shares, s_shares)):
                 for owner, share in shares:
                     # Validated on receipt: a share is 33 bytes and a field element.
-                    value = int.from_bytes(share, "big")
-                    if holder == owner:
-                        into[owner][holder] = value  # its own share: nothing was sent to check
-                        continue
-                    envelope = self._envelopes[(owner, holder)]
-                    expected = envelope.self_mask_share_commitment if secret == "b" else envelope.key_share_commitment
-                    committer = committers.get((secret, owner))
-                    if committer is None:
-                        committer = committers[(secret, owner)] = keys.ShareCommitter(
-                            session_id=sid, owner=owner, secret=secret
-                        )
-                    if committer.commit(holder, share) != expected:
-                        what = "self-mask seed" if secret == "b" else "masking key"
-                        self.culprits[holder] = f"revealed a share of participant {owner}'s {what} it was never dealt"
-                        continue
-                    into[owner][holder] = value
+                    into[owner][holder] = int.from_bytes(share, "big")
         for by_holder in (*b_shares.values(), *s_shares.values()):
             for culprit in self.culprits:
-                by_holder.pop(culprit, None)  # one bad share: trust none of that holder's
+                by_holder.pop(culprit, None)  # a culprit of an earlier phase: trust none of its shares
         return b_shares, s_shares
 
     def _close_unmask(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
@@ -553,10 +566,16 @@ class Server:
             self._check_enough(shares, t, f"the self mask of participant {owner}")
         for owner, shares in s_shares.items():
             self._check_enough(shares, t, f"the masking key of dropped participant {owner}")
-        # Every secret at once: the Lagrange coefficients of all holder sets are one computation.
-        secrets = shamir.reconstruct_many([*b_shares.values(), *s_shares.values()], threshold=t)
-        rebuilt_b = dict(zip(b_shares, secrets[: len(b_shares)], strict=True))
-        rebuilt_s = dict(zip(s_shares, secrets[len(b_shares) :], strict=True))
+        # Every secret at once: the Lagrange coefficients of all holder sets are one computation,
+        # and in cycle order neighbouring secrets can share their holder sets.
+        position = {u: i for i, u in enumerate(session.graph.cycle)}
+        b_owners = sorted(b_shares, key=position.__getitem__)
+        s_owners = sorted(s_shares, key=position.__getitem__)
+        secrets = shamir.reconstruct_many(
+            [*(b_shares[u] for u in b_owners), *(s_shares[v] for v in s_owners)], threshold=t
+        )
+        rebuilt_b = dict(zip(b_owners, secrets[: len(b_owners)], strict=True))
+        rebuilt_s = dict(zip(s_owners, secrets[len(b_owners) :], strict=True))
         sid = session.session_id
         self_mask_seeds: list[bytes] = []
         for u, secret in rebuilt_b.items():

@@ -207,3 +207,13 @@ class TestParameterFinder:
     def test_small_n_needs_complete_graph(self):
         with pytest.raises(GraphError, match="complete graph"):
             find_secagg_plus_parameters(5, dropout_fraction=0.33, corruption_fraction=0.33)
+
+
+def test_the_cycle_is_the_harary_order_or_the_ids():
+    ids = list(range(3, 40, 3))
+    graph = harary_graph(ids, 4, SEED)
+    assert graph.cycle == cycle_order(ids, SEED)
+    for position, u in enumerate(graph.cycle):  # neighbours are the cycle's nearest two on each side
+        nearest = {graph.cycle[(position + step) % len(ids)] for step in (-2, -1, 1, 2)}
+        assert graph.neighbours(u) == nearest
+    assert complete_graph(ids).cycle == tuple(ids)
