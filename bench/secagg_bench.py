@@ -140,14 +140,15 @@ def render_table(report: dict[str, Any]) -> str:
         f"{report.get('workers', 1)} mask thread(s) on {report['cpus']} CPU(s)",
         "",
         "| n | d | graph | t | exact | client share s | client mask s | server unmask s | PRG floor s "
-        "| unmask / floor | round s | upload B/value | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| unmask / floor | responses checked on receipt s | round s | upload B/value | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['participants']} | {r['dim']:.0e} | {r['graph']} | {r['threshold']} | {r['exact']} "
             f"| {r['client_share_s']:.3f} | {r['client_mask_s']:.3f} | {r['server_unmask_s']:.3f} "
-            f"| {r['prg_floor_s']:.3f} | {r['unmask_over_prg_floor']:.2f} | {r['round_s']:.1f} "
+            f"| {r['prg_floor_s']:.3f} | {r['unmask_over_prg_floor']:.2f} | {r['server_unmask_receive_s']:.3f} "
+            f"| {r['round_s']:.1f} "
             f"| {r['upload_bytes_per_value']:.3f} | {r['server_peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)

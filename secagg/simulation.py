@@ -71,6 +71,9 @@ class SimulationResult:
     client_mask_s: float
     server_unmask_s: float
     round_s: float
+    # the server's work on the unmask responses as they arrive (their share checks), which a
+    # deployment overlaps with waiting for the rest; server_unmask_s starts after the last one
+    server_unmask_receive_s: float
     round_parallel_s: float
     upload_bytes_per_participant: float
     client_aborts: dict[int, str] = field(default_factory=dict)
@@ -90,6 +93,7 @@ class SimulationResult:
             "client_share_s": self.client_share_s,
             "client_mask_s": self.client_mask_s,
             "server_unmask_s": self.server_unmask_s,
+            "server_unmask_receive_s": self.server_unmask_receive_s,
             "round_s": self.round_s,
             "round_parallel_s": self.round_parallel_s,
             "upload_bytes_per_participant": self.upload_bytes_per_participant,
@@ -237,6 +241,7 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
         client_mask_s=_mean(timings[Phase.MASKED_INPUT]),
         server_unmask_s=server_unmask_s,
         round_s=round_s,
+        server_unmask_receive_s=server_times[Phase.UNMASK] - server_unmask_s,
         round_parallel_s=sum(max(timings[phase], default=0.0) + server_times[phase] for phase in Phase),
         phase_parallel_s={
             phase.value: (max(timings[phase], default=0.0), server_times[phase])
