@@ -14,7 +14,6 @@ gradient vector. ``rounding_tolerance`` says how far float32 rounding alone can 
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -23,33 +22,9 @@ import torch
 from fedmask.adapter.config import TrainingConfig
 from fedmask.adapter.vector import trainable_named_parameters
 from fedmask.participant.trainer import LocalTrainer, _collate, per_sequence_loss
+from fedmask.testing.tolerances import normwise_errors, rounding_tolerance
 
 CLIP = 0.05  # small enough that every record's gradient is clipped
-FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-
-
-def rounding_tolerance(model_config) -> float:
-    """A bound on the normwise relative error float32 rounding puts on one record's gradient.
-
-    A float32 reduction of n terms has relative error about sqrt(n) * u with high probability
-    (probabilistic rounding-error analysis, Higham & Mary 2019), u = 2^-24. The forward and
-    backward pass chain L + 2 stages (embeddings, L layers, head and loss), each a handful of
-    such reductions over at most n terms (hidden, intermediate or vocabulary width); 8 covers
-    the handful. MiniLM: 8 * 8 * sqrt(1536) * u = 1.5e-4; the tiny Qwen2: 4.3e-5. Measured
-    errors are about 1e-6, and a real bug is O(1): a swapped record moves the gradient by more
-    than its own norm, a scale off by 1% by 1e-2 (``test_the_comparison_catches_real_bugs``).
-    """
-    widths = [getattr(model_config, key, 0) or 0 for key in ("hidden_size", "intermediate_size", "vocab_size")]
-    stages = model_config.num_hidden_layers + 2
-    return 8 * stages * math.sqrt(max(widths)) * FLOAT32_UNIT_ROUNDOFF
-
-
-def normwise_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per record: ||got - expected|| / ||expected|| over every trainable parameter at once."""
-    assert list(got) == list(expected)
-    flat_got = torch.cat([g.double().flatten(1) for g in got.values()], dim=1)
-    flat_expected = torch.cat([g.double().flatten(1) for g in expected.values()], dim=1)
-    return (flat_got - flat_expected).norm(dim=1) / flat_expected.norm(dim=1)
 
 
 def _config(model: str, task: str, mode: str, clipping: str) -> TrainingConfig:
