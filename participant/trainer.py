@@ -24,6 +24,7 @@ from torch import nn
 from fedmask.adapter import calibration
 from fedmask.adapter.config import STEP_NOISE, ConfigError, TrainingConfig, noise_calibrated_learning_rate
 from fedmask.adapter.model import ClassificationHead, _is_head_parameter, build_adapter_model, classification_head
+from fedmask.adapter.prefix import FrozenPrefix, first_trainable_layer
 from fedmask.adapter.scores import DEFAULT_RESAMPLES, DEFAULT_SEED, causal_lm_scores, classification_scores
 from fedmask.adapter.vector import (
     VectorSpec,
@@ -466,6 +467,20 @@ class LocalTrainer:
         )
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
         self._head_names = {name for name in self.spec.names if _is_head_parameter(name)}
+        # LoRA in the top layers only: the frozen layers below run once per record (prefix.py).
+        self.prefix: FrozenPrefix | None = None
+        first = first_trainable_layer(self.model, _is_head_parameter)
+        if first:
+            self.prefix = FrozenPrefix.install(self.model, first)
+            if self.prefix is not None and not self.prefix.verify(self.model, *self._verification_batch()):
+                self.prefix = None
+
+    def _verification_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two fixed texts of different lengths, padded as training pads them."""
+        texts = ["Routine follow-up booked for next month.", "Chest pain at rest since this morning, short of breath."]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.config.max_seq_len)["input_ids"]
+        input_ids, mask, _ = _collate(self.tokenizer.pad_token_id)([(torch.tensor(i), 0) for i in ids])
+        return input_ids, mask
 
     # ------------------------------------------------------------------ adapter values
 

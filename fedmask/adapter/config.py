@@ -131,6 +131,10 @@ class TrainingConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] | None = None
+    # LoRA in the top ``lora_layers`` transformer layers only (None: every layer). The layers
+    # below stay frozen, so their outputs are computed once per record and replayed
+    # (fedmask.adapter.prefix): a step runs only the adapted layers.
+    lora_layers: int | None = None
     learning_rate: float | None = None
     head_learning_rate: float | None = None
     optimizer: str = "sgd"
@@ -191,6 +195,11 @@ class TrainingConfig:
                 and len(self.lora_targets) > 0
                 and all(isinstance(t, str) and t for t in self.lora_targets),
                 f"lora_targets must be a non-empty tuple of module names, got {self.lora_targets!r}",
+            )
+        if self.lora_layers is not None:
+            need(
+                isinstance(self.lora_layers, int) and not isinstance(self.lora_layers, bool) and self.lora_layers >= 1,
+                f"lora_layers must be a positive number of layers, got {self.lora_layers!r}",
             )
         for name in ("learning_rate", "head_learning_rate"):
             value = getattr(self, name)

@@ -140,6 +140,18 @@ def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...
     raise ConfigError(f"no default LoRA target modules for model type {model_type!r}; set lora_targets")
 
 
+def top_layers(model: nn.Module, count: int | None) -> list[int] | None:
+    """The indices of the model's top ``count`` transformer layers (None: all of them)."""
+    if count is None:
+        return None
+    total = getattr(model.config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise ConfigError("lora_layers: this model's config does not say how many layers it has")
+    if count > total:
+        raise ConfigError(f"lora_layers is {count}, but the model has {total} layers")
+    return list(range(total - count, total))
+
+
 def _is_head(name: str) -> bool:
     return name.split(".")[0] in _HEAD_NAMES
 
@@ -169,6 +181,7 @@ def attach_adapter(model: nn.Module, config: TrainingConfig) -> nn.Module:
             lora_alpha=config.lora_alpha,
             lora_dropout=0.0,
             target_modules=list(lora_targets_for(model, config)),
+            layers_to_transform=top_layers(model, config.lora_layers),
             bias="none",
         )
         return get_peft_model(model, peft_config)

@@ -128,6 +128,13 @@ def _check_output_directory(out_dir: Path) -> None:
 @click.option("--max-seq-len", type=int, default=64, show_default=True)
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option("--lora-targets", default=None, help="Comma-separated module names for LoRA [default: per architecture].")
+@click.option(
+    "--lora-layers",
+    type=int,
+    default=None,
+    help="LoRA in the top N transformer layers only; the frozen layers below run once per record "
+    "[default: every layer].",
+)
 @click.option("--num-labels", type=int, default=2, show_default=True)
 @click.option(
     "--heldout-fraction",
@@ -196,6 +203,7 @@ def train(
     max_seq_len: int,
     lora_rank: int,
     lora_targets: str | None,
+    lora_layers: int | None,
     num_labels: int,
     heldout_fraction: float,
     ledger_path: Path | None,
@@ -245,6 +253,7 @@ def train(
             max_seq_len=max_seq_len,
             lora_rank=lora_rank,
             lora_targets=_parse_targets(lora_targets),
+            lora_layers=lora_layers,
             seed=seed,
             noise_seed=reproducible_noise,
         )
