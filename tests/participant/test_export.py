@@ -18,7 +18,7 @@ from fedmask.participant.training import TrainingResult, train_adapter, write_tr
 LABELS = ["routine", "urgent"]
 
 
-def _small_config(minilm_path: str, mode: str) -> TrainingConfig:
+def _small_config(minilm_path: str, mode: str, lora_layers: int | None = None) -> TrainingConfig:
     # As in test_training.py: 50 records at batch size 1, 3 steps; quick, and the adapter moves.
     return TrainingConfig(
         model_path=minilm_path,
@@ -28,14 +28,15 @@ def _small_config(minilm_path: str, mode: str) -> TrainingConfig:
         batch_size=1,
         max_seq_len=32,
         lora_rank=4,
+        lora_layers=lora_layers,
         noise_seed=0,
     )
 
 
-def _train(minilm_path: str, mode: str, demo_records) -> TrainingResult:
+def _train(minilm_path: str, mode: str, demo_records, lora_layers: int | None = None) -> TrainingResult:
     train = demo_records("hospital-a", 200, seed=3)[:50]
     heldout = demo_records("hospital-a", 200, seed=3, split="heldout")  # 40 records
-    return train_adapter(_small_config(minilm_path, mode), train, heldout=heldout)
+    return train_adapter(_small_config(minilm_path, mode, lora_layers), train, heldout=heldout)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,24 @@ def test_the_export_folder_describes_the_model_without_local_paths(trained_lora,
 
 
 def test_predict_example_reproduces_the_report_without_fedmask(trained_lora, tmp_path: Path) -> None:
-    result, out = trained_lora
+    _check_predict_example(*trained_lora, tmp_path)
+
+
+def test_lora_in_the_top_layers_exports_and_reproduces_too(minilm_path: str, demo_records, tmp_path: Path) -> None:
+    """The demo's setting: LoRA in the top two layers, the frozen ones replayed while training
+    and scoring (fedmask.adapter.prefix); a standard load runs every layer."""
+    result = _train(minilm_path, "lora", demo_records, lora_layers=2)
+    prefix = result.trainer.prefix
+    assert prefix is not None
+    out = write_training_outputs(result, tmp_path / "out", export=True, label_names=LABELS)
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["layers_to_transform"] == [4, 5]
+    replayed = prefix.replayed_batches
+    _check_predict_example(result, out, tmp_path)  # scores the held-out split again: replayed
+    assert prefix.replayed_batches > replayed
+
+
+def _check_predict_example(result: TrainingResult, out: Path, tmp_path: Path) -> None:
     model = out / "model"
     cannot = _isolated_python("import fedmask", cwd=tmp_path)
     assert cannot.returncode != 0 and "No module named 'fedmask'" in cannot.stderr
