@@ -201,6 +201,7 @@ class TrainingConfig:
                 isinstance(self.lora_layers, int) and not isinstance(self.lora_layers, bool) and self.lora_layers >= 1,
                 f"lora_layers must be a positive number of layers, got {self.lora_layers!r}",
             )
+            need(self.mode == "lora", f"lora_layers applies to LoRA; mode {self.mode!r} trains other tensors")
         for name in ("learning_rate", "head_learning_rate"):
             value = getattr(self, name)
             if value is not None:

@@ -50,6 +50,8 @@ def test_lora_layers_adapts_only_the_top_layers(minilm_path: str) -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigError, match="lora_layers must be a positive number of layers"):
             TrainingConfig(lora_layers=bad)
+    with pytest.raises(ConfigError, match="lora_layers applies to LoRA; mode 'bitfit'"):
+        TrainingConfig(mode="bitfit", lora_layers=2)
 
 
 def test_every_layer_adapting_or_a_trainable_embedding_means_no_replay(minilm_path: str) -> None:
