@@ -253,7 +253,7 @@ class Node:
     # --- training ---------------------------------------------------------------------------
 
     def _training(self, task: fl.Task, *, plan_check: bool = True) -> tuple[TrainingConfig, LocalTrainer]:
-        from fedmask.adapter.config import TrainingConfig
+        from fedmask.adapter.config import ConfigError, TrainingConfig
         from fedmask.participant.trainer import LocalTrainer
 
         from .ledger import PrivacyLedger
@@ -289,7 +289,10 @@ class Node:
                 delta=config.target_delta,
             )
             self._refund_unreleased(self._ledger)
-            self._trainer = LocalTrainer(config, ledger=self._ledger)
+            try:
+                self._trainer = LocalTrainer(config, ledger=self._ledger)
+            except ConfigError as exc:  # settings the model cannot take (lora_layers beyond its depth)
+                raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
         if self.policy is not None and plan_check:
             plan = self._trainer.plan_for(len(self.data.train))
             after = self._ledger.projected_epsilon(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)

@@ -117,6 +117,14 @@ def test_the_coordinator_cannot_switch_the_task_the_records_are_for(tmp_path):
     assert not (tmp_path / "privacy_ledger.json").exists()  # refused before anything is charged
 
 
+def test_training_settings_the_model_cannot_take_are_refused_in_one_line(tmp_path):
+    node = _node(tmp_path, ParticipantPolicy())
+    with pytest.raises(NodeError, match="unusable training settings: lora_layers is 99, but the model has 6 layers"):
+        node._training(_task({"target_epsilon": 4.0, "target_delta": 1e-5, "lora_layers": 99}))
+    with pytest.raises(NodeError, match="unusable training settings: lora_layers must be a positive number"):
+        node._training(_task({"target_epsilon": 4.0, "target_delta": 1e-5, "lora_layers": 0}))
+
+
 def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
     node = _node(tmp_path, ParticipantPolicy(models=("all-minilm-l6-v2",)))
     with pytest.raises(NodeError, match="model /srv/other"):
