@@ -131,9 +131,10 @@ def federation_settings(
         "batch_size": 64,
         "max_seq_len": 64,
     }
-    if task == "classification" and mode == "lora":
-        # LoRA in MiniLM's top two of six layers: the four below run once per record and are
-        # replayed (docs/dp-training.md, "Frozen layers run once").
+    if task == "classification" and mode == "lora" and not model_path:
+        # LoRA in the bundled MiniLM's top two of six layers: the four below run once per record
+        # and are replayed (docs/dp-training.md, "Frozen layers run once"). A --model of unknown
+        # depth adapts every layer.
         training["lora_layers"] = 2
     if model_path:
         training["model_path"] = str(model_path)

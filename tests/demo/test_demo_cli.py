@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedmask.cli.demo import _parse_drops, _profile, demo, demo_threshold, party_names
+from fedmask.cli.demo import _parse_drops, _profile, demo, demo_threshold, federation_settings, party_names
 
 
 def test_party_names_cycle_through_the_three_profiles() -> None:
@@ -33,6 +33,17 @@ def test_party_names_cycle_through_the_three_profiles() -> None:
 @pytest.mark.parametrize(("count", "threshold"), [(2, 2), (3, 2), (4, 3), (6, 4), (10, 7), (12, 8)])
 def test_demo_threshold_is_two_thirds_and_at_least_two(count: int, threshold: int) -> None:
     assert demo_threshold(count) == threshold
+
+
+def test_the_bundled_model_adapts_its_top_two_layers_and_another_model_every_layer() -> None:
+    parties = party_names(3)
+    assert federation_settings(parties, 3)["training"]["lora_layers"] == 2
+    for settings in (
+        federation_settings(parties, 3, model_path="/srv/models/bert-12"),  # depth unknown here
+        federation_settings(parties, 3, mode="bitfit"),
+        federation_settings(parties, 3, task="causal_lm", model_path="/srv/models/qwen2"),
+    ):
+        assert "lora_layers" not in settings["training"]
 
 
 def test_drops_name_a_participant_and_a_round() -> None:
