@@ -72,8 +72,8 @@ def first_trainable_layer(model: nn.Module, is_head: Callable[[str], bool]) -> i
 
 
 class FrozenPrefix:
-    """Keeps and replays the output of layers ``0 .. first - 1`` of ``model`` (a base model
-    before its adapter is attached: see :meth:`install`)."""
+    """Keeps and replays the output of an encoder's layers ``0 .. first - 1`` (hooked into a
+    model by :meth:`install`)."""
 
     def __init__(self, encoder: nn.Module, layers: _LayerStack, first: int, max_bytes: int) -> None:
         self.first = first
@@ -120,9 +120,17 @@ class FrozenPrefix:
         ids, mask = self._batch
         if mask is None:
             mask = torch.ones_like(ids)
-        return [row[attended.bool()].numpy().tobytes() for row, attended in zip(ids, mask, strict=True)]
+        # The attended tokens and where they start (positions enter the embeddings).
+        keys = []
+        for row, attended in zip(ids, mask.bool(), strict=True):
+            start = int(attended.nonzero()[0, 0]) if bool(attended.any()) else 0
+            keys.append(start.to_bytes(4, "little") + row[attended].numpy().tobytes())
+        return keys
 
     def _replay(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Every forward starts with the whole layer list: a forward that raised after a replay
+        # never reached _done, and must not leave its skip to the next one.
+        self._layers.skip = 0
         keys = self._row_keys() if self.enabled else None
         self._keys = keys
         if keys is None or any(key not in self._states for key in keys):

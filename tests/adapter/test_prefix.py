@@ -138,3 +138,31 @@ def test_kept_states_stop_at_the_memory_cap(minilm_path: str, demo_records) -> N
     trainer.evaluate(demo_records("bank", 10, seed=1), batch_size=5)
     kept = len(prefix._states)
     assert kept == 5
+
+
+def test_a_forward_that_fails_after_a_replay_leaves_no_skip_behind(minilm_path: str, demo_records) -> None:
+    from fedmask.adapter.prefix import _layer_list
+
+    trainer = _trainer(minilm_path)
+    seen = _batch(trainer, demo_records("bank", 8, seed=3))
+    fresh = _batch(trainer, demo_records("hospital-a", 8, seed=4))
+    found = _layer_list(trainer.model)
+    assert found is not None and trainer.prefix is not None
+    top_layer = found[2][5]
+
+    def fail(module: nn.Module, args: tuple) -> None:
+        raise RuntimeError("out of memory in the top layer")
+
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.prefix.enabled = False
+        expected = trainer.model(input_ids=fresh[0], attention_mask=fresh[1]).logits
+        trainer.prefix.enabled = True
+        trainer.model(input_ids=seen[0], attention_mask=seen[1])  # keeps their lower layers' outputs
+        hook = top_layer.register_forward_pre_hook(fail)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            trainer.model(input_ids=seen[0], attention_mask=seen[1])  # replayed, then fails
+        hook.remove()
+        got = trainer.model(input_ids=fresh[0], attention_mask=fresh[1]).logits  # not kept: runs whole
+    errors = normwise_errors({"logits": got}, {"logits": expected})
+    assert bool((errors <= rounding_tolerance(trainer.model.config)).all()), errors.tolist()
