@@ -254,6 +254,7 @@ class Node:
 
     def _training(self, task: fl.Task, *, plan_check: bool = True) -> tuple[TrainingConfig, LocalTrainer]:
         from fedmask.adapter.config import ConfigError, TrainingConfig
+        from fedmask.adapter.model import check_lora_layers
         from fedmask.participant.trainer import LocalTrainer
 
         from .ledger import PrivacyLedger
@@ -282,6 +283,10 @@ class Node:
             except PolicyViolation as exc:
                 raise NodeError(str(exc)) from None
         if self._trainer is None or self._ledger is None or self._trainer.config != config:
+            try:
+                check_lora_layers(config)  # before the ledger file is made
+            except ConfigError as exc:
+                raise NodeError(f"the coordinator sent unusable training settings: {exc}") from None
             self._ledger = PrivacyLedger.open(
                 self.state_dir / "privacy_ledger.json",
                 accountant=config.accountant,

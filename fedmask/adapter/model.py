@@ -9,6 +9,7 @@ pooling all-MiniLM-L6-v2 was trained for.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,12 +145,29 @@ def top_layers(model: nn.Module, count: int | None) -> list[int] | None:
     """The indices of the model's top ``count`` transformer layers (None: all of them)."""
     if count is None:
         return None
-    total = getattr(model.config, "num_hidden_layers", None)
+    total = _checked_depth(count, getattr(model.config, "num_hidden_layers", None))
+    return list(range(total - count, total))
+
+
+def check_lora_layers(config: TrainingConfig) -> None:
+    """Refuse a ``lora_layers`` deeper than the model from its config.json alone, before
+    anything is loaded or written (the model's own check runs again when it is built)."""
+    if config.lora_layers is None:
+        return
+    path = Path(local_model_directory(config.resolved_model_path)) / "config.json"
+    try:
+        total = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    _checked_depth(config.lora_layers, total)
+
+
+def _checked_depth(count: int, total: object) -> int:
     if not isinstance(total, int):
         raise ConfigError("lora_layers: this model's config does not say how many layers it has")
     if count > total:
         raise ConfigError(f"lora_layers is {count}, but the model has {total} layers")
-    return list(range(total - count, total))
+    return total
 
 
 def _is_head(name: str) -> bool:

@@ -224,6 +224,7 @@ def train(
 
     from fedmask.adapter.config import ConfigError, TrainingConfig
     from fedmask.adapter.export import ExportError
+    from fedmask.adapter.model import check_lora_layers
     from fedmask.adapter.scores import summary_line
     from fedmask.participant.data import DataError, load_local_data
     from fedmask.participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
@@ -257,6 +258,7 @@ def train(
             seed=seed,
             noise_seed=reproducible_noise,
         )
+        check_lora_layers(config)
         data = load_local_data(
             data_path,
             task=task,

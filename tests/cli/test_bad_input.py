@@ -166,3 +166,10 @@ def test_participant_train_with_a_model_that_is_not_there(tmp_path, records):
     out = tmp_path / "out"
     args = ["participant", "train", "--data", str(records), "--model", "/nonexistent", "--out", str(out)]
     assert_one_line_error(CliRunner().invoke(main, args), "no model directory at /nonexistent")
+
+
+def test_participant_train_with_lora_layers_beyond_the_model(tmp_path, records):
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--lora-layers", "99", "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), "lora_layers is 99, but the model has 6 layers")
+    assert not out.exists()

@@ -121,6 +121,7 @@ def test_training_settings_the_model_cannot_take_are_refused_in_one_line(tmp_pat
     node = _node(tmp_path, ParticipantPolicy())
     with pytest.raises(NodeError, match="unusable training settings: lora_layers is 99, but the model has 6 layers"):
         node._training(_task({"target_epsilon": 4.0, "target_delta": 1e-5, "lora_layers": 99}))
+    assert not (tmp_path / "privacy_ledger.json").exists()  # refused before the ledger is made
     with pytest.raises(NodeError, match="unusable training settings: lora_layers must be a positive number"):
         node._training(_task({"target_epsilon": 4.0, "target_delta": 1e-5, "lora_layers": 0}))
 
