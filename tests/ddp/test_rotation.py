@@ -26,6 +26,22 @@ def test_fast_transform_across_the_cache_blocks():
     assert np.allclose(rotation.hadamard_transform(x), _reference_transform(x), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 2, 64, 128, 4096, 1 << 17])
+def test_transform_makes_the_plain_level_by_level_additions_bit_for_bit(n):
+    """Participants and the coordinator must agree on every bit: the levels run in an order
+    that suits the cache, but each value gets the additions of the textbook transform."""
+    x = np.random.default_rng(n).normal(size=n)
+    plain = x.copy()
+    half = 1
+    while half < n:
+        pairs = plain.reshape(-1, 2, half)
+        a, b = pairs[:, 0, :].copy(), pairs[:, 1, :].copy()
+        pairs[:, 0, :] = a + b
+        pairs[:, 1, :] = a - b
+        half *= 2
+    assert rotation.hadamard_transform(x).tobytes() == plain.tobytes()
+
+
 def test_transform_refuses_other_lengths():
     with pytest.raises(ValueError, match="power-of-two"):
         rotation.hadamard_transform(np.zeros(6))
