@@ -6,14 +6,17 @@ million values takes a fraction of a second.
 
 How exactness and speed go together
 -----------------------------------
-All randomness enters as uniform reals U in (0, 1), each known first to 64 bits. Each
+All randomness enters as uniform reals U in (0, 1), each known first to its leading 52 bits
+(the top bits of a 64-bit draw; the float x = n 2^-52 is then made exactly, by placing the bits
+in a float's mantissa, where numpy's uint64 -> float64 conversion would be the slowest pass of
+all). The low bits of the draw that made a discrete Laplace proposal give its sign. Each
 randomised decision is one of two kinds:
 
 - a Bernoulli(exp(-g)) trial, decided as ``E > g`` with E = -ln U an exponential variate;
 - a geometric variate floor(t * E).
 
 In numpy we compute E and g in float64 together with a rigorous bound on their error, which
-covers the 64-bit truncation of U (E lies in [-ln((u+1)/2^64), -ln(u/2^64)]), the rounding of
+covers the 52-bit truncation of U (E lies in [-ln(x + 2^-52), -ln(x)]), the rounding of
 every float operation, and the error of numpy's ``log``/``log1p``. Only where the exact answer
 could lie on either side of the computed one -- inside the error margin, a chance of about
 2^-40 per decision -- is the decision handed to ``exactmath``, which reads further bits of the
@@ -68,6 +71,10 @@ _SMALL_K = 64
 _LOG_FACTORIAL_TABLE = np.array(
     [float(sum(exactmath.log_factorial(k, 80)) / 2) for k in range(_SMALL_K)], dtype=np.float64
 )
+# Values drawn per pass: a pass's float64 temporaries (~0.5 MiB each) stay in a core's cache
+# while the few dozen numpy passes of a batch run over them. A million values in one batch run
+# about twice as long, every pass going out to memory.
+_BATCH = 1 << 16
 
 
 @dataclass
@@ -78,30 +85,51 @@ class SamplerStats:
     exact_decisions: int = 0
 
 
+# A 64-bit draw: U's leading _KNOWN_BITS bits are its top bits; the low _SPARE_BITS are free.
+_KNOWN_BITS = 52
+_SPARE_BITS = np.uint64(64 - _KNOWN_BITS)
+_EXPONENT_OF_ONE = np.uint64(0x3FF0000000000000)  # the bits of 1.0: 1.m for a 52-bit mantissa m
+
+
 def _uniform_u64(rng: RandomSource, count: int) -> np.ndarray:
     return np.frombuffer(rng.random_bytes(8 * count), dtype="<u8")
 
 
-def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds [lo, hi] on E = -ln U for U uniform in [u/2^64, (u+1)/2^64).
+def _lazy_uniform(u: int, rng: RandomSource) -> exactmath.LazyUniform:
+    """The uniform U that the draw ``u`` starts, for the exact path: its leading bits, and
+    further bits from ``rng`` on demand."""
+    return exactmath.LazyUniform(u >> int(_SPARE_BITS), _KNOWN_BITS, rng)
 
-    E lies in (-ln((u+1)/2^64), -ln(u/2^64)], an interval of width ln(1 + 1/u) <= 1/u, around
-    e = -log(float(u) * 2^-64), which is off by at most (2^-53 + rel * e) from -ln(u/2^64).
+
+def _leading_floats(u: np.ndarray) -> np.ndarray:
+    """x = (u >> 12) 2^-52 exactly: 1.m - 1 with m the top 52 bits (exact, by Sterbenz)."""
+    bits = u >> _SPARE_BITS
+    bits |= _EXPONENT_OF_ONE
+    x = bits.view(np.float64)
+    x -= 1.0
+    return x
+
+
+def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds [lo, hi] on E = -ln U for U uniform in [x, x + 2^-52), x = _leading_floats(u).
+
+    E lies in (-ln(x + 2^-52), -ln(x)], an interval of width ln(1 + 2^-52/x) <= 2^-52/x, around
+    e = -log(x), which is off by at most rel * e from -ln(x) (x is exact).
     """
-    uf = u.astype(np.float64)
-    with np.errstate(divide="ignore"):
-        e = uf * 2.0**-64
-        np.log(e, out=e)
+    x = _leading_floats(u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.log(x)
         np.negative(e, out=e)
         slack = e * _REL
         slack += 2.0**-50
         hi = e + slack
-        lo = np.divide(1.01, uf, out=uf)  # the width of E's interval, at most 1/u
+        lo = np.divide(1.01 * 2.0**-52, x, out=x)  # the width of E's interval, at most 2^-52/x
         lo += slack
         np.subtract(e, lo, out=lo)
-    zero = u == 0
-    lo[zero] = 44.0  # U < 2^-64: E > 64 ln 2 = 44.36...
-    hi[zero] = np.inf
+    if not np.all(e < np.inf):
+        zero = e == np.inf
+        lo[zero] = 36.0  # U < 2^-52: E > 52 ln 2 = 36.04...
+        hi[zero] = np.inf
     return lo, hi
 
 
@@ -122,7 +150,7 @@ def _geometric(scale: int, u: np.ndarray, rng: RandomSource, stats: SamplerStats
 
 def _geometric_exact(scale: int, u: int, at_least: int, rng: RandomSource) -> int:
     """The same floor(scale * E), for the same U, by exact comparisons U < exp(-k/scale)."""
-    uniform = exactmath.LazyUniform(u, 64, rng)
+    uniform = _lazy_uniform(u, rng)
     k = at_least + 1
     while uniform.below_exp_neg(Fraction(k, scale)):
         k += 1
@@ -136,12 +164,16 @@ def discrete_laplace(scale: int, count: int, rng: RandomSource, stats: SamplerSt
     out = np.empty(count, dtype=np.int64)
     filled = 0
     while filled < count:
-        need = count - filled
+        need = min(count - filled, _BATCH)
         batch = need + need // max(2 * scale, 8) + 16
-        magnitude = _geometric(scale, _uniform_u64(rng, batch), rng, stats)
-        negative = (np.frombuffer(rng.random_bytes(batch), dtype=np.uint8) & 1).astype(bool)
-        keep = ~(negative & (magnitude == 0))  # "-0" would double the weight of 0
-        values = np.where(negative, -magnitude, magnitude)[keep][:need]
+        u = _uniform_u64(rng, batch)
+        values = _geometric(scale, u, rng, stats)
+        negative = (u & np.uint64(1)).view(bool)[::8]  # the lowest bit of each draw: not in U
+        np.negative(values, out=values, where=negative)
+        negative_zero = negative & (values == 0)  # "-0" would double the weight of 0
+        if negative_zero.any():
+            values = values[~negative_zero]
+        values = values[:need]
         out[filled : filled + values.size] = values
         filled += values.size
     return out
@@ -168,7 +200,7 @@ def _accept(
     accept: npt.NDArray[np.bool_] = lo > gamma + gamma_error
     undecided = ~accept & ~(hi < gamma - gamma_error)
     for i in np.flatnonzero(undecided):
-        accept[i] = exactmath.LazyUniform(int(u[i]), 64, rng).below_exp_neg(exact_gamma(int(i)))
+        accept[i] = _lazy_uniform(int(u[i]), rng).below_exp_neg(exact_gamma(int(i)))
     if stats is not None:
         stats.exact_decisions += int(np.count_nonzero(undecided))
     return accept
@@ -192,7 +224,7 @@ def discrete_gaussian(variance: float, count: int, rng: RandomSource, stats: Sam
     out = np.empty(count, dtype=np.int64)
     filled = 0
     while filled < count:
-        need = count - filled
+        need = min(count - filled, _BATCH)
         batch = int(need * 1.36) + 64
         y = discrete_laplace(t, batch, rng, stats)
         ya = np.abs(y).astype(np.float64)
@@ -352,7 +384,7 @@ def poisson(mean: float, count: int, rng: RandomSource, stats: SamplerStats | No
     out = np.empty(count, dtype=np.int64)
     filled = 0
     while filled < count:
-        need = count - filled
+        need = min(count - filled, _BATCH)
         batch = int(need * 1.36) + 64
         k = m + discrete_laplace(t, batch, rng, stats)
         u = _uniform_u64(rng, batch)

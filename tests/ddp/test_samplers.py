@@ -27,7 +27,8 @@ def _mpmath_precision():
 
 def test_numpy_log_and_log1p_meet_the_assumed_accuracy():
     """Margins assume relative error <= LOG_RELATIVE_ERROR for numpy's float64 log and log1p,
-    at the arguments the samplers use: U = u 2^-64, k >= 64, and |u| <= 1/2 for log1p."""
+    at the arguments the samplers use: U's leading bits (any float in (0, 1) here), k >= 64,
+    and |u| <= 1/2 for log1p."""
     rng = SeededRandom.from_int(1)
     u = (
         np.frombuffer(rng.random_bytes(8 * 3000), dtype="<u8")
@@ -62,15 +63,16 @@ def test_geometric_fast_path_matches_exact_comparisons(scale):
 
 
 def test_geometric_boundary_cases_go_to_the_exact_path_with_the_right_odds():
-    """u chosen so that scale * E is within 2^-60 of an integer: the float cannot decide, the
+    """u chosen so that scale * E is within 2^-48 of an integer: the float cannot decide, the
     exact path does, and over the undrawn bits X >= k happens with P(U < e^(-k/scale) | u)."""
     scale, k = 1000, 2345
     lo, _ = exactmath.exp_neg(Fraction(k, scale), 200)
-    leading = math.floor(lo * (1 << 64))
-    conditional = float(lo * (1 << 64) - leading)
+    known = dpnoise._KNOWN_BITS
+    leading = math.floor(lo * (1 << known))
+    conditional = float(lo * (1 << known) - leading)
     stats_ = dpnoise.SamplerStats()
     rng = SeededRandom.from_int(5)
-    draws = dpnoise._geometric(scale, np.full(3000, leading, dtype=np.uint64), rng, stats_)
+    draws = dpnoise._geometric(scale, np.full(3000, leading << (64 - known), dtype=np.uint64), rng, stats_)
     assert stats_.exact_decisions == 3000
     assert set(np.unique(draws)) <= {k - 1, k}
     sd = math.sqrt(conditional * (1 - conditional) / 3000)
@@ -92,7 +94,7 @@ def test_discrete_gaussian_acceptance_fast_path_matches_exact(variance):
     exact_gamma = [(abs(int(v)) * t - s2) ** 2 / (2 * s2 * t * t) for v in y]
     fast = dpnoise._accept(gamma, gamma_error, u, lambda i: exact_gamma[i], rng, None)
     for ui, g, decision in zip(u, exact_gamma, fast, strict=True):
-        assert exactmath.LazyUniform(int(ui), 64, rng).below_exp_neg(g) == decision
+        assert dpnoise._lazy_uniform(int(ui), rng).below_exp_neg(g) == decision
     assert 0.3 < fast.mean() < 1.0
 
 
