@@ -36,7 +36,14 @@ import numpy as np
 from fedmask.ddp import samplers as dpnoise
 from fedmask.ddp.accounting import RDP_ORDERS, NoiseRecord, epsilon_from_rdp, gaussian_rdp
 from fedmask.ddp.rotation import padded_dimension, rotate, unrotate
-from fedmask.secagg.encoding import ImplausibleSum, centered_lift, clip_l2, randomized_round, to_modular
+from fedmask.secagg.encoding import (
+    ImplausibleSum,
+    centered_lift,
+    clip_l2,
+    l2_norm,
+    randomized_round,
+    to_modular,
+)
 from fedmask.secagg.errors import ParameterError, SecAggError
 from fedmask.secagg.rand import RandomSource, SeededRandom
 
@@ -472,16 +479,17 @@ def squared_norm_exact(values: np.ndarray) -> int:
     """sum(values^2) for an int64 vector with |values| < 2^40, exactly (20-bit limbs)."""
     if values.size == 0:
         return 0
-    if int(np.max(np.abs(values))) >= 1 << 40:
-        raise ValueError("values must be below 2^40 in magnitude")
-    magnitude = np.abs(values)
-    high = magnitude >> 20
-    low = magnitude & ((1 << 20) - 1)
     total = 0
-    chunk = 1 << 20  # each partial sum stays below 2^20 * 2^40 = 2^60
+    # Each partial sum stays below 2^16 * 2^40 = 2^56 (no int64 overflow), and a chunk's
+    # temporaries stay in cache.
+    chunk = 1 << 16
     for start in range(0, values.size, chunk):
-        h, lo = high[start : start + chunk], low[start : start + chunk]
-        total += (int(np.dot(h, h)) << 40) + (int(np.dot(h, lo)) << 21) + int(np.dot(lo, lo))
+        magnitude = np.abs(values[start : start + chunk])
+        if int(magnitude.max()) >= 1 << 40:
+            raise ValueError("values must be below 2^40 in magnitude")
+        high = magnitude >> 20
+        low = magnitude & ((1 << 20) - 1)
+        total += (int(np.dot(high, high)) << 40) + (int(np.dot(high, low)) << 21) + int(np.dot(low, low))
     return total
 
 
@@ -566,7 +574,7 @@ def decode_sum(total: np.ndarray, plan: AggregateNoisePlan, rotation_seed: bytes
     or with a norm no correct encodings can reach (``ImplausibleSum``)."""
     plan.check_survivors(survivors)
     lifted = lift_sum(total, plan)
-    norm, bound = float(np.linalg.norm(lifted.astype(np.float64))), sum_norm_bound(plan, survivors)
+    norm, bound = l2_norm(lifted.astype(np.float64)), sum_norm_bound(plan, survivors)
     if norm > bound:
         raise ImplausibleSum(
             f"the sum has L2 norm {norm:.4g} (scaled), more than {survivors} encodings can reach with "
