@@ -113,38 +113,40 @@ def _leading_floats(u: np.ndarray) -> np.ndarray:
 def _exponential_bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bounds [lo, hi] on E = -ln U for U uniform in [x, x + 2^-52), x = _leading_floats(u).
 
-    E lies in (-ln(x + 2^-52), -ln(x)], an interval of width ln(1 + 2^-52/x) <= 2^-52/x, around
-    e = -log(x), which is off by at most rel * e from -ln(x) (x is exact).
+    E lies in (-ln(x + 2^-52), -ln(x)], an interval of width ln(1 + 2^-52/x) <= 2^-52/x. With
+    L = log(x) off by at most LOG_RELATIVE_ERROR |ln x| (x is exact), hi = -L (1 + rel) + 2^-50
+    and lo = -L (1 - rel) - (1.01 2^-52/x + 2^-50) bound it after rounding (rel = 4 times the
+    log error: each multiplication, division and addition rounds by at most 2^-53 relative,
+    and E <= 52 ln 2 < 37 keeps the absolute rounding below rel |L|).
     """
     x = _leading_floats(u)
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.log(x)
-        np.negative(e, out=e)
-        slack = e * _REL
-        slack += 2.0**-50
-        hi = e + slack
-        lo = np.divide(1.01 * 2.0**-52, x, out=x)  # the width of E's interval, at most 2^-52/x
-        lo += slack
-        np.subtract(e, lo, out=lo)
-    if not np.all(e < np.inf):
-        zero = e == np.inf
-        lo[zero] = 36.0  # U < 2^-52: E > 52 ln 2 = 36.04...
-        hi[zero] = np.inf
+        log_x = np.log(x)
+        hi = np.multiply(log_x, -(1 + _REL))
+        hi += 2.0**-50
+        width = np.divide(1.01 * 2.0**-52, x, out=x)
+        width += 2.0**-50
+        lo = np.multiply(log_x, -(1 - _REL), out=log_x)
+        lo -= width
+    if hi.max() == np.inf:
+        lo[hi == np.inf] = 36.0  # U < 2^-52: E > 52 ln 2 = 36.04...
     return lo, hi
 
 
 def _geometric(scale: int, u: np.ndarray, rng: RandomSource, stats: SamplerStats | None) -> np.ndarray:
     """floor(scale * E) with E = -ln U: P(X >= k) = exp(-k/scale)."""
     lo, hi = _exponential_bounds(u)
+    # The products are rounded down (up) by the 4 ulp taken off (added to) the scale.
     with np.errstate(invalid="ignore"):
-        k_lo = np.floor(scale * lo * (1 - 4 * _ULP))
-        k_hi = np.floor(scale * hi * (1 + 4 * _ULP))
-    k_lo = np.maximum(k_lo, 0)
+        k_lo = np.floor(np.multiply(lo, scale * (1 - 4 * _ULP), out=lo), out=lo)
+        k_hi = np.floor(np.multiply(hi, scale * (1 + 4 * _ULP), out=hi), out=hi)
+    np.maximum(k_lo, 0, out=k_lo)
     out = k_lo.astype(np.int64)
-    for i in np.flatnonzero(k_lo != k_hi):
+    undecided = np.flatnonzero(k_lo != k_hi)
+    for i in undecided:
         out[i] = _geometric_exact(scale, int(u[i]), int(k_lo[i]), rng)
     if stats is not None:
-        stats.exact_decisions += int(np.count_nonzero(k_lo != k_hi))
+        stats.exact_decisions += int(undecided.size)
     return out
 
 
@@ -168,11 +170,13 @@ def discrete_laplace(scale: int, count: int, rng: RandomSource, stats: SamplerSt
         batch = need + need // max(2 * scale, 8) + 16
         u = _uniform_u64(rng, batch)
         values = _geometric(scale, u, rng, stats)
-        negative = (u & np.uint64(1)).view(bool)[::8]  # the lowest bit of each draw: not in U
-        np.negative(values, out=values, where=negative)
-        negative_zero = negative & (values == 0)  # "-0" would double the weight of 0
-        if negative_zero.any():
-            values = values[~negative_zero]
+        sign = np.bitwise_and(u, np.uint64(1)).view(np.int64)  # 1: negative (a bit U does not use)
+        if not values.all():
+            keep = (values != 0) | (sign == 0)  # "-0" would double the weight of 0
+            values, sign = values[keep], sign[keep]
+        np.negative(sign, out=sign)
+        np.bitwise_xor(values, sign, out=values)  # -v = (v ^ -1) + 1 where the sign is -1
+        values -= sign
         values = values[:need]
         out[filled : filled + values.size] = values
         filled += values.size
@@ -197,12 +201,16 @@ def _accept(
     the entries the float margin cannot settle.
     """
     lo, hi = _exponential_bounds(u)
-    accept: npt.NDArray[np.bool_] = lo > gamma + gamma_error
-    undecided = ~accept & ~(hi < gamma - gamma_error)
-    for i in np.flatnonzero(undecided):
+    bound = gamma + gamma_error
+    accept: npt.NDArray[np.bool_] = lo > bound
+    np.subtract(gamma, gamma_error, out=bound)
+    undecided = ~(hi < bound)
+    undecided &= ~accept
+    indices = np.flatnonzero(undecided) if undecided.any() else ()
+    for i in indices:
         accept[i] = _lazy_uniform(int(u[i]), rng).below_exp_neg(exact_gamma(int(i)))
     if stats is not None:
-        stats.exact_decisions += int(np.count_nonzero(undecided))
+        stats.exact_decisions += len(indices)
     return accept
 
 
@@ -210,6 +218,28 @@ def _check_variance(name: str, value: float) -> Fraction:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_VARIANCE):
         raise ValueError(f"{name} must be a finite number in [0, 2^50], got {value!r}")
     return Fraction(float(value))
+
+
+def _gaussian_exponent(y: np.ndarray, center: float, variance: float) -> tuple[np.ndarray, np.ndarray]:
+    """gamma = (|y| - s2/t)^2 / (2 s2) in float64 for integers |y| < 2^53 (exact as floats),
+    and a bound on its error: a = |y| - centre is off by a_error = (|y| + centre) ulp (the
+    subtraction, and ``center`` = s2/t rounded), then squaring and dividing add 2 ulp gamma:
+    ((2 |a| + a_error) a_error / (2 s2) + 2 ulp gamma) 1.01."""
+    magnitude = np.abs(y).astype(np.float64)
+    a = magnitude - center
+    a_error = magnitude
+    a_error += center
+    a_error *= _ULP
+    gamma = np.multiply(a, a)
+    gamma /= 2 * variance
+    gamma_error = np.abs(a, out=a)
+    gamma_error *= 2
+    gamma_error += a_error
+    gamma_error *= a_error
+    gamma_error /= 2 * variance
+    gamma_error += np.multiply(gamma, 2 * _ULP, out=a_error)
+    gamma_error *= 1.01
+    return gamma, gamma_error
 
 
 def discrete_gaussian(variance: float, count: int, rng: RandomSource, stats: SamplerStats | None = None) -> np.ndarray:
@@ -227,11 +257,7 @@ def discrete_gaussian(variance: float, count: int, rng: RandomSource, stats: Sam
         need = min(count - filled, _BATCH)
         batch = int(need * 1.36) + 64
         y = discrete_laplace(t, batch, rng, stats)
-        ya = np.abs(y).astype(np.float64)
-        a = ya - center
-        a_error = (ya + center) * _ULP
-        gamma = a * a / (2 * s2f)
-        gamma_error = ((2 * np.abs(a) + a_error) * a_error / (2 * s2f) + gamma * 2 * _ULP) * 1.01
+        gamma, gamma_error = _gaussian_exponent(y, center, s2f)
 
         def exact(i: int, y: np.ndarray = y) -> Fraction:
             return (abs(int(y[i])) * t - s2) ** 2 / (2 * s2 * t * t)

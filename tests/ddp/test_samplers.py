@@ -62,10 +62,11 @@ def test_geometric_fast_path_matches_exact_comparisons(scale):
         assert dpnoise._geometric_exact(scale, int(ui), max(0, int(x) - 2), rng) == x
 
 
-def test_geometric_boundary_cases_go_to_the_exact_path_with_the_right_odds():
-    """u chosen so that scale * E is within 2^-48 of an integer: the float cannot decide, the
+@pytest.mark.parametrize("k", [2345, 20345])  # E near 2.3, and near 20 where U's interval is wide
+def test_geometric_boundary_cases_go_to_the_exact_path_with_the_right_odds(k):
+    """u chosen so that e^(-k/scale) lies in U's known interval: the float cannot decide, the
     exact path does, and over the undrawn bits X >= k happens with P(U < e^(-k/scale) | u)."""
-    scale, k = 1000, 2345
+    scale = 1000
     lo, _ = exactmath.exp_neg(Fraction(k, scale), 200)
     known = dpnoise._KNOWN_BITS
     leading = math.floor(lo * (1 << known))
@@ -86,16 +87,27 @@ def test_discrete_gaussian_acceptance_fast_path_matches_exact(variance):
     t = math.isqrt(math.floor(s2)) + 1
     y = dpnoise.discrete_laplace(t, 400, rng)
     u = np.frombuffer(rng.random_bytes(8 * 400), dtype="<u8").copy()
-    center = float(s2 / t)
-    a = np.abs(y).astype(np.float64) - center
-    a_error = (np.abs(y) + center) * dpnoise._ULP
-    gamma = a * a / (2 * float(s2))
-    gamma_error = ((2 * np.abs(a) + a_error) * a_error / (2 * float(s2)) + gamma * 2 * dpnoise._ULP) * 1.01
+    gamma, gamma_error = dpnoise._gaussian_exponent(y, float(s2 / t), float(s2))
     exact_gamma = [(abs(int(v)) * t - s2) ** 2 / (2 * s2 * t * t) for v in y]
     fast = dpnoise._accept(gamma, gamma_error, u, lambda i: exact_gamma[i], rng, None)
     for ui, g, decision in zip(u, exact_gamma, fast, strict=True):
         assert dpnoise._lazy_uniform(int(ui), rng).below_exp_neg(g) == decision
     assert 0.3 < fast.mean() < 1.0
+
+
+@pytest.mark.parametrize("variance", [0.5, 12.25, 1e6 + 0.5, 1.5e13, 2.0**45])
+def test_discrete_gaussian_exponent_float_error_is_within_its_bound(variance):
+    """The acceptance exponent's float value is within its stated error of the exact rational,
+    from the centre of the proposal to far tails."""
+    s2 = Fraction(variance)
+    t = math.isqrt(math.floor(s2)) + 1
+    sd = math.sqrt(variance)
+    ys = sorted({0, 1, t, round(float(s2 / t))} | {round(z * sd) for z in np.linspace(-40, 40, 801)})
+    y = np.array(ys, dtype=np.int64)
+    gamma, error = dpnoise._gaussian_exponent(y, float(s2 / t), float(s2))
+    for v, g, e in zip(y, gamma, error, strict=True):
+        exact = (abs(int(v)) * t - s2) ** 2 / (2 * s2 * t * t)
+        assert abs(Fraction(float(g)) - exact) <= Fraction(float(e)), (int(v), float(g), float(exact), float(e))
 
 
 @pytest.mark.parametrize("mean", [0.3, 5.5, 63.9, 1000.5, 1e8 + 0.25, 2.0**45])
