@@ -37,11 +37,17 @@ def rotation_seed(round_id: bytes) -> bytes:
     return hashlib.sha256(_DOMAIN + len(round_id).to_bytes(4, "big") + round_id).digest()
 
 
+def _sign_flips(seed: bytes, count: int) -> np.ndarray:
+    """``count`` keystream bits (AES-CTR under the seed), least significant first: True where
+    D has -1."""
+    words = prg.expand(seed, (count + 31) // 32, 32)
+    flips: np.ndarray = np.unpackbits(words.view(np.uint8), count=count, bitorder="little").view(bool)
+    return flips
+
+
 def random_signs(seed: bytes, count: int) -> np.ndarray:
     """``count`` values in {-1.0, +1.0}, one keystream bit each (AES-CTR under the seed)."""
-    words = prg.expand(seed, (count + 31) // 32, 32)
-    bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:count]
-    return 1.0 - 2.0 * bits.astype(np.float64)
+    return 1.0 - 2.0 * _sign_flips(seed, count).astype(np.float64)
 
 
 # The butterflies of the first log2(_BLOCK) levels stay inside blocks of this many values
@@ -77,17 +83,28 @@ def _transform_block(block: np.ndarray) -> None:
     _butterflies(block, group, block.size)
 
 
+def _transform(out: np.ndarray, flips: np.ndarray | None = None) -> None:
+    """In place: H D out, where D negates the values ``flips`` marks (none if None), each block's
+    signs flipped while the block is in cache."""
+    n = out.size
+    block = min(n, _BLOCK)
+    for start in range(0, n, block):
+        part = out[start : start + block]
+        if flips is not None:  # flip the sign bits: the same as multiplying by -1
+            sign_bits = flips[start : start + block].astype(np.uint64)
+            sign_bits <<= np.uint64(63)
+            np.bitwise_xor(part.view(np.uint64), sign_bits, out=part.view(np.uint64))
+        _transform_block(part)
+    # The levels that span blocks pair value c of block r with value c of block r + h.
+    _butterflies(out, block, n)
+
+
 def hadamard_transform(vector: np.ndarray) -> np.ndarray:
     """The unnormalised Walsh-Hadamard transform H x (a new array); len(x) a power of two."""
     out = np.array(vector, dtype=np.float64, copy=True)
-    n = out.size
-    if n & (n - 1):
-        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {n}")
-    block = min(n, _BLOCK)
-    for start in range(0, n, block):
-        _transform_block(out[start : start + block])
-    # The levels that span blocks pair value c of block r with value c of block r + h.
-    _butterflies(out, block, n)
+    if out.size & (out.size - 1):
+        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {out.size}")
+    _transform(out)
     return out
 
 
@@ -97,10 +114,9 @@ def rotate(vector: np.ndarray, seed: bytes) -> np.ndarray:
     if vector.ndim != 1:
         raise ValueError(f"rotate takes a 1-D vector, got shape {vector.shape}")
     n = padded_dimension(vector.size)
-    padded = np.zeros(n, dtype=np.float64)
-    padded[: vector.size] = vector
-    padded *= random_signs(seed, n)
-    out = hadamard_transform(padded)
+    out = np.zeros(n, dtype=np.float64)
+    out[: vector.size] = vector
+    _transform(out, _sign_flips(seed, n))
     out *= 1.0 / math.sqrt(n)
     return out
 
