@@ -141,7 +141,7 @@ def _geometric(scale: int, u: np.ndarray, rng: RandomSource, stats: SamplerStats
         k_lo = np.floor(np.multiply(lo, scale * (1 - 4 * _ULP), out=lo), out=lo)
         k_hi = np.floor(np.multiply(hi, scale * (1 + 4 * _ULP), out=hi), out=hi)
     np.maximum(k_lo, 0, out=k_lo)
-    out = k_lo.astype(np.int64)
+    out: npt.NDArray[np.int64] = k_lo.astype(np.int64)
     undecided = np.flatnonzero(k_lo != k_hi)
     for i in undecided:
         out[i] = _geometric_exact(scale, int(u[i]), int(k_lo[i]), rng)

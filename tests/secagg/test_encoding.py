@@ -1,10 +1,12 @@
+import math
+
 import numpy as np
 import pytest
 
 from fedmask.secagg import encoding
 from fedmask.secagg.encoding import encode, to_modular
 from fedmask.secagg.params import EncodingParams
-from fedmask.secagg.rand import SeededRandom
+from fedmask.secagg.rand import SeededRandom, uniform_unit_floats
 
 
 def test_clip_scales_down_only_above_the_norm():
@@ -27,6 +29,22 @@ def test_randomized_rounding_is_unbiased_and_stays_on_neighbours():
     assert set(np.unique(rounded)) == {2, 3}
     # mean 2.3, standard error sqrt(0.21 / 2e5) ~ 0.001
     assert abs(rounded.mean() - 2.3) < 0.005
+
+
+def test_l2_norm_is_the_euclidean_norm_within_the_rounding_of_one_pass():
+    v = np.random.default_rng(1).normal(size=100_003)
+    reference = math.sqrt(math.fsum(float(x) * float(x) for x in v))
+    # n rounded products and n - 1 rounded additions, then the square root: relative error
+    # below (n + 1) 2^-53 (Higham, Accuracy and Stability, 3.1).
+    assert abs(encoding.l2_norm(v) - reference) <= (v.size + 1) * 2.0**-53 * reference
+    assert encoding.l2_norm(np.zeros(5)) == 0.0 and encoding.l2_norm(np.array([3.0, 4.0])) == 5.0
+
+
+def test_randomized_rounding_in_chunks_reads_the_stream_as_one_pass_does():
+    values = np.random.default_rng(0).normal(size=3 * (1 << 16) + 5) * 100
+    floor = np.floor(values)
+    one_pass = floor.astype(np.int64) + (uniform_unit_floats(SeededRandom.from_int(3), values.size) < values - floor)
+    assert np.array_equal(encoding.randomized_round(values, SeededRandom.from_int(3)), one_pass)
 
 
 def test_randomized_rounding_keeps_integers():
