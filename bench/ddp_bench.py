@@ -1,7 +1,8 @@
 """``fedmask bench ddp``: what distributed DP costs a participant, and what it costs in accuracy.
 
 1. Encoding cost for one update of d values on one core (the process pins itself to one CPU and
-   counts its own CPU time, so that other load on a shared machine does not inflate it):
+   counts its own CPU time, so that other load on a shared machine does not inflate it; its
+   memory allocator is first left as a participant's is after training, ``warm_allocator``):
    clip + rotation, scaling + conditional randomised rounding, the exact noise share, reduction
    mod 2^b -- next to the masking the participant does anyway (``secagg.prg.add_masks`` with the
    10 seeds of a 10-participant round: 9 pairwise masks and the self mask) on the same vector.
@@ -240,7 +241,7 @@ def ddp(
 
 def render(report: dict[str, Any]) -> str:
     lines = [
-        f"CPU seconds to encode one update on one core ({report['cpu']}; load average "
+        f"CPU milliseconds to encode one update on one core ({report['cpu']}; load average "
         f"{', '.join(f'{x:.1f}' for x in report['load_average'] or ())}); masking = add_masks with "
         f"{report['masking_seeds']} seeds on the same padded vector",
         "",
@@ -249,9 +250,9 @@ def render(report: dict[str, Any]) -> str:
     ]
     for c in report["encoding"]:
         lines.append(
-            f"| {c['mechanism']} | {c['dimension']:,} | {c['padded_dimension']:,} | {c['rotate_s']:.3f} "
-            f"| {c['round_s']:.3f} | {c['noise_s']:.3f} | {c['reduce_s']:.3f} | {c['total_s']:.3f} "
-            f"| {c['masking_s']:.3f} | {c['encoding_over_masking']:.1f}x |"
+            f"| {c['mechanism']} | {c['dimension']:,} | {c['padded_dimension']:,} | {1e3 * c['rotate_s']:.2f} "
+            f"| {1e3 * c['round_s']:.2f} | {1e3 * c['noise_s']:.2f} | {1e3 * c['reduce_s']:.2f} "
+            f"| {1e3 * c['total_s']:.2f} | {1e3 * c['masking_s']:.2f} | {c['encoding_over_masking']:.1f}x |"
         )
     lines += [
         "",

@@ -246,10 +246,11 @@ def _parse_drops(values: tuple[str, ...], rounds: int, parties: list[str]) -> di
 )
 @click.option(
     "--aggregate-noise",
-    type=click.Choice(["none", "skellam", "discrete_gaussian"]),
+    type=click.Choice(["none", "discrete_gaussian", "skellam"]),
     default="none",
     show_default=True,
-    help="Distributed DP: each participant adds integer noise before masking.",
+    help="Distributed DP: each participant adds integer noise before masking "
+    "(discrete_gaussian: the same error as skellam at half the encoding time).",
 )
 @click.option(
     "--aggregate-epsilon",
