@@ -303,6 +303,30 @@ def test_the_noise_search_lands_within_one_percent_below_the_budget(accountant: 
     assert 0.99 * epsilon <= compute_epsilon(accountant, [(composed, rate, steps), release], 1e-5) <= epsilon
 
 
+@pytest.mark.parametrize("guess", [1e-3, 0.5, 2.0, 3.0, 1e4])
+def test_the_noise_search_brackets_the_answer_from_any_starting_guess(guess: float) -> None:
+    from fedmask.participant.trainer import _smallest_noise
+
+    calls: list[float] = []
+
+    def spent(noise: float) -> float:  # decreasing, like any accountant's epsilon
+        calls.append(noise)
+        return 6.0 / noise**1.3
+
+    noise = _smallest_noise(spent, 3.0, guess)
+    assert 0.99 * 3.0 <= spent(noise) <= 3.0
+    assert len(calls) <= 40
+
+
+def test_the_central_limit_guess_starts_the_search_near_the_answer() -> None:
+    from fedmask.participant.trainer import _central_limit_guess, noise_multiplier_for
+
+    release = (5.0, 1.0, 1)
+    guess = _central_limit_guess(8.0, 1e-5, 0.16, 75, (release,))
+    answer = noise_multiplier_for(8.0, 1e-5, 0.16, 75, "prv", also=(release,))
+    assert 0.9 * answer <= guess <= answer
+
+
 def test_a_budget_the_other_events_already_spend_is_refused() -> None:
     from fedmask.participant.trainer import noise_multiplier_for
 
