@@ -101,6 +101,9 @@ def encoding_cost(dimension: int, repeats: int, mechanism: AggregateNoise) -> di
     update = np.random.default_rng(0).normal(size=dimension)
     stages: dict[str, list[float]] = {"rotate": [], "round": [], "noise": [], "reduce": [], "total": []}
     sampler = dpnoise.skellam if mechanism is AggregateNoise.SKELLAM else dpnoise.discrete_gaussian
+    # Once untimed: the samplers' per-variance constants are computed with exact arithmetic
+    # once per process (a few milliseconds), and would otherwise land in the first repeat.
+    distributed_dp.encode_with_noise(update, plan, seed, rng)
     for _ in range(repeats):
         clipped_rotated, t_rotate = _timed(lambda: rotation.rotate(clip_l2(update, 1.0)[0], seed))
         rounded, t_round = _timed(
