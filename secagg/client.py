@@ -363,16 +363,7 @@ class Client:
             try:
                 if identity is None or dealer_commitment is None:
                     raise CryptoError("no identity key or self-mask commitment for the sender")
-                payload = keys.envelope_payload(
-                    session.session_id,
-                    share.sender,
-                    self.me,
-                    ephemeral_key=share.ephemeral_key,
-                    ciphertext=share.ciphertext,
-                    self_mask_share_commitment=share.self_mask_share_commitment,
-                    key_share_commitment=share.key_share_commitment,
-                    self_mask_commitment=dealer_commitment,
-                )
+                payload = keys.envelope_payload_of(session.session_id, share, self_mask_commitment=dealer_commitment)
                 keys.verify(identity, share.signature, payload)
             except CryptoError:
                 kind = ComplaintKind.BAD_SIGNATURE

@@ -37,6 +37,7 @@ from .errors import CryptoError
 from .rand import RandomSource
 
 if TYPE_CHECKING:
+    from .messages import EncryptedShare
     from .prg import PartRunner
 
 PUBLIC_KEY_BYTES = 32
@@ -219,6 +220,20 @@ def envelope_payload(
         + self_mask_share_commitment
         + key_share_commitment
         + self_mask_commitment
+    )
+
+
+def envelope_payload_of(session_id: bytes, envelope: EncryptedShare, *, self_mask_commitment: bytes) -> bytes:
+    """``envelope_payload`` of an envelope as it travels: what its sender signs."""
+    return envelope_payload(
+        session_id,
+        envelope.sender,
+        envelope.recipient,
+        ephemeral_key=envelope.ephemeral_key,
+        ciphertext=envelope.ciphertext,
+        self_mask_share_commitment=envelope.self_mask_share_commitment,
+        key_share_commitment=envelope.key_share_commitment,
+        self_mask_commitment=self_mask_commitment,
     )
 
 

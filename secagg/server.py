@@ -443,15 +443,8 @@ class Server:
     def _decide_signature_complaint(self, complainer: int, accused: int) -> None:
         envelope = self._envelopes[(accused, complainer)]
         identity = self.config.identity_keys.get(accused)
-        payload = keys.envelope_payload(
-            self._current_session().session_id,
-            accused,
-            complainer,
-            ephemeral_key=envelope.ephemeral_key,
-            ciphertext=envelope.ciphertext,
-            self_mask_share_commitment=envelope.self_mask_share_commitment,
-            key_share_commitment=envelope.key_share_commitment,
-            self_mask_commitment=self._self_mask_commitments[accused],
+        payload = keys.envelope_payload_of(
+            self._current_session().session_id, envelope, self_mask_commitment=self._self_mask_commitments[accused]
         )
         try:
             if identity is None:
