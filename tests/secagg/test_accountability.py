@@ -103,15 +103,8 @@ def _tampered_share_keys(r, sender: int, *, resign: bool):
         for envelope in reply.shares:
             bad = _flip_byte(envelope)
             if resign:
-                payload = keys.envelope_payload(
-                    reply.session_id,
-                    u,
-                    bad.recipient,
-                    ephemeral_key=bad.ephemeral_key,
-                    ciphertext=bad.ciphertext,
-                    self_mask_share_commitment=bad.self_mask_share_commitment,
-                    key_share_commitment=bad.key_share_commitment,
-                    self_mask_commitment=reply.self_mask_commitment,
+                payload = keys.envelope_payload_of(
+                    reply.session_id, bad, self_mask_commitment=reply.self_mask_commitment
                 )
                 bad = dataclasses.replace(bad, signature=keys.sign(r.identity[u], payload))
             envelopes.append(bad)
