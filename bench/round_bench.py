@@ -5,7 +5,8 @@ demo's first party) runs ``--rounds`` rounds the way ``participant node`` does, 
 with every core this process may use (a participant on its own machine). Each row is one round:
 
 - ``load``: building the trainer (model, adapter, tokenizer); the node keeps it across rounds, so
-  only the first round pays it;
+  only the first round pays it. The library code a load imports is imported before round 1, as
+  the node does when it starts, and printed apart (``startup``);
 - ``evaluate``: the coordinator's adapter on the held-out split (its sums ride in the masked
   vector);
 - ``train``: DP-SGD, the linear-probe steps included (``train_adapter`` as the node calls it:
@@ -65,13 +66,14 @@ def secure_aggregation_times(participants: int, threshold: int, dimension: int, 
 
 def participant_rounds(
     rounds: int, records: int, workdir: Path, echo: Callable[[str], None]
-) -> tuple[list[dict[str, float]], int]:
-    """Time ``rounds`` node-style rounds of the demo's first party; returns the rows and the
-    masked vector's dimension."""
+) -> tuple[list[dict[str, float]], int, float]:
+    """Time ``rounds`` node-style rounds of the demo's first party; returns the rows, the
+    masked vector's dimension and the start-up import's seconds."""
     import numpy as np
 
     from fedmask.adapter.config import TrainingConfig
     from fedmask.adapter.metrics import RoundMetrics, encode_metrics
+    from fedmask.adapter.model import import_model_code
     from fedmask.cli.demo import federation_settings, party_names
     from fedmask.coordinator.config import FederationConfig
     from fedmask.demo.data import generate_records, write_records
@@ -88,6 +90,7 @@ def participant_rounds(
     encoding = federation.encoding()
     data_path = write_records(generate_records(parties[0], records, seed=0), workdir / "records.jsonl")
     data = load_local_data(data_path)
+    startup = import_model_code()  # as Node.run does before it asks for a task
     rows: list[dict[str, float]] = []
     trainer: LocalTrainer | None = None
     ledger: PrivacyLedger | None = None
@@ -132,7 +135,7 @@ def participant_rounds(
         row["encode"] = time.perf_counter() - started
         rows.append(row)
         global_vector = result.vector
-    return rows, int(masked_input.size)
+    return rows, int(masked_input.size), startup
 
 
 @click.command("round")
@@ -162,7 +165,7 @@ def round_bench(rounds: int, records: int | None, as_json: bool) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="fedmask-bench-round-"))
     try:
-        rows, dimension = participant_rounds(rounds, records, workdir, echo)
+        rows, dimension, startup = participant_rounds(rounds, records, workdir, echo)
         echo(f"secure aggregation of 3 participants at d={dimension}, in memory and over loopback gRPC ...")
         aggregation = secure_aggregation_times(3, demo_threshold(3), dimension, workdir / "grpc")
     finally:
@@ -177,6 +180,7 @@ def round_bench(rounds: int, records: int | None, as_json: bool) -> None:
         "torch_threads": threads,
         "cpus": os.cpu_count(),
         "wire_round_s": aggregation["wire_round_s"],
+        "startup_s": startup,
         "rounds": rows,
     }
     if as_json:
@@ -193,6 +197,7 @@ def round_bench(rounds: int, records: int | None, as_json: bool) -> None:
     for row in rows:
         cells = " | ".join(f"{row[p]:.2f}" if row[p] >= 0.01 else f"{row[p]:.4f}" for p in PHASES)
         lines.append(f"| {int(row['round'])} | {cells} | {row['total']:.2f} |")
+    lines += ["", f"start-up, before round 1 (the node imports the model code when it starts): {startup:.2f} s"]
     click.echo("\n".join(lines))
 
 

@@ -325,8 +325,12 @@ class Node:
 
     def run(self) -> dict[str, Any]:
         """Follow the federation until it finishes; returns the final evaluation."""
+        from fedmask.adapter.model import import_model_code
+
         from .training import train_adapter
 
+        # Imported now, while no round waits: otherwise round 1 would, on its critical path.
+        import_model_code()
         while True:
             task = self.get_task()
             joins_round = task.action in (fl.Task.TRAIN, fl.Task.CALIBRATE)

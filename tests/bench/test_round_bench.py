@@ -26,3 +26,4 @@ def test_round_bench_times_every_phase_and_loads_the_model_once() -> None:
     # The masked vector: the whole MiniLM LoRA adapter and head, then the metric coordinates.
     assert report["dimension"] > METRIC_COORDINATES
     assert report["wire_round_s"] >= 0
+    assert report["startup_s"] >= 0  # imported before round 1, as the node does

@@ -465,3 +465,25 @@ def test_the_adapter_download_deadline_follows_the_announced_size(tmp_path, monk
     task = fl.Task(adapter_sha256=packed.sha256, adapter_bytes=len(packed.data), adapter_round=0)
     assert node.download(task).vector.tolist() == [0.0] * 4
     assert timeouts == [30.0 + len(packed.data) / 1000.0]
+
+
+def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, monkeypatch):
+    # Round 1 must not wait for Python to import transformers: the node does it when it starts.
+    from fedmask.adapter import model as model_module
+
+    calls: list[str] = []
+
+    class Asked(Exception):
+        pass
+
+    def get_task():
+        calls.append("get_task")
+        raise Asked
+
+    monkeypatch.setattr(model_module, "import_model_code", lambda: calls.append("import") or 0.0)
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    node = Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path)
+    monkeypatch.setattr(node, "get_task", get_task)
+    with pytest.raises(Asked):
+        node.run()
+    assert calls == ["import", "get_task"]
