@@ -269,6 +269,7 @@ def take_part(
     sleep: Callable[[float], None] = time.sleep,
     jitter: random.Random | None = None,
     policy: ParticipantPolicy | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Join the coordinator's open round and take part until it ends.
 
@@ -279,7 +280,11 @@ def take_part(
     ``input_for_round(start)`` returns the encoded input (integers mod 2^b, shape (d,)) once the
     round's parameters are known. ``before_send(phase)`` is called just before each protocol
     message goes out (the loopback harness uses it to stop a participant in a chosen phase).
-    ``sleep`` and ``jitter`` drive the connection backoff (injectable for tests)."""
+    ``sleep`` and ``jitter`` drive the connection backoff (injectable for tests).
+    ``still_wanted()``, asked before each retry, says whether the round this participant set out
+    to join is still the coordinator's: a coordinator that restarted re-opens an interrupted round
+    under a new id, and joining that one would only end in a refusal at its start (and the round
+    going on without this participant) instead of training for it first."""
     progress = progress or (lambda line: None)
     jitter = jitter or random.Random()
     outcome = Outcome(identity.name)
@@ -305,6 +310,10 @@ def take_part(
             delay = connection.backoff_s(attempt, jitter)
             progress(f"coordinator not reachable or no round open ({code.name}); retrying in {delay:.2f} s")
             sleep(delay)
+            if still_wanted is not None and not still_wanted():
+                outcome.status = code.name
+                outcome.reason = "the round this participant was joining is no longer open (the coordinator moved on)"
+                return outcome
     raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
 

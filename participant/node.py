@@ -442,6 +442,12 @@ class Node:
 
         self._join(task, ledger, release_tag, input_for_round)
 
+    def _still_current(self, task: fl.Task) -> bool:
+        """Whether ``task`` is still what the coordinator asks for (it may have restarted and
+        re-opened the round under a new id while this node was trying to join)."""
+        current = self.get_task()
+        return current.action == task.action and current.round_id == task.round_id
+
     def _join(
         self,
         task: fl.Task,
@@ -451,8 +457,7 @@ class Node:
     ) -> None:
         """Join the task's secure-aggregation round with what ``input_for_round`` masks; a charge
         under ``release_tag`` whose output never entered the protocol is refunded."""
-        current = self.get_task()
-        if current.action != task.action or current.round_id != task.round_id:
+        if not self._still_current(task):
             # The coordinator restarted or re-ran the round while this node trained: the update
             # belongs to a round that no longer exists. Drop it; the next task says what to do.
             self.progress(f"round {task.round}: the coordinator moved on while training; update discarded")
@@ -465,7 +470,14 @@ class Node:
         self.state.uploaded_round_ids.append(task.round_id.hex())
         self.state.last_round = task.round
         self.state.save(self.state_dir / "node.json")
-        outcome = take_part(self.connection, self.identity, input_for_round, progress=self.progress, policy=self.policy)
+        outcome = take_part(
+            self.connection,
+            self.identity,
+            input_for_round,
+            progress=self.progress,
+            policy=self.policy,
+            still_wanted=lambda: self._still_current(task),
+        )
         if outcome.completed:
             self.progress(f"round {task.round}: secure aggregation completed")
         else:

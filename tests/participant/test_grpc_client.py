@@ -105,6 +105,29 @@ def test_unreachable_coordinator_is_retried_then_given_up_with_a_reason(federati
     assert "TLS certificate" not in outcome.reason  # nothing listens: no certificate was refused
 
 
+def test_a_participant_stops_retrying_once_its_round_is_no_longer_wanted(federation):
+    slept: list[float] = []
+    asked: list[int] = []
+    target = connection(federation, "alice", free_port(), connect_attempts=4, initial_backoff_s=0.1)
+
+    def still_wanted() -> bool:
+        asked.append(len(slept))
+        return len(asked) < 2  # the second look finds the coordinator has moved on
+
+    outcome = take_part(
+        target,
+        Identity("alice"),
+        provider("alice"),
+        sleep=slept.append,
+        jitter=random.Random(1),
+        still_wanted=still_wanted,
+    )
+    assert not outcome.completed
+    assert outcome.attempts == 2 and asked == [1, 2] and len(slept) == 2  # asked after each wait, before retrying
+    assert outcome.status == "UNAVAILABLE"
+    assert outcome.reason == "the round this participant was joining is no longer open (the coordinator moved on)"
+
+
 def test_participant_retries_until_a_round_opens(federation, coordinator):
     """The coordinator is up but opens its round only after the participants' first attempts
     were told UNAVAILABLE ("no round is open")."""

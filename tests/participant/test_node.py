@@ -240,6 +240,25 @@ def test_an_update_that_never_left_is_refunded(tmp_path, monkeypatch):
     assert _ledger_steps(other) == (0, [])
 
 
+def test_a_node_does_not_retry_into_a_round_the_coordinator_reopened_under_a_new_id(tmp_path, monkeypatch):
+    # The coordinator restarted while this node was joining: the round it re-opens has another
+    # id, so the node stops retrying, is refunded, and trains for the new round on its next task.
+    reopened = fl.Task(action=fl.Task.TRAIN, round=1, total_rounds=3, round_id=b"r1-again")
+    answers: list[bool] = []
+
+    def coordinator_restarts_during_the_join(connection, identity, input_for_round, *, still_wanted, **kwargs):
+        answers.append(still_wanted())  # the same coordinator: go on trying
+        monkeypatch.setattr(node, "get_task", lambda: reopened)
+        answers.append(still_wanted())  # restarted, round re-opened: give up
+        return SimpleNamespace(completed=False, reason="the round this participant was joining is no longer open")
+
+    node, logs = _ledger_node(tmp_path, monkeypatch, take_part=coordinator_restarts_during_the_join)
+    node._train_and_upload(_task(LEDGER_TRAINING), _train())
+    assert answers == [True, False]
+    assert any("no longer open" in line for line in logs)
+    assert _ledger_steps(tmp_path) == (0, [])  # nothing of it entered a round: refunded
+
+
 def test_a_restarted_node_tries_once_to_rejoin_a_round_its_update_never_entered(tmp_path, monkeypatch):
     def dies_while_waiting_for_the_start(connection, identity, input_for_round, **kwargs):
         raise _Crash
