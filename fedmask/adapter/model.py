@@ -48,11 +48,11 @@ MODEL_CODE = (
 def import_model_code() -> float:
     """Import :data:`MODEL_CODE`, reading no model; returns the seconds it took.
 
-    A process's first model load is mostly Python importing this code (1.2 s of MiniLM's 1.7 s
-    on a 2-core machine; with it imported, MiniLM with its adapter builds in 0.3 s). A participant node
-    imports it when it starts, before it asks for its first task, so round 1 does not wait for
-    it. A module this transformers release lacks is skipped: its import happens at load time,
-    as before.
+    A process's first model load is mostly Python importing this code (1.2-1.5 s of MiniLM's
+    1.7 s on a 2-core machine; with it imported, MiniLM with its adapter builds in 0.3 s). A
+    participant node imports it when it starts, before it asks for its first task, so round 1
+    does not wait for it. A module this transformers release lacks is skipped: its import
+    happens at load time, as before.
     """
     started = time.perf_counter()
     for name in MODEL_CODE:
