@@ -54,6 +54,7 @@ from .grpc_client import Connection, Identity, _open_channel, explain_unavailabl
 
 if TYPE_CHECKING:
     from fedmask.adapter.config import TrainingConfig
+    from fedmask.adapter.vector import VectorSpec
 
     from .ledger import PrivacyLedger
     from .trainer import Evaluation, LocalTrainer
@@ -209,7 +210,16 @@ class Node:
 
         return self._call("GetTask", get)
 
-    def download(self, task: fl.Task) -> adapter_payload.AdapterPayload:
+    def download(self, task: fl.Task, spec: VectorSpec) -> adapter_payload.AdapterPayload:
+        """The task's global adapter. ``spec``, this node's own adapter layout, bounds what it
+        accepts to download: a coordinator announcing more could fill this machine's memory."""
+        limit = adapter_payload.size_bound(spec.to_json(), spec.size, task.adapter_round)
+        if task.adapter_bytes > limit:
+            raise NodeError(
+                f"the coordinator announces a {task.adapter_bytes}-byte global adapter; this node's model and "
+                f"adapter settings make at most {limit} bytes"
+            )
+
         def fetch(stub: fl_grpc.FederationStub) -> bytes:
             chunks: list[bytes] = []
             expected = 0
@@ -338,8 +348,8 @@ class Node:
                 self.sleep(max(0.2, min(task.retry_after_s or 2.0, 10.0)))
                 continue
             if task.action == fl.Task.FINISHED:
-                payload = self.download(task)
                 _, trainer = self._training(task)
+                payload = self.download(task, trainer.spec)
                 evaluation = self._evaluate(trainer, payload.vector)
                 self.report(task.round, payload.round)
                 accuracy = evaluation.accuracy if evaluation else None
@@ -386,8 +396,8 @@ class Node:
         return on_step
 
     def _train_and_upload(self, task: fl.Task, train_adapter: TrainAdapter) -> None:
-        payload = self.download(task)
         config, trainer = self._training(task)
+        payload = self.download(task, trainer.spec)
         ledger = self._ledger
         assert ledger is not None  # ``_training`` opens it with the trainer
         if trainer.spec.to_json() != payload.layout:
@@ -493,8 +503,8 @@ class Node:
 
         from .ledger import PrivacyBudgetExceeded
 
-        payload = self.download(task)
         config, trainer = self._training(task, plan_check=False)
+        payload = self.download(task, trainer.spec)
         ledger = self._ledger
         assert ledger is not None  # ``_training`` opens it with the trainer
         if not trainer.calibrates:

@@ -41,6 +41,17 @@ def pack(vector: np.ndarray, layout: list[dict[str, object]], round_number: int)
     return AdapterPayload(vector, layout, round_number, data, hashlib.sha256(data).hexdigest())
 
 
+def size_bound(layout: list[dict[str, object]], dimension: int, round_number: int) -> int:
+    """The most bytes ``pack`` makes of a ``dimension``-value vector with this layout and round:
+    what a participant lets a coordinator announce before it downloads anything. The header is
+    the one-value file's, plus the digits the shape and offsets gain, plus 8-byte alignment."""
+    if dimension < 1:
+        raise AdapterPayloadError(f"an adapter has at least one value, not {dimension}")
+    one_value = len(pack(np.zeros(1, dtype=np.float32), layout, round_number).data)
+    longer_numbers = len(str(dimension)) - 1 + len(str(4 * dimension)) - 1
+    return one_value + 4 * (dimension - 1) + longer_numbers + 7
+
+
 def unpack(data: bytes, expected_sha256: str) -> AdapterPayload:
     """Parse a downloaded adapter after checking its digest against the announced one."""
     digest = hashlib.sha256(data).hexdigest()

@@ -12,6 +12,7 @@ import pytest
 
 from fedmask.adapter.calibration import CALIBRATION_COORDINATES, encode_release
 from fedmask.adapter.metrics import METRIC_COORDINATES
+from fedmask.adapter.vector import VectorSpec
 from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData
 from fedmask.participant.grpc_client import Connection, Identity
@@ -140,6 +141,7 @@ def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
 
 LEDGER_TRAINING = {"target_epsilon": 4.0, "target_delta": 1e-5}
 LAYOUT = {"tensors": [{"name": "lora.weight", "shape": [4], "dtype": "float32"}]}
+SPEC = VectorSpec.from_json(LAYOUT["tensors"])
 STEPS = 5
 
 
@@ -163,7 +165,7 @@ def _ledger_node(tmp_path, monkeypatch, *, task_now=None, take_part=None, traine
     data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
     node = Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path, progress=logs.append)
     payload = SimpleNamespace(vector=np.zeros(4, dtype=np.float32), layout=LAYOUT, round=0)
-    monkeypatch.setattr(node, "download", lambda task: payload)
+    monkeypatch.setattr(node, "download", lambda task, spec: payload)
     monkeypatch.setattr(node, "report", lambda round_number, adapter_round: None)
     monkeypatch.setattr(node, "_evaluate", lambda trainer, vector: None)
     monkeypatch.setattr(node, "get_task", lambda: task_now or _task(LEDGER_TRAINING))
@@ -462,12 +464,9 @@ def test_connection_settings_are_validated(field):
         Connection("h:1", None, **{field: 0})
 
 
-def test_the_adapter_download_deadline_follows_the_announced_size(tmp_path, monkeypatch):
-    from fedmask.adapter import payload as adapter_payload
+def _download_node(tmp_path, monkeypatch, chunks: list[bytes], pulled: list[int], timeouts: list[float]) -> Node:
+    """A node whose coordinator streams ``chunks`` (counting in ``pulled`` those it handed over)."""
     from fedmask.participant import node as node_module
-
-    packed = adapter_payload.pack(np.zeros(4, dtype=np.float32), LAYOUT, 0)
-    timeouts: list[float] = []
 
     class Stub:
         def __init__(self, channel):
@@ -475,15 +474,40 @@ def test_the_adapter_download_deadline_follows_the_announced_size(tmp_path, monk
 
         def DownloadAdapter(self, request, *, metadata, timeout):  # noqa: N802 - the gRPC name
             timeouts.append(timeout)
-            yield fl.AdapterChunk(offset=0, data=packed.data)
+            offset = 0
+            for chunk in chunks:
+                pulled.append(len(chunk))
+                yield fl.AdapterChunk(offset=offset, data=chunk)
+                offset += len(chunk)
 
     monkeypatch.setattr(node_module.fl_grpc, "FederationStub", Stub)
     data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
     connection = Connection("127.0.0.1:1", None, rpc_timeout_s=30.0, min_bandwidth_bytes_per_s=1000.0)
-    node = Node(connection, Identity("hospital-a"), data, tmp_path)
+    return Node(connection, Identity("hospital-a"), data, tmp_path)
+
+
+def test_the_adapter_download_deadline_follows_the_announced_size(tmp_path, monkeypatch):
+    from fedmask.adapter import payload as adapter_payload
+
+    packed = adapter_payload.pack(np.zeros(4, dtype=np.float32), SPEC.to_json(), 0)
+    pulled: list[int] = []
+    timeouts: list[float] = []
+    node = _download_node(tmp_path, monkeypatch, [packed.data], pulled, timeouts)
     task = fl.Task(adapter_sha256=packed.sha256, adapter_bytes=len(packed.data), adapter_round=0)
-    assert node.download(task).vector.tolist() == [0.0] * 4
+    assert node.download(task, SPEC).vector.tolist() == [0.0] * 4
     assert timeouts == [30.0 + len(packed.data) / 1000.0]
+
+
+def test_a_coordinator_cannot_make_the_node_download_more_than_its_own_adapter(tmp_path, monkeypatch):
+    # A lying coordinator announces (and would stream) far more than this node's model and
+    # adapter settings can make: the node refuses before it pulls a byte.
+    pulled: list[int] = []
+    flood = [bytes(1 << 20)] * 64
+    node = _download_node(tmp_path, monkeypatch, flood, pulled, [])
+    task = fl.Task(adapter_sha256="0" * 64, adapter_bytes=1 << 40, adapter_round=0)
+    with pytest.raises(NodeError, match=r"announces a 1099511627776-byte global adapter; .* at most \d+ bytes"):
+        node.download(task, SPEC)
+    assert pulled == []
 
 
 def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, monkeypatch):
