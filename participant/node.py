@@ -211,8 +211,9 @@ class Node:
         return self._call("GetTask", get)
 
     def download(self, task: fl.Task, spec: VectorSpec) -> adapter_payload.AdapterPayload:
-        """The task's global adapter. ``spec``, this node's own adapter layout, bounds what it
-        accepts to download: a coordinator announcing more could fill this machine's memory."""
+        """The task's global adapter, checked against ``spec``, this node's own adapter layout:
+        its announced size is bounded before anything is downloaded (a coordinator announcing
+        more could fill this machine's memory), and what arrives must have that layout and size."""
         limit = adapter_payload.size_bound(spec.to_json(), spec.size, task.adapter_round)
         if task.adapter_bytes > limit:
             raise NodeError(
@@ -244,6 +245,13 @@ class Node:
             raise NodeError(str(exc)) from None
         if payload.round != task.adapter_round:
             raise NodeError(f"the adapter is of round {payload.round}, the task announced {task.adapter_round}")
+        if payload.layout != spec.to_json():
+            raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
+        if payload.vector.size != spec.size:
+            raise NodeError(
+                f"the global adapter has {payload.vector.size} values; its layout, and this node's adapter, "
+                f"have {spec.size}"
+            )
         return payload
 
     def report(self, round_number: int, adapter_round: int) -> None:
@@ -400,8 +408,6 @@ class Node:
         payload = self.download(task, trainer.spec)
         ledger = self._ledger
         assert ledger is not None  # ``_training`` opens it with the trainer
-        if trainer.spec.to_json() != payload.layout:
-            raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
         encoding, noise_plan = parse_encoding(task.encoding_json, payload.vector.size, self.policy)
         before = self._evaluate(trainer, payload.vector)
         metrics = RoundMetrics(
@@ -511,8 +517,6 @@ class Node:
             raise NodeError(
                 "the coordinator asks for a calibration this participant's training settings and model do not plan"
             )
-        if trainer.spec.to_json() != payload.layout:
-            raise NodeError("the global adapter's layout differs from this node's model and adapter settings")
         encoding, noise_plan = parse_encoding(task.encoding_json, calibration.CALIBRATION_COORDINATES, self.policy)
         if noise_plan is not None:
             # The release is record-level DP only; under aggregate noise it would fall outside the

@@ -510,6 +510,26 @@ def test_a_coordinator_cannot_make_the_node_download_more_than_its_own_adapter(t
     assert pulled == []
 
 
+@pytest.mark.parametrize(
+    ("layout", "values", "error"),
+    [
+        ([{"name": "lora.other", "shape": [4], "dtype": "float32"}], 4, "layout differs from this node's model"),
+        (SPEC.to_json(), 3, "has 3 values; its layout, and this node's adapter, have 4"),
+    ],
+)
+def test_a_global_adapter_of_another_layout_or_size_is_refused_in_one_line(
+    tmp_path, monkeypatch, layout, values, error
+):
+    # Digest and round as announced, but not this node's adapter: refused before it is used.
+    from fedmask.adapter import payload as adapter_payload
+
+    packed = adapter_payload.pack(np.zeros(values, dtype=np.float32), layout, 0)
+    node = _download_node(tmp_path, monkeypatch, [packed.data], [], [])
+    task = fl.Task(adapter_sha256=packed.sha256, adapter_bytes=len(packed.data), adapter_round=0)
+    with pytest.raises(NodeError, match=error):
+        node.download(task, SPEC)
+
+
 def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, monkeypatch):
     # Round 1 must not wait for Python to import transformers: the node does it when it starts.
     from fedmask.adapter import model as model_module
