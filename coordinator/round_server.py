@@ -64,6 +64,7 @@ from fedmask.secagg.messages import Abort, ModularVector
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.server import Server, ServerConfig, ServerState
+from fedmask.secagg.simulation import rehearse
 
 log = logging.getLogger(__name__)
 
@@ -757,6 +758,9 @@ class CoordinatorServer:
 
     async def start(self) -> int:
         """Listen; returns the port."""
+        # A throw-away round in memory first: the first real round then finds OpenSSL's
+        # primitives set up and the protocol's code warm (see secagg.simulation.rehearse).
+        rehearse(_runner())
         self._server = grpc.aio.server(
             options=transport.server_options(self.limits.receive_bytes, self.limits.send_bytes),
             # Every participant holds one stream; leave room for health checks and stragglers.

@@ -461,6 +461,18 @@ def test_plaintext_health_port_for_probes(federation):
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_the_coordinator_rehearses_a_round_before_it_listens(monkeypatch):
+    # Its first real round must not set up OpenSSL and warm the protocol's code on the clock.
+    from fedmask.coordinator import round_server
+
+    listening: list[bool] = []
+    server = CoordinatorServer(insecure_security(), MessageLimits.for_round(PARAMS, 3))
+    monkeypatch.setattr(round_server, "rehearse", lambda runner: listening.append(server.port is not None))
+    with BackgroundCoordinator(server) as background:
+        assert background.server.port
+    assert listening == [False]
+
+
 def _malicious_round(federation, identity_key_of=None):
     """A malicious-mode round of HONEST and MALLORY with the enrolled identity keys; each signs
     with ``identity_key_of(name)`` (default: its own). Returns (coordinator, participants) outcomes."""
