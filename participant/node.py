@@ -50,7 +50,7 @@ from fedmask.secagg.params import EncodingParams
 from fedmask.secagg.rand import SystemRandom
 
 from .data import LocalData
-from .grpc_client import Connection, Identity, _open_channel, explain_unavailable, take_part
+from .grpc_client import Connection, Identity, _open_channel, explain_unavailable, rehearse_once, take_part
 
 if TYPE_CHECKING:
     from fedmask.adapter.config import TrainingConfig
@@ -347,8 +347,10 @@ class Node:
 
         from .training import train_adapter
 
-        # Imported now, while no round waits: otherwise round 1 would, on its critical path.
+        # Imported and rehearsed now, while no round waits: otherwise round 1 would, on its
+        # critical path.
         import_model_code()
+        rehearse_once()
         while True:
             task = self.get_task()
             joins_round = task.action in (fl.Task.TRAIN, fl.Task.CALIBRATE)

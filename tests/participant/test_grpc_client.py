@@ -113,12 +113,12 @@ def test_a_participant_rehearses_once_per_process_before_it_first_connects(feder
     real_open = grpc_client._open_channel
     monkeypatch.setattr(grpc_client, "rehearse", lambda runner: calls.append("rehearse"))
     monkeypatch.setattr(grpc_client, "_open_channel", lambda c: calls.append("connect") or real_open(c))
-    grpc_client._rehearse.cache_clear()
+    grpc_client.rehearse_once.cache_clear()
     target = connection(federation, "alice", free_port(), connect_attempts=1)
     for _ in range(2):
         assert not take_part(target, Identity("alice"), provider("alice")).completed
     assert calls == ["rehearse", "connect", "connect"]
-    grpc_client._rehearse.cache_clear()
+    grpc_client.rehearse_once.cache_clear()
 
 
 def test_a_participant_stops_retrying_once_its_round_is_no_longer_wanted(federation):

@@ -531,8 +531,10 @@ def test_a_global_adapter_of_another_layout_or_size_is_refused_in_one_line(
 
 
 def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, monkeypatch):
-    # Round 1 must not wait for Python to import transformers: the node does it when it starts.
+    # Round 1 must not wait for Python to import transformers, nor for the protocol's first-use
+    # set-up: the node does both when it starts.
     from fedmask.adapter import model as model_module
+    from fedmask.participant import node as node_module
 
     calls: list[str] = []
 
@@ -544,9 +546,10 @@ def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, mon
         raise Asked
 
     monkeypatch.setattr(model_module, "import_model_code", lambda: calls.append("import") or 0.0)
+    monkeypatch.setattr(node_module, "rehearse_once", lambda: calls.append("rehearse"))
     data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
     node = Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path)
     monkeypatch.setattr(node, "get_task", get_task)
     with pytest.raises(Asked):
         node.run()
-    assert calls == ["import", "get_task"]
+    assert calls == ["import", "rehearse", "get_task"]
