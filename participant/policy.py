@@ -44,10 +44,10 @@ class PolicyError(ValueError):
 class PolicyViolation(Exception):
     """The coordinator asked for something this participant's policy refuses."""
 
-    def __init__(self, rule: str, asked: str) -> None:
+    def __init__(self, rule: str, asked: str, *, asker: str = "the coordinator") -> None:
         self.rule = rule
         self.asked = asked
-        super().__init__(f"refused by the participant policy ({rule}): the coordinator asked for {asked}")
+        super().__init__(f"refused by the participant policy ({rule}): {asker} asked for {asked}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class ParticipantPolicy:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise PolicyError(f"{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.allow_repeated_input, bool):
+            # A TOML string such as "no" is truthy: only true and false mean what they say.
+            raise PolicyError(f"allow_repeated_input: expected true or false, got {self.allow_repeated_input!r}")
         if self.min_participants < 2:
             raise PolicyError("min_participants: secure aggregation needs at least 2 (3 or more is safer)")
         for name in ("max_epsilon", "max_epsilon_per_round", "max_participant_epsilon"):
@@ -242,6 +245,7 @@ class ParticipantPolicy:
                 "allow_repeated_input = false",
                 f"the same input in {rounds} rounds (two sums that differ by one participant reveal its input; "
                 "pass --accept-differencing-risk to send it anyway)",
+                asker="--rounds",
             )
 
 

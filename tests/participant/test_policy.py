@@ -34,6 +34,10 @@ def test_the_file_round_trips_and_bad_keys_are_named(tmp_path: Path):
     path.write_text("max_epsilon = 2\nepsilon = 3\n")
     with pytest.raises(PolicyError, match="unknown policy settings: epsilon"):
         ParticipantPolicy.load(path)
+    # "no" is a truthy string: taken as a boolean it would allow what it means to refuse.
+    path.write_text('allow_repeated_input = "no"\n')
+    with pytest.raises(PolicyError, match="allow_repeated_input: expected true or false, got 'no'"):
+        ParticipantPolicy.load(path)
     path.write_text('security_mode = "trusting"\n')
     with pytest.raises(PolicyError, match="security_mode"):
         ParticipantPolicy.load(path)
@@ -98,7 +102,8 @@ def test_required_aggregate_noise_and_repeated_inputs():
         policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": 50.0})
     policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": 5.0})
     ParticipantPolicy().check_aggregate_noise(None)
-    with pytest.raises(PolicyViolation, match="accept-differencing-risk"):
+    refused = "--rounds asked for the same input in 2 rounds.*accept-differencing-risk"
+    with pytest.raises(PolicyViolation, match=refused):
         ParticipantPolicy().check_repeated_input(2, accept_risk=False)
     ParticipantPolicy().check_repeated_input(2, accept_risk=True)
     ParticipantPolicy().check_repeated_input(1, accept_risk=False)
