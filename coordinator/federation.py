@@ -855,14 +855,22 @@ class Federation:
             return
         if current is not None and request.reason is None:
             request = dataclasses.replace(request, reason=current.reason)  # escalated: the why still holds
+        round_status = self._round_status
+        idle = round_status is not None and request.mode == "after-round" and not self._work_in_flight(round_status)
+        if idle:
+            # Nobody has the task yet: "finish the round" would wait out the join timeout for nothing.
+            request = dataclasses.replace(request, mode="now")
         self.stop_request = request
         self._stop_asked.set()
-        round_status = self._round_status
         why = f" ({request.reason})" if request.reason else ""
         if request.mode == "now":
             self._abort_now.set()
         if round_status is None:
             self.progress(f"stop requested: stopping before the next round{why}")
+        elif idle:
+            self.progress(
+                f"stop requested: no participant is at work on round {round_status.number}: stopping now{why}"
+            )
         elif request.mode == "now":
             self.progress(f"stop requested: aborting round {round_status.number} now{why}")
         else:
@@ -872,6 +880,16 @@ class Federation:
             )
         self._state = "stopping"
         self._publish_status()
+
+    def _work_in_flight(self, round_status: RoundStatus) -> bool:
+        """Whether a participant has fetched this attempt's task (it may be training) or
+        connected to its round: then a graceful stop lets the attempt finish."""
+        if round_status.phase != "join":
+            return True
+        standing = self.server.round_roster() if self.server is not None else round_status.standing
+        if any(state != "waiting" for state in standing.values()):
+            return True
+        return any(self.service.last_seen.get(name, 0.0) >= round_status.opened_at for name in round_status.selected)
 
     def _on_signal(self, name: str) -> None:
         """SIGTERM/SIGINT: what ``fedmask coordinator stop`` asked for (its request file), or,

@@ -274,6 +274,11 @@ class TestStatusOfARun:
         asyncio.run(scenario())
 
 
+def _fetches_the_task(federation: Federation, name: str) -> None:
+    """``name`` asks for the published task (as a participant does before it trains)."""
+    federation.service.last_seen[name] = time.time()
+
+
 class TestStop:
     def test_stop_now_aborts_the_round_which_stays_open(self, tmp_path, monkeypatch):
         rounds = _ScriptedRounds(monkeypatch, hangs)
@@ -313,6 +318,7 @@ class TestStop:
         async def scenario() -> None:
             run = asyncio.create_task(federation.run())
             await rounds.entered.wait()
+            _fetches_the_task(federation, "bank")
             federation.request_stop(StopRequest("after-round", None))
             await asyncio.sleep(0.1)
             assert not run.done()  # the attempt in progress is not cut short
@@ -325,6 +331,23 @@ class TestStop:
         with FederationStore(tmp_path / "state" / "federation.db", read_only=True) as store:
             assert store.interrupted_round().round_number == 1
 
+    def test_a_graceful_stop_while_nobody_has_the_task_stops_at_once(self, tmp_path, monkeypatch):
+        # "Finish the round" would otherwise wait out the join timeout with nobody at work.
+        rounds = _ScriptedRounds(monkeypatch, hangs)
+        lines: list[str] = []
+        federation = _federation(tmp_path / "state", progress=lines.append, handle_signals=True)
+
+        async def scenario() -> None:
+            run = asyncio.create_task(federation.run())
+            await rounds.entered.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(run, 10)
+
+        asyncio.run(scenario())
+        assert federation.stop_request is not None and federation.stop_request.mode == "now"
+        assert federation.exit_code == EXIT_STOPPED
+        assert "stop requested: no participant is at work on round 1: stopping now (SIGTERM received)" in lines
+
     def test_a_second_signal_escalates_and_a_request_file_says_how(self, tmp_path, monkeypatch):
         rounds = _ScriptedRounds(monkeypatch, hangs)
         federation = _federation(tmp_path / "state", handle_signals=True)
@@ -333,6 +356,7 @@ class TestStop:
             run = asyncio.create_task(federation.run())
             await rounds.entered.wait()
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the loop's handler is in place
+            _fetches_the_task(federation, "bank")
             write_stop_request(tmp_path / "state", StopRequest("after-round", "maintenance"))
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.sleep(0.1)
