@@ -132,20 +132,37 @@ def load_policy(
     return policy
 
 
-def load_input(path: Path, start: wire.RoundStart) -> ModularVector:
-    """An encoded input from a .npy file: d integers in [0, 2^b)."""
-    params = start.params
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_input(path: Path) -> np.ndarray:
+    """The input file's array, checked for all that does not depend on the round: one .npy array
+    of integers. Read before joining, so that a bad file fails this participant alone rather than
+    a round it has joined."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != _NPY_MAGIC:  # numpy would call anything else pickled data
+        raise ValueError(f"{path} is not a .npy file (write one with numpy.save)")
     try:
         values = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(values, np.ndarray):  # an .npz archive (several arrays)
-        values.close()
-        raise ValueError(f"{path} is not a .npy file holding one array")
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if values.ndim != 1:
+        raise ValueError(f"{path} holds shape {values.shape}, an input is one row of integers")
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"{path} holds {values.dtype}, an input is integers mod 2^b")
+    return values
+
+
+def load_input(path: Path, start: wire.RoundStart) -> ModularVector:
+    """An encoded input from a .npy file: d integers in [0, 2^b)."""
+    params = start.params
+    values = read_input(path)
     if values.shape != (params.dimension,):
         raise ValueError(f"{path} holds shape {values.shape}, the round needs ({params.dimension},)")
-    if values.dtype.kind not in "iu":
-        raise ValueError(f"{path} holds {values.dtype}, the round needs integers mod 2^{params.modulus_bits}")
     if values.size and (int(values.min()) < 0 or int(values.max()) >> params.modulus_bits):
         raise ValueError(f"{path} has values outside [0, 2^{params.modulus_bits})")
     return values.astype(prg.dtype_for_bits(params.modulus_bits))

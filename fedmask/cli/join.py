@@ -22,9 +22,17 @@ import click
 import numpy as np
 
 from fedmask import pki
+from fedmask.cli.targets import check_target
 from fedmask.participant.grpc_client import Outcome, take_part
 from fedmask.participant.policy import PolicyViolation
-from fedmask.participant.setup import SetupError, load_input, load_policy, setup_connection, synthetic_input
+from fedmask.participant.setup import (
+    SetupError,
+    load_input,
+    load_policy,
+    read_input,
+    setup_connection,
+    synthetic_input,
+)
 from fedmask.proto import wire
 
 EXIT_ABORTED = 3
@@ -51,7 +59,7 @@ def _prefixed(prefix: str) -> Callable[[str], None]:
     help="Federation directory holding ca/ca.pem, participants/NAME/ and the roster.",
 )
 @click.option("--name", required=True, help="This participant's name (as in its certificate).")
-@click.option("--coordinator", "target", required=True, help="HOST:PORT of the coordinator.")
+@click.option("--coordinator", "target", required=True, callback=check_target, help="HOST:PORT of the coordinator.")
 @click.option(
     "--input",
     "input_path",
@@ -136,6 +144,11 @@ def join(
         raise click.BadParameter("names are lower-case DNS labels: [a-z0-9][a-z0-9-]{0,62}", param_hint="--name")
     if (input_path is None) == (synthetic_seed is None):
         raise click.UsageError("give exactly one of --input FILE.npy and --synthetic-seed N")
+    if input_path is not None:
+        try:
+            read_input(input_path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--input") from None
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
     try:
         local = setup_connection(

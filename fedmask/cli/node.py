@@ -20,6 +20,7 @@ import click
 
 from fedmask.cli.join import TOKEN_ENV
 from fedmask.cli.quiet import quiet_libraries
+from fedmask.cli.targets import check_target
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
 from fedmask.participant.setup import SetupError, load_policy, setup_connection
@@ -30,7 +31,9 @@ from fedmask.participant.setup import SetupError, load_policy, setup_connection
 @click.option("--name", required=True, help="This participant's name (its certificate's).")
 @click.option("--data", "data_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option("--state", "state_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--coordinator", "target", default="localhost:7443", show_default=True, help="HOST:PORT")
+@click.option(
+    "--coordinator", "target", default="localhost:7443", show_default=True, callback=check_target, help="HOST:PORT"
+)
 @click.option("--tls-server-name", default=None, help="The coordinator's certificate host, if not the target's.")
 @click.option("--heldout-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--connect-attempts", type=click.IntRange(1), default=30, show_default=True)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from fedmask import pki
 from fedmask.cli.join import join
+from fedmask.cli.node import node
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
@@ -29,7 +30,7 @@ from fedmask.coordinator.round_server import (
 from fedmask.coordinator.transport import mtls_security
 from fedmask.participant.grpc_client import Connection, Identity, mtls_credentials, take_part
 from fedmask.participant.policy import ParticipantPolicy
-from fedmask.participant.setup import load_input
+from fedmask.participant.setup import load_input, read_input
 from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
@@ -278,6 +279,53 @@ def test_load_input_checks_shape_type_and_range(tmp_path):
         np.save(path, values)
         with pytest.raises(ValueError, match=re.escape(words)):
             load_input(path, start)
+
+
+def test_read_input_refuses_what_no_round_can_use(tmp_path):
+    for name, write, words in [
+        ("text.npy", lambda p: p.write_text("1,2,3\n"), "is not a .npy file"),
+        ("archive.npy", lambda p: np.savez(p.open("wb"), a=np.zeros(3)), "is not a .npy file"),
+        ("matrix.npy", lambda p: np.save(p, np.zeros((2, 3), np.uint32)), "shape (2, 3)"),
+        ("float.npy", lambda p: np.save(p, np.zeros(3, np.float64)), "float64"),
+    ]:
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(ValueError, match=re.escape(words)):
+            read_input(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_input(tmp_path / "missing.npy")
+
+
+def test_join_cli_reads_its_input_before_it_dials(tmp_path):
+    """A bad --input fails this participant alone, before it joins (and aborts) anyone's round."""
+    bad = tmp_path / "garbage.npy"
+    bad.write_text("not numbers")
+    result = CliRunner().invoke(
+        join,
+        ["--federation", str(tmp_path / "none"), "--name", "alice", "--coordinator", "127.0.0.1:1",
+         "--input", str(bad)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --input" in result.output and "is not a .npy file" in result.output
+    assert "federation directory" not in result.output  # nothing else was looked at first
+
+
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        ("localhost:99999", "port 99999 is outside 1-65535"),  # gRPC would dial port 34463
+        ("localhost", "is not HOST:PORT"),
+        ("http://localhost:7443", "without a scheme"),
+    ],
+)
+def test_join_and_node_refuse_a_coordinator_that_is_not_host_port(tmp_path, target, words):
+    node_extra = ["--data", str(tmp_path / "d.jsonl"), "--state", str(tmp_path / "s")]
+    for command, extra in ((join, ["--synthetic-seed", "1"]), (node, node_extra)):
+        result = CliRunner().invoke(
+            command, ["--federation", str(tmp_path), "--name", "alice", "--coordinator", target, *extra]
+        )
+        assert result.exit_code == 2, result.output
+        assert words in result.output
 
 
 def test_join_cli_insecure_warns_and_exits_3_when_nobody_answers(tmp_path):
