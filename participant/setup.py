@@ -147,7 +147,7 @@ def read_input(path: Path) -> np.ndarray:
     if head != _NPY_MAGIC:  # numpy would call anything else pickled data
         raise ValueError(f"{path} is not a .npy file (write one with numpy.save)")
     try:
-        values = np.load(path, allow_pickle=False)
+        values: np.ndarray = np.load(path, allow_pickle=False)  # one array: the header said .npy
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     if values.ndim != 1:
