@@ -47,6 +47,14 @@ DROPPABLE_PHASES = (
 )
 
 
+def droppable_phases(mode: SecurityMode) -> tuple[Phase, ...]:
+    """The phases a participant can drop in under ``mode``: only the malicious mode has the
+    consistency check (a semi-honest round goes from the masked inputs straight to the unmask)."""
+    if mode is SecurityMode.MALICIOUS:
+        return DROPPABLE_PHASES
+    return tuple(p for p in DROPPABLE_PHASES if p is not Phase.CONSISTENCY_CHECK)
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     params: ProtocolParams
@@ -86,7 +94,10 @@ class SimulationResult:
             "dim": self.dimension,
             "threshold": self.threshold,
             "survivors": len(self.survivors),
-            "dropped": len(self.dropped),
+            # A participant that leaves after its masked input (consistency check, unmask) is in
+            # the sum: a survivor, counted apart, never twice.
+            "dropped": sum(1 for u in self.dropped if u not in self.survivors),
+            "dropped_after_input": sum(1 for u in self.dropped if u in self.survivors),
             "exact": self.exact,
             "aborted": self.aborted,
             "abort_reason": self.abort_reason,

@@ -13,7 +13,7 @@ from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshol
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.rand import SeededRandom, random_below
-from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig
+from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, droppable_phases
 
 PHASE_NAMES = {p.value: p for p in DROPPABLE_PHASES}
 
@@ -34,7 +34,21 @@ def build_config(
     seed: int,
     runner: PartRunner | None = None,
 ) -> SimulationConfig:
+    if drop_phase not in droppable_phases(mode):
+        # The harness would drop them in the next phase instead and report a round that never ran.
+        others = ", ".join(p.value for p in droppable_phases(mode))
+        raise ParameterError(
+            f"the {mode.value} mode has no {drop_phase.value} phase (only the malicious mode has one):"
+            f" drop in one of {others}"
+        )
     neighbours = None if graph == "complete" else int(graph)
+    # secagg reads any k >= n-1 as the complete graph, so an impossible k would otherwise be
+    # accepted and reported as a Harary graph the round never used.
+    if neighbours is not None and neighbours >= participants:
+        raise ParameterError(
+            f"the SecAgg+ graph on {participants} participants needs degree < {participants}"
+            f" (each has at most {participants - 1} neighbours), got {neighbours}"
+        )
     params_probe = ProtocolParams(dim, modulus_bits, 2, mode, neighbours)
     holders = params_probe.holders_per_secret(participants)
     t = threshold if threshold is not None else default_threshold(participants, mode, holders)
@@ -63,10 +77,13 @@ def build_config(
     type=click.Choice(list(PHASE_NAMES)),
     default=Phase.MASKED_INPUT.value,
     show_default=True,
-    help="The phase in which they drop (they send nothing from then on).",
+    help="The phase in which they drop (they send nothing from then on); consistency-check: --mode malicious only.",
 )
 @click.option(
-    "--graph", default="complete", show_default=True, help="'complete' (SecAgg) or the SecAgg+ neighbour degree k."
+    "--graph",
+    default="complete",
+    show_default=True,
+    help="'complete' (SecAgg) or the SecAgg+ neighbour degree k (2 <= k < n).",
 )
 @click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="semi-honest", show_default=True)
 @click.option(
@@ -106,7 +123,8 @@ def simulate(
     as_json: bool,
 ) -> None:
     """Run one secure-aggregation round in memory and check the sum bit for bit."""
-    if graph != "complete" and not graph.isdigit():
+    # isdigit() alone lets through digits int() refuses, such as '²'.
+    if graph != "complete" and not (graph.isascii() and graph.isdigit()):
         raise click.BadParameter("use 'complete' or a neighbour degree such as 68", param_hint="--graph")
     try:
         config = build_config(
@@ -126,11 +144,14 @@ def simulate(
     result = simulate_round(config)
     if as_json:
         click.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        click.echo(f"{key:>30}: {value}")
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:>30}: {value}")
+    # The result is printed first (scripts read it); the exit status and the one line on stderr
+    # say the round failed, with or without --json (fedmask bench modes shows that line).
     if not result["exact"]:
-        raise SystemExit(1)
+        reason = result["abort_reason"] or "the coordinator's sum differs from the survivors' inputs"
+        raise click.ClickException(f"the round did not give the exact sum: {reason}")
 
 
 def simulate_round(config: SimulationConfig) -> dict[str, int | float | bool | str | None]:

@@ -6,13 +6,13 @@ import pytest
 
 from fedmask.secagg import Phase, ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom, random_below
-from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, simulate
+from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, droppable_phases, simulate
 
 
 def _completes(n, t, drop_at, mode):
     """Oracle: the round completes iff at least t participants remain at every phase.
     (Complete graph: every participant holds a share of every secret, itself included.)"""
-    phases = [p for p in DROPPABLE_PHASES if mode is SecurityMode.MALICIOUS or p is not Phase.CONSISTENCY_CHECK]
+    phases = droppable_phases(mode)
     remaining = n
     for phase in phases:
         remaining -= sum(1 for p in drop_at.values() if p is phase)

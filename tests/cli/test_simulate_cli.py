@@ -1,0 +1,120 @@
+"""`fedmask simulate`: a failed round exits non-zero with --json too (its JSON still printed), a
+--drop-phase the mode does not have and an impossible --graph degree are refused in one line, and
+survivors + dropped never exceed the participants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fedmask.cli import main
+from fedmask.secagg import SecurityMode
+from fedmask.secagg.simulation import DROPPABLE_PHASES
+
+
+def _simulate(*args: str):
+    return CliRunner().invoke(main, ["simulate", *args])
+
+
+def assert_one_line_error(result, *words: str) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), f"not handled: {result.exception!r}"
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: "), result.output
+    for word in words:
+        assert word in last, last
+    return last
+
+
+@pytest.mark.parametrize("participants, dropout", [("2", "1.0"), ("10", "0.9")])
+def test_a_failed_round_exits_non_zero_with_json_after_printing_it(participants, dropout) -> None:
+    result = _simulate("-n", participants, "-d", "10", "--dropout", dropout, "--json")
+    assert result.exit_code == 1, result.output
+    row = json.loads(result.stdout)  # the JSON still comes first, whole, on stdout
+    assert row["exact"] is False and row["aborted"] is True
+    last = result.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith("Error: the round did not give the exact sum:"), result.stderr
+    assert "round aborted" in last[0]
+
+
+def test_a_failed_round_exits_non_zero_without_json() -> None:
+    result = _simulate("-n", "2", "-d", "10", "--dropout", "1.0")
+    assert_one_line_error(result, "the round did not give the exact sum")
+    assert "aborted: True" in result.stdout
+
+
+def test_an_exact_round_exits_zero_with_json() -> None:
+    result = _simulate("-n", "4", "-d", "10", "--dropout", "0.25", "--json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["exact"] is True and row["survivors"] == 3 and row["dropped"] == 1
+    assert result.stderr == ""
+
+
+def test_a_drop_phase_the_mode_lacks_is_refused() -> None:
+    result = _simulate("-n", "30", "-d", "1000", "--dropout", "0.2", "--drop-phase", "consistency-check")
+    assert_one_line_error(result, "semi-honest", "consistency-check")
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("mode", [m.value for m in SecurityMode])
+@pytest.mark.parametrize("phase", [p.value for p in DROPPABLE_PHASES])
+def test_survivors_and_dropped_never_exceed_the_participants(mode, phase) -> None:
+    result = _simulate("-n", "10", "-d", "10", "--dropout", "0.2", "--drop-phase", phase, "--mode", mode, "--json")
+    if mode == "semi-honest" and phase == "consistency-check":
+        assert_one_line_error(result, "consistency-check")
+        return
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["exact"] is True
+    assert row["survivors"] + row["dropped"] <= 10, row
+    assert row["dropped"] + row["dropped_after_input"] == 2, row
+    # Participants that leave after their masked input are survivors: their inputs are in the sum.
+    late = phase in ("consistency-check", "unmask")
+    assert (row["survivors"], row["dropped_after_input"]) == ((10, 2) if late else (8, 0)), row
+
+
+@pytest.mark.parametrize("degree", ["10", "100", "99999999999999999999999"])
+def test_a_degree_the_participants_cannot_have_is_refused(degree) -> None:
+    result = _simulate("-n", "10", "-d", "10", "--graph", degree)
+    assert_one_line_error(result, "degree < 10", f"got {degree}")
+    assert result.exit_code == 2
+
+
+def test_a_non_ascii_digit_degree_is_refused() -> None:
+    result = _simulate("-n", "10", "-d", "10", "--graph", "²")
+    assert_one_line_error(result, "--graph")
+
+
+@pytest.mark.parametrize("degree, graph", [("9", "harary-9"), ("4", "harary-4")])
+def test_a_degree_below_the_participants_is_accepted(degree, graph) -> None:
+    result = _simulate("-n", "10", "-d", "10", "--graph", degree, "--json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["exact"] is True and row["graph"] == graph
+
+
+def test_bench_modes_reports_a_failed_simulate_run(monkeypatch) -> None:
+    """`fedmask bench modes` runs `simulate --json` and stops on a non-zero exit, showing its stderr:
+    an exact round still gives its row, a failed one the reason in one Error line."""
+    from fedmask.bench import modes_bench
+
+    assert modes_bench.simulate(4, 10, "semi-honest", seed=0, workers=1)["exact"] is True
+
+    real_run = subprocess.run
+
+    def all_drop(command, **kwargs):
+        command = [("1.0" if arg == "0.1" else arg) for arg in command]
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(modes_bench.subprocess, "run", all_drop)
+    with pytest.raises(click.ClickException) as raised:
+        modes_bench.simulate(4, 10, "semi-honest", seed=0, workers=1)
+    assert sys.executable in raised.value.message
+    assert "Error: the round did not give the exact sum: [masked-input] round aborted" in raised.value.message
