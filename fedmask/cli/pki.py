@@ -30,6 +30,9 @@ _dir_option = click.option(
     help="Federation directory (env FEDMASK_PKI_DIR).",
 )
 
+# Refused before anything runs; the library checks the same bound for its own callers.
+_VALIDITY_DAYS = click.IntRange(min=1, max=pkilib.MAX_VALIDITY_DAYS)
+
 
 def _pki_errors(command: F) -> F:
     """Report PkiError as a clean click error (exit code 1) instead of a traceback."""
@@ -69,7 +72,7 @@ def pki() -> None:
 @click.option("--name", "federation_name", default="fedmask", show_default=True, help="Federation name.")
 @click.option(
     "--days",
-    type=click.IntRange(min=1),
+    type=_VALIDITY_DAYS,
     default=pkilib.DEFAULT_CA_DAYS,
     show_default=True,
     help="CA validity.",
@@ -95,7 +98,7 @@ def init_command(directory: Path, federation_name: str, days: int, force: bool) 
     multiple=True,
     help="DNS name or IP the coordinator is reached at (repeatable; default localhost, 127.0.0.1).",
 )
-@click.option("--days", type=click.IntRange(min=1), default=pkilib.DEFAULT_LEAF_DAYS, show_default=True)
+@click.option("--days", type=_VALIDITY_DAYS, default=pkilib.DEFAULT_LEAF_DAYS, show_default=True)
 @click.option("--force", is_flag=True, help="Re-issue an existing name (replaces its roster entry).")
 @click.option(
     "--request",
@@ -230,7 +233,7 @@ def export_command(name: str, directory: Path, out_dir: Path) -> None:
 @pki.command("token")
 @click.argument("name")
 @_dir_option
-@click.option("--days", type=click.IntRange(min=1), default=pkilib.DEFAULT_TOKEN_DAYS, show_default=True)
+@click.option("--days", type=_VALIDITY_DAYS, default=pkilib.DEFAULT_TOKEN_DAYS, show_default=True)
 @_pki_errors
 def token_command(name: str, directory: Path, days: int) -> None:
     """Create an enrolment token for participant NAME (one-way TLS mode).
@@ -279,9 +282,13 @@ def show_command(directory: Path) -> None:
     coordinator_certs = sorted((paths.root / "coordinator").glob("*.pem"))
     click.echo(f"coordinators: {len(coordinator_certs)}")
     for cert_path in coordinator_certs:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
+        cert = pkilib.load_certificate_file(cert_path)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            hosts = ["none (no subjectAltName: not issued by `fedmask pki issue`)"]
+        else:
+            hosts = [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
         status = _days_left(cert.not_valid_after_utc, cert.not_valid_before_utc)
         invalid += [f"coordinator {cert_path.stem}"] if _not_valid(status) else []
         click.echo(

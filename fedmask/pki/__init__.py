@@ -63,6 +63,7 @@ from fedmask.pki.layout import (
     DEFAULT_COORDINATOR_HOSTS,
     DEFAULT_LEAF_DAYS,
     DEFAULT_TOKEN_DAYS,
+    MAX_VALIDITY_DAYS,
     NAME_PATTERN,
     ROLES,
     FederationPaths,
@@ -73,6 +74,7 @@ from fedmask.pki.layout import (
     certificate_fingerprint,
     identity_uri,
     load_ca_certificate,
+    load_certificate_file,
 )
 from fedmask.pki.loaders import TlsMaterial, insecure_warning, load_identity_key, load_tls_material, warn_insecure
 from fedmask.pki.peers import identity_from_peer_cert
@@ -85,6 +87,7 @@ __all__ = [
     "DEFAULT_LEAF_DAYS",
     "DEFAULT_TOKEN_DAYS",
     "ENROLMENT_REQUEST_FORMAT",
+    "MAX_VALIDITY_DAYS",
     "NAME_PATTERN",
     "ROLES",
     "EnrolmentRequest",
@@ -107,6 +110,7 @@ __all__ = [
     "issue",
     "issue_token",
     "load_ca_certificate",
+    "load_certificate_file",
     "load_enrolment_request",
     "load_identity_key",
     "load_roster",

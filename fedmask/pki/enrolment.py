@@ -40,6 +40,7 @@ from cryptography.x509.oid import NameOID
 from fedmask.pki.layout import (
     FederationPaths,
     PkiError,
+    _certificate_from_pem,
     _check_name,
     _check_organisation,
     _ignore_in_git,
@@ -307,7 +308,7 @@ def export_participant(
         except FileNotFoundError as exc:
             raise PkiError(f"{cert_path} is missing") from exc
         # Never hand out a certificate that the roster does not list (a superseded one).
-        if certificate_fingerprint(x509.load_pem_x509_certificate(cert_pem)) != entry.tls_cert_sha256:
+        if certificate_fingerprint(_certificate_from_pem(cert_pem, cert_path)) != entry.tls_cert_sha256:
             raise PkiError(f"{cert_path} is not the certificate the roster lists for {name!r}: re-issue it")
         files = {
             target.ca_cert: paths.ca_cert.read_bytes(),

@@ -29,6 +29,7 @@ from fedmask.pki.layout import (
     _check_name,
     _check_organisation,
     _check_role,
+    _check_valid_days,
     _federation_of,
     _ignore_in_git,
     _load_ca_key,
@@ -69,14 +70,11 @@ def init_federation(
     and the token store, since nothing issued under the old CA is trusted any more.
     """
     _check_name(federation_name, "federation name")
-    if valid_days < 1:
-        raise PkiError("--days must be at least 1")
+    _check_valid_days(valid_days)  # before anything is written: a bad value leaves no half-made directory
     paths = _paths(directory)
     with _locked(paths):
         if (paths.ca_key.exists() or paths.ca_cert.exists()) and not force:
             raise PkiError(f"{paths.root} already has a CA; pass --force to replace it (invalidates every certificate)")
-        _make_private_dir(paths.ca_key.parent)
-        _ignore_in_git(paths.root)
         start = (now or _utcnow()) - _BACKDATE
         key = ec.generate_private_key(ec.SECP256R1())
         subject = _subject(federation_name, f"{federation_name} federation CA")
@@ -108,6 +106,9 @@ def init_federation(
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hashes.SHA256())
         )
+        # Directories and files only once the certificate is made: a failure above writes nothing.
+        _make_private_dir(paths.ca_key.parent)
+        _ignore_in_git(paths.root)
         _write_atomic(paths.ca_key, _private_key_pem(key), private=True)
         _write_atomic(paths.ca_cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
         with contextlib.suppress(FileNotFoundError):
@@ -250,14 +251,16 @@ def _leaf_certificate(
     role: Role,
     name: str,
     public_key: ec.EllipticCurvePublicKey,
-    hosts: Iterable[str],
+    host_names: list[x509.GeneralName],
     start: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    """A leaf for ``name`` in ``role``: subject, SANs and extensions are the CA's choice only."""
+    """A leaf for ``name`` in ``role``: subject, SANs and extensions are the CA's choice only.
+
+    ``host_names`` (from ``_parse_hosts``) go into a coordinator's SAN; participants have none."""
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(role, name))]
     if role == "coordinator":
-        san = _parse_hosts(hosts) + san
+        san = host_names + san
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     else:
         usage = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -326,10 +329,11 @@ def issue(
     """
     role = _check_role(role)
     _check_name(name)
-    if valid_days < 1:
-        raise PkiError("--days must be at least 1")
+    _check_valid_days(valid_days)
     paths = _paths(directory)
     _require_ca(paths)
+    # Checked before the lock is taken or a key made, like every other input.
+    host_names = _parse_hosts(hosts) if role == "coordinator" else []
     keys: _ParticipantKeys | None = None
     if role == "participant":
         keys = _participant_keys(
@@ -367,7 +371,7 @@ def issue(
             public_key = coordinator_key.public_key()
         else:
             tls_private_key, public_key = keys.tls_private_key, keys.tls_public_key
-        cert = _leaf_certificate(ca_cert, ca_key, role, name, public_key, hosts, start, not_after)
+        cert = _leaf_certificate(ca_cert, ca_key, role, name, public_key, host_names, start, not_after)
 
         key_path, cert_path = paths.tls_key(role, name), paths.tls_cert(role, name)
         _make_private_dir(key_path.parent)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from fedmask.durable import PRIVATE, PUBLIC, write_atomic
@@ -30,6 +32,9 @@ DEFAULT_COORDINATOR_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1")
 DEFAULT_CA_DAYS = 1825
 DEFAULT_LEAF_DAYS = 365
 DEFAULT_TOKEN_DAYS = 7
+# The longest validity --days may ask for (certificates and tokens): 100 years, far inside what
+# an X.509 date (GeneralizedTime, up to 9999-12-31) and Python's datetime can hold.
+MAX_VALIDITY_DAYS = 36525
 
 _URI_PREFIX = "urn:fedmask:"
 # Version 2 records each member's organisation; version 1 rosters (organisation = the member's
@@ -171,6 +176,20 @@ def _read_private_key(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _private_key_from_pem(data: bytes, path: Path) -> PrivateKeyTypes:
+    """The unencrypted PEM private key read from ``path``; PkiError naming the file if it is not one."""
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    # TypeError: the key is encrypted; UnsupportedAlgorithm: a key type cryptography cannot load.
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise PkiError(f"{path} is not a valid PEM private key: {exc}") from exc
+
+
+def _load_private_key_file(path: Path) -> PrivateKeyTypes:
+    """The private key in ``path`` (warns if others can read it); PkiError if missing or malformed."""
+    return _private_key_from_pem(_read_private_key(path), path)
+
+
 # --------------------------------------------------------------------------------------------
 # Names and certificates
 
@@ -192,6 +211,12 @@ def _check_organisation(organisation: str) -> str:
             "starting with a letter or digit"
         )
     return organisation
+
+
+def _check_valid_days(valid_days: int) -> int:
+    if not 1 <= valid_days <= MAX_VALIDITY_DAYS:
+        raise PkiError(f"--days must be between 1 and {MAX_VALIDITY_DAYS} (100 years), not {valid_days}")
+    return valid_days
 
 
 def _check_role(role: str) -> Role:
@@ -227,11 +252,29 @@ def _as_certificate(cert: x509.Certificate | bytes | str) -> x509.Certificate:
         raise PkiError(f"not a valid X.509 certificate: {exc}") from exc
 
 
+def _certificate_from_pem(data: bytes, path: Path) -> x509.Certificate:
+    """The PEM certificate read from ``path``; PkiError naming the file if it is not one."""
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise PkiError(f"{path} is not a valid PEM certificate: {exc}") from exc
+
+
+def load_certificate_file(path: str | os.PathLike[str]) -> x509.Certificate:
+    """The PEM certificate in the file ``path``; PkiError naming the file if it is malformed.
+
+    Every certificate file of a federation directory is read through here (or
+    ``_certificate_from_pem`` where the bytes are needed as well), so each says which file is bad.
+    """
+    path = Path(path)
+    return _certificate_from_pem(path.read_bytes(), path)
+
+
 def load_ca_certificate(directory: str | os.PathLike[str] | FederationPaths) -> x509.Certificate:
-    """The federation's CA certificate from ``ca/ca.pem``."""
+    """The federation's CA certificate from ``ca/ca.pem``; PkiError if missing or malformed."""
     paths = _paths(directory)
     _require_ca(paths)
-    return x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    return load_certificate_file(paths.ca_cert)
 
 
 def _load_ca_key(paths: FederationPaths) -> ec.EllipticCurvePrivateKey:
@@ -239,7 +282,7 @@ def _load_ca_key(paths: FederationPaths) -> ec.EllipticCurvePrivateKey:
         raise PkiError(
             f"CA private key {paths.ca_key} not found: issuing needs the CA key (run on the operator's machine)"
         )
-    key = serialization.load_pem_private_key(_read_private_key(paths.ca_key), password=None)
+    key = _load_private_key_file(paths.ca_key)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{paths.ca_key} is not an ECDSA key")
     return key
@@ -266,13 +309,20 @@ def _parse_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            names.append(x509.IPAddress(ipaddress.ip_address(host.strip())))
             continue
         except ValueError:
             pass
         dns = host.strip().lower()
         if _DNS_NAME.fullmatch(dns) is None:
             raise PkiError(f"invalid coordinator host {host!r}: expected a DNS name or an IP address")
+        # RFC 1123 2.1: a host name's last label is never all digits, so '999.1.1.1' or '10.0.0.256'
+        # is a mistyped IP address, not a DNS name; a certificate naming it would match nothing.
+        if dns.rpartition(".")[2].isdigit():
+            raise PkiError(
+                f"invalid coordinator host {host!r}: not a valid IP address, and a DNS name cannot end in "
+                "an all-numeric label"
+            )
         names.append(x509.DNSName(dns))
     if not names:
         raise PkiError("a coordinator certificate needs at least one host (DNS name or IP address)")

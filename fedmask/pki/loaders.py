@@ -7,16 +7,16 @@ import os
 import sys
 from typing import NamedTuple, TextIO
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fedmask.pki.layout import (
     FederationPaths,
     PkiError,
     Role,
+    _certificate_from_pem,
     _check_name,
     _check_role,
+    _load_private_key_file,
     _paths,
     _read_private_key,
     _require_ca,
@@ -63,10 +63,7 @@ def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role:
         how = f"fedmask pki issue {role} {name}" if role == "coordinator" else "fedmask participant enrol"
         raise PkiError(f"no {role} certificate for {name!r} in {paths.root}: run `{how}` first")
     ca_pem = paths.ca_cert.read_bytes()
-    try:
-        ca_cert = x509.load_pem_x509_certificate(ca_pem)
-    except ValueError as exc:
-        raise PkiError(f"the federation CA certificate {paths.ca_cert} is not a PEM certificate ({exc})") from exc
+    ca_cert = _certificate_from_pem(ca_pem, paths.ca_cert)
     problem = own_certificate_problem(role, name, cert_path, ca_cert)
     if problem is not None:
         raise PkiError(problem)
@@ -77,7 +74,7 @@ def load_tls_material(directory: str | os.PathLike[str] | FederationPaths, role:
 def load_identity_key(directory: str | os.PathLike[str] | FederationPaths, name: str) -> ed25519.Ed25519PrivateKey:
     """The participant's Ed25519 identity key (for signing in malicious-coordinator mode)."""
     path = _paths(directory).identity_key(_check_name(name))
-    key = serialization.load_pem_private_key(_read_private_key(path), password=None)
+    key = _load_private_key_file(path)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise PkiError(f"{path} is not an Ed25519 key")
     return key

@@ -28,7 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from fedmask.pki.layout import RosterError, _utcnow, certificate_fingerprint
+from fedmask.pki.layout import (
+    PkiError,
+    RosterError,
+    _private_key_from_pem,
+    _utcnow,
+    certificate_fingerprint,
+    load_certificate_file,
+)
 from fedmask.pki.roster import load_roster
 
 ProbeOutcome = Literal["tcp-failed", "refused-peer", "peer-refused", "no-answer", "ok"]
@@ -98,9 +105,9 @@ def own_certificate_problem(
     by the federation CA this party holds (``ca_cert``; None skips that check).
     """
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except ValueError as exc:
-        return f"this {role}'s certificate {cert_path} is not a PEM certificate ({exc})"
+        cert = load_certificate_file(cert_path)
+    except PkiError as exc:
+        return f"this {role}'s certificate: {exc}"
     problem = certificate_problem(cert, now)
     if problem is not None:
         fix = (
@@ -287,10 +294,6 @@ def validity_check(
     return Check("ok", check, f"{what} valid until {_when(cert.not_valid_after_utc)} ({_days(left)} left)")
 
 
-def _load_certificate(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
 def certificate_checks(
     role: str,
     name: str,
@@ -323,9 +326,9 @@ def certificate_checks(
         checks.append(Check("FAIL", "certificate", f"no {role} certificate at {cert_path}: {how}"))
     else:
         try:
-            cert = _load_certificate(cert_path)
-        except ValueError as exc:
-            checks.append(Check("FAIL", "certificate", f"{cert_path} is not a PEM certificate ({exc}): {reissue}"))
+            cert = load_certificate_file(cert_path)
+        except PkiError as exc:
+            checks.append(Check("FAIL", "certificate", f"{exc}: {reissue}"))
         else:
             checks.append(validity_check("certificate", str(cert_path), cert, warn_days, reissue, now))
 
@@ -361,9 +364,9 @@ def certificate_checks(
         checks.append(Check("FAIL", "ca", f"no federation CA certificate at {ca_path}: the operator sends ca/ca.pem"))
     else:
         try:
-            ca_cert = _load_certificate(ca_path)
-        except ValueError as exc:
-            checks.append(Check("FAIL", "ca", f"{ca_path} is not a PEM certificate ({exc})"))
+            ca_cert = load_certificate_file(ca_path)
+        except PkiError as exc:
+            checks.append(Check("FAIL", "ca", str(exc)))
     if ca_cert is not None:
         ca_validity = validity_check(
             "ca", f"the federation CA {organisation_of(ca_cert)!r}", ca_cert, warn_days,
@@ -463,9 +466,9 @@ def _identity_check(path: Path, enrolled: bytes) -> Check:
             "(the default policy) will be refused; it is made by `fedmask participant enrol`",
         )
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        return Check("FAIL", "identity key", f"{path} is not a readable PEM private key ({exc})")
+        key = _private_key_from_pem(path.read_bytes(), path)
+    except PkiError as exc:
+        return Check("FAIL", "identity key", str(exc))
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         return Check("FAIL", "identity key", f"{path} is not an Ed25519 key")
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -16,6 +16,7 @@ from fedmask.pki.layout import (
     FederationPaths,
     PkiError,
     _check_name,
+    _check_valid_days,
     _locked,
     _paths,
     _require_ca,
@@ -61,8 +62,7 @@ def issue_token(
     ``name``. It is high-entropy, so a plain SHA-256 suffices; a stolen store reveals no token.
     """
     _check_name(name)
-    if valid_days < 1:
-        raise PkiError("--days must be at least 1")
+    _check_valid_days(valid_days)
     paths = _paths(directory)
     _require_ca(paths)
     with _locked(paths):
