@@ -160,6 +160,7 @@ def use_mean_pooling(model: nn.Module) -> bool:
 
 def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...]:
     if config.lora_targets is not None:
+        _check_lora_targets(model, config.lora_targets)
         return config.lora_targets
     model_type = getattr(model.config, "model_type", None)
     if model_type in DEFAULT_LORA_TARGETS:
@@ -169,6 +170,19 @@ def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...
     if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         return tuple(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
     raise ConfigError(f"no default LoRA target modules for model type {model_type!r}; set lora_targets")
+
+
+def _check_lora_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
+    """Every target names a linear layer of ``model`` as peft matches them (the whole name or its
+    last dotted parts): peft itself stops on the first miss with a multi-line error."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    missing = [t for t in targets if not any(name == t or name.endswith("." + t) for name in linears)]
+    if missing:
+        known = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        raise ConfigError(
+            f"lora_targets: the model has no linear layer named {', '.join(missing)} "
+            f"(its linear layers: {', '.join(known)})"
+        )
 
 
 def top_layers(model: nn.Module, count: int | None) -> list[int] | None:

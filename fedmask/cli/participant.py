@@ -7,12 +7,18 @@ Heavy imports (torch, transformers, opacus) happen inside the commands.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+
+from fedmask.cli.quiet import quiet_libraries
 
 
 @click.group()
@@ -37,6 +43,24 @@ def _check_output_directory(out_dir: Path) -> None:
             pass
     except OSError as exc:
         raise click.ClickException(f"cannot write the output directory {out_dir}: {exc.strerror or exc}") from None
+
+
+def _no_empty_output_left_on_failure(command: Callable[..., None]) -> Callable[..., None]:
+    """A failed command leaves no ``out_dir`` it made itself, as long as it is empty."""
+
+    @functools.wraps(command)
+    def wrapper(**options: Any) -> None:
+        out_dir: Path = options["out_dir"]
+        existed = out_dir.exists()
+        try:
+            command(**options)
+        except BaseException:
+            if not existed:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()  # only if empty: never removes what was written
+            raise
+
+    return wrapper
 
 
 @participant.command()
@@ -182,6 +206,7 @@ def _check_output_directory(out_dir: Path) -> None:
     metavar="SEED",
     help="Draw DP noise and batches from this seed: for tests only, not private.",
 )
+@_no_empty_output_left_on_failure
 def train(
     data_path: Path,
     model_path: str | None,
@@ -219,12 +244,13 @@ def train(
     OUT/model/ (classifiers) loads with sentence-transformers alone: see docs/dp-training.md.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()  # before Opacus is imported
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedmask.adapter.config import ConfigError, TrainingConfig
     from fedmask.adapter.export import ExportError
-    from fedmask.adapter.model import check_lora_layers
+    from fedmask.adapter.model import check_lora_layers, local_model_directory
     from fedmask.adapter.scores import summary_line
     from fedmask.participant.data import DataError, load_local_data
     from fedmask.participant.ledger import LedgerError, PrivacyBudgetExceeded, PrivacyLedger
@@ -258,6 +284,7 @@ def train(
             seed=seed,
             noise_seed=reproducible_noise,
         )
+        local_model_directory(config.resolved_model_path)  # before the records are read and scrubbed
         check_lora_layers(config)
         data = load_local_data(
             data_path,

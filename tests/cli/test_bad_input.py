@@ -165,7 +165,18 @@ def test_participant_node_with_a_state_directory_that_cannot_be_made(federation,
 def test_participant_train_with_a_model_that_is_not_there(tmp_path, records):
     out = tmp_path / "out"
     args = ["participant", "train", "--data", str(records), "--model", "/nonexistent", "--out", str(out)]
-    assert_one_line_error(CliRunner().invoke(main, args), "no model directory at /nonexistent")
+    result = CliRunner().invoke(main, args)
+    assert_one_line_error(result, "no model directory at /nonexistent")
+    assert "PII replaced" not in result.output  # refused before the records were read
+    assert not out.exists()
+
+
+def test_participant_train_with_lora_targets_the_model_does_not_have(tmp_path, records):
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--lora-targets", "query,nosuchmodule", "--out", str(out)]
+    last = assert_one_line_error(CliRunner().invoke(main, args), "no linear layer named nosuchmodule")
+    assert "query" in last.split("its linear layers:")[1]  # says what there is to choose from
+    assert not out.exists()  # the directory it made for the outputs is gone again
 
 
 def test_participant_train_with_lora_layers_beyond_the_model(tmp_path, records):
