@@ -63,3 +63,11 @@ def write_atomic(
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int = PUBLIC) -> None:
     """``write_atomic`` for UTF-8 text."""
     write_atomic(path, text.encode("utf-8"), mode=mode)
+
+
+def prove_writable_directory(directory: str | os.PathLike[str]) -> None:
+    """Make ``directory`` (and its parents) and create and remove a file in it: an OSError here,
+    before minutes of work, rather than when the results are to be written."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+        pass

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import click
 
 from fedmask.cli.quiet import quiet_libraries
+from fedmask.durable import prove_writable_directory
 
 
 @click.group()
@@ -38,9 +38,7 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
 def _check_output_directory(out_dir: Path) -> None:
     """Make ``out_dir`` and write a scratch file in it, or end in one line saying why not."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
-            pass
+        prove_writable_directory(out_dir)
     except OSError as exc:
         raise click.ClickException(f"cannot write the output directory {out_dir}: {exc.strerror or exc}") from None
 

@@ -42,6 +42,17 @@ def test_a_data_file_that_does_not_parse_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
+def test_an_output_directory_it_cannot_write_is_refused_before_any_training(tmp_path: Path) -> None:
+    data = tmp_path / "records.jsonl"
+    data.write_text('{"text": "fine", "label": 0}\n')
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a regular file, so no directory can be made under it\n")
+    ran = CliRunner().invoke(main, ["audit", "--data", str(data), "--out", str(blocked / "a")])
+    assert ran.exit_code == 1 and "Traceback" not in ran.output, ran.output
+    assert ran.output.strip().splitlines()[-1].startswith(f"Error: cannot write the output directory {blocked / 'a'}")
+    assert "target" not in ran.output  # no model was trained
+
+
 @pytest.mark.slow
 def test_the_memorising_control_is_detected(demo_records) -> None:
     records = demo_records("hospital-a", 80, split=None)[:40]
