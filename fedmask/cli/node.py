@@ -21,6 +21,7 @@ import click
 from fedmask.cli.join import TOKEN_ENV
 from fedmask.cli.quiet import quiet_libraries
 from fedmask.cli.targets import check_target
+from fedmask.durable import prove_writable_directory
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
 from fedmask.participant.setup import SetupError, load_policy, setup_connection
@@ -90,11 +91,6 @@ def node(
     def echo(line: str) -> None:
         click.echo(f"{dt.datetime.now():%H:%M:%S} {name}: {line}", err=True)
 
-    try:
-        data = load_local_data(data_path, task=task, heldout_fraction=heldout_fraction)
-    except (DataError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    echo(f"{len(data.train)} training and {len(data.heldout)} held-out records; PII scrubbed: {dict(data.pii_counts)}")
     token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
     try:
         local = setup_connection(
@@ -111,6 +107,16 @@ def node(
         policy = load_policy(policy_file, federation_dir, name, local.roster, announce=echo)
     except SetupError as exc:
         raise click.ClickException(str(exc)) from None
+    # The identity, policy and state directory are checked before the records are read and scrubbed.
+    try:
+        prove_writable_directory(state_dir)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the state directory {state_dir}: {exc.strerror or exc}") from None
+    try:
+        data = load_local_data(data_path, task=task, heldout_fraction=heldout_fraction)
+    except (DataError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    echo(f"{len(data.train)} training and {len(data.heldout)} held-out records; PII scrubbed: {dict(data.pii_counts)}")
     try:
         result = Node(local.connection, local.identity, data, state_dir, progress=echo, policy=policy, task=task).run()
     except NodeError as exc:

@@ -159,7 +159,17 @@ def test_an_output_directory_that_cannot_be_made(blocked, command):
 def test_participant_node_with_a_state_directory_that_cannot_be_made(federation, blocked, records):
     args = ["participant", "node", "--federation", str(federation), "--name", "bank", "--data", str(records),
             "--state", str(blocked), "--insecure", "--coordinator", "127.0.0.1:1"]  # fmt: skip
-    assert_one_line_error(CliRunner().invoke(main, args), str(blocked))
+    result = CliRunner().invoke(main, args)
+    assert_one_line_error(result, "cannot write the state directory", str(blocked))
+    assert "PII scrubbed" not in result.output  # refused before the records were read
+
+
+def test_participant_node_with_a_name_outside_the_roster_reads_no_records(tmp_path, federation, records):
+    args = ["participant", "node", "--federation", str(federation), "--name", "ghost", "--data", str(records),
+            "--state", str(tmp_path / "state"), "--coordinator", "127.0.0.1:1"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert_one_line_error(result, "ghost")
+    assert "PII scrubbed" not in result.output
 
 
 def test_participant_train_with_a_model_that_is_not_there(tmp_path, records):
