@@ -369,7 +369,7 @@ class Federation:
         port = await self.server.start()
         self._listening = f"{self.settings.host}:{port}"
         self._state = "running"
-        self.progress(f"coordinator listening on {self.settings.host}:{port}")
+        self.progress(f"listening on {self.settings.host}:{port}")  # each line already says "coordinator:"
         if self._revoked_at_start:
             self.progress(f"not in the roster (revoked), so not selected: {', '.join(self._revoked_at_start)}")
         try:
