@@ -8,6 +8,7 @@ with a free one; ``fedmask`` and ``python`` are this environment's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -101,3 +102,12 @@ def test_the_federated_training_recipe(tmp_path: Path) -> None:
     outputs = run_recipe(recipe(heading), 7443, tmp_path, timeout_s=840)
     assert "done: 2 rounds and the calibration round committed" in outputs[0], outputs[0][-3000:]
     assert all("Traceback" not in output for output in outputs)
+    # What the README says the report folder is for: the global adapter runs in `fedmask predict`.
+    predicted = subprocess.run(
+        [str(Path(sys.executable).parent / "fedmask"), "predict", "--model", "report/global_adapter", "--data",
+         "bank.jsonl"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert len(lines) == 200 and all(0.0 <= line["probability"] <= 1.0 for line in lines)
