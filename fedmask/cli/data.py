@@ -30,7 +30,11 @@ def data() -> None:
     help="How many records (train and held-out together).",
 )
 @click.option(
-    "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file (JSONL)."
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output file: .jsonl, or .csv (a header row and one row per record).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="The same party, count and seed always give the same file."
@@ -47,6 +51,8 @@ def data() -> None:
 )
 def generate(party: str, count: int, out_path: Path, seed: int, heldout_fraction: float, task: str) -> None:
     """Write N records for PARTY: labelled (label 1: needs urgent human follow-up), or notes to continue."""
+    if out_path.suffix.lower() not in (".jsonl", ".ndjson", ".csv"):
+        raise click.BadParameter(f"{out_path}: give a .jsonl or .csv file", param_hint="--out")
     if task == "causal_lm":
         notes = generate_notes(party, count, seed=seed, heldout_fraction=heldout_fraction)
         write_records(notes, out_path)

@@ -22,6 +22,7 @@ gives the same file. PII (with valid checksums) is embedded for the scrubber to 
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from collections.abc import Iterable, Mapping
@@ -513,10 +514,20 @@ def generate_notes(party: str, n: int, *, seed: int = 0, heldout_fraction: float
 
 
 def write_records(records: Iterable[Mapping[str, object]], path: str | Path) -> Path:
-    """Write records as JSONL (one object per line, UTF-8)."""
+    """Write records as JSONL (one object per line) or, for a ``.csv`` path, as CSV with a header
+    row: the two formats ``participant train`` reads. UTF-8 either way."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".csv"):
+        raise ValueError(f"{path}: records are written as .jsonl or .csv, not {suffix or 'a file without a suffix'!r}")
+    rows = list(records)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        if suffix == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id", "text"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for record in rows:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

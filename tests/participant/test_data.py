@@ -151,3 +151,14 @@ def test_demo_data_is_deterministic_and_non_iid(tmp_path: Path) -> None:
     assert overlap < 0.5
     with pytest.raises(ValueError, match="unknown party"):
         generate_records("clinic", 10)
+
+
+def test_generated_records_read_back_the_same_from_csv_and_jsonl(tmp_path: Path) -> None:
+    records = generate_records("hospital-b", 60, seed=2)  # commas, quotes and CJK text in the notes
+    from_jsonl = load_local_data(write_records(records, tmp_path / "r.jsonl"), scrub_pii=False)
+    from_csv = load_local_data(write_records(records, tmp_path / "r.csv"), scrub_pii=False)
+    assert [(r.text, r.label) for r in from_csv.train] == [(r.text, r.label) for r in from_jsonl.train]
+    assert [(r.text, r.label) for r in from_csv.heldout] == [(r.text, r.label) for r in from_jsonl.heldout]
+    with pytest.raises(ValueError, match=r"\.jsonl or \.csv"):
+        write_records(records, tmp_path / "r.txt")
+    assert not (tmp_path / "r.txt").exists()
