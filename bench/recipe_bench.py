@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from fedmask.cli.quiet import quiet_libraries
+
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
     from fedmask.participant.trainer import FeatureCache
@@ -124,11 +126,15 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _numbers(text: str, kind: type) -> list[Any]:
+def _numbers(text: str, kind: type, option: str) -> list[Any]:
+    """Comma-separated positive numbers (record counts, epsilons), or one line naming the option."""
     try:
-        return [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+    if not values or not all(math.isfinite(value) and value > 0 for value in values):
+        raise click.BadParameter(f"expected positive numbers, got {text!r}", param_hint=option)
+    return values
 
 
 @click.command("recipe")
@@ -171,18 +177,19 @@ def recipe(
 ) -> None:
     """One round of local DP training per (records, epsilon, adapter): held-out quality next to
     the majority baseline, divergence and time."""
+    sizes = _numbers(records_text, int, "--records")
+    epsilons = _numbers(epsilons_text, float, "--epsilons")
+    modes = [m.strip() for m in modes_text.split(",") if m.strip()]
+    if not modes or not set(modes) <= {"lora", "bitfit"}:
+        raise click.BadParameter(f"modes must be lora and/or bitfit, got {modes}", param_hint="--modes")
+    old_sizes = set(_numbers(old_records_text, int, "--old-records")) if old_records_text else set(sizes)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
     import torch
 
     from fedmask.participant.trainer import FeatureCache
     from fedmask.participant.training import configure_threads
 
-    sizes = _numbers(records_text, int)
-    epsilons = _numbers(epsilons_text, float)
-    modes = [m.strip() for m in modes_text.split(",") if m.strip()]
-    if not set(modes) <= {"lora", "bitfit"}:
-        raise click.BadParameter(f"modes must be lora and/or bitfit, got {modes}")
-    old_sizes = set(_numbers(old_records_text, int)) if old_records_text else set(sizes)
     if threads:
         torch.set_num_threads(threads)
     else:
