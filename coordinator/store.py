@@ -34,7 +34,7 @@ together with its ledger row and checkpoint, and a checkpoint row is added only 
 round. Every write takes ``BEGIN IMMEDIATE``; ``PRAGMA synchronous = FULL`` in WAL mode makes a
 commit durable before it returns. One process writes at a time (an exclusive ``flock`` on
 ``<path>.lock``, released by the kernel if the process dies); any number may read with
-``read_only=True``.
+``read_only=True``, which creates no file (no lock, no ``-wal`` or ``-shm``).
 
 The schema is versioned (``schema_migrations``); ``MIGRATIONS`` only ever grows, each step runs
 in its own transaction, and a database written by a newer version is refused.
@@ -329,7 +329,8 @@ class FederationStore:
         if read_only:
             if not self._path.is_file():
                 raise StoreError(f"no federation store at {self._path}")
-            self._db = self._connect(f"{self._path.resolve().as_uri()}?mode=ro", busy_timeout_s, uri=True)
+            _check_sqlite_header(self._path)
+            self._db = self._connect(_read_only_uri(self._path), busy_timeout_s, uri=True)
             self._check_schema_current()
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,10 +378,12 @@ class FederationStore:
             db = sqlite3.connect(target, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, uri=uri)
             db.execute("PRAGMA foreign_keys = ON")
             if self._read_only:
-                mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-            else:
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                db.execute("PRAGMA synchronous = FULL")
+                # A reader needs no particular journal mode (an immutable open reports 'delete'
+                # whatever the file says); this read is what finds a file that is no database.
+                _stored_schema_version(db)
+                return db
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"{self._path} is not a usable SQLite database: {exc}") from None
         if mode != "wal":
@@ -419,6 +422,10 @@ class FederationStore:
 
     def _check_schema_current(self) -> None:
         version = _stored_schema_version(self._db)
+        if version == 0:
+            raise SchemaError(
+                f"{self._path} is not a fedmask coordinator store (an SQLite database without its tables)"
+            )
         if version != schema_version():
             raise SchemaError(
                 f"{self._path} has schema version {version}, this build reads {schema_version()}"
@@ -833,16 +840,29 @@ class FederationStore:
         if destination.exists():
             raise StoreError(f"{destination} exists: choose a new file for the backup")
         temporary = destination.with_name(f".{destination.name}.tmp")
-        with self._lock:
-            target = sqlite3.connect(str(temporary))
-            try:
-                self._db.backup(target)
-            finally:
-                target.close()
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-        fsync_directory(destination.parent)
+        placed = False
+        try:
+            # Created here rather than by sqlite3.connect, whose "unable to open database file"
+            # does not say why (read-only file system, no such directory, permission denied).
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            with self._lock:
+                target = sqlite3.connect(str(temporary))
+                try:
+                    target.execute("PRAGMA journal_mode = OFF")  # a failed copy is deleted: no journal needed
+                    self._db.backup(target)
+                finally:
+                    target.close()
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, destination)
+            placed = True
+            fsync_directory(destination.parent)
+        except (OSError, sqlite3.Error) as exc:
+            # No partial (or not durably placed) copy may be left to be mistaken for a backup.
+            with contextlib.suppress(OSError):
+                (destination if placed else temporary).unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(f"cannot write the backup {destination}: {reason}") from None
         return destination
 
     def verify(self) -> list[str]:
@@ -1010,7 +1030,8 @@ def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str])
     lock = _writer_lock(path)
     try:
         try:
-            source = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+            _check_sqlite_header(backup)
+            source = sqlite3.connect(_read_only_uri(backup), uri=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the backup {backup}: {exc}") from None
         try:
@@ -1055,6 +1076,37 @@ def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str])
         os.close(lock)
     with FederationStore(path) as store:  # migrates an older backup, then checks every file
         return store.verify()
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """One clear line for a file that cannot be a store, before SQLite gets to say it vaguely."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not header:
+        raise SchemaError(f"{path} is empty: not a fedmask coordinator store")
+    if header != SQLITE_HEADER:
+        raise SchemaError(f"{path} is not a fedmask coordinator store (not an SQLite database)")
+
+
+def _read_only_uri(path: Path) -> str:
+    """The URI that opens ``path`` for reading without creating any file beside it.
+
+    With a write-ahead log there (a coordinator has the store open, or died with commits not yet
+    copied back) SQLite reads through it and its ``-shm`` index, both already present. Without
+    one, ``mode=ro`` alone would create both; but then everything committed is in the file
+    itself, so it is opened ``immutable`` (which ignores any log, hence only then). A writer
+    starting meanwhile writes to a new log, not to the file, until it checkpoints (after about
+    1000 pages or when it closes): a short read sees the file as it was."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    if not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
+    return uri
 
 
 def _stored_schema_version(db: sqlite3.Connection) -> int:

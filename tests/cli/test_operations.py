@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -303,7 +304,7 @@ def _wait(condition, timeout_s: float = 10.0) -> None:
 # stop ends it: the real federation loop, signal handling and status file, without participants.
 HANGING_COORDINATOR = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, sys, time
     import numpy as np
     from fedmask.coordinator.config import FederationConfig
     from fedmask.coordinator.federation import Federation
@@ -312,6 +313,7 @@ HANGING_COORDINATOR = textwrap.dedent(
     from fedmask.coordinator.transport import insecure_security
 
     async def never_ends(server, config):
+        federation.service.last_seen["a"] = time.time()  # "a" has the task: a graceful stop waits for it
         await asyncio.Event().wait()
 
     CoordinatorServer.run_round = never_ends
@@ -400,6 +402,89 @@ def test_logs_without_a_log_and_a_damaged_status_file(tmp_path, state):
     assert_one_line_error(invoke("logs", "--state", str(tmp_path)), "no coordinator log at")
     status_path(state).write_text("{half a docu")
     assert_one_line_error(invoke("status", "--state", str(state)), "cannot read", "status.json")
+
+
+READ_ONLY_COMMANDS = ["status", "rounds", "participants", "ledger", "verify"]
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("command", [*READ_ONLY_COMMANDS, "logs"])
+def test_read_only_commands_create_no_file(state, command):
+    """They used to leave federation.db-wal and federation.db-shm behind."""
+    (state / "coordinator.log").write_text("started\n")
+    before = files_under(state)
+    result = invoke(command, "--state", str(state))
+    assert result.exit_code == 0, result.output
+    assert files_under(state) == before
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
+def test_an_empty_store_file_is_named_as_such(tmp_path, command):
+    """It used to say 'could not switch to WAL journaling (got 'delete')', and create -wal and -shm."""
+    (tmp_path / "federation.db").write_bytes(b"")
+    database = tmp_path / "federation.db"
+    assert_one_line_error(
+        invoke(command, "--state", str(tmp_path)), f"{database} is empty: not a fedmask coordinator store"
+    )
+    assert files_under(tmp_path) == ["federation.db"]
+
+
+@pytest.mark.parametrize("command", ["status", "rounds", "verify"])
+def test_a_damaged_store_is_one_line(state, command):
+    """A page SQLite cannot read used to end in a traceback (sqlite3.DatabaseError)."""
+    database = state / "federation.db"
+    with sqlite3.connect(database) as db:
+        (root_page,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'rounds'").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with database.open("r+b") as handle:
+        handle.seek((root_page - 1) * page_size)
+        handle.write(b"\xff" * page_size)
+    assert_one_line_error(invoke(command, "--state", str(state)), str(database), "malformed")
+
+
+def test_a_backup_that_cannot_be_written_is_one_line_and_leaves_nothing(state, tmp_path):
+    """It used to end in a traceback: sqlite3.OperationalError: unable to open database file."""
+    before = files_under(state)
+    missing = tmp_path / "missing" / "backup.db"
+    assert_one_line_error(
+        invoke("backup", "--state", str(state), "--out", str(missing)),
+        f"cannot write the backup {missing}: No such file or directory",
+    )
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    assert_one_line_error(
+        invoke("backup", "--state", str(state), "--out", str(not_a_directory / "backup.db")), "Not a directory"
+    )
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "read-only"
+        locked.mkdir(mode=0o555)
+        assert_one_line_error(
+            invoke("backup", "--state", str(state), "--out", str(locked / "backup.db")), "Permission denied"
+        )
+        assert os.listdir(locked) == []
+    assert files_under(state) == before  # and the store it read is as it was
+
+
+@pytest.mark.parametrize(
+    "command", [["logs"], ["status"], ["rounds"], ["participants"], ["ledger"], ["ledger", "--json"], ["verify"]]
+)
+def test_a_reader_that_stops_early_is_no_error(state, command):
+    """`fedmask coordinator logs | head -8` used to print `Error: Broken pipe` and exit 1."""
+    (state / "coordinator.log").write_text("".join(f"line {n}\n" for n in range(20_000)))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fedmask.cli", "coordinator", *command, "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # the reader is gone before the first line: every write fails
+    stderr = child.stderr.read().decode()
+    assert child.wait(60) == 141, stderr  # as if killed by SIGPIPE, as `cat` would be
+    assert stderr == ""
 
 
 def test_the_state_directory_can_come_from_the_environment(state):

@@ -689,6 +689,45 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
         FederationStore(path)
 
 
+def test_a_reader_creates_no_file_and_sees_what_a_writer_committed(tmp_path):
+    """A read-only open used to create federation.db-wal and -shm beside a closed store."""
+    path = tmp_path / "fed.db"
+    with FederationStore(path) as writer:
+        writer.initialise({"x": 1})
+    before = sorted(os.listdir(tmp_path))
+    with FederationStore(path, read_only=True) as reader:
+        assert reader.config() == {"x": 1}
+    assert sorted(os.listdir(tmp_path)) == before
+    with FederationStore(path) as writer:  # its commits sit in the write-ahead log until it closes
+        writer.begin_round(1, b"one", SELECTED)
+        during = sorted(os.listdir(tmp_path))
+        with FederationStore(path, read_only=True) as reader:
+            assert [r.round_number for r in reader.rounds()] == [1]
+        assert sorted(os.listdir(tmp_path)) == during
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "fed.db is empty: not a fedmask coordinator store"),
+        (b"this is not sqlite" * 100, "fed.db is not a fedmask coordinator store (not an SQLite database)"),
+        (None, "fed.db is not a fedmask coordinator store (an SQLite database without its tables)"),
+    ],
+)
+def test_a_reader_names_an_empty_or_foreign_file(tmp_path, content, message):
+    """An empty file used to be refused as 'could not switch to WAL journaling (got 'delete')'."""
+    path = tmp_path / "fed.db"
+    if content is None:
+        with sqlite3.connect(path) as foreign:
+            foreign.execute("CREATE TABLE notes (text TEXT)")
+        foreign.close()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        FederationStore(path, read_only=True)
+    assert os.listdir(tmp_path) == ["fed.db"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Garbage collection and verification
 
@@ -744,6 +783,22 @@ def test_a_backup_restores_the_store(tmp_path):
         assert restored.federation_id() == identity
         assert restored.last_committed().round_number == 1 and restored.verify() == []
         assert restored.check_files() == []
+
+
+def test_a_backup_that_cannot_be_written_says_why_and_leaves_nothing(store, tmp_path, monkeypatch):
+    """It used to end in sqlite3.OperationalError: unable to open database file."""
+    with pytest.raises(StoreError, match=r"cannot write the backup .*missing/backup.db: No such file or directory"):
+        store.backup(tmp_path / "missing" / "backup.db")
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "fsync", disk_full)
+    out = tmp_path / "backups"
+    out.mkdir()
+    with pytest.raises(StoreError, match="cannot write the backup .*backup.db: No space left on device"):
+        store.backup(out / "backup.db")
+    assert os.listdir(out) == []  # no partial copy, under its name or the temporary one
 
 
 def test_the_cheap_start_up_check_notices_a_truncated_old_checkpoint(store):
