@@ -4,6 +4,7 @@ run; what follows from them (encoding, noise plan, protocol parameters).
 
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmask import ddp
+from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
 
 if TYPE_CHECKING:
@@ -220,6 +222,40 @@ class FederationConfig:
             raise FederationError("training: expected an object of training settings")
         values["participants"] = tuple(participants)
         return cls(**values)
+
+
+def load_federation_config(path: Path) -> FederationConfig:
+    """The ``coordinator run --config`` file at ``path`` with every check ``coordinator run``
+    makes before it writes anything (``fedmask doctor coordinator --config`` runs this same
+    function): the JSON, every setting, and the settings that need the model's shape. Any
+    problem is a one-line ``FederationError`` that starts with the path."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FederationError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise FederationError(f"{path}: {exc}") from None
+    try:
+        config = FederationConfig.from_json(document)
+        check_model_shape(config.training_config())
+    except (FederationError, ParameterError) as exc:  # ParameterError: threshold or modulus for these participants
+        raise FederationError(f"{path}: {exc}") from None
+    return config
+
+
+def check_model_shape(settings: Mapping[str, Any]) -> None:
+    """The training settings that depend on the model's shape fit it (``lora_layers`` within its
+    depth), read from the model's config.json alone: no weights are loaded."""
+    training = training_config_of(settings)
+    if training.lora_layers is None:
+        return  # nothing to check: spares importing torch
+    from fedmask.adapter.config import ConfigError
+    from fedmask.adapter.model import check_lora_layers
+
+    try:
+        check_lora_layers(training)
+    except ConfigError as exc:
+        raise FederationError(f"training: {exc}") from None
 
 
 def training_config_of(settings: Mapping[str, Any]) -> TrainingConfig:

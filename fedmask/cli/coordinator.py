@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import click
 import numpy as np
 
 from fedmask import pki
+from fedmask.cli.federate import check_port_free, check_writable_directory
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.round_server import (
     DEFAULT_JOIN_TIMEOUT_S,
@@ -50,6 +52,13 @@ def _participant_names(value: str) -> tuple[str, ...]:
     if len(names) < 2:
         raise click.BadParameter("at least 2 participants", param_hint="--participants")
     return tuple(sorted(names))
+
+
+def check_writable_output(output: Path) -> None:
+    """A one-line error if the sum cannot be written to ``output`` (its folder made if missing)."""
+    check_writable_directory(output.parent, f"--output {output}")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise click.ClickException(f"cannot write --output {output}: Permission denied")
 
 
 def _output_path(output: Path, index: int, rounds: int) -> Path:
@@ -199,6 +208,14 @@ def serve(
         ]
     except (ParameterError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+    # Refused now in one line: gRPC would print its own error line first, and a sum that cannot be
+    # written would be lost only after every participant had sent its input.
+    check_port_free(host, port)
+    if health_port is not None:
+        check_port_free(host, health_port)
+    if output is not None:
+        check_writable_output(output)
 
     limits = MessageLimits.for_round(params, len(names))
     server = CoordinatorServer(

@@ -9,6 +9,7 @@ federation CA (valid, issued the certificate), the roster's CA signature (and, f
 that it is enrolled with this certificate and identity key), the coordinator (one TLS handshake:
 TCP connect failed / you refused the coordinator's certificate / the coordinator refused yours /
 ok), the clock (as far as the peer's certificate tells), free disk space where the state lives,
+the coordinator's ``--config`` (validated by the function ``coordinator run`` validates it with),
 and the model directory (config.json and weights; by default the offline MiniLM). Exit status 0
 when nothing FAILed, 1 otherwise; ``--json`` prints the list instead.
 
@@ -138,17 +139,33 @@ def port_check(host: str, port: int) -> Check:
     return Check("ok", "port", f"{host}:{port} is free to listen on")
 
 
-def _config_model(config_path: Path) -> tuple[Path | None, Check | None]:
-    """training.model_path from a ``coordinator run --config`` file (None: the offline default)."""
+def config_check(config_path: Path) -> Check:
+    """The ``coordinator run --config`` file, checked by the very function ``coordinator run``
+    validates it with before it writes anything."""
+    from fedmask.coordinator.config import FederationError, load_federation_config
+
+    try:
+        config = load_federation_config(config_path)
+    except FederationError as exc:
+        return Check("FAIL", "config", str(exc))
+    threshold = config.protocol_params(dimension=1).threshold
+    return Check(
+        "ok",
+        "config",
+        f"{config_path}: {len(config.participants)} participants, {config.rounds} round(s), threshold {threshold}",
+    )
+
+
+def _config_model(config_path: Path) -> Path | None:
+    """training.model_path from a ``coordinator run --config`` file (None: the offline default,
+    or a file ``config_check`` refuses)."""
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, Check("FAIL", "config", f"{config_path} cannot be read as JSON ({exc})")
+    except (OSError, ValueError):
+        return None
     training = document.get("training") if isinstance(document, dict) else None
     model = training.get("model_path") if isinstance(training, dict) else None
-    if model is not None and not isinstance(model, str):
-        return None, Check("FAIL", "config", f"{config_path}: training.model_path is not a path")
-    return (Path(model) if model else None), None
+    return Path(model) if isinstance(model, str) and model else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,10 +259,10 @@ def coordinator_checks(
     if listen is not None:
         checks.append(port_check(*listen))
     checks.append(disk_check(state_dir, min_free_gib))
-    if model is None and config_path is not None:
-        model, problem = _config_model(config_path)
-        if problem is not None:
-            checks.append(problem)
+    if config_path is not None:
+        checks.append(config_check(config_path))
+        if model is None:
+            model = _config_model(config_path)
     checks.append(model_check(model))
     return checks
 
@@ -381,7 +398,8 @@ def participant_command(
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     default=None,
-    help="The `coordinator run --config` file (its training.model_path is the model checked).",
+    help="The `coordinator run --config` file: validated as `coordinator run` validates it "
+    "(its training.model_path is the model checked).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address it will listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Check that this port is free to listen on.")

@@ -3,13 +3,14 @@
     fedmask coordinator run --federation DIR --state DIR --config federation.json [--port P]
 
 ``--config`` is a ``FederationConfig`` as JSON (participants, rounds, training settings, clip,
-deadlines); it is validated before anything listens, and stored with the run: restarting with
-the same ``--state`` resumes after the last committed round (an interrupted round runs again),
-and restarting with another configuration is refused. At the end ``STATE/final.json`` holds the
-ledger and the participants' final held-out figures; with ``--report DIR`` the coordinator also
-writes the demo's report there (report.md with the per-round table, report.json, report.png,
-global_adapter/ in PEFT format; no single-party baselines: the coordinator holds no records) and
-prints report.md.
+deadlines); it is validated, against the model's shape too (``lora_layers``), before anything
+listens or is written (``fedmask doctor coordinator --config`` runs the same validation), and
+stored with the run: restarting with the same ``--state`` resumes after the last committed round
+(an interrupted round runs again), and restarting with another configuration is refused. At the
+end ``STATE/final.json`` holds the ledger and the participants' final held-out figures; with
+``--report DIR`` (checked writable at start) the coordinator also writes the demo's report there
+(report.md with the per-round table, report.json, report.png, global_adapter/ in PEFT format; no
+single-party baselines: the coordinator holds no records) and prints report.md.
 
 For the operator (docs/operations.md): progress goes to stderr and to ``--log-file`` (default
 ``STATE/coordinator.log``) as text or JSON lines (``--log-format``); ``STATE/status.json`` says what
@@ -27,10 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
+import os
 import socket
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -43,14 +47,16 @@ from fedmask import pki
 from fedmask.adapter.config import TrainingConfig
 from fedmask.cli.operations import ledger_document, open_store, participants_json, rounds_document, status_document
 from fedmask.coordinator import transport as server_transport
-from fedmask.coordinator.config import FederationConfig, FederationError
+from fedmask.coordinator.config import FederationConfig, FederationError, load_federation_config, training_config_of
 from fedmask.coordinator.dashboard import DashboardError, is_loopback, serve_dashboard
-from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation
+from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation, Layout
 from fedmask.coordinator.observability import LOG_FORMATS, PROGRESS_LOGGER, LogFormat, start_logging
 from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from fedmask.participant.data import Record
 
 LOG_FILE_NAME = "coordinator.log"
@@ -70,6 +76,22 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def check_writable_directory(directory: Path, what: str) -> None:
+    """A one-line error now (``cannot write WHAT: why``) if files cannot be written in
+    ``directory``, rather than after the work whose result they would hold. A directory still
+    to be made is probed in its nearest existing parent: nothing is left behind."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():  # a file where a directory has to be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {what}: {exc.strerror or exc}") from None
 
 
 def federation_document(state_dir: Path) -> dict[str, Any]:
@@ -229,9 +251,9 @@ def run(
         )
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     try:
-        config = FederationConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, FederationError) as exc:
-        raise click.ClickException(f"{config_path}: {exc}") from None
+        config = load_federation_config(config_path)
+    except FederationError as exc:
+        raise click.ClickException(str(exc)) from None
     # Read before any round runs: a bad evaluation file must not surface after hours of training.
     evaluation = _evaluation_records(evaluate_path, report_dir, config) if evaluate_path is not None else None
     try:
@@ -251,10 +273,19 @@ def run(
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
     listeners = ((host, port), (host, health_port), (metrics_host, metrics_port), (dashboard_host, dashboard_port))
     for listen_host, listen_port in listeners:
-        if listen_port:  # refused before the store is written (the server binds after loading it)
+        if listen_port is not None:  # refused before the store is written (the server binds after loading it)
             check_port_free(listen_host, listen_port)
+    # Refused before anything is written or trained: the report is written only at the very end.
+    check_writable_directory(state_dir, f"--state {state_dir}")
+    if log_file is not None:
+        check_writable_directory(log_file.parent, f"--log-file {log_file}")
+    if report_dir is not None:
+        check_writable_directory(report_dir, f"--report {report_dir}")
     settings = ServerSettings(host=host, port=port, health_port=health_port)
     log_file = log_file or state_dir / LOG_FILE_NAME
+    # A new federation's initial adapter is built before its state is written: a setting only the
+    # built model can refuse (a LoRA target it lacks) then leaves no state behind to block a rerun.
+    initial = None if (state_dir / "federation.db").exists() else _initial_adapter(config)
     with contextlib.ExitStack() as cleanup:
         dashboard_url = None
         if dashboard_port is not None:  # it reads the state directory per request: no store needed yet
@@ -272,6 +303,7 @@ def run(
             security,
             settings=settings,
             identity_keys=identity_keys,
+            initial=initial,
             allow_config_change=allow_config_change,
             roster_loader=roster_loader,
             metrics_endpoint=(metrics_host, metrics_port) if metrics_port is not None else None,
@@ -283,6 +315,14 @@ def run(
         logs = start_logging(log_format, log_file)
         cleanup.callback(logs.close)
         _run_federation(federation, state_dir, config, report_dir, started, evaluation)
+
+
+def _initial_adapter(config: FederationConfig) -> tuple[np.ndarray, Layout]:
+    """The adapter every participant starts from, built by the model code they train with."""
+    from fedmask.adapter.model import initial_adapter  # torch: only when a federation starts
+
+    # training_config_of reads the settings as the participants do (a JSON list of LoRA targets too)
+    return initial_adapter(training_config_of(config.training_config()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -189,3 +189,43 @@ def test_the_coordinator_form(federations, tmp_path):
     # Members' certificates that expire soon are named (default: within 30 days).
     code, lines = doctor("coordinator", "--federation", str(federations["home"]), "--state", str(tmp_path))
     assert code == 0 and line(lines, "members").startswith("warn  members:") and "alice" in line(lines, "members")
+
+
+def _coordinator_config(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "federation.json"
+    path.write_text(json.dumps({"participants": ["alice", "bob"], "rounds": 1, **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"threshold": 5}, "threshold must be in [2, 2] (shares per secret), got 5"),
+        ({"training": {"target_epsilon": -1}}, "training: target_epsilon must be positive and at most 100, got -1"),
+        ({"training": {"lora_layers": 99}}, "training: lora_layers is 99, but the model has 6 layers"),
+    ],
+    ids=["threshold-above-participants", "negative-epsilon", "lora-layers-beyond-the-model"],
+)
+def test_the_coordinator_config_fails_as_coordinator_run_refuses_it(federations, tmp_path, changes, message):
+    config = _coordinator_config(tmp_path, **changes)
+    args = ["coordinator", "--federation", str(federations["home"]), "--state", str(tmp_path / "state")]
+    code, lines = doctor(*args, "--config", str(config), *QUIET)
+    assert code == 1
+    assert line(lines, "config") == f"FAIL  config: {config}: {message}"
+    assert line(lines, "model").startswith("ok")  # the model itself is fine: only the settings are not
+    # The same words as `coordinator run`'s one line: one validation, not a copy of it.
+    run = CliRunner().invoke(main, ["coordinator", "run", *args[1:], "--config", str(config), "--insecure"])
+    assert run.exit_code == 1 and run.output.strip().splitlines()[-1] == f"Error: {config}: {message}"
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_valid_coordinator_config_is_ok(federations, tmp_path):
+    config = _coordinator_config(tmp_path, threshold=2)
+    args = ["coordinator", "--federation", str(federations["home"]), "--state", str(tmp_path / "state")]
+    code, lines = doctor(*args, "--config", str(config), *QUIET)
+    assert code == 0, lines
+    assert line(lines, "config") == f"ok    config: {config}: 2 participants, 1 round(s), threshold 2"
+    unreadable = tmp_path / "broken.json"
+    unreadable.write_text("{not json")
+    code, lines = doctor(*args, "--config", str(unreadable), *QUIET)
+    assert code == 1 and line(lines, "config").startswith(f"FAIL  config: {unreadable}: Expecting property name")

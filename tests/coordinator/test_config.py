@@ -1,0 +1,49 @@
+"""``load_federation_config``: the one validation of a ``coordinator run --config`` file, shared
+by ``coordinator run`` (before it writes anything) and ``fedmask doctor coordinator --config``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmask.coordinator.config import FederationError, load_federation_config
+
+PARTIES = ["hospital-a", "hospital-b", "bank"]
+
+
+def _config_file(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "federation.json"
+    path.write_text(json.dumps({"participants": PARTIES, "rounds": 2, **changes}))
+    return path
+
+
+def test_a_valid_config_loads(tmp_path):
+    config = load_federation_config(_config_file(tmp_path, threshold=2, training={"lora_layers": 2}))
+    assert config.participants == tuple(sorted(PARTIES)) and config.rounds == 2 and config.threshold == 2
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"training": {"lora_layers": 99}}, "training: lora_layers is 99, but the model has 6 layers"),
+        ({"threshold": 5}, "threshold must be in [2, 3] (shares per secret), got 5"),
+        ({"training": {"target_epsilon": -1}}, "training: target_epsilon must be positive and at most 100, got -1"),
+        ({"rounds": 0}, "rounds must be a positive integer, got 0"),
+    ],
+    ids=["lora-layers-beyond-the-model", "threshold-above-participants", "negative-epsilon", "no-rounds"],
+)
+def test_every_refusal_is_one_federation_error_that_names_the_file(tmp_path, changes, message):
+    path = _config_file(tmp_path, **changes)
+    with pytest.raises(FederationError) as refused:
+        load_federation_config(path)
+    assert str(refused.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"participants": "\xff"}'], ids=["not-json", "not-utf8"])
+def test_a_file_that_is_not_json_is_a_federation_error(tmp_path, content):
+    path = tmp_path / "federation.json"
+    path.write_bytes(content)
+    with pytest.raises(FederationError, match=f"^{path}: "):
+        load_federation_config(path)
