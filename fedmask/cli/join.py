@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from fedmask import pki
-from fedmask.cli.targets import check_target
+from fedmask.cli.checks import check_target
 from fedmask.participant.grpc_client import Outcome, take_part
 from fedmask.participant.policy import PolicyViolation
 from fedmask.participant.setup import (

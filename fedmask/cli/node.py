@@ -18,9 +18,9 @@ from pathlib import Path
 
 import click
 
+from fedmask.cli.checks import check_target
 from fedmask.cli.join import TOKEN_ENV
 from fedmask.cli.quiet import quiet_libraries
-from fedmask.cli.targets import check_target
 from fedmask.durable import prove_writable_directory
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
