@@ -10,6 +10,7 @@ key is never readable by others, not even briefly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -65,9 +66,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int = PU
     write_atomic(path, text.encode("utf-8"), mode=mode)
 
 
-def prove_writable_directory(directory: str | os.PathLike[str]) -> None:
-    """Make ``directory`` (and its parents) and create and remove a file in it: an OSError here,
-    before minutes of work, rather than when the results are to be written."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+def probe_writable_directory(directory: str | os.PathLike[str]) -> Path:
+    """Create and remove a file in ``directory`` -- or, if it is still to be made, in its nearest
+    existing parent -- and return where: an OSError now, before minutes of work, rather than when
+    the results are to be written. Nothing is left behind."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():  # a file where a directory has to be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
         pass
+    return existing

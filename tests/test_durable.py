@@ -47,3 +47,16 @@ def test_the_file_and_its_directory_are_synced(tmp_path: Path, monkeypatch) -> N
     synced.clear()
     durable.write_atomic(tmp_path / "b.bin", b"payload", sync_directory=False)
     assert len(synced) == 1  # the caller syncs the directory once for several files
+
+
+def test_probing_a_directory_leaves_nothing_behind(tmp_path):
+    existing = tmp_path / "out"
+    existing.mkdir()
+    assert durable.probe_writable_directory(existing) == existing and list(existing.iterdir()) == []
+    to_be_made = tmp_path / "a" / "b"
+    assert durable.probe_writable_directory(to_be_made) == tmp_path  # probed where it will be made
+    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a regular file\n")
+    with pytest.raises(NotADirectoryError):
+        durable.probe_writable_directory(blocker / "out")

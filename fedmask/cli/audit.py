@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from fedmask.cli.checks import check_writable_directory
 from fedmask.cli.quiet import quiet_libraries
-from fedmask.durable import prove_writable_directory
 
 
 @click.command()
@@ -93,10 +93,7 @@ def audit(
         pool = load_records(data_path)
     except (DataError, OSError) as exc:
         raise click.ClickException(f"--data {data_path}: {exc}") from None
-    try:
-        prove_writable_directory(out_dir)  # before the target and shadow models train
-    except OSError as exc:
-        raise click.ClickException(f"cannot write the output directory {out_dir}: {exc.strerror or exc}") from None
+    check_writable_directory(out_dir, f"the output directory {out_dir}")  # before any model trains
     if records is not None:
         pool = pool[:records]
     settings = AuditSettings(
@@ -112,6 +109,7 @@ def audit(
         seed=seed,
     )
     result = run_audit(pool, settings, progress=lambda line: click.echo(line, err=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "audit.json").write_text(json.dumps(result, indent=1) + "\n")
     click.echo(format_table(result))
     click.echo(f"\n{out_dir / 'audit.json'}")

@@ -1,4 +1,5 @@
-"""``--coordinator HOST:PORT``, checked before anything dials it.
+"""The CLI's shared input checks, run before any work: ``--coordinator HOST:PORT`` before
+anything dials it, and output directories before anything is computed for them.
 
 gRPC takes a port above 65535 modulo 2^16 and a scheme such as ``http://`` as part of the host
 name, so a typo would otherwise surface minutes later as "coordinator not reachable" somewhere
@@ -7,8 +8,11 @@ else.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from fedmask.durable import probe_writable_directory
 from fedmask.pki.preflight import split_target
 
 _EXAMPLE = "e.g. coordinator.example.org:7443"
@@ -27,3 +31,13 @@ def check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if any(c.isspace() or c == "/" for c in host):
         raise click.BadParameter(f"{value!r}: {host!r} is not a host name or address")
     return value
+
+
+def check_writable_directory(directory: Path, what: str) -> None:
+    """A one-line error now (``cannot write WHAT: why``) if files cannot be written in
+    ``directory`` (or, if it is still to be made, in its nearest existing parent), rather than
+    after the work whose result they would hold. Nothing is left behind."""
+    try:
+        probe_writable_directory(directory)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {what}: {exc.strerror or exc}") from None

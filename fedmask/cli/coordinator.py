@@ -23,7 +23,8 @@ import click
 import numpy as np
 
 from fedmask import pki
-from fedmask.cli.federate import check_port_free, check_writable_directory
+from fedmask.cli.checks import check_writable_directory
+from fedmask.cli.federate import check_port_free
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.round_server import (
     DEFAULT_JOIN_TIMEOUT_S,

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 import click
 
 from fedmask import pki
+from fedmask.durable import probe_writable_directory
 from fedmask.pki.preflight import (
     Check,
     certificate_checks,
@@ -58,16 +58,12 @@ WEIGHT_FILES = (
 def disk_check(state_dir: Path, min_free_gib: float) -> Check:
     """Free space where ``state_dir`` lives (or will: its nearest existing parent), and that it
     can be written."""
-    existing = state_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return Check("FAIL", "disk", f"{existing} is not a directory: --state must be one")
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".doctor-"):
-            pass
+        existing = probe_writable_directory(state_dir)
+    except NotADirectoryError as exc:
+        return Check("FAIL", "disk", f"{exc.filename} is not a directory: --state must be one")
     except OSError as exc:
-        return Check("FAIL", "disk", f"cannot write in {existing}: {exc.strerror or exc}")
+        return Check("FAIL", "disk", f"cannot write in {state_dir} (or where it will be made): {exc.strerror or exc}")
     free = shutil.disk_usage(existing).free / GIB
     where = str(state_dir) if existing == state_dir else f"{existing} (where {state_dir} will be made)"
     if free < min_free_gib:

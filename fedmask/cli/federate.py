@@ -28,13 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import functools
 import json
 import logging
-import os
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -45,6 +42,7 @@ import click
 
 from fedmask import pki
 from fedmask.adapter.config import TrainingConfig
+from fedmask.cli.checks import check_writable_directory
 from fedmask.cli.operations import ledger_document, open_store, participants_json, rounds_document, status_document
 from fedmask.coordinator import transport as server_transport
 from fedmask.coordinator.config import FederationConfig, FederationError, load_federation_config, training_config_of
@@ -76,22 +74,6 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def check_writable_directory(directory: Path, what: str) -> None:
-    """A one-line error now (``cannot write WHAT: why``) if files cannot be written in
-    ``directory``, rather than after the work whose result they would hold. A directory still
-    to be made is probed in its nearest existing parent: nothing is left behind."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        if not existing.is_dir():  # a file where a directory has to be
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {what}: {exc.strerror or exc}") from None
 
 
 def federation_document(state_dir: Path) -> dict[str, Any]:

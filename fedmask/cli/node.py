@@ -18,10 +18,9 @@ from pathlib import Path
 
 import click
 
-from fedmask.cli.checks import check_target
+from fedmask.cli.checks import check_target, check_writable_directory
 from fedmask.cli.join import TOKEN_ENV
 from fedmask.cli.quiet import quiet_libraries
-from fedmask.durable import prove_writable_directory
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
 from fedmask.participant.setup import SetupError, load_policy, setup_connection
@@ -108,10 +107,7 @@ def node(
     except SetupError as exc:
         raise click.ClickException(str(exc)) from None
     # The identity, policy and state directory are checked before the records are read and scrubbed.
-    try:
-        prove_writable_directory(state_dir)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write the state directory {state_dir}: {exc.strerror or exc}") from None
+    check_writable_directory(state_dir, f"the state directory {state_dir}")
     try:
         data = load_local_data(data_path, task=task, heldout_fraction=heldout_fraction)
     except (DataError, OSError) as exc:

@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
+from fedmask.cli.checks import check_writable_directory
 from fedmask.cli.quiet import quiet_libraries
-from fedmask.durable import prove_writable_directory
 
 
 @click.group()
@@ -33,14 +33,6 @@ def _parse_targets(value: str | None) -> tuple[str, ...] | None:
     if not names:
         raise click.BadParameter("give at least one module name, comma-separated")
     return names
-
-
-def _check_output_directory(out_dir: Path) -> None:
-    """Make ``out_dir`` and write a scratch file in it, or end in one line saying why not."""
-    try:
-        prove_writable_directory(out_dir)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write the output directory {out_dir}: {exc.strerror or exc}") from None
 
 
 def _no_empty_output_left_on_failure(command: Callable[..., None]) -> Callable[..., None]:
@@ -300,7 +292,7 @@ def train(
         )
     except (ConfigError, DataError, LedgerError) as exc:
         raise click.ClickException(str(exc)) from None
-    _check_output_directory(out_dir)  # before training: minutes of work are not lost at the end
+    check_writable_directory(out_dir, f"the output directory {out_dir}")  # before minutes of training
 
     threads = configure_threads()
     console.print(
