@@ -7,8 +7,6 @@ permission bits do not stop a write, but nobody can create a directory inside a 
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,24 +14,9 @@ from click.testing import CliRunner
 
 from fedmask.cli import main
 from fedmask.coordinator.config import FederationConfig
+from fedmask.testing.cli import assert_one_line_error
 
 PARTIES = ["hospital-a", "hospital-b", "bank"]
-
-
-@pytest.fixture
-def blocked(tmp_path) -> Path:
-    """A path no directory can be made at (its parent is a regular file)."""
-    parent = tmp_path / "a-file"
-    parent.write_text("not a directory\n")
-    return parent / "out"
-
-
-@pytest.fixture
-def port_in_use() -> Iterator[int]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        yield listener.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +39,6 @@ def _config(tmp_path, **changes) -> Path:
     path = tmp_path / "federation.json"
     path.write_text(json.dumps(data))
     return path
-
-
-def assert_one_line_error(result, *words: str) -> str:
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), f"not handled: {result.exception!r}"
-    assert "Traceback" not in result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: "), result.output
-    for word in words:
-        assert word in last, last
-    return last
 
 
 def _coordinator_run(tmp_path, config: Path, federation: Path, *extra: str) -> list[str]:

@@ -4,10 +4,8 @@ line, before any participant is waited for (gRPC's own error line never shows)."
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +21,6 @@ def federation(tmp_path_factory) -> Path:
     from fedmask.testing.loopback import make_federation
 
     return make_federation(tmp_path_factory.mktemp("pki") / "fed", PARTIES)
-
-
-@pytest.fixture
-def port_in_use() -> Iterator[int]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        yield listener.getsockname()[1]
 
 
 def _serve_args(federation: Path, *extra: str) -> list[str]:

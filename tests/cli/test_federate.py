@@ -81,15 +81,6 @@ def federation(tmp_path_factory) -> Path:
     return make_federation(tmp_path_factory.mktemp("pki") / "fed", RUN_PARTIES)
 
 
-@pytest.fixture
-def blocked(tmp_path) -> Path:
-    """A path nothing can be written under (its parent is a regular file): the tests run as root,
-    for whom permission bits do not stop a write."""
-    parent = tmp_path / "a-file"
-    parent.write_text("not a directory\n")
-    return parent / "out"
-
-
 def _write_config(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "federation.json"
     path.write_text(json.dumps({"participants": RUN_PARTIES, "rounds": 1, **changes}))

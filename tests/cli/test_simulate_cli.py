@@ -15,21 +15,11 @@ from click.testing import CliRunner
 from fedmask.cli import main
 from fedmask.secagg import SecurityMode
 from fedmask.secagg.simulation import DROPPABLE_PHASES
+from fedmask.testing.cli import assert_one_line_error
 
 
 def _simulate(*args: str):
     return CliRunner().invoke(main, ["simulate", *args])
-
-
-def assert_one_line_error(result, *words: str) -> str:
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), f"not handled: {result.exception!r}"
-    assert "Traceback" not in result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: "), result.output
-    for word in words:
-        assert word in last, last
-    return last
 
 
 @pytest.mark.parametrize("participants, dropout", [("2", "1.0"), ("10", "0.9")])
