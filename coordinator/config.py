@@ -259,13 +259,10 @@ def check_model_shape(settings: Mapping[str, Any]) -> None:
 
 
 def training_config_of(settings: Mapping[str, Any]) -> TrainingConfig:
-    """The ``TrainingConfig`` of JSON training settings (a list of LoRA targets is a tuple)."""
+    """The ``TrainingConfig`` of JSON training settings."""
     from fedmask.adapter.config import TrainingConfig
 
-    values = dict(settings)
-    if isinstance(values.get("lora_targets"), list):
-        values["lora_targets"] = tuple(values["lora_targets"])
-    return TrainingConfig.create(**values)
+    return TrainingConfig.create(**settings)
 
 
 def check_training_settings(settings: Mapping[str, Any]) -> None:

@@ -160,8 +160,12 @@ class TrainingConfig:
 
     @classmethod
     def create(cls, **fields: Any) -> TrainingConfig:
-        """Build a config from optional settings (a CLI's): ``None`` means "the default"."""
-        return cls(**{name: value for name, value in fields.items() if value is not None})
+        """Build a config from optional settings (a CLI's, or JSON's): ``None`` means "the
+        default", and a list of LoRA targets (JSON has no tuples) is a tuple."""
+        values = {name: value for name, value in fields.items() if value is not None}
+        if isinstance(values.get("lora_targets"), list):
+            values["lora_targets"] = tuple(values["lora_targets"])
+        return cls(**values)
 
     def __post_init__(self) -> None:
         def need(condition: bool, message: str) -> None:

@@ -45,16 +45,14 @@ from fedmask.adapter.config import TrainingConfig
 from fedmask.cli.checks import check_writable_directory
 from fedmask.cli.operations import ledger_document, open_store, participants_json, rounds_document, status_document
 from fedmask.coordinator import transport as server_transport
-from fedmask.coordinator.config import FederationConfig, FederationError, load_federation_config, training_config_of
+from fedmask.coordinator.config import FederationConfig, FederationError, load_federation_config
 from fedmask.coordinator.dashboard import DashboardError, is_loopback, serve_dashboard
-from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation, Layout
+from fedmask.coordinator.federation import EXIT_FAILED, EXIT_FINISHED, Federation, initial_adapter
 from fedmask.coordinator.observability import LOG_FORMATS, PROGRESS_LOGGER, LogFormat, start_logging
 from fedmask.coordinator.round_server import ServerSettings
 from fedmask.durable import write_text_atomic
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from fedmask.participant.data import Record
 
 LOG_FILE_NAME = "coordinator.log"
@@ -267,7 +265,7 @@ def run(
     log_file = log_file or state_dir / LOG_FILE_NAME
     # A new federation's initial adapter is built before its state is written: a setting only the
     # built model can refuse (a LoRA target it lacks) then leaves no state behind to block a rerun.
-    initial = None if (state_dir / "federation.db").exists() else _initial_adapter(config)
+    initial = None if (state_dir / "federation.db").exists() else initial_adapter(config.training_config())
     with contextlib.ExitStack() as cleanup:
         dashboard_url = None
         if dashboard_port is not None:  # it reads the state directory per request: no store needed yet
@@ -297,14 +295,6 @@ def run(
         logs = start_logging(log_format, log_file)
         cleanup.callback(logs.close)
         _run_federation(federation, state_dir, config, report_dir, started, evaluation)
-
-
-def _initial_adapter(config: FederationConfig) -> tuple[np.ndarray, Layout]:
-    """The adapter every participant starts from, built by the model code they train with."""
-    from fedmask.adapter.model import initial_adapter  # torch: only when a federation starts
-
-    # training_config_of reads the settings as the participants do (a JSON list of LoRA targets too)
-    return initial_adapter(training_config_of(config.training_config()))
 
 
 @dataclasses.dataclass(frozen=True)

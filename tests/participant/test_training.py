@@ -334,6 +334,9 @@ def test_training_refuses_bad_settings(tiny_qwen2_path: str, demo_records) -> No
     with pytest.raises(ConfigError, match="clipping must be one of"):
         TrainingConfig(clipping="fast")
     assert TrainingConfig.create(batch_size=None, local_steps=5).batch_size == 64
+    # Settings read from JSON (a federation's config, a task) carry a list: the same config.
+    from_json = TrainingConfig.create(**json.loads('{"lora_targets": ["query", "value"]}'))
+    assert from_json == TrainingConfig.create(lora_targets=("query", "value"))
     config = _small_config(tiny_qwen2_path, "causal_lm", "lora", planned_rounds=2, local_steps=2)
     ledger = PrivacyLedger(accountant="rdp", epsilon_budget=8.0, delta=1e-5)
     trainer = LocalTrainer(config, ledger=ledger)
