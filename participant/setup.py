@@ -75,7 +75,7 @@ def setup_connection(
             roster = pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir))
         identity_key = pki.load_identity_key(federation_dir, name) if paths.identity_key(name).is_file() else None
     except (pki.PkiError, OSError) as exc:
-        raise SetupError(f"{exc} (federation directory {federation_dir})") from exc
+        raise SetupError(pki.in_federation_directory(exc, federation_dir)) from exc
     connection = Connection(
         target,
         credentials,

@@ -180,7 +180,7 @@ def serve(
         else:
             security = server_transport.mtls_security(federation_dir, coordinator_name)
     except (pki.PkiError, OSError) as exc:
-        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from exc
+        raise click.ClickException(pki.in_federation_directory(exc, federation_dir)) from exc
 
     if participants is not None:
         names = _participant_names(participants)

@@ -249,7 +249,7 @@ def run(
         if security.roster is not None:
             roster_loader = functools.partial(pki.load_roster, federation_dir, pki.load_ca_certificate(federation_dir))
     except (pki.PkiError, OSError) as exc:
-        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
+        raise click.ClickException(pki.in_federation_directory(exc, federation_dir)) from None
     identity_keys = dict(security.roster.identity_keys) if security.roster is not None else {}
     listeners = ((host, port), (host, health_port), (metrics_host, metrics_port), (dashboard_host, dashboard_port))
     for listen_host, listen_port in listeners:

@@ -420,7 +420,7 @@ def load_roster(federation_dir: Path) -> pki.Roster:
     try:
         return pki.load_roster(federation_dir, pki.load_ca_certificate(federation_dir))
     except (pki.PkiError, OSError) as exc:
-        raise click.ClickException(f"{exc} (federation directory {federation_dir})") from None
+        raise click.ClickException(pki.in_federation_directory(exc, federation_dir)) from None
 
 
 @click.command("participants")

@@ -73,6 +73,7 @@ from fedmask.pki.layout import (
     RosterError,
     certificate_fingerprint,
     identity_uri,
+    in_federation_directory,
     load_ca_certificate,
     load_certificate_file,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "export_participant",
     "identity_from_peer_cert",
     "identity_uri",
+    "in_federation_directory",
     "init_federation",
     "insecure_warning",
     "issue",

@@ -213,6 +213,12 @@ def _check_organisation(organisation: str) -> str:
     return organisation
 
 
+def in_federation_directory(problem: BaseException, directory: str | os.PathLike[str]) -> str:
+    """``problem``'s message, with the federation directory it concerns unless it names it already."""
+    message = str(problem)
+    return message if str(directory) in message else f"{message} (federation directory {directory})"
+
+
 def _check_valid_days(valid_days: int) -> int:
     if not 1 <= valid_days <= MAX_VALIDITY_DAYS:
         raise PkiError(f"--days must be between 1 and {MAX_VALIDITY_DAYS} (100 years), not {valid_days}")

@@ -186,3 +186,14 @@ def test_digits_are_fine_in_a_dns_name_except_for_its_last_label(federation: Pat
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["1.example.org", "a1.example.123x", "10-0-0-1.nip.io"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+
+
+def test_a_problem_names_its_federation_directory_once(tmp_path):
+    missing = tmp_path / "nofed"
+    with pytest.raises(pki.PkiError) as raised:
+        pki.load_ca_certificate(missing)
+    message = pki.in_federation_directory(raised.value, missing)
+    assert message.count(str(missing)) == str(raised.value).count(str(missing)) >= 1  # not added again
+    assert (
+        pki.in_federation_directory(ValueError("bad roster"), missing) == f"bad roster (federation directory {missing})"
+    )
