@@ -90,6 +90,19 @@ class ProtocolParams:
         }
 
 
+def check_graph_degree(neighbours: int | None, num_participants: int) -> None:
+    """Refuse a SecAgg+ degree that a fixed set of ``num_participants`` cannot have.
+
+    ``holders_per_secret`` reads any k >= n - 1 as the complete graph (a federation's round may
+    be smaller than the degree it was configured with); where the participants are fixed, a
+    k >= n is a mistake that would otherwise be reported as a Harary graph the round never used."""
+    if neighbours is not None and neighbours >= num_participants:
+        raise ParameterError(
+            f"the SecAgg+ graph on {num_participants} participants needs degree < {num_participants}"
+            f" (each has at most {num_participants - 1} neighbours), got {neighbours}"
+        )
+
+
 def default_threshold(num_participants: int, mode: SecurityMode, holders: int | None = None) -> int:
     """A threshold that tolerates up to a third of the holders dropping out: floor(2h/3) + 1.
 

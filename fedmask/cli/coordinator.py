@@ -37,7 +37,7 @@ from fedmask.coordinator.round_server import (
     new_round_id,
 )
 from fedmask.secagg.errors import ParameterError
-from fedmask.secagg.params import ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.params import ProtocolParams, SecurityMode, check_graph_degree, default_threshold
 
 EXIT_ABORTED = 3
 
@@ -196,6 +196,7 @@ def serve(
         identity_keys = dict(security.roster.identity_keys)
 
     try:
+        check_graph_degree(neighbours, len(names))
         if threshold is None:
             holders = ProtocolParams(dimension, modulus_bits, 2, security_mode, neighbours).holders_per_secret(
                 len(names)

@@ -11,6 +11,7 @@ import click
 from fedmask.parallel import ThreadPartRunner
 from fedmask.secagg import Phase, ProtocolParams, SecurityMode, default_threshold, simulation
 from fedmask.secagg.errors import ParameterError
+from fedmask.secagg.params import check_graph_degree
 from fedmask.secagg.prg import PartRunner
 from fedmask.secagg.rand import SeededRandom, random_below
 from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, droppable_phases
@@ -42,13 +43,7 @@ def build_config(
             f" drop in one of {others}"
         )
     neighbours = None if graph == "complete" else int(graph)
-    # secagg reads any k >= n-1 as the complete graph, so an impossible k would otherwise be
-    # accepted and reported as a Harary graph the round never used.
-    if neighbours is not None and neighbours >= participants:
-        raise ParameterError(
-            f"the SecAgg+ graph on {participants} participants needs degree < {participants}"
-            f" (each has at most {participants - 1} neighbours), got {neighbours}"
-        )
+    check_graph_degree(neighbours, participants)
     params_probe = ProtocolParams(dim, modulus_bits, 2, mode, neighbours)
     holders = params_probe.holders_per_secret(participants)
     t = threshold if threshold is not None else default_threshold(participants, mode, holders)

@@ -79,3 +79,12 @@ def test_a_missing_output_folder_is_no_refusal(federation, tmp_path):
     assert result.exit_code == 3, result.output  # aborted: nobody joined
     assert "listening on 127.0.0.1:" in result.output and "Error" not in result.output
     assert not (tmp_path / "sums").exists()  # no sum, nothing written
+
+
+def test_a_graph_degree_the_participants_cannot_have_is_refused_before_listening(federation):
+    result = CliRunner().invoke(main, _serve_args(federation, "--port", "0", "--neighbours", "3"))
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output
+        == "Error: the SecAgg+ graph on 3 participants needs degree < 3 (each has at most 2 neighbours), got 3\n"
+    )

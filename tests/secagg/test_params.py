@@ -5,7 +5,13 @@ import pytest
 
 from fedmask.secagg import encoding
 from fedmask.secagg.errors import ParameterError
-from fedmask.secagg.params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
+from fedmask.secagg.params import (
+    EncodingParams,
+    ProtocolParams,
+    SecurityMode,
+    check_graph_degree,
+    default_threshold,
+)
 from fedmask.secagg.rand import SeededRandom
 
 
@@ -94,3 +100,15 @@ def test_digest_changes_with_every_field():
         ProtocolParams(10, 32, 3, SecurityMode.SEMI_HONEST, neighbours=4),
     ]
     assert len({base.digest(), *(v.digest() for v in variants)}) == 6
+
+
+@pytest.mark.parametrize("neighbours", [5, 6, 1000])
+def test_a_degree_the_participants_cannot_have_is_refused(neighbours):
+    with pytest.raises(ParameterError, match=f"degree < 5 .* got {neighbours}"):
+        check_graph_degree(neighbours, 5)
+
+
+@pytest.mark.parametrize("neighbours, holders", [(None, 5), (2, 3), (4, 5)])
+def test_a_degree_below_the_participants_is_accepted(neighbours, holders):
+    check_graph_degree(neighbours, 5)  # raises nothing
+    assert ProtocolParams(10, 32, 3, SecurityMode.SEMI_HONEST, neighbours).holders_per_secret(5) == holders
