@@ -131,16 +131,30 @@ def load_records(path: str | Path, *, task: str = "classification", num_labels: 
     return records
 
 
+# The share of the records held out when they carry no 'split' field of their own.
+DEFAULT_HELDOUT_FRACTION = 0.2
+
+
 def split_records(
-    records: Sequence[Record], *, heldout_fraction: float = 0.2, seed: int = 0
+    records: Sequence[Record], *, heldout_fraction: float | None = None, seed: int = 0
 ) -> tuple[list[Record], list[Record], str]:
-    """Split into (train, heldout, source), honouring the records' own ``split`` field."""
+    """Split into (train, heldout, source), honouring the records' own ``split`` field.
+
+    ``heldout_fraction`` (default ``DEFAULT_HELDOUT_FRACTION``) splits records that carry no
+    ``split``; asked for explicitly on records that do, it is refused rather than ignored."""
     with_split = [r for r in records if r.split is not None]
     if with_split and len(with_split) != len(records):
         raise DataError(
             f"{len(with_split)} of {len(records)} records have a 'split' field: "
             "either all records carry one or none does"
         )
+    if with_split and heldout_fraction is not None:
+        raise DataError(
+            f"a held-out fraction of {heldout_fraction:g} was asked for, but the records carry their own "
+            "'split' field: drop one of the two"
+        )
+    if heldout_fraction is None:
+        heldout_fraction = DEFAULT_HELDOUT_FRACTION
     if with_split:
         train = [r for r in records if r.split == "train"]
         heldout = [r for r in records if r.split == "heldout"]
@@ -178,7 +192,7 @@ def load_local_data(
     *,
     task: str = "classification",
     num_labels: int = 2,
-    heldout_fraction: float = 0.2,
+    heldout_fraction: float | None = None,
     seed: int = 0,
     scrub_pii: bool = True,
 ) -> LocalData:

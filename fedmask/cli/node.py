@@ -35,7 +35,12 @@ from fedmask.participant.setup import SetupError, load_policy, setup_connection
     "--coordinator", "target", default="localhost:7443", show_default=True, callback=check_target, help="HOST:PORT"
 )
 @click.option("--tls-server-name", default=None, help="The coordinator's certificate host, if not the target's.")
-@click.option("--heldout-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
+@click.option(
+    "--heldout-fraction",
+    type=click.FloatRange(0.05, 0.5),
+    default=None,
+    help="Share of the records held out when they carry no 'split' field (refused when they do). [default: 0.2]",
+)
 @click.option("--connect-attempts", type=click.IntRange(1), default=30, show_default=True)
 @click.option(
     "--outage-tolerance",
@@ -75,7 +80,7 @@ def node(
     state_dir: Path,
     target: str,
     tls_server_name: str | None,
-    heldout_fraction: float,
+    heldout_fraction: float | None,
     connect_attempts: int,
     outage_tolerance: float,
     min_bandwidth: float,

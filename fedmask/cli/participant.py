@@ -152,10 +152,9 @@ def _no_empty_output_left_on_failure(command: Callable[..., None]) -> Callable[.
 @click.option("--num-labels", type=int, default=2, show_default=True)
 @click.option(
     "--heldout-fraction",
-    type=float,
-    default=0.2,
-    show_default=True,
-    help="Used only when the records carry no 'split' field.",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Share of the records held out when they carry no 'split' field (refused when they do). [default: 0.2]",
 )
 @click.option(
     "--ledger",
@@ -220,7 +219,7 @@ def train(
     lora_targets: str | None,
     lora_layers: int | None,
     num_labels: int,
-    heldout_fraction: float,
+    heldout_fraction: float | None,
     ledger_path: Path | None,
     no_scrub: bool,
     label_names: str | None,

@@ -166,3 +166,11 @@ def test_participant_train_with_lora_layers_beyond_the_model(tmp_path, records):
     args = ["participant", "train", "--data", str(records), "--lora-layers", "99", "--out", str(out)]
     assert_one_line_error(CliRunner().invoke(main, args), "lora_layers is 99, but the model has 6 layers")
     assert not out.exists()
+
+
+def test_participant_train_refuses_a_heldout_fraction_its_split_records_would_ignore(tmp_path, records):
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--heldout-fraction", "0.3", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert_one_line_error(result, "held-out fraction of 0.3 was asked for", "own 'split' field")
+    assert not out.exists()

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from fedmask.demo.data import PARTIES, generate_records, write_records
-from fedmask.participant.data import DataError, load_local_data, load_records, split_records
+from fedmask.participant.data import (
+    DEFAULT_HELDOUT_FRACTION,
+    DataError,
+    load_local_data,
+    load_records,
+    split_records,
+)
 from fedmask.participant.pii import empty_counts
 
 
@@ -109,6 +115,15 @@ def test_split_field_is_honoured_or_drawn_with_a_seed(tmp_path: Path) -> None:
     all_heldout = [{"text": "a", "label": 0, "split": "heldout"}]
     with pytest.raises(DataError, match="no training records"):
         load_local_data(write_jsonl(tmp_path / "h.jsonl", all_heldout))
+
+
+def test_a_heldout_fraction_asked_for_on_split_records_is_refused_not_ignored(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": i % 2, "split": "heldout" if i < 3 else "train"} for i in range(10)]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    with pytest.raises(DataError, match="held-out fraction of 0.5 was asked for, but the records carry their own"):
+        load_local_data(path, heldout_fraction=0.5)
+    unsplit = load_records(write_jsonl(tmp_path / "u.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(10)]))
+    assert len(split_records(unsplit)[1]) == round(10 * DEFAULT_HELDOUT_FRACTION)
 
 
 def test_scrubbing_is_on_by_default_and_counted(tmp_path: Path) -> None:
