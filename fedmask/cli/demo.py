@@ -157,7 +157,7 @@ def federation_settings(
     }
 
 
-def _profile(name: str) -> str:
+def party_profile(name: str) -> str:
     return next(party for party in PARTIES if name == party or name.startswith(party + "-"))
 
 
@@ -170,7 +170,7 @@ def _tiny_causal_lm(directory: Path, parties: list[str], seed: int) -> Path:
     texts = [
         note["text"]
         for index, party in enumerate(parties)
-        for note in generate_notes(_profile(party), 300, seed=10_000 + seed + index)
+        for note in generate_notes(party_profile(party), 300, seed=10_000 + seed + index)
     ]
     return build_tiny_qwen2(directory, texts, seed=seed)
 
@@ -314,9 +314,9 @@ def demo(
         request = pki.enrol(party_dirs[party], party, organisation=party)
         pki.issue(federation_dir, "participant", party, request=request)
         generated = (
-            generate_notes(_profile(party), records, seed=seed + index)
+            generate_notes(party_profile(party), records, seed=seed + index)
             if task == "causal_lm"
-            else generate_records(_profile(party), records, seed=seed + index)
+            else generate_records(party_profile(party), records, seed=seed + index)
         )
         data_paths[party] = write_records(generated, work / f"{party}.jsonl")
     for party, party_dir in party_dirs.items():  # once the roster lists everyone

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedmask.cli.demo import _parse_drops, _profile, demo, demo_threshold, federation_settings, party_names
+from fedmask.cli.demo import _parse_drops, demo, demo_threshold, federation_settings, party_names, party_profile
 
 
 def test_party_names_cycle_through_the_three_profiles() -> None:
@@ -26,7 +26,7 @@ def test_party_names_cycle_through_the_three_profiles() -> None:
         "bank-2",
         "hospital-a-3",
     ]
-    assert [_profile(n) for n in party_names(7)] == ["hospital-a", "hospital-b", "bank"] * 2 + ["hospital-a"]
+    assert [party_profile(n) for n in party_names(7)] == ["hospital-a", "hospital-b", "bank"] * 2 + ["hospital-a"]
     assert len(set(party_names(12))) == 12
 
 
