@@ -115,6 +115,12 @@ class FederationConfig:
         """The participants' training settings, with the budget planned over every round."""
         return {**self.training, "planned_rounds": self.rounds + self.spare_rounds}
 
+    def server_optimizer_config(self) -> dict[str, Any]:
+        """What ``aggregation.server_optimizer_from_config`` builds the server step from."""
+        if self.server_optimizer == "fedavg":
+            return {"name": "fedavg", "server_lr": self.server_learning_rate}
+        return {"name": "fedadam", "lr": self.server_learning_rate}
+
     @property
     def calibration_round(self) -> int | None:
         """The round after the last training round in which the participants release their

@@ -453,7 +453,7 @@ class Federation:
         elif last.round_number:
             self.progress(f"resuming after committed round {last.round_number}")
         vector, layout = store.load_checkpoint(last)
-        optimizer = server_optimizer_from_config(self._optimizer_config())
+        optimizer = server_optimizer_from_config(self.config.server_optimizer_config())
         state = store.load_optimizer_state(last)
         if state:
             optimizer.load_state_dict(state)
@@ -468,11 +468,6 @@ class Federation:
             if record:
                 accountant.step(NoiseRecord(**record))
         return accountant
-
-    def _optimizer_config(self) -> dict[str, Any]:
-        if self.config.server_optimizer == "fedavg":
-            return {"name": "fedavg", "server_lr": self.config.server_learning_rate}
-        return {"name": "fedadam", "lr": self.config.server_learning_rate}
 
     async def _run_round(
         self,
