@@ -17,6 +17,7 @@ class _BenchGroup(LazyGroup):
         "modes": "fedmask.bench.modes_bench:modes",
         "recipe": "fedmask.bench.recipe_bench:recipe",
         "round": "fedmask.bench.round_bench:round_bench",
+        "fedavg": "fedmask.bench.fedavg_bench:fedavg",
     }
 
 
