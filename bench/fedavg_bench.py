@@ -15,6 +15,8 @@ demo`` scores it; with ``--baselines`` (the default) also each party trained alo
 same budget (the demo's baselines) and the federated adapter's macro-F1 margin over the best of
 them. ``--set KEY=VALUE`` changes a federation setting (``server_learning_rate``, ``clip_norm``,
 ``rounds`` ...) or, as ``training.KEY=VALUE``, a training setting; values are JSON.
+``--non-private`` federates without DP (the parties' recipe without clipping or noise, exact
+calibration counts): where the federated result would stand if DP cost nothing.
 """
 
 from __future__ import annotations
@@ -83,10 +85,14 @@ def federate(
     data: Mapping[str, LocalData],
     heldout: Sequence[Record],
     features: FeatureCache,
+    *,
+    private: bool = True,
 ) -> dict[str, Any]:
     """One federation of every party in ``data``, nobody dropping out: the final global
     adapter (``adapter``, calibrated when the settings plan it), its scores on ``heldout`` and
-    each round's update norms (before clipping)."""
+    each round's update norms (before clipping). ``private=False``: the same federation with the
+    parties' recipe run without clipping or noise and an exact calibration statistic (where
+    the federated result would stand without DP)."""
     import numpy as np
 
     from fedmask.adapter import calibration
@@ -110,10 +116,15 @@ def federate(
         total = np.zeros(global_vector.size, dtype=prg.dtype_for_bits(encoding.modulus_bits))
         round_norms = []
         for party, trainer in trainers.items():
-            result = train_adapter(
-                config, data[party], global_adapter_state=global_vector, trainer=trainer, score_heldout=False
-            )
-            update = result.vector.astype(np.float64) - global_vector.astype(np.float64)
+            if private:
+                trained = train_adapter(
+                    config, data[party], global_adapter_state=global_vector, trainer=trainer, score_heldout=False
+                ).vector
+            else:
+                trainer.set_adapter_vector(global_vector)
+                trainer.train_non_private(data[party].train)
+                trained = trainer.adapter_vector()
+            update = trained.astype(np.float64) - global_vector.astype(np.float64)
             round_norms.append(float(np.linalg.norm(update)))
             np.add(total, encode(update, encoding, SystemRandom()), out=total)
         prg.reduce_modulus(total, encoding.modulus_bits)
@@ -124,7 +135,11 @@ def federate(
         release_total = None
         for party, trainer in trainers.items():
             trainer.set_adapter_vector(global_vector)
-            release = trainer.calibration_release(data[party].train, SystemRandom())
+            release = (
+                trainer.calibration_release(data[party].train, SystemRandom())
+                if private
+                else trainer.margin_statistic(data[party].train).astype(np.float64)
+            )
             encoded = calibration.encode_release(release, encoding.modulus_bits, survivors)
             release_total = encoded if release_total is None else release_total + encoded
         assert release_total is not None
@@ -144,6 +159,7 @@ def repeat_row(
     data_paths: Mapping[str, Path],
     baselines: bool,
     echo: Callable[[str], None],
+    private: bool = True,
 ) -> dict[str, Any]:
     from fedmask.demo.report import baseline_feature_cache, single_party_baselines
     from fedmask.participant.data import load_local_data
@@ -152,7 +168,7 @@ def repeat_row(
     heldout = [record for local in data.values() for record in local.heldout]
     features = baseline_feature_cache(len(data), federation.rounds)
     started = time.perf_counter()
-    federated = federate(federation, data, heldout, features)
+    federated = federate(federation, data, heldout, features, private=private)
     row: dict[str, Any] = {
         "federated": {name: federated["scores"][name] for name in FIGURES},
         "update_norms": federated["update_norms"],
@@ -182,6 +198,12 @@ def repeat_row(
     help="A federation setting (server_learning_rate=1.0) or a training one (training.batch_size=128).",
 )
 @click.option("--baselines/--no-baselines", default=True, show_default=True, help="Train each party alone too.")
+@click.option(
+    "--non-private",
+    is_flag=True,
+    help="Federate without DP (no clipping or noise in training; exact calibration counts); "
+    "the parties alone keep their DP budget.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated records.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def fedavg(
@@ -192,6 +214,7 @@ def fedavg(
     repeats: int,
     changes: tuple[str, ...],
     baselines: bool,
+    non_private: bool,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -220,8 +243,9 @@ def fedavg(
         }
         for number in range(1, repeats + 1):
             echo(f"repeat {number}/{repeats}")
-            rows.append(repeat_row(federation, data_paths, baselines, echo))
+            rows.append(repeat_row(federation, data_paths, baselines, echo, private=not non_private))
     report = summarise(rows, federation, parties, records, epsilon, seed)
+    report["federated_with_dp"] = not non_private
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -264,7 +288,8 @@ def render(report: Mapping[str, Any]) -> str:
     lines = [
         f"{len(report['participants'])} parties x {report['records_per_party']} records, epsilon "
         f"{report['epsilon']:g}, {report['rounds']} rounds, server {report['server_optimizer']}, clip "
-        f"{report['clip_norm']:g}; training {json.dumps(report['training'], sort_keys=True)}",
+        f"{report['clip_norm']:g}; training {json.dumps(report['training'], sort_keys=True)}"
+        + ("" if report["federated_with_dp"] else "; federated WITHOUT DP"),
         "",
         "| repeat | federated macro-F1 | balanced accuracy | AUROC | best party alone | margin | federation s |",
         "|---:|---:|---:|---:|---|---:|---:|",

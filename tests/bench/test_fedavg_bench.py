@@ -84,3 +84,15 @@ def test_fedavg_bench_reports_the_federated_adapter_and_its_margin_over_each_par
     assert row["margin_over_best_party"] == row["federated"]["macro_f1"] - row["party_alone"][best]["macro_f1"]
     assert len(row["update_norms"]) == 1 and len(row["update_norms"][0]) == 3
     assert report["summary"]["margin_mean"] == row["margin_over_best_party"]
+
+
+@pytest.mark.slow
+def test_fedavg_bench_without_dp_says_so() -> None:
+    args = ["--records", "60", "--rounds", "1", "--repeats", "1", "--no-baselines", "--non-private", "--json"]
+    result = CliRunner().invoke(fedavg, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["federated_with_dp"] is False
+    (row,) = report["rows"]
+    assert "party_alone" not in row and 0.0 <= row["federated"]["macro_f1"] <= 1.0
+    assert "WITHOUT DP" in CliRunner().invoke(fedavg, args[:-1]).output
