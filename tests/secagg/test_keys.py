@@ -85,6 +85,19 @@ def test_verify_many_agrees_with_verify_in_every_part():
     assert keys.verify_many(checks[:3], few) == expected[:3] and few.jobs == []  # too few to split
 
 
+def test_a_small_order_identity_key_cannot_sign_everything():
+    """Under the identity point as public key A, the signature (R = identity, S = 0) satisfies
+    the check [S]B = R + [k]A for every payload: a universal forgery that OpenSSL's Ed25519
+    accepts. A participant enrolled with such a key could be impersonated by anyone (a
+    coordinator forging its complaints or its consistency signature); verify refuses it."""
+    identity = (1).to_bytes(32, "little")  # the Ed25519 encoding of the identity point (y = 1)
+    forgery = identity + bytes(32)
+    for payload in (b"a complaint about participant 3", b"another survivor list"):
+        with pytest.raises(CryptoError):
+            keys.verify(identity, forgery, payload)
+    assert keys.verify_many([(identity, forgery, b"x")]) == [False]
+
+
 @pytest.mark.parametrize(
     "point",
     [
