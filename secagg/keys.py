@@ -275,6 +275,17 @@ def verify(identity_public: bytes, signature: bytes, payload: bytes) -> None:
         raise CryptoError("signature does not verify") from exc
 
 
+def check_identity_key(identity_public: bytes) -> None:
+    """Raises CryptoError unless ``identity_public`` is an Ed25519 public key that a signature
+    can be checked under: 32 bytes encoding a point of the prime-order subgroup. Under a
+    small-order key one signature verifies for every payload with OpenSSL's check (``verify``
+    refuses it, but a roster should never list such a key)."""
+    if len(identity_public) != nacl.bindings.crypto_sign_PUBLICKEYBYTES or not (
+        nacl.bindings.crypto_core_ed25519_is_valid_point(bytes(identity_public))
+    ):
+        raise CryptoError("not a usable Ed25519 public key (not a point of the prime-order subgroup)")
+
+
 # Fewer checks than this per part cost more to hand to a thread than they take (~50 us each).
 _MIN_CHECKS_PER_PART = 2
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
@@ -55,6 +54,8 @@ from fedmask.pki.layout import (
     load_ca_certificate,
 )
 from fedmask.pki.roster import _canonical_json, load_roster
+from fedmask.secagg import keys
+from fedmask.secagg.errors import CryptoError
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,14 @@ class EnrolmentRequest:
         _check_organisation(self.organisation)
         self.tls_public_key()
         try:
-            identity = ed25519.Ed25519PublicKey.from_public_bytes(self.identity_public_key)
-        except ValueError as exc:
-            raise PkiError("enrolment request: the identity key is not a valid Ed25519 public key") from exc
+            keys.check_identity_key(self.identity_public_key)
+        except CryptoError as exc:
+            raise PkiError(f"enrolment request: the identity key is {exc}") from exc
         try:
-            identity.verify(self.identity_proof, self._signed_bytes())
-        except InvalidSignature as exc:
+            # The check the rounds use (libsodium): OpenSSL's would take a proof forged under a
+            # small-order key, and a key that made it into the roster is trusted in every round.
+            keys.verify(self.identity_public_key, self.identity_proof, self._signed_bytes())
+        except CryptoError as exc:
             raise PkiError(
                 "enrolment request: the identity key's signature does not verify (the key or request was altered)"
             ) from exc

@@ -48,6 +48,8 @@ from fedmask.pki.layout import (
 )
 from fedmask.pki.roster import Roster, RosterEntry, _canonical_json, _write_roster, load_roster
 from fedmask.pki.tokens import _load_tokens
+from fedmask.secagg import keys
+from fedmask.secagg.errors import CryptoError
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +142,10 @@ class IssuedCertificate:
 
 
 def _load_ed25519_public_key(data: bytes) -> bytes:
-    """Raw 32 bytes from a PEM/DER SubjectPublicKeyInfo or raw 32-byte Ed25519 public key."""
+    """Raw 32 bytes from a PEM/DER SubjectPublicKeyInfo or raw 32-byte Ed25519 public key, a
+    point of the prime-order subgroup (``keys.check_identity_key``)."""
     if len(data) == 32:
-        try:
-            ed25519.Ed25519PublicKey.from_public_bytes(data)
-        except ValueError as exc:
-            raise PkiError(f"not a valid Ed25519 public key: {exc}") from exc
-        return data
+        return _usable_identity_key(data)
     try:
         key = (
             serialization.load_pem_public_key(data)
@@ -157,7 +156,15 @@ def _load_ed25519_public_key(data: bytes) -> bytes:
         raise PkiError(f"not a valid Ed25519 public key: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise PkiError("the identity public key must be Ed25519")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _usable_identity_key(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def _usable_identity_key(raw: bytes) -> bytes:
+    try:
+        keys.check_identity_key(raw)
+    except CryptoError as exc:
+        raise PkiError(f"the identity public key is {exc}") from exc
+    return raw
 
 
 _NEEDS_REQUEST = (

@@ -746,6 +746,9 @@ def _with_field(path: Path, **fields: object) -> bytes:
     return json.dumps(document).encode()
 
 
+SMALL_ORDER_KEY = (1).to_bytes(32, "little")  # the Ed25519 encoding of the identity point
+
+
 def test_a_request_with_a_bad_identity_key_is_refused(tmp_path: Path) -> None:
     enrolled = _enrolled(tmp_path)
     request = pki.load_enrolment_request(enrolled.request_path)
@@ -763,6 +766,13 @@ def test_a_request_with_a_bad_identity_key_is_refused(tmp_path: Path) -> None:
         "not base64": _with_field(enrolled.request_path, identity_key_ed25519="%%%"),
         "not a string": _with_field(enrolled.request_path, identity_key_ed25519=7),
         "no proof": _with_field(enrolled.request_path, identity_proof_ed25519=""),
+        # The identity point as key, and the one proof OpenSSL's check takes under it for any
+        # request: R = identity, S = 0 (tests/secagg/test_keys.py).
+        "small-order key": _with_field(
+            enrolled.request_path,
+            identity_key_ed25519=base64.urlsafe_b64encode(SMALL_ORDER_KEY).decode(),
+            identity_proof_ed25519=base64.urlsafe_b64encode(SMALL_ORDER_KEY + bytes(32)).decode(),
+        ),
     }
     for label, data in bad_requests.items():
         with pytest.raises(pki.PkiError, match="identity|base64") as info:
@@ -775,6 +785,15 @@ def test_a_request_with_a_bad_identity_key_is_refused(tmp_path: Path) -> None:
             "hospital-a",
             csr=request.csr_pem,
             identity_public_key=_public_der(ec.generate_private_key(ec.SECP256R1())),
+            organisation="st-marys",
+        )
+    with pytest.raises(pki.PkiError, match="prime-order subgroup"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            csr=request.csr_pem,
+            identity_public_key=SMALL_ORDER_KEY,
             organisation="st-marys",
         )
     assert not enrolled.operator.tls_cert("participant", "hospital-a").exists()

@@ -96,6 +96,10 @@ def test_a_small_order_identity_key_cannot_sign_everything():
         with pytest.raises(CryptoError):
             keys.verify(identity, forgery, payload)
     assert keys.verify_many([(identity, forgery, b"x")]) == [False]
+    with pytest.raises(CryptoError, match="prime-order subgroup"):
+        keys.check_identity_key(identity)
+    honest = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key().public_bytes(*RAW)
+    keys.check_identity_key(honest)  # raises nothing
 
 
 @pytest.mark.parametrize(
