@@ -261,10 +261,11 @@ def verify(identity_public: bytes, signature: bytes, payload: bytes) -> None:
     """Raises CryptoError unless ``signature`` is a valid Ed25519 signature of ``payload`` under
     ``identity_public``.
 
-    libsodium checks it (``crypto_sign_open``): about twice as fast as OpenSSL's Ed25519 on the
-    machines measured (45 against 90 us), and a malicious-mode round checks n signatures per
-    participant and per coordinator phase. It is also the stricter of the two (it refuses
-    small-order public keys and non-canonical encodings), which no honest signer ever meets."""
+    libsodium checks it (``crypto_sign_open``): faster than OpenSSL's Ed25519 (twice as fast on
+    one host measured, 15 % on another; docs/secagg-bench.md), and a malicious-mode round checks
+    n signatures per participant and per coordinator phase. It is also the stricter of the two:
+    it refuses small-order public keys and non-canonical encodings, which no honest signer
+    produces, and under which OpenSSL accepts one signature for every payload."""
     if len(signature) != SIGNATURE_BYTES:
         raise CryptoError(f"Ed25519 signatures are {SIGNATURE_BYTES} bytes")
     if len(identity_public) != nacl.bindings.crypto_sign_PUBLICKEYBYTES:
