@@ -67,10 +67,16 @@ _Result = TypeVar("_Result")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 UNREACHABLE_REPORT_S = 30.0  # while the coordinator is unreachable, a line this often
 TRAINING_REPORT_S = 5.0  # while training, a progress line this often
+MAX_ADAPTER_WITHDRAWALS = 3  # announced adapters the coordinator did not offer, in a row, before giving up
 
 
 class NodeError(RuntimeError):
     """The node cannot go on (the reason says why)."""
+
+
+class AdapterWithdrawn(NodeError):
+    """The coordinator does not (or no longer) offer the adapter its task announced: it restarted
+    during the download, or moved on. The node asks for the task again."""
 
 
 @dataclass
@@ -229,13 +235,21 @@ class Node:
                 metadata=self._metadata(),
                 timeout=self.connection.transfer_deadline_s(task.adapter_bytes),
             )
-            for chunk in stream:
-                if chunk.offset != expected:
-                    raise NodeError("adapter chunks arrived out of order")
-                chunks.append(chunk.data)
-                expected += len(chunk.data)
-                if expected > task.adapter_bytes:
-                    raise NodeError("the adapter is larger than announced")
+            try:
+                for chunk in stream:
+                    if chunk.offset != expected:
+                        raise NodeError("adapter chunks arrived out of order")
+                    chunks.append(chunk.data)
+                    expected += len(chunk.data)
+                    if expected > task.adapter_bytes:
+                        raise NodeError("the adapter is larger than announced")
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise AdapterWithdrawn(
+                        f"round {task.round}: the coordinator no longer offers the adapter its task announced "
+                        f"({task.adapter_sha256[:16]}...)"
+                    ) from None
+                raise  # retried (or refused) by ``_call``
             return b"".join(chunks)
 
         data = self._call("DownloadAdapter", fetch)
@@ -351,27 +365,45 @@ class Node:
         # critical path.
         import_model_code()
         rehearse_once()
+        withdrawn = 0  # announced adapters not offered, in a row
         while True:
             task = self.get_task()
             joins_round = task.action in (fl.Task.TRAIN, fl.Task.CALIBRATE)
+            pause = max(0.2, min(task.retry_after_s or 2.0, 10.0))
             if task.action == fl.Task.WAIT or (joins_round and self._already_in(task)):
-                self.sleep(max(0.2, min(task.retry_after_s or 2.0, 10.0)))
+                self.sleep(pause)
                 continue
-            if task.action == fl.Task.FINISHED:
-                _, trainer = self._training(task)
-                payload = self.download(task, trainer.spec)
-                evaluation = self._evaluate(trainer, payload.vector)
-                self.report(task.round, payload.round)
-                accuracy = evaluation.accuracy if evaluation else None
-                # Printed here only: the coordinator learns held-out results as sums, inside rounds.
-                self.progress(f"federation finished; final adapter accuracy on my held-out split: {accuracy}")
-                return {"accuracy": accuracy, "epsilon": self._ledger.epsilon_spent if self._ledger else 0.0}
-            if task.action == fl.Task.CALIBRATE:
-                self._calibrate_and_upload(task)
+            try:
+                if task.action == fl.Task.FINISHED:
+                    return self._finish(task)
+                if task.action == fl.Task.CALIBRATE:
+                    self._calibrate_and_upload(task)
+                elif task.action == fl.Task.TRAIN:
+                    self._train_and_upload(task, train_adapter)
+                else:
+                    raise NodeError(f"unknown task action {task.action}")
+            except AdapterWithdrawn as exc:
+                # A coordinator that restarted while this node downloaded serves the adapter of
+                # the task it publishes next; one that keeps announcing what it does not offer
+                # would keep this node asking for ever.
+                withdrawn += 1
+                if withdrawn >= MAX_ADAPTER_WITHDRAWALS:
+                    raise NodeError(f"{exc}, {withdrawn} times in a row; giving up") from None
+                self.progress(f"{exc}; asking for the task again")
+                self.sleep(pause)
                 continue
-            if task.action != fl.Task.TRAIN:
-                raise NodeError(f"unknown task action {task.action}")
-            self._train_and_upload(task, train_adapter)
+            withdrawn = 0
+
+    def _finish(self, task: fl.Task) -> dict[str, Any]:
+        """The federation's final adapter, scored on this node's held-out split."""
+        _, trainer = self._training(task)
+        payload = self.download(task, trainer.spec)
+        evaluation = self._evaluate(trainer, payload.vector)
+        self.report(task.round, payload.round)
+        accuracy = evaluation.accuracy if evaluation else None
+        # Printed here only: the coordinator learns held-out results as sums, inside rounds.
+        self.progress(f"federation finished; final adapter accuracy on my held-out split: {accuracy}")
+        return {"accuracy": accuracy, "epsilon": self._ledger.epsilon_spent if self._ledger else 0.0}
 
     def _already_in(self, task: fl.Task) -> bool:
         """Whether this node has taken part in the task's round. A round it joined before a

@@ -17,7 +17,7 @@ from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData
 from fedmask.participant.grpc_client import Connection, Identity
 from fedmask.participant.ledger import CALIBRATION_NOTE
-from fedmask.participant.node import Node, NodeError, NodeState, parse_encoding
+from fedmask.participant.node import AdapterWithdrawn, Node, NodeError, NodeState, parse_encoding
 from fedmask.participant.policy import ParticipantPolicy
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 
@@ -464,8 +464,19 @@ def test_connection_settings_are_validated(field):
         Connection("h:1", None, **{field: 0})
 
 
-def _download_node(tmp_path, monkeypatch, chunks: list[bytes], pulled: list[int], timeouts: list[float]) -> Node:
-    """A node whose coordinator streams ``chunks`` (counting in ``pulled`` those it handed over)."""
+class _NotFound(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "no adapter with that digest is offered"
+
+
+def _download_node(
+    tmp_path, monkeypatch, chunks: list[bytes], pulled: list[int], timeouts: list[float], *, offered: bool = True
+) -> Node:
+    """A node whose coordinator streams ``chunks`` (counting in ``pulled`` those it handed over),
+    or, not ``offered``, answers that it offers no adapter with the requested digest."""
     from fedmask.participant import node as node_module
 
     class Stub:
@@ -474,6 +485,8 @@ def _download_node(tmp_path, monkeypatch, chunks: list[bytes], pulled: list[int]
 
         def DownloadAdapter(self, request, *, metadata, timeout):  # noqa: N802 - the gRPC name
             timeouts.append(timeout)
+            if not offered:
+                raise _NotFound()  # as a server stream does: on the first read
             offset = 0
             for chunk in chunks:
                 pulled.append(len(chunk))
@@ -528,6 +541,70 @@ def test_a_global_adapter_of_another_layout_or_size_is_refused_in_one_line(
     task = fl.Task(adapter_sha256=packed.sha256, adapter_bytes=len(packed.data), adapter_round=0)
     with pytest.raises(NodeError, match=error):
         node.download(task, SPEC)
+
+
+def test_an_adapter_the_coordinator_does_not_offer_is_a_task_that_changed(tmp_path, monkeypatch):
+    node = _download_node(tmp_path, monkeypatch, [], [], [], offered=False)
+    task = fl.Task(round=2, adapter_sha256="ab" * 32, adapter_bytes=100, adapter_round=1)
+    with pytest.raises(AdapterWithdrawn, match=r"round 2: the coordinator no longer offers the adapter .*abababab"):
+        node.download(task, SPEC)
+
+
+def _following_node(tmp_path, monkeypatch, tasks: list[fl.Task], offered: set[str]) -> tuple[Node, list[str], list]:
+    """A node (model code, training and scoring stubbed) that is handed ``tasks`` in turn and whose
+    coordinator offers only the adapters in ``offered``."""
+    from fedmask.adapter import model as model_module
+    from fedmask.participant import node as node_module
+
+    monkeypatch.setattr(model_module, "import_model_code", lambda: 0.0)
+    monkeypatch.setattr(node_module, "rehearse_once", lambda: None)
+    lines: list[str] = []
+    slept: list[float] = []
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    node = Node(
+        Connection("127.0.0.1:1", None),
+        Identity("hospital-a"),
+        data,
+        tmp_path,
+        progress=lines.append,
+        sleep=slept.append,
+    )
+    handed = iter(tasks)
+    trainer = SimpleNamespace(spec=SPEC)
+    payload = SimpleNamespace(vector=np.zeros(4, dtype=np.float32), round=1)
+
+    def download(task, spec):
+        if task.adapter_sha256 not in offered:
+            raise AdapterWithdrawn(f"round {task.round}: the coordinator no longer offers the adapter")
+        return payload
+
+    monkeypatch.setattr(node, "get_task", lambda: next(handed))
+    monkeypatch.setattr(node, "_training", lambda task, **kwargs: (None, trainer))
+    monkeypatch.setattr(node, "download", download)
+    monkeypatch.setattr(node, "_evaluate", lambda trainer, vector: None)
+    monkeypatch.setattr(node, "report", lambda round_number, adapter_round: None)
+    return node, lines, slept
+
+
+def test_a_node_whose_download_outlived_the_coordinator_asks_for_the_task_again(tmp_path, monkeypatch):
+    # The coordinator restarted while this node downloaded: the restarted one does not (yet)
+    # offer that adapter. The node follows the task it is handed next instead of exiting.
+    old, new = "aa" * 32, "bb" * 32
+    tasks = [
+        fl.Task(action=fl.Task.FINISHED, round=3, adapter_sha256=digest, retry_after_s=2.0) for digest in (old, new)
+    ]
+    node, lines, slept = _following_node(tmp_path, monkeypatch, tasks, offered={new})
+    assert node.run()["accuracy"] is None  # finished, on the second task
+    assert lines[0] == "round 3: the coordinator no longer offers the adapter; asking for the task again"
+    assert slept == [2.0]
+
+
+def test_a_coordinator_that_keeps_announcing_an_adapter_it_does_not_offer_is_left_in_one_line(tmp_path, monkeypatch):
+    tasks = [fl.Task(action=fl.Task.FINISHED, round=3, adapter_sha256="aa" * 32)] * 10
+    node, lines, _ = _following_node(tmp_path, monkeypatch, tasks, offered=set())
+    with pytest.raises(NodeError, match=r"no longer offers the adapter, 3 times in a row; giving up"):
+        node.run()
+    assert len(lines) == 2
 
 
 def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, monkeypatch):
