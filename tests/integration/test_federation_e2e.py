@@ -135,9 +135,15 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path, kill_when):
 
         published = "round 2/3 (attempt 1): training task published"
         _wait_for_line(log, published, coordinator, 600)
+        held = [nodes[party] for party in PARTIES[1:]]
         if kill_when == "training":
             time.sleep(1.0)  # the participants are downloading and training for round 2
         else:
+            # The others are held (wherever they are: asking for the task, downloading the
+            # adapter, training) so that the round cannot complete before the kill; they go on
+            # only once the coordinator has restarted, against a round it re-opened.
+            for node in held:
+                node.send_signal(signal.SIGSTOP)
             _wait_for_line(log, "joined (1/3)", coordinator, 300, after=published)
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(30)
@@ -154,6 +160,9 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path, kill_when):
         processes.append(restarted)
         _wait_for_line(log, "round 2 was interrupted by a restart; running it again", restarted, 120)
         _wait_for_line(log, "resuming after committed round 1", restarted, 120)
+        if kill_when == "joined":
+            for node in held:
+                node.send_signal(signal.SIGCONT)
         assert restarted.wait(600) == 0, log.read_text()[-3000:]
         for party, node in nodes.items():
             assert node.wait(180) == 0, (tmp_path / f"{party}.log").read_text()[-3000:]
