@@ -124,6 +124,7 @@ class Client:
         # senders whose envelopes this client complained about (they did share keys)
         self._complained: dict[int, Complaint] = {}
         self._signed_survivors: tuple[int, ...] | None = None
+        self._identity_signer: keys.Signer | None = None  # made at the first signature
 
     # --- public interface -------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class Client:
             payload = keys.advertisement_payload(
                 self.config.round_id, self.me, self._encryption.public_bytes, self._masking.public_bytes
             )
-            signature = keys.sign(self._identity_key(), payload)
+            signature = self._signer().sign(payload)
         self.state = ClientState.AWAITING_ROSTER
         return AdvertiseKeys(
             self.me, self.config.round_id, self._encryption.public_bytes, self._masking.public_bytes, signature
@@ -298,7 +299,7 @@ class Client:
                 key_share_commitment=s_commitment,
                 self_mask_commitment=self_mask_commitment,
             )
-            signature = keys.sign(self._identity_key(), payload)
+            signature = self._signer().sign(payload)
         self._envelope_secrets[holder] = ephemeral.private_bytes
         return EncryptedShare(
             self.me, holder, ciphertext, ephemeral.public_bytes, b_commitment, s_commitment, signature
@@ -370,7 +371,7 @@ class Client:
         signature = b""
         if self.params.mode is SecurityMode.MALICIOUS:
             payload = keys.complaint_payload(session.session_id, self.me, share.sender, kind.value)
-            signature = keys.sign(self._identity_key(), payload)
+            signature = self._signer().sign(payload)
         return Complaint(share.sender, kind, signature)
 
     def _on_open_request(self, request: OpenRequest) -> EnvelopeOpening:
@@ -410,7 +411,7 @@ class Client:
         survivors = self._check_survivors(session, request.survivors, (), Phase.CONSISTENCY_CHECK)
         self._signed_survivors = survivors
         payload = keys.consistency_payload(session.session_id, survivors)
-        return ConsistencySignature(self.me, session.session_id, keys.sign(self._identity_key(), payload))
+        return ConsistencySignature(self.me, session.session_id, self._signer().sign(payload))
 
     def _on_unmask_request(self, request: UnmaskRequest) -> UnmaskResponse:
         session = self._require_session(request.session_id, Phase.UNMASK)
@@ -538,10 +539,12 @@ class Client:
         self._self_mask_secret = None
         self._input = None
 
-    def _identity_key(self) -> Ed25519PrivateKey:
-        if self.config.identity_key is None:  # ClientConfig refuses this in the malicious mode
-            raise ProtocolAbort(self.state.phase, "no identity key to sign with")
-        return self.config.identity_key
+    def _signer(self) -> keys.Signer:
+        if self._identity_signer is None:
+            if self.config.identity_key is None:  # ClientConfig refuses this in the malicious mode
+                raise ProtocolAbort(self.state.phase, "no identity key to sign with")
+            self._identity_signer = keys.Signer(self.config.identity_key)
+        return self._identity_signer
 
 
 _AFTER_MASKED_INPUT: Branch[Client, ClientState] = Branch(

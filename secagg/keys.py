@@ -12,10 +12,10 @@
 - SHA-256 commitments: to each self-mask seed b_u, and to each share a holder receives, so that
   every reconstructed secret and every revealed share is checked.
 - Ed25519 signs key advertisements, share envelopes, complaints and the consistency check in the
-  malicious-server mode (``cryptography`` signs; libsodium, through pyca's PyNaCl, verifies:
-  see ``verify``). Where a phase checks many signatures, ``verify_many`` hands them to the
-  caller's ``PartRunner`` in parts: the verification releases the GIL, so the parts run on as
-  many cores.
+  malicious-server mode (libsodium, through pyca's PyNaCl, signs for a participant and verifies:
+  see ``Signer`` and ``verify``; ``cryptography`` holds and generates the keys). Where a phase
+  checks many signatures, ``verify_many`` hands them to the caller's ``PartRunner`` in parts:
+  the verification releases the GIL, so the parts run on as many cores.
 """
 
 from __future__ import annotations
@@ -255,6 +255,29 @@ def consistency_payload(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
 
 def sign(identity_key: Ed25519PrivateKey, payload: bytes) -> bytes:
     return identity_key.sign(payload)
+
+
+class Signer:
+    """An identity key that signs many payloads: libsodium (``crypto_sign``) with the key's
+    expanded secret derived once, where OpenSSL derives it again for every signature (28 us
+    against 43 us a signature on the host of docs/secagg-bench.md; a participant signs one
+    envelope per share holder in a round). Ed25519 signatures are deterministic (RFC 8032):
+    the bytes are those ``sign`` makes."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, identity_key: Ed25519PrivateKey) -> None:
+        seed = identity_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        _, self._secret = nacl.bindings.crypto_sign_seed_keypair(seed)
+
+    def sign(self, payload: bytes) -> bytes:
+        # crypto_sign returns the signature followed by the message
+        return bytes(nacl.bindings.crypto_sign(bytes(payload), self._secret)[:SIGNATURE_BYTES])
+
+    def __repr__(self) -> str:
+        return "Signer(<identity key>)"
 
 
 def verify(identity_public: bytes, signature: bytes, payload: bytes) -> None:

@@ -56,6 +56,21 @@ def test_ed25519_rfc8032_test_1():
         keys.verify(public, signature, b"x")
 
 
+def test_the_participant_s_signer_makes_the_rfc8032_signature_and_openssl_s_bytes():
+    secret = Ed25519PrivateKey.from_private_bytes(
+        bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    )
+    signer = keys.Signer(secret)
+    assert signer.sign(b"").hex() == (
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065"
+        "224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    )
+    other = Ed25519PrivateKey.generate()
+    for payload in (b"x", bytes(range(256)) * 3):
+        assert keys.Signer(other).sign(payload) == keys.sign(other, payload)
+    assert "9d61" not in repr(signer) and "identity key" in repr(signer)
+
+
 class _InlineRunner:
     """A PartRunner that runs its jobs one after the other and counts them."""
 
