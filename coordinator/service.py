@@ -31,6 +31,11 @@ Progress = Callable[[str], None]
 
 
 CHUNK_BYTES = 1 << 20
+# Adapters offered for download: the current task's and the one before it (a node may still be
+# downloading that one when the next is published; one that asks later is told NOT_FOUND and
+# asks for its task again). Keeping every round's would grow the coordinator's memory by one
+# adapter a round for as long as the federation runs.
+OFFERED_ADAPTERS = 2
 
 
 # --- the task board and the Federation gRPC service -----------------------------------------
@@ -95,7 +100,10 @@ class FederationService(fl_grpc.FederationServicer):
     def publish(
         self, action: fl.Task.Action, round_number: int, round_id: bytes, adapter: adapter_payload.AdapterPayload
     ) -> None:
-        self._adapters[adapter.sha256] = adapter
+        self._adapters.pop(adapter.sha256, None)
+        self._adapters[adapter.sha256] = adapter  # the newest last
+        while len(self._adapters) > OFFERED_ADAPTERS:
+            del self._adapters[next(iter(self._adapters))]
         self.task = TaskState(action, round_number, round_id, adapter, self._clock())
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> str:

@@ -1,0 +1,74 @@
+"""The coordinator's task board and adapter downloads (``fedmask.coordinator.service``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from fedmask.adapter import payload as adapter_payload
+from fedmask.coordinator.config import FederationConfig
+from fedmask.coordinator.service import FederationService
+from fedmask.proto.fl.v1 import fl_pb2 as fl
+
+LAYOUT = [{"name": "lora.weight", "shape": [4], "dtype": "float32"}]
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class _Context:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _Hospital:
+    description = "every caller is hospital-a"
+
+    def identify(self, context: object) -> str:
+        return "hospital-a"
+
+
+def _service() -> FederationService:
+    config = FederationConfig(participants=("hospital-a", "hospital-b"), rounds=50)
+    return FederationService(config, _Hospital())
+
+
+def _download(service: FederationService, digest: str) -> bytes:
+    async def pull() -> bytes:
+        request = fl.AdapterRequest(sha256=digest)
+        return b"".join([chunk.data async for chunk in service.DownloadAdapter(request, _Context())])
+
+    return asyncio.run(pull())
+
+
+def test_the_coordinator_offers_the_current_and_the_previous_adapter_and_no_older_one() -> None:
+    # Months of rounds must not keep every round's adapter in the coordinator's memory.
+    service = _service()
+    adapters = [adapter_payload.pack(np.full(4, r, dtype=np.float32), LAYOUT, r) for r in range(6)]
+    for number, adapter in enumerate(adapters, start=1):
+        service.publish(fl.Task.TRAIN, number, bytes([number]) * 16, adapter)
+        service.publish(fl.Task.WAIT, number, b"", adapter)  # the same adapter again: still one offer
+    assert _download(service, adapters[-1].sha256) == adapters[-1].data
+    assert _download(service, adapters[-2].sha256) == adapters[-2].data  # a node still downloading it
+    for old in adapters[:-2]:
+        with pytest.raises(_Aborted) as refused:
+            _download(service, old.sha256)
+        assert refused.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_an_adapter_published_again_is_offered_as_the_newest() -> None:
+    service = _service()
+    first, second, third = (adapter_payload.pack(np.full(4, r, dtype=np.float32), LAYOUT, r) for r in range(3))
+    service.publish(fl.Task.TRAIN, 1, b"a" * 16, first)
+    service.publish(fl.Task.TRAIN, 2, b"b" * 16, second)
+    service.publish(fl.Task.FINISHED, 2, b"", first)  # a re-run resumes from the first again
+    service.publish(fl.Task.TRAIN, 3, b"c" * 16, third)
+    assert _download(service, first.sha256) == first.data
+    with pytest.raises(_Aborted):
+        _download(service, second.sha256)
