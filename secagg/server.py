@@ -78,8 +78,10 @@ class ServerState(enum.Enum):
 @dataclass(frozen=True)
 class ServerConfig:
     """``participants``: the ids selected for the round. ``identity_keys`` (enrolled Ed25519
-    public keys) let the server drop badly signed messages in the malicious-server mode (checked
-    together when their phase closes); clients check signatures themselves either way.
+    public keys) let the server, in the malicious-server mode, drop badly signed key
+    advertisements (checked together when the phase closes) and name whoever sent a bad
+    signature on the survivor list when too few could unmask; clients check signatures
+    themselves either way.
     ``runner`` (optional) runs the unmask's mask removal and a phase's signature checks in parts,
     one per core (the result is the same bit for bit)."""
 
@@ -124,6 +126,8 @@ class Server:
         # Unmask responses, checked against the dealers' commitments as they arrive (while the
         # others are still on their way): holder -> why one of its shares is not the one dealt.
         self._share_faults: dict[int, str] = {}
+        # The survivor-list signatures the unmask requests carried (unchecked; see _close_signatures)
+        self._survivor_signatures: tuple[tuple[int, bytes], ...] = ()
         self._share_committers: dict[tuple[str, int], keys.ShareCommitter] = {}
         # Participants proven to have misbehaved, and those that did not answer a complaint.
         self.culprits: dict[int, str] = {}
@@ -222,7 +226,12 @@ class Server:
         for silent in self._expected - set(responders):
             self.dropped_reasons.setdefault(silent, f"[{self.state.phase.value}] sent nothing before the deadline")
         if spec.needs_threshold and len(responders) < self.params.threshold:
-            self._abort(f"only {len(responders)} participants responded, threshold is {self.params.threshold}")
+            culprits = spec.shortfall(self) if spec.shortfall else {}
+            named = "".join(f"; participant {u} {why}" for u, why in sorted(culprits.items()))
+            self._abort(
+                f"only {len(responders)} participants responded, threshold is {self.params.threshold}{named}",
+                culprits=culprits,
+            )
         try:
             outgoing = spec.close(self, responders)
         except ProtocolAbort as exc:
@@ -289,7 +298,7 @@ class Server:
         return None
 
     def _validate_signature(self, message: ConsistencySignature) -> str | None:
-        # Verified at the phase's end, with everyone's (_screen_signatures).
+        # Verified by the participants (and by the server only if they stop: _bad_survivor_signatures).
         if len(message.signature) != keys.SIGNATURE_BYTES:
             return "malformed signature"
         return None
@@ -307,16 +316,19 @@ class Server:
         valid = keys.verify_many(checks, self.config.runner)
         return {u: unsigned_keys(u) for u, ok in zip(senders, valid, strict=True) if not ok}
 
-    def _screen_signatures(self) -> dict[int, str]:
+    def _bad_survivor_signatures(self) -> dict[int, str]:
+        """The senders of the survivor-list signatures the unmask requests carried that do not
+        verify. Checked only when too few participants answered the unmask: each participant
+        checks the signatures itself and counts only valid ones, so a bad one stops the round
+        only where it leaves fewer than t, and then its sender is named."""
+        if not self._survivor_signatures:
+            return {}
         payload = keys.consistency_payload(self._current_session().session_id, self.u3)
-        senders = sorted(u for u in self._received if u in self.config.identity_keys)
-        checks = [
-            (self.config.identity_keys[u], self._message_of(u, ConsistencySignature).signature, payload)
-            for u in senders
-        ]
+        signers = [(u, signature) for u, signature in self._survivor_signatures if u in self.config.identity_keys]
+        checks = [(self.config.identity_keys[u], signature, payload) for u, signature in signers]
         valid = keys.verify_many(checks, self.config.runner)
-        bad = "signature on the survivor list does not verify"
-        return {u: bad for u, ok in zip(senders, valid, strict=True) if not ok}
+        bad = "signed the survivor list with a signature that does not verify"
+        return {u: bad for (u, _), ok in zip(signers, valid, strict=True) if not ok}
 
     def _validate_unmask_response(self, message: UnmaskResponse) -> str | None:
         session = self._current_session()
@@ -417,7 +429,10 @@ class Server:
         return {u: request for u in responders}
 
     def _close_signatures(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
+        # Passed on unchecked: every participant checks them before it reveals anything, and
+        # counts only valid ones (see _bad_survivor_signatures for when the server checks).
         signatures = tuple((u, self._message_of(u, ConsistencySignature).signature) for u in responders)
+        self._survivor_signatures = signatures
         request = UnmaskRequest(self._current_session().session_id, self.u3, self.dropped, signatures)
         return {u: request for u in responders}
 
@@ -680,6 +695,8 @@ class PhaseSpec(Generic[_Message]):
     # Checks made on the whole phase at its end, many at once (signatures, in parts on the
     # runner): sender -> why its message is refused. Those senders are dropped before ``close``.
     screen: Callable[[Server], dict[int, str]] | None = None
+    # When too few answered (needs_threshold): who, provably, made them stop -> why.
+    shortfall: Callable[[Server], dict[int, str]] | None = None
 
 
 # The transition table: what each state accepts, how it validates, how it ends, what follows.
@@ -704,10 +721,13 @@ PHASES: dict[ServerState, PhaseSpec[Any]] = {
         Server._validate_signature,
         Server._close_signatures,
         ServerState.COLLECTING_UNMASK_RESPONSES,
-        screen=Server._screen_signatures,
     ),
     ServerState.COLLECTING_UNMASK_RESPONSES: PhaseSpec(
-        UnmaskResponse, Server._validate_unmask_response, Server._close_unmask, ServerState.COMPLETED
+        UnmaskResponse,
+        Server._validate_unmask_response,
+        Server._close_unmask,
+        ServerState.COMPLETED,
+        shortfall=Server._bad_survivor_signatures,
     ),
     # Only after complaints: the accused answer; the phase always ends in an abort naming culprits.
     ServerState.COLLECTING_OPENINGS: PhaseSpec(

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedmask.secagg import InvalidMessage, Phase, Rejection, SecurityMode
+from fedmask.secagg import InvalidMessage, Phase, ProtocolAbort, Rejection, SecurityMode
 from fedmask.secagg.client import ClientState
 from fedmask.secagg.messages import (
     Abort,
@@ -170,24 +170,48 @@ def test_server_drops_unsigned_advertisements_in_malicious_mode(make_round):
     assert np.array_equal(r.server.result, r.expected_sum(r.server.u3))
 
 
-def test_server_drops_a_bad_signature_on_the_survivor_list(make_round):
+def test_a_bad_signature_on_the_survivor_list_does_not_count_and_the_round_completes(make_round):
+    # The server passes the signatures on unchecked; each participant counts only valid ones
+    # (t = 3 of the four good ones here), so one bad signer cannot stop the round.
     r = make_round(5, t=3, mode=SecurityMode.MALICIOUS)
     r.answer(r.advertise())
     r.answer(r.server.close_phase())
     requests = r.server.close_phase()
 
     def forge(u, reply):
-        return dataclasses.replace(reply, signature=bytes(64)) if u == 4 else reply
+        return dataclasses.replace(reply, signature=bytes(64)) if u == 1 else reply
 
     r.answer(requests, tamper=forge)
     unmask_requests = r.server.close_phase()
-    assert set(unmask_requests) == {1, 2, 3, 5}
-    assert [u for u, _ in unmask_requests[1].signatures] == [1, 2, 3, 5]
-    assert "does not verify" in r.server.dropped_reasons[4]
-    r.answer(unmask_requests)
+    assert set(unmask_requests) == {1, 2, 3, 4, 5}
+    assert dict(unmask_requests[2].signatures)[1] == bytes(64)  # listed first: checked, not counted
+    replies = r.answer(unmask_requests)
+    assert all(type(reply).__name__ == "UnmaskResponse" for reply in replies.values())
     r.server.close_phase()
-    assert r.server.phase is Phase.COMPLETED  # 4's masked input is in the sum; its mask is undone
+    assert r.server.phase is Phase.COMPLETED
     assert np.array_equal(r.server.result, r.expected_sum((1, 2, 3, 4, 5)))
+    assert r.server.culprits == {}
+
+
+def test_bad_signatures_on_the_survivor_list_that_stop_the_unmask_are_named(make_round):
+    # Three of five bad: every participant finds 2 valid signatures < t = 3 and reveals nothing;
+    # the server, left without unmask responses, checks the signatures it passed on and names
+    # their senders (proof anyone can check: the enrolled key, the survivor list, the signature).
+    r = make_round(5, t=3, mode=SecurityMode.MALICIOUS)
+    r.answer(r.advertise())
+    r.answer(r.server.close_phase())
+    requests = r.server.close_phase()
+
+    def forge(u, reply):
+        return dataclasses.replace(reply, signature=bytes(64)) if u in (2, 4, 5) else reply
+
+    r.answer(requests, tamper=forge)
+    replies = r.answer(r.server.close_phase())
+    assert all("only 2 valid signatures" in _abort_reason(reply) for reply in replies.values())
+    with pytest.raises(ProtocolAbort) as aborted:
+        r.server.close_phase()
+    assert set(aborted.value.culprits) == {2, 4, 5}
+    assert "participant 4 signed the survivor list with a signature that does not verify" in aborted.value.reason
 
 
 def test_client_notices_its_own_keys_replaced(make_round):
