@@ -115,7 +115,6 @@ class Server:
         self.u1: tuple[int, ...] = ()
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
-        self._signers: dict[int, bytes] = {}
         self._result: ModularVector | None = None
         # (dealer, holder) -> the envelope, and dealer -> its commitment to b: for the checks at
         # unmask time and for deciding complaints
