@@ -597,6 +597,7 @@ class Federation:
         record.participant_epsilon = self.accountant.get_epsilon() if noise_record else None
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
         ledger_record = self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
+        self.service.forget_reports_through(round_number)
         self.records.append(record)
         self._last_committed = {"round": round_number, "at": ledger_record["finished_at"]}
         self.metrics.record_committed(

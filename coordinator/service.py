@@ -83,7 +83,9 @@ class FederationService(fl_grpc.FederationServicer):
         self._on_report = on_report
         self.task = TaskState()
         self._adapters: dict[str, adapter_payload.AdapterPayload] = {}
+        # (round, name) -> report, for rounds not yet committed (``forget_reports_through``)
         self.reports: dict[tuple[int, str], ParticipantReport] = {}
+        self._committed_through = 0
         self.final_reports: dict[str, ParticipantReport] = {}
         self.report_arrived = asyncio.Event()
         # Each chunk must fit the server's send limit (sized for the protocol's own messages).
@@ -105,6 +107,12 @@ class FederationService(fl_grpc.FederationServicer):
         while len(self._adapters) > OFFERED_ADAPTERS:
             del self._adapters[next(iter(self._adapters))]
         self.task = TaskState(action, round_number, round_id, adapter, self._clock())
+
+    def forget_reports_through(self, round_number: int) -> None:
+        """Round ``round_number`` is committed (its ledger entry holds what its reports said):
+        its reports and older ones are dropped, so that months of rounds do not pile up here."""
+        self._committed_through = max(self._committed_through, round_number)
+        self.reports = {key: report for key, report in self.reports.items() if key[0] > self._committed_through}
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> str:
         try:
@@ -180,7 +188,7 @@ class FederationService(fl_grpc.FederationServicer):
         final = self.task.adapter if self.task.action == fl.Task.FINISHED else None
         if final is not None and request.adapter_round == final.round:
             self.final_reports[name] = report
-        else:
+        elif request.round > self._committed_through:  # a late one for a committed round is of no use
             self.reports[(request.round, name)] = report
         latest = self.latest_epsilon.get(name)
         if latest is None or request.round >= latest[0]:

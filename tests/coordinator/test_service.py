@@ -72,3 +72,19 @@ def test_an_adapter_published_again_is_offered_as_the_newest() -> None:
     assert _download(service, first.sha256) == first.data
     with pytest.raises(_Aborted):
         _download(service, second.sha256)
+
+
+def _report(service: FederationService, round_number: int, epsilon: float) -> None:
+    request = fl.ParticipantReport(round=round_number, adapter_round=round_number - 1, epsilon=epsilon, delta=1e-5)
+    asyncio.run(service.Report(request, _Context()))
+
+
+def test_reports_of_committed_rounds_are_dropped_and_late_ones_not_kept() -> None:
+    service = _service()
+    for number in (1, 2, 3):
+        _report(service, number, float(number))
+    service.forget_reports_through(2)
+    assert sorted(service.reports) == [(3, "hospital-a")]
+    _report(service, 1, 1.0)  # late, for a committed round: its ledger entry is written
+    assert sorted(service.reports) == [(3, "hospital-a")]
+    assert service.latest_epsilon["hospital-a"] == (3, 3.0)
