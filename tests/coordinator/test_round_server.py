@@ -524,6 +524,44 @@ def test_keys_signed_by_another_identity_are_refused_and_the_round_goes_on(feder
     assert_exact(outcome, HONEST)
 
 
+def _forge_survivor_list_signatures(monkeypatch, federation, forgers) -> None:
+    """The ``forgers`` sign the survivor list with 64 zero bytes (everything else they sign
+    honestly): the participants' signer is libsodium's, its secret key ends with the public one."""
+    from fedmask.secagg import keys
+
+    roster = pki.load_roster(federation.directory, federation.ca_cert)
+    forged = {roster.identity_keys[name] for name in forgers}
+    honest_sign = keys.Signer.sign
+
+    def sign(self, payload):
+        if payload.startswith(keys.LABEL_CONSISTENCY) and bytes(self._secret[32:]) in forged:
+            return bytes(64)
+        return honest_sign(self, payload)
+
+    monkeypatch.setattr(keys.Signer, "sign", sign)
+
+
+def test_a_bad_survivor_list_signature_is_passed_on_and_does_not_stop_the_round(federation, monkeypatch):
+    # The coordinator passes the signatures on unchecked; the participants count t = 3 valid ones.
+    _forge_survivor_list_signatures(monkeypatch, federation, {MALLORY})
+    outcome, participants = _malicious_round(federation)
+    assert all(o.completed for o in participants.values()), [o.reason for o in participants.values()]
+    assert_exact(outcome, (*HONEST, MALLORY))
+    assert outcome.culprits == {}
+
+
+def test_bad_survivor_list_signatures_that_stop_the_unmask_get_their_signers_named(federation, monkeypatch):
+    # Two of four bad leave 2 valid < t = 3: nobody reveals anything, and the coordinator names both.
+    _forge_survivor_list_signatures(monkeypatch, federation, {MALLORY, "alice"})
+    outcome, participants = _malicious_round(federation)
+    assert not outcome.completed and outcome.result is None
+    assert set(outcome.culprits) == {MALLORY, "alice"}
+    assert "signed the survivor list with a signature that does not verify" in outcome.culprits[MALLORY]
+    assert all("only 2 valid signatures" in o.reason for o in participants.values()), [
+        o.reason for o in participants.values()
+    ]
+
+
 def test_bytes_that_are_not_an_envelope_are_refused_clearly(round_harness, federation):
     harness = round_harness()
     channel = federation.channel(federation.credentials(MALLORY), harness.port)
