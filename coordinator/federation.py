@@ -286,7 +286,6 @@ class Federation:
         if self.roster is not None:
             self.service.roster_names = frozenset(self.roster.entries)
         self.server: CoordinatorServer | None = None
-        self.records: list[RoundRecord] = []
         self.metrics = metrics or FederationMetrics()
         self.metrics.rounds_total.set(config.rounds)
         self._metrics_endpoint_address = metrics_endpoint
@@ -598,7 +597,6 @@ class Federation:
         ref = self.store.save_checkpoint(round_number, new_vector, layout, optimizer.state_dict())
         ledger_record = self.store.commit_round(round_number, ref, self._ledger_entry(record, encoding))
         self.service.forget_reports_through(round_number)
-        self.records.append(record)
         self._last_committed = {"round": round_number, "at": ledger_record["finished_at"]}
         self.metrics.record_committed(
             wall_s=time.monotonic() - started, survivors=len(survivors), selected=len(outcome.participants)
