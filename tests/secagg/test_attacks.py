@@ -170,19 +170,24 @@ def test_server_drops_unsigned_advertisements_in_malicious_mode(make_round):
     assert np.array_equal(r.server.result, r.expected_sum(r.server.u3))
 
 
-def test_a_bad_signature_on_the_survivor_list_does_not_count_and_the_round_completes(make_round):
-    # The server passes the signatures on unchecked; each participant counts only valid ones
-    # (t = 3 of the four good ones here), so one bad signer cannot stop the round.
+def _survivor_list_signed_by(make_round, forgers):
+    """A malicious-mode round of five (t = 3) up to the unmask requests, with ``forgers``
+    signing the survivor list with 64 zero bytes. Returns the round and the requests."""
     r = make_round(5, t=3, mode=SecurityMode.MALICIOUS)
     r.answer(r.advertise())
     r.answer(r.server.close_phase())
-    requests = r.server.close_phase()
 
     def forge(u, reply):
-        return dataclasses.replace(reply, signature=bytes(64)) if u == 1 else reply
+        return dataclasses.replace(reply, signature=bytes(64)) if u in forgers else reply
 
-    r.answer(requests, tamper=forge)
-    unmask_requests = r.server.close_phase()
+    r.answer(r.server.close_phase(), tamper=forge)
+    return r, r.server.close_phase()
+
+
+def test_a_bad_signature_on_the_survivor_list_does_not_count_and_the_round_completes(make_round):
+    # The server passes the signatures on unchecked; each participant counts only valid ones
+    # (t = 3 of the four good ones here), so one bad signer cannot stop the round.
+    r, unmask_requests = _survivor_list_signed_by(make_round, {1})
     assert set(unmask_requests) == {1, 2, 3, 4, 5}
     assert dict(unmask_requests[2].signatures)[1] == bytes(64)  # listed first: checked, not counted
     replies = r.answer(unmask_requests)
@@ -197,16 +202,8 @@ def test_bad_signatures_on_the_survivor_list_that_stop_the_unmask_are_named(make
     # Three of five bad: every participant finds 2 valid signatures < t = 3 and reveals nothing;
     # the server, left without unmask responses, checks the signatures it passed on and names
     # their senders (proof anyone can check: the enrolled key, the survivor list, the signature).
-    r = make_round(5, t=3, mode=SecurityMode.MALICIOUS)
-    r.answer(r.advertise())
-    r.answer(r.server.close_phase())
-    requests = r.server.close_phase()
-
-    def forge(u, reply):
-        return dataclasses.replace(reply, signature=bytes(64)) if u in (2, 4, 5) else reply
-
-    r.answer(requests, tamper=forge)
-    replies = r.answer(r.server.close_phase())
+    r, unmask_requests = _survivor_list_signed_by(make_round, {2, 4, 5})
+    replies = r.answer(unmask_requests)
     assert all("only 2 valid signatures" in _abort_reason(reply) for reply in replies.values())
     with pytest.raises(ProtocolAbort) as aborted:
         r.server.close_phase()
