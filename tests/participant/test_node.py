@@ -14,7 +14,7 @@ from fedmask.adapter.calibration import CALIBRATION_COORDINATES, encode_release
 from fedmask.adapter.metrics import METRIC_COORDINATES
 from fedmask.adapter.vector import VectorSpec
 from fedmask.coordinator.config import FederationConfig
-from fedmask.participant.data import LocalData
+from fedmask.participant.data import LocalData, Record
 from fedmask.participant.grpc_client import Connection, Identity
 from fedmask.participant.ledger import CALIBRATION_NOTE
 from fedmask.participant.node import AdapterWithdrawn, Node, NodeError, NodeState, parse_encoding
@@ -135,6 +135,32 @@ def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
     encoding = {"clip_norm": 5.0, "scale": 2.0**20, "modulus_bits": 32, "aggregate_noise": None}
     with pytest.raises(NodeError, match="no aggregate noise"):
         parse_encoding(json.dumps(encoding), 300, policy)
+
+
+def test_a_coordinator_cannot_ask_for_more_steps_or_epsilon_a_round_than_the_policy_allows(tmp_path):
+    """The plan (steps a round, the round's epsilon) depends on the records, so it is checked
+    once the trainer knows how many there are: still before anything is charged."""
+    records = [Record(f"message {i}", i % 2) for i in range(100)]
+    data = LocalData(train=records, heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    training = {"target_epsilon": 8.0, "target_delta": 1e-5, "local_steps": 10}
+
+    def node(policy: ParticipantPolicy, state: str) -> Node:
+        return Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path / state, policy=policy)
+
+    steps = node(ParticipantPolicy(max_local_steps=3), "steps")
+    with pytest.raises(NodeError, match=r"max_local_steps = 3.*10 steps a round"):
+        steps._training(_task(training))
+    assert steps._ledger is not None and steps._ledger.epsilon_spent == 0.0
+
+    per_round = node(ParticipantPolicy(max_epsilon_per_round=0.5), "per-round")
+    with pytest.raises(NodeError, match=r"max_epsilon_per_round = 0.5.*this round"):
+        per_round._training(_task(training))
+    assert per_round._ledger is not None and per_round._ledger.epsilon_spent == 0.0
+
+    config, _ = node(ParticipantPolicy(max_local_steps=10, max_epsilon_per_round=8.0), "allowed")._training(
+        _task(training)
+    )
+    assert config.local_steps == 10
 
 
 # --- the privacy ledger across crashes and abandoned rounds: each round's update charged once ---
