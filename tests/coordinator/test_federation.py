@@ -355,3 +355,50 @@ class TestCalibrationRound:
         vector, _ = federation.store.load_checkpoint(federation.store.last_committed())
         assert not vector.any()  # the training round's adapter is the final one
         assert federation.service.task.action == fl.Task.FINISHED and federation.service.task.adapter.round == 1
+
+
+class TestImpossibleSum:
+    """The issue's "huge update" (2^31 in every coordinate) was summed and applied. A sum no
+    clipped updates of the survivors can add up to is refused, the attempt re-runs, and the
+    global adapter never moves by it."""
+
+    def test_a_sum_beyond_the_survivors_clip_is_refused_and_the_round_re_runs(self, tmp_path, monkeypatch):
+        import asyncio
+
+        from fedmask.adapter.metrics import METRIC_COORDINATES
+        from fedmask.coordinator.federation import Federation
+        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome, ServerSettings
+
+        config = FederationConfig(
+            participants=PARTIES, rounds=1, threshold=2, security_mode="semi-honest", final_report_wait_s=0.01
+        )
+        lines: list[str] = []
+        federation = Federation(
+            config,
+            tmp_path / "state",
+            _insecure(),
+            settings=ServerSettings(host="127.0.0.1", port=0),
+            initial=_tiny_initial(),
+            progress=lines.append,
+        )
+        dimension = 8 + METRIC_COORDINATES
+        huge = np.full(dimension, 1 << 31, dtype=np.uint32)
+        huge[8:] = 0  # the held-out figures honest: only the update is out of bounds
+        honest = np.zeros(dimension, dtype=np.uint32)
+        honest[:8] = config.encoding().scale  # +1.0 a coordinate in all: a mean update of 1/3
+        sums = [huge, honest]
+
+        async def run_round(server, round_config):
+            assert round_config.params.dimension == dimension
+            return RoundOutcome(
+                round_config.round_id, PARTIES, joined=PARTIES, completed=True, survivors=PARTIES, result=sums.pop(0)
+            )
+
+        monkeypatch.setattr(CoordinatorServer, "run_round", run_round)
+        asyncio.run(federation.run())
+        assert not sums  # two attempts: the refused one and its re-run
+        assert any("attempt 1 aborted (the sum was refused" in line and "exceed" in line for line in lines)
+        vector, _ = federation.store.load_checkpoint(federation.store.last_committed())
+        assert config.server_optimizer == "fedavg"
+        expected = np.float32(config.server_learning_rate / 3)
+        np.testing.assert_array_equal(vector, np.full(8, expected))
