@@ -9,7 +9,6 @@ import functools
 import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from fedmask.adapter.vector import (
     trainable_named_parameters,
 )
 from fedmask.participant.data import Record
+from fedmask.participant.dp_random import DpRandomness
 from fedmask.participant.ledger import (
     CALIBRATION_NOTE,
     PrivacyLedger,
@@ -122,8 +122,9 @@ class _Private:
     data_key: str
     plan: PrivacyPlan
     clipping: str  # the grad-sample mode that runs: "ew", "hooks" or "ghost"
-    sampling_generator: torch.Generator
-    noise_generator: torch.Generator
+    # This round's Poisson sampling and noise (set by _seed_round; Opacus's sampler and
+    # optimizer draw from it too: _draw_from_csprng).
+    randomness: DpRandomness = field(default_factory=DpRandomness.fresh)
     encoded: _Encoded | None = None  # the training records, for the head's probe steps
 
 
@@ -131,6 +132,56 @@ class _Private:
 class _Encoded:
     input_ids: list[torch.Tensor] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+
+
+def _draw_from_csprng(optimizer: Any, loader: Any, randomness: Callable[[], DpRandomness]) -> None:
+    """Make the optimizer and the Poisson loader Opacus built draw their noise and coin flips
+    from ``randomness()`` (the round's CSPRNG) instead of torch's Mersenne Twister.
+
+    Opacus adds ``noise_multiplier * max_grad_norm`` Gaussian noise to each parameter's clipped
+    gradient sum in ``add_noise``; this is that method with the noise drawn elsewhere. An
+    optimizer class that adds noise its own way (adaptive clipping) is refused rather than left
+    on a predictable generator.
+    """
+    from opacus.optimizers.optimizer import DPOptimizer, _check_processed_flag, _mark_as_processed
+    from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    known = (DPOptimizer.add_noise, DPOptimizerFastGradientClipping.add_noise)
+    if type(optimizer).add_noise not in known or hasattr(optimizer, "_adjusted_noise_multiplier"):
+        raise RuntimeError(f"{type(optimizer).__name__} adds its noise its own way; not training with it")
+    sampler = loader.batch_sampler
+    if type(sampler) is not UniformWithReplacementSampler:
+        raise RuntimeError(f"expected Opacus's Poisson sampler, got {type(sampler).__name__}")
+
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            noise = randomness().gaussian(p.summed_grad.shape, std, p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise.to(p.summed_grad.device)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise
+    sampler.__class__ = _csprng_poisson_sampler()
+    sampler.randomness = randomness
+
+
+@functools.cache
+def _csprng_poisson_sampler() -> type:
+    """Opacus's Poisson batch sampler with its coin flips from the round's CSPRNG (a subclass
+    made on first use: Opacus is imported only when DP training starts)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    class CsprngPoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]  # opacus is untyped
+        randomness: Callable[[], DpRandomness]
+
+        def __iter__(self) -> Iterator[list[int]]:
+            for _ in range(self.steps):
+                mask = self.randomness().poisson_mask(self.num_samples, self.sample_rate)
+                yield mask.nonzero().reshape(-1).tolist()
+
+    return CsprngPoissonSampler
 
 
 # --------------------------------------------------------------------------- privacy plan
@@ -369,13 +420,13 @@ def linear_probe(
     momentum: float,
     noise_multiplier: float | None,
     max_grad_norm: float,
-    sampling: torch.Generator,
-    noise: torch.Generator,
+    randomness: DpRandomness,
     on_step: Callable[[int, float], None] | None = None,
 ) -> _ProbeRun:
     """Train ``head`` on fixed ``features`` with DP-SGD, exactly as Opacus would on the head alone.
 
-    Each step: Poisson sampling at ``sample_rate`` (``torch.rand(n) < q``, as Opacus's sampler),
+    Each step: Poisson sampling at ``sample_rate`` (each record in with probability q, as Opacus's
+    sampler; coin flips and noise from ``randomness``, the round's CSPRNG),
     per-record gradients of the cross-entropy (for a linear layer: the error times the input,
     computed in closed form), each clipped to ``max_grad_norm`` (weight and bias together),
     summed, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added, divided by the
@@ -396,7 +447,7 @@ def linear_probe(
     start_w, start_b = weight.detach().clone(), bias.detach().clone()
     with torch.no_grad():
         for step in range(steps):
-            chosen = torch.rand(count, generator=sampling) < sample_rate
+            chosen = randomness.poisson_mask(count, sample_rate)
             x, y = features[chosen], onehot[chosen]
             if x.shape[0] == 0:
                 empty += 1
@@ -412,8 +463,8 @@ def linear_probe(
                 grad_w, grad_b = error.T @ x, error.sum(dim=0)
             if noise_multiplier is not None:
                 std = noise_multiplier * max_grad_norm
-                grad_w = grad_w + torch.normal(0.0, std, size=grad_w.shape, generator=noise)
-                grad_b = grad_b + torch.normal(0.0, std, size=grad_b.shape, generator=noise)
+                grad_w = grad_w + randomness.gaussian(grad_w.shape, std, grad_w.dtype)
+                grad_b = grad_b + randomness.gaussian(grad_b.shape, std, grad_b.dtype)
             velocity_w.mul_(momentum).add_(grad_w / expected_batch)
             velocity_b.mul_(momentum).add_(grad_b / expected_batch)
             weight.sub_(learning_rate * velocity_w)
@@ -687,15 +738,8 @@ class LocalTrainer:
 
         from fedmask.participant import bias_grad
 
-        # Which records are sampled and the noise must be secret; Opacus's secure_mode (which
-        # needs torchcsprng) is unavailable, so both come from generators seeded per round.
-        sampling = torch.Generator()
-        noise = torch.Generator()
         loader = DataLoader(
-            dataset,
-            batch_size=self.config.batch_size,
-            collate_fn=_collate(self.tokenizer.pad_token_id),
-            generator=sampling,
+            dataset, batch_size=self.config.batch_size, collate_fn=_collate(self.tokenizer.pad_token_id)
         )
         if mode == "hooks":
             bias_grad.use_bias_only_grad_samplers(self.model)
@@ -711,7 +755,6 @@ class LocalTrainer:
             poisson_sampling=True,
             grad_sample_mode=mode,
             loss_reduction="mean",
-            noise_generator=noise,
         )
         if mode == "ghost":
             ignore = -100 if self.config.task == "causal_lm" else -1
@@ -721,9 +764,7 @@ class LocalTrainer:
             module, dp_optimizer, dp_loader = engine.make_private(**kwargs)
         if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-12:
             raise RuntimeError(f"Opacus sample rate {dp_loader.sample_rate} differs from the plan's {plan.sample_rate}")
-        if dp_optimizer.generator is not noise or dp_loader.batch_sampler.generator is not sampling:
-            raise RuntimeError("Opacus did not take the sampling and noise generators given")
-        return _Private(
+        private = _Private(
             engine=engine,
             module=module,
             optimizer=dp_optimizer,
@@ -732,9 +773,9 @@ class LocalTrainer:
             data_key=key,
             plan=plan,
             clipping=mode,
-            sampling_generator=sampling,
-            noise_generator=noise,
         )
+        _draw_from_csprng(dp_optimizer, dp_loader, lambda: private.randomness)
+        return private
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimizer: one parameter group for the adapter, one for the head."""
@@ -814,18 +855,15 @@ class LocalTrainer:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
 
     def _seed_round(self) -> None:
-        """Seed this round's Poisson sampling and noise: fresh OS entropy, or the test seed."""
+        """Key this round's Poisson sampling and noise: fresh OS entropy, or the test seed."""
         priv = self._private
         assert priv is not None
-        for purpose, generator in (("sampling", priv.sampling_generator), ("noise", priv.noise_generator)):
-            if self.config.noise_seed is None:
-                seed = secrets.randbits(63)
-            else:
-                # Depends on the steps already charged, so each round (and a re-run after a
-                # restart) draws its own batches and noise, reproducibly.
-                blob = f"{self.config.noise_seed}:{self.ledger.steps}:{purpose}".encode()
-                seed = int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
-            generator.manual_seed(seed)
+        if self.config.noise_seed is None:
+            priv.randomness = DpRandomness.fresh()
+        else:
+            # Depends on the steps already charged, so each round (and a re-run after a
+            # restart) draws its own batches and noise, reproducibly.
+            priv.randomness = DpRandomness.reproducible(f"{self.config.noise_seed}:{self.ledger.steps}")
 
     # ------------------------------------------------------------------ step sizes and features
 
@@ -980,8 +1018,7 @@ class LocalTrainer:
                 momentum=0.9,
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.max_grad_norm,
-                sampling=priv.sampling_generator,
-                noise=priv.noise_generator,
+                randomness=priv.randomness,
                 on_step=report_step,
             )
             losses += probe.losses
@@ -1056,7 +1093,8 @@ class LocalTrainer:
         n_steps = self.config.steps_per_round(count) if steps is None else int(steps)
         probe_steps = self.config.probe_steps(n_steps) if self.head is not None else 0
         rates = self.step_sizes(0.0, sample_rate * count)
-        sampling = torch.Generator().manual_seed(self.config.seed)
+        # Not secret (nothing is private here): batches repeat for a given config seed.
+        randomness = DpRandomness.reproducible(f"non-private:{self.config.seed}")
         start = time.perf_counter()
         losses: list[float] = []
         empty = 0
@@ -1073,8 +1111,7 @@ class LocalTrainer:
                 momentum=0.9,
                 noise_multiplier=None,
                 max_grad_norm=self.config.max_grad_norm,
-                sampling=sampling,
-                noise=sampling,
+                randomness=randomness,
             )
             losses += probe.losses
             empty += probe.empty
@@ -1088,7 +1125,7 @@ class LocalTrainer:
         if not diverged:
             snapshot = self._snapshot()
             for step in range(probe_steps, n_steps):
-                chosen = torch.nonzero(torch.rand(count, generator=sampling) < sample_rate).flatten().tolist()
+                chosen = torch.nonzero(randomness.poisson_mask(count, sample_rate)).flatten().tolist()
                 if not chosen:
                     empty += 1
                     losses.append(float("nan"))

@@ -223,7 +223,11 @@ def train_adapter(
         "clipping": local.clipping,
         "clipping_note": trainer.clipping_note,
         "empty_batches": local.empty_batches,
-        "randomness": "os.urandom" if config.noise_seed is None else ("fixed seed (reproducible, NOT private)"),
+        "randomness": (
+            "AES-256-CTR keyed from os.urandom"
+            if config.noise_seed is None
+            else "fixed seed (reproducible, NOT private)"
+        ),
         # held-out quality
         "accuracy": evaluation.accuracy if evaluation else None,
         "majority_baseline": evaluation.majority_baseline if evaluation else None,

@@ -85,7 +85,7 @@ def test_train_writes_adapter_report_and_ledger_then_refuses_past_budget(tmp_pat
         assert key in report, key
     assert report["steps"] == 2 and report["sample_rate"] == 1 / 48
     assert report["train_records"] == 48 and report["heldout_records"] == 12
-    assert report["clipping"] == "ew" and report["randomness"] == "os.urandom"
+    assert report["clipping"] == "ew" and report["randomness"] == "AES-256-CTR keyed from os.urandom"
     assert sum(report["pii_counts"].values()) > 20  # the bank's records carry cards, IBANs...
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

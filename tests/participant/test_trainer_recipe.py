@@ -21,6 +21,7 @@ from fedmask.adapter.config import (
     noise_calibrated_learning_rate,
 )
 from fedmask.participant.data import Record
+from fedmask.participant.dp_random import DpRandomness
 from fedmask.participant.ledger import PrivacyLedger, compute_epsilon
 from fedmask.participant.trainer import FeatureCache, LocalTrainer, linear_probe, loss_divergence
 from fedmask.participant.training import train_adapter, training_warnings
@@ -46,8 +47,7 @@ def _probe(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, **over
         momentum=0.0,
         noise_multiplier=1e-12,
         max_grad_norm=1.0,
-        sampling=torch.Generator().manual_seed(0),
-        noise=torch.Generator().manual_seed(1),
+        randomness=DpRandomness.reproducible("probe test"),
     )
     settings.update(overrides)
     return linear_probe(head, features, labels, **settings)
@@ -109,7 +109,7 @@ def test_the_probe_adds_gaussian_noise_of_std_lr_sigma_c_over_b() -> None:
     tolerance = 5 / math.sqrt(2 * coordinates)
     assert float(update.std()) == pytest.approx(expected, rel=tolerance)
     assert abs(float(update.mean())) < 5 * expected / math.sqrt(coordinates)
-    # The noise comes from the generator given: the same seed draws the same noise.
+    # The noise comes from the randomness given: the same key draws the same noise.
     again = _head(inputs)
     with torch.no_grad():
         again.bias.copy_(torch.tensor([1e4, -1e4]))

@@ -277,7 +277,7 @@ def test_noise_comes_from_os_entropy_unless_a_seed_is_given(tiny_qwen2_path: str
     records = demo_records("hospital-a", 80, seed=5)[:50]
     config = _small_config(tiny_qwen2_path, "causal_lm", "lora", noise_seed=None)
     first, second = train_adapter(config, records), train_adapter(config, records)
-    assert first.report["randomness"] == "os.urandom"
+    assert first.report["randomness"] == "AES-256-CTR keyed from os.urandom"
     np.testing.assert_array_equal(first.trainer.initial_vector, second.trainer.initial_vector)
     # Same start, same data, same config: only fresh entropy tells the two runs apart. With
     # torch's default generator (fixed initial seed) they would agree, and anyone could
@@ -289,10 +289,36 @@ def test_noise_comes_from_os_entropy_unless_a_seed_is_given(tiny_qwen2_path: str
     trainer = LocalTrainer(seeded)
     trainer.prepare(records)
     trainer._seed_round()
-    state = trainer._private.noise_generator.get_state()
+    draws = trainer._private.randomness.uniforms(8)
     trainer._seed_round()
-    assert torch.equal(trainer._private.noise_generator.get_state(), state)
-    assert not torch.equal(trainer._private.sampling_generator.get_state(), state)
+    np.testing.assert_array_equal(trainer._private.randomness.uniforms(8), draws)
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "clipping"),
+    [("minilm", "classification", "auto"), ("qwen2", "causal_lm", "ghost"), ("qwen2", "causal_lm", "hooks")],
+)
+def test_dp_steps_draw_nothing_from_torchs_generators(
+    model: str, task: str, clipping: str, minilm_path: str, tiny_qwen2_path: str, demo_records, monkeypatch
+) -> None:
+    """torch's CPU generator is a Mersenne Twister: its state follows from its outputs, so noise
+    and batches drawn from it could be predicted. Every DP step (the head's probe steps, and
+    Opacus's sampler and optimizer) must draw from the round's CSPRNG instead."""
+    path = minilm_path if model == "minilm" else tiny_qwen2_path
+    config = _small_config(path, task, "lora", local_steps=8, clipping=clipping, noise_seed=None)
+    records = demo_records("hospital-b", 80, seed=8)[:50]
+    trainer = LocalTrainer(config)
+    trainer.prepare(records)
+    before = trainer.adapter_vector()
+
+    def predictable(*args, **kwargs):
+        raise AssertionError("DP randomness drawn from torch's generator")
+
+    for name in ("normal", "rand", "randn", "randint", "randperm", "bernoulli"):
+        monkeypatch.setattr(torch, name, predictable)
+    result = trainer.train(records)
+    assert result.steps == 8 and (result.probe_steps > 0) == (model == "minilm")
+    assert np.isfinite(result.vector).all() and not np.array_equal(result.vector, before)
 
 
 @pytest.mark.parametrize("clipping", ["ew", "ghost"])
