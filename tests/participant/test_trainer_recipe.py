@@ -23,7 +23,13 @@ from fedmask.adapter.config import (
 from fedmask.participant.data import Record
 from fedmask.participant.dp_random import DpRandomness
 from fedmask.participant.ledger import PrivacyLedger, compute_epsilon
-from fedmask.participant.trainer import FeatureCache, LocalTrainer, linear_probe, loss_divergence
+from fedmask.participant.trainer import (
+    FeatureCache,
+    LocalTrainer,
+    _draw_from_csprng,
+    linear_probe,
+    loss_divergence,
+)
 from fedmask.participant.training import train_adapter, training_warnings
 
 
@@ -115,6 +121,73 @@ def test_the_probe_adds_gaussian_noise_of_std_lr_sigma_c_over_b() -> None:
         again.bias.copy_(torch.tensor([1e4, -1e4]))
     _probe(again, features, labels, learning_rate=lr, noise_multiplier=sigma, max_grad_norm=clip)
     assert torch.equal(_flat(again), _flat(head))
+
+
+def _opacus_parts(noise_multiplier: float, max_grad_norm: float, parameter: nn.Parameter):
+    from types import SimpleNamespace
+
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    optimizer = DPOptimizer(
+        torch.optim.SGD([parameter], lr=1.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=8,
+    )
+    loader = SimpleNamespace(batch_sampler=UniformWithReplacementSampler(num_samples=50, sample_rate=0.1))
+    return optimizer, loader
+
+
+def test_opacus_steps_add_noise_of_std_sigma_c_from_the_rounds_randomness() -> None:
+    """The fine-tuning steps' noise is drawn by the trainer (not Opacus's generator): each
+    coordinate of a clipped gradient sum gets N(0, (sigma * C)^2)."""
+    parameter = nn.Parameter(torch.zeros(200, 100))
+    sigma, clip = 1.7, 0.3
+    optimizer, loader = _opacus_parts(sigma, clip, parameter)
+    randomness = DpRandomness.reproducible("opacus noise")
+    _draw_from_csprng(optimizer, loader, lambda: randomness)
+    parameter.summed_grad = torch.zeros_like(parameter)
+    optimizer.add_noise()
+    noise = parameter.grad.flatten()
+    count = noise.numel()
+    # The sample std of n normals has relative standard error ~ 1 / sqrt(2n): 5 of them.
+    assert float(noise.std()) == pytest.approx(sigma * clip, rel=5 / math.sqrt(2 * count))
+    assert abs(float(noise.mean())) < 5 * sigma * clip / math.sqrt(count)
+    expected = DpRandomness.reproducible("opacus noise").gaussian(parameter.shape, sigma * clip, torch.float32)
+    assert torch.equal(parameter.grad, expected)
+
+
+def test_opacus_batches_are_drawn_from_the_rounds_randomness() -> None:
+    optimizer, loader = _opacus_parts(1.0, 1.0, nn.Parameter(torch.zeros(3)))
+    randomness = DpRandomness.reproducible("opacus batches")
+    _draw_from_csprng(optimizer, loader, lambda: randomness)
+    batches = list(loader.batch_sampler)
+    again = DpRandomness.reproducible("opacus batches")
+    assert len(batches) == 10  # Opacus's steps per pass: 1 / sample_rate
+    assert batches == [again.poisson_mask(50, 0.1).nonzero().reshape(-1).tolist() for _ in range(10)]
+
+
+def test_an_optimizer_that_adds_its_own_noise_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from opacus.optimizers import AdaClipDPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    adaptive = AdaClipDPOptimizer(
+        torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=1.0),
+        noise_multiplier=1.0,
+        target_unclipped_quantile=0.5,
+        clipbound_learning_rate=0.2,
+        max_clipbound=10.0,
+        min_clipbound=0.1,
+        unclipped_num_std=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=8,
+    )
+    loader = SimpleNamespace(batch_sampler=UniformWithReplacementSampler(num_samples=5, sample_rate=0.5))
+    with pytest.raises(RuntimeError, match="AdaClipDPOptimizer adds its noise its own way"):
+        _draw_from_csprng(adaptive, loader, DpRandomness.fresh)
 
 
 def test_the_probe_samples_records_by_poisson_sampling_at_the_rate_given() -> None:
