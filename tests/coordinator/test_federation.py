@@ -183,6 +183,21 @@ def _tiny_initial():
     return np.zeros(8, dtype=np.float32), layout
 
 
+def _federation(tmp_path, config, *, initial=None, progress=None):
+    """A federation on loopback without TLS, its state in ``tmp_path / "state"``."""
+    from fedmask.coordinator.federation import Federation
+    from fedmask.coordinator.round_server import ServerSettings
+
+    return Federation(
+        config,
+        tmp_path / "state",
+        _insecure(),
+        settings=ServerSettings(host="127.0.0.1", port=0),
+        initial=initial or _tiny_initial(),
+        progress=progress,
+    )
+
+
 class TestFederationStart:
     def test_participants_outside_the_roster_are_refused_before_anything_is_written(self, tmp_path):
         from fedmask.coordinator.federation import Federation
@@ -197,19 +212,9 @@ class TestFederationStart:
         recorded as failed (the state can be resumed), not a crash on an unbegun round."""
         import asyncio
 
-        from fedmask.coordinator.federation import Federation
-        from fedmask.coordinator.round_server import ServerSettings
-
         config = FederationConfig(participants=PARTIES, rounds=1, threshold=2, final_report_wait_s=0.01)
         lines: list[str] = []
-        federation = Federation(
-            config,
-            tmp_path / "state",
-            _insecure(),
-            settings=ServerSettings(host="127.0.0.1", port=0),
-            initial=_tiny_initial(),
-            progress=lines.append,
-        )
+        federation = _federation(tmp_path, config, progress=lines.append)
         asyncio.run(federation.run())
         assert federation.store.next_round_number() == 2 and not federation.store.ledger()
         assert any("round 1 failed" in line and "no enrolled identity key" in line for line in lines)
@@ -218,8 +223,7 @@ class TestFederationStart:
         import asyncio
 
         from fedmask.coordinator import federation as federation_module
-        from fedmask.coordinator.federation import Federation, RoundFailed
-        from fedmask.coordinator.round_server import ServerSettings
+        from fedmask.coordinator.federation import RoundFailed
 
         config = FederationConfig(participants=PARTIES, rounds=3, final_report_wait_s=0.01)
         attempted: list[int] = []
@@ -236,13 +240,7 @@ class TestFederationStart:
             raise Stop  # a crash before round 2 began
 
         def start():
-            return Federation(
-                config,
-                tmp_path / "state",
-                _insecure(),
-                settings=ServerSettings(host="127.0.0.1", port=0),
-                initial=_tiny_initial(),
-            )
+            return _federation(tmp_path, config)
 
         monkeypatch.setattr(federation_module.Federation, "_run_round", fail_first_then_stop)
         first = start()
@@ -291,8 +289,7 @@ class TestCalibrationRound:
 
         from fedmask.adapter.calibration import encode_release
         from fedmask.adapter.metrics import METRIC_COORDINATES
-        from fedmask.coordinator.federation import Federation
-        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome, ServerSettings
+        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome
 
         layout = [
             {"name": "lora.weight", "shape": [4], "dtype": "float32"},
@@ -301,13 +298,7 @@ class TestCalibrationRound:
         config = FederationConfig(
             participants=PARTIES, rounds=1, threshold=2, security_mode="semi-honest", final_report_wait_s=0.01
         )
-        federation = Federation(
-            config,
-            tmp_path / "state",
-            _insecure(),
-            settings=ServerSettings(host="127.0.0.1", port=0),
-            initial=(np.zeros(6, dtype=np.float32), layout),
-        )
+        federation = _federation(tmp_path, config, initial=(np.zeros(6, dtype=np.float32), layout))
         published: list[tuple[int, int]] = []
 
         async def run_round(server, round_config):
@@ -366,21 +357,13 @@ class TestImpossibleSum:
         import asyncio
 
         from fedmask.adapter.metrics import METRIC_COORDINATES
-        from fedmask.coordinator.federation import Federation
-        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome, ServerSettings
+        from fedmask.coordinator.round_server import CoordinatorServer, RoundOutcome
 
         config = FederationConfig(
             participants=PARTIES, rounds=1, threshold=2, security_mode="semi-honest", final_report_wait_s=0.01
         )
         lines: list[str] = []
-        federation = Federation(
-            config,
-            tmp_path / "state",
-            _insecure(),
-            settings=ServerSettings(host="127.0.0.1", port=0),
-            initial=_tiny_initial(),
-            progress=lines.append,
-        )
+        federation = _federation(tmp_path, config, progress=lines.append)
         dimension = 8 + METRIC_COORDINATES
         huge = np.full(dimension, 1 << 31, dtype=np.uint32)
         huge[8:] = 0  # the held-out figures honest: only the update is out of bounds
