@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 
 import numpy as np
 import torch
 
-from fedmask.secagg.rand import RandomSource, SeededRandom
+from fedmask.secagg.rand import RandomSource, SeededRandom, SystemRandom
 
 # Standard normals summed for one noise value (Opacus's secure_mode: 2n with n = 2).
 NORMALS_PER_VALUE = 4
@@ -40,7 +39,7 @@ class DpRandomness:
     @classmethod
     def fresh(cls) -> DpRandomness:
         """Keyed from the OS's CSPRNG: what private training uses."""
-        return cls(SeededRandom(os.urandom(32)))
+        return cls(SeededRandom(SystemRandom().random_bytes(32)))
 
     @classmethod
     def reproducible(cls, label: str) -> DpRandomness:

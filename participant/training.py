@@ -27,9 +27,9 @@ Choices that matter for the guarantee or for correctness:
 - an empty Poisson batch still takes a (noise-only) optimizer step, counted by the accountant;
 - ghost clipping goes through the criterion that ``make_private`` returns -- calling
   ``backward()`` on a plain loss would run without clipping;
-- batch sampling and noise draw from their own generators, seeded from ``os.urandom`` every
-  round: torch's default generator starts from a fixed seed, so noise drawn from it could be
-  regenerated and subtracted. (Opacus's ``secure_mode`` needs torchcsprng, not installable here.)
+- batch sampling and noise come from a CSPRNG keyed from the OS every round
+  (:mod:`fedmask.participant.dp_random`), never from torch's generators, whose state follows
+  from their outputs. (Opacus's ``secure_mode`` needs torchcsprng, not installable here.)
 - ``ew`` rather than ghost clipping by default: for adapters the per-sample gradients are small,
   so ghost clipping's memory saving buys nothing and its second backward pass costs 1.4-1.8x
   (docs/dp-training.md has the figures);

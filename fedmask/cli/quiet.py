@@ -8,7 +8,7 @@ import warnings
 
 def quiet_libraries(log_format: str = "%(message)s") -> None:
     """Drop deprecation warnings and Opacus's note that its noise comes from torch's generator
-    (fedmask seeds that generator from os.urandom for every run: docs/dp-training.md), and print
+    (fedmask draws the noise and the batches from a CSPRNG itself: docs/dp-training.md), and print
     fedmask's own warnings as plain lines in ``log_format``. Call it before Opacus is imported:
     Opacus installs its own log format on first import."""
     logging.basicConfig(level=logging.WARNING, format=log_format)
