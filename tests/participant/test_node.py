@@ -137,12 +137,12 @@ def test_the_node_refuses_a_model_or_noise_its_policy_does_not_allow(tmp_path):
         parse_encoding(json.dumps(encoding), 300, policy)
 
 
-def test_a_coordinator_cannot_ask_for_more_steps_or_epsilon_a_round_than_the_policy_allows(tmp_path):
+def test_a_coordinator_cannot_ask_for_more_steps_or_epsilon_a_round_than_the_policy_allows(tmp_path, tiny_qwen2_path):
     """The plan (steps a round, the round's epsilon) depends on the records, so it is checked
     once the trainer knows how many there are: still before anything is charged."""
     records = [Record(f"message {i}", i % 2) for i in range(100)]
     data = LocalData(train=records, heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
-    training = {"target_epsilon": 8.0, "target_delta": 1e-5, "local_steps": 10}
+    training = {"target_epsilon": 8.0, "target_delta": 1e-5, "local_steps": 10, "model_path": tiny_qwen2_path}
 
     def node(policy: ParticipantPolicy, state: str) -> Node:
         return Node(Connection("127.0.0.1:1", None), Identity("hospital-a"), data, tmp_path / state, policy=policy)

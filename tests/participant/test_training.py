@@ -305,7 +305,7 @@ def test_dp_steps_draw_nothing_from_torchs_generators(
     and batches drawn from it could be predicted. Every DP step (the head's probe steps, and
     Opacus's sampler and optimizer) must draw from the round's CSPRNG instead."""
     path = minilm_path if model == "minilm" else tiny_qwen2_path
-    config = _small_config(path, task, "lora", local_steps=8, clipping=clipping, noise_seed=None)
+    config = _small_config(path, task, "lora", local_steps=4, clipping=clipping, noise_seed=None)
     records = demo_records("hospital-b", 80, seed=8)[:50]
     trainer = LocalTrainer(config)
     trainer.prepare(records)
@@ -317,7 +317,7 @@ def test_dp_steps_draw_nothing_from_torchs_generators(
     for name in ("normal", "rand", "randn", "randint", "randperm", "bernoulli"):
         monkeypatch.setattr(torch, name, predictable)
     result = trainer.train(records)
-    assert result.steps == 8 and (result.probe_steps > 0) == (model == "minilm")
+    assert result.steps == 4 and (result.probe_steps > 0) == (model == "minilm")
     assert np.isfinite(result.vector).all() and not np.array_equal(result.vector, before)
 
 
