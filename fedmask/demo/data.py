@@ -9,8 +9,12 @@ All three parties label the same question -- does this message need urgent human
 
 What makes the task worth federating: each party's urgent and routine messages use cue phrases of
 its own domain, and only a small shared pool is common to the hospitals. A model trained on one
-party's records learns its own cues well and the others' poorly, so a model trained on all three
-(federated) beats the best single party on the union of the held-out splits. What keeps it from
+party's records learns its own cues well and the others' poorly. Worse for it, a fifth of each
+party's routine messages borrow another party's urgent words ("my son had a seizure at school, I
+need a letter for the insurance" to the bank, "wallet stolen in the waiting room" in a hospital),
+as real messages do: a model of one party's cues calls them urgent, where a model that has seen
+every party's records learns in which context a word signals urgency. So a model trained on all
+three (federated) beats the best single party on the union of the held-out splits. What keeps it from
 being trivial: "urgent"-sounding words appear in routine messages too (negated findings, customers
 who write URGENT about a statement), generic urgency markers carry no label information, and a
 small fraction of labels is flipped, as in real triage data.
@@ -44,6 +48,9 @@ class _PartyStyle:
     urgent: tuple[str, ...]
     routine: tuple[str, ...]
     hard_negatives: tuple[str, ...]  # routine, but mention something that sounds alarming
+    # Routine here, but in another party's urgent words (the second item): a model that learnt
+    # only that party's cues calls them urgent.
+    false_friends: tuple[tuple[str, str], ...]
     pii: tuple[str, ...]  # templates with {ssn} {phone} {email} ... slots
 
 
@@ -113,6 +120,13 @@ _STYLES: dict[str, _PartyStyle] = {
             "K+ back to {k_norm} after treatment",
             "syncope last year, none since",
         ),
+        false_friends=(
+            ("wallet stolen in the waiting room, security has the report", "stolen"),
+            ("reports a caller posing as the pharmacy, advised to ignore it", "caller posing as"),
+            ("card declined at the parking machine, paid at reception", "card"),
+            ("had a seizure in childhood, none as an adult", "seizure"),
+            ("leg weakness after the long flight has settled", "leg weakness"),
+        ),
         pii=(
             "SSN {ssn}.",
             "Callback {us_phone}.",
@@ -174,6 +188,13 @@ _STYLES: dict[str, _PartyStyle] = {
             "seizure free for two years",
             "no bleeding, platelets {plt_norm}",
         ),
+        false_friends=(
+            ("chest pain clinic letter from {months} months ago filed in the notes", "chest pain"),
+            ("asks about a fraud warning letter from the billing office", "fraud"),
+            ("slurred speech after the dental anaesthetic has worn off", "slurred speech"),
+            ("the transfer of her records to the new GP bounced, resent today", "transfer"),
+            ("new AF on last year's holter, already anticoagulated", "new af"),
+        ),
         pii=(
             "ID {cn_id}.",
             "Contact {cn_phone}.",
@@ -234,6 +255,16 @@ _STYLES: dict[str, _PartyStyle] = {
             "false alarm earlier, the payment was mine",
             "the transfer went through fine, please send a receipt",
             "nothing suspicious, just checking my limit",
+        ),
+        false_friends=(
+            ("I had crushing chest pain in the spring and was off work, can I pause my loan repayments", "chest pain"),
+            ("my wife's platelets were low after chemo, so I run the account now, please add me", "platelets"),
+            (
+                "my father had a fall with head strike last year and lives with me, please update his address",
+                "head strike",
+            ),
+            ("the parking charge at the chemo unit was taken twice, please refund one", "chemo"),
+            ("my son had a seizure at school, I need a letter for the insurance", "seizure"),
         ),
         pii=(
             "Card {card}.",
@@ -403,8 +434,10 @@ def _message(rng: random.Random, party: str, label: int) -> str:
     if label == 1:
         pool = style.urgent + (_SHARED_MEDICAL_URGENT if medical else ())
         cue = rng.choice(pool)
-    elif rng.random() < 0.2:
+    elif (draw := rng.random()) < 0.2:
         cue = rng.choice(style.hard_negatives)
+    elif draw < 0.4:
+        cue, _borrowed = rng.choice(style.false_friends)
     else:
         pool = style.routine + (_SHARED_MEDICAL_ROUTINE if medical else ())
         cue = rng.choice(pool)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from fedmask.demo import data as demo_data
 from fedmask.demo.data import PARTIES, generate_records, write_records
 from fedmask.participant.data import (
     DEFAULT_HELDOUT_FRACTION,
@@ -166,6 +169,32 @@ def test_demo_data_is_deterministic_and_non_iid(tmp_path: Path) -> None:
     assert overlap < 0.5
     with pytest.raises(ValueError, match="unknown party"):
         generate_records("clinic", 10)
+
+
+def _urgent_cues(party: str) -> tuple[str, ...]:
+    style = demo_data._STYLES[party]
+    return style.urgent + (demo_data._SHARED_MEDICAL_URGENT if party.startswith("hospital") else ())
+
+
+@pytest.mark.parametrize("party", PARTIES)
+def test_false_friends_borrow_another_party_s_urgent_words_and_are_routine(party: str) -> None:
+    """What a single party's model gets wrong on the others' records: each false friend carries
+    words that are an urgent cue at another party and at its own party never are."""
+    others = [cue for other in PARTIES if other != party for cue in _urgent_cues(other)]
+    for text, borrowed in demo_data._STYLES[party].false_friends:
+        words = re.compile(rf"\b{re.escape(borrowed)}\b", re.IGNORECASE)
+        assert words.search(text), (text, borrowed)
+        assert any(words.search(cue) for cue in others), borrowed
+        assert not any(words.search(cue) for cue in _urgent_cues(party)), borrowed
+    # They occur, as routine records (label noise aside), in about a fifth of the routine ones.
+    texts = {
+        text.format(**demo_data._slots(random.Random(0)))[:20] for text, _ in demo_data._STYLES[party].false_friends
+    }
+    records = generate_records(party, 2000, seed=1, label_noise=0.0)
+    routine = [r for r in records if r["label"] == 0]
+    carrying = [r for r in records if any(prefix.lower() in str(r["text"]).lower() for prefix in texts)]
+    assert carrying and all(r["label"] == 0 for r in carrying)
+    assert 0.15 < len(carrying) / len(routine) < 0.35
 
 
 def test_generated_records_read_back_the_same_from_csv_and_jsonl(tmp_path: Path) -> None:
