@@ -99,6 +99,7 @@ def federate(
     from fedmask.adapter.config import TrainingConfig
     from fedmask.adapter.model import initial_adapter
     from fedmask.coordinator.aggregation import server_optimizer_from_config
+    from fedmask.demo.report import union_scores
     from fedmask.participant.trainer import LocalTrainer
     from fedmask.participant.training import train_adapter
     from fedmask.secagg import prg
@@ -151,7 +152,15 @@ def federate(
         scorer.shift_decision(solved.shift)
     else:
         scorer.set_adapter_vector(global_vector)
-    return {"adapter": scorer.adapter_vector(), "scores": scorer.evaluate(heldout).scores(), "update_norms": norms}
+    return {"adapter": scorer.adapter_vector(), "scores": union_scores(scorer, heldout), "update_norms": norms}
+
+
+def _figures(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The bench's figures of one model on the union, and its macro-F1 on each party's records."""
+    figures: dict[str, Any] = {name: scores[name] for name in FIGURES}
+    if "by_party" in scores:
+        figures["by_party_macro_f1"] = {party: own["macro_f1"] for party, own in scores["by_party"].items()}
+    return figures
 
 
 def repeat_row(
@@ -170,14 +179,14 @@ def repeat_row(
     started = time.perf_counter()
     federated = federate(federation, data, heldout, features, private=private)
     row: dict[str, Any] = {
-        "federated": {name: federated["scores"][name] for name in FIGURES},
+        "federated": _figures(federated["scores"]),
         "update_norms": federated["update_norms"],
         "federation_s": time.perf_counter() - started,
     }
     echo(f"federated macro-F1 {row['federated']['macro_f1']:.3f} ({row['federation_s']:.0f} s)")
     if baselines:
         alone = single_party_baselines(federation.training_config(), data_paths, federation.rounds, echo, features)
-        row["party_alone"] = {party: {name: scores[name] for name in FIGURES} for party, scores in alone.items()}
+        row["party_alone"] = {party: _figures(scores) for party, scores in alone.items()}
         best = max(alone, key=lambda party: alone[party]["macro_f1"])
         row["best_party"] = best
         row["margin_over_best_party"] = row["federated"]["macro_f1"] - alone[best]["macro_f1"]
@@ -305,6 +314,7 @@ def render(report: Mapping[str, Any]) -> str:
             f"| {number} | {federated['macro_f1']:.3f} | {federated['balanced_accuracy']:.3f} "
             f"| {federated['auroc']:.3f} | {best} | {margin} | {row['federation_s']:.0f} |"
         )
+    lines += _by_party_lines(report["rows"])
     summary = report["summary"]
     text = (
         f"mean federated macro-F1 {summary['federated_macro_f1_mean']:.3f} "
@@ -318,6 +328,29 @@ def render(report: Mapping[str, Any]) -> str:
         )
     lines += ["", text]
     return "\n".join(lines)
+
+
+def _by_party_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Macro-F1 on each party's own held-out records, by repeat: where the federation's value
+    comes from, and whether a party's records are served worse than by its own model."""
+    parties = list(rows[0]["federated"].get("by_party_macro_f1") or {}) if rows else []
+    if not parties:
+        return []
+    lines = [
+        "",
+        "macro-F1 on each party's own held-out records:",
+        "",
+        "| repeat | model | " + " | ".join(parties) + " |",
+        "|---:|---|" + "---:|" * len(parties),
+    ]
+    for number, row in enumerate(rows, 1):
+        models = [("federated", row["federated"])]
+        models += [(f"{party} alone", figures) for party, figures in (row.get("party_alone") or {}).items()]
+        for name, figures in models:
+            own = figures.get("by_party_macro_f1") or {}
+            cells = [f"{own[party]:.3f}" if party in own else "–" for party in parties]
+            lines.append(f"| {number} | {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ The final adapter and the baselines (each party alone, all records pooled with a
 are evaluated here, in the demo process that generated everyone's data, because only it may see
 every party's records: each with the
 scores of :mod:`fedmask.adapter.scores` (majority baseline, balanced accuracy, macro-F1, AUROC,
-bootstrap intervals) on the union of the held-out splits.
+bootstrap intervals) on the union of the held-out splits, and for classification on each party's
+own held-out records too: a figure on the union can hide a party whose records the federated
+model serves worse than that party's own model does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TITLES: dict[str, str] = {**METRIC_TITLES, "perplexity": "perplexity", "next_tok
 
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.trainer import Evaluation, FeatureCache, LocalTrainer
 
 
 # The pooled baselines (one party holding every party's training records) and their table titles.
@@ -51,6 +53,37 @@ def heldout_union(data_paths: Mapping[str, Path], task: str = "classification") 
     return [record for path in data_paths.values() for record in load_local_data(path, task=task).heldout]
 
 
+def scores_by_party(evaluation: Evaluation, parties: Sequence[str | None]) -> dict[str, dict[str, Any]]:
+    """A classification evaluation's scores on each party's records alone (``parties[i]`` names
+    the party of the i-th record evaluated; records of no party count only in the union)."""
+    from fedmask.adapter.scores import classification_scores
+
+    if evaluation.labels is None or evaluation.probabilities is None:
+        raise ValueError("scores by party need a classification evaluation")
+    if len(parties) != len(evaluation.labels):
+        raise ValueError(f"{len(parties)} party names for {len(evaluation.labels)} evaluated records")
+    indices: dict[str, list[int]] = {}
+    for index, party in enumerate(parties):
+        if party is not None:
+            indices.setdefault(party, []).append(index)
+    return {
+        party: classification_scores(evaluation.labels[rows], evaluation.probabilities[rows])
+        for party, rows in indices.items()
+    }
+
+
+def union_scores(trainer: LocalTrainer, union: Sequence[Record]) -> dict[str, Any]:
+    """``trainer``'s scores on the union of held-out splits; for classification with ``by_party``,
+    the same figures on each party's own records (the records' ``meta["party"]``), when the union
+    holds records of more than one party."""
+    evaluation = trainer.evaluate(union)
+    scores: dict[str, Any] = evaluation.scores()
+    parties = [record.meta.get("party") for record in union]
+    if evaluation.task == "classification" and len({p for p in parties if p is not None}) > 1:
+        scores["by_party"] = scores_by_party(evaluation, parties)
+    return scores
+
+
 def evaluate_global_adapter(
     training: Mapping[str, Any], state_dir: Path, heldout: Sequence[Record]
 ) -> dict[str, Any] | None:
@@ -68,8 +101,7 @@ def evaluate_global_adapter(
         return None
     trainer = LocalTrainer(TrainingConfig.create(**dict(training)))
     trainer.set_adapter_vector(vector)
-    scores: dict[str, Any] = trainer.evaluate(heldout).scores()
-    return scores
+    return union_scores(trainer, heldout)
 
 
 def baseline_feature_cache(parties: int, rounds: int) -> FeatureCache:
@@ -107,7 +139,7 @@ def single_party_baselines(
         trainer = LocalTrainer(config, feature_cache=feature_cache)
         for number in range(1, rounds + 1):
             train_adapter(config, local, trainer=trainer, score_heldout=False, calibrate=number == rounds)
-        scores[party] = trainer.evaluate(union).scores()
+        scores[party] = union_scores(trainer, union)
         echo(
             f"baseline: {party} alone on the union of held-out splits: {_headline(scores[party])} "
             f"({time.perf_counter() - started:.0f} s)"
@@ -149,7 +181,7 @@ def pooled_baselines(
     private = LocalTrainer(config, feature_cache=features)
     for number in range(1, rounds + 1):
         train_adapter(config, pooled, trainer=private, score_heldout=False, calibrate=number == rounds)
-    scores["pooled_dp"] = private.evaluate(union).scores()
+    scores["pooled_dp"] = union_scores(private, union)
     seconds["pooled_dp"] = time.perf_counter() - started
     echo(f"baseline: pooled records, no DP ({rounds} rounds of the same recipe without clipping or noise)")
     started = time.perf_counter()
@@ -158,7 +190,7 @@ def pooled_baselines(
         ceiling.train_non_private(pooled.train)
     if config.calibrates:  # the same recipe's last step, without noise
         ceiling.shift_decision(solve_shift(ceiling.margin_statistic(pooled.train)).shift)
-    scores["pooled_non_private"] = ceiling.evaluate(union).scores()
+    scores["pooled_non_private"] = union_scores(ceiling, union)
     seconds["pooled_non_private"] = time.perf_counter() - started
     for name, figures in scores.items():
         echo(f"baseline: {name} on the union of held-out splits: {_headline(figures)} ({seconds[name]:.0f} s)")
@@ -176,14 +208,18 @@ def _headline(scores: Mapping[str, Any]) -> str:
 
 
 def _result(scores: Mapping[str, Any]) -> dict[str, Any]:
-    """The report's figures of one model: its scores, their intervals, the record count."""
+    """The report's figures of one model: its scores, their intervals, the record count, and the
+    same on each party's records (``by_party``) where they were scored."""
     names = _metrics(scores)
-    return {
+    result = {
         "task": scores.get("task", "classification"),
         **{name: scores[name] for name in names},
         "ci95": {name: scores["ci95"][name] for name in names},
         "count": scores["count"],
     }
+    if scores.get("by_party"):
+        result["by_party"] = {party: _result(figures) for party, figures in scores["by_party"].items()}
+    return result
 
 
 def _accuracy(scores: Mapping[str, Any]) -> float:
@@ -364,6 +400,50 @@ def _results_markdown(report: Mapping[str, Any]) -> list[str]:
             else f"Best party alone by macro-F1: {best}, {format_with_interval(alone[best], 'macro_f1')}, against "
             f"the federated adapter's {format_with_interval(federated, 'macro_f1')}."
         )
+    return lines + _by_party_markdown(results)
+
+
+def _by_party_markdown(results: Mapping[str, Any]) -> list[str]:
+    """Each model on each party's own held-out records, and for each party whether the federated
+    adapter serves its records better than its own model alone."""
+    federated = results.get("federated") or {}
+    by_party = federated.get("by_party") or {}
+    if not by_party:
+        return []
+    parties = list(by_party)
+    alone = results.get("party_alone") or {}
+    rows = [("**federated adapter**", federated)]
+    rows += [(title, results[name]) for name, title in POOLED.items() if results.get(name) is not None]
+    rows += [(f"{party} alone, same DP budget", alone[party]) for party in parties if party in alone]
+    lines = [
+        "",
+        "## Each party's own held-out records (macro-F1)",
+        "",
+        "| " + " | ".join(["model", *(f"{party} ({by_party[party]['count']})" for party in parties)]) + " |",
+        "|" + "---|" * (len(parties) + 1),
+    ]
+    for title, figures in rows:
+        own = figures.get("by_party") or {}
+        cells = [format_with_interval(own[party], "macro_f1") if party in own else "–" for party in parties]
+        lines.append("| " + " | ".join([title, *cells]) + " |")
+    verdicts = []
+    for party in parties:
+        own_model = ((alone.get(party) or {}).get("by_party") or {}).get(party)
+        if own_model is None:
+            continue
+        ours, theirs = by_party[party], own_model
+        if _overlap(ours["ci95"]["macro_f1"], theirs["ci95"]["macro_f1"]):
+            verdict = "the intervals overlap: no clear difference"
+        elif ours["macro_f1"] > theirs["macro_f1"]:
+            verdict = "the federated adapter is better there"
+        else:
+            verdict = "the federated adapter is WORSE there"
+        verdicts.append(
+            f"- on {party}'s records: federated adapter {ours['macro_f1']:.3f}, {party}'s own model "
+            f"{theirs['macro_f1']:.3f} ({verdict})."
+        )
+    if verdicts:
+        lines += ["", *verdicts]
     return lines
 
 

@@ -182,6 +182,7 @@ def test_the_demo_report_scores_and_exports_the_federated_model(minilm_path: str
 
     federated = evaluate_global_adapter(training, state, heldout)
     assert federated is not None and federated["count"] == 20
+    assert {party: own["count"] for party, own in federated["by_party"].items()} == {"hospital-a": 10, "bank": 10}
     trainer.set_adapter_vector(vector)
     assert federated["accuracy"] == trainer.evaluate(heldout).accuracy
     labels = [r.label for r in heldout]
@@ -232,5 +233,74 @@ def test_the_baselines_train_on_the_pooled_records_and_on_each_party_alone(minil
     assert len(looked_up) == 80 and all(f is not None for f in looked_up) and computed == []
     assert set(alone) == {"hospital-a", "bank"} and all(s["count"] == 20 for s in alone.values())
     assert alone["bank"]["ci95"]["macro_f1"] is not None
+    assert all(set(s["by_party"]) == {"hospital-a", "bank"} for s in (*alone.values(), *pooled.values()))
     bank_line = r"baseline: bank alone on the union of held-out splits: macro-F1 .* \(\d+ s\)"  # with its duration
     assert any(re.fullmatch(bank_line, m) for m in messages)
+
+
+def _evaluation(labels: np.ndarray, p1: np.ndarray):
+    from fedmask.participant.trainer import Evaluation
+
+    return Evaluation(
+        accuracy=float(((p1 > 0.5) == labels).mean()),
+        majority_baseline=max(labels.mean(), 1 - labels.mean()),
+        loss=0.0,
+        count=labels.size,
+        labels=labels,
+        probabilities=np.stack([1 - p1, p1], axis=1),
+    )
+
+
+def test_each_party_s_own_records_are_scored_and_a_party_served_worse_than_alone_is_named() -> None:
+    from fedmask.demo.report import scores_by_party
+
+    rng = np.random.default_rng(11)
+    labels = (rng.random(400) < 0.35).astype(int)
+    parties = ["hospital-a"] * 200 + ["bank"] * 200
+
+    def p1(skill_a: float, skill_b: float) -> np.ndarray:
+        skill = np.where(np.arange(400) < 200, skill_a, skill_b)
+        return np.clip(0.4 + skill * (labels - 0.4) + rng.normal(0, 0.15, 400), 0.01, 0.99)
+
+    def scored(skill_a: float, skill_b: float) -> dict:
+        evaluation = _evaluation(labels, p1(skill_a, skill_b))
+        scores = evaluation.scores()
+        scores["by_party"] = scores_by_party(evaluation, parties)
+        return scores
+
+    # Federated: strong on hospital-a's records, weak on the bank's; the bank alone is strong on its own.
+    federated = scored(0.9, 0.1)
+    alone = {"hospital-a": scored(0.2, 0.0), "bank": scored(0.0, 0.9)}
+    own = federated["by_party"]["bank"]
+    assert set(federated["by_party"]) == {"hospital-a", "bank"} and own["count"] == 200
+
+    report = build_report(_final(["bank", "hospital-a"], 1), alone, 1.0, 2.0, {}, federated)
+    results = report["results"]
+    assert results["federated"]["by_party"]["bank"]["macro_f1"] == own["macro_f1"]
+    bank_alone = alone["bank"]["by_party"]["bank"]
+    assert results["party_alone"]["bank"]["by_party"]["bank"]["ci95"]["macro_f1"] == bank_alone["ci95"]["macro_f1"]
+    json.dumps(report)
+    markdown = render_markdown(report)
+    assert "## Each party's own held-out records (macro-F1)" in markdown
+    assert "| model | hospital-a (200) | bank (200) |" in markdown
+    assert "| bank alone, same DP budget |" in markdown.split("## Each party's own")[1]
+    worse = r"- on bank's records: federated adapter 0\.\d{3}, bank's own model [01]\.\d{3} \(the federated "
+    worse += r"adapter is WORSE there\)"
+    assert re.search(worse, markdown)
+    assert re.search(r"- on hospital-a's records: .* \(the federated adapter is better there\)", markdown)
+
+
+def test_scores_by_party_are_the_scores_of_each_party_s_records() -> None:
+    from fedmask.demo.report import scores_by_party
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(90) < 0.4).astype(int)
+    p1 = rng.random(90)
+    parties = [("a", "b", None)[i % 3] for i in range(90)]  # interleaved; None: in the union only
+    by_party = scores_by_party(_evaluation(labels, p1), parties)
+    assert set(by_party) == {"a", "b"}
+    rows_a = np.arange(0, 90, 3)
+    expected = classification_scores(labels[rows_a], p1[rows_a])
+    assert by_party["a"]["macro_f1"] == expected["macro_f1"] and by_party["a"]["ci95"] == expected["ci95"]
+    with pytest.raises(ValueError, match="89 party names for 90 evaluated records"):
+        scores_by_party(_evaluation(labels, p1), parties[:-1])
