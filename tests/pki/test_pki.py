@@ -686,6 +686,36 @@ def test_a_request_or_csr_for_another_name_is_refused(tmp_path: Path) -> None:
     assert not operator.tls_cert("participant", "bank").exists()
 
 
+@pytest.mark.parametrize("key_kind", ["p384", "ed25519"])
+def test_a_csr_whose_key_is_not_p256_is_refused(tmp_path: Path, key_kind: str) -> None:
+    enrolled = _enrolled(tmp_path)
+    request = pki.load_enrolment_request(enrolled.request_path)
+    # Well formed and self-signed, but gRPC's TLS and the CA expect P-256.
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = (
+        ec.generate_private_key(ec.SECP384R1()) if key_kind == "p384" else ed25519.Ed25519PrivateKey.generate()
+    )
+    csr_pem = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hospital-a")]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("urn:fedmask:participant:hospital-a")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256() if key_kind == "p384" else None)
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with pytest.raises(pki.PkiError, match="must be ECDSA P-256"):
+        pki.issue(
+            enrolled.operator,
+            "participant",
+            "hospital-a",
+            csr=csr_pem,
+            identity_public_key=request.identity_public_key,
+            organisation=request.organisation,
+        )
+    assert not enrolled.operator.tls_cert("participant", "hospital-a").exists()
+
+
 def test_a_tampered_csr_is_refused(tmp_path: Path) -> None:
     enrolled = _enrolled(tmp_path)
     request = pki.load_enrolment_request(enrolled.request_path)
@@ -945,15 +975,52 @@ def test_a_version_1_roster_still_loads_and_is_upgraded_by_the_next_change(fresh
     assert dict(upgraded.organisations()) == {"bank": "bank", "clinic": "st-marys", "hospital-a": "hospital-a"}
 
 
-def test_an_invalid_organisation_in_a_signed_roster_is_refused(fresh: Federation) -> None:
-    document = json.loads(fresh.paths.roster.read_bytes())
-    document["participants"]["bank"]["organisation"] = "Acme Bank"
-    data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def _with_version(data: bytes, version: int) -> bytes:
+    document = json.loads(data)
+    document["version"] = version
+    return _canonical(document)
+
+
+def _with_entry_field(data: bytes, field: str, value: object) -> bytes:
+    document = json.loads(data)
+    document["participants"]["bank"][field] = value
+    return _canonical(document)
+
+
+def _with_top_field(data: bytes, field: str, value: object) -> bytes:
+    document = json.loads(data)
+    document[field] = value
+    return _canonical(document)
+
+
+# Each document is signed by the federation's own CA: what is refused is what it says, so a CA
+# tool's bug or a hand-made roster cannot give two readers two meanings or a malformed member.
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda data: _with_entry_field(data, "organisation", "Acme Bank"), "invalid organisation"),
+        # The same key twice: JSON readers disagree on which one counts.
+        (lambda data: data.replace(b'"version":', b'"version":99,"version":', 1), "duplicate keys"),
+        (lambda data: _with_version(data, 0), "positive integer"),
+        (lambda data: _with_version(data, True), "positive integer"),
+        (lambda data: json.dumps(json.loads(data), sort_keys=True, indent=1).encode() + b"\n", "canonical form"),
+        (lambda data: _with_entry_field(data, "tls_cert_sha256", "AB" * 32), "invalid certificate fingerprint"),
+        (lambda data: _with_entry_field(data, "tls_cert_sha256", "ab" * 31), "invalid certificate fingerprint"),
+        (lambda data: _with_top_field(data, "comment", "x"), "unexpected or missing fields"),
+    ],
+)
+def test_a_malformed_roster_is_refused_even_when_signed_by_the_ca(fresh: Federation, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = change(fresh.paths.roster.read_bytes())
     signature = _ca_key(fresh).sign(b"fedmask roster signature v1\x00" + data, ec.ECDSA(hashes.SHA256()))
     fresh.paths.roster.write_bytes(data)
     fresh.paths.roster_signature.write_bytes(base64.b64encode(signature) + b"\n")
-    with pytest.raises(pki.RosterError, match="invalid organisation"):
+    with pytest.raises(pki.RosterError, match=message) as info:
         fresh.roster()
+    assert "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------
