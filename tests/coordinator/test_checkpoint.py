@@ -132,6 +132,28 @@ def test_a_reference_to_another_round_is_refused(tmp_path):
         replace(ref, round_number=3)
 
 
+def _renamed_to_round(directory, ref: FileRef, round_number: int) -> FileRef:
+    """The same bytes under the name of another round (an operator's restore gone wrong): the name
+    still carries the hash, so only the round recorded inside the file tells them apart."""
+    name = re.sub(r"^round-\d+", f"round-{round_number:06d}", ref.name)
+    assert name != ref.name
+    os.replace(directory / ref.name, directory / name)
+    return FileRef(name, ref.sha256, ref.size_bytes)
+
+
+def test_a_file_of_another_round_under_this_round_s_name_is_refused(tmp_path):
+    optimizer = FedAdam(lr=0.1)
+    optimizer.apply(np.zeros(64), np.ones(64))
+    ref = save_checkpoint(tmp_path, 3, vector_of(3), LAYOUT, optimizer.state_dict())
+    adapter = _renamed_to_round(tmp_path, ref.adapter, 2)
+    assert ref.optimizer is not None
+    moved = CheckpointRef(2, adapter, _renamed_to_round(tmp_path, ref.optimizer, 2))
+    with pytest.raises(CheckpointCorrupt, match="holds round 3, not 2"):
+        load_checkpoint(tmp_path, moved)
+    with pytest.raises(CheckpointCorrupt, match="holds round 3, not 2"):
+        load_optimizer_state(tmp_path, moved)
+
+
 def test_a_reference_with_another_hash_is_refused(tmp_path):
     ref = save_checkpoint(tmp_path, 2, vector_of(2), LAYOUT)
     other = save_checkpoint(tmp_path, 2, vector_of(5), LAYOUT)

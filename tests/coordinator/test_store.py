@@ -785,6 +785,27 @@ def test_a_backup_restores_the_store(tmp_path):
         assert restored.check_files() == []
 
 
+def test_another_federation_s_database_beside_these_checkpoints_is_refused(tmp_path):
+    """A backup of another federation restored into this state directory: its rounds are not
+    the ones these checkpoints hold."""
+    stores = {}
+    for name in ("ours", "theirs"):
+        path = tmp_path / name / "fed.db"
+        path.parent.mkdir()
+        with FederationStore(path) as store:
+            store.initialise({"name": "unit"})
+            store.commit_initial(store.save_checkpoint(0, small_vector(0), LAYOUT))
+            stores[name] = (path, store.backup(tmp_path / f"{name}-backup.db"), store.federation_id())
+    ours, _, our_id = stores["ours"]
+    _, their_backup, their_id = stores["theirs"]
+    assert our_id != their_id
+    ours.unlink()
+    their_backup.rename(ours)
+    with FederationStore(ours) as store:
+        with pytest.raises(StoreError, match=f"belongs to federation {their_id}, .* to {our_id}: .* mixes two"):
+            store.initialise({"name": "unit"})
+
+
 def test_a_backup_that_cannot_be_written_says_why_and_leaves_nothing(store, tmp_path, monkeypatch):
     """It used to end in sqlite3.OperationalError: unable to open database file."""
     with pytest.raises(StoreError, match=r"cannot write the backup .*missing/backup.db: No such file or directory"):
