@@ -3,6 +3,7 @@ aborts that carry the coordinator's reason, refusal of a lying round start, and 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import socket
@@ -15,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedmask import pki
 from fedmask.cli.join import join
@@ -35,6 +37,7 @@ from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from fedmask.secagg.errors import Phase
+from fedmask.secagg.messages import ConsistencyRequest
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
@@ -230,38 +233,111 @@ def test_coordinator_abort_reaches_the_participants_with_its_reason(federation, 
         assert o.reason == f"the coordinator aborted the round: {reason}"
 
 
-class _LyingCoordinator(pb_grpc.SecureAggregationServicer):
-    """Sends a round start that gives the caller another participant's id, and records what
-    the participant answers."""
+class _ScriptedCoordinator(pb_grpc.SecureAggregationServicer):
+    """Answers a participant's hello with ``script`` (server messages, sent at once) and records
+    everything the participant sends."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: list[object]) -> None:
+        self.script = script
         self.received: list[pb.ClientEnvelope] = []
 
     def Aggregate(self, request_iterator, context):  # noqa: N802
         self.received.append(next(request_iterator))  # hello
-        start = wire.RoundStart(b"round", PARAMS, 2, NAMES, 10.0)  # id 2 is bob's
-        yield wire.server_to_proto(start)
+        for message in self.script:
+            yield wire.server_to_proto(message)
         for envelope in request_iterator:
             self.received.append(envelope)
 
 
-def test_participant_refuses_a_round_start_with_another_participants_id():
-    servicer = _LyingCoordinator()
+def _against_script(script: list[object], identity: Identity) -> tuple[object, list[str]]:
+    """``identity``'s outcome against a coordinator that sends ``script``, and the kinds of the
+    messages it sent."""
+    servicer = _ScriptedCoordinator(script)
     server = grpc.server(futures.ThreadPoolExecutor(2))
     pb_grpc.add_SecureAggregationServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         outcome = take_part(
-            Connection(f"127.0.0.1:{port}", None, connect_attempts=1), Identity("alice"), provider("alice")
+            Connection(f"127.0.0.1:{port}", None, connect_attempts=1), identity, provider(identity.name)
         )
     finally:
         server.stop(None)
+    kinds = [e.WhichOneof("body") for e in servicer.received]
+    if kinds[-1] == "abort":
+        assert servicer.received[-1].abort.reason == outcome.reason  # the abort says why
+    return outcome, kinds
+
+
+ALICE_START = wire.RoundStart(b"round", PARAMS, 1, NAMES, 10.0)
+
+
+def test_participant_refuses_a_round_start_with_another_participants_id():
+    start = wire.RoundStart(b"round", PARAMS, 2, NAMES, 10.0)  # id 2 is bob's
+    outcome, kinds = _against_script([start], Identity("alice"))
     assert not outcome.completed
     assert outcome.reason == "the coordinator gave this participant (alice) the id of 'bob'"
-    kinds = [e.WhichOneof("body") for e in servicer.received]
-    assert kinds == ["hello", "abort"]  # no key advertisement went out; the abort says why
-    assert servicer.received[1].abort.reason == outcome.reason
+    assert kinds == ["hello", "abort"]  # no key advertisement went out
+
+
+def test_a_second_round_start_in_one_stream_is_refused():
+    """Two starts in one stream would be two rounds on one input: keys and masked input twice."""
+    again = wire.RoundStart(b"round-2", PARAMS, 1, (*NAMES, "olivia"), 10.0)
+    outcome, kinds = _against_script([ALICE_START, again], Identity("alice"))
+    assert not outcome.completed and outcome.reason == "a second round start in one stream"
+    assert kinds == ["hello", "advertise_keys", "abort"]  # one advertisement, for the first start only
+
+
+def test_a_round_result_before_the_round_completed_is_refused():
+    """A coordinator cannot make a participant report a round done that it never finished."""
+    early = wire.RoundResult(bytes(32), (1, 2, 3))
+    outcome, kinds = _against_script([ALICE_START, early], Identity("alice"))
+    assert not outcome.completed and outcome.reason.startswith("round result while ")
+    assert kinds == ["hello", "advertise_keys", "abort"]
+
+
+def test_a_protocol_message_before_the_round_start_is_refused():
+    roster_request = ConsistencyRequest(bytes(32), (1, 2, 3))
+    outcome, kinds = _against_script([roster_request, ALICE_START], Identity("alice"))
+    # The wire refuses it before the stream's state machine sees it.
+    assert not outcome.completed
+    assert outcome.reason == "malformed message from the coordinator: consistency_request before the round started"
+    assert kinds == ["hello", "abort"]
+
+
+def test_malicious_mode_needs_the_participant_s_identity_key_and_an_enrolled_roster():
+    malicious = wire.RoundStart(b"round", dataclasses.replace(PARAMS, mode=SecurityMode.MALICIOUS), 1, NAMES, 10.0)
+    outcome, kinds = _against_script([malicious], Identity("alice"))
+    assert not outcome.completed and outcome.reason == "malicious-server mode needs this participant's identity key"
+    assert kinds == ["hello", "abort"]
+    # carol is not in the CA-signed roster this participant holds (no policy pins the members here).
+    key = Ed25519PrivateKey.generate()
+    enrolled = {name: Ed25519PrivateKey.generate().public_key().public_bytes_raw() for name in ("alice", "bob")}
+    outcome, kinds = _against_script([malicious], Identity("alice", key, enrolled))
+    assert not outcome.completed and outcome.reason == "participants not in the CA-signed roster: carol"
+    assert kinds == ["hello", "abort"]
+
+
+def test_a_round_result_for_another_session_is_refused(federation, coordinator, monkeypatch):
+    """The coordinator completes the round but names another session in its result: no
+    participant reports the round as done."""
+    honest = wire.server_to_proto
+
+    def lying(message):  # the coordinator's side only: participants read with server_from_proto
+        if isinstance(message, wire.RoundResult):
+            message = wire.RoundResult(bytes(b ^ 1 for b in message.session_id), message.survivors)
+        return honest(message)
+
+    monkeypatch.setattr(wire, "server_to_proto", lying)
+    future = coordinator.submit_round(RoundConfig(new_round_id(), PARAMS, NAMES, join_timeout_s=30))
+    port = coordinator.server.port
+    with futures.ThreadPoolExecutor(len(NAMES)) as pool:
+        jobs = [
+            pool.submit(take_part, connection(federation, name, port), Identity(name), provider(name)) for name in NAMES
+        ]
+        outcomes = [job.result(60) for job in jobs]
+    assert future.result(30).completed  # the coordinator holds the sum; the participants say no
+    assert all(not o.completed and o.reason == "round result for another session" for o in outcomes)
 
 
 def test_load_input_checks_shape_type_and_range(tmp_path):
