@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from fedmask.adapter import payload as adapter_payload
 from fedmask.adapter.calibration import CALIBRATION_COORDINATES, encode_release
 from fedmask.adapter.metrics import METRIC_COORDINATES
 from fedmask.adapter.vector import VectorSpec
@@ -656,3 +657,133 @@ def test_the_node_imports_the_model_code_before_it_asks_for_a_task(tmp_path, mon
     with pytest.raises(Asked):
         node.run()
     assert calls == ["import", "rehearse", "get_task"]
+
+
+# --- what the coordinator streams and opens: the node checks both against the task ------------
+
+
+def _download(tmp_path, monkeypatch, task: fl.Task, chunks) -> object:
+    """``node.download`` against a coordinator whose DownloadAdapter stream is ``chunks``."""
+    node = _node(tmp_path, ParticipantPolicy())
+    stub = SimpleNamespace(DownloadAdapter=lambda request, **kwargs: chunks)
+    monkeypatch.setattr(node, "_call", lambda what, call: call(stub))
+    return node.download(task, SPEC)
+
+
+def _announced_adapter(round_number: int, announced_round: int | None = None) -> tuple[fl.Task, bytes]:
+    payload = adapter_payload.pack(np.arange(4, dtype=np.float32), SPEC.to_json(), round_number)
+    task = _task(LEDGER_TRAINING)
+    task.adapter_round = round_number if announced_round is None else announced_round
+    task.adapter_bytes, task.adapter_sha256 = len(payload.data), payload.sha256
+    return task, payload.data
+
+
+def _chunks(data: bytes, size: int = 16) -> list[fl.AdapterChunk]:
+    return [fl.AdapterChunk(offset=i, data=data[i : i + size]) for i in range(0, len(data), size)]
+
+
+def test_the_node_downloads_the_announced_adapter(tmp_path, monkeypatch):
+    task, data = _announced_adapter(2)
+    payload = _download(tmp_path, monkeypatch, task, iter(_chunks(data)))
+    assert payload.round == 2 and payload.vector.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_an_older_adapter_announced_as_this_round_s_is_refused(tmp_path, monkeypatch):
+    """A replayed global adapter, with its own (valid) digest, under the current round's number."""
+    task, data = _announced_adapter(1, announced_round=2)
+    with pytest.raises(NodeError, match="the adapter is of round 1, the task announced 2"):
+        _download(tmp_path, monkeypatch, task, iter(_chunks(data)))
+
+
+def test_chunks_out_of_order_are_refused(tmp_path, monkeypatch):
+    task, data = _announced_adapter(2)
+    chunks = _chunks(data)
+    chunks[1], chunks[2] = chunks[2], chunks[1]
+    with pytest.raises(NodeError, match="adapter chunks arrived out of order"):
+        _download(tmp_path, monkeypatch, task, iter(chunks))
+
+
+def test_a_stream_longer_than_announced_is_cut_off_at_once(tmp_path, monkeypatch):
+    """The node stops reading as soon as the stream passes the announced size: a coordinator
+    cannot fill its memory however long it streams."""
+    task, data = _announced_adapter(2)
+    pulled = []
+
+    def endless():
+        offset = 0
+        while len(pulled) < 100_000:
+            chunk = fl.AdapterChunk(offset=offset, data=data[:16].ljust(16, b"\0"))
+            pulled.append(chunk)
+            offset += 16
+            yield chunk
+
+    with pytest.raises(NodeError, match="the adapter is larger than announced"):
+        _download(tmp_path, monkeypatch, task, endless())
+    assert len(pulled) == len(data) // 16 + 1
+
+
+def _joins_a_round_that(lie: dict, errors: list[str], *, task_dimension: int, round_id: bytes):
+    """``take_part`` opening a round that differs from the task by ``lie``; ``input_for_round``'s
+    refusal becomes the participant's abort, as in the gRPC client."""
+
+    def joins(connection, identity, input_for_round, **kwargs):
+        params = SimpleNamespace(threshold=2, dimension=task_dimension, modulus_bits=32)
+        start = SimpleNamespace(round_id=round_id, participants=PARTIES, params=params)
+        for key, value in lie.items():
+            setattr(start.params if key != "round_id" else start, key, value)
+        try:
+            input_for_round(start)
+        except ValueError as exc:
+            errors.append(str(exc))
+            return SimpleNamespace(completed=False, reason=f"cannot take part: {exc}")
+        return SimpleNamespace(completed=True, reason="")
+
+    return joins
+
+
+ROUND_LIES = [
+    ({"round_id": b"r9"}, "the coordinator opened another round than the task announced"),
+    ({"dimension": 4 + METRIC_COORDINATES + 1}, "the round's dimension or modulus does not match the encoded update"),
+    ({"modulus_bits": 16}, "the round's dimension or modulus does not match the encoded update"),
+]
+
+
+@pytest.mark.parametrize(("lie", "message"), ROUND_LIES)
+def test_a_round_that_is_not_the_task_s_gets_no_update_and_its_charge_is_refunded(tmp_path, monkeypatch, lie, message):
+    errors: list[str] = []
+    joins = _joins_a_round_that(lie, errors, task_dimension=4 + METRIC_COORDINATES, round_id=b"r1")
+    node, _ = _ledger_node(tmp_path, monkeypatch, take_part=joins)
+    node._train_and_upload(_task(LEDGER_TRAINING), _train())
+    assert errors == [message]
+    assert _ledger_steps(tmp_path) == (0, [])  # nothing of it entered a round: refunded
+
+
+@pytest.mark.parametrize(("lie", "message"), ROUND_LIES)
+def test_a_round_that_is_not_the_calibration_task_s_gets_no_release(tmp_path, monkeypatch, lie, message):
+    if "dimension" in lie:
+        lie = {"dimension": CALIBRATION_COORDINATES + 1}
+    message = message.replace("the encoded update", "the calibration release")
+    errors: list[str] = []
+    task = _calibration_task(LEDGER_TRAINING)
+    joins = _joins_a_round_that(lie, errors, task_dimension=CALIBRATION_COORDINATES, round_id=b"r4")
+    node, _ = _ledger_node(tmp_path, monkeypatch, task_now=task, take_part=joins, trainer=_CalibratingTrainer)
+    node._calibrate_and_upload(task)
+    assert errors == [message]
+    entries = json.loads((tmp_path / "privacy_ledger.json").read_text())["entries"]
+    assert not any(e["released"] for e in entries)  # charged pending, never released
+
+
+def test_a_round_whose_threshold_is_below_what_the_aggregate_noise_needs_gets_no_update(tmp_path, monkeypatch):
+    """The noise was sized for sums of at least ``min_survivors`` updates: a round that could
+    complete with fewer would release a sum with less noise than each participant promised."""
+    config = FederationConfig(participants=PARTIES, threshold=2, aggregate_noise="skellam", aggregate_epsilon=5.0)
+    task = _task(LEDGER_TRAINING)
+    task.encoding_json = _announced(config, 4)
+    plan = config.noise_plan(4)
+    assert plan is not None and plan.config.min_survivors >= 2
+    errors: list[str] = []
+    joins = _joins_a_round_that({"threshold": plan.config.min_survivors - 1}, errors, task_dimension=4, round_id=b"r1")
+    node, _ = _ledger_node(tmp_path, monkeypatch, task_now=task, take_part=joins)
+    node._train_and_upload(task, _train())
+    assert errors == ["the round's threshold is below the survivors the noise was calibrated for"]
+    assert _ledger_steps(tmp_path) == (0, [])
