@@ -88,3 +88,61 @@ def test_reports_of_committed_rounds_are_dropped_and_late_ones_not_kept() -> Non
     _report(service, 1, 1.0)  # late, for a committed round: its ledger entry is written
     assert sorted(service.reports) == [(3, "hospital-a")]
     assert service.latest_epsilon["hospital-a"] == (3, 3.0)
+
+
+class _Caller:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = f"every caller is {name}"
+
+    def identify(self, context: object) -> str:
+        return self.name
+
+
+def _every_call(service: FederationService) -> list[object]:
+    """What each of the service's three calls answers (or the refusal it ends with)."""
+    adapter = adapter_payload.pack(np.zeros(4, dtype=np.float32), LAYOUT, 0)
+    service.publish(fl.Task.TRAIN, 1, b"r" * 16, adapter)
+    answers: list[object] = []
+    calls = (
+        lambda: asyncio.run(service.GetTask(fl.TaskRequest(), _Context())),
+        lambda: _download(service, adapter.sha256),
+        lambda: asyncio.run(
+            service.Report(fl.ParticipantReport(round=1, adapter_round=0, epsilon=1.0, delta=1e-5), _Context())
+        ),
+    )
+    for call in calls:
+        try:
+            answers.append(call())
+        except _Aborted as refused:
+            answers.append((refused.code, str(refused)))
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("caller", "setup", "refusal"),
+    [
+        ("clinic", lambda s: None, "clinic is not a participant of this federation"),
+        ("hospital-b", lambda s: setattr(s, "roster_names", frozenset({"hospital-a"})), "(revoked)"),
+        (
+            "hospital-b",
+            lambda s: s.excluded.update({"hospital-b": "sent bad envelopes in round 3"}),
+            "hospital-b is excluded from this federation: sent bad envelopes in round 3",
+        ),
+    ],
+)
+def test_only_members_neither_revoked_nor_excluded_are_served(caller, setup, refusal) -> None:
+    config = FederationConfig(participants=("hospital-a", "hospital-b"), rounds=50)
+    service = FederationService(config, _Caller(caller))
+    setup(service)
+    answers = _every_call(service)
+    assert all(
+        isinstance(answer, tuple) and answer[0] is grpc.StatusCode.PERMISSION_DENIED and refusal in answer[1]
+        for answer in answers
+    ), answers
+    assert service.reports == {} and caller not in service.last_seen
+    # The same settings serve a member in good standing.
+    member = FederationService(config, _Caller("hospital-a"))
+    setup(member)
+    task, adapter, ack = _every_call(member)
+    assert task.action == fl.Task.TRAIN and len(adapter) > 0 and isinstance(ack, fl.ReportAck)
