@@ -185,3 +185,29 @@ def test_epsilon_of_a_history_is_computed_once(monkeypatch) -> None:
     assert compute_epsilon("rdp", [(NOISE, RATE, 38)], DELTA) > first
     assert compute_epsilon("rdp", history, DELTA * 10) < first
     assert created == ["rdp"] * 3
+
+
+def test_a_refund_of_one_release_leaves_the_others_charged(tmp_path):
+    """The training update of one round and the calibration release of another can both be
+    pending; giving up on one must not make the other free."""
+    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=30, release_tag="r1")
+    ledger.charge(noise_multiplier=NOISE, sample_rate=RATE, steps=20, release_tag="r2")
+    assert ledger.refund_unreleased("r1") == 30
+    assert ledger.unreleased_tags == ["r2"] and ledger.steps == 20
+    assert ledger.epsilon_spent == pytest.approx(_reference_epsilon("rdp", 20), rel=1e-9)
+    ledger.mark_released("r2")
+    assert ledger.refund_unreleased() == 0 and ledger.steps == 20
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_budget_that_is_not_positive_and_finite_is_refused(tmp_path, budget):
+    with pytest.raises(LedgerError, match="epsilon budget must be positive and finite"):
+        PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=budget, delta=DELTA)
+    assert not (tmp_path / "l.json").exists()
+
+
+def test_checking_no_steps_is_refused(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path / "l.json", accountant="rdp", epsilon_budget=8.0, delta=DELTA)
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
+        ledger.check(noise_multiplier=NOISE, sample_rate=RATE, steps=0)
