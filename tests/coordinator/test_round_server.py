@@ -5,6 +5,7 @@ plaintext sum of the survivors' inputs, computed here out of band."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -679,3 +680,88 @@ def test_a_participant_that_left_may_rejoin_before_the_start(round_harness):
     _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "joined")
     harness.start_honest(HONEST)
     assert_exact(harness.outcome(timeout_s=60.0), ALL)
+
+
+# --- admission and the first messages: what the stream refuses before the protocol sees it ------
+
+
+def test_a_stream_of_another_protocol_version_is_refused_and_may_rejoin(round_harness):
+    harness = round_harness()
+    stream = harness.raw(MALLORY)
+    try:
+        stream.send(wire.Hello(protocol_version=wire.PROTOCOL_VERSION + 1))
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"protocol version {wire.PROTOCOL_VERSION + 1} is not supported" in details
+    harness.start_honest(ALL)  # mallory, refused before the round started, joins again
+    assert_exact(harness.outcome(), ALL)
+
+
+def test_a_protocol_message_between_hello_and_the_round_start_is_refused(round_harness):
+    harness = round_harness()
+    stream = harness.raw(MALLORY)
+    try:
+        stream.send(wire.Hello())
+        stream.send(AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
+        code, details = stream.status()
+    finally:
+        stream.close()
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "advertise_keys before the round started" in details
+    # It had joined, then its stream ended: the round does not wait for it.
+    harness.start_honest(HONEST)
+    outcome = harness.outcome()
+    assert_exact(outcome, HONEST)
+    assert "advertise_keys before the round started" in outcome.dropped[MALLORY]
+
+
+def test_a_participant_that_comes_after_the_start_is_refused_and_the_round_goes_on(round_harness):
+    """Its keys were not in the roster the others shared against: it must join the next round."""
+    harness = round_harness(join_timeout_s=3.0)  # long enough for a loaded machine
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_before_the_masked_input(phase: Phase) -> None:
+        if phase is Phase.MASKED_INPUT:
+            reached.set()
+            release.wait(30)
+
+    with ThreadPoolExecutor(len(HONEST)) as pool:
+        jobs = [
+            pool.submit(
+                take_part,
+                harness.connection(name),
+                Identity(name),
+                lambda start, name=name: input_of(name),
+                before_send=hold_before_the_masked_input,
+            )
+            for name in HONEST
+        ]
+        assert reached.wait(30)  # the round started without mallory and is in its masked-input phase
+        stream = harness.raw(MALLORY)
+        try:
+            stream.send(wire.Hello())
+            code, details = stream.status()
+        finally:
+            stream.close()
+            release.set()
+        assert all(job.result(60).completed for job in jobs)
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "the round has started without 'mallory'" in details
+    assert_exact(harness.outcome(), HONEST)
+
+
+def test_a_round_larger_than_the_server_s_message_limits_is_refused(coordinator):
+    bigger = ProtocolParams(DIM * 100, 32, 3, SecurityMode.SEMI_HONEST)
+    future = coordinator.submit_round(RoundConfig(new_round_id(), bigger, (*HONEST, MALLORY), join_timeout_s=5.0))
+    with pytest.raises(ValueError, match="larger message limits than this server was started with"):
+        future.result(30)
+
+
+def test_a_round_config_with_a_malformed_name_or_without_identity_keys_in_malicious_mode_is_refused():
+    with pytest.raises(ValueError, match="malformed participant name 'Alice Smith'"):
+        RoundConfig(new_round_id(), PARAMS, ("Alice Smith", "bob", "carol", MALLORY))
+    malicious = dataclasses.replace(PARAMS, mode=SecurityMode.MALICIOUS)
+    with pytest.raises(ValueError, match="no enrolled identity key for carol, mallory"):
+        RoundConfig(new_round_id(), malicious, (*HONEST, MALLORY), identity_keys={"alice": bytes(32), "bob": bytes(32)})
