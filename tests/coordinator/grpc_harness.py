@@ -154,6 +154,16 @@ class RoundHarness:
         credentials = credentials or self.federation.credentials(name)
         return RawStream(self.federation.channel(credentials, self.port), metadata)
 
+    def ended_with(self, *messages, name: str = MALLORY, credentials=None) -> tuple[grpc.StatusCode, str]:
+        """The status the coordinator ends a raw stream of ``name`` with after ``messages``."""
+        stream = self.raw(name, credentials=credentials)
+        try:
+            for message in messages:
+                stream.send(message)
+            return stream.status()
+        finally:
+            stream.close()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -225,12 +225,7 @@ def test_duplicate_stream_is_refused_and_cannot_claim_another_name(round_harness
 
 def test_participant_not_selected_is_refused(round_harness, federation):
     harness = round_harness(selected=HONEST)
-    stream = harness.raw(OUTSIDER)
-    try:
-        stream.send(wire.Hello())
-        code, details = stream.status()
-    finally:
-        stream.close()
+    code, details = harness.ended_with(wire.Hello(), name=OUTSIDER)
     assert code is grpc.StatusCode.PERMISSION_DENIED
     assert "'olivia' is not selected" in details
     harness.start_honest(HONEST)
@@ -244,12 +239,7 @@ def test_superseded_certificate_is_refused(round_harness, federation):
     credentials = grpc.ssl_channel_credentials(
         federation.ca_cert, federation.superseded_key, federation.superseded_cert
     )
-    stream = harness.raw(credentials=credentials)
-    try:
-        stream.send(wire.Hello())
-        code, details = stream.status()
-    finally:
-        stream.close()
+    code, details = harness.ended_with(wire.Hello(), credentials=credentials)
     assert code is grpc.StatusCode.UNAUTHENTICATED
     assert "not the one in the roster" in details
     harness.start_honest(HONEST)
@@ -276,12 +266,7 @@ def test_handshake_refuses_peers_without_a_participant_certificate(round_harness
         alice = pki.load_tls_material(federation.directory, "participant", "alice")
         own = pki.load_tls_material(federation.directory, "participant", MALLORY)
         credentials = grpc.ssl_channel_credentials(ca, own.private_key, alice.cert_chain)
-    stream = harness.raw(credentials=credentials)
-    try:
-        stream.send(wire.Hello())
-        code, _ = stream.status()
-    finally:
-        stream.close()
+    code, _ = harness.ended_with(wire.Hello(), credentials=credentials)
     assert code is grpc.StatusCode.UNAVAILABLE
     harness.start_honest(HONEST)
     assert_exact(harness.outcome(), HONEST)
@@ -341,12 +326,7 @@ def test_abort_below_threshold_reaches_participants_with_the_reason(round_harnes
 
 def test_message_before_hello_is_refused_and_the_participant_may_rejoin(round_harness):
     harness = round_harness()
-    stream = harness.raw(MALLORY)
-    try:
-        stream.send(AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
-        code, details = stream.status()
-    finally:
-        stream.close()
+    code, details = harness.ended_with(AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert "the first message must be hello" in details
     harness.start_honest(ALL)  # mallory, refused before the round started, joins again
@@ -687,12 +667,7 @@ def test_a_participant_that_left_may_rejoin_before_the_start(round_harness):
 
 def test_a_stream_of_another_protocol_version_is_refused_and_may_rejoin(round_harness):
     harness = round_harness()
-    stream = harness.raw(MALLORY)
-    try:
-        stream.send(wire.Hello(protocol_version=wire.PROTOCOL_VERSION + 1))
-        code, details = stream.status()
-    finally:
-        stream.close()
+    code, details = harness.ended_with(wire.Hello(protocol_version=wire.PROTOCOL_VERSION + 1))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert f"protocol version {wire.PROTOCOL_VERSION + 1} is not supported" in details
     harness.start_honest(ALL)  # mallory, refused before the round started, joins again
@@ -701,13 +676,7 @@ def test_a_stream_of_another_protocol_version_is_refused_and_may_rejoin(round_ha
 
 def test_a_protocol_message_between_hello_and_the_round_start_is_refused(round_harness):
     harness = round_harness()
-    stream = harness.raw(MALLORY)
-    try:
-        stream.send(wire.Hello())
-        stream.send(AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
-        code, details = stream.status()
-    finally:
-        stream.close()
+    code, details = harness.ended_with(wire.Hello(), AdvertiseKeys(0, b"r", bytes(32), bytes(32)))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
     assert "advertise_keys before the round started" in details
     # It had joined, then its stream ended: the round does not wait for it.
@@ -739,12 +708,9 @@ def test_a_participant_that_comes_after_the_start_is_refused_and_the_round_goes_
             for name in HONEST
         ]
         assert reached.wait(30)  # the round started without mallory and is in its masked-input phase
-        stream = harness.raw(MALLORY)
         try:
-            stream.send(wire.Hello())
-            code, details = stream.status()
+            code, details = harness.ended_with(wire.Hello())
         finally:
-            stream.close()
             release.set()
         assert all(job.result(60).completed for job in jobs)
     assert code is grpc.StatusCode.FAILED_PRECONDITION
