@@ -182,6 +182,10 @@ class ParticipantPolicy:
         """A round start: its security mode and who takes part. ``organisations`` is the
         participant's own CA-signed roster (name -> organisation)."""
         names = sorted(participants)
+        if len(set(names)) != len(names):
+            # Listed twice, one name would count twice towards min_participants.
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise PolicyViolation("each participant once", f"a round listing {', '.join(twice[:5])} twice")
         if _MODE_STRENGTH[mode] < _MODE_STRENGTH[self.security_mode]:
             raise PolicyViolation(f"security_mode = {self.security_mode.value}", f"a {mode.value} round")
         if len(names) < self.min_participants:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,79 @@ def test_required_aggregate_noise_and_repeated_inputs():
         ParticipantPolicy().check_repeated_input(2, accept_risk=False)
     ParticipantPolicy().check_repeated_input(2, accept_risk=True)
     ParticipantPolicy().check_repeated_input(1, accept_risk=False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"security_mode": "malicious"}, "security_mode"),  # a string, not the enum
+        ({"min_participants": True}, "min_participants: expected a positive integer"),
+        ({"min_organisations": 0}, "min_organisations: expected a positive integer"),
+        ({"min_roster_version": 1.5}, "min_roster_version: expected a positive integer"),
+        ({"max_local_steps": 0}, "max_local_steps: expected a positive integer"),
+        ({"min_participants": 1}, "min_participants: secure aggregation needs at least 2"),
+        ({"max_epsilon": math.inf}, "max_epsilon: expected a positive number"),
+        ({"max_epsilon": 0.0}, "max_epsilon: expected a positive number"),
+        ({"max_epsilon_per_round": -1.0}, "max_epsilon_per_round: expected a positive number"),
+        ({"max_delta": 1.0}, r"max_delta: expected a number in \(0, 1\)"),
+        ({"max_delta": 0.0}, r"max_delta: expected a number in \(0, 1\)"),
+        ({"aggregate_noise": "laplace", "max_participant_epsilon": 1.0}, "aggregate_noise: expected skellam"),
+        ({"aggregate_noise": "skellam"}, "aggregate_noise and max_participant_epsilon go together"),
+        ({"max_participant_epsilon": 1.0}, "aggregate_noise and max_participant_epsilon go together"),
+        ({"adapter_modes": ()}, "adapter_modes: expected some of"),
+        ({"adapter_modes": ("lora", "full")}, "adapter_modes: expected some of"),
+        ({"members": frozenset({"bank", "hospital-a"})}, "members: 2 names, fewer than min_participants"),
+    ],
+)
+def test_every_setting_is_checked_and_named(settings: dict[str, object], named: str):
+    """A policy that cannot mean what it says is refused when it is made, naming the setting:
+    an infinite budget, a zero delta or a list of two members for rounds of three would
+    otherwise be accepted and enforced as written."""
+    with pytest.raises(PolicyError, match=named):
+        ParticipantPolicy(**settings)  # type: ignore[arg-type]
+
+
+def test_a_list_that_is_not_of_names_is_refused_in_the_file(tmp_path: Path):
+    path = tmp_path / "policy.toml"
+    path.write_text("members = [1, 2, 3]\n")
+    with pytest.raises(PolicyError, match="members: expected a list of strings"):
+        ParticipantPolicy.load(path)
+    path.write_text('models = "all-minilm-l6-v2"\n')
+    with pytest.raises(PolicyError, match="models: expected a list of strings"):
+        ParticipantPolicy.load(path)
+
+
+def test_the_budgets_are_limits_to_the_last_bit():
+    """The largest epsilon and delta allowed are accepted and the next float above is refused:
+    a limit enforced with any slack is a limit the coordinator can raise."""
+    policy = ParticipantPolicy(max_epsilon=4.0, max_delta=1e-6, aggregate_noise="skellam", max_participant_epsilon=5.0)
+    policy.check_training(TrainingConfig.create(target_epsilon=4.0, target_delta=1e-6))
+    with pytest.raises(PolicyViolation, match="max_epsilon = 4"):
+        policy.check_training(TrainingConfig.create(target_epsilon=math.nextafter(4.0, math.inf), target_delta=1e-6))
+    with pytest.raises(PolicyViolation, match="max_delta"):
+        policy.check_training(TrainingConfig.create(target_epsilon=4.0, target_delta=math.nextafter(1e-6, 1.0)))
+    policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": 5.0})
+    with pytest.raises(PolicyViolation, match="max_participant_epsilon = 5"):
+        policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": math.nextafter(5.0, math.inf)})
+
+
+@pytest.mark.parametrize("epsilon", [None, "1.0", math.nan, True])
+def test_an_aggregate_noise_epsilon_that_is_not_a_number_is_refused(epsilon: object):
+    """The coordinator's task is untrusted: an epsilon it sends as text, null or NaN is no
+    smaller than the limit, whatever a comparison with it says."""
+    policy = ParticipantPolicy(aggregate_noise="skellam", max_participant_epsilon=5.0)
+    with pytest.raises(PolicyViolation, match="max_participant_epsilon = 5"):
+        policy.check_aggregate_noise({"mechanism": "skellam", "epsilon": epsilon})
+
+
+def test_a_round_listing_a_participant_twice_is_refused():
+    """Three entries, two people: a name listed twice must not count twice towards
+    min_participants (the wire refuses such a list too; the policy does not rely on it)."""
+    policy = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
+    with pytest.raises(PolicyViolation, match="a round listing hospital-a twice"):
+        policy.check_round(SecurityMode.MALICIOUS, ["bank", "hospital-a", "hospital-a"], ORGS)
+
+
+def test_the_policy_can_allow_a_repeated_input():
+    allowing = ParticipantPolicy(allow_repeated_input=True)
+    allowing.check_repeated_input(3, accept_risk=False)
