@@ -65,9 +65,17 @@ class Round:
     """n honest clients and an honest server, stepped one phase at a time."""
 
     def __init__(
-        self, n: int, *, t: int, mode=SecurityMode.SEMI_HONEST, dimension: int = 32, bits: int = 32, seed: int = 0
+        self,
+        n: int,
+        *,
+        t: int,
+        mode=SecurityMode.SEMI_HONEST,
+        dimension: int = 32,
+        bits: int = 32,
+        seed: int = 0,
+        neighbours: int | None = None,
     ):
-        self.params = ProtocolParams(dimension, bits, t, mode)
+        self.params = ProtocolParams(dimension, bits, t, mode, neighbours)
         rng = SeededRandom.from_int(seed)
         self.ids = tuple(range(1, n + 1))
         self.identity = {u: Ed25519PrivateKey.from_private_bytes(rng.random_bytes(32)) for u in self.ids}
