@@ -26,6 +26,7 @@ from fedmask.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.server import ServerState
 
 MODES = [SecurityMode.SEMI_HONEST, SecurityMode.MALICIOUS]
@@ -215,3 +216,99 @@ def test_a_split_view_threshold_is_refused_by_the_client(make_round):
     reply = r.clients[1].receive(roster[1])
     assert isinstance(reply, Abort) and "does not exceed half of the 4 share holders" in reply.reason
     assert reply.phase is Phase.ADVERTISE_KEYS
+
+
+def _reseal_for_holder(r, sender: int, holder: int, reply: ShareKeys, *, header: tuple[int, int]) -> ShareKeys:
+    """``sender``'s envelope to ``holder`` again, under the same ephemeral key and with the same
+    shares (so its commitments still match), but with ``header`` as (sender, recipient) inside."""
+    sid = reply.session_id
+    envelope = next(e for e in reply.shares if e.recipient == holder)
+    ephemeral = keys.AgreementKeyPair.from_private_bytes(r.clients[sender]._envelope_secrets[holder])
+    secret = keys.exchange(ephemeral.private_key, r.server._current_session().advertisements[holder].encryption_key)
+    key = keys.envelope_key(
+        secret, session_id=sid, sender=sender, receiver=holder, ephemeral_key=envelope.ephemeral_key
+    )
+    plaintext = keys.decrypt_share(key, envelope.ciphertext, session_id=sid, sender=sender, receiver=holder)
+    _, _, b_bytes, s_bytes = keys.SHARE_PLAINTEXT.unpack(plaintext)
+    forged = keys.SHARE_PLAINTEXT.pack(*header, b_bytes, s_bytes)
+    ciphertext = keys.encrypt_share(
+        key, forged, session_id=sid, sender=sender, receiver=holder, rng=SeededRandom.from_int(7)
+    )
+    resealed = dataclasses.replace(envelope, ciphertext=ciphertext)
+    return dataclasses.replace(reply, shares=tuple(resealed if e is envelope else e for e in reply.shares))
+
+
+def test_an_envelope_whose_header_names_another_holder_convicts_its_sender(make_round):
+    """Participant 2 seals holder 3's shares, with their true commitments, in an envelope whose
+    header says it is for holder 4. Holder 3 rightly refuses it; the opening decrypts and the
+    commitments match, so only the header shows whose fault it is: 2's, not the complainer's."""
+    r = make_round(5, t=3)
+    rosters = r.advertise()
+    r.answer(rosters, tamper=lambda u, reply: _reseal_for_holder(r, 2, 3, reply, header=(2, 4)) if u == 2 else reply)
+    masked = r.answer(r.server.close_phase())
+    assert [(c.accused, c.kind) for c in masked[3].complaints] == [(2, ComplaintKind.BAD_ENVELOPE)]
+    r.answer(r.server.close_phase())  # 2 opens its envelope for 3
+    with pytest.raises(ProtocolAbort, match="participant 2 sent an envelope whose header names other participants"):
+        r.server.close_phase()
+    assert set(r.server.culprits) == {2}
+
+
+def test_shares_that_do_not_match_their_commitments_convict_their_sender(make_round):
+    r = make_round(5, t=3)
+
+    def recommit(u, reply):
+        if u != 2:
+            return reply
+        first = dataclasses.replace(reply.shares[0], key_share_commitment=bytes(32))
+        return dataclasses.replace(reply, shares=(first, *reply.shares[1:]))
+
+    r.answer(r.advertise(), tamper=recommit)
+    r.answer(r.server.close_phase())
+    r.answer(r.server.close_phase())  # 2 opens the envelope its holder complained about
+    with pytest.raises(ProtocolAbort, match="participant 2 sent shares that do not match its own commitments"):
+        r.server.close_phase()
+    assert set(r.server.culprits) == {2}
+
+
+def test_an_opening_with_another_secret_convicts_the_accused(make_round):
+    """Falsely accused by 3, participant 1 opens with some other key: the server cannot tell what
+    the envelope held, and the one who failed to show it is 1."""
+    r = make_round(5, t=3)
+    r.answer(r.advertise())
+
+    def complain(u, reply):
+        return dataclasses.replace(reply, complaints=(Complaint(1, ComplaintKind.BAD_ENVELOPE),)) if u == 3 else reply
+
+    r.answer(r.server.close_phase(), tamper=complain)
+    other_secret = SeededRandom.from_int(11).random_bytes(32)
+    r.answer(
+        r.server.close_phase(),
+        tamper=lambda u, reply: dataclasses.replace(reply, openings=((3, other_secret),)),
+    )
+    with pytest.raises(ProtocolAbort, match="participant 1 opened it with a secret that does not match the envelope"):
+        r.server.close_phase()
+    assert set(r.server.culprits) == {1}
+
+
+def test_a_dropped_dealer_whose_shares_rebuild_another_key_is_named(make_round, monkeypatch):
+    """Participant 4 deals consistent shares (their commitments match) of a masking key other
+    than the one it advertised, then drops out: the rebuilt key cannot remove its masks, and the
+    server names 4 instead of reporting a wrong sum."""
+    from fedmask.secagg import client as client_module
+
+    r = make_round(5, t=3)
+    advertised = r.clients[4]._masking.private_bytes
+    other = SeededRandom.from_int(5).random_bytes(32)
+    real_split = client_module.shamir.split
+
+    def split(secrets, **kwargs):
+        secrets = [other if s == advertised else s for s in secrets]
+        return real_split(secrets, **kwargs)
+
+    monkeypatch.setattr(client_module.shamir, "split", split)
+    r.answer(r.advertise())
+    r.answer(r.server.close_phase(), who=(1, 2, 3, 5))  # 4 drops before its masked input
+    r.answer(r.server.close_phase())
+    with pytest.raises(ProtocolAbort, match="participant 4 dealt shares that do not rebuild the masking key"):
+        r.server.close_phase()
+    assert set(r.server.culprits) == {4}
