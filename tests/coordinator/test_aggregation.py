@@ -175,3 +175,12 @@ def test_server_optimizer_from_config():
         server_optimizer_from_config({"name": "sgd"})
     with pytest.raises(AggregationError, match="bad fedavg options"):
         server_optimizer_from_config({"name": "fedavg", "momentum": 0.9})
+
+
+def test_a_server_optimizer_config_or_state_that_is_not_a_mapping_is_refused():
+    with pytest.raises(AggregationError, match="a server optimizer config is a mapping"):
+        server_optimizer_from_config(["fedavg"])  # type: ignore[arg-type]
+    with pytest.raises(AggregationError, match="an optimizer state is a mapping"):
+        FedAdam(lr=0.1).load_state_dict([("optimizer", "fedadam")])  # type: ignore[arg-type]
+    with pytest.raises(AggregationError, match="an optimizer state is a mapping"):
+        FedAvg().load_state_dict("fedavg")  # type: ignore[arg-type]

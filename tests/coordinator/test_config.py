@@ -31,8 +31,23 @@ def test_a_valid_config_loads(tmp_path):
         ({"threshold": 5}, "threshold must be in [2, 3] (shares per secret), got 5"),
         ({"training": {"target_epsilon": -1}}, "training: target_epsilon must be positive and at most 100, got -1"),
         ({"rounds": 0}, "rounds must be a positive integer, got 0"),
+        ({"server_learning_rate": 0}, "server_learning_rate must be positive"),
+        ({"server_learning_rate": 1e400}, "server_learning_rate must be positive"),
+        ({"attempts_per_round": 0}, "attempts_per_round must be at least 1"),
+        ({"spare_rounds": -1}, "spare_rounds must be a non-negative integer"),
+        ({"spare_rounds": 1.5}, "spare_rounds: expected an integer, got 1.5"),
     ],
-    ids=["lora-layers-beyond-the-model", "threshold-above-participants", "negative-epsilon", "no-rounds"],
+    ids=[
+        "lora-layers-beyond-the-model",
+        "threshold-above-participants",
+        "negative-epsilon",
+        "no-rounds",
+        "zero-server-lr",
+        "infinite-server-lr",
+        "no-attempts",
+        "negative-spare-rounds",
+        "fractional-spare-rounds",
+    ],
 )
 def test_every_refusal_is_one_federation_error_that_names_the_file(tmp_path, changes, message):
     path = _config_file(tmp_path, **changes)
