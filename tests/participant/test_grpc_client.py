@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedmask import pki
 from fedmask.cli.join import join
@@ -37,7 +38,7 @@ from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
 from fedmask.secagg.errors import Phase
-from fedmask.secagg.messages import ConsistencyRequest
+from fedmask.secagg.messages import Abort, AdvertiseKeys, ConsistencyRequest, KeyRoster
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom
 from fedmask.secagg.simulation import random_input
@@ -305,6 +306,23 @@ def test_a_protocol_message_before_the_round_start_is_refused():
     assert kinds == ["hello", "abort"]
 
 
+def test_a_coordinator_abort_before_the_round_start_ends_the_stream_with_its_reason():
+    outcome, kinds = _against_script([Abort(Phase.ADVERTISE_KEYS, "maintenance")], Identity("alice"))
+    assert not outcome.completed and outcome.reason == "the coordinator aborted the round: maintenance"
+    assert kinds == ["hello"]  # nothing to answer an abort with
+
+
+def test_a_roster_the_protocol_refuses_ends_the_stream_and_says_why():
+    """The secure-aggregation client's own refusal (here: a key roster without this participant's
+    keys) goes back to the coordinator as an abort, and the participant stops there."""
+    keys = [X25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(2)]
+    roster = KeyRoster(b"round", (AdvertiseKeys(2, b"round", keys[0], keys[1]),))
+    outcome, kinds = _against_script([ALICE_START, roster], Identity("alice"))
+    assert not outcome.completed and outcome.reason == "the roster does not carry this participant's own keys"
+    assert outcome.abort_phase is Phase.ADVERTISE_KEYS
+    assert kinds == ["hello", "advertise_keys", "abort"]
+
+
 def test_malicious_mode_needs_the_participant_s_identity_key_and_an_enrolled_roster():
     malicious = wire.RoundStart(b"round", dataclasses.replace(PARAMS, mode=SecurityMode.MALICIOUS), 1, NAMES, 10.0)
     outcome, kinds = _against_script([malicious], Identity("alice"))
@@ -456,3 +474,21 @@ def test_participants_take_part_in_consecutive_rounds(federation, coordinator):
     assert all(o.completed for pair in outcomes for o in pair)
     assert {pair[0].round_id for pair in outcomes} == {first.round_id}
     assert {pair[1].round_id for pair in outcomes} == {second.round_id}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"connect_attempts": 0}, "connect_attempts must be at least 1, got 0"),
+        ({"round_timeout_s": 0.0}, "round_timeout_s must be a positive number"),
+        ({"rpc_timeout_s": float("inf")}, "rpc_timeout_s must be a positive number"),
+        ({"min_bandwidth_bytes_per_s": float("nan")}, "min_bandwidth_bytes_per_s must be a positive number"),
+        ({"initial_backoff_s": "1"}, "initial_backoff_s must be a positive number"),
+    ],
+    ids=["no-attempts", "zero-round-timeout", "infinite-rpc-timeout", "nan-bandwidth", "text-backoff"],
+)
+def test_a_connection_that_could_never_work_is_refused_when_made(setting, message):
+    """A deadline of zero or infinity, or a bandwidth of NaN, would end every transfer at once or
+    never: refused where it is set, not found out in the middle of a round."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Connection("127.0.0.1:1", None, **setting)  # type: ignore[arg-type]
