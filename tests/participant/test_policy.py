@@ -140,13 +140,13 @@ def test_every_setting_is_checked_and_named(settings: dict[str, object], named: 
         ParticipantPolicy(**settings)  # type: ignore[arg-type]
 
 
-def test_a_list_that_is_not_of_names_is_refused_in_the_file(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("line", "named"), [("members = [1, 2, 3]", "members"), ('models = "all-minilm-l6-v2"', "models")]
+)
+def test_a_list_that_is_not_of_names_is_refused_in_the_file(tmp_path: Path, line: str, named: str):
     path = tmp_path / "policy.toml"
-    path.write_text("members = [1, 2, 3]\n")
-    with pytest.raises(PolicyError, match="members: expected a list of strings"):
-        ParticipantPolicy.load(path)
-    path.write_text('models = "all-minilm-l6-v2"\n')
-    with pytest.raises(PolicyError, match="models: expected a list of strings"):
+    path.write_text(line + "\n")
+    with pytest.raises(PolicyError, match=f"{named}: expected a list of strings"):
         ParticipantPolicy.load(path)
 
 
