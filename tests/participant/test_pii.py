@@ -44,6 +44,7 @@ def test_types_and_placeholders() -> None:
         ("write to john.doe+ward@example.co.uk today", "write to [EMAIL] today", "email"),
         ("Reply: li.wei88@mail.example.org.", "Reply: [EMAIL].", "email"),
         ("SSN 123-45-6789.", "SSN [NATIONAL_ID].", "national_id"),
+        ("SSN: 123456789 on file", "SSN: [NATIONAL_ID] on file", "national_id"),  # no dashes: the word decides
         ("ID 11010519491231002X", "ID [NATIONAL_ID]", "national_id"),
         ("ID 11010519491231002x on file", "ID [NATIONAL_ID] on file", "national_id"),
         ("NI number AB 12 34 56 C", "NI number [NATIONAL_ID]", "national_id"),
@@ -53,11 +54,14 @@ def test_types_and_placeholders() -> None:
         ("card 4012888888881881 blocked", "card [CARD] blocked", "card"),
         ("IBAN GB82 WEST 1234 5698 7654 32 thanks", "IBAN [IBAN] thanks", "iban"),
         ("pay DE89370400440532013000 ASAP", "pay [IBAN] ASAP", "iban"),
+        ("pay DE89370400440532013000ASAP", "pay [IBAN]ASAP", "iban"),  # no space: the check digits decide
+        ("IBAN GB82 WEST 1234 5698 7654 32thanks", "IBAN [IBAN]thanks", "iban"),
         ("call +44 20 7946 0958", "call [PHONE]", "phone"),
         ("call (555) 123-4567 tonight", "call [PHONE] tonight", "phone"),
         ("mobile 138 1234 5678", "mobile [PHONE]", "phone"),
         ("mobile +86 13812345678", "mobile [PHONE]", "phone"),
         ("Callback 212-555-0142.", "Callback [PHONE].", "phone"),
+        ("ring 555-1234 after six", "ring [PHONE] after six", "phone"),  # a local number, after a phone word
         ("ring 07700 900123", "ring [PHONE]", "phone"),
     ],
 )
@@ -265,6 +269,10 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
     [
         "SSN 000-12-3456",  # area 000 is never issued
         "SSN 666-12-3456",
+        "SSN 666123456 is not issued",  # the word alone does not make an unissued area an SSN
+        "ref +12 3456 7890 1234 5678 90",  # 18 digits after "+": longer than any phone number (E.164: 15)
+        "call +1 234 567 now",  # 7 digits after "+1": too few for a phone number
+        "IBAN GB82 WEST 1234 5698 7654 31thanks",  # runs into a word and fails mod-97: a longer token
         "seen on 2023-10-12 at 10:30",
         "BP 120/80, HR 96, temp 38.5, K+ 6.8",
         "order 123456 shipped",
