@@ -61,6 +61,7 @@ def test_types_and_placeholders() -> None:
         ("mobile 138 1234 5678", "mobile [PHONE]", "phone"),
         ("mobile +86 13812345678", "mobile [PHONE]", "phone"),
         ("Callback 212-555-0142.", "Callback [PHONE].", "phone"),
+        ("王医生查房", "[NAME]医生查房", "name"),  # surname and title, the title kept
         ("ring 555-1234 after six", "ring [PHONE] after six", "phone"),  # a local number, after a phone word
         ("ring 07700 900123", "ring [PHONE]", "phone"),
     ],
@@ -308,6 +309,9 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         "帕金森病病史5年；唐氏综合征筛查低风险。",
         # A bare 道 is a road only before a house number; relatives' words before ordinary ones.
         "上呼吸道感染3天，食道裂孔疝，气道通畅。",
+        # One surname character and a title or a word: more often a word (左, left; 项目, project).
+        "左医生查房。",
+        "项目经理来电。",
         "Will call patient tomorrow; Mark as urgent. Son to visit on Monday.",
         "Mrs. smith's chart was de-duplicated; Dr. de facto lead.",
         "Patient: Alert, Oriented. Given 5 Avenue Health leaflets; 3 place settings.",
