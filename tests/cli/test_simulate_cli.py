@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedmask.cli import main
-from fedmask.secagg import SecurityMode
+from fedmask.secagg import SecurityMode, simulation
 from fedmask.secagg.simulation import DROPPABLE_PHASES
 from fedmask.testing.cli import assert_one_line_error
 
@@ -108,3 +108,39 @@ def test_bench_modes_reports_a_failed_simulate_run(monkeypatch) -> None:
         modes_bench.simulate(4, 10, "semi-honest", seed=0, workers=1)
     assert sys.executable in raised.value.message
     assert "Error: the round did not give the exact sum: [masked-input] round aborted" in raised.value.message
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_rehearse_runs_a_tiny_round_with_the_rounds_runner_before_the_timed_one(monkeypatch, workers) -> None:
+    from fedmask.cli import simulate as simulate_cli
+
+    events: list[object] = []
+    real_round = simulate_cli.simulate_round
+    monkeypatch.setattr(simulation, "rehearse", lambda runner: events.append(("rehearse", runner)))
+    monkeypatch.setattr(simulate_cli, "simulate_round", lambda config: events.append(config) or real_round(config))
+    result = _simulate("-n", "4", "-d", "10", "--workers", workers, "--rehearse", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["exact"] is True
+    (kind, runner), config = events
+    assert kind == "rehearse" and runner is config.runner
+    assert (runner is None) == (workers == "1")
+
+    events.clear()
+    assert _simulate("-n", "4", "-d", "10", "--json").exit_code == 0
+    assert len(events) == 1 and not isinstance(events[0], tuple)  # no rehearsal unless asked
+
+
+def test_bench_modes_times_warm_rounds(monkeypatch) -> None:
+    """Deployed rounds are warm (both roles rehearse first): the bench times rounds the same way."""
+    from fedmask.bench import modes_bench
+
+    commands: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording(command, **kwargs):
+        commands.append(command)
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(modes_bench.subprocess, "run", recording)
+    assert modes_bench.simulate(4, 10, "malicious", seed=0, workers=1)["exact"] is True
+    assert "--rehearse" in commands[0]
