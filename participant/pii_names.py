@@ -16,6 +16,8 @@ Chinese:
 
 - after a context word (患者, 姓名, 家属, 医生, 客户, 持卡人, ...): a common surname and one or two
   given-name characters, cut before characters that do not occur in names here (因, 于, 诉, 今, ...);
+- after a verb whose object is often a person (联系, 通知, 告知, 致电, ...): the same, when the
+  name ends cleanly (end of text, punctuation, or a character that does not occur in names);
 - before a title (先生, 女士, 医生, 主任, ...): the surname, with its given name if present;
 - before "，男，45岁": a surname and given name;
 - at the start of a sentence, before a word such as 今日 or 因 ("王芳今日复诊").
@@ -255,6 +257,14 @@ _ZH_CONTEXT = "|".join(
 # Besides the words above, any form label that ends in 人, 员, 者 or 师 and a colon ("护理人员：",
 # "汇款人：", "检查者：").
 _ZH_CONTEXT_BEFORE = re.compile(rf"(?=(?P<context>(?:{_ZH_CONTEXT})[:\s]*|(?<=[{_CJK}])[人员者师]:\s*))")
+# Verbs whose object is often a person ("请联系李明。", "已通知王芳"): weaker evidence than a
+# form label, so the name must end cleanly there (end of text, punctuation, or a character that
+# does not occur in names here) and not start with a word-like surname ("联系方式栏").
+_ZH_VERBS = "联系|通知|告知|转告|致电|询问|拜访|感谢|交给|转交|咨询|联络"
+_ZH_VERB_BEFORE = re.compile(rf"(?=(?P<context>(?:{_ZH_VERBS})(?:了|过)?))")
+# A verb's object is as often a place as a person: "通知齐鲁医院", "联系林业局".
+_ZH_INSTITUTION_AFTER = re.compile(r"医院|银行|公司|大学|学院|中心|集团|社区|街道|派出所|卫生|人民|医疗|诊所|药房|药店")
+_ZH_INSTITUTION_ENDINGS = frozenset("局院所部科厅处站厂店行校司馆会社团组室")
 _ZH_TITLES = re.compile(r"先生|女士|小姐|医生|医师|大夫|护士长|护士|主任|教授|老师|阿姨|叔叔|师傅|经理|院长|同志")
 # Before a lone surname and a title, the character before must not make a word with the
 # surname ("责任护士" is not nurse 任): it must be no Chinese character, or one of these.
@@ -298,7 +308,7 @@ def _ends_cleanly(text: str, position: int) -> bool:
     return position >= len(text) or not _is_cjk(text[position]) or text[position] in _NOT_GIVEN_NAME
 
 
-def _name_after_context(text: str, position: int) -> tuple[int, int] | None:
+def _name_after_context(text: str, position: int, *, clean_end: bool = False) -> tuple[int, int] | None:
     surname = _surname_at(text, position)
     if not surname or any(text.startswith(word, position) for word in gazetteer("zh", "clinical_words")):
         return None  # 医师查房, 患者查体
@@ -310,6 +320,8 @@ def _name_after_context(text: str, position: int) -> tuple[int, int] | None:
         # 高热, 全身, 明显, 查体: only a full two-character given name that ends cleanly.
         if given < 2 or not _ends_cleanly(text, end):
             return None
+    if clean_end and (not _ends_cleanly(text, end) or (surname == 1 and text[position] in _word_like_surnames())):
+        return None  # weak context: no 方式栏 after 联系, whatever follows
     return position, end
 
 
@@ -345,6 +357,10 @@ def find_chinese_names(text: str) -> Iterator[Candidate]:
     for match in _ZH_CONTEXT_BEFORE.finditer(text):
         span = _name_after_context(text, match.end("context"))
         if span:
+            yield Candidate(*span, "name", RANK_NAME)
+    for match in _ZH_VERB_BEFORE.finditer(text):
+        span = _name_after_context(text, match.end("context"), clean_end=True)
+        if span and text[span[1] - 1] not in _ZH_INSTITUTION_ENDINGS and not _ZH_INSTITUTION_AFTER.match(text, span[1]):
             yield Candidate(*span, "name", RANK_NAME)
     for match in _ZH_TITLES.finditer(text):
         span = _name_before_title(text, match.start())

@@ -62,6 +62,11 @@ def test_types_and_placeholders() -> None:
         ("mobile +86 13812345678", "mobile [PHONE]", "phone"),
         ("Callback 212-555-0142.", "Callback [PHONE].", "phone"),
         ("王医生查房", "[NAME]医生查房", "name"),  # surname and title, the title kept
+        # A verb whose object is a person, the name ending cleanly after it.
+        ("请联系李明。", "请联系[NAME]。", "name"),
+        ("已通知王芳今日复诊", "已通知[NAME]今日复诊", "name"),
+        ("联系了刘洋，", "联系了[NAME]，", "name"),
+        ("请致电陈静", "请致电[NAME]", "name"),
         ("ring 555-1234 after six", "ring [PHONE] after six", "phone"),  # a local number, after a phone word
         ("ring 07700 900123", "ring [PHONE]", "phone"),
     ],
@@ -312,6 +317,9 @@ def test_formats_from_the_second_case_batches(text: str, expected: str) -> None:
         # One surname character and a title or a word: more often a word (左, left; 项目, project).
         "左医生查房。",
         "项目经理来电。",
+        # After a verb that often takes a person: words, or a name that does not end cleanly.
+        "请联系方式：见上；通知单已发；请询问病史；已通知家属；请联系管床医生。",
+        "请咨询孟鲁司特的用法；告知罗红霉素用法；通知齐鲁医院；联系林业局；请联系方式栏所列电话。",
         "Will call patient tomorrow; Mark as urgent. Son to visit on Monday.",
         "Mrs. smith's chart was de-duplicated; Dr. de facto lead.",
         "Patient: Alert, Oriented. Given 5 Avenue Health leaflets; 3 place settings.",
