@@ -13,6 +13,7 @@ under the same DP budget for comparison, and writes the report folder::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,35 @@ class _Process:
         self._out_reader.join(5)
         self.log.close()
         return code
+
+
+class _Terminated(Exception):
+    """SIGTERM or SIGHUP reached the demo while its processes ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, ``timeout``, a closed terminal) raise ``_Terminated`` here, so
+    the demo's ``finally`` stops its coordinator and participants as it does on Ctrl-C: Python's
+    default for them ends this process at once and leaves the children running (the coordinator
+    would finish its round, then wait for participants who are gone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise _Terminated(signum)
+
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def party_names(count: int) -> list[str]:
@@ -362,65 +392,24 @@ def demo(
     config_path = work / "federation.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
-    port = _free_port()
-    python = sys.executable
-    echo = click.echo
-    coordinator = _Process(
-        "coordinator",
-        [
-            python,
-            "-m",
-            "fedmask.cli",
-            "coordinator",
-            "run",
-            "--federation",
-            str(federation_dir),
-            "--state",
-            str(work / "coordinator"),
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-        ],
-        work / "coordinator.log",
-        echo,
-    )
-
-    def start_node(party: str) -> _Process:
-        return _Process(
-            party,
-            [
-                python,
-                "-m",
-                "fedmask.cli",
-                "participant",
-                "node",
-                "--federation",
-                str(party_dirs[party]),
-                "--name",
-                party,
-                "--data",
-                str(data_paths[party]),
-                "--state",
-                str(work / party),
-                "--coordinator",
-                f"localhost:{port}",
-                "--task",
-                task,
-            ],
-            work / f"{party}.log",
-            echo,
-        )
-
-    nodes = {party: start_node(party) for party in parties}
-    try:
-        _supervise(coordinator, nodes, drop_at, start_node, config["threshold"])
-        code = coordinator.wait(timeout=60 * 60)
-        for node in nodes.values():
-            node.wait(timeout=120)
-    finally:
-        for process in [coordinator, *nodes.values()]:
-            process.kill()
+    with _terminate_as_exception():
+        try:
+            code = _run_federation(
+                federation_dir=federation_dir,
+                work=work,
+                config_path=config_path,
+                party_dirs=party_dirs,
+                data_paths=data_paths,
+                task=task,
+                drop_at=drop_at,
+                threshold=config["threshold"],
+            )
+        except _Terminated as stopped:
+            click.echo(
+                f"Error: stopped by {stopped}: the coordinator and the participants were stopped; logs in {work}",
+                err=True,
+            )
+            sys.exit(128 + stopped.signum)
     if code != 0:
         raise click.ClickException(f"the coordinator exited with status {code}; logs in {work}")
     federation_s = time.monotonic() - started
@@ -448,8 +437,8 @@ def demo(
         # The pooled baselines first: every party's records are among theirs, so the parties
         # alone find their first round's features in the cache.
         features = baseline_feature_cache(len(parties), rounds)
-        pooled = pooled_baselines(participant_training, data_paths, rounds, echo, features)
-        baselines = single_party_baselines(participant_training, data_paths, rounds, echo, features)
+        pooled = pooled_baselines(participant_training, data_paths, rounds, click.echo, features)
+        baselines = single_party_baselines(participant_training, data_paths, rounds, click.echo, features)
     federated = evaluate_global_adapter(participant_training, work / "coordinator", heldout)
     majority = (
         majority_scores([int(r.label) for r in heldout if r.label is not None], len(LABEL_NAMES))
@@ -491,6 +480,74 @@ def demo(
             else ""
         )
     )
+
+
+def _run_federation(
+    *,
+    federation_dir: Path,
+    work: Path,
+    config_path: Path,
+    party_dirs: dict[str, Path],
+    data_paths: dict[str, Path],
+    task: str,
+    drop_at: dict[str, int],
+    threshold: int,
+) -> int:
+    """Start the coordinator and a node per party, supervise them to the end; the coordinator's
+    exit status. Every process is stopped on the way out, however it is left."""
+    port = _free_port()
+    python = sys.executable
+    started: list[_Process] = []  # every process started, so that a signal at any point stops them all
+
+    def start(name: str, *arguments: str) -> _Process:
+        process = _Process(name, [python, "-m", "fedmask.cli", *arguments], work / f"{name}.log", click.echo)
+        started.append(process)
+        return process
+
+    def start_node(party: str) -> _Process:
+        return start(
+            party,
+            "participant",
+            "node",
+            "--federation",
+            str(party_dirs[party]),
+            "--name",
+            party,
+            "--data",
+            str(data_paths[party]),
+            "--state",
+            str(work / party),
+            "--coordinator",
+            f"localhost:{port}",
+            "--task",
+            task,
+        )
+
+    try:
+        coordinator = start(
+            "coordinator",
+            "coordinator",
+            "run",
+            "--federation",
+            str(federation_dir),
+            "--state",
+            str(work / "coordinator"),
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+        )
+        nodes: dict[str, _Process] = {}
+        for party in party_dirs:
+            nodes[party] = start_node(party)
+        _supervise(coordinator, nodes, drop_at, start_node, threshold)
+        code = coordinator.wait(timeout=60 * 60)
+        for node in nodes.values():
+            node.wait(timeout=120)
+        return code
+    finally:
+        for process in started:
+            process.kill()
 
 
 def _supervise(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,65 @@ def test_a_causal_lm_demo_federates_a_qwen2_adapter_and_reports_perplexity(tmp_p
     adapter = json.loads((out / "global_adapter" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]  # LoRA on Qwen2's q and v projections
     assert not (out / "global_model").exists()  # the sentence-transformers export is for classifiers
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc; zombies count as gone)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing bracket
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads children from /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_demo_stops_its_coordinator_and_participants(tmp_path: Path, signum: int) -> None:
+    """``kill``, ``timeout`` or a closed terminal end the demo as Ctrl-C does: no coordinator or
+    participant left running (Python's default for these signals would leave all four)."""
+    demo_process = subprocess.Popen(
+        [sys.executable, "-m", "fedmask.cli", "demo", "--out", str(tmp_path / "d"), "--records", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdin=subprocess.DEVNULL,
+    )
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(children) < 4 and time.monotonic() < deadline and demo_process.poll() is None:
+            children |= _children(demo_process.pid)
+            time.sleep(0.05)
+        assert len(children) == 4, "the coordinator and three participants never started"
+        demo_process.send_signal(signum)
+        _, stderr = demo_process.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+        assert demo_process.returncode == 128 + signum
+        name = signal.Signals(signum).name
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"Error: stopped by {name}: the coordinator and the participants were stopped")
+    finally:  # whatever failed above, leave nothing running
+        demo_process.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
