@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -69,18 +70,41 @@ class Case:
     spans: tuple[Span, ...]
 
 
+class CaseFileError(ValueError):
+    """A cases file that is not one labelled case (a JSON object) a line; the message names the line."""
+
+
 def load_cases(path: Path = CASES_PATH) -> list[Case]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseFileError(f"{path}: cannot read the cases ({exc})") from exc
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        spans = tuple((int(s["start"]), int(s["end"]), str(s["type"])) for s in row["spans"])
-        for start, end, kind in spans:
-            if kind not in PII_TYPES or not 0 <= start < end <= len(row["text"]):
-                raise ValueError(f"{path}:{number}: bad span {start, end, kind}")
-        cases.append(Case(row["id"], row["lang"], row["category"], row["text"], spans))
+        try:
+            cases.append(_case(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            why = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CaseFileError(
+                f"{path}:{number}: not a labelled case ({why}); expected one JSON object a line:"
+                ' {"id", "lang", "category", "text", "spans": [{"start", "end", "type"}]}'
+            ) from exc
     return cases
+
+
+def _case(row: Any) -> Case:
+    if not isinstance(row, dict):
+        raise TypeError(f"a JSON {type(row).__name__}, not an object")
+    text = row["text"]
+    if not isinstance(text, str):
+        raise TypeError("text is not a string")
+    spans = tuple((int(s["start"]), int(s["end"]), str(s["type"])) for s in row["spans"])
+    for start, end, kind in spans:
+        if kind not in PII_TYPES or not 0 <= start < end <= len(text):
+            raise ValueError(f"bad span {start, end, kind}")
+    return Case(str(row["id"]), str(row["lang"]), str(row["category"]), text, spans)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -315,8 +339,11 @@ def pii(
     cases_path: Path, heldout_path: Path, no_heldout: bool, no_presidio: bool, show_misses: bool, as_json: bool
 ) -> None:
     """PII scrubber: recall per type and precision, next to Presidio's pattern recognizers."""
-    cases = load_cases(cases_path)
-    heldout = load_cases(heldout_path) if not no_heldout and heldout_path.is_file() else None
+    try:
+        cases = load_cases(cases_path)
+        heldout = load_cases(heldout_path) if not no_heldout and heldout_path.is_file() else None
+    except CaseFileError as exc:
+        raise click.ClickException(str(exc)) from exc
     find_pii("warm up: load the gazetteers")
     detectors: dict[str, Detector] = {"fedmask": fedmask_detector}
     presidio_note = "skipped (--no-presidio)"
