@@ -106,7 +106,9 @@ class ParticipantPolicy:
         if not self.adapter_modes or unknown_modes:
             raise PolicyError(f"adapter_modes: expected some of {list(MODES)}, got {list(self.adapter_modes)}")
         if self.members is not None and len(self.members) < self.min_participants:
-            raise PolicyError(f"members: {len(self.members)} names, fewer than min_participants")
+            raise PolicyError(
+                f"members: {len(self.members)} names, fewer than min_participants ({self.min_participants})"
+            )
 
     # --- files ---------------------------------------------------------------------------------
 

@@ -118,6 +118,13 @@ def load_policy(
         else:
             if roster is None:
                 raise SetupError(f"no policy at {target} and no CA-signed roster to pin: run `fedmask pki` first")
+            if len(roster.entries) < 2:
+                # Pinned now, the policy would refuse every round for good: wait for the others.
+                raise SetupError(
+                    f"no policy at {target}, and the roster (version {roster.version}) lists "
+                    f"{len(roster.entries)} participant(s), too few to pin (secure aggregation needs 2 or more): "
+                    "fetch the roster again once the operator has issued everyone's certificates, or write the policy"
+                )
             policy = ParticipantPolicy.pinned_to(roster.entries, roster.version)
             policy.save(target)
             announce(

@@ -45,3 +45,16 @@ def test_an_older_roster_than_the_one_pinned_is_refused(federation, tmp_path):
         load_policy(pinned, federation, "bank", roster)
     with pytest.raises(SetupError, match="no policy file"):
         load_policy(tmp_path / "missing.toml", federation, "bank", roster)
+
+
+@pytest.mark.parametrize("members", [(), ("bank",)])
+def test_a_roster_too_small_to_pin_is_refused_and_nothing_is_written(tmp_path, members):
+    """Pinned, a roster of fewer than two would refuse every later round: the participant is told
+    to wait for the others, and no policy file is left behind."""
+    federation = loopback.make_federation(tmp_path / "federation", members) if members else tmp_path / "federation"
+    if not members:
+        pki.init_federation(federation, federation_name="empty")
+    roster = pki.load_roster(federation, pki.load_ca_certificate(federation))
+    with pytest.raises(SetupError, match=rf"lists {len(members)} participant\(s\), too few to pin"):
+        load_policy(None, federation, "bank", roster)
+    assert not policy_path(federation, "bank").exists()
