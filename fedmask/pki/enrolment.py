@@ -89,12 +89,14 @@ def _load_csr(csr: x509.CertificateSigningRequest | bytes | str) -> x509.Certifi
     if isinstance(csr, x509.CertificateSigningRequest):
         return csr
     data = csr.encode("ascii", "replace") if isinstance(csr, str) else bytes(csr)
+    pem = b"-----BEGIN" in data
     try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_csr(data)
-        return x509.load_der_x509_csr(data)
+        return x509.load_pem_x509_csr(data) if pem else x509.load_der_x509_csr(data)
     except ValueError as exc:
-        raise PkiError(f"not a valid certificate signing request: {exc}") from exc
+        # The parser's own text is a Rust debug dump (ParseError { kind: UnexpectedTag ... }).
+        detail = str(exc).split(":", 1)[0] if "ParseError {" in str(exc) else str(exc)
+        form = "PEM" if pem else "DER: no PEM header"
+        raise PkiError(f"not a valid certificate signing request: {detail} (read as {form})") from exc
 
 
 def verify_csr(csr: x509.CertificateSigningRequest | bytes | str, name: str) -> ec.EllipticCurvePublicKey:

@@ -1324,3 +1324,19 @@ def test_grpc_identity_comes_from_the_certificate_not_the_claim(grpc_server: str
         _grpc_call(grpc_server, grpc.ssl_channel_credentials(ca, key_pem, cert_pem), "whoami")
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "CN does not match" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("data", "form"),
+    [
+        (b"\x93NUMPY\x01\x00 not a CSR", "read as DER: no PEM header"),
+        (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "read as PEM"),
+    ],
+)
+def test_a_csr_that_does_not_parse_is_refused_in_plain_words(data: bytes, form: str) -> None:
+    """The operator is told how the file was read, not shown the parser's internal dump."""
+    with pytest.raises(pki.PkiError) as refused:
+        pki.verify_csr(data, "hospital-a")
+    message = str(refused.value)
+    assert message.startswith("not a valid certificate signing request: ") and message.endswith(f"({form})")
+    assert "ParseError" not in message and "{" not in message
