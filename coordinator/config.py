@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from fedmask.adapter.config import TrainingConfig
 
 SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+# Each round spends a share of every participant's budget planned for all of them: beyond this,
+# a round's share is noise, and round numbers outgrow what the store and the wire carry.
+MAX_ROUNDS = 10_000
 
 
 class FederationError(ValueError):
@@ -68,12 +71,15 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         names = tuple(self.participants)
-        if len(names) < 2 or len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise FederationError(f"participants: {', '.join(map(str, twice[:5]))} listed more than once")
+        if len(names) < 2:
             raise FederationError("a federation needs at least 2 distinct participants")
         object.__setattr__(self, "participants", tuple(sorted(names)))
         object.__setattr__(self, "training", dict(self.training))
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise FederationError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if not isinstance(self.rounds, int) or not 1 <= self.rounds <= MAX_ROUNDS:
+            raise FederationError(f"rounds must be an integer from 1 to {MAX_ROUNDS}, got {self.rounds!r}")
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
             raise FederationError(f"clip_norm must be positive and finite, got {self.clip_norm}")
         if self.server_optimizer not in SERVER_OPTIMIZERS:

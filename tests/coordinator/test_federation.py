@@ -40,7 +40,7 @@ class TestFederationConfig:
         "changes, message",
         [
             ({"participants": ("a",)}, "at least 2"),
-            ({"participants": ("a", "a")}, "distinct"),
+            ({"participants": ("a", "a")}, "a listed more than once"),
             ({"rounds": 0}, "rounds"),
             ({"clip_norm": float("inf")}, "clip_norm"),
             ({"server_optimizer": "sgd"}, "server_optimizer"),
