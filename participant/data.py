@@ -100,6 +100,16 @@ def load_records(path: str | Path, *, task: str = "classification", num_labels: 
     if not path.is_file():
         raise DataError(f"data path is not a file: {path}")
     suffix = path.suffix.lower()
+    try:
+        records = _read_records(path, suffix, task, num_labels)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the records as UTF-8") from None
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _read_records(path: Path, suffix: str, task: str, num_labels: int) -> list[Record]:
     records: list[Record] = []
     if suffix in (".jsonl", ".ndjson"):
         with path.open(encoding="utf-8") as handle:
@@ -126,8 +136,6 @@ def load_records(path: str | Path, *, task: str = "classification", num_labels: 
                 records.append(_make_record(dict(row), f"{path}:{number}", task, num_labels))
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")
-    if not records:
-        raise DataError(f"{path}: no records")
     return records
 
 

@@ -140,6 +140,8 @@ class ParticipantPolicy:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise PolicyError(f"cannot read the policy {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"{path} is not valid TOML: not UTF-8 text (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{path} is not valid TOML: {exc}") from None
         try:

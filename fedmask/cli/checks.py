@@ -8,6 +8,7 @@ else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from fedmask.durable import probe_writable_directory
 from fedmask.pki.preflight import split_target
 
 _EXAMPLE = "e.g. coordinator.example.org:7443"
+TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
 
 
 def check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -41,3 +43,23 @@ def check_writable_directory(directory: Path, what: str) -> None:
         probe_writable_directory(directory)
     except OSError as exc:
         raise click.ClickException(f"cannot write {what}: {exc.strerror or exc}") from None
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The enrolment token of ``--token-file`` (its text, stripped), else of ``$FEDMASK_ENROLMENT_TOKEN``;
+    a file that cannot be a token is refused in one line before anything dials the coordinator."""
+    if token_file is None:
+        return os.environ.get(TOKEN_ENV)
+    try:
+        token = token_file.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        raise click.BadParameter(
+            f"{token_file} holds no token (tokens are ASCII text)", param_hint="--token-file"
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {token_file}: {exc.strerror or exc}", param_hint="--token-file"
+        ) from None
+    if not token:
+        raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    return token

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import click
 import numpy as np
 
 from fedmask import pki
-from fedmask.cli.checks import check_target
+from fedmask.cli.checks import TOKEN_ENV, check_target, read_token
 from fedmask.participant.grpc_client import Outcome, take_part
 from fedmask.participant.policy import PolicyViolation
 from fedmask.participant.setup import (
@@ -36,7 +35,6 @@ from fedmask.participant.setup import (
 from fedmask.proto import wire
 
 EXIT_ABORTED = 3
-TOKEN_ENV = "FEDMASK_ENROLMENT_TOKEN"
 
 
 def _echo(line: str) -> None:
@@ -149,7 +147,7 @@ def join(
             read_input(input_path)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--input") from None
-    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
+    token = read_token(token_file)
     try:
         local = setup_connection(
             federation_dir, name, target, token=token, tls_server_name=tls_server_name,

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import click
 
-from fedmask.cli.checks import check_target, check_writable_directory
-from fedmask.cli.join import TOKEN_ENV
+from fedmask.cli.checks import check_target, check_writable_directory, read_token
 from fedmask.cli.quiet import quiet_libraries
 from fedmask.participant.data import DataError, load_local_data
 from fedmask.participant.node import Node, NodeError
@@ -95,7 +93,7 @@ def node(
     def echo(line: str) -> None:
         click.echo(f"{dt.datetime.now():%H:%M:%S} {name}: {line}", err=True)
 
-    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV)
+    token = read_token(token_file)
     try:
         local = setup_connection(
             federation_dir,

@@ -174,3 +174,47 @@ def test_participant_train_refuses_a_heldout_fraction_its_split_records_would_ig
     result = CliRunner().invoke(main, args)
     assert_one_line_error(result, "held-out fraction of 0.3 was asked for", "own 'split' field")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("command", ["train", "node", "audit"])
+def test_records_that_are_not_utf8_are_refused_in_one_line(tmp_path, federation, suffix, command):
+    data = tmp_path / f"records{suffix}"
+    data.write_bytes('{"text": "fièvre", "label": 1}\n'.encode("latin-1"))
+    args = {
+        "train": ["participant", "train", "--data", str(data), "--out", str(tmp_path / "out")],
+        "node": [
+            "participant",
+            "node",
+            "--federation",
+            str(federation),
+            "--name",
+            "bank",
+            "--data",
+            str(data),
+            "--state",
+            str(tmp_path / "state"),
+            "--insecure",
+            "--coordinator",
+            "127.0.0.1:1",
+        ],  # fmt: skip
+        "audit": ["audit", "--data", str(data), "--out", str(tmp_path / "audit")],
+    }[command]
+    assert_one_line_error(CliRunner().invoke(main, args), f"{data}: not UTF-8 text", "save the records as UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"\xff\xfe token", "holds no token (tokens are ASCII text)"), (b" \n", "is empty")],
+    ids=["binary", "empty"],
+)
+@pytest.mark.parametrize("command", ["join", "node"])
+def test_a_token_file_that_holds_no_token_is_refused_before_dialling(
+    tmp_path, federation, records, content, words, command
+):
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    role = ["--synthetic-seed", "1"] if command == "join" else ["--data", str(records), "--state", str(tmp_path / "s")]
+    args = ["participant", command, "--federation", str(federation), "--name", "bank",
+            "--coordinator", "127.0.0.1:1", "--token-file", str(token), *role]  # fmt: skip
+    assert_one_line_error(CliRunner().invoke(main, args), "--token-file", f"{token} {words}")

@@ -44,6 +44,9 @@ def test_the_file_round_trips_and_bad_keys_are_named(tmp_path: Path):
         ParticipantPolicy.load(path)
     with pytest.raises(PolicyError, match="cannot read"):
         ParticipantPolicy.load(tmp_path / "missing.toml")
+    path.write_bytes(b"max_epsilon = 2\n\xff\xfe")
+    with pytest.raises(PolicyError, match=r"is not valid TOML: not UTF-8 text \(byte 16\)"):
+        ParticipantPolicy.load(path)
 
 
 def test_a_downgrade_to_semi_honest_is_refused():
