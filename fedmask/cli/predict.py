@@ -29,6 +29,8 @@ from typing import Any, TextIO
 
 import click
 
+from fedmask.cli.checks import check_writable_directory
+
 EXPORT_MARKER = "fedmask_export.json"  # fedmask.adapter.export.EXPORT_MARKER, without importing torch here
 ADAPTER_MARKER = "adapter_config.json"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -88,7 +90,7 @@ def _load_training_config(path: Path) -> Any:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise click.ClickException(f"training config not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
         raise click.ClickException(f"cannot read the training config {path}: {_first_line(exc)}") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a `participant train` report.json
@@ -247,6 +249,8 @@ def predict(
     def note(message: str) -> None:
         click.echo(message, err=True)
 
+    if out_path is not None:  # before the model is loaded and run
+        check_writable_directory(out_path.parent, f"the predictions {out_path}")
     source = _resolve_model(model_path, config_path, task)
     config = _load_training_config(source.config_path) if source.config_path is not None else None
     model_task = config.task if config is not None else "classification"

@@ -121,6 +121,10 @@ def test_bad_input_gets_a_one_line_error(trained, tmp_path: Path) -> None:
     (lone_adapter / "adapter_config.json").write_text((out / "adapter" / "adapter_config.json").read_text())
     broken_config = _jsonl(tmp_path / "broken.json", [])
     broken_config.write_text("{not json", encoding="utf-8")
+    latin1_config = tmp_path / "latin1.json"
+    latin1_config.write_bytes('{"mode": "lora", "note": "données"}'.encode("latin-1"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
     cases = [
         (["--model", str(out), "--data", str(tmp_path / "missing.jsonl")], "data file not found"),
         (["--model", str(out), "--data", str(bad)], "bad.jsonl:2: missing required field 'text'"),
@@ -128,6 +132,9 @@ def test_bad_input_gets_a_one_line_error(trained, tmp_path: Path) -> None:
         (["--model", str(tmp_path / "nowhere"), "--data", str(records)], "model folder not found"),
         (["--model", str(lone_adapter), "--data", str(records)], "no training settings for the adapter"),
         (["--model", str(lone_adapter), "--data", str(records), "--config", str(broken_config)], "cannot read"),
+        (["--model", str(lone_adapter), "--data", str(records), "--config", str(latin1_config)], "UnicodeDecodeError"),
+        # Refused before the model is looked at (here: a folder that is none).
+        (["--model", str(not_a_model), "--data", str(records), "--out", str(a_file / "p.jsonl")], "cannot write"),
         (["--model", str(out / "model"), "--data", str(records), "--task", "causal_lm"], "cannot generate text"),
         (["--model", str(out / "adapter"), "--data", str(records), "--task", "causal_lm"], "holds a classification"),
     ]
