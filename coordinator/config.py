@@ -99,8 +99,8 @@ class FederationConfig:
             SecurityMode(self.security_mode)
         except ValueError:
             raise FederationError(f"unknown security mode {self.security_mode!r}") from None
-        if not isinstance(self.spare_rounds, int) or self.spare_rounds < 0:
-            raise FederationError("spare_rounds must be a non-negative integer")
+        if not isinstance(self.spare_rounds, int) or not 0 <= self.spare_rounds <= MAX_ROUNDS:
+            raise FederationError(f"spare_rounds must be an integer from 0 to {MAX_ROUNDS}")
         if "planned_rounds" in self.training:
             raise FederationError("training.planned_rounds is set from rounds + spare_rounds; leave it out")
         check_training_settings(self.training_config())

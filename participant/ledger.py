@@ -135,7 +135,7 @@ class PrivacyLedger:
             return ledger
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
             raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
             raise LedgerError(f"{path} is not a {LEDGER_FORMAT} file")
@@ -318,7 +318,7 @@ class PrivacyLedger:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return False
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
             raise LedgerError(f"cannot read privacy ledger {path}: {exc}") from None
         entries = data.get("entries", []) if isinstance(data, dict) else []
         return any(e.get("release_tag") == release_tag and e.get("released", True) for e in entries)

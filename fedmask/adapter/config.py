@@ -70,6 +70,9 @@ DEFAULT_PROBE_FRACTION = 0.75
 # for a small one, and sends the PRV accountant's search for a tiny noise multiplier into
 # minutes of work.
 MAX_TARGET_EPSILON = 100.0
+# A federation's rounds and its spare rounds (each at most 10,000): beyond, a round's share of the
+# budget is noise, and the accountant's composition over 10^8 rounds never ends.
+MAX_PLANNED_ROUNDS = 20_000
 
 
 def noise_calibrated_learning_rate(
@@ -230,7 +233,10 @@ class TrainingConfig:
         )
         need(0 < self.target_delta < 1, f"target_delta must be in (0, 1), got {self.target_delta}")
         need(isinstance(self.calibrate, bool), f"calibrate must be true or false, got {self.calibrate!r}")
-        need(self.planned_rounds >= 1, f"planned_rounds must be >= 1, got {self.planned_rounds}")
+        need(
+            1 <= self.planned_rounds <= MAX_PLANNED_ROUNDS,
+            f"planned_rounds must be from 1 to {MAX_PLANNED_ROUNDS}, got {self.planned_rounds}",
+        )
         need(
             self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm),
             f"max_grad_norm must be positive, got {self.max_grad_norm}",

@@ -159,6 +159,12 @@ def use_mean_pooling(model: nn.Module) -> bool:
 
 
 def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...]:
+    targets = _configured_lora_targets(model, config)
+    _check_lora_rank(model, targets, config.lora_rank)
+    return targets
+
+
+def _configured_lora_targets(model: nn.Module, config: TrainingConfig) -> tuple[str, ...]:
     if config.lora_targets is not None:
         _check_lora_targets(model, config.lora_targets)
         return config.lora_targets
@@ -170,6 +176,22 @@ def lora_targets_for(model: nn.Module, config: TrainingConfig) -> tuple[str, ...
     if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         return tuple(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
     raise ConfigError(f"no default LoRA target modules for model type {model_type!r}; set lora_targets")
+
+
+def _check_lora_rank(model: nn.Module, targets: tuple[str, ...], rank: int) -> None:
+    """A rank above a target layer's smaller dimension adds parameters (rank x (in + out) a layer,
+    all of them noised under DP) and nothing a full-rank update could not do; a typo such as
+    100000 would first exhaust the memory."""
+    widths = [
+        min(module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if widths and rank > min(widths):
+        raise ConfigError(
+            f"lora_rank {rank} exceeds the smaller dimension of the LoRA target layers ({min(widths)}): "
+            f"use at most {min(widths)} (8 to 64 is usual)"
+        )
 
 
 def _check_lora_targets(model: nn.Module, targets: tuple[str, ...]) -> None:

@@ -161,6 +161,15 @@ def test_participant_train_with_lora_targets_the_model_does_not_have(tmp_path, r
     assert not out.exists()  # the directory it made for the outputs is gone again
 
 
+@pytest.mark.parametrize("rank", ["385", "100000"])
+def test_participant_train_with_a_lora_rank_beyond_the_layers(tmp_path, records, rank):
+    """MiniLM's query and value layers are 384 x 384: a rank above adds parameters, not capacity."""
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--lora-rank", rank, "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), f"lora_rank {rank} exceeds", "(384): use at most 384")
+    assert not out.exists()
+
+
 def test_participant_train_with_lora_layers_beyond_the_model(tmp_path, records):
     out = tmp_path / "out"
     args = ["participant", "train", "--data", str(records), "--lora-layers", "99", "--out", str(out)]
@@ -218,3 +227,18 @@ def test_a_token_file_that_holds_no_token_is_refused_before_dialling(
     args = ["participant", command, "--federation", str(federation), "--name", "bank",
             "--coordinator", "127.0.0.1:1", "--token-file", str(token), *role]  # fmt: skip
     assert_one_line_error(CliRunner().invoke(main, args), "--token-file", f"{token} {words}")
+
+
+def test_participant_train_with_more_rounds_than_any_budget_is_refused_before_training(tmp_path, records):
+    out = tmp_path / "out"
+    args = ["participant", "train", "--data", str(records), "--rounds", "100000000", "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), "planned_rounds must be from 1 to 20000, got 100000000")
+    assert not out.exists()
+
+
+def test_participant_train_with_a_ledger_that_is_not_text(tmp_path, records):
+    ledger = tmp_path / "ledger.json"
+    ledger.write_bytes(b"\xff\xfe{}")
+    args = ["participant", "train", "--data", str(records), "--ledger", str(ledger), "--out", str(tmp_path / "out")]
+    assert_one_line_error(CliRunner().invoke(main, args), f"cannot read privacy ledger {ledger}")
+    assert ledger.read_bytes() == b"\xff\xfe{}"  # left as it was

@@ -37,7 +37,8 @@ def test_a_valid_config_loads(tmp_path):
         ({"server_learning_rate": 0}, "server_learning_rate must be positive"),
         ({"server_learning_rate": 1e400}, "server_learning_rate must be positive"),
         ({"attempts_per_round": 0}, "attempts_per_round must be at least 1"),
-        ({"spare_rounds": -1}, "spare_rounds must be a non-negative integer"),
+        ({"spare_rounds": -1}, "spare_rounds must be an integer from 0 to 10000"),
+        ({"spare_rounds": 10_001}, "spare_rounds must be an integer from 0 to 10000"),
         ({"spare_rounds": 1.5}, "spare_rounds: expected an integer, got 1.5"),
     ],
     ids=[
@@ -52,6 +53,7 @@ def test_a_valid_config_loads(tmp_path):
         "infinite-server-lr",
         "no-attempts",
         "negative-spare-rounds",
+        "spare-rounds-beyond-any-budget",
         "fractional-spare-rounds",
     ],
 )
