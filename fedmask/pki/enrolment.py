@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from fedmask.durable import probe_writable_directory
 from fedmask.pki.layout import (
     FederationPaths,
     PkiError,
@@ -271,6 +272,11 @@ def enrol(
                 f"{name!r} already has keys in {paths.root} ({existing[0].name}); "
                 "pass --force to make new ones (its current certificate then stops matching)"
             )
+        try:  # before any key is made: a request that cannot be written must leave no keys behind
+            probe_writable_directory(request_path.parent)
+            request_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PkiError(f"cannot write the enrolment request {request_path}: {exc.strerror or exc}") from None
         _ignore_in_git(paths.root)
         _make_private_dir(tls_key_path.parent)
         tls_key = ec.generate_private_key(ec.SECP256R1())
@@ -280,7 +286,6 @@ def enrol(
         _write_atomic(identity_path, _private_key_pem(identity), private=True)
         with contextlib.suppress(FileNotFoundError):
             paths.tls_cert("participant", name).unlink()
-        request_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(request_path, request.to_json(), private=False)
     log.info("enrolled %r: request %s, sha256 %s", name, request_path, request.fingerprint())
     return request_path

@@ -527,6 +527,20 @@ def test_enrol_writes_private_keys_0600_and_a_request_without_secrets(tmp_path: 
     )
 
 
+def test_a_request_that_cannot_be_written_leaves_no_keys_behind(tmp_path: Path) -> None:
+    """Otherwise the retry, with a good --out, is refused: NAME "already has keys"."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    directory = tmp_path / "mine"
+    with pytest.raises(
+        pki.PkiError, match=r"cannot write the enrolment request .*a-file/request.json: Not a directory"
+    ):
+        pki.enrol(directory, "hospital-a", organisation="st-marys", out=a_file / "request.json")
+    paths = pki.FederationPaths(directory)
+    assert not paths.tls_key("participant", "hospital-a").exists() and not paths.identity_key("hospital-a").exists()
+    assert pki.enrol(directory, "hospital-a", organisation="st-marys").is_file()  # the retry needs no --force
+
+
 def test_enrol_refuses_existing_keys_unless_forced(tmp_path: Path) -> None:
     enrolled = _enrolled(tmp_path)
     key_path = enrolled.participant.tls_key("participant", "hospital-a")
