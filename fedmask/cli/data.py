@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+from fedmask.cli.checks import check_writable_directory
 from fedmask.demo.data import PARTIES, generate_notes, generate_records, write_records
+
+# About 5,000 records a second, all held in memory before the file is written: a million takes
+# minutes and 200 MB; more is a typo rather than a demo.
+MAX_RECORDS = 1_000_000
 
 
 @click.group()
@@ -25,7 +30,7 @@ def data() -> None:
 @click.option(
     "--records",
     "count",
-    type=click.IntRange(min=2),
+    type=click.IntRange(2, MAX_RECORDS),
     required=True,
     help="How many records (train and held-out together).",
 )
@@ -53,6 +58,7 @@ def generate(party: str, count: int, out_path: Path, seed: int, heldout_fraction
     """Write N records for PARTY: labelled (label 1: needs urgent human follow-up), or notes to continue."""
     if out_path.suffix.lower() not in (".jsonl", ".ndjson", ".csv"):
         raise click.BadParameter(f"{out_path}: give a .jsonl or .csv file", param_hint="--out")
+    check_writable_directory(out_path.parent, f"the records {out_path}")
     if task == "causal_lm":
         notes = generate_notes(party, count, seed=seed, heldout_fraction=heldout_fraction)
         write_records(notes, out_path)

@@ -120,8 +120,9 @@ def test_coordinator_serve_on_a_port_in_use(federation, port_in_use):
         ["data", "generate", "--party", "bank", "--records", "10", "--out", "{blocked}/x.jsonl"],
         ["pki", "init", "--dir", "{blocked}"],
         ["demo", "--out", "{blocked}"],
+        ["participant", "enrol", "--federation", "{blocked}", "--name", "bank", "--organisation", "bank"],
     ],
-    ids=["data-generate", "pki-init", "demo"],
+    ids=["data-generate", "pki-init", "demo", "participant-enrol"],
 )
 def test_an_output_directory_that_cannot_be_made(blocked, command):
     args = [part.format(blocked=blocked) for part in command]
@@ -242,3 +243,10 @@ def test_participant_train_with_a_ledger_that_is_not_text(tmp_path, records):
     args = ["participant", "train", "--data", str(records), "--ledger", str(ledger), "--out", str(tmp_path / "out")]
     assert_one_line_error(CliRunner().invoke(main, args), f"cannot read privacy ledger {ledger}")
     assert ledger.read_bytes() == b"\xff\xfe{}"  # left as it was
+
+
+def test_data_generate_refuses_more_records_than_a_demo_needs(tmp_path):
+    out = tmp_path / "x.jsonl"
+    args = ["data", "generate", "--party", "bank", "--records", "100000000", "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), "100000000 is not in the range 2<=x<=1000000")
+    assert not out.exists()
