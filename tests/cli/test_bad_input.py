@@ -162,19 +162,21 @@ def test_participant_train_with_lora_targets_the_model_does_not_have(tmp_path, r
     assert not out.exists()  # the directory it made for the outputs is gone again
 
 
-@pytest.mark.parametrize("rank", ["385", "100000"])
-def test_participant_train_with_a_lora_rank_beyond_the_layers(tmp_path, records, rank):
-    """MiniLM's query and value layers are 384 x 384: a rank above adds parameters, not capacity."""
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--lora-layers", "99"], ["lora_layers is 99, but the model has 6 layers"]),
+        # MiniLM's query and value layers are 384 x 384: a rank above adds parameters, not capacity.
+        (["--lora-rank", "385"], ["lora_rank 385 exceeds", "(384): use at most 384"]),
+        (["--lora-rank", "100000"], ["lora_rank 100000 exceeds"]),
+        (["--rounds", "100000000"], ["planned_rounds must be from 1 to 20000, got 100000000"]),
+    ],
+    ids=["lora-layers-beyond-the-model", "lora-rank-385", "lora-rank-100000", "rounds-beyond-any-budget"],
+)
+def test_participant_train_settings_the_model_or_budget_cannot_take(tmp_path, records, option, words):
     out = tmp_path / "out"
-    args = ["participant", "train", "--data", str(records), "--lora-rank", rank, "--out", str(out)]
-    assert_one_line_error(CliRunner().invoke(main, args), f"lora_rank {rank} exceeds", "(384): use at most 384")
-    assert not out.exists()
-
-
-def test_participant_train_with_lora_layers_beyond_the_model(tmp_path, records):
-    out = tmp_path / "out"
-    args = ["participant", "train", "--data", str(records), "--lora-layers", "99", "--out", str(out)]
-    assert_one_line_error(CliRunner().invoke(main, args), "lora_layers is 99, but the model has 6 layers")
+    args = ["participant", "train", "--data", str(records), *option, "--out", str(out)]
+    assert_one_line_error(CliRunner().invoke(main, args), *words)
     assert not out.exists()
 
 
@@ -228,13 +230,6 @@ def test_a_token_file_that_holds_no_token_is_refused_before_dialling(
     args = ["participant", command, "--federation", str(federation), "--name", "bank",
             "--coordinator", "127.0.0.1:1", "--token-file", str(token), *role]  # fmt: skip
     assert_one_line_error(CliRunner().invoke(main, args), "--token-file", f"{token} {words}")
-
-
-def test_participant_train_with_more_rounds_than_any_budget_is_refused_before_training(tmp_path, records):
-    out = tmp_path / "out"
-    args = ["participant", "train", "--data", str(records), "--rounds", "100000000", "--out", str(out)]
-    assert_one_line_error(CliRunner().invoke(main, args), "planned_rounds must be from 1 to 20000, got 100000000")
-    assert not out.exists()
 
 
 def test_participant_train_with_a_ledger_that_is_not_text(tmp_path, records):
