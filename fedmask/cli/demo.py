@@ -112,6 +112,8 @@ def _terminate_as_exception() -> Iterator[None]:
         return
 
     def terminate(signum: int, _frame: object) -> None:
+        for each in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the clean-up short
+            signal.signal(each, signal.SIG_IGN)
         raise _Terminated(signum)
 
     previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}

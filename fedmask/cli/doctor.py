@@ -20,7 +20,6 @@ It only reads: nothing is written, no round is joined. The certificate and hands
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 import click
 
 from fedmask import pki
+from fedmask.cli.checks import read_token
 from fedmask.durable import probe_writable_directory
 from fedmask.pki.preflight import (
     Check,
@@ -369,7 +369,7 @@ def participant_command(
         name,
         target,
         tls_server_name=tls_server_name,
-        one_way=token_file is not None or bool(os.environ.get("FEDMASK_ENROLMENT_TOKEN")),
+        one_way=bool(read_token(token_file)),  # a --token-file that holds no token is refused here
         state_dir=state_dir,
         model=model,
         warn_days=warn_days,

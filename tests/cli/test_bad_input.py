@@ -220,15 +220,19 @@ def test_records_that_are_not_utf8_are_refused_in_one_line(tmp_path, federation,
     [(b"\xff\xfe token", "holds no token (tokens are ASCII text)"), (b" \n", "is empty")],
     ids=["binary", "empty"],
 )
-@pytest.mark.parametrize("command", ["join", "node"])
+@pytest.mark.parametrize("command", ["join", "node", "doctor"])
 def test_a_token_file_that_holds_no_token_is_refused_before_dialling(
     tmp_path, federation, records, content, words, command
 ):
     token = tmp_path / "token"
     token.write_bytes(content)
-    role = ["--synthetic-seed", "1"] if command == "join" else ["--data", str(records), "--state", str(tmp_path / "s")]
-    args = ["participant", command, "--federation", str(federation), "--name", "bank",
-            "--coordinator", "127.0.0.1:1", "--token-file", str(token), *role]  # fmt: skip
+    role = {
+        "join": ["participant", "join", "--synthetic-seed", "1"],
+        "node": ["participant", "node", "--data", str(records), "--state", str(tmp_path / "s")],
+        "doctor": ["doctor", "participant"],
+    }[command]
+    args = [*role, "--federation", str(federation), "--name", "bank",
+            "--coordinator", "127.0.0.1:1", "--token-file", str(token)]  # fmt: skip
     assert_one_line_error(CliRunner().invoke(main, args), "--token-file", f"{token} {words}")
 
 
