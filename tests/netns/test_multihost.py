@@ -139,6 +139,7 @@ def participant_rounds(process: loopback.Process) -> list[dict]:
     return process.json_summary()["rounds"]
 
 
+@pytest.mark.slow  # 13 s of network namespaces and processes; the loopback suite covers a participant lost mid-phase
 def test_link_cut_in_masked_input_leaves_the_exact_sum_of_the_survivors(make_network, tmp_path):
     names = ["bank", "clinic-c", "hospital-a", "hospital-b"]  # sorted: the coordinator's order
     network = make_network(names)

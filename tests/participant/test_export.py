@@ -112,6 +112,7 @@ def test_predict_example_reproduces_the_report_without_fedmask(trained_lora, tmp
     _check_predict_example(*trained_lora, tmp_path)
 
 
+@pytest.mark.slow  # 15 s: the default suite keeps the all-layer case above
 def test_lora_in_the_top_layers_exports_and_reproduces_too(minilm_path: str, demo_records, tmp_path: Path) -> None:
     """The demo's setting: LoRA in the top two layers, the frozen ones replayed while training
     and scoring (fedmask.adapter.prefix); a standard load runs every layer."""
