@@ -1039,13 +1039,21 @@ def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str])
                 check = [message for (message,) in source.execute("PRAGMA integrity_check")]
                 version = _stored_schema_version(source)
                 row = source.execute("SELECT federation_id FROM store_identity").fetchone() if version >= 3 else None
+                indexed = source.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{backup} is not a usable federation store backup: {exc}") from None
             if check != ["ok"]:
                 raise StoreError(f"{backup} is damaged: {'; '.join(check[:3])}")
             if version > schema_version():
                 raise SchemaError(f"{backup} has schema version {version}; this fedmask knows {schema_version()}")
-            identity_path = path.parent / f"{path.stem}.checkpoints" / IDENTITY_FILE_NAME
+            checkpoints_dir = path.parent / f"{path.stem}.checkpoints"
+            if indexed and not checkpoints_dir.is_dir():
+                # Restoring the index without the files would leave a store that cannot resume.
+                raise StoreError(
+                    f"{backup} indexes {indexed} checkpoint(s) and {checkpoints_dir} does not exist: a restore "
+                    "puts back the database only; copy the checkpoints directory there first"
+                )
+            identity_path = checkpoints_dir / IDENTITY_FILE_NAME
             if identity_path.is_file():
                 try:
                     recorded = json.loads(identity_path.read_text(encoding="utf-8")).get("federation_id")

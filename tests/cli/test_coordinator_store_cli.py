@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -86,3 +88,22 @@ def test_restore_refuses_another_federations_backup_and_a_running_coordinator(tm
     with FederationStore(state / "federation.db"):  # the coordinator is running
         busy = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(state), "--from", str(own)])
     assert busy.exit_code == 1 and "already open for writing" in busy.output
+
+
+def test_restore_into_a_state_directory_without_its_checkpoints_is_refused_and_writes_nothing(tmp_path):
+    """A backup holds the database only: restored where its checkpoints are not, the store could
+    not resume. Refused before the database is written, with what to copy."""
+    state, _ = _state(tmp_path)
+    out = tmp_path / "backup.db"
+    assert CliRunner().invoke(main, ["coordinator", "backup", "--state", str(state), "--out", str(out)]).exit_code == 0
+    elsewhere = tmp_path / "new-host"
+    elsewhere.mkdir()
+    refused = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(elsewhere), "--from", str(out)])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "indexes 2 checkpoint(s)" in refused.output and "copy the checkpoints directory" in refused.output
+    assert not (elsewhere / "federation.db").exists() and not (elsewhere / "federation.checkpoints").exists()
+    # With the checkpoints copied over, the same restore succeeds.
+    shutil.copytree(state / "federation.checkpoints", elsewhere / "federation.checkpoints")
+    restored = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(elsewhere), "--from", str(out)])
+    assert restored.exit_code == 0, restored.output
+    assert "every indexed checkpoint intact" in restored.output
