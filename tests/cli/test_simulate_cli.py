@@ -13,7 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from fedmask.cli import main
-from fedmask.secagg import SecurityMode, simulation
+from fedmask.cli.simulate import (
+    BASE_BYTES,
+    BYTES_PER_HOLDER_COMPLETE,
+    BYTES_PER_HOLDER_SPARSE,
+    VECTORS_AT_ONCE,
+    estimated_peak_bytes,
+)
+from fedmask.secagg import ProtocolParams, SecurityMode, simulation
 from fedmask.secagg.simulation import DROPPABLE_PHASES
 from fedmask.testing.cli import assert_one_line_error
 
@@ -144,3 +151,24 @@ def test_bench_modes_times_warm_rounds(monkeypatch) -> None:
     monkeypatch.setattr(modes_bench.subprocess, "run", recording)
     assert modes_bench.simulate(4, 10, "malicious", seed=0, workers=1)["exact"] is True
     assert "--rehearse" in commands[0]
+
+
+def test_a_round_that_cannot_fit_in_memory_is_refused_before_it_starts(monkeypatch) -> None:
+    """100,000 participants on a complete graph hold 10^10 shares in one process: refused in one
+    line on any machine, not killed for memory (or swapping for hours) after the start."""
+    assert_one_line_error(_simulate("-n", "100000", "-d", "10"), "100000 participants x 100000 holders each")
+    # A vector too large for the memory (here made 256 MiB), while a small round still runs.
+    monkeypatch.setattr("fedmask.cli.simulate.physical_memory_bytes", lambda: 256 << 20)
+    refused = _simulate("-n", "10", "-d", "100000000")
+    assert_one_line_error(refused, "use a smaller --dim, fewer participants or --graph K")
+    assert "this machine has 0.2 GiB" in refused.output
+    assert _simulate("-n", "10", "-d", "1000").exit_code == 0
+
+
+def test_the_memory_estimate_counts_each_value_at_its_width_and_each_holder_by_graph() -> None:
+    narrow, wide = (ProtocolParams(10**6, bits, 7, SecurityMode.SEMI_HONEST) for bits in (32, 64))
+    assert estimated_peak_bytes(wide, 10) - estimated_peak_bytes(narrow, 10) == VECTORS_AT_ONCE * 4 * 10**6
+    complete = ProtocolParams(1, 32, 7, SecurityMode.SEMI_HONEST)
+    sparse = ProtocolParams(1, 32, 7, SecurityMode.SEMI_HONEST, neighbours=10)
+    assert estimated_peak_bytes(complete, 1000) - BASE_BYTES == 1000 * 1000 * BYTES_PER_HOLDER_COMPLETE + 4 * 4
+    assert estimated_peak_bytes(sparse, 1000) - BASE_BYTES == 1000 * 11 * BYTES_PER_HOLDER_SPARSE + 4 * 4
