@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import keys, machine, prg, shamir
 from .errors import CryptoError, Phase, ProtocolAbort, ShamirError
+from .graph import GraphError
 from .machine import Branch
 from .messages import (
     Abort,
@@ -217,7 +218,10 @@ class Client:
             raise ProtocolAbort(
                 Phase.ADVERTISE_KEYS, f"only {len(ids)} participants advertised keys, threshold is {params.threshold}"
             )
-        session = Session.from_roster(self.config.round_id, params, roster.advertisements)
+        try:
+            session = Session.from_roster(self.config.round_id, params, roster.advertisements)
+        except GraphError as exc:  # e.g. an odd degree over an odd number of participants
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"the roster: {exc}") from None
         self._session = session
         holders = sorted(session.holders(self.me))
         if len(holders) < params.threshold:

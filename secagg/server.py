@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import keys, machine, prg, shamir
 from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
+from .graph import GraphError
 from .machine import Branch
 from .messages import (
     AdvertiseKeys,
@@ -387,7 +388,10 @@ class Server:
 
     def _close_keys(self, responders: tuple[int, ...]) -> dict[int, ServerMessage]:
         roster = tuple(self._advertisements[u] for u in responders)
-        self._session = Session.from_roster(self.config.round_id, self.params, roster)
+        try:
+            self._session = Session.from_roster(self.config.round_id, self.params, roster)
+        except GraphError as exc:  # an odd degree, and one participant missed the key phase
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, str(exc)) from None
         assert self._session.session_id == compute_session_id(self.config.round_id, self.params, roster)
         holders = self.params.holders_per_secret(len(responders))
         if holders < self.params.threshold:

@@ -96,7 +96,7 @@ def coordinator() -> None:
 )
 @click.option("--modulus-bits", type=click.IntRange(1, 64), default=32, show_default=True, help="Arithmetic mod 2^b.")
 @click.option(
-    "--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k (default: complete graph)."
+    "--neighbours", type=click.IntRange(2), default=None, help="SecAgg+ graph degree k, even (default: complete graph)."
 )
 @click.option("--mode", type=click.Choice([m.value for m in SecurityMode]), default="malicious", show_default=True)
 @click.option(
@@ -195,6 +195,14 @@ def serve(
             raise click.ClickException(f"not in the federation roster: {', '.join(unknown)}")
         identity_keys = dict(security.roster.identity_keys)
 
+    if neighbours is not None and neighbours % 2 == 1 and neighbours < len(names) - 1:
+        # Harary graphs of odd degree need an even count: one participant missing the key phase
+        # would abort the round.
+        raise click.BadParameter(
+            f"use an even degree: an odd one ({neighbours}) needs an even number of participants, and one"
+            " missing the key phase would abort the round",
+            param_hint="--neighbours",
+        )
     try:
         check_graph_degree(neighbours, len(names))
         if threshold is None:

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedmask.cli import main
+from fedmask.testing.cli import assert_one_line_error
 
 PARTIES = ["hospital-a", "hospital-b", "bank"]
 
@@ -88,3 +89,12 @@ def test_a_graph_degree_the_participants_cannot_have_is_refused_before_listening
         result.output
         == "Error: the SecAgg+ graph on 3 participants needs degree < 3 (each has at most 2 neighbours), got 3\n"
     )
+
+
+def test_an_odd_graph_degree_is_refused_before_listening():
+    """An odd degree needs an even number of participants: one who misses the key phase would
+    abort the round (the SecAgg+ degrees fedmask chooses are even)."""
+    args = ["coordinator", "serve", "--insecure", "--mode", "semi-honest", "--participants", "a,b,c,d,e,f"]
+    result = CliRunner().invoke(main, [*args, "--dim", "4", "--port", "0", "--neighbours", "3"])
+    assert_one_line_error(result, "use an even degree: an odd one (3) needs an even number of participants")
+    assert "listening" not in result.output

@@ -7,7 +7,7 @@ import pytest
 
 from fedmask.secagg import SecurityMode
 from fedmask.secagg.client import Client, ClientState
-from fedmask.secagg.messages import Abort, MaskedInput, UnmaskRequest
+from fedmask.secagg.messages import Abort, KeyRoster, MaskedInput, UnmaskRequest
 from fedmask.secagg.rand import SeededRandom
 
 
@@ -53,6 +53,16 @@ def test_a_roster_shorter_than_the_threshold_is_refused(make_round):
     r, rosters = _rosters(make_round)
     short = dataclasses.replace(rosters[1], advertisements=rosters[1].advertisements[:2])
     assert "only 2 participants advertised keys, threshold is 3" in _refusal(r.clients[1], short)
+
+
+def test_a_roster_with_no_graph_of_the_round_s_degree_is_refused(make_round):
+    """Degree 3 (odd) needs an even number of participants: a roster of 5 (one left out, by a
+    lying server or because it missed the key phase) is an abort with the reason, not an
+    exception out of the state machine."""
+    r = make_round(6, t=3, neighbours=3)
+    advertisements = tuple(r.clients[u].start() for u in r.ids[:5])
+    reason = _refusal(r.clients[1], KeyRoster(b"round-1", advertisements))
+    assert reason == "the roster: no 3-regular graph on 5 participants: an odd degree needs an even count"
 
 
 # --- the share bundle ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from fedmask.secagg import InvalidMessage, ProtocolParams, Rejection, SecurityMode
+from fedmask.secagg.errors import Phase, ProtocolAbort
 from fedmask.secagg.messages import (
     Complaint,
     ComplaintKind,
@@ -188,3 +189,18 @@ def test_a_message_after_the_round_is_over_is_refused(make_round):
     with pytest.raises(InvalidMessage) as refusal:
         r.server.receive(late)
     assert refusal.value.kind is Rejection.ROUND_OVER and "the round is completed" in refusal.value.reason
+
+
+def test_a_key_phase_that_leaves_no_graph_of_the_degree_aborts_with_its_reason(make_round):
+    """Degree 3 over 6 participants, one missing the key phase: 5 cannot have a 3-regular graph.
+    The round aborts with the reason (a coordinator reports it) instead of raising out of the
+    state machine."""
+    r = make_round(6, t=3, neighbours=3)
+    for u in r.ids[:5]:
+        r.server.receive(r.clients[u].start())
+    r.server.drop(6, "missed the advertise-keys deadline")
+    with pytest.raises(ProtocolAbort) as caught:
+        r.server.close_phase()
+    assert caught.value.phase is Phase.ADVERTISE_KEYS
+    assert caught.value.reason == "no 3-regular graph on 5 participants: an odd degree needs an even count"
+    assert r.server.phase is Phase.ABORTED
