@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -300,28 +299,8 @@ def check_training_settings(settings: Mapping[str, Any]) -> None:
 
 def _check_type(key: str, value: object, annotation: object) -> None:
     """``value`` fits ``annotation`` (the plain types settings use), or a one-line error."""
-    allowed = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (types.UnionType, typing.Union)
-        else (annotation,)
-    )
-    for kind in allowed:
-        if kind is type(None) and value is None:
-            return
-        if kind is bool and isinstance(value, bool):
-            return
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return
-        if kind is str and isinstance(value, str):
-            return
-        if (
-            typing.get_origin(kind) is tuple
-            and isinstance(value, list | tuple)
-            and all(isinstance(v, str) for v in value)
-        ):
-            return
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    expected = " or ".join(names.get(k, "a list of strings") for k in allowed)
-    raise FederationError(f"{key}: expected {expected}, got {value!r}")
+    from fedmask.adapter.config import type_problem
+
+    problem = type_problem(value, annotation)
+    if problem is not None:
+        raise FederationError(f"{key}: {problem}")

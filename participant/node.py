@@ -119,7 +119,8 @@ def parse_encoding(
             plan = ddp.calibrate(ddp.AggregateNoiseConfig.from_dict(settings))
     except PolicyViolation as exc:
         raise NodeError(str(exc)) from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        # OverflowError: JSON's Infinity as modulus_bits, or an integer beyond any float.
         raise NodeError(f"the coordinator sent an unusable encoding: {exc}") from None
     return params, plan
 

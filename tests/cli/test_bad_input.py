@@ -52,7 +52,7 @@ def _coordinator_run(tmp_path, config: Path, federation: Path, *extra: str) -> l
         ({"target_epsilon": 0}, ["training:", "target_epsilon"]),
         ({"target_epsilon": 1000}, ["training:", "target_epsilon must be positive and at most 100, got 1000"]),
         ({"epsilon": 4.0}, ["training.epsilon: unknown training setting"]),
-        ({"epochs": "one"}, ["training.epochs: expected a number or null, got 'one'"]),
+        ({"epochs": "one"}, ["training.epochs: expected a finite number or null, got 'one'"]),
         ({"model_path": "/nonexistent"}, ["training.model_path: no model directory at /nonexistent"]),
     ],
 )

@@ -35,7 +35,7 @@ def test_a_valid_config_loads(tmp_path):
         ({"participants": ["bank", "bank", "hospital-a"]}, "participants: bank listed more than once"),
         ({"participants": ["bank"]}, "a federation needs at least 2 distinct participants"),
         ({"server_learning_rate": 0}, "server_learning_rate must be positive"),
-        ({"server_learning_rate": 1e400}, "server_learning_rate must be positive"),
+        ({"server_learning_rate": 1e400}, "server_learning_rate: expected a finite number, got inf"),
         ({"attempts_per_round": 0}, "attempts_per_round must be at least 1"),
         ({"spare_rounds": -1}, "spare_rounds must be an integer from 0 to 10000"),
         ({"spare_rounds": 10_001}, "spare_rounds must be an integer from 0 to 10000"),

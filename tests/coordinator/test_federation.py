@@ -147,11 +147,11 @@ class TestConfigFromJson:
         "changes, message",
         [
             ({"rounds": "3"}, r"rounds: expected an integer, got '3'"),
-            ({"clip_norm": True}, r"clip_norm: expected a number"),
+            ({"clip_norm": True}, r"clip_norm: expected a finite number"),
             ({"participants": "bank"}, r"participants: expected a list of names"),
             ({"training": []}, r"training: expected an object"),
             ({"training": {"epoch": 1}}, r"training\.epoch: unknown training setting"),
-            ({"training": {"epochs": "two"}}, r"training\.epochs: expected a number or null"),
+            ({"training": {"epochs": "two"}}, r"training\.epochs: expected a finite number or null"),
             ({"training": {"lora_targets": "q_proj"}}, r"training\.lora_targets: expected a list of strings"),
             ({"training": {"batch_size": 0}}, r"training: .*batch_size"),
             ({"training": {"model_path": "/nonexistent/model"}}, r"training\.model_path: no model directory"),

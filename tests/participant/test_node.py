@@ -4,6 +4,7 @@ tests/integration/test_federation_e2e.py)."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import grpc
@@ -59,6 +60,9 @@ def test_node_calibrates_the_same_noise_plan_itself():
         json.dumps({"clip_norm": 1.0}),
         json.dumps({"clip_norm": -1, "scale": 1, "modulus_bits": 32}),
         json.dumps({"clip_norm": 1, "scale": 1, "modulus_bits": 32, "aggregate_noise": {"mechanism": "laplace"}}),
+        # Python's JSON reads Infinity, and integers of any length: neither may escape as OverflowError.
+        '{"clip_norm": 1, "scale": 1, "modulus_bits": -Infinity}',
+        json.dumps({"clip_norm": 10**400, "scale": 1, "modulus_bits": 32}),
     ],
 )
 def test_unusable_encodings_are_refused(text):
@@ -787,3 +791,23 @@ def test_a_round_whose_threshold_is_below_what_the_aggregate_noise_needs_gets_no
     node._train_and_upload(task, _train())
     assert errors == ["the round's threshold is below the survivors the noise was calibrated for"]
     assert _ledger_steps(tmp_path) == (0, [])
+
+
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        ({"max_grad_norm": 10**400}, "max_grad_norm: expected a finite number, got 1000"),
+        ({"learning_rate": float("inf")}, "learning_rate: expected a finite number or null, got inf"),
+        ({"epochs": float("nan")}, "epochs: expected a finite number or null, got nan"),
+        ({"batch_size": 64.5}, "batch_size: expected an integer, got 64.5"),
+        ({"batch_size": "64"}, "batch_size: expected an integer, got '64'"),
+        ({"calibrate": 1}, "calibrate: expected true or false, got 1"),
+    ],
+)
+def test_training_settings_of_the_wrong_type_are_refused_in_one_line(tmp_path, setting, problem):
+    """The coordinator's JSON is untrusted: a value of the wrong type is refused before a
+    comparison meets it (an OverflowError escaped before, or a float batch size reached training)."""
+    node = _node(tmp_path, ParticipantPolicy())
+    with pytest.raises(NodeError, match=re.escape(f"unusable training settings: {problem}")):
+        node._training(_task({"target_epsilon": 4.0, "target_delta": 1e-5, **setting}))
+    assert not (tmp_path / "privacy_ledger.json").exists()
