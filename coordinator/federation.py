@@ -291,7 +291,8 @@ class Federation:
         self._metrics_endpoint_address = metrics_endpoint
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.dashboard_url = dashboard_url
-        self._log_file = log_file
+        # Absolute: `coordinator logs` reads it from the status file, maybe from another directory.
+        self._log_file = log_file.absolute() if log_file is not None else None
         self._heartbeat_s = heartbeat_s
         self._handle_signals = handle_signals
         # The operator's view: what is happening now (status.json) and how the run ended.

@@ -255,6 +255,14 @@ class TestStatusOfARun:
         assert any("round 2 failed" in line for line in lines)  # the caller's progress still gets every line
         assert not liveness(status).running
 
+    def test_a_relative_log_file_is_recorded_absolute(self, tmp_path, monkeypatch):
+        # `coordinator logs --state` may run from another directory than the coordinator's.
+        _ScriptedRounds(monkeypatch)
+        monkeypatch.chdir(tmp_path)
+        asyncio.run(_federation(Path("state"), log_file=Path("logs/coordinator.log")).run())
+        status = read_status(tmp_path / "state")
+        assert status is not None and status.log_file == str(tmp_path / "logs" / "coordinator.log")
+
     def test_the_status_follows_the_round_while_it_runs(self, tmp_path, monkeypatch):
         rounds = _ScriptedRounds(monkeypatch, hangs)
         federation = _federation(tmp_path / "state")
