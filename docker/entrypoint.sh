@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # fedmask-entrypoint: the container's role is its command.
 #
-#   pki                   create the federation CA and the coordinator's certificate (idempotent) in
-#                         /var/lib/fedmask/pki, wait for every participant's enrolment request in
-#                         /var/lib/fedmask/enrolment/NAME/request.json, issue each certificate from
-#                         its request, and publish only public files (the participant's certificate,
-#                         the CA certificate, the signed roster) to /var/lib/fedmask/enrolment/NAME/issued;
-#                         copy the coordinator's credentials into /var/lib/fedmask/export/coordinator;
-#                         then exit. It never makes or sees a participant's private key.
-#   coordinator [ARGS]    wait for the credentials, run `fedmask coordinator run` (every round) and
-#                         write the report into /var/lib/fedmask/report, scored on public evaluation
-#                         records (FEDMASK_EVALUATION, or demo records generated with another seed)
+#   pki                   (no arguments) create the federation CA and the coordinator's
+#                         certificate (idempotent) in /var/lib/fedmask/pki, wait for every
+#                         participant's enrolment request in /var/lib/fedmask/enrolment/NAME/request.json,
+#                         issue each certificate from its request, and publish only public files (the
+#                         participant's certificate, the CA certificate, the signed roster) to
+#                         /var/lib/fedmask/enrolment/NAME/issued; copy the coordinator's credentials
+#                         into /var/lib/fedmask/export/coordinator; then exit. It never makes or sees a
+#                         participant's private key.
+#   coordinator [--OPT..] wait for the credentials, run `fedmask coordinator run` (every round, with
+#                         any options given) and write the report into /var/lib/fedmask/report, scored
+#                         on public evaluation records (FEDMASK_EVALUATION, or demo records generated
+#                         with another seed)
 #   participant NAME      make its own keys (`fedmask participant enrol`) in /var/lib/fedmask/credentials,
 #                         put its request in /var/lib/fedmask/enrolment, wait for the public files the
 #                         pki job publishes there, generate demo records if none are there yet, and run
 #                         `fedmask participant node` until the federation finishes
-#   anything else         `fedmask ARGS...` (e.g. `docker run fedmask pki show`)
+#   anything else         `fedmask ARGS...`, as are `pki ARGS`, `coordinator COMMAND ...` and
+#                         `participant enrol|join|node|train ...` (e.g. `docker run fedmask pki show`)
 #
 # Volumes: /var/lib/fedmask/credentials (the coordinator's credentials, read-only; a participant's
 # own keys plus the public files it was sent), /var/lib/fedmask/enrolment (a participant's request
@@ -217,9 +220,21 @@ role_participant() {
         "$@"
 }
 
+# fedmask's own subcommands of `participant` (kept equal to the CLI's by tests/docker): with one of
+# them as its second word, `participant` is the command, not the role.
+PARTICIPANT_COMMANDS=(enrol join node train)
+
+is_participant_command() {
+    local word
+    for word in "${PARTICIPANT_COMMANDS[@]}"; do [ "$1" = "$word" ] && return 0; done
+    return 1
+}
+
+# A role takes no subcommand: `pki show --dir ...`, `coordinator status --state ...` and
+# `participant enrol ...` are fedmask's commands of those names.
 case "${1:-}" in
-    pki) shift; role_pki "$@" ;;
-    coordinator) shift; role_coordinator "$@" ;;
-    participant) shift; role_participant "$@" ;;
+    pki) if [ "$#" -eq 1 ]; then role_pki; else exec fedmask "$@"; fi ;;
+    coordinator) if [ "$#" -gt 1 ] && [ "${2#-}" = "$2" ]; then exec fedmask "$@"; else shift; role_coordinator "$@"; fi ;;
+    participant) if [ "$#" -gt 1 ] && is_participant_command "$2"; then exec fedmask "$@"; else shift; role_participant "$@"; fi ;;
     *) exec fedmask "$@" ;;
 esac
