@@ -125,6 +125,12 @@ def load_policy(
                     f"{len(roster.entries)} participant(s), too few to pin (secure aggregation needs 2 or more): "
                     "fetch the roster again once the operator has issued everyone's certificates, or write the policy"
                 )
+            if name not in roster.entries:
+                # A mistyped --name would otherwise leave a policy behind for a participant that is none.
+                raise SetupError(
+                    f"{name} is not in the roster (version {roster.version}: {', '.join(roster.names)}): "
+                    "check --name, or ask the operator to issue this participant's certificate"
+                )
             policy = ParticipantPolicy.pinned_to(roster.entries, roster.version)
             policy.save(target)
             announce(

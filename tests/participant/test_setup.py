@@ -58,3 +58,10 @@ def test_a_roster_too_small_to_pin_is_refused_and_nothing_is_written(tmp_path, m
     with pytest.raises(SetupError, match=rf"lists {len(members)} participant\(s\), too few to pin"):
         load_policy(None, federation, "bank", roster)
     assert not policy_path(federation, "bank").exists()
+
+
+def test_a_name_outside_the_roster_is_refused_and_nothing_is_written(federation):
+    roster = pki.load_roster(federation, pki.load_ca_certificate(federation))
+    with pytest.raises(SetupError, match=r"^bnak is not in the roster \(version \d+: bank, hospital-a, hospital-b\)"):
+        load_policy(None, federation, "bnak", roster)
+    assert not policy_path(federation, "bnak").exists()
