@@ -309,7 +309,7 @@ from fedmask.cli.federate import run  # noqa: E402 - `fedmask coordinator run` l
 
 coordinator.add_command(run)
 
-from fedmask.cli.operations import OPERATIONS_COMMANDS  # noqa: E402 - the operator's view of a running federation
+from fedmask.cli.operations import OPERATIONS_COMMANDS, STATE_ENV  # noqa: E402 - the operator's view of a running federation
 
 for _command in OPERATIONS_COMMANDS:
     coordinator.add_command(_command)
@@ -319,8 +319,17 @@ _state_option = click.option(
     "--state",
     "state_dir",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
+    envvar=STATE_ENV,
     required=True,
-    help="The coordinator's state directory (as given to `coordinator run --state`).",
+    help=f"The coordinator's state directory (as given to `coordinator run --state`; or ${STATE_ENV}).",
+)
+# `restore` replaces the store's database: it takes its target only from the command line.
+_restore_state_option = click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The coordinator's state directory to restore into (named explicitly: the environment is not read).",
 )
 
 
@@ -369,7 +378,7 @@ def backup_command(state_dir: Path, out_path: Path) -> None:
 
 
 @coordinator.command("restore")
-@_state_option
+@_restore_state_option
 @click.option("--from", "backup_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
 def restore_command(state_dir: Path, backup_path: Path) -> None:
     """Put a backup in place of the store's database (stop the coordinator first). Rounds

@@ -107,3 +107,16 @@ def test_restore_into_a_state_directory_without_its_checkpoints_is_refused_and_w
     restored = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(elsewhere), "--from", str(out)])
     assert restored.exit_code == 0, restored.output
     assert "every indexed checkpoint intact" in restored.output
+
+
+def test_verify_and_backup_read_the_state_directory_from_the_environment_and_restore_does_not(tmp_path):
+    state, _ = _state(tmp_path)
+    runner = CliRunner(env={"FEDMASK_COORDINATOR_STATE": str(state)})
+    verified = runner.invoke(main, ["coordinator", "verify"])
+    assert verified.exit_code == 0, verified.output
+    out = tmp_path / "backup.db"
+    backed_up = runner.invoke(main, ["coordinator", "backup", "--out", str(out)])
+    assert backed_up.exit_code == 0 and out.is_file(), backed_up.output
+    # A restore replaces the database: its target must be named on the command line.
+    refused = runner.invoke(main, ["coordinator", "restore", "--from", str(out)])
+    assert refused.exit_code == 2 and "Missing option '--state'" in refused.output
