@@ -6,14 +6,23 @@ them lazily so that ``fedmask simulate`` does not pay for importing torch.
 Every failure a user can cause or fix (a file that cannot be read or written, a port in use, a
 bad setting, a refused task) ends in one ``Error: ...`` line and a non-zero exit: fedmask's own
 exceptions say why in their message, and so do the operating system's. Anything else is a bug
-and keeps its traceback.
+and keeps its traceback. A reader that closes the pipe early (``fedmask pki show | head``) chose to
+stop reading: no error, and the exit status of a command killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
+import sys
+from typing import NoReturn
 
 import click
+
+# What a shell reports for a command killed by SIGPIPE.
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
 
 # command name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, str] = {
@@ -65,11 +74,22 @@ class _RootGroup(LazyGroup):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            closed_pipe_exit()
         except Exception as exc:
             message = one_line_error(exc)
             if message is None:
                 raise
             raise click.ClickException(message) from None
+
+
+def closed_pipe_exit() -> NoReturn:
+    # What is still buffered for stdout would fail again when Python flushes it at exit.
+    with contextlib.suppress(OSError, ValueError):  # not a real file (click's test runner)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(EXIT_CLOSED_PIPE)
 
 
 def one_line_error(exc: BaseException) -> str | None:

@@ -339,7 +339,6 @@ def verify_command(state_dir: Path) -> None:
     """Check the store: SQLite's integrity, every checkpoint re-hashed, the ledger readable."""
     import sqlite3
 
-    from fedmask.cli.operations import quiet_when_the_reader_leaves
     from fedmask.coordinator.store import FederationStore, StoreError
 
     database = state_dir / "federation.db"
@@ -351,13 +350,12 @@ def verify_command(state_dir: Path) -> None:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:  # damage integrity_check cannot even get past
         raise click.ClickException(f"{database} is damaged: {exc}") from None
-    with quiet_when_the_reader_leaves():
-        for problem in problems:
-            click.echo(f"problem: {problem}")
-        if problems:
-            raise click.ClickException(f"{len(problems)} problem(s) in {state_dir}")
-        committed = sum(1 for r in rounds if r.state.value == "committed")
-        click.echo(f"ok: {committed} committed round(s), {len(ledger)} ledger entries, every checkpoint intact")
+    for problem in problems:
+        click.echo(f"problem: {problem}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {state_dir}")
+    committed = sum(1 for r in rounds if r.state.value == "committed")
+    click.echo(f"ok: {committed} committed round(s), {len(ledger)} ledger entries, every checkpoint intact")
 
 
 @coordinator.command("backup")

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import click
 
@@ -54,8 +54,6 @@ STATE_ENV = "FEDMASK_COORDINATOR_STATE"
 LOG_FILE_NAME = "coordinator.log"  # as ``coordinator run`` writes it by default
 # ``stop`` exit statuses: 0 it stopped; 3 still running when --timeout passed.
 EXIT_STILL_RUNNING = 3
-# What a shell reports for a command killed by SIGPIPE; see ``quiet_when_the_reader_leaves``.
-EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
 
 state_option = click.option(
     "--state",
@@ -95,25 +93,6 @@ def open_store(state_dir: Path) -> Iterator[FederationStore]:
         raise click.ClickException(f"cannot read {store.path}: {exc}") from None
     finally:
         store.close()
-
-
-@contextlib.contextmanager
-def quiet_when_the_reader_leaves() -> Iterator[None]:
-    """Around a command that prints: a reader that closes the pipe early (``| head -8``) chose to
-    stop reading; that is no error to report. Exit as a command killed by SIGPIPE would."""
-    try:
-        yield
-    except BrokenPipeError:
-        closed_pipe_exit()
-
-
-def closed_pipe_exit() -> NoReturn:
-    # What is still buffered for stdout would fail again when Python flushes it at exit.
-    with contextlib.suppress(OSError, ValueError):  # not a real file (click's test runner)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    sys.exit(EXIT_CLOSED_PIPE)
 
 
 def load_status(state_dir: Path) -> CoordinatorStatus | None:
@@ -277,7 +256,6 @@ def print_status(document: Mapping[str, Any], now: float) -> None:
 @click.command("status")
 @state_option
 @json_option
-@quiet_when_the_reader_leaves()
 def status_command(state_dir: Path, as_json: bool) -> None:
     """The federation now: its round and phase, who joined, who is late or gone, the last
     committed round, and whether a coordinator is running."""
@@ -331,7 +309,6 @@ def rounds_document(state_dir: Path, now: float | None = None) -> dict[str, Any]
 @click.command("rounds")
 @state_option
 @json_option
-@quiet_when_the_reader_leaves()
 def rounds_command(state_dir: Path, as_json: bool) -> None:
     """Every round: committed, failed or open; attempts, survivors, who dropped and why, wall time."""
     document = rounds_document(state_dir)
@@ -434,7 +411,6 @@ def load_roster(federation_dir: Path) -> pki.Roster:
     "(default: as the running coordinator last loaded it).",
 )
 @json_option
-@quiet_when_the_reader_leaves()
 def participants_command(state_dir: Path, federation_dir: Path | None, as_json: bool) -> None:
     """The federation's participants: organisation, online and last seen, the epsilon each last
     reported, and whether it is revoked or excluded."""
@@ -480,7 +456,6 @@ def ledger_document(state_dir: Path) -> dict[str, Any]:
 @click.command("ledger")
 @state_option
 @json_option
-@quiet_when_the_reader_leaves()
 def ledger_command(state_dir: Path, as_json: bool) -> None:
     """The committed ledger entries, oldest first (with --json: exactly as stored)."""
     document = ledger_document(state_dir)
@@ -591,7 +566,6 @@ def follow(
 @state_option
 @click.option("-n", "--lines", "count", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @click.option("-f", "--follow", "following", is_flag=True, help="Keep printing new lines until interrupted.")
-@quiet_when_the_reader_leaves()
 def logs_command(state_dir: Path, count: int | None, following: bool) -> None:
     """Print the coordinator's log file (--follow: keep printing until interrupted)."""
     checked_state_dir(state_dir)

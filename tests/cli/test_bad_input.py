@@ -249,3 +249,27 @@ def test_data_generate_refuses_more_records_than_a_demo_needs(tmp_path):
     args = ["data", "generate", "--party", "bank", "--records", "100000000", "--out", str(out)]
     assert_one_line_error(CliRunner().invoke(main, args), "100000000 is not in the range 2<=x<=1000000")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pki", "show", "--dir", "{federation}"],
+        ["simulate", "-n", "3", "-d", "8"],
+    ],
+)
+def test_a_reader_that_stops_early_is_no_error_for_any_command(federation, command):
+    """`fedmask pki show | head` printed `Error: Broken pipe` and exited 1: the root handler, not
+    each command, ends quietly with the status of a command killed by SIGPIPE."""
+    import subprocess
+    import sys
+
+    args = [part.format(federation=federation) for part in command]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fedmask.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # the reader is gone before the first line: every write fails
+    stderr = child.stderr.read().decode()
+    assert child.wait(120) == 141, stderr
+    assert stderr == ""
