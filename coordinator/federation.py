@@ -438,6 +438,17 @@ class Federation:
         from .aggregation import server_optimizer_from_config
 
         store = self.store
+        # Every committed checkpoint, not only the one resumed from: an older one is what a
+        # restore or an audit of the federation's history needs, and finding it gone months later
+        # is too late. Sizes only (cheap); `coordinator verify` re-hashes them.
+        problems = store.check_files()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"committed checkpoint missing or damaged: {problems[0]}{more}; the store is left as it is. "
+                f"Run `fedmask coordinator verify --state {self.state_dir}`, then put the files back from your "
+                "copy of federation.checkpoints/ (docs/durability.md, Recovery)"
+            )
         removed = store.collect_garbage()
         interrupted = store.interrupted_round()
         if interrupted is not None:

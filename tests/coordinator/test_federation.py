@@ -253,6 +253,43 @@ class TestFederationStart:
             asyncio.run(start().run())
         assert attempted == [2]  # the failed round is not run again, nor skipped past
 
+    def test_a_damaged_older_checkpoint_is_refused_at_start_up_and_no_file_is_removed(self, tmp_path, monkeypatch):
+        """Only the last checkpoint is loaded to resume; start-up still checks every committed
+        one (sizes), so a damaged round-0 file is found now, not when it is needed."""
+        import asyncio
+
+        from fedmask.coordinator import federation as federation_module
+        from fedmask.coordinator.store import LedgerEntry, StoreError
+
+        config = FederationConfig(participants=PARTIES, rounds=3, final_report_wait_s=0.01)
+
+        class Stop(Exception):
+            pass
+
+        async def commit_one_then_stop(self, round_number, vector, layout, params, optimizer):
+            if round_number == 2:
+                raise Stop
+            self.store.begin_round(round_number, b"round-one", PARTIES)
+            ref = self.store.save_checkpoint(round_number, vector + 1.0, layout)
+            entry = LedgerEntry(
+                survivors=tuple(PARTIES), dropped={}, encoding={"modulus_bits": 32}, epsilon=dict.fromkeys(PARTIES, 1.0)
+            )
+            self.store.commit_round(round_number, ref, entry)
+            return vector + 1.0
+
+        monkeypatch.setattr(federation_module.Federation, "_run_round", commit_one_then_stop)
+        first = _federation(tmp_path, config)
+        with pytest.raises(Stop):
+            asyncio.run(first.run())
+        first.store.close()
+        (round_zero,) = first.store.checkpoint_dir.glob("round-000000-*.adapter.safetensors")
+        round_zero.write_bytes(round_zero.read_bytes()[:-8])
+        files_before = sorted(p.name for p in round_zero.parent.iterdir())
+
+        with pytest.raises(StoreError, match=rf"round 0: {round_zero.name} has \d+ bytes, \d+ recorded"):
+            asyncio.run(_federation(tmp_path, config).run())
+        assert sorted(p.name for p in round_zero.parent.iterdir()) == files_before
+
 
 class TestNoiseCost:
     """The coordinator says up front what distributed noise costs (the issue: a decoded mean
