@@ -337,6 +337,9 @@ class FederationStore:
         self._take_writer_lock()
         created = not self._path.exists()
         try:
+            if created or self._path.stat().st_size == 0:
+                # Refused before SQLite writes a new schema there: a refused start changes nothing.
+                self._check_no_federation_to_orphan()
             self._db = self._connect(str(self._path), busy_timeout_s)
             self._migrate()
             self.checkpoint_dir.mkdir(exist_ok=True)
@@ -482,26 +485,33 @@ class FederationStore:
     def _check_identity(self, *, fresh: bool) -> None:
         """A database with no federation in it must not start one over another federation's
         checkpoints; one with a federation must match the identity beside its checkpoints."""
-        recorded = self._read_identity()
         if fresh:
-            leftovers = [
-                e.name
-                for e in os.scandir(self.checkpoint_dir)
-                if checkpoints.is_checkpoint_file_name(e.name) and not checkpoints.is_temporary_file_name(e.name)
-            ]
-            if recorded is not None or leftovers:
-                what = f"federation {recorded['federation_id']}" if recorded else f"{len(leftovers)} checkpoint files"
-                raise StoreError(
-                    f"{self._path} is missing or empty, but {self.checkpoint_dir} holds {what}: refusing to start "
-                    "a new federation over them. Restore the database from a backup (fedmask coordinator backup "
-                    "writes one; docs/durability.md), or move the state directory away to start afresh"
-                )
+            self._check_no_federation_to_orphan()
             return
+        recorded = self._read_identity()
         mine = self.federation_id()
         if recorded is not None and mine is not None and recorded["federation_id"] != mine:
             raise StoreError(
                 f"{self._path} belongs to federation {mine}, but {self.checkpoint_dir} to "
                 f"{recorded['federation_id']}: the state directory mixes two federations"
+            )
+
+    def _check_no_federation_to_orphan(self) -> None:
+        """Refuse a missing or empty database beside another federation's checkpoints."""
+        if not self.checkpoint_dir.is_dir():
+            return
+        recorded = self._read_identity()
+        leftovers = [
+            e.name
+            for e in os.scandir(self.checkpoint_dir)
+            if checkpoints.is_checkpoint_file_name(e.name) and not checkpoints.is_temporary_file_name(e.name)
+        ]
+        if recorded is not None or leftovers:
+            what = f"federation {recorded['federation_id']}" if recorded else f"{len(leftovers)} checkpoint files"
+            raise StoreError(
+                f"{self._path} is missing or empty, but {self.checkpoint_dir} holds {what}: refusing to start "
+                "a new federation over them. Restore the database from a backup (fedmask coordinator backup "
+                "writes one; docs/durability.md), or move the state directory away to start afresh"
             )
 
     def _read_identity(self) -> dict[str, Any] | None:

@@ -273,3 +273,58 @@ def test_a_reader_that_stops_early_is_no_error_for_any_command(federation, comma
     stderr = child.stderr.read().decode()
     assert child.wait(120) == 141, stderr
     assert stderr == ""
+
+
+def _state_with_two_committed_checkpoints(state: Path) -> list[Path]:
+    """A store of `_config`'s federation whose rounds 0 and 1 are committed; their files."""
+    import numpy as np
+
+    from fedmask.coordinator.store import FederationStore, LedgerEntry
+
+    layout = [{"name": "lora.weight", "shape": [4], "dtype": "float32"}]
+    with FederationStore(state / "federation.db") as store:
+        store.initialise(FederationConfig(participants=tuple(PARTIES), rounds=1).to_json())
+        store.commit_initial(store.save_checkpoint(0, np.zeros(4, dtype=np.float32), layout))
+        store.begin_round(1, b"round-one", PARTIES)
+        entry = LedgerEntry(
+            survivors=tuple(PARTIES), dropped={}, encoding={"modulus_bits": 32}, epsilon=dict.fromkeys(PARTIES, 1.0)
+        )
+        store.commit_round(1, store.save_checkpoint(1, np.ones(4, dtype=np.float32), layout), entry)
+    return sorted((state / "federation.checkpoints").glob("round-*"))
+
+
+def _store_contents(state: Path) -> tuple[dict[str, bytes], list[str] | None]:
+    """The checkpoint files, and the database's rows as SQL (read through its write-ahead log)."""
+    import sqlite3
+
+    checkpoints = state / "federation.checkpoints"
+    files = {p.name: p.read_bytes() for p in sorted(checkpoints.iterdir())}
+    database = state / "federation.db"
+    if not database.is_file() or database.stat().st_size == 0:
+        return files, None
+    connection = sqlite3.connect(database)
+    try:
+        return files, list(connection.iterdump())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate round 0", "delete round 0", "delete the database"])
+def test_coordinator_run_on_a_damaged_store_is_one_line_and_changes_nothing(tmp_path, federation, damage):
+    state = tmp_path / "state"
+    round_zero, _round_one = _state_with_two_committed_checkpoints(state)
+    if damage == "truncate round 0":
+        round_zero.write_bytes(round_zero.read_bytes()[:-8])
+        words = ["committed checkpoint missing or damaged", f"round 0: {round_zero.name}", "coordinator verify"]
+    elif damage == "delete round 0":
+        round_zero.unlink()
+        words = ["committed checkpoint missing or damaged", f"round 0: {round_zero.name}", "No such file"]
+    else:
+        for path in state.glob("federation.db*"):
+            path.unlink()
+        words = ["federation.db is missing or empty", "refusing to start a new federation over them"]
+    before = _store_contents(state)
+    result = CliRunner().invoke(main, _coordinator_run(tmp_path, _config(tmp_path), federation))
+    assert_one_line_error(result, *words)
+    assert result.exit_code == 1
+    assert _store_contents(state) == before

@@ -58,9 +58,8 @@ def test_a_lost_database_is_refused_then_restored_from_a_backup(tmp_path):
     for suffix in ("", "-wal", "-shm"):
         (state / f"federation.db{suffix}").unlink(missing_ok=True)
     with pytest.raises(StoreError, match="missing or empty"):
-        with FederationStore(state / "federation.db") as store:
-            store.initialise({"name": "cli"})
-    (state / "federation.db").unlink()
+        FederationStore(state / "federation.db")
+    assert not (state / "federation.db").exists()  # refused before a new database was made
 
     restored = CliRunner().invoke(main, ["coordinator", "restore", "--state", str(state), "--from", str(out)])
     assert restored.exit_code == 0, restored.output
