@@ -566,8 +566,12 @@ def follow(
 @state_option
 @click.option("-n", "--lines", "count", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @click.option("-f", "--follow", "following", is_flag=True, help="Keep printing new lines until interrupted.")
-def logs_command(state_dir: Path, count: int | None, following: bool) -> None:
-    """Print the coordinator's log file (--follow: keep printing until interrupted)."""
+@json_option
+def logs_command(state_dir: Path, count: int | None, following: bool, as_json: bool) -> None:
+    """Print the coordinator's log file (--follow: keep printing until interrupted; --json: one
+    document with the file's path and its lines)."""
+    if as_json and following:
+        raise click.UsageError("--json prints one document and --follow never ends: give one of them")
     checked_state_dir(state_dir)
     path = log_file_of(state_dir)
     if not path.is_file() and not following:
@@ -577,6 +581,9 @@ def logs_command(state_dir: Path, count: int | None, following: bool) -> None:
             lines = last_lines(path, count) if count is not None else path.read_text(errors="replace").splitlines()
         except OSError as exc:
             raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+        if as_json:
+            emit_json({"file": str(path), "lines": lines})
+            return
         for line in lines:
             click.echo(line)
     if following:
@@ -610,11 +617,15 @@ def wait_for_exit(status: CoordinatorStatus, timeout_s: float | None, poll_s: fl
     default=None,
     help="With --wait: give up waiting after this many seconds (exit status 3) [default: no limit].",
 )
-def stop_command(state_dir: Path, now: bool, reason: str | None, wait: bool, timeout_s: float | None) -> None:
+@json_option
+def stop_command(
+    state_dir: Path, now: bool, reason: str | None, wait: bool, timeout_s: float | None, as_json: bool
+) -> None:
     """Ask the running coordinator to finish the current round (or abort it, --now), then exit.
 
     The round in progress is committed if its attempt completes; otherwise it stays open and runs
-    again when a coordinator starts on the same state. Prints one line saying what happened.
+    again when a coordinator starts on the same state. Prints one line saying what happened (with
+    --json, one document: the request, and the exit once the coordinator has gone).
     """
     checked_state_dir(state_dir)
     status, alive = live_status(state_dir)
@@ -634,10 +645,19 @@ def stop_command(state_dir: Path, now: bool, reason: str | None, wait: bool, tim
         pass  # it exited in the meantime; wait_for_exit sees that
     except PermissionError:
         signalled = False  # another user's process: it reads the request at its next heartbeat
-    where = f"round {status.round.number}" if status.round is not None else "the federation"
+    document: dict[str, Any] = {
+        "pid": status.pid,
+        "request": {"mode": request.mode, "reason": request.reason},
+        "round": status.round.number if status.round is not None else None,
+        "signalled": signalled,
+    }
     if not wait:
         how = "SIGTERM sent" if signalled else f"picked up within {status.heartbeat_interval_s:g} s"
-        click.echo(f"stop requested ({how}): coordinator pid {status.pid} is in {where} and will {request.describe()}")
+        if status.round is None:  # between rounds (or finishing): nothing to finish or abort
+            what = "is between rounds and will stop" + (f" ({request.reason})" if request.reason else "")
+        else:
+            what = f"is in round {status.round.number} and will {request.describe()}"
+        _stop_result(as_json, document, f"stop requested ({how}): coordinator pid {status.pid} {what}")
         return
     try:
         stopped = wait_for_exit(status, timeout_s)
@@ -648,15 +668,30 @@ def stop_command(state_dir: Path, now: bool, reason: str | None, wait: bool, tim
     if not stopped:
         latest = load_status(state_dir) or status
         phase = f" ({latest.round.phase})" if latest.round is not None else ""
-        click.echo(
+        document["still_running"] = {"phase": latest.round.phase if latest.round is not None else None}
+        _stop_result(
+            as_json,
+            document,
             f"coordinator pid {status.pid} is still running{phase} after {timeout_s:g} s; "
-            "`fedmask coordinator stop --now` aborts the round at once"
+            "`fedmask coordinator stop --now` aborts the round at once",
         )
         sys.exit(EXIT_STILL_RUNNING)
     final = load_status(state_dir)
     if final is None or final.exit is None or final.pid != status.pid:
         raise click.ClickException(f"coordinator pid {status.pid} exited without saying how (killed?)")
-    click.echo(f"coordinator pid {status.pid} exited with status {final.exit.get('code')}: {final.exit.get('message')}")
+    document["exit"] = {"code": final.exit.get("code"), "message": final.exit.get("message")}
+    _stop_result(
+        as_json,
+        document,
+        f"coordinator pid {status.pid} exited with status {final.exit.get('code')}: {final.exit.get('message')}",
+    )
+
+
+def _stop_result(as_json: bool, document: dict[str, Any], line: str) -> None:
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(line)
 
 
 OPERATIONS_COMMANDS: tuple[click.Command, ...] = (

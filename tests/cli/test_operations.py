@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -253,6 +254,12 @@ def test_logs_prints_the_file_and_its_tail(state):
     elsewhere.write_text("from --log-file\n")
     write_live_status(state, log_file=str(elsewhere))  # the coordinator says where its log is
     assert invoke("logs", "--state", str(state)).output == "from --log-file\n"
+    assert invoke_json("logs", "--state", str(state), "--json") == {
+        "file": str(elsewhere),
+        "lines": ["from --log-file"],
+    }
+    refused = invoke("logs", "--state", str(state), "--json", "--follow")
+    assert refused.exit_code == 2 and "--json prints one document and --follow never ends" in refused.output
 
 
 def test_last_lines_of_a_file_larger_than_a_block(tmp_path):
@@ -350,12 +357,18 @@ def test_stop_then_stop_now_against_a_running_coordinator(tmp_path):
         assert gentle.exit_code == 3, gentle.output  # the round never ends by itself
         assert "is still running (join) after 0.5 s; `fedmask coordinator stop --now`" in gentle.output
         assert invoke_json("status", "--state", str(state))["coordinator"]["stop_request"]["mode"] == "after-round"
-        now = invoke("stop", "--state", str(state), "--now")
-        assert now.exit_code == 0, now.output
-        assert now.output.strip().splitlines() == [
-            f"coordinator pid {coordinator.pid} exited with status 4: stopped on the operator's request (new disk); "
-            "restart with the same --state to resume at round 1"
-        ]
+        now = invoke_json("stop", "--state", str(state), "--now")
+        assert now == {
+            "pid": coordinator.pid,
+            "request": {"mode": "now", "reason": None},
+            "round": 1,
+            "signalled": True,
+            "exit": {
+                "code": 4,
+                "message": "stopped on the operator's request (new disk); restart with the same --state to resume "
+                "at round 1",
+            },
+        }
         assert coordinator.wait(30) == 4
     finally:
         if coordinator.poll() is None:
@@ -367,6 +380,34 @@ def test_stop_then_stop_now_against_a_running_coordinator(tmp_path):
     document = invoke_json("status", "--state", str(state))
     assert document["coordinator"]["running"] is False and document["open_round"] == {"round": 1, "attempt": 1}
     assert_one_line_error(invoke("stop", "--state", str(state)), "no coordinator is running", "exited")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_stop_without_waiting_between_rounds_says_it_stops_at_once(state, as_json):
+    """Nobody at work: there is no round to finish, and the answer must not promise one."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        write_live_status(state, pid=child.pid, pid_started_at=process_started_at(child.pid) or 0.0, round=None)
+        args = ["stop", "--state", str(state), "--no-wait", "--reason", "maintenance"]
+        if as_json:
+            assert invoke_json(*args, "--json") == {
+                "pid": child.pid,
+                "request": {"mode": "after-round", "reason": "maintenance"},
+                "round": None,
+                "signalled": True,
+            }
+        else:
+            result = invoke(*args)
+            assert result.exit_code == 0, result.output
+            assert result.output == (
+                f"stop requested (SIGTERM sent): coordinator pid {child.pid} is between rounds and will stop "
+                "(maintenance)\n"
+            )
+        assert child.wait(30) == -signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
 
 
 def test_stop_without_a_coordinator(state):

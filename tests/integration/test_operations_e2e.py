@@ -164,12 +164,13 @@ def test_operator_commands_revocation_metrics_and_stop(tmp_path: Path) -> None:
             30,
             logs,
         )
-        now = CliRunner().invoke(main, ["coordinator", "stop", "--state", str(state), "--now", "--timeout", "60"])
-        assert now.exit_code == 0, now.output
-        assert now.output.strip().endswith(
-            "exited with status 4: stopped on the operator's request (maintenance) after committing round 1; "
-            "restart with the same --state to resume at round 2"
-        ), now.output
+        now = _cli("stop", "--state", str(state), "--now", "--timeout", "60")
+        assert now["request"] == {"mode": "now", "reason": None} and now["round"] == 2, now
+        assert now["exit"] == {
+            "code": 4,
+            "message": "stopped on the operator's request (maintenance) after committing round 1; "
+            "restart with the same --state to resume at round 2",
+        }, now
         assert coordinator.wait(30) == 4
 
         # --- afterwards: the durable facts, and no live coordinator ----------------------------------
