@@ -60,6 +60,7 @@ from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import ImplausibleSum, decode_checked_sum
 from fedmask.secagg.params import EncodingParams, ProtocolParams
 
+from .abort_kinds import AttemptAbort
 from .metrics import FederationMetrics, MetricsEndpoint
 from .observability import PROGRESS_LOGGER, progress_to_log
 from .round_server import CoordinatorServer, MessageLimits, RoundConfig, RoundOutcome, ServerSettings, new_round_id
@@ -526,7 +527,9 @@ class Federation:
                 )
             except ValueError as exc:
                 reason = f"only {len(selected)} participants are left to select ({exc})"
-                self.metrics.record_attempt(join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_reason=reason)
+                self.metrics.record_attempt(
+                    join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_kind=AttemptAbort.TOO_FEW_SELECTABLE
+                )
                 break
             self.store.begin_round(round_number, round_id, list(selected))
             begun = True
@@ -561,23 +564,24 @@ class Federation:
                         phase_s=outcome.phase_s,
                         dropped=self._all_dropped(outcome),
                         bytes_received=outcome.bytes_received,
-                        abort_reason=None,
+                        abort_kind=None,
                     )
                     break
                 except (ImplausibleSum, ddp.WrapAroundDetected) as exc:
-                    reason = f"the sum was refused: {exc}"
+                    reason, kind = f"the sum was refused: {exc}", AttemptAbort.IMPLAUSIBLE_SUM
                 except calibration.CalibrationError as exc:
                     # An honest sum with nothing to calibrate: running again would only spend more.
-                    reason, retry = f"calibration: {exc}", False
+                    reason, kind, retry = f"calibration: {exc}", AttemptAbort.CALIBRATION, False
             else:
                 # The round stays open: the next attempt re-runs it with a new round id.
                 reason = f"{outcome.abort_phase.value if outcome.abort_phase else 'join'}: {outcome.abort_reason}"
+                kind = outcome.abort_kind or AttemptAbort.OTHER
             self.metrics.record_attempt(
                 join_s=outcome.join_s,
                 phase_s=outcome.phase_s,
                 dropped=self._all_dropped(outcome),
                 bytes_received=outcome.bytes_received,
-                abort_reason=reason,
+                abort_kind=kind,
             )
             self.progress(f"round {round_number} attempt {attempt} aborted ({reason})")
             if not retry:
@@ -656,7 +660,7 @@ class Federation:
         with contextlib.suppress(asyncio.CancelledError):
             await round_task
         self.metrics.record_attempt(
-            join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_reason="stopped by the operator"
+            join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_kind=AttemptAbort.OPERATOR
         )
         self._abandon_round(round_number, adapter, f"attempt {attempt} was aborted")
 

@@ -2,8 +2,9 @@
 
 Every series lives in the federation's own ``CollectorRegistry`` (never the process-global
 one), so that tests and several federations in one process do not share counters. Labels are
-bounded: phases come from the protocol's fixed list, reasons are mapped onto the small fixed set
-``DROP_REASON_KINDS`` / ``ABORT_REASON_KINDS`` (the free text is in the log and the ledger), and
+bounded: phases come from the protocol's fixed list, an attempt's abort carries its kind
+(``ABORT_REASON_KINDS``), drop reasons are mapped onto the small fixed set ``DROP_REASON_KINDS``
+(the free text is in the log and the ledger), and
 participant names come from the CA-signed roster. No label or value carries a key, a token or a
 participant's data.
 
@@ -33,6 +34,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from .abort_kinds import AttemptAbort
+
 # Why a participant missed a round, as a bounded label (``drop_reason_kind``).
 DROP_REASON_KINDS = (
     "deadline",  # missed a phase deadline
@@ -43,15 +46,8 @@ DROP_REASON_KINDS = (
     "participant_abort",  # aborted the round itself (its policy, an error)
     "other",
 )
-# Why an attempt of a round aborted (``abort_reason_kind``).
-ABORT_REASON_KINDS = (
-    "below_threshold",  # too few participants joined or answered
-    "misbehaviour",  # a participant was proven to, or accused of, sending bad messages
-    "implausible_sum",  # the sum could not come from clipped, encoded updates
-    "too_few_selectable",  # exclusions and revocations left too few to select
-    "operator",  # stopped by the operator
-    "other",
-)
+# Why an attempt of a round aborted: the kind it carries (coordinator/abort_kinds.py).
+ABORT_REASON_KINDS = tuple(kind.value for kind in AttemptAbort)
 # Phases of a round, as a bounded label: "join" and the secure-aggregation phases.
 PHASES = ("join", "advertise-keys", "share-keys", "masked-input", "consistency-check", "complaints", "unmask")
 
@@ -64,14 +60,6 @@ _DROP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^aborted"), "participant_abort"),
     (re.compile(r"disconnect|not connected|stream ended|cancelled"), "disconnected"),
 )
-_ABORT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"left to select"), "too_few_selectable"),
-    (re.compile(r"the sum was refused|implausible|wrap"), "implausible_sum"),
-    (re.compile(r"shutting down|operator"), "operator"),
-    (re.compile(r"complaint|envelope|misbehav|dealt shares|revealed a share"), "misbehaviour"),
-    (re.compile(r"threshold"), "below_threshold"),
-)
-
 ROUND_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 PHASE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
@@ -85,16 +73,6 @@ def drop_reason_kind(reason: str) -> str:
     (60 s)`` -> ``deadline``; anything unrecognised is ``other``."""
     text = _strip_phase(reason)
     for pattern, kind in _DROP_RULES:
-        if pattern.search(text):
-            return kind
-    return "other"
-
-
-def abort_reason_kind(reason: str) -> str:
-    """The bounded kind of why an attempt aborted, e.g. ``advertise-keys: only 1 of 3 participants
-    joined, threshold is 2`` -> ``below_threshold``."""
-    text = reason.strip().lower()
-    for pattern, kind in _ABORT_RULES:
         if pattern.search(text):
             return kind
     return "other"
@@ -170,7 +148,7 @@ class FederationMetrics:
         phase_s: Mapping[str, float],
         dropped: Mapping[str, str],
         bytes_received: Mapping[str, int],
-        abort_reason: str | None,
+        abort_kind: AttemptAbort | None,
     ) -> None:
         """One attempt of a round is over (completed or aborted)."""
         self.phase_duration.labels(phase="join").observe(join_s)
@@ -182,8 +160,8 @@ class FederationMetrics:
         for participant, received in bytes_received.items():
             if received > 0:
                 self.received_bytes.labels(participant=participant).inc(received)
-        if abort_reason is not None:
-            self.attempts_aborted.labels(reason_kind=abort_reason_kind(abort_reason)).inc()
+        if abort_kind is not None:
+            self.attempts_aborted.labels(reason_kind=abort_kind.value).inc()
 
     def record_committed(self, *, wall_s: float, survivors: int, selected: int) -> None:
         self.rounds_committed.inc()

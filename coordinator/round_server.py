@@ -54,6 +54,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from fedmask.coordinator.abort_kinds import FROM_PROTOCOL, AttemptAbort
 from fedmask.coordinator.transport import Authenticator, AuthError, ServerSecurity
 from fedmask.parallel import default_runner
 from fedmask.proto import transport, wire
@@ -149,6 +150,7 @@ class RoundOutcome:
     joined: tuple[str, ...] = ()
     completed: bool = False
     abort_phase: Phase | None = None
+    abort_kind: AttemptAbort | None = None
     abort_reason: str | None = None
     survivors: tuple[str, ...] = ()
     dropped: dict[str, str] = field(default_factory=dict)
@@ -183,6 +185,7 @@ class RoundOutcome:
         }
         if not self.completed:
             summary["abort_phase"] = self.abort_phase.value if self.abort_phase else None
+            summary["abort_kind"] = self.abort_kind.value if self.abort_kind else None
             summary["abort_reason"] = self.abort_reason
         if self.result is not None:
             summary["sum_sha256"] = hashlib.sha256(self.result.tobytes()).hexdigest()
@@ -488,7 +491,7 @@ class RoundRunner:
             return await self._run()
         finally:
             if not self.finished:  # cancelled (coordinator shutting down): tell everyone
-                self._finish_aborted(self.server.phase, "the coordinator is shutting down")
+                self._finish_aborted(self.server.phase, AttemptAbort.OPERATOR, "the coordinator is shutting down")
 
     async def _run(self) -> RoundOutcome:
         config, outcome = self.config, self.outcome
@@ -509,7 +512,7 @@ class RoundRunner:
         outcome.join_s = time.perf_counter() - opened
         if len(joined) < t:
             reason = f"only {len(joined)} of {n} participants joined, threshold is {t}"
-            return self._finish_aborted(Phase.ADVERTISE_KEYS, reason)
+            return self._finish_aborted(Phase.ADVERTISE_KEYS, AttemptAbort.BELOW_THRESHOLD, reason)
 
         self.started = True
         self._progress(f"starting with {len(joined)}/{n}: {_names(outcome.joined)}")
@@ -538,7 +541,7 @@ class RoundRunner:
                 except ProtocolAbort as exc:
                     outcome.round_s = time.perf_counter() - wall_start
                     outcome.coordinator_cpu_s = time.process_time() - cpu_start
-                    return self._finish_aborted(exc.phase, exc.reason)
+                    return self._finish_aborted(exc.phase, FROM_PROTOCOL[exc.kind], exc.reason)
                 # Refused at the phase's end (a signature that does not verify): told at once.
                 for pid in sorted(set(self.server.dropped_reasons) - dropped_before):
                     if (connection := self._live(pid)) is not None:
@@ -584,9 +587,9 @@ class RoundRunner:
         self._progress(f"completed: {len(outcome.survivors)} survivors: {_names(outcome.survivors)}")
         return outcome
 
-    def _finish_aborted(self, phase: Phase, reason: str) -> RoundOutcome:
+    def _finish_aborted(self, phase: Phase, kind: AttemptAbort, reason: str) -> RoundOutcome:
         outcome = self.outcome
-        outcome.abort_phase, outcome.abort_reason = phase, reason
+        outcome.abort_phase, outcome.abort_kind, outcome.abort_reason = phase, kind, reason
         self._collect()
         abort = wire.server_to_proto(Abort(phase, reason))
         for connection in self._connections.values():

@@ -17,12 +17,13 @@ simulation  an in-memory round with scripted dropouts (the protocol harness)
 """
 
 from .client import Client, ClientConfig, ClientState
-from .errors import InvalidMessage, ParameterError, Phase, ProtocolAbort, Rejection, SecAggError
+from .errors import AbortKind, InvalidMessage, ParameterError, Phase, ProtocolAbort, Rejection, SecAggError
 from .params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
 from .rand import RandomSource, SeededRandom, SystemRandom
 from .server import Server, ServerConfig, ServerState
 
 __all__ = [
+    "AbortKind",
     "Client",
     "ClientConfig",
     "ClientState",

@@ -34,7 +34,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import keys, machine, prg, shamir
-from .errors import CryptoError, Phase, ProtocolAbort, ShamirError
+from .errors import AbortKind, CryptoError, Phase, ProtocolAbort, ShamirError
 from .graph import GraphError
 from .machine import Branch
 from .messages import (
@@ -109,6 +109,7 @@ class Client:
         self._dtype = prg.dtype_for_bits(self.params.modulus_bits)
         self.state = ClientState.READY
         self.abort_reason: str | None = None
+        self.abort_kind: AbortKind | None = None
         self._input: ModularVector | None = None
         if input_vector is not None:
             self.set_input(input_vector)
@@ -172,16 +173,18 @@ class Client:
         if self.state in (ClientState.COMPLETED, ClientState.ABORTED):
             return None
         if isinstance(message, Abort):
-            self._enter_abort(f"the server aborted the round: {message.reason}")
+            self._enter_abort(AbortKind.PEER_ABORTED, f"the server aborted the round: {message.reason}")
             return None
         transition = TRANSITIONS.get((self.state, type(message)))
         if transition is None:
-            return self._abort(f"unexpected {type(message).__name__} while {self.state.value[1]}")
+            return self._abort(
+                AbortKind.INCONSISTENT, f"unexpected {type(message).__name__} while {self.state.value[1]}"
+            )
         handler, next_state = transition
         try:
             reply = handler(self, message)
         except ProtocolAbort as exc:
-            return self._abort(exc.reason)
+            return self._abort(exc.kind, exc.reason)
         self.state = machine.next_state(next_state, self)
         return reply
 
@@ -190,16 +193,18 @@ class Client:
     def _on_roster(self, roster: KeyRoster) -> ShareKeys:
         params = self.params
         if roster.round_id != self.config.round_id:
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster is for another round")
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, "the roster is for another round")
         ids = [ad.sender for ad in roster.advertisements]
         if len(set(ids)) != len(ids):
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster lists a participant twice")
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, "the roster lists a participant twice")
         mine = [ad for ad in roster.advertisements if ad.sender == self.me]
         if not mine or (mine[0].encryption_key, mine[0].masking_key) != (
             self._encryption.public_bytes,
             self._masking.public_bytes,
         ):
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, "the roster does not carry this participant's own keys")
+            raise ProtocolAbort(
+                Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, "the roster does not carry this participant's own keys"
+            )
         for ad in roster.advertisements:
             problem = check_advertisement(
                 ad,
@@ -210,26 +215,33 @@ class Client:
                 verify_keys=False,
             )
             if problem:
-                raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+                raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, problem)
         problem = check_roster_keys_distinct(roster.advertisements)
         if problem:
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, problem)
         if len(ids) < params.threshold:
             raise ProtocolAbort(
-                Phase.ADVERTISE_KEYS, f"only {len(ids)} participants advertised keys, threshold is {params.threshold}"
+                Phase.ADVERTISE_KEYS,
+                AbortKind.BELOW_THRESHOLD,
+                f"only {len(ids)} participants advertised keys, threshold is {params.threshold}",
             )
         try:
             session = Session.from_roster(self.config.round_id, params, roster.advertisements)
         except GraphError as exc:  # e.g. an odd degree over an odd number of participants
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"the roster: {exc}") from None
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.UNSAFE_ROUND, f"the roster: {exc}") from None
         self._session = session
         holders = sorted(session.holders(self.me))
         if len(holders) < params.threshold:
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{len(holders)} share holders < threshold {params.threshold}")
+            raise ProtocolAbort(
+                Phase.ADVERTISE_KEYS,
+                AbortKind.BELOW_THRESHOLD,
+                f"{len(holders)} share holders < threshold {params.threshold}",
+            )
         if 2 * params.threshold <= len(holders):
             # Two disjoint groups of holders could each rebuild a secret (the split view).
             raise ProtocolAbort(
                 Phase.ADVERTISE_KEYS,
+                AbortKind.UNSAFE_ROUND,
                 f"threshold {params.threshold} does not exceed half of the {len(holders)} share holders",
             )
         neighbours = sorted(session.neighbours(self.me))
@@ -243,7 +255,7 @@ class Client:
                 verify_signature=False,
             )
             if problem:
-                raise ProtocolAbort(Phase.ADVERTISE_KEYS, problem)
+                raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, problem)
         if params.mode is SecurityMode.MALICIOUS:
             checks = [
                 signature_check(session.advertisements[v], self.config.round_id, self.config.identity_keys[v])
@@ -251,14 +263,16 @@ class Client:
             ]
             for v, valid in zip(neighbours, keys.verify_many(checks, self.config.runner), strict=True):
                 if not valid:
-                    raise ProtocolAbort(Phase.ADVERTISE_KEYS, unsigned_keys(v))
+                    raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, unsigned_keys(v))
         for v in neighbours:
             try:
                 self._pairwise_seeds[v] = keys.pairwise_mask_seed(
                     self._masking.private_key, session.advertisements[v].masking_key, session.session_id
                 )
             except CryptoError as exc:
-                raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"participant {v} advertised an unusable key: {exc}") from exc
+                raise ProtocolAbort(
+                    Phase.ADVERTISE_KEYS, AbortKind.INCONSISTENT, f"participant {v} advertised an unusable key: {exc}"
+                ) from exc
 
         self._self_mask_secret = self._rng.random_bytes(shamir.SECRET_BYTES)
         split = shamir.split(
@@ -312,18 +326,30 @@ class Client:
     def _on_shares(self, bundle: ShareBundle) -> MaskedInput:
         session = self._require_session(bundle.session_id, Phase.SHARE_KEYS)
         if bundle.recipient != self.me:
-            raise ProtocolAbort(Phase.SHARE_KEYS, f"received the shares of participant {bundle.recipient}")
+            raise ProtocolAbort(
+                Phase.SHARE_KEYS, AbortKind.INCONSISTENT, f"received the shares of participant {bundle.recipient}"
+            )
         neighbours = session.neighbours(self.me)
         dealer_commitments = dict(bundle.self_mask_commitments)
         if len(dealer_commitments) != len(bundle.self_mask_commitments):
-            raise ProtocolAbort(Phase.SHARE_KEYS, "a dealer's commitment to its self mask is listed twice")
+            raise ProtocolAbort(
+                Phase.SHARE_KEYS, AbortKind.INCONSISTENT, "a dealer's commitment to its self mask is listed twice"
+            )
         for share in bundle.shares:
             if share.recipient != self.me:
-                raise ProtocolAbort(Phase.SHARE_KEYS, f"a share addressed to {share.recipient} was delivered here")
+                raise ProtocolAbort(
+                    Phase.SHARE_KEYS,
+                    AbortKind.INCONSISTENT,
+                    f"a share addressed to {share.recipient} was delivered here",
+                )
             if share.sender not in neighbours:
-                raise ProtocolAbort(Phase.SHARE_KEYS, f"a share from {share.sender}, who is not a neighbour")
+                raise ProtocolAbort(
+                    Phase.SHARE_KEYS, AbortKind.INCONSISTENT, f"a share from {share.sender}, who is not a neighbour"
+                )
             if share.sender in self._held_shares or share.sender in self._complained:
-                raise ProtocolAbort(Phase.SHARE_KEYS, f"two shares from participant {share.sender}")
+                raise ProtocolAbort(
+                    Phase.SHARE_KEYS, AbortKind.INCONSISTENT, f"two shares from participant {share.sender}"
+                )
             opened = self._open_share(session, share)
             if opened is not None:
                 self._held_shares[share.sender] = opened
@@ -334,14 +360,17 @@ class Client:
         if len(survivors) < self.params.threshold:
             raise ProtocolAbort(
                 Phase.SHARE_KEYS,
+                AbortKind.BELOW_THRESHOLD,
                 f"only {len(survivors)} of this participant's share holders are left, threshold is "
                 f"{self.params.threshold}",
             )
         if self._input is None:
-            raise ProtocolAbort(Phase.MASKED_INPUT, "no input was set before the masked-input phase")
+            raise ProtocolAbort(Phase.MASKED_INPUT, AbortKind.LOCAL, "no input was set before the masked-input phase")
 
         if self._self_mask_secret is None:
-            raise ProtocolAbort(Phase.MASKED_INPUT, "no self-mask secret: the key roster was not handled")
+            raise ProtocolAbort(
+                Phase.MASKED_INPUT, AbortKind.LOCAL, "no self-mask secret: the key roster was not handled"
+            )
 
         masked = self._input.copy()
         add = [keys.self_mask_seed(self._self_mask_secret, session.session_id)]
@@ -405,7 +434,9 @@ class Client:
                     continue
             opened[complainer] = secret
         if not opened:
-            raise ProtocolAbort(Phase.COMPLAINTS, "asked to open envelopes without a valid complaint about them")
+            raise ProtocolAbort(
+                Phase.COMPLAINTS, AbortKind.INCONSISTENT, "asked to open envelopes without a valid complaint about them"
+            )
         # The round cannot complete after an opening: drop every other secret now.
         self._wipe_secrets()
         return EnvelopeOpening(self.me, session.session_id, tuple(sorted(opened.items())))
@@ -423,7 +454,11 @@ class Client:
         dropped = tuple(sorted(request.dropped))
         if self.params.mode is SecurityMode.MALICIOUS:
             if survivors != self._signed_survivors:
-                raise ProtocolAbort(Phase.UNMASK, "the survivor list differs from the one this participant signed")
+                raise ProtocolAbort(
+                    Phase.UNMASK,
+                    AbortKind.INCONSISTENT,
+                    "the survivor list differs from the one this participant signed",
+                )
             self._check_consistency_signatures(session, survivors, request.signatures)
 
         alive, gone = set(survivors), set(dropped)
@@ -440,7 +475,7 @@ class Client:
 
     def _require_session(self, session_id: bytes, phase: Phase) -> Session:
         if self._session is None or session_id != self._session.session_id:
-            raise ProtocolAbort(phase, "message from another session (session id mismatch)")
+            raise ProtocolAbort(phase, AbortKind.INCONSISTENT, "message from another session (session id mismatch)")
         return self._session
 
     def _open_share(self, session: Session, share: EncryptedShare) -> tuple[int, int] | None:
@@ -476,30 +511,46 @@ class Client:
         this client's share holders), and consistent with every neighbour it got shares from."""
         t = self.params.threshold
         if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
-            raise ProtocolAbort(phase, "the survivor or dropped list repeats a participant")
+            raise ProtocolAbort(phase, AbortKind.INCONSISTENT, "the survivor or dropped list repeats a participant")
         both = set(survivors) & set(dropped)
         if both:
-            raise ProtocolAbort(phase, f"participant {min(both)} is listed as both alive and dropped")
+            raise ProtocolAbort(
+                phase, AbortKind.INCONSISTENT, f"participant {min(both)} is listed as both alive and dropped"
+            )
         unknown = (set(survivors) | set(dropped)) - set(session.participants)
         if unknown:
-            raise ProtocolAbort(phase, f"participant {min(unknown)} never advertised keys")
+            raise ProtocolAbort(phase, AbortKind.INCONSISTENT, f"participant {min(unknown)} never advertised keys")
         if self.me not in survivors:
-            raise ProtocolAbort(phase, "this participant sent its masked input but is not listed as a survivor")
+            raise ProtocolAbort(
+                phase, AbortKind.INCONSISTENT, "this participant sent its masked input but is not listed as a survivor"
+            )
         if len(survivors) < t:
-            raise ProtocolAbort(phase, f"only {len(survivors)} survivors, threshold is {t}: revealing nothing")
+            raise ProtocolAbort(
+                phase,
+                AbortKind.BELOW_THRESHOLD,
+                f"only {len(survivors)} survivors, threshold is {t}: revealing nothing",
+            )
         shared = set(self._held_shares) | set(self._complained)  # neighbours in U2, and this client
         neighbours = session.neighbours(self.me)
         for v in neighbours:
             if v in survivors and v not in shared:
-                raise ProtocolAbort(phase, f"participant {v} is listed as a survivor but never shared keys")
+                raise ProtocolAbort(
+                    phase, AbortKind.INCONSISTENT, f"participant {v} is listed as a survivor but never shared keys"
+                )
             if v in dropped and v not in shared:
-                raise ProtocolAbort(phase, f"participant {v} is listed as dropped but never shared keys")
+                raise ProtocolAbort(
+                    phase, AbortKind.INCONSISTENT, f"participant {v} is listed as dropped but never shared keys"
+                )
             if phase is Phase.UNMASK and v in shared and v not in survivors and v not in dropped:
-                raise ProtocolAbort(phase, f"participant {v} shared keys but is neither alive nor dropped")
+                raise ProtocolAbort(
+                    phase, AbortKind.INCONSISTENT, f"participant {v} shared keys but is neither alive nor dropped"
+                )
         local_survivors = len(set(survivors) & session.holders(self.me))
         if local_survivors < t:
             raise ProtocolAbort(
-                phase, f"only {local_survivors} of this participant's share holders survived, threshold is {t}"
+                phase,
+                AbortKind.BELOW_THRESHOLD,
+                f"only {local_survivors} of this participant's share holders survived, threshold is {t}",
             )
         return tuple(sorted(survivors))
 
@@ -523,16 +574,17 @@ class Client:
         if valid < t:
             raise ProtocolAbort(
                 Phase.UNMASK,
+                AbortKind.BELOW_THRESHOLD,
                 f"only {valid} valid signatures on the survivor list, threshold is {t}",
             )
 
-    def _abort(self, reason: str) -> Abort:
+    def _abort(self, kind: AbortKind, reason: str) -> Abort:
         phase = self.state.phase
-        self._enter_abort(reason)
+        self._enter_abort(kind, reason)
         return Abort(phase, reason, sender=self.me)
 
-    def _enter_abort(self, reason: str) -> None:
-        self.abort_reason = reason
+    def _enter_abort(self, kind: AbortKind, reason: str) -> None:
+        self.abort_reason, self.abort_kind = reason, kind
         self.state = ClientState.ABORTED
         self._wipe_secrets()  # nothing can be revealed after an abort
 
@@ -546,7 +598,7 @@ class Client:
     def _signer(self) -> keys.Signer:
         if self._identity_signer is None:
             if self.config.identity_key is None:  # ClientConfig refuses this in the malicious mode
-                raise ProtocolAbort(self.state.phase, "no identity key to sign with")
+                raise ProtocolAbort(self.state.phase, AbortKind.LOCAL, "no identity key to sign with")
             self._identity_signer = keys.Signer(self.config.identity_key)
         return self._identity_signer
 

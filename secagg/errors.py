@@ -67,8 +67,20 @@ class InvalidMessage(SecAggError):
         super().__init__(f"[{phase.value}] rejected message{who}: {reason}")
 
 
+class AbortKind(enum.Enum):
+    """Why a round was aborted, as data: a shell counts, reports and reacts to aborts by kind
+    without reading the reason's text (which is for people)."""
+
+    BELOW_THRESHOLD = "below-threshold"  # too few participants, share holders, survivors or signatures
+    MISBEHAVIOUR = "misbehaviour"  # participants proven (or accused) to have sent bad messages
+    UNSAFE_ROUND = "unsafe-round"  # the round's shape cannot be run safely (threshold, graph)
+    INCONSISTENT = "inconsistent"  # a message contradicts the round: the server lies, or the wire did
+    PEER_ABORTED = "peer-aborted"  # the other side ended the round (a client hears the server's abort)
+    LOCAL = "local"  # the caller misused this state machine (no input, no identity key)
+
+
 class ProtocolAbort(SecAggError):
-    """The round was aborted; ``phase`` and ``reason`` say where and why.
+    """The round was aborted; ``phase``, ``kind`` and ``reason`` say where and why.
 
     ``culprits``: participants proven to have sent bad messages (a false complaint, a share or
     envelope that does not match its sender's commitments, an invalid signature), with what they
@@ -78,12 +90,14 @@ class ProtocolAbort(SecAggError):
     def __init__(
         self,
         phase: Phase,
+        kind: AbortKind,
         reason: str,
         *,
         culprits: Mapping[int, str] | None = None,
         suspects: Mapping[int, str] | None = None,
     ) -> None:
         self.phase = phase
+        self.kind = kind
         self.reason = reason
         self.culprits = dict(culprits or {})
         self.suspects = dict(suspects or {})

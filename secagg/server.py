@@ -29,7 +29,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import keys, machine, prg, shamir
-from .errors import CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
+from .errors import AbortKind, CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
 from .graph import GraphError
 from .machine import Branch
 from .messages import (
@@ -104,6 +104,7 @@ class Server:
         self.params = config.params
         self.state = ServerState.COLLECTING_KEYS
         self.abort_reason: str | None = None
+        self.abort_kind: AbortKind | None = None
         self.dropped_reasons: dict[int, str] = {}
         self._expected: set[int] = set(config.participants)
         # Each sender's message of this phase (True for a masked input: it is in the sum already).
@@ -229,13 +230,15 @@ class Server:
             culprits = spec.shortfall(self) if spec.shortfall else {}
             named = "".join(f"; participant {u} {why}" for u, why in sorted(culprits.items()))
             self._abort(
+                # Short because some were refused for what they sent: they misbehaved.
+                AbortKind.MISBEHAVIOUR if culprits else AbortKind.BELOW_THRESHOLD,
                 f"only {len(responders)} participants responded, threshold is {self.params.threshold}{named}",
                 culprits=culprits,
             )
         try:
             outgoing = spec.close(self, responders)
         except ProtocolAbort as exc:
-            self._abort(exc.reason, culprits=exc.culprits, suspects=exc.suspects)
+            self._abort(exc.kind, exc.reason, culprits=exc.culprits, suspects=exc.suspects)
         next_state = machine.next_state(spec.next_state, self)
         self.state = next_state
         self._expected = set(outgoing) if next_state is not ServerState.COMPLETED else set()
@@ -391,11 +394,13 @@ class Server:
         try:
             self._session = Session.from_roster(self.config.round_id, self.params, roster)
         except GraphError as exc:  # an odd degree, and one participant missed the key phase
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, str(exc)) from None
+            raise ProtocolAbort(Phase.ADVERTISE_KEYS, AbortKind.UNSAFE_ROUND, str(exc)) from None
         assert self._session.session_id == compute_session_id(self.config.round_id, self.params, roster)
         holders = self.params.holders_per_secret(len(responders))
         if holders < self.params.threshold:
-            raise ProtocolAbort(Phase.ADVERTISE_KEYS, f"{holders} share holders per secret < threshold")
+            raise ProtocolAbort(
+                Phase.ADVERTISE_KEYS, AbortKind.BELOW_THRESHOLD, f"{holders} share holders per secret < threshold"
+            )
         self.u1 = responders
         message = KeyRoster(self.config.round_id, roster)
         return {u: message for u in responders}
@@ -453,7 +458,9 @@ class Server:
                 else:
                     to_open.setdefault(complaint.accused, []).append((complainer, complaint.signature))
         if not to_open:
-            raise ProtocolAbort(Phase.COMPLAINTS, self._complaints_reason(), culprits=self.culprits)
+            raise ProtocolAbort(
+                Phase.COMPLAINTS, AbortKind.MISBEHAVIOUR, self._complaints_reason(), culprits=self.culprits
+            )
         sid = self._current_session().session_id
         self._open_requests = {accused: OpenRequest(sid, tuple(pairs)) for accused, pairs in to_open.items()}
         return dict(self._open_requests)
@@ -517,7 +524,13 @@ class Server:
                     self.culprits[accused] = f"{fault} (envelope for participant {complainer})"
                 else:
                     self.culprits[complainer] = f"complained about a valid envelope from participant {accused}"
-        raise ProtocolAbort(Phase.COMPLAINTS, self._complaints_reason(), culprits=self.culprits, suspects=self.suspects)
+        raise ProtocolAbort(
+            Phase.COMPLAINTS,
+            AbortKind.MISBEHAVIOUR,
+            self._complaints_reason(),
+            culprits=self.culprits,
+            suspects=self.suspects,
+        )
 
     def _complaints_reason(self) -> str:
         named = [f"participant {u} {why}" for u, why in sorted(self.culprits.items())]
@@ -595,14 +608,18 @@ class Server:
                 or keys.self_mask_commitment(secret, session_id=sid, owner=u) != self._self_mask_commitments[u]
             ):
                 self.culprits[u] = "dealt shares that do not rebuild the self-mask seed it committed to"
-                raise ProtocolAbort(Phase.UNMASK, f"participant {u} {self.culprits[u]}", culprits=self.culprits)
+                raise ProtocolAbort(
+                    Phase.UNMASK, AbortKind.MISBEHAVIOUR, f"participant {u} {self.culprits[u]}", culprits=self.culprits
+                )
             self_mask_seeds.append(keys.self_mask_seed(secret, sid))
         dropped_keys: list[tuple[int, keys.AgreementKeyPair]] = []
         for v, secret in rebuilt_s.items():
             pair = None if secret is None else keys.AgreementKeyPair.from_private_bytes(secret)
             if pair is None or pair.public_bytes != session.advertisements[v].masking_key:
                 self.culprits[v] = "dealt shares that do not rebuild the masking key it advertised"
-                raise ProtocolAbort(Phase.UNMASK, f"participant {v} {self.culprits[v]}", culprits=self.culprits)
+                raise ProtocolAbort(
+                    Phase.UNMASK, AbortKind.MISBEHAVIOUR, f"participant {v} {self.culprits[v]}", culprits=self.culprits
+                )
             dropped_keys.append((v, pair))
         total = self._sum_so_far()
         self._remove_masks(total, self_mask_seeds, dropped_keys)
@@ -639,6 +656,8 @@ class Server:
         if len(shares) < threshold:
             raise ProtocolAbort(
                 Phase.UNMASK,
+                # Short of good shares because some were bad: those who dealt them misbehaved.
+                AbortKind.MISBEHAVIOUR if self.culprits else AbortKind.BELOW_THRESHOLD,
                 f"{what} has {len(shares)} good shares, threshold is {threshold}",
                 culprits=self.culprits,
             )
@@ -663,15 +682,20 @@ class Server:
         return message
 
     def _abort(
-        self, reason: str, *, culprits: Mapping[int, str] | None = None, suspects: Mapping[int, str] | None = None
+        self,
+        kind: AbortKind,
+        reason: str,
+        *,
+        culprits: Mapping[int, str] | None = None,
+        suspects: Mapping[int, str] | None = None,
     ) -> NoReturn:
         phase = self.state.phase
         self.culprits.update(culprits or {})
         self.suspects.update(suspects or {})
-        self.abort_reason = f"[{phase.value}] {reason}"
+        self.abort_reason, self.abort_kind = f"[{phase.value}] {reason}", kind
         self.state = ServerState.ABORTED
         self._accumulator = None
-        raise ProtocolAbort(phase, reason, culprits=self.culprits, suspects=self.suspects)
+        raise ProtocolAbort(phase, kind, reason, culprits=self.culprits, suspects=self.suspects)
 
 
 def _masked_inputs_outcome(server: Server) -> str:

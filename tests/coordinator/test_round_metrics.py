@@ -16,14 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmask.coordinator.metrics import (
-    ABORT_REASON_KINDS,
-    DROP_REASON_KINDS,
-    FederationMetrics,
-    abort_reason_kind,
-    drop_reason_kind,
-)
+from fedmask.coordinator.abort_kinds import FROM_PROTOCOL, AttemptAbort
+from fedmask.coordinator.metrics import ABORT_REASON_KINDS, DROP_REASON_KINDS, FederationMetrics, drop_reason_kind
 from fedmask.coordinator.observability import PROGRESS_LOGGER, JsonLineFormatter, progress_to_log, start_logging
+from fedmask.secagg.errors import AbortKind
 
 # --- the bounded reason labels ------------------------------------------------------------------
 
@@ -49,27 +45,16 @@ def test_drop_reasons_map_to_a_fixed_kind(reason, kind):
     assert kind in DROP_REASON_KINDS
 
 
-@pytest.mark.parametrize(
-    "reason, kind",
-    [
-        ("advertise-keys: only 1 of 3 participants joined, threshold is 2", "below_threshold"),
-        ("share-keys: only 1 participants responded, threshold is 2", "below_threshold"),
-        ("unmask: participant 2's self-mask seed has 1 good shares, threshold is 2", "below_threshold"),
-        ("complaints: complaints about share envelopes: participant 2 sent a bad envelope", "misbehaviour"),
-        ("unmask: participant 3 dealt shares that do not rebuild the masking key it advertised", "misbehaviour"),
-        ("the sum was refused: coordinate 7 is out of bounds", "implausible_sum"),
-        (
-            "only 1 participants are left to select (secure aggregation needs at least 2 participants)",
-            "too_few_selectable",
-        ),
-        ("stopped by the operator", "operator"),
-        ("advertise-keys: the coordinator is shutting down", "operator"),
-        ("a reason from a later version", "other"),
-    ],
-)
-def test_abort_reasons_map_to_a_fixed_kind(reason, kind):
-    assert abort_reason_kind(reason) == kind
-    assert kind in ABORT_REASON_KINDS
+def test_every_protocol_abort_kind_has_an_attempt_kind_and_every_attempt_kind_a_label():
+    """An abort's kind is data all the way to the metric: no reason text is read."""
+    assert set(FROM_PROTOCOL) == set(AbortKind)
+    assert ABORT_REASON_KINDS == tuple(kind.value for kind in AttemptAbort)
+    metrics = FederationMetrics()
+    for kind in AttemptAbort:
+        metrics.record_attempt(join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_kind=kind)
+    text = metrics.exposition()
+    for kind in AttemptAbort:
+        assert _value(text, f'fedmask_round_attempts_aborted_total{{reason_kind="{kind.value}"}}') == 1
 
 
 # --- the series after a fake round -------------------------------------------------------------
@@ -86,14 +71,14 @@ def _one_round(metrics: FederationMetrics) -> None:
             "hospital-b": "[advertise-keys] did not join in time",
         },
         bytes_received={"hospital-a": 120},
-        abort_reason="advertise-keys: only 1 of 3 participants joined, threshold is 2",
+        abort_kind=AttemptAbort.BELOW_THRESHOLD,
     )
     metrics.record_attempt(
         join_s=2.0,
         phase_s={"advertise-keys": 0.1, "share-keys": 0.2, "masked-input": 0.4, "unmask": 0.3},
         dropped={"bank": "[masked-input] missed the masked-input deadline (60 s)"},
         bytes_received={"hospital-a": 1000, "hospital-b": 900, "bank": 0},
-        abort_reason=None,
+        abort_kind=None,
     )
     metrics.record_epsilon("hospital-a", 1.25)
     metrics.record_epsilon("hospital-b", 1.5)
@@ -142,7 +127,7 @@ def test_labels_stay_bounded_whatever_the_reasons_say():
             phase_s={"a-phase-that-does-not-exist": 1.0},
             dropped={f"p{index}": f"[join] a new reason number {index}"},
             bytes_received={},
-            abort_reason=f"unheard-of reason {index}",
+            abort_kind=None,
         )
     text = metrics.exposition()
     kinds = {line.split('reason_kind="')[1].split('"')[0] for line in text.splitlines() if 'reason_kind="' in line}

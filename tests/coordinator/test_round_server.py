@@ -25,6 +25,7 @@ from grpc_harness import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedmask import pki
+from fedmask.coordinator.abort_kinds import AttemptAbort
 from fedmask.coordinator.round_server import (
     BackgroundCoordinator,
     CoordinatorServer,
@@ -319,6 +320,7 @@ def test_abort_below_threshold_reaches_participants_with_the_reason(round_harnes
     outcome = harness.outcome()
     assert not outcome.completed and outcome.result is None
     assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
+    assert outcome.abort_kind is AttemptAbort.BELOW_THRESHOLD
     for o in harness.honest_outcomes().values():
         assert not o.completed
         assert "only 2 of 4 participants joined, threshold is 3" in o.reason

@@ -24,6 +24,7 @@ import pytest
 
 from fedmask import pki
 from fedmask.coordinator import federation as federation_module
+from fedmask.coordinator.abort_kinds import AttemptAbort
 from fedmask.coordinator.config import FederationConfig, FederationError
 from fedmask.coordinator.federation import EXIT_FINISHED, EXIT_STOPPED, Federation, LiveAuthenticator
 from fedmask.coordinator.round_server import CoordinatorServer, RoundConfig, RoundOutcome, ServerSettings
@@ -205,6 +206,7 @@ async def aborted(config: RoundConfig) -> RoundOutcome:
         config.participants,
         joined=config.participants[:1],
         abort_phase=Phase.ADVERTISE_KEYS,
+        abort_kind=AttemptAbort.BELOW_THRESHOLD,
         abort_reason=BELOW_THRESHOLD,
         dropped={name: "[advertise-keys] did not join in time" for name in config.participants[1:]},
         join_s=0.01,

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedmask.secagg import InvalidMessage, Phase, ProtocolAbort, Rejection, SecurityMode
+from fedmask.secagg import AbortKind, InvalidMessage, Phase, ProtocolAbort, Rejection, SecurityMode
 from fedmask.secagg.client import ClientState
 from fedmask.secagg.messages import (
     Abort,
@@ -47,7 +47,7 @@ def test_client_refuses_a_participant_listed_as_both_alive_and_dropped(make_roun
     lying = UnmaskRequest(sid, survivors=(1, 2, 3, 4, 5), dropped=(2,))
     reply = r.clients[1].receive(lying)
     assert "both alive and dropped" in _abort_reason(reply)
-    assert r.clients[1].state is ClientState.ABORTED
+    assert r.clients[1].state is ClientState.ABORTED and r.clients[1].abort_kind is AbortKind.INCONSISTENT
 
 
 def test_inconsistent_survivor_lists_reveal_nothing_in_malicious_mode(make_round):
@@ -207,8 +207,10 @@ def test_bad_signatures_on_the_survivor_list_that_stop_the_unmask_are_named(make
     assert all("only 2 valid signatures" in _abort_reason(reply) for reply in replies.values())
     with pytest.raises(ProtocolAbort) as aborted:
         r.server.close_phase()
-    assert set(aborted.value.culprits) == {2, 4, 5}
+    assert set(aborted.value.culprits) == {2, 4, 5} and aborted.value.kind is AbortKind.MISBEHAVIOUR
     assert "participant 4 signed the survivor list with a signature that does not verify" in aborted.value.reason
+    # Each participant, short of valid signatures, says so as data too.
+    assert {r.clients[u].abort_kind for u in replies} == {AbortKind.BELOW_THRESHOLD}
 
 
 def test_client_notices_its_own_keys_replaced(make_round):
@@ -354,5 +356,5 @@ def test_server_abort_message_is_honoured(make_round):
     r = make_round(3, t=2)
     r.clients[1].start()
     assert r.clients[1].receive(Abort(Phase.ADVERTISE_KEYS, "deadline")) is None
-    assert r.clients[1].state is ClientState.ABORTED
+    assert r.clients[1].state is ClientState.ABORTED and r.clients[1].abort_kind is AbortKind.PEER_ABORTED
     assert "deadline" in r.clients[1].abort_reason

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from fedmask.secagg import InvalidMessage, ProtocolParams, Rejection, SecurityMode
-from fedmask.secagg.errors import Phase, ProtocolAbort
+from fedmask.secagg.errors import AbortKind, Phase, ProtocolAbort
 from fedmask.secagg.messages import (
     Complaint,
     ComplaintKind,
@@ -201,6 +201,6 @@ def test_a_key_phase_that_leaves_no_graph_of_the_degree_aborts_with_its_reason(m
     r.server.drop(6, "missed the advertise-keys deadline")
     with pytest.raises(ProtocolAbort) as caught:
         r.server.close_phase()
-    assert caught.value.phase is Phase.ADVERTISE_KEYS
+    assert caught.value.phase is Phase.ADVERTISE_KEYS and caught.value.kind is AbortKind.UNSAFE_ROUND
     assert caught.value.reason == "no 3-regular graph on 5 participants: an odd degree needs an even count"
     assert r.server.phase is Phase.ABORTED
