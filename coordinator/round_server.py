@@ -42,6 +42,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -71,6 +72,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JOIN_TIMEOUT_S = 300.0
 DEFAULT_PHASE_TIMEOUT_S = 60.0
+# The slowest link a participant may be on (2 Mbit/s, the nodes' own default): the masked-input
+# phase, whose upload is the whole vector, gets the time that upload takes at this rate on top of
+# its phase timeout, so that a large adapter is not dropped for its size.
+DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 250_000.0
 # gRPC frames every message with a 5-byte prefix (compressed flag + length).
 GRPC_MESSAGE_PREFIX_BYTES = 5
 
@@ -115,6 +120,7 @@ class RoundConfig:
     # wait for everyone until the join deadline). Bounds the cost of a participant that died
     # after it was counted in: the round goes on without it instead of idling to the deadline.
     quorum_grace_s: float | None = None
+    min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
 
     def __post_init__(self) -> None:
         names = tuple(sorted(set(self.participants)))
@@ -135,6 +141,16 @@ class RoundConfig:
             raise ValueError("timeouts must be positive")
         if self.quorum_grace_s is not None and not self.quorum_grace_s > 0:
             raise ValueError("quorum_grace_s must be positive (or None)")
+        if not (self.min_bandwidth_bytes_per_s > 0 and math.isfinite(self.min_bandwidth_bytes_per_s)):
+            raise ValueError("min_bandwidth_bytes_per_s must be positive and finite")
+
+    def phase_deadline_s(self, phase: Phase) -> float:
+        """How long a phase waits for the participants: the phase timeout, plus for the masked
+        input the time its largest allowed upload takes at the minimum bandwidth."""
+        if phase is not Phase.MASKED_INPUT:
+            return self.phase_timeout_s
+        upload = transport.max_participant_message_bytes(self.params, len(self.participants))
+        return self.phase_timeout_s + upload / self.min_bandwidth_bytes_per_s
 
     @property
     def ids(self) -> dict[str, int]:
@@ -524,11 +540,12 @@ class RoundRunner:
         while self.server.state not in (ServerState.COMPLETED, ServerState.ABORTED):
             state = self.server.state
             phase_start = time.perf_counter()
-            await self._wait(lambda: not self.server.awaiting, config.phase_timeout_s)
+            deadline_s = config.phase_deadline_s(state.phase)
+            await self._wait(lambda: not self.server.awaiting, deadline_s)
             async with self._lock:
                 self._apply_disconnects()
                 for pid in sorted(self.server.awaiting):
-                    reason = f"missed the {state.phase.value} deadline ({config.phase_timeout_s:g} s)"
+                    reason = f"missed the {state.phase.value} deadline ({round(deadline_s, 1):g} s)"
                     self.server.drop(pid, reason)
                     if (connection := self._live(pid)) is not None:
                         connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"[{state.phase.value}] {reason}")

@@ -309,6 +309,21 @@ def test_quorum_grace_starts_the_round_without_waiting_for_the_join_deadline(rou
     assert "did not join in time" in outcome.dropped[MALLORY]
 
 
+def test_the_masked_input_deadline_grows_with_the_upload_at_the_minimum_bandwidth():
+    """A participant on a slow link is not dropped for the size of its adapter: the masked-input
+    phase waits its timeout plus the largest allowed upload's time at the minimum bandwidth."""
+    big = ProtocolParams(25_000_000, 32, 3, SecurityMode.SEMI_HONEST)  # 100 MB of uint32
+    config = RoundConfig(new_round_id(), big, (*HONEST, MALLORY), phase_timeout_s=60.0)
+    upload = transport.max_participant_message_bytes(big, 4)
+    assert upload > 100_000_000
+    assert config.phase_deadline_s(Phase.MASKED_INPUT) == 60.0 + upload / 250_000.0  # 2 Mbit/s: ~460 s
+    assert config.phase_deadline_s(Phase.SHARE_KEYS) == 60.0  # small messages: the timeout alone
+    faster = RoundConfig(new_round_id(), big, (*HONEST, MALLORY), min_bandwidth_bytes_per_s=12_500_000.0)
+    assert faster.phase_deadline_s(Phase.MASKED_INPUT) == faster.phase_timeout_s + upload / 12_500_000.0
+    with pytest.raises(ValueError, match="min_bandwidth_bytes_per_s"):
+        RoundConfig(new_round_id(), big, (*HONEST, MALLORY), min_bandwidth_bytes_per_s=0.0)
+
+
 def test_quorum_grace_must_be_positive():
     with pytest.raises(ValueError, match="quorum_grace_s"):
         RoundConfig(new_round_id(), PARAMS, (*HONEST, MALLORY), quorum_grace_s=0.0)
