@@ -472,30 +472,52 @@ class RoundRunner:
         connection = self._connections.get(pid)
         return connection is not None and connection.joined and connection.closed
 
+    def _everyone_accounted(self) -> bool:
+        """Every selected participant has joined or is known to be gone."""
+        return all(((c := self._live(pid)) is not None and c.joined) or self._gone(pid) for pid in self._ids.values())
+
     def _ready_to_start(self) -> bool:
         """Everyone is in; or the threshold is, and everyone else is known to be gone (their
         streams ended after joining), so waiting longer would be waiting for nobody."""
         if self._all_joined():
             return True
-        everyone_accounted = all(
-            ((c := self._live(pid)) is not None and c.joined) or self._gone(pid) for pid in self._ids.values()
-        )
-        return everyone_accounted and self._joined_count() >= self.config.params.threshold
+        return self._everyone_accounted() and self._joined_count() >= self.config.params.threshold
+
+    def _stuck_below_threshold(self) -> bool:
+        """Too few are in and everyone else is gone: only a restarted participant rejoining can
+        let the round start."""
+        return self._everyone_accounted() and self._joined_count() < self.config.params.threshold
 
     async def _wait_for_joins(self) -> None:
         """Until everyone has joined (or the threshold has, and the rest are known to be gone) or
         the join deadline passes; with a quorum grace period, until that long after ``threshold``
-        participants are in (and still in)."""
+        participants are in (and still in). Below the threshold with everyone else gone, a round
+        waits only the quorum grace for a restarted participant to rejoin (none: not at all)."""
         config, t = self.config, self.config.params.threshold
         deadline = time.perf_counter() + config.join_timeout_s
-        if config.quorum_grace_s is None:
-            await self._wait(self._ready_to_start, config.join_timeout_s)
-            return
+        grace_s = config.quorum_grace_s
+
+        def settled() -> bool:
+            in_grace = grace_s is not None and self._joined_count() >= t
+            return self._ready_to_start() or self._stuck_below_threshold() or in_grace
+
         while (remaining := deadline - time.perf_counter()) > 0 and not self._ready_to_start():
-            await self._wait(lambda: self._ready_to_start() or self._joined_count() >= t, remaining)
-            if self._ready_to_start() or self._joined_count() < t:
-                continue  # ready, or the deadline passed below the threshold
-            grace = min(config.quorum_grace_s, max(0.0, deadline - time.perf_counter()))
+            await self._wait(settled, remaining)
+            if self._ready_to_start():
+                return
+            if self._stuck_below_threshold():
+                wait = min(grace_s or 0.0, max(0.0, deadline - time.perf_counter()))
+                gone = sum(self._gone(pid) for pid in self._ids.values())
+                self._progress(
+                    f"{self._joined_count()} joined and {gone} gone after joining (threshold {t}): "
+                    + (f"waiting up to {wait:.0f} s for one to rejoin" if wait > 0 else "the round cannot start")
+                )
+                if not await self._wait(lambda: not self._stuck_below_threshold(), wait):
+                    return
+                continue
+            if grace_s is None or self._joined_count() < t:
+                continue  # the deadline passed below the threshold
+            grace = min(grace_s, max(0.0, deadline - time.perf_counter()))
             self._progress(f"{self._joined_count()} joined (threshold {t}); waiting up to {grace:.0f} s for the rest")
             await self._wait(self._ready_to_start, grace)
             if self._joined_count() >= t:

@@ -647,13 +647,13 @@ def _wait_for(condition, timeout_s: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def _join_then_die(harness) -> None:
-    """Mallory joins (the server has its Hello), then its process dies."""
-    stream = harness.raw(MALLORY)
+def _join_then_die(harness, name: str = MALLORY) -> None:
+    """``name`` joins (the server has its Hello), then its process dies."""
+    stream = harness.raw(name)
     stream.send(wire.Hello())
-    _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "joined")
+    _wait_for(lambda: harness.coordinator.server.round_roster().get(name) == "joined")
     stream.close()
-    _wait_for(lambda: harness.coordinator.server.round_roster().get(MALLORY) == "gone")
+    _wait_for(lambda: harness.coordinator.server.round_roster().get(name) == "gone")
 
 
 def test_a_participant_gone_after_joining_is_not_waited_for(round_harness):
@@ -666,6 +666,37 @@ def test_a_participant_gone_after_joining_is_not_waited_for(round_harness):
     assert outcome.joined == HONEST
     assert_exact(outcome, HONEST)
     assert "left before the start" in outcome.dropped[MALLORY]
+
+
+@pytest.mark.parametrize("quorum_grace_s", [None, 1.0])
+def test_too_few_left_after_deaths_after_joining_is_no_stall(round_harness, quorum_grace_s):
+    """The issue's second stall: two deaths after joining in one round held it to the join
+    deadline (900 s by default). Two of four gone and t = 3: only a restarted participant
+    rejoining could let it start. It waits the quorum grace for that (none: not at all), then
+    aborts below the threshold."""
+    harness = round_harness(join_timeout_s=600.0, quorum_grace_s=quorum_grace_s)
+    _join_then_die(harness, MALLORY)
+    _join_then_die(harness, "carol")
+    harness.start_honest(("alice", "bob"))
+    outcome = harness.outcome(timeout_s=60.0)
+    assert not outcome.completed and outcome.abort_kind is AttemptAbort.BELOW_THRESHOLD
+    assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
+    assert all("left before the start" in outcome.dropped[name] for name in (MALLORY, "carol"))
+    assert outcome.join_s < 30.0  # not the join deadline
+    if quorum_grace_s is not None:
+        assert outcome.join_s >= quorum_grace_s  # the rejoin got its chance
+
+
+def test_one_of_two_gone_rejoining_within_the_grace_lets_the_round_start(round_harness):
+    harness = round_harness(join_timeout_s=600.0, quorum_grace_s=60.0)
+    _join_then_die(harness, MALLORY)
+    _join_then_die(harness, "carol")
+    harness.start_honest(("alice", "bob"))
+    roster = harness.coordinator.server.round_roster
+    _wait_for(lambda: roster().get("alice") == roster().get("bob") == "joined")  # stuck below t = 3
+    harness.start_honest(("carol",))  # carol's restarted process, with fresh keys
+    outcome = harness.outcome(timeout_s=60.0)
+    assert_exact(outcome, HONEST)
 
 
 def test_a_participant_that_left_may_rejoin_before_the_start(round_harness):
