@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -744,7 +745,12 @@ class LocalTrainer:
         if mode == "hooks":
             bias_grad.use_bias_only_grad_samplers(self.model)
         optimizer = self.build_optimizer()
-        engine = PrivacyEngine(accountant=self.config.accountant)
+        with warnings.catch_warnings():
+            # Opacus says its noise comes from torch's generator ("Secure RNG turned off ...
+            # before production"). Not here: fedmask swaps in its own AES-256-CTR stream keyed
+            # from os.urandom for the noise and the batches (fedmask.participant.dp_random).
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=self.config.accountant)
         criterion = None
         kwargs: dict[str, Any] = dict(
             module=self.model,

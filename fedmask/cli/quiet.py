@@ -7,11 +7,10 @@ import warnings
 
 
 def quiet_libraries(log_format: str = "%(message)s") -> None:
-    """Drop deprecation warnings and Opacus's note that its noise comes from torch's generator
-    (fedmask draws the noise and the batches from a CSPRNG itself: docs/dp-training.md), and print
-    fedmask's own warnings as plain lines in ``log_format``. Call it before Opacus is imported:
-    Opacus installs its own log format on first import."""
+    """Drop deprecation warnings and Opacus's accountant note on its alpha grid, and print
+    fedmask's own warnings as plain lines in ``log_format``. (Opacus's "Secure RNG turned off" is
+    dropped where the trainer makes its PrivacyEngine: the noise is fedmask's own CSPRNG.) Call it
+    before Opacus is imported: Opacus installs its own log format on first import."""
     logging.basicConfig(level=logging.WARNING, format=log_format)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="Secure RNG turned off")
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
