@@ -36,7 +36,7 @@ from fedmask.cli.quiet import quiet_libraries
 if TYPE_CHECKING:
     from fedmask.coordinator.config import FederationConfig
     from fedmask.participant.data import LocalData, Record
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.probe import FeatureCache
 
 FIGURES = ("macro_f1", "balanced_accuracy", "auroc")
 

@@ -27,7 +27,7 @@ from fedmask.cli.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.probe import FeatureCache
 
 PARTY = "hospital-a"
 HELDOUT_SEED = 999
@@ -187,7 +187,7 @@ def recipe(
     quiet_libraries()
     import torch
 
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.probe import FeatureCache
     from fedmask.participant.training import configure_threads
 
     if threads:

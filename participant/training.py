@@ -70,7 +70,8 @@ from fedmask.adapter.vector import (
 from fedmask.participant.data import LocalData, Record, scrub_records
 from fedmask.participant.ledger import PrivacyLedger
 from fedmask.participant.pii import empty_counts
-from fedmask.participant.trainer import FeatureCache, LocalTrainer
+from fedmask.participant.probe import FeatureCache
+from fedmask.participant.trainer import LocalTrainer
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ TITLES: dict[str, str] = {**METRIC_TITLES, "perplexity": "perplexity", "next_tok
 
 if TYPE_CHECKING:
     from fedmask.participant.data import Record
-    from fedmask.participant.trainer import Evaluation, FeatureCache, LocalTrainer
+    from fedmask.participant.probe import FeatureCache
+    from fedmask.participant.trainer import Evaluation, LocalTrainer
 
 
 # The pooled baselines (one party holding every party's training records) and their table titles.
@@ -108,7 +109,7 @@ def baseline_feature_cache(parties: int, rounds: int) -> FeatureCache:
     """One feature cache for every baseline of a demo, with room for every encoder state they
     use: all of them start from the same encoder, whose features of a record are then computed
     once (the pooled baselines first, and each party's records are among the pooled ones)."""
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.probe import FeatureCache
 
     return FeatureCache(max_states=rounds * (parties + 2) + 1)
 
@@ -164,7 +165,8 @@ def pooled_baselines(
     from fedmask.adapter.calibration import solve_shift
     from fedmask.adapter.config import TrainingConfig
     from fedmask.participant.data import load_local_data
-    from fedmask.participant.trainer import FeatureCache, LocalTrainer
+    from fedmask.participant.probe import FeatureCache
+    from fedmask.participant.trainer import LocalTrainer
     from fedmask.participant.training import configure_threads, train_adapter
 
     configure_threads()

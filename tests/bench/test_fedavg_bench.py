@@ -38,7 +38,7 @@ def test_the_server_step_is_the_coordinators_on_the_encoded_updates(monkeypatch,
     from fedmask.demo.data import generate_records, write_records
     from fedmask.participant import training
     from fedmask.participant.data import load_local_data
-    from fedmask.participant.trainer import FeatureCache
+    from fedmask.participant.probe import FeatureCache
     from fedmask.secagg.encoding import clip_l2
 
     parties = party_names(3)

@@ -23,13 +23,8 @@ from fedmask.adapter.config import (
 from fedmask.participant.data import Record
 from fedmask.participant.dp_random import DpRandomness
 from fedmask.participant.ledger import PrivacyLedger, compute_epsilon
-from fedmask.participant.trainer import (
-    FeatureCache,
-    LocalTrainer,
-    _draw_from_csprng,
-    linear_probe,
-    loss_divergence,
-)
+from fedmask.participant.probe import FeatureCache, linear_probe, loss_divergence
+from fedmask.participant.trainer import LocalTrainer, _draw_from_csprng
 from fedmask.participant.training import train_adapter, training_warnings
 
 
@@ -366,7 +361,7 @@ def test_non_finite_parameters_in_fine_tuning_are_put_back(tiny_qwen2_path: str,
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 @pytest.mark.parametrize("epsilon", [1.0, 8.0])
 def test_the_noise_search_lands_within_one_percent_below_the_budget(accountant: str, epsilon: float) -> None:
-    from fedmask.participant.trainer import noise_multiplier_for
+    from fedmask.participant.noise_calibration import noise_multiplier_for
 
     rate, steps, release = 1 / 7, 112, (5.0, 1.0, 1)
     alone = noise_multiplier_for(epsilon, 1e-5, rate, steps, accountant)
@@ -378,7 +373,7 @@ def test_the_noise_search_lands_within_one_percent_below_the_budget(accountant: 
 
 @pytest.mark.parametrize("guess", [1e-3, 0.5, 2.0, 3.0, 1e4])
 def test_the_noise_search_brackets_the_answer_from_any_starting_guess(guess: float) -> None:
-    from fedmask.participant.trainer import _smallest_noise
+    from fedmask.participant.noise_calibration import _smallest_noise
 
     calls: list[float] = []
 
@@ -392,7 +387,7 @@ def test_the_noise_search_brackets_the_answer_from_any_starting_guess(guess: flo
 
 
 def test_the_central_limit_guess_starts_the_search_near_the_answer() -> None:
-    from fedmask.participant.trainer import _central_limit_guess, noise_multiplier_for
+    from fedmask.participant.noise_calibration import _central_limit_guess, noise_multiplier_for
 
     release = (5.0, 1.0, 1)
     guess = _central_limit_guess(8.0, 1e-5, 0.16, 75, (release,))
@@ -401,7 +396,7 @@ def test_the_central_limit_guess_starts_the_search_near_the_answer() -> None:
 
 
 def test_a_budget_the_other_events_already_spend_is_refused() -> None:
-    from fedmask.participant.trainer import noise_multiplier_for
+    from fedmask.participant.noise_calibration import noise_multiplier_for
 
     with pytest.raises(ConfigError, match="spent by"):
         noise_multiplier_for(1.0, 1e-5, 0.1, 10, "rdp", also=((0.5, 1.0, 1),))
