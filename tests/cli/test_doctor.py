@@ -229,3 +229,52 @@ def test_a_valid_coordinator_config_is_ok(federations, tmp_path):
     unreadable.write_text("{not json")
     code, lines = doctor(*args, "--config", str(unreadable), *QUIET)
     assert code == 1 and line(lines, "config").startswith(f"FAIL  config: {unreadable}: Expecting property name")
+
+
+# --- each check's own failure: what it says, on the side that has the problem --------------------
+
+
+def test_a_tampered_roster_fails_its_signature(federations, coordinator, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(federations["home"], tampered)
+    roster = pki.FederationPaths(tampered).root / "roster.json"
+    roster.write_text(roster.read_text().replace("bob", "bab"))  # one member renamed after signing
+    code, lines = participant(tampered, coordinator, *QUIET)
+    assert code == 1
+    assert line(lines, "roster").startswith("FAIL  roster:"), lines
+    assert line(lines, "certificate").startswith("ok")  # the certificate itself is fine
+
+
+def test_an_identity_key_that_is_not_the_enrolled_one_fails(federations, coordinator, tmp_path):
+    swapped = tmp_path / "swapped"
+    shutil.copytree(federations["home"], swapped)
+    paths = pki.FederationPaths(swapped)
+    shutil.copy(paths.identity_key("bob"), paths.identity_key("alice"))  # bob's key where alice's was
+    code, lines = participant(swapped, coordinator, *QUIET)
+    assert code == 1
+    assert line(lines, "identity key").startswith("FAIL  identity key:")
+    assert "is not the identity key the roster enrols for this participant" in line(lines, "identity key")
+    paths.identity_key("alice").write_bytes(b"not a key")
+    code, lines = participant(swapped, coordinator, *QUIET)
+    assert code == 1 and line(lines, "identity key").startswith("FAIL  identity key:")
+
+
+def test_too_little_free_disk_is_a_warning(federations, coordinator, tmp_path):
+    code, lines = participant(
+        federations["home"], coordinator, "--state", str(tmp_path), "--min-free-gb", "1000000000", *QUIET
+    )
+    assert code == 0, lines  # a warning, not a failure
+    assert line(lines, "disk").startswith("warn  disk:"), lines
+
+
+def test_a_port_in_use_is_named_by_the_coordinator_form(federations, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = doctor(
+            "coordinator", "--federation", str(federations["home"]), "--state", str(tmp_path), "--port", str(port),
+            *QUIET,
+        )  # fmt: skip
+    assert line(lines, "port").startswith(("warn  port:", "FAIL  port:")), lines
+    assert str(port) in line(lines, "port")
