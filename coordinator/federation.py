@@ -58,6 +58,7 @@ from fedmask.ddp.rotation import rotation_seed
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 from fedmask.proto.fl.v1 import fl_pb2_grpc as fl_grpc
 from fedmask.secagg.encoding import ImplausibleSum, decode_checked_sum
+from fedmask.secagg.errors import DropKind
 from fedmask.secagg.params import EncodingParams, ProtocolParams
 
 from .abort_kinds import AttemptAbort
@@ -528,7 +529,7 @@ class Federation:
             except ValueError as exc:
                 reason = f"only {len(selected)} participants are left to select ({exc})"
                 self.metrics.record_attempt(
-                    join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_kind=AttemptAbort.TOO_FEW_SELECTABLE
+                    join_s=0.0, phase_s={}, drop_kinds={}, bytes_received={}, abort_kind=AttemptAbort.TOO_FEW_SELECTABLE
                 )
                 break
             self.store.begin_round(round_number, round_id, list(selected))
@@ -562,7 +563,7 @@ class Federation:
                     self.metrics.record_attempt(
                         join_s=outcome.join_s,
                         phase_s=outcome.phase_s,
-                        dropped=self._all_dropped(outcome),
+                        drop_kinds=self._all_drop_kinds(outcome),
                         bytes_received=outcome.bytes_received,
                         abort_kind=None,
                     )
@@ -579,7 +580,7 @@ class Federation:
             self.metrics.record_attempt(
                 join_s=outcome.join_s,
                 phase_s=outcome.phase_s,
-                dropped=self._all_dropped(outcome),
+                drop_kinds=self._all_drop_kinds(outcome),
                 bytes_received=outcome.bytes_received,
                 abort_kind=kind,
             )
@@ -660,7 +661,7 @@ class Federation:
         with contextlib.suppress(asyncio.CancelledError):
             await round_task
         self.metrics.record_attempt(
-            join_s=0.0, phase_s={}, dropped={}, bytes_received={}, abort_kind=AttemptAbort.OPERATOR
+            join_s=0.0, phase_s={}, drop_kinds={}, bytes_received={}, abort_kind=AttemptAbort.OPERATOR
         )
         self._abandon_round(round_number, adapter, f"attempt {attempt} was aborted")
 
@@ -746,6 +747,17 @@ class Federation:
                 if name not in outcome.survivors
             }
         return dict(outcome.dropped)
+
+    @staticmethod
+    def _all_drop_kinds(outcome: RoundOutcome) -> dict[str, DropKind]:
+        """The participants of ``_all_dropped``, with why as data."""
+        if outcome.completed:
+            return {
+                name: outcome.drop_kinds.get(name, DropKind.NOT_JOINED)
+                for name in outcome.participants
+                if name not in outcome.survivors
+            }
+        return dict(outcome.drop_kinds)
 
     def _decode(
         self, outcome: RoundOutcome, round_id: bytes, encoding: EncodingParams

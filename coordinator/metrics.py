@@ -2,9 +2,9 @@
 
 Every series lives in the federation's own ``CollectorRegistry`` (never the process-global
 one), so that tests and several federations in one process do not share counters. Labels are
-bounded: phases come from the protocol's fixed list, an attempt's abort carries its kind
-(``ABORT_REASON_KINDS``), drop reasons are mapped onto the small fixed set ``DROP_REASON_KINDS``
-(the free text is in the log and the ledger), and
+bounded: phases come from the protocol's fixed list, an attempt's abort and a participant's drop
+carry their kinds as data (``ABORT_REASON_KINDS``, ``DROP_REASON_KINDS``; the free text is in
+the log and the ledger and is never parsed), and
 participant names come from the CA-signed roster. No label or value carries a key, a token or a
 participant's data.
 
@@ -26,56 +26,37 @@ Series (``fedmask_`` prefix; see docs/operations.md for what each answers):
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from fedmask.secagg.errors import DropKind
+
 from .abort_kinds import AttemptAbort
 
-# Why a participant missed a round, as a bounded label (``drop_reason_kind``).
-DROP_REASON_KINDS = (
-    "deadline",  # missed a phase deadline
-    "not_joined",  # never joined before the round started
-    "left",  # joined, then its stream ended before the start
-    "disconnected",  # its stream ended (or was never open) during the round
-    "refused",  # sent a message the coordinator refused
-    "participant_abort",  # aborted the round itself (its policy, an error)
-    "other",
+# Why a participant missed a round: the kind its drop carries (secagg DropKind), as a label.
+DROP_LABELS: Mapping[DropKind, str] = MappingProxyType(
+    {
+        DropKind.DEADLINE: "deadline",  # missed a phase deadline
+        DropKind.NOT_JOINED: "not_joined",  # never joined before the round started
+        DropKind.LEFT: "left",  # joined, then its stream ended before the start
+        DropKind.DISCONNECTED: "disconnected",  # its stream ended (or was never open) during the round
+        DropKind.REFUSED: "refused",  # sent a message the coordinator refused
+        DropKind.ABORTED: "participant_abort",  # aborted the round itself (its policy, an error)
+    }
 )
+DROP_REASON_KINDS = tuple(DROP_LABELS.values())
 # Why an attempt of a round aborted: the kind it carries (coordinator/abort_kinds.py).
 ABORT_REASON_KINDS = tuple(kind.value for kind in AttemptAbort)
 # Phases of a round, as a bounded label: "join" and the secure-aggregation phases.
 PHASES = ("join", "advertise-keys", "share-keys", "masked-input", "consistency-check", "complaints", "unmask")
 
-_PHASE_PREFIX = re.compile(r"^\s*\[[a-z-]+\]\s*")
-_DROP_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"deadline"), "deadline"),
-    (re.compile(r"did not join|did not take part|no hello"), "not_joined"),
-    (re.compile(r"left before the start"), "left"),
-    (re.compile(r"refused \("), "refused"),
-    (re.compile(r"^aborted"), "participant_abort"),
-    (re.compile(r"disconnect|not connected|stream ended|cancelled"), "disconnected"),
-)
 ROUND_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 PHASE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
-
-
-def _strip_phase(reason: str) -> str:
-    return _PHASE_PREFIX.sub("", reason.strip().lower())
-
-
-def drop_reason_kind(reason: str) -> str:
-    """The bounded kind of a drop reason, e.g. ``[share-keys] missed the share-keys deadline
-    (60 s)`` -> ``deadline``; anything unrecognised is ``other``."""
-    text = _strip_phase(reason)
-    for pattern, kind in _DROP_RULES:
-        if pattern.search(text):
-            return kind
-    return "other"
 
 
 @dataclass
@@ -146,7 +127,7 @@ class FederationMetrics:
         *,
         join_s: float,
         phase_s: Mapping[str, float],
-        dropped: Mapping[str, str],
+        drop_kinds: Mapping[str, DropKind],
         bytes_received: Mapping[str, int],
         abort_kind: AttemptAbort | None,
     ) -> None:
@@ -155,8 +136,8 @@ class FederationMetrics:
         for phase, seconds in phase_s.items():
             if phase in PHASES:
                 self.phase_duration.labels(phase=phase).observe(seconds)
-        for reason in dropped.values():
-            self.dropped.labels(reason_kind=drop_reason_kind(reason)).inc()
+        for kind in drop_kinds.values():
+            self.dropped.labels(reason_kind=DROP_LABELS[kind]).inc()
         for participant, received in bytes_received.items():
             if received > 0:
                 self.received_bytes.labels(participant=participant).inc(received)

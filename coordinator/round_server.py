@@ -61,7 +61,7 @@ from fedmask.parallel import default_runner
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.proto.secagg.v1 import secagg_pb2_grpc as pb_grpc
-from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort, Rejection
+from fedmask.secagg.errors import DropKind, InvalidMessage, Phase, ProtocolAbort, Rejection
 from fedmask.secagg.messages import Abort, ModularVector
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.secagg.prg import PartRunner
@@ -170,6 +170,7 @@ class RoundOutcome:
     abort_reason: str | None = None
     survivors: tuple[str, ...] = ()
     dropped: dict[str, str] = field(default_factory=dict)
+    drop_kinds: dict[str, DropKind] = field(default_factory=dict)  # the same names: why, as data
     result: ModularVector | None = field(default=None, repr=False)
     session_id: bytes | None = None
     join_s: float = 0.0  # round opened -> RoundStart sent
@@ -228,6 +229,7 @@ class _Connection:
         self.joined = False  # Hello received
         self.closed = False  # no more messages will be read or written
         self.lost_reason: str | None = None
+        self.lost_kind: DropKind | None = None
         self.submitted_in: ServerState | None = None
         self.bytes_received = 0
 
@@ -245,7 +247,8 @@ class _Connection:
         """End the call with ``code`` once everything queued is written."""
         if not self.closed:
             self.closed = True
-            self.lost_reason = self.lost_reason or f"refused ({code.name}): {details}"
+            if self.lost_reason is None:
+                self.lost_reason, self.lost_kind = f"refused ({code.name}): {details}", DropKind.REFUSED
             self.outbox.put_nowait(("error", (code, details)))
 
 
@@ -338,7 +341,7 @@ class RoundRunner:
 
     def _lost(self, connection: _Connection, reason: str) -> None:
         if connection.lost_reason is None:
-            connection.lost_reason = reason
+            connection.lost_reason, connection.lost_kind = reason, DropKind.DISCONNECTED
             if connection.joined and not self.started and not self.finished:
                 self._progress(f"{connection.name} left before the round started ({reason}); not waiting for it")
         connection.closed = True
@@ -349,7 +352,7 @@ class RoundRunner:
         message = f"[{phase}] {details}"
         if self.started:
             async with self._lock:
-                self.server.drop(connection.participant_id, f"refused ({code.name}): {details}")
+                self.server.drop(connection.participant_id, f"refused ({code.name}): {details}", DropKind.REFUSED)
         log.info("refused participant %s: %s: %s", connection.name, code.name, message)
         self._progress(f"refused {connection.name}: {code.name}: {message}")
         connection.refuse(code, message)
@@ -370,8 +373,8 @@ class RoundRunner:
             self._progress(f"{connection.name} aborted: {abort.reason}")
             if self.started:
                 async with self._lock:
-                    self.server.drop(pid, f"aborted: {abort.reason}")
-            connection.lost_reason = f"aborted: {abort.reason}"
+                    self.server.drop(pid, f"aborted: {abort.reason}", DropKind.ABORTED)
+            connection.lost_reason, connection.lost_kind = f"aborted: {abort.reason}", DropKind.ABORTED
             connection.finish()
             self._changed.set()
             return
@@ -418,8 +421,10 @@ class RoundRunner:
         for pid in sorted(self.server.awaiting):
             if self._live(pid) is None:
                 connection = self._connections.get(pid)
-                reason = connection.lost_reason if connection and connection.lost_reason else "not connected"
-                self.server.drop(pid, reason)
+                if connection is not None and connection.lost_reason:
+                    self.server.drop(pid, connection.lost_reason, connection.lost_kind or DropKind.DISCONNECTED)
+                else:
+                    self.server.drop(pid, "not connected", DropKind.DISCONNECTED)
 
     async def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Wait until ``done()`` or the timeout; True if done in time."""
@@ -544,7 +549,10 @@ class RoundRunner:
         for pid in self._ids.values():
             if pid not in joined:
                 gone = self._connections.get(pid) if self._gone(pid) else None
-                self.server.drop(pid, f"left before the start: {gone.lost_reason}" if gone else "did not join in time")
+                if gone is not None:
+                    self.server.drop(pid, f"left before the start: {gone.lost_reason}", DropKind.LEFT)
+                else:
+                    self.server.drop(pid, "did not join in time", DropKind.NOT_JOINED)
                 if (connection := self._live(pid)) is not None:
                     connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "[join] no hello in time")
         outcome.join_s = time.perf_counter() - opened
@@ -568,7 +576,7 @@ class RoundRunner:
                 self._apply_disconnects()
                 for pid in sorted(self.server.awaiting):
                     reason = f"missed the {state.phase.value} deadline ({round(deadline_s, 1):g} s)"
-                    self.server.drop(pid, reason)
+                    self.server.drop(pid, reason, DropKind.DEADLINE)
                     if (connection := self._live(pid)) is not None:
                         connection.refuse(grpc.StatusCode.DEADLINE_EXCEEDED, f"[{state.phase.value}] {reason}")
                 dropped_before = set(self.server.dropped_reasons)
@@ -604,6 +612,7 @@ class RoundRunner:
         outcome = self.outcome
         for pid, reason in self.server.dropped_reasons.items():
             outcome.dropped.setdefault(self._names[pid], reason)
+            outcome.drop_kinds.setdefault(self._names[pid], self.server.dropped_kinds[pid])
         outcome.bytes_received = {c.name: c.bytes_received for c in self._connections.values()}
         outcome.culprits = {self._names[pid]: why for pid, why in self.server.culprits.items()}
         outcome.suspects = {self._names[pid]: why for pid, why in self.server.suspects.items()}

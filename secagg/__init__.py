@@ -17,7 +17,7 @@ simulation  an in-memory round with scripted dropouts (the protocol harness)
 """
 
 from .client import Client, ClientConfig, ClientState
-from .errors import AbortKind, InvalidMessage, ParameterError, Phase, ProtocolAbort, Rejection, SecAggError
+from .errors import AbortKind, DropKind, InvalidMessage, ParameterError, Phase, ProtocolAbort, Rejection, SecAggError
 from .params import EncodingParams, ProtocolParams, SecurityMode, default_threshold
 from .rand import RandomSource, SeededRandom, SystemRandom
 from .server import Server, ServerConfig, ServerState
@@ -27,6 +27,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "ClientState",
+    "DropKind",
     "EncodingParams",
     "InvalidMessage",
     "ParameterError",

@@ -79,6 +79,17 @@ class AbortKind(enum.Enum):
     LOCAL = "local"  # the caller misused this state machine (no input, no identity key)
 
 
+class DropKind(enum.Enum):
+    """Why a participant left a round, as data (the reason's text is for people)."""
+
+    DEADLINE = "deadline"  # sent nothing before a phase's deadline
+    NOT_JOINED = "not-joined"  # selected, but never joined before the start
+    LEFT = "left"  # joined, then left before the start
+    DISCONNECTED = "disconnected"  # its stream ended during the round
+    REFUSED = "refused"  # sent a message that was refused
+    ABORTED = "aborted"  # ended the round itself (its policy, an error)
+
+
 class ProtocolAbort(SecAggError):
     """The round was aborted; ``phase``, ``kind`` and ``reason`` say where and why.
 

@@ -29,7 +29,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import keys, machine, prg, shamir
-from .errors import AbortKind, CryptoError, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
+from .errors import AbortKind, CryptoError, DropKind, InvalidMessage, Phase, ProtocolAbort, Rejection, ShamirError
 from .graph import GraphError
 from .machine import Branch
 from .messages import (
@@ -106,6 +106,7 @@ class Server:
         self.abort_reason: str | None = None
         self.abort_kind: AbortKind | None = None
         self.dropped_reasons: dict[int, str] = {}
+        self.dropped_kinds: dict[int, DropKind] = {}  # the same participants: why, as data
         self._expected: set[int] = set(config.participants)
         # Each sender's message of this phase (True for a masked input: it is in the sum already).
         self._received: dict[int, ClientMessage | bool] = {}
@@ -206,12 +207,13 @@ class Server:
             if fault is not None:
                 self._share_faults[sender] = fault
 
-    def drop(self, participant: int, reason: str) -> None:
+    def drop(self, participant: int, reason: str, kind: DropKind) -> None:
         """A participant disconnected or missed the deadline. A message already accepted in this
         phase stays (a masked input already in the sum cannot be taken out)."""
         if participant in self._expected and participant not in self._received:
             self._expected.discard(participant)
             self.dropped_reasons[participant] = f"[{self.state.phase.value}] {reason}"
+            self.dropped_kinds[participant] = kind
 
     def close_phase(self) -> dict[int, ServerMessage]:
         """End the current phase: returns {recipient: message}, or raises ProtocolAbort."""
@@ -223,9 +225,12 @@ class Server:
             self._advertisements.pop(sender, None)
             self._expected.discard(sender)
             self.dropped_reasons[sender] = f"[{self.state.phase.value}] {reason}"
+            self.dropped_kinds[sender] = DropKind.REFUSED
         responders = tuple(sorted(self._received))
         for silent in self._expected - set(responders):
-            self.dropped_reasons.setdefault(silent, f"[{self.state.phase.value}] sent nothing before the deadline")
+            if silent not in self.dropped_reasons:
+                self.dropped_reasons[silent] = f"[{self.state.phase.value}] sent nothing before the deadline"
+                self.dropped_kinds[silent] = DropKind.DEADLINE
         if spec.needs_threshold and len(responders) < self.params.threshold:
             culprits = spec.shortfall(self) if spec.shortfall else {}
             named = "".join(f"; participant {u} {why}" for u, why in sorted(culprits.items()))

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import prg
 from .client import Client, ClientConfig
-from .errors import InvalidMessage, Phase, ProtocolAbort, SecAggError
+from .errors import DropKind, InvalidMessage, Phase, ProtocolAbort, SecAggError
 from .messages import (
     Abort,
     AdvertiseKeys,
@@ -184,7 +184,7 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
     def deliver(u: int, message: object | None, phase: Phase) -> None:
         """Hand a server message to client u and its reply (if any) to the server."""
         if config.drop_at.get(u) is not None and _order(config.drop_at[u]) <= _order(phase):
-            server.drop(u, "dropped out (scripted)")
+            server.drop(u, "dropped out (scripted)", DropKind.DISCONNECTED)
             return
         client = clients[u]
         pending_input = None
@@ -195,18 +195,18 @@ def simulate(config: SimulationConfig, *, clock: Callable[[], float] | None = No
         reply = client.start() if phase is Phase.ADVERTISE_KEYS else client.receive(message)
         timings[phase].append(now() - t0)
         if reply is None:
-            server.drop(u, "sent nothing")
+            server.drop(u, "sent nothing", DropKind.DEADLINE)
             return
         if isinstance(reply, Abort):
             client_aborts[u] = reply.reason
-            server.drop(u, f"client aborted: {reply.reason}")
+            server.drop(u, f"client aborted: {reply.reason}", DropKind.ABORTED)
             return
         uploaded[u] += payload_bytes(reply)
         t0 = now()
         try:
             server.receive(reply)
         except InvalidMessage as exc:
-            server.drop(u, exc.reason)
+            server.drop(u, exc.reason, DropKind.REFUSED)
             return
         finally:
             server_times[phase] += now() - t0

@@ -39,7 +39,7 @@ from fedmask.participant.grpc_client import Connection, Identity, one_way_tls_cr
 from fedmask.proto import transport, wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.secagg import shamir
-from fedmask.secagg.errors import Phase
+from fedmask.secagg.errors import DropKind, Phase
 from fedmask.secagg.messages import Abort, AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
 from fedmask.secagg.params import ProtocolParams, SecurityMode
 from fedmask.testing import loopback
@@ -336,6 +336,7 @@ def test_abort_below_threshold_reaches_participants_with_the_reason(round_harnes
     assert not outcome.completed and outcome.result is None
     assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
     assert outcome.abort_kind is AttemptAbort.BELOW_THRESHOLD
+    assert outcome.drop_kinds == {"carol": DropKind.NOT_JOINED, MALLORY: DropKind.NOT_JOINED}
     for o in harness.honest_outcomes().values():
         assert not o.completed
         assert "only 2 of 4 participants joined, threshold is 3" in o.reason
@@ -682,6 +683,7 @@ def test_too_few_left_after_deaths_after_joining_is_no_stall(round_harness, quor
     assert not outcome.completed and outcome.abort_kind is AttemptAbort.BELOW_THRESHOLD
     assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
     assert all("left before the start" in outcome.dropped[name] for name in (MALLORY, "carol"))
+    assert outcome.drop_kinds == {MALLORY: DropKind.LEFT, "carol": DropKind.LEFT}
     assert outcome.join_s < 30.0  # not the join deadline
     if quorum_grace_s is not None:
         assert outcome.join_s >= quorum_grace_s  # the rejoin got its chance

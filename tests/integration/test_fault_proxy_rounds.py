@@ -37,7 +37,7 @@ from fedmask.coordinator.round_server import (  # noqa: E402
 )
 from fedmask.coordinator.transport import mtls_security  # noqa: E402
 from fedmask.participant.grpc_client import Identity, Outcome, take_part  # noqa: E402
-from fedmask.secagg.errors import Phase  # noqa: E402
+from fedmask.secagg.errors import DropKind, Phase  # noqa: E402
 from fedmask.secagg.params import ProtocolParams, SecurityMode  # noqa: E402
 from fedmask.testing import loopback  # noqa: E402
 from fedmask.testing.fault_proxy import DEFAULT_BURST_BYTES, FaultProxy, Faults, ProxyStats  # noqa: E402
@@ -184,6 +184,7 @@ def test_a_reset_is_reported_as_a_disconnect(round_harness, participants):
     cut = run_with_reset_mid_masked_input(round_harness, participants)
     assert_exact(cut.outcome, HONEST)
     assert cut.outcome.dropped[VICTIM].startswith("[masked-input] disconnected"), cut.outcome.dropped
+    assert cut.outcome.drop_kinds == {VICTIM: DropKind.DISCONNECTED}
 
 
 def test_stall_longer_than_the_phase_deadline_drops_that_participant(round_harness, participants):
@@ -203,6 +204,7 @@ def test_stall_longer_than_the_phase_deadline_drops_that_participant(round_harne
     assert phase_timeout_s < deadline_s < phase_timeout_s + 1
     reason = f"missed the masked-input deadline ({round(deadline_s, 1):g} s)"
     assert outcome.dropped[VICTIM] == f"[masked-input] {reason}"
+    assert outcome.drop_kinds == {VICTIM: DropKind.DEADLINE}
     assert (stalled.completed, stalled.status) == (False, "DEADLINE_EXCEEDED")
     assert reason in stalled.reason
     assert all(future.result(WAIT_S).completed for future in others.values())

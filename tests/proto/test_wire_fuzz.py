@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from fedmask.proto import wire
 from fedmask.proto.secagg.v1 import secagg_pb2 as pb
 from fedmask.secagg import SecurityMode, prg
-from fedmask.secagg.errors import InvalidMessage, Phase, ProtocolAbort
+from fedmask.secagg.errors import DropKind, InvalidMessage, Phase, ProtocolAbort
 from fedmask.secagg.messages import Abort, MaskedInput
 
 ROUNDS_PER_CASE = 40
@@ -88,11 +88,11 @@ def _round_with_one_damaged_message(make_round, seed: int, mode, neighbours) -> 
                     lambda b: wire.server_from_proto(pb.ServerEnvelope.FromString(b), recipient=u),
                 )
                 if message is None:
-                    server.drop(u, "refused by the wire")
+                    server.drop(u, "refused by the wire", DropKind.REFUSED)
                     return
             reply = r.clients[u].receive(message)
         if reply is None or isinstance(reply, Abort):
-            server.drop(u, "aborted" if reply else "sent nothing")
+            server.drop(u, "aborted" if reply else "sent nothing", DropKind.ABORTED if reply else DropKind.DEADLINE)
             return
         if to_server:
             reply = carry(
@@ -101,12 +101,12 @@ def _round_with_one_damaged_message(make_round, seed: int, mode, neighbours) -> 
                 lambda b: wire.client_from_proto(pb.ClientEnvelope.FromString(b), sender=u, params=params),
             )
             if reply is None:
-                server.drop(u, "refused by the wire")
+                server.drop(u, "refused by the wire", DropKind.REFUSED)
                 return
         try:
             server.receive(reply)
         except InvalidMessage as exc:
-            server.drop(u, exc.reason)
+            server.drop(u, exc.reason, DropKind.REFUSED)
 
     try:
         for u in r.ids:

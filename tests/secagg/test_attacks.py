@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedmask.secagg import AbortKind, InvalidMessage, Phase, ProtocolAbort, Rejection, SecurityMode
+from fedmask.secagg import AbortKind, DropKind, InvalidMessage, Phase, ProtocolAbort, Rejection, SecurityMode
 from fedmask.secagg.client import ClientState
 from fedmask.secagg.messages import (
     Abort,
@@ -325,7 +325,7 @@ def test_server_refuses_malformed_masked_inputs_and_the_sum_stays_exact(make_rou
     bad = MaskedInput(4, r.server.session_id, vector)
     with pytest.raises(InvalidMessage, match=reason):
         r.server.receive(bad)
-    r.server.drop(4, "sent a malformed vector")
+    r.server.drop(4, "sent a malformed vector", DropKind.REFUSED)
     r.answer(bundles, who={1, 2, 3})
     r.answer(r.server.close_phase())
     r.server.close_phase()

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from fedmask.secagg import InvalidMessage, ProtocolParams, Rejection, SecurityMode
-from fedmask.secagg.errors import AbortKind, Phase, ProtocolAbort
+from fedmask.secagg.errors import AbortKind, DropKind, Phase, ProtocolAbort
 from fedmask.secagg.messages import (
     Complaint,
     ComplaintKind,
@@ -198,7 +198,7 @@ def test_a_key_phase_that_leaves_no_graph_of_the_degree_aborts_with_its_reason(m
     r = make_round(6, t=3, neighbours=3)
     for u in r.ids[:5]:
         r.server.receive(r.clients[u].start())
-    r.server.drop(6, "missed the advertise-keys deadline")
+    r.server.drop(6, "missed the advertise-keys deadline", DropKind.DEADLINE)
     with pytest.raises(ProtocolAbort) as caught:
         r.server.close_phase()
     assert caught.value.phase is Phase.ADVERTISE_KEYS and caught.value.kind is AbortKind.UNSAFE_ROUND
