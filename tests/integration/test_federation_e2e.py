@@ -29,6 +29,7 @@ from fedmask.coordinator.store import FederationStore  # noqa: E402
 from fedmask.demo.data import PARTIES, generate_records, write_records  # noqa: E402
 from fedmask.participant.ledger import CALIBRATION_NOTE  # noqa: E402
 from fedmask.testing import loopback  # noqa: E402
+from fedmask.testing.fault_proxy import FaultProxy, Faults  # noqa: E402
 from fedmask.testing.processes import spawn_cli  # noqa: E402
 
 ROUNDS = 3
@@ -256,3 +257,45 @@ def test_a_participant_killed_while_training_is_charged_once_for_the_round(tmp_p
             if process.poll() is None:
                 process.kill()
                 process.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_federation_round_through_a_slow_link_that_resets_once(tmp_path):
+    """A whole federation round, not only its secure aggregation, over a bad network: the bank
+    dials through the fault proxy (20 ms each way, 2 Mbit/s, its first connection reset in the
+    TLS handshake). It reconnects, downloads the adapter, trains and uploads through the capped
+    link; the round commits with all three, and the bank is charged once."""
+    rounds = 1
+    coordinator_args, node_args = _federation_on_disk(tmp_path, rounds)
+    port = coordinator_args[coordinator_args.index("--port") + 1]
+    faults = Faults(delay_s=0.02, bandwidth_bytes_per_s=250_000, reset_after_bytes=1_000, resets=1)
+    log = tmp_path / "coordinator.log"
+    processes = []
+    with FaultProxy(("127.0.0.1", int(port)), faults) as proxy:
+        bank_args = list(node_args["bank"])
+        bank_args[bank_args.index("--coordinator") + 1] = proxy.endpoint
+        bank_args += ["--tls-server-name", "localhost"]  # the certificate names localhost
+        try:
+            coordinator = spawn_cli(coordinator_args, log)
+            processes.append(coordinator)
+            nodes = {party: spawn_cli(node_args[party], tmp_path / f"{party}.log") for party in PARTIES[:2]}
+            nodes["bank"] = spawn_cli(bank_args, tmp_path / "bank.log")
+            processes += nodes.values()
+            assert coordinator.wait(600) == 0, log.read_text()[-3000:]
+            for party, node in nodes.items():
+                assert node.wait(180) == 0, (tmp_path / f"{party}.log").read_text()[-3000:]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(30)
+        stats = proxy.stats()
+    assert stats.connections_reset == 1 and stats.connections_accepted >= 2, stats
+    assert stats.bytes_to_client > 0 and stats.bytes_to_target > 0
+    with FederationStore(tmp_path / "coordinator" / "federation.db", read_only=True) as store:
+        ledger = store.ledger()
+        assert store.verify() == []
+    assert [entry["round"] for entry in ledger] == [1, 2]  # the training round, then calibration
+    assert all(sorted(entry["survivors"]) == sorted(PARTIES) for entry in ledger)
+    _assert_charged_once_per_round(tmp_path, rounds)
