@@ -66,6 +66,9 @@ TrainAdapter = Callable[..., "TrainingResult"]
 _Result = TypeVar("_Result")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 UNREACHABLE_REPORT_S = 30.0  # while the coordinator is unreachable, a line this often
+# Before the coordinator has ever answered, it may still be starting (loading the model, building
+# the initial adapter): a node says nothing of it for this long, unless TLS explains the failure.
+STARTING_GRACE_S = 20.0
 TRAINING_REPORT_S = 5.0  # while training, a progress line this often
 MAX_ADAPTER_WITHDRAWALS = 3  # announced adapters the coordinator did not offer, in a row, before giving up
 
@@ -159,6 +162,7 @@ class Node:
         self._ledger: PrivacyLedger | None = None
         self._jitter = random.Random()
         self._rejoin_tried: set[str] = set()  # rounds this process has tried to rejoin
+        self._reached = False  # has the coordinator ever answered this process?
 
     # --- RPC helpers ------------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class Node:
                 result = function(fl_grpc.FederationStub(channel))
                 if reports and first_failure is not None:
                     self.progress(f"coordinator reachable again after {self.clock() - first_failure:.0f} s")
+                self._reached = True
                 return result
             except grpc.RpcError as exc:
                 if exc.code() not in _RETRYABLE:
@@ -193,9 +198,10 @@ class Node:
                     ) from None
                 delay = self.connection.backoff_s(min(attempt, 6), self._jitter)
                 # One line when the outage starts, then one every UNREACHABLE_REPORT_S: a coordinator
-                # that is still starting is not worth a line per retry.
-                if now >= first_failure + UNREACHABLE_REPORT_S * reports:
-                    waited = f" for {now - first_failure:.0f} s" if reports else ""
+                # that is still starting is not worth a line per retry, nor one at all at first.
+                quiet_s = 0.0 if self._reached or hint else STARTING_GRACE_S
+                if now >= first_failure + max(quiet_s, UNREACHABLE_REPORT_S * reports):
+                    waited = f" for {now - first_failure:.0f} s" if now - first_failure >= 1 else ""
                     self.progress(
                         f"coordinator unreachable{waited} ({exc.code().name}){hint}; retrying "
                         f"(giving up after {tolerance:g} s)"

@@ -19,7 +19,7 @@ from fedmask.coordinator.config import FederationConfig
 from fedmask.participant.data import LocalData, Record
 from fedmask.participant.grpc_client import Connection, Identity
 from fedmask.participant.ledger import CALIBRATION_NOTE
-from fedmask.participant.node import AdapterWithdrawn, Node, NodeError, NodeState, parse_encoding
+from fedmask.participant.node import STARTING_GRACE_S, AdapterWithdrawn, Node, NodeError, NodeState, parse_encoding
 from fedmask.participant.policy import ParticipantPolicy
 from fedmask.proto.fl.v1 import fl_pb2 as fl
 
@@ -469,6 +469,7 @@ def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_p
     node = Node(
         connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
     )
+    assert node._call("GetTask", unavailable_until(0.0)) == "task"  # the coordinator answered once
     assert node._call("GetTask", unavailable_until(75.0)) == "task"
     # Lines at the start of the outage and after 30 and 60 s (not one per retry), then the end of it.
     assert len(slept) > 10
@@ -481,6 +482,42 @@ def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_p
     lines.clear()
     assert node._call("GetTask", unavailable_until(0.0)) == "task"
     assert lines == []  # nothing to say when nothing failed
+
+
+def test_a_coordinator_still_starting_is_not_reported_as_an_outage(tmp_path):
+    """`make demo` started its nodes with the coordinator and printed a "coordinator unreachable"
+    line for each in a healthy start. Until the coordinator has first answered, a node is quiet
+    for STARTING_GRACE_S; a coordinator that does not come up is still reported after that."""
+    now = [0.0]
+    lines: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def unavailable_until(seconds: float):
+        def call(stub):
+            if now[0] < seconds:
+                raise _Unavailable()
+            return "task"
+
+        return call
+
+    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+    connection = Connection("127.0.0.1:1", None, outage_tolerance_s=100.0, max_backoff_s=2.0)
+    node = Node(
+        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
+    )
+    assert node._call("GetTask", unavailable_until(STARTING_GRACE_S - 5)) == "task"
+    assert lines == []  # it was starting: nothing to say
+
+    late = Node(
+        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
+    )
+    start = now[0]
+    assert late._call("GetTask", unavailable_until(start + 40.0)) == "task"
+    assert len(lines) == 3, lines  # past the grace, at 30 s, then its return
+    assert lines[0].startswith("coordinator unreachable for 2") and "(UNAVAILABLE)" in lines[0]
+    assert lines[2].startswith("coordinator reachable again after 4")
 
 
 def test_transfer_deadlines_grow_with_the_payload():
