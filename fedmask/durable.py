@@ -1,4 +1,5 @@
-"""Durable file writes, one way for every writer (PKI files, checkpoints, ledgers, node state).
+"""Durable file writes, one way for every writer (PKI files, checkpoints, ledgers, node state,
+reports and exported folders).
 
 ``write_atomic`` writes a temporary file in the same directory, flushes and fsyncs it, renames it
 over the target with ``os.replace`` and fsyncs the directory. A reader sees the old file or the
@@ -26,6 +27,20 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_tree(directory: str | os.PathLike[str]) -> None:
+    """fsync every file and directory under ``directory`` (itself included): for a folder written
+    in a staging place and then renamed into view, so that what appears is all on disk."""
+    root = Path(directory)
+    for folder, _subfolders, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(folder)
 
 
 def write_atomic(

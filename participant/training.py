@@ -67,6 +67,7 @@ from fedmask.adapter.vector import (
     flatten,
     unflatten,
 )
+from fedmask.durable import write_text_atomic
 from fedmask.participant.data import LocalData, Record, scrub_records
 from fedmask.participant.ledger import PrivacyLedger
 from fedmask.participant.pii import empty_counts
@@ -309,7 +310,7 @@ def write_training_outputs(
     config = result.trainer.config
     result.trainer.save_adapter(out_dir / "adapter")
     finish_adapter_folder(out_dir / "adapter", config, pooling=result.trainer.pooling, base_model_name=base_model_name)
-    (out_dir / "adapter_layout.json").write_text(json.dumps(result.spec.to_json(), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "adapter_layout.json", json.dumps(result.spec.to_json(), indent=1) + "\n")
     report = dict(result.report)
     if export:
         manifest = export_model(
@@ -325,7 +326,7 @@ def write_training_outputs(
             "accuracy": manifest["scores"]["accuracy"],
             "max_logit_difference": manifest["max_logit_difference"],
         }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return out_dir
 
 
@@ -392,8 +393,8 @@ def finish_adapter_folder(
     adapter_config_path = directory / "adapter_config.json"
     adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
     adapter_config["base_model_name_or_path"] = base_model
-    adapter_config_path.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
-    (directory / TRAINING_CONFIG_FILE).write_text(json.dumps(config.portable_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(adapter_config_path, json.dumps(adapter_config, indent=2) + "\n")
+    write_text_atomic(directory / TRAINING_CONFIG_FILE, json.dumps(config.portable_dict(), indent=2) + "\n")
     kind = "LoRA" if config.mode == "lora" else "DP-BiTFiT (PEFT BEFT)"
     lines = [
         "---",
@@ -425,7 +426,7 @@ def finish_adapter_folder(
         "that sentence-transformers loads without fedmask.",
         "",
     ]
-    (directory / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(directory / "README.md", "\n".join(lines))
 
 
 def export_adapter(

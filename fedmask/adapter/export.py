@@ -48,6 +48,7 @@ from fedmask.adapter.scores import (
     majority_scores,
 )
 from fedmask.adapter.vector import load_model_vector
+from fedmask.durable import fsync_directory, sync_tree, write_text_atomic
 
 EXPORT_FORMAT = "fedmask-export/1"
 EXPORT_MARKER = "fedmask_export.json"
@@ -257,14 +258,15 @@ def _export_classifier(
         }
         _write_json(staging / EXPORT_MARKER, manifest)
         _write_json(staging / "labels.json", {str(i): name for i, name in enumerate(label_names)})
-        with (staging / "heldout.jsonl").open("w", encoding="utf-8") as handle:
-            for record in heldout:
-                handle.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
+        lines = [json.dumps(dict(record), ensure_ascii=False) + "\n" for record in heldout]
+        write_text_atomic(staging / "heldout.jsonl", "".join(lines))
         shutil.copyfile(Path(__file__).with_name("predict_example.py"), staging / "predict_example.py")
-        (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")
+        write_text_atomic(staging / "README.md", model_card(manifest))
+        sync_tree(staging)  # every file on disk before the folder appears under its name
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
+        fsync_directory(out_dir.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -272,7 +274,7 @@ def _export_classifier(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _privacy_lines(facts: Mapping[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ import click
 
 from fedmask.cli.checks import check_writable_directory
 from fedmask.cli.quiet import quiet_libraries
+from fedmask.durable import write_text_atomic
 
 
 @click.command()
@@ -110,6 +111,6 @@ def audit(
     )
     result = run_audit(pool, settings, progress=lambda line: click.echo(line, err=True))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "audit.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out_dir / "audit.json", json.dumps(result, indent=1) + "\n")
     click.echo(format_table(result))
     click.echo(f"\n{out_dir / 'audit.json'}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from fedmask.coordinator.round_server import (
     ServerSettings,
     new_round_id,
 )
+from fedmask.durable import write_atomic
 from fedmask.secagg.errors import ParameterError
 from fedmask.secagg.params import ProtocolParams, SecurityMode, check_graph_degree, default_threshold
 
@@ -255,8 +257,9 @@ def serve(
         summary["round"] = index
         if outcome.result is not None and output is not None:
             path = _output_path(output, index, rounds)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, outcome.result)
+            encoded = io.BytesIO()
+            np.save(encoded, outcome.result)
+            write_atomic(path, encoded.getvalue())
             summary["output"] = str(path)
         summaries.append(summary)
         _report(index, outcome, summary)

@@ -31,6 +31,7 @@ import click
 
 from fedmask.cli.quiet import quiet_libraries
 from fedmask.demo.data import PARTIES
+from fedmask.durable import write_text_atomic
 
 # Small enough for 2 CPU cores in a few minutes, large enough that federation matters.
 DEFAULT_RECORDS = 500
@@ -392,7 +393,7 @@ def demo(
         aggregate_epsilon=aggregate_epsilon,
     )
     config_path = work / "federation.json"
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    write_text_atomic(config_path, json.dumps(config, indent=2))
 
     with _terminate_as_exception():
         try:

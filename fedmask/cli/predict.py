@@ -19,6 +19,7 @@ that label; or ``text`` and ``generated``). Heavy imports happen inside the comm
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 import click
 
 from fedmask.cli.checks import check_writable_directory
+from fedmask.durable import write_text_atomic
 
 EXPORT_MARKER = "fedmask_export.json"  # fedmask.adapter.export.EXPORT_MARKER, without importing torch here
 ADAPTER_MARKER = "adapter_config.json"
@@ -347,9 +349,9 @@ def _write(rows: list[dict[str, Any]], out_path: Path | None) -> None:
     if out_path is None:
         _dump(rows, sys.stdout)
         return
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", encoding="utf-8") as handle:
-        _dump(rows, handle)
+    text = io.StringIO()
+    _dump(rows, text)
+    write_text_atomic(out_path, text.getvalue())
 
 
 def _dump(rows: list[dict[str, Any]], handle: TextIO) -> None:

@@ -27,6 +27,7 @@ gives the same file. PII (with valid checksums) is embedded for the scrubber to 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from fedmask.durable import write_text_atomic
 from fedmask.participant.pii import IBAN_LENGTHS, cn_resident_id_check_char, luhn_valid
 
 PARTIES: tuple[str, ...] = ("hospital-a", "hospital-b", "bank")
@@ -554,13 +556,13 @@ def write_records(records: Iterable[Mapping[str, object]], path: str | Path) -> 
     if suffix not in (".jsonl", ".ndjson", ".csv"):
         raise ValueError(f"{path}: records are written as .jsonl or .csv, not {suffix or 'a file without a suffix'!r}")
     rows = list(records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id", "text"])
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            for record in rows:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle = io.StringIO(newline="")
+    if suffix == ".csv":
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for record in rows:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_text_atomic(path, handle.getvalue())
     return path

@@ -13,6 +13,7 @@ model serves worse than that party's own model does.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmask.adapter.scores import CLASSIFICATION_METRICS, METRIC_TITLES, format_with_interval
+from fedmask.durable import write_atomic, write_text_atomic
 
 # Causal LMs: held-out perplexity (lower is better) and next-token accuracy.
 CAUSAL_LM_METRICS: tuple[str, ...] = ("perplexity", "next_token_accuracy")
@@ -497,8 +499,10 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    write_atomic(path, image.getvalue())
 
 
 def write_report(
@@ -521,8 +525,8 @@ def write_report(
     from fedmask.participant.training import export_adapter, heldout_row
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     plot(report, out_dir / "report.png")
     with FederationStore(state_dir / "federation.db", read_only=True) as store:
         last = store.last_committed()
