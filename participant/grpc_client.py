@@ -488,7 +488,13 @@ class _RoundSession:
             )
         if self.policy is not None:
             try:
-                self.policy.check_round(params.mode, start.participants, identity.organisations)
+                self.policy.check_round(
+                    params.mode,
+                    start.participants,
+                    identity.organisations,
+                    threshold=params.threshold,
+                    neighbours=params.neighbours,
+                )
             except PolicyViolation as exc:
                 return self._abort(Phase.ADVERTISE_KEYS, str(exc), tell_coordinator=True)
         self.progress(

@@ -56,6 +56,13 @@ class ParticipantPolicy:
     default written by ``policy init``). ``models`` empty: any model."""
 
     security_mode: SecurityMode = SecurityMode.MALICIOUS
+    # The round's threshold t: how many of this participant's share holders, together with the
+    # coordinator, could rebuild its masks. The coordinator picks t; this is the least accepted.
+    min_threshold: int = 2
+    # SecAgg+'s sparse graph: each secret is shared with a few neighbours only, so fewer colluders
+    # suffice, and which participants are neighbours follows from the key roster the coordinator
+    # assembles (it can leave members out and try again). Refused unless accepted here.
+    allow_sparse_graph: bool = False
     min_participants: int = 3
     min_organisations: int = 2
     members: frozenset[str] | None = None
@@ -77,13 +84,16 @@ class ParticipantPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.security_mode, SecurityMode):
             raise PolicyError(f"security_mode: expected one of {[m.value for m in SecurityMode]}")
-        for name in ("min_participants", "min_organisations", "min_roster_version", "max_local_steps"):
+        for name in ("min_threshold", "min_participants", "min_organisations", "min_roster_version", "max_local_steps"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise PolicyError(f"{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.allow_repeated_input, bool):
-            # A TOML string such as "no" is truthy: only true and false mean what they say.
-            raise PolicyError(f"allow_repeated_input: expected true or false, got {self.allow_repeated_input!r}")
+        for flag in ("allow_repeated_input", "allow_sparse_graph"):
+            if not isinstance(getattr(self, flag), bool):
+                # A TOML string such as "no" is truthy: only true and false mean what they say.
+                raise PolicyError(f"{flag}: expected true or false, got {getattr(self, flag)!r}")
+        if self.min_threshold < 2:
+            raise PolicyError("min_threshold: a secret shared with a threshold of 1 is no secret: at least 2")
         if self.min_participants < 2:
             raise PolicyError("min_participants: secure aggregation needs at least 2 (3 or more is safer)")
         for name in ("max_epsilon", "max_epsilon_per_round", "max_participant_epsilon"):
@@ -182,9 +192,17 @@ class ParticipantPolicy:
         if version < self.min_roster_version:
             raise PolicyViolation("min_roster_version", f"roster version {version} < {self.min_roster_version}")
 
-    def check_round(self, mode: SecurityMode, participants: Iterable[str], organisations: Mapping[str, str]) -> None:
-        """A round start: its security mode and who takes part. ``organisations`` is the
-        participant's own CA-signed roster (name -> organisation)."""
+    def check_round(
+        self,
+        mode: SecurityMode,
+        participants: Iterable[str],
+        organisations: Mapping[str, str],
+        *,
+        threshold: int,
+        neighbours: int | None,
+    ) -> None:
+        """A round start: its security mode, threshold and graph, and who takes part.
+        ``organisations`` is the participant's own CA-signed roster (name -> organisation)."""
         names = sorted(participants)
         if len(set(names)) != len(names):
             # Listed twice, one name would count twice towards min_participants.
@@ -192,6 +210,12 @@ class ParticipantPolicy:
             raise PolicyViolation("each participant once", f"a round listing {', '.join(twice[:5])} twice")
         if _MODE_STRENGTH[mode] < _MODE_STRENGTH[self.security_mode]:
             raise PolicyViolation(f"security_mode = {self.security_mode.value}", f"a {mode.value} round")
+        if threshold < self.min_threshold:
+            raise PolicyViolation(f"min_threshold = {self.min_threshold}", f"threshold {threshold}")
+        if neighbours is not None and neighbours < len(names) - 1 and not self.allow_sparse_graph:
+            raise PolicyViolation(
+                "allow_sparse_graph = false", f"a SecAgg+ graph of degree {neighbours} over {len(names)} participants"
+            )
         if len(names) < self.min_participants:
             raise PolicyViolation(f"min_participants = {self.min_participants}", f"a round of {len(names)}")
         outside = [n for n in names if n not in organisations]

@@ -85,10 +85,10 @@ def _join(federation: Path, port: int, *extra: str) -> subprocess.CompletedProce
     return subprocess.run([*command, *extra], capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
 
 
-def _round_start(names, mode: SecurityMode, threshold: int) -> wire.RoundStart:
+def _round_start(names, mode: SecurityMode, threshold: int, neighbours: int | None = None) -> wire.RoundStart:
     """Parameters as the liar wants them: not validated (an honest coordinator's would be)."""
     names = tuple(sorted(names))
-    params = ProtocolParams(1000, 32, threshold, mode)
+    params = ProtocolParams(1000, 32, threshold, mode, neighbours)
     return wire.RoundStart(b"lying-round", params, names.index(VICTIM) + 1, names, 30.0)
 
 
@@ -129,6 +129,24 @@ def test_a_split_view_threshold_is_refused(federation, tmp_path):
     assert result.returncode == 3
     assert "the threshold must exceed half the holders" in result.stdout
     assert kinds == ["hello", "abort"]
+
+
+def test_a_sparse_graph_is_refused_unless_the_policy_accepts_it(federation, tmp_path):
+    """SecAgg+ over the four members with degree 2: each secret shared with two neighbours, and
+    which two follows from the key roster the coordinator assembles. The victim's default policy
+    refuses it before any key is sent; a policy that accepts sparse graphs lets the round go on
+    (here to the liar's silence)."""
+    members = ("ghost", "hospital-b", "bank", VICTIM)
+    start = _round_start(members, SecurityMode.MALICIOUS, 2, neighbours=2)
+    result, kinds = _attack(federation, start)
+    assert result.returncode == 3
+    assert "refused by the participant policy (allow_sparse_graph = false)" in result.stdout
+    assert "a SecAgg+ graph of degree 2 over 4 participants" in result.stdout
+    assert kinds == ["hello", "abort"]
+    accepting = tmp_path / "sparse-policy.toml"
+    ParticipantPolicy.pinned_to(members, 1, allow_sparse_graph=True).save(accepting)
+    result, kinds = _attack(federation, start, "--policy", str(accepting), "--round-timeout", "2")
+    assert kinds[:2] == ["hello", "advertise_keys"], (kinds, result.stdout)
 
 
 def test_a_round_with_unknown_members_is_refused(federation, tmp_path):

@@ -49,28 +49,55 @@ def test_the_file_round_trips_and_bad_keys_are_named(tmp_path: Path):
         ParticipantPolicy.load(path)
 
 
+# A round on the complete graph (classic SecAgg) with the smallest threshold there is.
+COMPLETE = {"threshold": 2, "neighbours": None}
+
+
 def test_a_downgrade_to_semi_honest_is_refused():
     """The issue's downgrade: semi-honest mode, n = 2, [ghost, victim]."""
     policy = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
     with pytest.raises(PolicyViolation, match=r"security_mode = malicious.*a semi-honest round"):
-        policy.check_round(SecurityMode.SEMI_HONEST, ["ghost", "hospital-a"], ORGS)
+        policy.check_round(SecurityMode.SEMI_HONEST, ["ghost", "hospital-a"], ORGS, **COMPLETE)
     with pytest.raises(PolicyViolation, match=r"min_participants = 3.*a round of 2"):
-        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a"], ORGS)
+        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a"], ORGS, **COMPLETE)
     with pytest.raises(PolicyViolation, match="participants it does not know: ghost"):
-        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a", "bank"], ORGS)
-    policy.check_round(SecurityMode.MALICIOUS, list(MEMBERS), ORGS)
+        policy.check_round(SecurityMode.MALICIOUS, ["ghost", "hospital-a", "bank"], ORGS, **COMPLETE)
+    policy.check_round(SecurityMode.MALICIOUS, list(MEMBERS), ORGS, **COMPLETE)
+
+
+def test_a_threshold_below_the_policy_or_a_sparse_graph_is_refused():
+    """The coordinator picks t and the graph; how few colluders may rebuild this participant's
+    masks is the participant's to say. SecAgg+'s sparse graph is refused unless accepted."""
+    many = [f"p{i:02d}" for i in range(10)]
+    orgs = {name: name for name in many}
+    policy = ParticipantPolicy(min_threshold=4)
+    with pytest.raises(PolicyViolation, match=r"min_threshold = 4.*threshold 3"):
+        policy.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=3, neighbours=None)
+    policy.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=6, neighbours=None)
+    with pytest.raises(PolicyViolation, match=r"allow_sparse_graph = false.*degree 4 over 10 participants"):
+        policy.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=4, neighbours=4)
+    # A "sparse" degree that reaches everyone is the complete graph: nothing to refuse.
+    policy.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=6, neighbours=9)
+    accepting = ParticipantPolicy(min_threshold=4, allow_sparse_graph=True)
+    accepting.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=4, neighbours=4)
+    with pytest.raises(PolicyViolation, match="min_threshold = 4"):
+        accepting.check_round(SecurityMode.MALICIOUS, many, orgs, threshold=3, neighbours=4)
+    with pytest.raises(PolicyError, match="min_threshold"):
+        ParticipantPolicy(min_threshold=1)
+    with pytest.raises(PolicyError, match="allow_sparse_graph: expected true or false"):
+        ParticipantPolicy(allow_sparse_graph="yes")  # type: ignore[arg-type]
 
 
 def test_sybils_outside_the_pinned_members_or_one_organisation_are_refused():
     sybils = {**ORGS, "sybil-1": "st-mary", "sybil-2": "st-mary"}
     pinned = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
     with pytest.raises(PolicyViolation, match="sybil-1, sybil-2"):
-        pinned.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils)
+        pinned.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils, **COMPLETE)
     open_policy = ParticipantPolicy()  # no pinned members: the organisations still count
     with pytest.raises(PolicyViolation, match=r"min_organisations = 2.*1 organisation"):
-        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils)
+        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "sybil-1", "sybil-2"], sybils, **COMPLETE)
     with pytest.raises(PolicyViolation, match="non-members outsider"):
-        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "bank", "outsider"], sybils)
+        open_policy.check_round(SecurityMode.MALICIOUS, ["hospital-a", "bank", "outsider"], sybils, **COMPLETE)
     with pytest.raises(PolicyViolation, match="min_roster_version"):
         ParticipantPolicy.pinned_to(MEMBERS, roster_version=5).check_roster(4)
 
@@ -181,7 +208,7 @@ def test_a_round_listing_a_participant_twice_is_refused():
     min_participants (the wire refuses such a list too; the policy does not rely on it)."""
     policy = ParticipantPolicy.pinned_to(MEMBERS, roster_version=1)
     with pytest.raises(PolicyViolation, match="a round listing hospital-a twice"):
-        policy.check_round(SecurityMode.MALICIOUS, ["bank", "hospital-a", "hospital-a"], ORGS)
+        policy.check_round(SecurityMode.MALICIOUS, ["bank", "hospital-a", "hospital-a"], ORGS, **COMPLETE)
 
 
 def test_the_policy_can_allow_a_repeated_input():
