@@ -16,7 +16,6 @@ from torch import nn
 from fedmask.adapter.config import (
     DEFAULT_LEARNING_RATES,
     STEP_NOISE,
-    ConfigError,
     TrainingConfig,
     noise_calibrated_learning_rate,
 )
@@ -353,50 +352,3 @@ def test_non_finite_parameters_in_fine_tuning_are_put_back(tiny_qwen2_path: str,
     assert result.diverged.startswith("the parameters became non-finite at step")
     assert (trainer.adapter_vector() == before).all()
     assert trainer.ledger.steps == 3
-
-
-# --- the privacy plan's noise search ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("accountant", ["rdp", "prv"])
-@pytest.mark.parametrize("epsilon", [1.0, 8.0])
-def test_the_noise_search_lands_within_one_percent_below_the_budget(accountant: str, epsilon: float) -> None:
-    from fedmask.participant.noise_calibration import noise_multiplier_for
-
-    rate, steps, release = 1 / 7, 112, (5.0, 1.0, 1)
-    alone = noise_multiplier_for(epsilon, 1e-5, rate, steps, accountant)
-    assert 0.99 * epsilon <= compute_epsilon(accountant, [(alone, rate, steps)], 1e-5) <= epsilon
-    composed = noise_multiplier_for(epsilon, 1e-5, rate, steps, accountant, also=(release,))
-    assert composed > alone  # the release takes part of the budget
-    assert 0.99 * epsilon <= compute_epsilon(accountant, [(composed, rate, steps), release], 1e-5) <= epsilon
-
-
-@pytest.mark.parametrize("guess", [1e-3, 0.5, 2.0, 3.0, 1e4])
-def test_the_noise_search_brackets_the_answer_from_any_starting_guess(guess: float) -> None:
-    from fedmask.participant.noise_calibration import _smallest_noise
-
-    calls: list[float] = []
-
-    def spent(noise: float) -> float:  # decreasing, like any accountant's epsilon
-        calls.append(noise)
-        return 6.0 / noise**1.3
-
-    noise = _smallest_noise(spent, 3.0, guess)
-    assert 0.99 * 3.0 <= spent(noise) <= 3.0
-    assert len(calls) <= 40
-
-
-def test_the_central_limit_guess_starts_the_search_near_the_answer() -> None:
-    from fedmask.participant.noise_calibration import _central_limit_guess, noise_multiplier_for
-
-    release = (5.0, 1.0, 1)
-    guess = _central_limit_guess(8.0, 1e-5, 0.16, 75, (release,))
-    answer = noise_multiplier_for(8.0, 1e-5, 0.16, 75, "prv", also=(release,))
-    assert 0.9 * answer <= guess <= answer
-
-
-def test_a_budget_the_other_events_already_spend_is_refused() -> None:
-    from fedmask.participant.noise_calibration import noise_multiplier_for
-
-    with pytest.raises(ConfigError, match="spent by"):
-        noise_multiplier_for(1.0, 1e-5, 0.1, 10, "rdp", also=((0.5, 1.0, 1),))
