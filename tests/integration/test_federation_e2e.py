@@ -110,6 +110,13 @@ def _federation_on_disk(tmp_path: Path, rounds: int) -> tuple[list[str], dict[st
     return coordinator_args, node_args
 
 
+def _kill_left_over(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
 def _assert_charged_once_per_round(tmp_path: Path, rounds: int) -> None:
     """Each participant's own privacy ledger holds one released training charge per round (and
     the calibration release): work cut short by a kill was refunded, not charged again."""
@@ -202,10 +209,7 @@ def test_three_rounds_survive_a_coordinator_sigkill(tmp_path, kill_when):
         # The round-2 training the kill cut short was refunded when the round re-opened.
         _assert_charged_once_per_round(tmp_path, ROUNDS)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(30)
+        _kill_left_over(processes)
 
 
 @pytest.mark.slow
@@ -253,10 +257,7 @@ def test_a_participant_killed_while_training_is_charged_once_for_the_round(tmp_p
         for entry in ledger:
             assert entry["epsilon"]["bank"] == pytest.approx(entry["epsilon"]["hospital-a"], rel=1e-9)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(30)
+        _kill_left_over(processes)
 
 
 @pytest.mark.slow
@@ -286,10 +287,7 @@ def test_a_federation_round_through_a_slow_link_that_resets_once(tmp_path):
             for party, node in nodes.items():
                 assert node.wait(180) == 0, (tmp_path / f"{party}.log").read_text()[-3000:]
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(30)
+            _kill_left_over(processes)
         stats = proxy.stats()
     assert stats.connections_reset == 1 and stats.connections_accepted >= 2, stats
     assert stats.bytes_to_client > 0 and stats.bytes_to_target > 0

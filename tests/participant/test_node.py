@@ -447,32 +447,49 @@ class _Unavailable(grpc.RpcError):
         return "connection refused"
 
 
-def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_path):
-    now = [0.0]
-    lines: list[str] = []
-    slept: list[float] = []
+class _ClockedCoordinator:
+    """A coordinator that is unreachable until a time on a fake clock, and the nodes that call
+    it: ``sleep`` advances the clock, so retries and their lines take no real time."""
 
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
+    def __init__(self, tmp_path, max_backoff_s: float) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+        self.lines: list[str] = []
+        self._tmp_path = tmp_path
+        self._connection = Connection("127.0.0.1:1", None, outage_tolerance_s=100.0, max_backoff_s=max_backoff_s)
 
-    def unavailable_until(seconds: float):
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def node(self) -> Node:
+        data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
+        return Node(
+            self._connection,
+            Identity("hospital-a"),
+            data,
+            self._tmp_path,
+            sleep=self.sleep,
+            clock=lambda: self.now,
+            progress=self.lines.append,
+        )
+
+    def unavailable_until(self, seconds: float):
         def call(stub):
-            if now[0] < seconds:
+            if self.now < seconds:
                 raise _Unavailable()
             return "task"
 
         return call
 
-    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
-    connection = Connection("127.0.0.1:1", None, outage_tolerance_s=100.0, max_backoff_s=8.0)
-    node = Node(
-        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
-    )
-    assert node._call("GetTask", unavailable_until(0.0)) == "task"  # the coordinator answered once
-    assert node._call("GetTask", unavailable_until(75.0)) == "task"
+
+def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_path):
+    coordinator = _ClockedCoordinator(tmp_path, max_backoff_s=8.0)
+    node, lines = coordinator.node(), coordinator.lines
+    assert node._call("GetTask", coordinator.unavailable_until(0.0)) == "task"  # the coordinator answered once
+    assert node._call("GetTask", coordinator.unavailable_until(75.0)) == "task"
     # Lines at the start of the outage and after 30 and 60 s (not one per retry), then the end of it.
-    assert len(slept) > 10
+    assert len(coordinator.slept) > 10
     assert len(lines) == 4, lines
     assert lines[0].startswith("coordinator unreachable (UNAVAILABLE)") and "giving up after 100 s" in lines[0]
     assert lines[1].startswith("coordinator unreachable for 3") and lines[2].startswith("coordinator unreachable for 6")
@@ -480,7 +497,7 @@ def test_an_outage_is_reported_once_and_then_every_30_s_not_on_every_retry(tmp_p
     assert 75 <= int(waited) < 75 + 8  # at the first retry after the outage ended (backoff at most 8 s)
 
     lines.clear()
-    assert node._call("GetTask", unavailable_until(0.0)) == "task"
+    assert node._call("GetTask", coordinator.unavailable_until(0.0)) == "task"
     assert lines == []  # nothing to say when nothing failed
 
 
@@ -488,33 +505,13 @@ def test_a_coordinator_still_starting_is_not_reported_as_an_outage(tmp_path):
     """`make demo` started its nodes with the coordinator and printed a "coordinator unreachable"
     line for each in a healthy start. Until the coordinator has first answered, a node is quiet
     for STARTING_GRACE_S; a coordinator that does not come up is still reported after that."""
-    now = [0.0]
-    lines: list[str] = []
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    def unavailable_until(seconds: float):
-        def call(stub):
-            if now[0] < seconds:
-                raise _Unavailable()
-            return "task"
-
-        return call
-
-    data = LocalData(train=[], heldout=[], pii_counts={}, pii_scrubbed=True, heldout_source="given")
-    connection = Connection("127.0.0.1:1", None, outage_tolerance_s=100.0, max_backoff_s=2.0)
-    node = Node(
-        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
-    )
-    assert node._call("GetTask", unavailable_until(STARTING_GRACE_S - 5)) == "task"
+    coordinator = _ClockedCoordinator(tmp_path, max_backoff_s=2.0)
+    lines = coordinator.lines
+    assert coordinator.node()._call("GetTask", coordinator.unavailable_until(STARTING_GRACE_S - 5)) == "task"
     assert lines == []  # it was starting: nothing to say
 
-    late = Node(
-        connection, Identity("hospital-a"), data, tmp_path, sleep=sleep, clock=lambda: now[0], progress=lines.append
-    )
-    start = now[0]
-    assert late._call("GetTask", unavailable_until(start + 40.0)) == "task"
+    start = coordinator.now
+    assert coordinator.node()._call("GetTask", coordinator.unavailable_until(start + 40.0)) == "task"
     assert len(lines) == 3, lines  # past the grace, at 30 s, then its return
     assert lines[0].startswith("coordinator unreachable for 2") and "(UNAVAILABLE)" in lines[0]
     assert lines[2].startswith("coordinator reachable again after 4")
