@@ -637,13 +637,16 @@ class RoundRunner:
 
     def _finish_aborted(self, phase: Phase, kind: AttemptAbort, reason: str) -> RoundOutcome:
         outcome = self.outcome
-        outcome.abort_phase, outcome.abort_kind, outcome.abort_reason = phase, kind, reason
+        # Before the start the round was in its join, no protocol phase (None); the participants
+        # are told the protocol's first phase, the one they were waiting to begin.
+        outcome.abort_phase = phase if self.started else None
+        outcome.abort_kind, outcome.abort_reason = kind, reason
         self._collect()
         abort = wire.server_to_proto(Abort(phase, reason))
         for connection in self._connections.values():
             connection.send(abort)
             connection.finish()
-        self._progress(f"aborted in {phase.value}: {reason}")
+        self._progress(f"aborted in {phase.value if self.started else 'join'}: {reason}")
         return outcome
 
 

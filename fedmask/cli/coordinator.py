@@ -302,7 +302,7 @@ def _report(index: int, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
             + (f", written to {summary['output']}" if "output" in summary else "")
         )
     else:
-        phase = outcome.abort_phase.value if outcome.abort_phase else "?"
+        phase = outcome.abort_phase.value if outcome.abort_phase else "join"
         _echo(f"round {index}: ABORTED in {phase}: {outcome.abort_reason}")
     for name, reason in sorted(outcome.dropped.items()):
         _echo(f"round {index}: dropped {name}: {reason}")

@@ -336,6 +336,7 @@ def test_abort_below_threshold_reaches_participants_with_the_reason(round_harnes
     assert not outcome.completed and outcome.result is None
     assert outcome.abort_reason == "only 2 of 4 participants joined, threshold is 3"
     assert outcome.abort_kind is AttemptAbort.BELOW_THRESHOLD
+    assert outcome.abort_phase is None  # it never started: the join, no protocol phase
     assert outcome.drop_kinds == {"carol": DropKind.NOT_JOINED, MALLORY: DropKind.NOT_JOINED}
     for o in harness.honest_outcomes().values():
         assert not o.completed

@@ -46,7 +46,6 @@ from fedmask.coordinator.status import (
 )
 from fedmask.coordinator.store import FederationStore
 from fedmask.coordinator.transport import MtlsAuthenticator, ServerSecurity, insecure_security
-from fedmask.secagg.errors import Phase
 from fedmask.testing import loopback
 
 PARTIES = ("bank", "hospital-a", "hospital-b")
@@ -205,7 +204,7 @@ async def aborted(config: RoundConfig) -> RoundOutcome:
         config.round_id,
         config.participants,
         joined=config.participants[:1],
-        abort_phase=Phase.ADVERTISE_KEYS,
+        abort_phase=None,  # the join
         abort_kind=AttemptAbort.BELOW_THRESHOLD,
         abort_reason=BELOW_THRESHOLD,
         dropped={name: "[advertise-keys] did not join in time" for name in config.participants[1:]},
