@@ -103,6 +103,12 @@ def one_line_error(exc: BaseException) -> str | None:
         return f"cannot listen on {address}: the port is in use, or the address is not this machine's"
     if type(exc).__module__.startswith("fedmask."):
         return " ".join(str(exc).split()) or type(exc).__name__
+    # A gRPC call that failed where no command turned it into its own words. grpc is looked up,
+    # not imported: only a process that imported it can raise its errors.
+    grpc = sys.modules.get("grpc")
+    if grpc is not None and isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        details = exc.details() if callable(getattr(exc, "details", None)) else ""
+        return f"gRPC call failed: {exc.code().name}: {' '.join(str(details or '').split())}".rstrip(": ")
     return None
 
 
