@@ -340,6 +340,8 @@ class FederationStore:
             if created or self._path.stat().st_size == 0:
                 # Refused before SQLite writes a new schema there: a refused start changes nothing.
                 self._check_no_federation_to_orphan()
+            if created:
+                self._create_database(busy_timeout_s)
             self._db = self._connect(str(self._path), busy_timeout_s)
             self._migrate()
             self.checkpoint_dir.mkdir(exist_ok=True)
@@ -393,6 +395,21 @@ class FederationStore:
             db.close()
             raise StoreError(f"{self._path}: could not switch to WAL journaling (got {mode!r})")
         return db
+
+    def _create_database(self, busy_timeout_s: float) -> None:
+        """Make the schema under a temporary name and rename it into place: a reader (``coordinator
+        status``) never finds the database half made, only absent or with its tables."""
+        temporary = self._path.with_name(f".{self._path.name}.creating")
+        for leftover in (temporary, *_sqlite_side_files(temporary)):
+            leftover.unlink(missing_ok=True)  # from a creation that crashed; the writer lock is ours
+        self._db = self._connect(str(temporary), busy_timeout_s)
+        try:
+            self._migrate()
+        finally:
+            self._db.close()  # the last connection's close folds the write-ahead log into the file
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._path)
 
     def _take_writer_lock(self) -> None:
         self._lock_file = _writer_lock(self._path)
@@ -547,7 +564,10 @@ class FederationStore:
             "SELECT version, config_json FROM federation_config ORDER BY version DESC LIMIT 1"
         ).fetchone()
         if row is None:
-            raise StoreError(f"{self._path} has no federation config yet: call initialise(config) first")
+            raise StoreError(
+                f"{self._path} has no federation config yet (a new store: a coordinator records its config "
+                "when it starts; initialise(config) in the API)"
+            )
         return int(row[0]), row[1]
 
     # ----------------------------------------------------------------------------------------
@@ -1086,7 +1106,7 @@ def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str])
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         # The old database's write-ahead log must not be replayed into the restored one.
-        for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        for stale in _sqlite_side_files(path):
             stale.unlink(missing_ok=True)
         os.replace(temporary, path)
         fsync_directory(path.parent)
@@ -1097,6 +1117,11 @@ def restore_backup(backup: str | os.PathLike[str], path: str | os.PathLike[str])
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_side_files(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and shared-memory index SQLite keeps beside the database at ``path``."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 def _check_sqlite_header(path: Path) -> None:

@@ -551,7 +551,9 @@ def test_begin_round_validates_its_inputs(store, round_number, round_id, selecte
 
 def test_rounds_need_a_config(tmp_path):
     with FederationStore(tmp_path / "fed.db") as fresh:
-        with pytest.raises(StoreError, match=r"no federation config yet: call initialise\(config\) first"):
+        with pytest.raises(
+            StoreError, match=r"no federation config yet \(a new store: a coordinator records its config when it starts"
+        ):
             fresh.begin_round(1, b"x", SELECTED)
         with pytest.raises(StoreError, match="no federation config"):
             fresh.config()
@@ -726,6 +728,35 @@ def test_a_reader_names_an_empty_or_foreign_file(tmp_path, content, message):
     with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)")):
         FederationStore(path, read_only=True)
     assert os.listdir(tmp_path) == ["fed.db"]
+
+
+def test_a_reader_never_sees_a_new_store_half_made(tmp_path, monkeypatch):
+    """``coordinator status`` during a new federation's first instant said 'federation.db is
+    empty': SQLite had made the file and not yet its tables. The schema is now made under a
+    temporary name and renamed into place; so is a store whose creation crashed."""
+    path = tmp_path / "fed.db"
+    seen: list[str] = []
+    migrate = FederationStore._migrate
+
+    def look_then_migrate(self: FederationStore) -> None:
+        try:
+            FederationStore(path, read_only=True).close()
+            seen.append("a store")
+        except SchemaError as exc:
+            seen.append(f"damaged: {exc}")
+        except StoreError as exc:
+            seen.append(f"absent: {exc}")
+        migrate(self)
+
+    monkeypatch.setattr(FederationStore, "_migrate", look_then_migrate)
+    (tmp_path / ".fed.db.creating").write_bytes(b"left by a crash")
+    with FederationStore(path) as store:
+        store.initialise({"x": 1})
+    assert seen[0] == f"absent: no federation store at {path}"
+    assert all(not s.startswith("damaged") for s in seen), seen
+    assert sorted(os.listdir(tmp_path)) == ["fed.checkpoints", "fed.db", "fed.db.lock"]
+    with FederationStore(path, read_only=True) as reader:
+        assert reader.config() == {"x": 1}
 
 
 # ---------------------------------------------------------------------------------------------

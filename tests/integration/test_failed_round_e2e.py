@@ -75,7 +75,7 @@ def test_a_restart_after_a_failed_round_goes_on_with_the_next(tmp_path: Path) ->
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and first.poll() is None:
-            # The coordinator may be creating its store (an empty file, then the schema): a
+            # The coordinator may be starting (no store yet, then one without its config): a
             # reader then gets a one-line error, and this poll simply looks again.
             read = CliRunner().invoke(main, ["coordinator", "rounds", "--state", str(state), "--json"])
             if read.exit_code == 0 and any(r["state"] == "failed" for r in json.loads(read.output)["rounds"]):
