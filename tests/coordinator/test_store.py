@@ -261,6 +261,7 @@ def check_store(db_path: Path, chain: ExpectedChain, acknowledged: dict[int, str
 # Crash safety
 
 
+@pytest.mark.slow  # 12 s; test_sigkill_at_each_point_of_a_round covers each point in the default suite
 def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
     db_path = tmp_path / "federation.db"
     chain = ExpectedChain()
