@@ -267,7 +267,7 @@ class Client:
         for v in neighbours:
             try:
                 self._pairwise_seeds[v] = keys.pairwise_mask_seed(
-                    self._masking.private_key, session.advertisements[v].masking_key, session.session_id
+                    self._masking.private_bytes, session.advertisements[v].masking_key, session.session_id
                 )
             except CryptoError as exc:
                 raise ProtocolAbort(
@@ -297,7 +297,7 @@ class Client:
         sid = session.session_id
         b_share, s_share = (shamir.encode_share(y) for y in share_pair)
         ephemeral = keys.AgreementKeyPair.generate(self._rng)
-        secret = keys.exchange(ephemeral.private_key, session.advertisements[holder].encryption_key)
+        secret = keys.exchange(ephemeral.private_bytes, session.advertisements[holder].encryption_key)
         key = keys.envelope_key(
             secret, session_id=sid, sender=self.me, receiver=holder, ephemeral_key=ephemeral.public_bytes
         )
@@ -483,7 +483,7 @@ class Client:
         match its commitments (the caller complains)."""
         sid = session.session_id
         try:
-            secret = keys.exchange(self._encryption.private_key, share.ephemeral_key)
+            secret = keys.exchange(self._encryption.private_bytes, share.ephemeral_key)
             key = keys.envelope_key(
                 secret, session_id=sid, sender=share.sender, receiver=self.me, ephemeral_key=share.ephemeral_key
             )

@@ -1,7 +1,12 @@
-"""Key agreement, key derivation, share encryption and signatures, all over ``cryptography``.
+"""Key agreement, key derivation, share encryption and signatures, over ``cryptography`` and
+libsodium (through pyca's PyNaCl).
 
 - X25519 for both key pairs of a participant: ``c`` (receives Shamir shares) and ``s`` (pairwise
   mask seeds). Low-order peer points are refused (the shared secret would be all zero).
+  libsodium computes it (``crypto_scalarmult``): the bytes RFC 7748 defines, as OpenSSL's, and
+  the call releases the GIL, so a round's agreements run on as many cores as the caller's
+  ``PartRunner`` has, and beside a thread checking signatures (OpenSSL's X25519, through
+  ``cryptography``, holds the GIL and stalled both; docs/secagg-bench.md).
 - HKDF-SHA256 binds every derived key to the session id and to its purpose, so a key never
   serves two purposes and masks never repeat across rounds.
 - Share envelopes: the sender encrypts each holder's shares with AES-256-GCM under a key from a
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,7 +38,6 @@ import nacl.exceptions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -70,9 +75,10 @@ def _u32(value: int) -> bytes:
 
 @dataclass(frozen=True)
 class AgreementKeyPair:
-    """An X25519 key pair. ``private_bytes`` is secret: never log it."""
+    """An X25519 key pair: the 32-byte scalar (RFC 7748; clamped where it is used) and its public
+    key. ``private_bytes`` is secret: never log it."""
 
-    private_key: X25519PrivateKey
+    private_bytes: bytes
     public_bytes: bytes
 
     @classmethod
@@ -81,52 +87,67 @@ class AgreementKeyPair:
 
     @classmethod
     def from_private_bytes(cls, private_bytes: bytes) -> AgreementKeyPair:
-        if len(private_bytes) != PRIVATE_KEY_BYTES:
+        if not isinstance(private_bytes, bytes) or len(private_bytes) != PRIVATE_KEY_BYTES:
             raise CryptoError(f"X25519 private keys are {PRIVATE_KEY_BYTES} bytes")
-        private_key = X25519PrivateKey.from_private_bytes(private_bytes)
-        public_bytes = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls(private_key, public_bytes)
-
-    @property
-    def private_bytes(self) -> bytes:
-        return self.private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        return cls(private_bytes, nacl.bindings.crypto_scalarmult_base(private_bytes))
 
     def __repr__(self) -> str:  # keep the private key out of logs and tracebacks
         return f"AgreementKeyPair(public={self.public_bytes.hex()[:16]}...)"
 
 
-def check_public_key(public_bytes: bytes) -> X25519PublicKey:
-    """Parse a peer's X25519 public key; raises CryptoError if malformed."""
+def check_public_key(public_bytes: bytes) -> bytes:
+    """A peer's X25519 public key, checked for its size; raises CryptoError if malformed. (Every
+    32 bytes decode to a point; the low-order ones are refused by ``exchange``.)"""
     if not isinstance(public_bytes, bytes) or len(public_bytes) != PUBLIC_KEY_BYTES:
         raise CryptoError(f"X25519 public keys are {PUBLIC_KEY_BYTES} bytes")
-    return X25519PublicKey.from_public_bytes(public_bytes)
+    return public_bytes
 
 
 def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
 
-def exchange(private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey) -> bytes:
+def exchange(private_bytes: bytes, peer_public: bytes) -> bytes:
     """Raw X25519. Refuses malformed keys and low-order points. Feed the output to HKDF only."""
-    peer = check_public_key(peer_public) if isinstance(peer_public, bytes) else peer_public
+    check_public_key(peer_public)
+    if len(private_bytes) != PRIVATE_KEY_BYTES:
+        raise CryptoError(f"X25519 private keys are {PRIVATE_KEY_BYTES} bytes")
     try:
-        return private_key.exchange(peer)
-    except ValueError as exc:  # OpenSSL refuses an all-zero shared secret (low-order point)
+        return nacl.bindings.crypto_scalarmult(private_bytes, peer_public)
+    except nacl.exceptions.RuntimeError as exc:  # libsodium refuses low-order points (all-zero secret)
         raise CryptoError("key agreement failed: peer public key is a low-order point") from exc
 
 
-def agree(
-    private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, *, session_id: bytes, info: bytes
-) -> bytes:
+def agree(private_bytes: bytes, peer_public: bytes, *, session_id: bytes, info: bytes) -> bytes:
     """X25519 then HKDF-SHA256(salt=session id, info=purpose)."""
-    return hkdf(exchange(private_key, peer_public), salt=session_id, info=info)
+    return hkdf(exchange(private_bytes, peer_public), salt=session_id, info=info)
 
 
-def pairwise_mask_seed(private_key: X25519PrivateKey, peer_public: bytes | X25519PublicKey, session_id: bytes) -> bytes:
+def pairwise_mask_seed(private_bytes: bytes, peer_public: bytes, session_id: bytes) -> bytes:
     """s_uv: the seed both u and v derive for their pairwise mask (symmetric in u, v)."""
-    return agree(private_key, peer_public, session_id=session_id, info=LABEL_PAIRWISE_MASK)
+    return agree(private_bytes, peer_public, session_id=session_id, info=LABEL_PAIRWISE_MASK)
+
+
+def pairwise_mask_seeds(
+    pairs: Sequence[tuple[bytes, bytes]], session_id: bytes, runner: PartRunner | None = None
+) -> list[bytes]:
+    """``pairwise_mask_seed`` of each ``(private key, peer public key)``; in ``runner.parts``
+    jobs of consecutive pairs when a runner is given (X25519 releases the GIL). Raises the first
+    pair's CryptoError, in order, if any fails."""
+    seeds: list[bytes | CryptoError] = [b""] * len(pairs)
+
+    def derive(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            try:
+                seeds[i] = pairwise_mask_seed(*pairs[i], session_id)
+            except CryptoError as exc:
+                seeds[i] = exc
+
+    _in_parts(derive, len(pairs), runner)
+    for seed in seeds:
+        if isinstance(seed, CryptoError):
+            raise seed
+    return seeds  # type: ignore[return-value]  # no CryptoError is left (raised above)
 
 
 def self_mask_seed(self_mask_secret: bytes, session_id: bytes) -> bytes:
@@ -327,10 +348,16 @@ def verify_many(checks: Sequence[tuple[bytes, bytes, bytes]], runner: PartRunner
                 continue
             valid[i] = True
 
-    parts = 1 if runner is None else min(runner.parts, len(checks) // _MIN_CHECKS_PER_PART)
-    if runner is None or parts <= 1:
-        check(0, len(checks))
-    else:
-        bounds = [len(checks) * k // parts for k in range(parts + 1)]
-        runner([functools.partial(check, start, stop) for start, stop in zip(bounds, bounds[1:], strict=False)])
+    _in_parts(check, len(checks), runner)
     return valid
+
+
+def _in_parts(job: Callable[[int, int], None], count: int, runner: PartRunner | None) -> None:
+    """``job(start, stop)`` over ``range(count)``, cut into ``runner.parts`` consecutive parts
+    (fewer when there are few items: handing a part to a thread costs about one item)."""
+    parts = 1 if runner is None else min(runner.parts, count // _MIN_CHECKS_PER_PART)
+    if runner is None or parts <= 1:
+        job(0, count)
+    else:
+        bounds = [count * k // parts for k in range(parts + 1)]
+        runner([functools.partial(job, start, stop) for start, stop in itertools.pairwise(bounds)])

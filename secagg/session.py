@@ -13,8 +13,6 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from . import graph as graphs
 from . import keys
 from .errors import CryptoError
@@ -23,7 +21,7 @@ from .params import MAX_PARTICIPANT_ID, ProtocolParams, SecurityMode
 
 _SESSION_LABEL = b"fedmask/secagg/v1/session"
 # A fixed scalar used only to test that a public key is not a low-order point.
-_PROBE_KEY = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"fedmask/secagg/v1/probe").digest())
+_PROBE_KEY = hashlib.sha256(b"fedmask/secagg/v1/probe").digest()
 
 
 def compute_session_id(round_id: bytes, params: ProtocolParams, roster: tuple[AdvertiseKeys, ...]) -> bytes:

@@ -224,7 +224,7 @@ def _reseal_for_holder(r, sender: int, holder: int, reply: ShareKeys, *, header:
     sid = reply.session_id
     envelope = next(e for e in reply.shares if e.recipient == holder)
     ephemeral = keys.AgreementKeyPair.from_private_bytes(r.clients[sender]._envelope_secrets[holder])
-    secret = keys.exchange(ephemeral.private_key, r.server._current_session().advertisements[holder].encryption_key)
+    secret = keys.exchange(ephemeral.private_bytes, r.server._current_session().advertisements[holder].encryption_key)
     key = keys.envelope_key(
         secret, session_id=sid, sender=sender, receiver=holder, ephemeral_key=envelope.ephemeral_key
     )

@@ -1,7 +1,7 @@
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedmask.secagg import keys
 from fedmask.secagg.errors import CryptoError
@@ -19,15 +19,72 @@ def test_x25519_rfc7748_section_6_1():
     )
     assert alice.public_bytes.hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
     assert bob.public_bytes.hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
-    shared = alice.private_key.exchange(keys.check_public_key(bob.public_bytes))
+    shared = keys.exchange(alice.private_bytes, bob.public_bytes)
     assert shared.hex() == "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    assert keys.exchange(bob.private_bytes, alice.public_bytes) == shared
 
 
-def test_x25519_rfc7748_section_5_2_scalar_multiplication():
-    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
-    u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
-    out = X25519PrivateKey.from_private_bytes(scalar).exchange(keys.check_public_key(u))
-    assert out.hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+@pytest.mark.parametrize(
+    ("scalar", "u", "out"),
+    [
+        (
+            "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+            "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+            "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+        ),
+        (  # the u-coordinate's top bit is set: RFC 7748 masks it
+            "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+            "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+            "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+        ),
+    ],
+)
+def test_x25519_rfc7748_section_5_2_scalar_multiplication(scalar, u, out):
+    assert keys.exchange(bytes.fromhex(scalar), bytes.fromhex(u)).hex() == out
+
+
+def test_x25519_rfc7748_section_5_2_iterated_1000_times():
+    k = u = (9).to_bytes(32, "little")
+    for i in range(1000):
+        k, u = keys.exchange(k, u), k
+        if i == 0:
+            assert k.hex() == "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"
+    assert k.hex() == "684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"
+
+
+def test_x25519_gives_the_bytes_openssl_gives_for_any_keys():
+    """libsodium computes the agreements (it releases the GIL); OpenSSL, through
+    ``cryptography``, must agree on every key, including public keys with the top bit set and
+    non-canonical u >= p."""
+    rng = SeededRandom.from_int(7748)
+    p = 2**255 - 19
+    peers = [rng.random_bytes(32) for _ in range(200)]
+    peers += [(p + 9).to_bytes(32, "little"), (2**255 - 1).to_bytes(32, "little")]
+    for peer in peers:
+        private = rng.random_bytes(32)
+        pair = keys.AgreementKeyPair.from_private_bytes(private)
+        theirs = X25519PrivateKey.from_private_bytes(private)
+        assert pair.public_bytes == theirs.public_key().public_bytes(*RAW)
+        assert keys.exchange(private, peer) == theirs.exchange(X25519PublicKey.from_public_bytes(peer))
+
+
+def test_pairwise_seeds_in_parts_are_the_seeds_one_at_a_time():
+    rng = SeededRandom.from_int(3)
+    pairs = [(rng.random_bytes(32), keys.AgreementKeyPair.generate(rng).public_bytes) for _ in range(9)]
+    expected = [keys.pairwise_mask_seed(private, public, b"session") for private, public in pairs]
+    calls: list[int] = []
+
+    def runner(jobs):
+        calls.append(len(jobs))
+        for job in reversed(jobs):
+            job()
+
+    runner.parts = 3
+    assert keys.pairwise_mask_seeds(pairs, b"session", runner) == expected
+    assert calls == [3]
+    bad = [*pairs[:4], (pairs[4][0], bytes(32)), *pairs[5:]]
+    with pytest.raises(CryptoError, match="low-order"):
+        keys.pairwise_mask_seeds(bad, b"session", runner)
 
 
 def test_hkdf_rfc5869_test_case_1():
@@ -129,7 +186,7 @@ def test_a_small_order_identity_key_cannot_sign_everything():
 def test_low_order_points_are_refused(point):
     pair = keys.AgreementKeyPair.generate(SeededRandom.from_int(1))
     with pytest.raises(CryptoError, match="low-order"):
-        keys.pairwise_mask_seed(pair.private_key, point, b"session")
+        keys.pairwise_mask_seed(pair.private_bytes, point, b"session")
 
 
 @pytest.mark.parametrize("bad", [b"", bytes(31), bytes(33)])
@@ -141,17 +198,17 @@ def test_malformed_public_keys_are_refused(bad):
 def test_pairwise_seed_is_symmetric_and_session_bound():
     rng = SeededRandom.from_int(2)
     u, v = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
-    s_uv = keys.pairwise_mask_seed(u.private_key, v.public_bytes, b"session-1")
-    assert s_uv == keys.pairwise_mask_seed(v.private_key, u.public_bytes, b"session-1")
-    assert s_uv != keys.pairwise_mask_seed(u.private_key, v.public_bytes, b"session-2")
+    s_uv = keys.pairwise_mask_seed(u.private_bytes, v.public_bytes, b"session-1")
+    assert s_uv == keys.pairwise_mask_seed(v.private_bytes, u.public_bytes, b"session-1")
+    assert s_uv != keys.pairwise_mask_seed(u.private_bytes, v.public_bytes, b"session-2")
     assert keys.self_mask_seed(b"b" * 32, b"session-1") != keys.self_mask_seed(b"b" * 32, b"session-2")
 
 
 def _share_key(rng):
     """The key of one envelope: an ephemeral key of the sender and the holder's encryption key."""
     ephemeral, holder = keys.AgreementKeyPair.generate(rng), keys.AgreementKeyPair.generate(rng)
-    shared = keys.exchange(ephemeral.private_key, holder.public_bytes)
-    assert shared == keys.exchange(holder.private_key, ephemeral.public_bytes)
+    shared = keys.exchange(ephemeral.private_bytes, holder.public_bytes)
+    assert shared == keys.exchange(holder.private_bytes, ephemeral.public_bytes)
     e = ephemeral.public_bytes
     k = keys.envelope_key(shared, session_id=b"s", sender=1, receiver=2, ephemeral_key=e)
     # each direction, each session and each envelope gets its own key

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedmask.ddp import rotation
 from fedmask.proto.wire import PROTOCOL_VERSION
@@ -71,12 +69,12 @@ def unhex(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def private_key(scalar_hex: str) -> X25519PrivateKey:
-    return X25519PrivateKey.from_private_bytes(unhex(scalar_hex))
+def private_key(scalar_hex: str) -> bytes:
+    return unhex(scalar_hex)
 
 
-def public_bytes(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def public_bytes(scalar: bytes) -> bytes:
+    return keys.AgreementKeyPair.from_private_bytes(scalar).public_bytes
 
 
 def word_hex(values: np.ndarray) -> list[str]:
@@ -181,7 +179,7 @@ def test_share_envelope_end_to_end(case):
     assert ephemeral.public_bytes == unhex(case["ephemeral_public_key"])
     holder_keys = keys.AgreementKeyPair.from_private_bytes(unhex(case["holder_private_key"]))
     assert holder_keys.public_bytes == unhex(case["holder_encryption_key"])
-    secret = keys.exchange(ephemeral.private_key, holder_keys.public_bytes)
+    secret = keys.exchange(ephemeral.private_bytes, holder_keys.public_bytes)
     assert secret == unhex(case["shared_secret"])
     key = keys.envelope_key(secret, ephemeral_key=ephemeral.public_bytes, **route)
     assert key == unhex(case["envelope_key"])
@@ -209,7 +207,7 @@ def test_share_envelope_end_to_end(case):
     )
     assert payload == unhex(case["payload"])
     # The holder opens the frozen envelope with its own private key.
-    holder_secret = keys.exchange(holder_keys.private_key, unhex(case["ephemeral_public_key"]))
+    holder_secret = keys.exchange(holder_keys.private_bytes, unhex(case["ephemeral_public_key"]))
     holder_key = keys.envelope_key(holder_secret, ephemeral_key=unhex(case["ephemeral_public_key"]), **route)
     assert holder_key == unhex(case["envelope_key"])
     opened = keys.decrypt_share(holder_key, unhex(case["ciphertext"]), **route)

@@ -258,12 +258,12 @@ def pairwise_mask_seed_vectors():
         )
         seed = agree(
             "pairwise_mask_seed",
-            keys.pairwise_mask_seed(x25519_private(SCALARS[mine]), peer_public, session_id),
+            keys.pairwise_mask_seed(SCALARS[mine], peer_public, session_id),
             expected,
         )
         agree(
             "pairwise_mask_seed symmetry",
-            keys.pairwise_mask_seed(x25519_private(SCALARS[peer]), mine_public, session_id),
+            keys.pairwise_mask_seed(SCALARS[peer], mine_public, session_id),
             seed,
         )
         cases.append(
@@ -381,12 +381,12 @@ def envelope_key_vectors():
         agree("X25519 from the holder's side", spec_x25519(SCALARS[holder], ephemeral_public), expected_secret)
         shared_secret = agree(
             "keys.exchange(ephemeral, holder)",
-            keys.exchange(x25519_private(SCALARS[ephemeral]), holder_public),
+            keys.exchange(SCALARS[ephemeral], holder_public),
             expected_secret,
         )
         agree(
             "keys.exchange(holder, ephemeral)",
-            keys.exchange(x25519_private(SCALARS[holder]), ephemeral_public),
+            keys.exchange(SCALARS[holder], ephemeral_public),
             expected_secret,
         )
         key = agree(
@@ -438,7 +438,7 @@ def share_envelope_vectors():
         ephemeral_pair = keys.AgreementKeyPair.from_private_bytes(SCALARS[ephemeral])
         agree("AgreementKeyPair.public_bytes", ephemeral_pair.public_bytes, ephemeral_public)
         spec_secret, spec_key = spec_envelope_key(SCALARS[ephemeral], holder_public, session_id, sender, holder)
-        shared_secret = agree("keys.exchange", keys.exchange(ephemeral_pair.private_key, holder_public), spec_secret)
+        shared_secret = agree("keys.exchange", keys.exchange(ephemeral_pair.private_bytes, holder_public), spec_secret)
         route = {"session_id": session_id, "sender": sender, "receiver": holder}
         key = agree("envelope_key", keys.envelope_key(shared_secret, ephemeral_key=ephemeral_public, **route), spec_key)
         b_bytes, s_bytes = b_share.to_bytes(33, "big"), s_share.to_bytes(33, "big")
@@ -488,7 +488,7 @@ def share_envelope_vectors():
         )
         # The holder's side: the same secret from its own private key, and the envelope opens to the plaintext.
         holder_secret = agree(
-            "holder's keys.exchange", keys.exchange(x25519_private(SCALARS[encryption]), ephemeral_public), spec_secret
+            "holder's keys.exchange", keys.exchange(SCALARS[encryption], ephemeral_public), spec_secret
         )
         holder_key = agree(
             "holder's envelope_key", keys.envelope_key(holder_secret, ephemeral_key=ephemeral_public, **route), spec_key
