@@ -31,6 +31,7 @@ without fewer signatures.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -94,14 +95,17 @@ def signature_floor(work: SignatureWork, workers: int, repeats: int = 31) -> flo
     try:
         total = 0.0
         for count in (work.coordinator_checks, *work.participant_checks):
-            batch = [check] * count
-            total += timed(lambda batch=batch: keys.verify_many(batch, runner))
+            total += timed(functools.partial(keys.verify_many, [check] * count, runner))
         for count in work.participant_signatures:
-            total += timed(lambda count=count: [signer.sign(payload) for _ in range(count)])
+            total += timed(functools.partial(sign_many, signer, payload, count))
         return total
     finally:
         if runner is not None:
             runner.close()
+
+
+def sign_many(signer: Any, payload: bytes, count: int) -> list[bytes]:
+    return [signer.sign(payload) for _ in range(count)]
 
 
 def simulate(participants: int, dim: int, mode: str, seed: int, workers: int) -> dict[str, Any]:
