@@ -100,6 +100,36 @@ def test_secagg_plus_graph_round_is_exact():
     assert len(result.survivors) == 28
 
 
+class _ReversedRunner:
+    """Runs a call's jobs last first, on this thread: the result must not depend on the order."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self.calls: list[int] = []
+
+    def __call__(self, jobs) -> None:
+        self.calls.append(len(jobs))
+        for job in reversed(jobs):
+            job()
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize(
+    ("n", "threshold", "neighbours", "survivors"),
+    [(20, 11, None, 18), (30, 5, 6, 28)],  # t above half of the 20 (complete) or 7 (SecAgg+) holders
+)
+def test_a_short_vector_unmasked_in_parts_gives_the_exact_sum(parts, n, threshold, neighbours, survivors):
+    """A vector shorter than a chunk per part, with dropouts: the pairwise seeds derived in parts
+    and the masks split between the parts, each into its own sum, in any order of the parts."""
+    params = ProtocolParams(1000, 32, threshold, SecurityMode.SEMI_HONEST, neighbours=neighbours)
+    drop_at = {3: Phase.MASKED_INPUT, 11: Phase.UNMASK, 17: Phase.SHARE_KEYS}
+    runner = _ReversedRunner(parts)
+    result = simulate(SimulationConfig(params, n, drop_at, seed=parts, runner=runner))
+    assert result.exact and not result.aborted
+    assert len(result.survivors) == survivors
+    assert parts in runner.calls
+
+
 def test_simulation_is_reproducible_and_seed_dependent():
     params = ProtocolParams(16, 32, 3, SecurityMode.SEMI_HONEST)
     a = simulate(SimulationConfig(params, 4, seed=1))
