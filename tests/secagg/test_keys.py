@@ -6,6 +6,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from fedmask.secagg import keys
 from fedmask.secagg.errors import CryptoError
 from fedmask.secagg.rand import SeededRandom
+from fedmask.testing.runners import RecordingRunner
 
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
@@ -72,16 +73,9 @@ def test_pairwise_seeds_in_parts_are_the_seeds_one_at_a_time():
     rng = SeededRandom.from_int(3)
     pairs = [(rng.random_bytes(32), keys.AgreementKeyPair.generate(rng).public_bytes) for _ in range(9)]
     expected = [keys.pairwise_mask_seed(private, public, b"session") for private, public in pairs]
-    calls: list[int] = []
-
-    def runner(jobs):
-        calls.append(len(jobs))
-        for job in reversed(jobs):
-            job()
-
-    runner.parts = 3
+    runner = RecordingRunner(parts=3, reverse=True)
     assert keys.pairwise_mask_seeds(pairs, b"session", runner) == expected
-    assert calls == [3]
+    assert runner.calls == [3]
     bad = [*pairs[:4], (pairs[4][0], bytes(32)), *pairs[5:]]
     with pytest.raises(CryptoError, match="low-order"):
         keys.pairwise_mask_seeds(bad, b"session", runner)
@@ -128,19 +122,6 @@ def test_the_participant_s_signer_makes_the_rfc8032_signature_and_openssl_s_byte
     assert "9d61" not in repr(signer) and "identity key" in repr(signer)
 
 
-class _InlineRunner:
-    """A PartRunner that runs its jobs one after the other and counts them."""
-
-    def __init__(self, parts: int) -> None:
-        self.parts = parts
-        self.jobs: list[int] = []
-
-    def __call__(self, jobs) -> None:
-        self.jobs.append(len(jobs))
-        for job in jobs:
-            job()
-
-
 def test_verify_many_agrees_with_verify_in_every_part():
     signer = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     public = signer.public_key().public_bytes(*RAW)
@@ -150,11 +131,11 @@ def test_verify_many_agrees_with_verify_in_every_part():
     checks[8] = (public, checks[8][1][:63], checks[8][2])  # malformed: not 64 bytes
     expected = [i not in (2, 7, 8) for i in range(9)]
     assert keys.verify_many(checks) == expected
-    runner = _InlineRunner(parts=3)
+    runner = RecordingRunner(parts=3)
     assert keys.verify_many(checks, runner) == expected
-    assert runner.jobs == [3]
-    few = _InlineRunner(parts=3)
-    assert keys.verify_many(checks[:3], few) == expected[:3] and few.jobs == []  # too few to split
+    assert runner.calls == [3]
+    few = RecordingRunner(parts=3)
+    assert keys.verify_many(checks[:3], few) == expected[:3] and few.calls == []  # too few to split
 
 
 def test_a_small_order_identity_key_cannot_sign_everything():

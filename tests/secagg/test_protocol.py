@@ -7,6 +7,7 @@ import pytest
 from fedmask.secagg import Phase, ProtocolParams, SecurityMode
 from fedmask.secagg.rand import SeededRandom, random_below
 from fedmask.secagg.simulation import DROPPABLE_PHASES, SimulationConfig, droppable_phases, simulate
+from fedmask.testing.runners import RecordingRunner
 
 
 def _completes(n, t, drop_at, mode):
@@ -100,19 +101,6 @@ def test_secagg_plus_graph_round_is_exact():
     assert len(result.survivors) == 28
 
 
-class _ReversedRunner:
-    """Runs a call's jobs last first, on this thread: the result must not depend on the order."""
-
-    def __init__(self, parts: int) -> None:
-        self.parts = parts
-        self.calls: list[int] = []
-
-    def __call__(self, jobs) -> None:
-        self.calls.append(len(jobs))
-        for job in reversed(jobs):
-            job()
-
-
 @pytest.mark.parametrize("parts", [2, 3])
 @pytest.mark.parametrize(
     ("n", "threshold", "neighbours", "survivors"),
@@ -123,7 +111,7 @@ def test_a_short_vector_unmasked_in_parts_gives_the_exact_sum(parts, n, threshol
     and the masks split between the parts, each into its own sum, in any order of the parts."""
     params = ProtocolParams(1000, 32, threshold, SecurityMode.SEMI_HONEST, neighbours=neighbours)
     drop_at = {3: Phase.MASKED_INPUT, 11: Phase.UNMASK, 17: Phase.SHARE_KEYS}
-    runner = _ReversedRunner(parts)
+    runner = RecordingRunner(parts, reverse=True)
     result = simulate(SimulationConfig(params, n, drop_at, seed=parts, runner=runner))
     assert result.exact and not result.aborted
     assert len(result.survivors) == survivors
