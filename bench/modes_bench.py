@@ -45,6 +45,7 @@ from typing import Any
 
 import click
 
+from fedmask.secagg import keys
 from fedmask.secagg.params import SecurityMode, default_threshold
 
 ROWS = ((10, 100_000), (100, 100_000))
@@ -74,7 +75,6 @@ def signature_floor(work: SignatureWork, workers: int, repeats: int = 31) -> flo
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedmask.parallel import ThreadPartRunner
-    from fedmask.secagg import keys
 
     runner = ThreadPartRunner(workers) if workers > 1 else None
     identity = Ed25519PrivateKey.generate()
@@ -104,7 +104,7 @@ def signature_floor(work: SignatureWork, workers: int, repeats: int = 31) -> flo
             runner.close()
 
 
-def sign_many(signer: Any, payload: bytes, count: int) -> list[bytes]:
+def sign_many(signer: keys.Signer, payload: bytes, count: int) -> list[bytes]:
     return [signer.sign(payload) for _ in range(count)]
 
 

@@ -134,20 +134,22 @@ def pairwise_mask_seeds(
     """``pairwise_mask_seed`` of each ``(private key, peer public key)``; in ``runner.parts``
     jobs of consecutive pairs when a runner is given (X25519 releases the GIL). Raises the first
     pair's CryptoError, in order, if any fails."""
-    seeds: list[bytes | CryptoError] = [b""] * len(pairs)
+    derived: list[bytes | CryptoError] = [b""] * len(pairs)
 
     def derive(start: int, stop: int) -> None:
         for i in range(start, stop):
             try:
-                seeds[i] = pairwise_mask_seed(*pairs[i], session_id)
+                derived[i] = pairwise_mask_seed(*pairs[i], session_id)
             except CryptoError as exc:
-                seeds[i] = exc
+                derived[i] = exc
 
     _in_parts(derive, len(pairs), runner)
-    for seed in seeds:
+    seeds: list[bytes] = []
+    for seed in derived:
         if isinstance(seed, CryptoError):
             raise seed
-    return seeds  # type: ignore[return-value]  # no CryptoError is left (raised above)
+        seeds.append(seed)
+    return seeds
 
 
 def self_mask_seed(self_mask_secret: bytes, session_id: bytes) -> bytes:
