@@ -391,7 +391,7 @@ def _results_markdown(report: Mapping[str, Any]) -> list[str]:
     ceiling = results.get("pooled_non_private")
     if ceiling is not None and ceiling["macro_f1"] > 0:
         lines.append(
-            f"The federated adapter reaches {federated['macro_f1'] / ceiling['macro_f1']:.2f} of the pooled "
+            f"The federated adapter reaches {federated['macro_f1'] / ceiling['macro_f1']:.3f} of the pooled "
             f"non-private ceiling's macro-F1 ({format_with_interval(ceiling, 'macro_f1')})."
         )
     if alone:

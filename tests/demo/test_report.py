@@ -92,7 +92,7 @@ def test_the_report_puts_every_model_next_to_the_majority_baseline() -> None:
     assert "Best party alone by macro-F1: hospital-a" in markdown
     assert "| pooled records, same DP budget |" in markdown and "| pooled records, no DP (ceiling) |" in markdown
     share = federated["macro_f1"] / pooled["pooled_non_private"]["macro_f1"]
-    assert f"The federated adapter reaches {share:.2f} of the pooled non-private ceiling's macro-F1" in markdown
+    assert f"The federated adapter reaches {share:.3f} of the pooled non-private ceiling's macro-F1" in markdown
 
 
 def test_the_report_says_plainly_when_the_federated_adapter_does_not_beat_the_majority() -> None:
